@@ -1,0 +1,117 @@
+//! The wire formats shared by the host (`nanoclaw`) and the agent (`nanoclaw-agent`).
+//!
+//! Everything that crosses the sandbox boundary is defined here, once, so the two sides
+//! cannot drift apart:
+//!
+//! * [`AgentInput`]: the single JSON object the host writes to the agent's stdin;
+//! * [`AgentEvent`]: the JSON lines the agent writes to stdout;
+//! * [`FollowUp`]: the files the host drops into `/workspace/ipc/input/` while a run is
+//!   alive, and [`CLOSE_SENTINEL`], the file that asks the agent to finish;
+//! * [`sse`]: the Server-Sent Events parser every SSE reader in the project uses.
+
+pub mod sse;
+
+use serde::{Deserialize, Serialize};
+
+/// The object the host writes to the agent's stdin when a run starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInput {
+    /// The formatted conversation (or a scheduled task's prompt).
+    pub prompt: String,
+    /// Resume this session; `None` starts a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    pub group_folder: String,
+    pub chat_jid: String,
+    pub is_main: bool,
+    #[serde(default)]
+    pub is_scheduled_task: bool,
+    pub assistant_name: String,
+}
+
+/// One line of the agent's stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// Text meant for the chat. The host strips `<internal>…</internal>` and sends the rest.
+    Result { text: String },
+    /// The session the agent is now using; the host stores it for the group.
+    Session { session_id: String },
+    /// The agent has answered everything it was given and waits for follow-ups.
+    Idle,
+    /// The run failed; `message` is safe to show to the user (no secrets).
+    Error { message: String },
+}
+
+impl AgentEvent {
+    /// Encodes the event as one stdout line (without the trailing newline).
+    pub fn to_line(&self) -> String {
+        // Serializing these plain enums cannot fail: every field is a string.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"type\":\"idle\"}"))
+    }
+}
+
+/// A follow-up message for a live run: `/workspace/ipc/input/{ts}-{rand}.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FollowUp {
+    Message { text: String },
+}
+
+/// The file name in `/workspace/ipc/input/` that asks the agent to end its run.
+pub const CLOSE_SENTINEL: &str = "_close";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_use_the_documented_shapes() {
+        let cases = [
+            (
+                AgentEvent::Result { text: "hi".into() },
+                r#"{"type":"result","text":"hi"}"#,
+            ),
+            (
+                AgentEvent::Session {
+                    session_id: "s1".into(),
+                },
+                r#"{"type":"session","session_id":"s1"}"#,
+            ),
+            (AgentEvent::Idle, r#"{"type":"idle"}"#),
+            (
+                AgentEvent::Error {
+                    message: "boom".into(),
+                },
+                r#"{"type":"error","message":"boom"}"#,
+            ),
+        ];
+        for (event, line) in cases {
+            assert_eq!(event.to_line(), line);
+            let parsed: AgentEvent = serde_json::from_str(line).expect("valid line");
+            assert_eq!(parsed, event);
+        }
+    }
+
+    #[test]
+    fn follow_up_matches_nanoclaw_input_files() {
+        let f = FollowUp::Message {
+            text: "more".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&f).expect("serializes"),
+            r#"{"type":"message","text":"more"}"#
+        );
+    }
+
+    #[test]
+    fn input_round_trips_and_session_is_optional() {
+        let raw = r#"{"prompt":"p","group_folder":"main","chat_jid":"web:main","is_main":true,"assistant_name":"Andy"}"#;
+        let input: AgentInput = serde_json::from_str(raw).expect("parses");
+        assert_eq!(input.session_id, None);
+        assert!(!input.is_scheduled_task);
+        let back = serde_json::to_string(&input).expect("serializes");
+        let again: AgentInput = serde_json::from_str(&back).expect("parses");
+        assert_eq!(again, input);
+    }
+}

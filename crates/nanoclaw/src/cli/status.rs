@@ -1,0 +1,205 @@
+//! `nanoclaw status` and `nanoclaw doctor`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::{daemon_endpoint, open_existing_store, runtime};
+use crate::config::Config;
+use crate::layout::Layout;
+use crate::router::sender_allowlist;
+use crate::store::LATEST_VERSION;
+
+/// Asks the running daemon for `/api/status`; `None` when none answers.
+fn daemon_status(config: &Config) -> Option<Value> {
+    let endpoint = daemon_endpoint(config).ok()?;
+    let rt = runtime().ok()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .ok()?;
+        let response = client
+            .get(format!("{}/api/status", endpoint.base_url))
+            .bearer_auth(&endpoint.token)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json::<Value>().await.ok()
+    })
+}
+
+pub fn status(config: &Config, as_json: bool) -> Result<ExitCode> {
+    if let Some(live) = daemon_status(config) {
+        if as_json {
+            let mut live = live;
+            live["running"] = json!(true);
+            println!("{}", serde_json::to_string_pretty(&live)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let s = |v: &Value| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        };
+        println!(
+            "nanoclaw is running (pid {}, up {}s)",
+            live["pid"], live["uptime_seconds"]
+        );
+        println!(
+            "  assistant:  {} (time zone {})",
+            s(&live["assistant_name"]),
+            s(&live["timezone"])
+        );
+        println!("  runner:     {}", s(&live["runner"]["description"]));
+        let queue = &live["queue"];
+        println!(
+            "  runs:       {} active of {} allowed, {} waiting",
+            queue["active"].as_array().map_or(0, Vec::len),
+            queue["max_concurrent"],
+            queue["waiting"].as_array().map_or(0, Vec::len)
+        );
+        println!(
+            "  store:      {} groups, {} messages, {} replies not yet delivered",
+            live["registered_groups"], live["stored_messages"], live["undelivered_replies"]
+        );
+        println!(
+            "  senders:    {}",
+            s(&live["sender_allowlist"]["description"])
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = open_existing_store(config)?;
+    let groups = store.registered_groups()?.len();
+    let messages = store.count_messages()?;
+    let undelivered = store.count_pending_outbox()?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "running": false,
+                "registered_groups": groups,
+                "stored_messages": messages,
+                "undelivered_replies": undelivered,
+            }))?
+        );
+    } else {
+        println!("nanoclaw is not running (root {})", config.root.display());
+        println!(
+            "  store: {groups} groups, {messages} messages, {undelivered} replies not yet delivered"
+        );
+        println!(
+            "  start it with: nanoclaw run --root {}",
+            config.root.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One check's verdict.
+enum Verdict {
+    Ok(String),
+    Warn(String),
+    Fail(String),
+}
+
+pub fn doctor(config: &Config) -> Result<ExitCode> {
+    let layout = Layout::new(&config.root);
+    let mut checks: Vec<(&str, Verdict)> = vec![(
+        "config",
+        Verdict::Ok(format!(
+            "assistant `{}`, time zone {}, HTTP port {}",
+            config.assistant_name, config.zone.name, config.http_port
+        )),
+    )];
+
+    let db = layout.db_path();
+    checks.push((
+        "store",
+        if !db.exists() {
+            Verdict::Warn(format!(
+                "{} does not exist yet; `nanoclaw run` creates it",
+                db.display()
+            ))
+        } else {
+            match open_existing_store(config).and_then(|s| Ok(s.schema_version()?)) {
+                Ok(v) if v == LATEST_VERSION => {
+                    Verdict::Ok(format!("{} (schema {v})", db.display()))
+                }
+                Ok(v) => Verdict::Warn(format!(
+                    "{} has schema {v}, expected {LATEST_VERSION}",
+                    db.display()
+                )),
+                Err(e) => Verdict::Fail(format!("{e:#}")),
+            }
+        },
+    ));
+
+    let token = layout.http_token_path();
+    checks.push((
+        "http token",
+        match std::fs::metadata(&token) {
+            Err(_) => Verdict::Warn(format!(
+                "{} does not exist yet; `nanoclaw run` creates it",
+                token.display()
+            )),
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => Verdict::Fail(format!(
+                "{} is readable by other users (mode {:o}); run `chmod 600 {}`",
+                token.display(),
+                m.permissions().mode() & 0o777,
+                token.display()
+            )),
+            Ok(_) => Verdict::Ok(format!("{} (0600)", token.display())),
+        },
+    ));
+
+    let senders = sender_allowlist::load(&config.sender_allowlist_path());
+    checks.push((
+        "senders",
+        if senders.is_invalid() {
+            Verdict::Fail(senders.describe())
+        } else {
+            Verdict::Ok(senders.describe())
+        },
+    ));
+
+    checks.push((
+        "sandbox",
+        Verdict::Fail(
+            "this build has no sandbox runner yet: agents cannot run (bubblewrap/podman/docker support is not built)"
+                .into(),
+        ),
+    ));
+
+    checks.push((
+        "daemon",
+        match daemon_status(config) {
+            Some(live) => Verdict::Ok(format!("running, pid {}", live["pid"])),
+            None => Verdict::Warn("not running".into()),
+        },
+    ));
+
+    let mut failed = false;
+    for (name, verdict) in &checks {
+        let (tag, text) = match verdict {
+            Verdict::Ok(t) => ("ok  ", t),
+            Verdict::Warn(t) => ("warn", t),
+            Verdict::Fail(t) => {
+                failed = true;
+                ("FAIL", t)
+            }
+        };
+        println!("{tag}  {name:<11} {text}");
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

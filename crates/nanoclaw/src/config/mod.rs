@@ -1,0 +1,510 @@
+//! Configuration: read once, at start, into typed structs (SPEC §3).
+//!
+//! Values come from the process environment first, then from `{root}/.env`. The `.env`
+//! file is parsed here and never exported into our own environment, so nothing in it can
+//! leak into a child process by inheritance.
+//!
+//! Secrets live in [`Secrets`], apart from [`Config`]: `Config` may be logged and shown
+//! (`nanoclaw status`), `Secrets` cannot be — its `Debug` prints only which are set.
+
+mod dotenv;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use thiserror::Error;
+
+pub use dotenv::DotenvError;
+
+/// Where a setting came from; used to make error messages point at the right place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Environment,
+    DotenvLine(usize),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Environment => write!(f, "the environment"),
+            Origin::DotenvLine(n) => write!(f, ".env line {n}"),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    ReadDotenv {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {source}")]
+    Dotenv { path: PathBuf, source: DotenvError },
+    #[error("{name} (from {origin}) {problem}")]
+    Invalid {
+        name: &'static str,
+        origin: String,
+        problem: String,
+    },
+}
+
+/// Which sandbox backend to use (`CONTAINER_RUNTIME`); `None` in [`Config`] means auto-detect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    Docker,
+    Podman,
+    Bwrap,
+}
+
+impl RuntimeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Podman => "podman",
+            RuntimeKind::Bwrap => "bwrap",
+        }
+    }
+}
+
+/// The configured time zone, with the name shown to the agent (`<context timezone=…>`).
+#[derive(Clone)]
+pub struct Zone {
+    pub tz: TimeZone,
+    pub name: String,
+}
+
+impl fmt::Debug for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Zone({})", self.name)
+    }
+}
+
+/// Everything that is not secret. Safe to log.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub root: PathBuf,
+    pub home: PathBuf,
+    pub assistant_name: String,
+    pub anthropic_base_url: String,
+    pub model: String,
+    pub container_runtime: Option<RuntimeKind>,
+    pub container_image: String,
+    pub container_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_concurrent_containers: usize,
+    pub container_max_output_size: u64,
+    pub credential_proxy_port: u16,
+    pub http_port: u16,
+    pub zone: Zone,
+    /// First delay of the run retry backoff (SPEC §5: 5 s, doubling, at most 5 tries).
+    /// `NANOCLAW_RETRY_BASE_MS`; only tests and impatient people change it.
+    pub retry_base: Duration,
+    /// `tracing` filter directive (`NANOCLAW_LOG`, else `RUST_LOG`, else `info`).
+    pub log_filter: String,
+}
+
+/// A secret value. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The raw value, for the one place that must send it (the proxy, a channel client).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Credentials, read only by the parts that need them; never passed to a sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub anthropic_api_key: Option<Secret>,
+    pub claude_code_oauth_token: Option<Secret>,
+    pub anthropic_auth_token: Option<Secret>,
+    pub openai_api_key: Option<Secret>,
+    pub telegram_bot_token: Option<Secret>,
+}
+
+impl Secrets {
+    /// Names of every variable treated as a secret.
+    pub const NAMES: [&'static str; 5] = [
+        "ANTHROPIC_API_KEY",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "ANTHROPIC_AUTH_TOKEN",
+        "OPENAI_API_KEY",
+        "TELEGRAM_BOT_TOKEN",
+    ];
+}
+
+/// Settings merged from the environment and `.env`, remembering where each came from.
+struct Settings {
+    values: HashMap<String, (String, Origin)>,
+}
+
+impl Settings {
+    fn get(&self, name: &str) -> Option<(&str, &Origin)> {
+        self.values
+            .get(name)
+            .map(|(v, o)| (v.as_str(), o))
+            .filter(|(v, _)| !v.is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.get(name)
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    fn secret(&self, name: &str) -> Option<Secret> {
+        self.get(name).map(|(v, _)| Secret::new(v.trim()))
+    }
+
+    fn parsed<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+        what: &str,
+        valid: impl Fn(&T) -> bool,
+    ) -> Result<T, ConfigError> {
+        let Some((raw, origin)) = self.get(name) else {
+            return Ok(default);
+        };
+        match raw.trim().parse::<T>() {
+            Ok(v) if valid(&v) => Ok(v),
+            _ => Err(ConfigError::Invalid {
+                name,
+                origin: origin.to_string(),
+                problem: format!("is `{raw}`, but it must be {what}"),
+            }),
+        }
+    }
+
+    fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.parsed(
+            name,
+            default,
+            "a positive whole number of milliseconds",
+            |v| *v > 0,
+        )
+        .map(Duration::from_millis)
+    }
+
+    fn port(&self, name: &'static str, default: u16) -> Result<u16, ConfigError> {
+        self.parsed(name, default, "a TCP port number from 1 to 65535", |v| {
+            *v > 0
+        })
+    }
+}
+
+impl Config {
+    /// Reads the configuration for `root` from `env` (normally the process environment)
+    /// and `{root}/.env`. A missing `.env` is fine; an unreadable or malformed one is not.
+    pub fn load(
+        root: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<(Config, Secrets), ConfigError> {
+        let dotenv_path = root.join(".env");
+        let dotenv = match std::fs::read_to_string(&dotenv_path) {
+            Ok(text) => dotenv::parse(&text).map_err(|source| ConfigError::Dotenv {
+                path: dotenv_path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(source) => {
+                return Err(ConfigError::ReadDotenv {
+                    path: dotenv_path,
+                    source,
+                });
+            }
+        };
+        let mut values: HashMap<String, (String, Origin)> = dotenv
+            .into_iter()
+            .map(|(k, (v, line))| (k, (v, Origin::DotenvLine(line))))
+            .collect();
+        for (k, v) in env {
+            if !v.is_empty() {
+                values.insert(k.clone(), (v.clone(), Origin::Environment));
+            }
+        }
+        let s = Settings { values };
+
+        let home = env
+            .get("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
+
+        let assistant_name = s.string("ASSISTANT_NAME", "Andy").trim().to_string();
+        if assistant_name.is_empty() || assistant_name.chars().any(char::is_control) {
+            return Err(invalid(
+                &s,
+                "ASSISTANT_NAME",
+                "must be a non-empty name without control characters",
+            ));
+        }
+
+        let anthropic_base_url = s
+            .string("ANTHROPIC_BASE_URL", "https://api.anthropic.com")
+            .trim_end_matches('/')
+            .to_string();
+        if !(anthropic_base_url.starts_with("http://")
+            || anthropic_base_url.starts_with("https://"))
+        {
+            return Err(invalid(
+                &s,
+                "ANTHROPIC_BASE_URL",
+                "must start with http:// or https://",
+            ));
+        }
+
+        let container_runtime = match s.get("CONTAINER_RUNTIME") {
+            None => None,
+            Some((raw, origin)) => Some(match raw.trim().to_ascii_lowercase().as_str() {
+                "docker" => RuntimeKind::Docker,
+                "podman" => RuntimeKind::Podman,
+                "bwrap" | "bubblewrap" => RuntimeKind::Bwrap,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "CONTAINER_RUNTIME",
+                        origin: origin.to_string(),
+                        problem: format!(
+                            "is `{raw}`, but it must be docker, podman or bwrap (or unset to auto-detect)"
+                        ),
+                    });
+                }
+            }),
+        };
+
+        let config = Config {
+            root: root.to_path_buf(),
+            home: home.clone(),
+            assistant_name,
+            anthropic_base_url,
+            model: s.string("NANOCLAW_MODEL", "claude-sonnet-4-5"),
+            container_runtime,
+            container_image: s.string("CONTAINER_IMAGE", "nanoclaw-agent:latest"),
+            container_timeout: s.millis("CONTAINER_TIMEOUT", 1_800_000)?,
+            idle_timeout: s.millis("IDLE_TIMEOUT", 1_800_000)?,
+            max_concurrent_containers: s.parsed(
+                "MAX_CONCURRENT_CONTAINERS",
+                5usize,
+                "a whole number of at least 1",
+                |v| *v >= 1,
+            )?,
+            container_max_output_size: s.parsed(
+                "CONTAINER_MAX_OUTPUT_SIZE",
+                10_485_760u64,
+                "a positive number of bytes",
+                |v| *v > 0,
+            )?,
+            credential_proxy_port: s.port("CREDENTIAL_PROXY_PORT", 3001)?,
+            http_port: s.port("NANOCLAW_HTTP_PORT", 3002)?,
+            zone: resolve_zone(s.get("TZ"))?,
+            retry_base: s.millis("NANOCLAW_RETRY_BASE_MS", 5_000)?,
+            log_filter: s
+                .get("NANOCLAW_LOG")
+                .or_else(|| s.get("RUST_LOG"))
+                .map(|(v, _)| v.to_string())
+                .unwrap_or_else(|| "info".to_string()),
+        };
+
+        let secrets = Secrets {
+            anthropic_api_key: s.secret("ANTHROPIC_API_KEY"),
+            claude_code_oauth_token: s.secret("CLAUDE_CODE_OAUTH_TOKEN"),
+            anthropic_auth_token: s.secret("ANTHROPIC_AUTH_TOKEN"),
+            openai_api_key: s.secret("OPENAI_API_KEY"),
+            telegram_bot_token: s.secret("TELEGRAM_BOT_TOKEN"),
+        };
+        Ok((config, secrets))
+    }
+
+    /// The trigger every group uses unless it registered its own: `@{ASSISTANT_NAME}`.
+    pub fn default_trigger(&self) -> String {
+        format!("@{}", self.assistant_name)
+    }
+
+    pub fn mount_allowlist_path(&self) -> PathBuf {
+        self.home.join(".config/nanoclaw/mount-allowlist.json")
+    }
+
+    pub fn sender_allowlist_path(&self) -> PathBuf {
+        self.home.join(".config/nanoclaw/sender-allowlist.json")
+    }
+}
+
+fn invalid(s: &Settings, name: &'static str, problem: &str) -> ConfigError {
+    let (raw, origin) = s
+        .get(name)
+        .map(|(v, o)| (v.to_string(), o.to_string()))
+        .unwrap_or_default();
+    ConfigError::Invalid {
+        name,
+        origin,
+        problem: format!("is `{raw}`, but it {problem}"),
+    }
+}
+
+/// `TZ` unset → the system zone; `Area/City` → that IANA zone; `:…` and absolute paths
+/// (POSIX style) → a TZif file; otherwise a POSIX TZ rule. An unknown zone is an error:
+/// silently scheduling in UTC would fire the user's reminders at the wrong hour.
+fn resolve_zone(value: Option<(&str, &Origin)>) -> Result<Zone, ConfigError> {
+    let Some((raw, origin)) = value else {
+        let tz = TimeZone::try_system().unwrap_or(TimeZone::UTC);
+        let name = tz.iana_name().unwrap_or("UTC").to_string();
+        return Ok(Zone { tz, name });
+    };
+    let spec = raw.trim().trim_start_matches(':');
+    let bad = |why: String| ConfigError::Invalid {
+        name: "TZ",
+        origin: origin.to_string(),
+        problem: format!("is `{raw}`, but {why}"),
+    };
+    if spec.starts_with('/') {
+        let bytes =
+            std::fs::read(spec).map_err(|e| bad(format!("the zone file cannot be read ({e})")))?;
+        let name = spec
+            .split_once("/zoneinfo/")
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_else(|| spec.to_string());
+        let tz = TimeZone::tzif(&name, &bytes)
+            .map_err(|e| bad(format!("the zone file is not valid ({e})")))?;
+        return Ok(Zone { tz, name });
+    }
+    if let Ok(tz) = TimeZone::get(spec) {
+        return Ok(Zone {
+            name: tz.iana_name().unwrap_or(spec).to_string(),
+            tz,
+        });
+    }
+    match TimeZone::posix(spec) {
+        Ok(tz) => Ok(Zone {
+            tz,
+            name: spec.to_string(),
+        }),
+        Err(_) => Err(bad(
+            "that is not a known time zone; use an IANA name such as Europe/Berlin or UTC"
+                .to_string(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn root_with_dotenv(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(".env"), text).expect("write .env");
+        dir
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (c, s) = Config::load(dir.path(), &env(&[("TZ", "UTC")])).expect("loads");
+        assert_eq!(c.assistant_name, "Andy");
+        assert_eq!(c.default_trigger(), "@Andy");
+        assert_eq!(c.anthropic_base_url, "https://api.anthropic.com");
+        assert_eq!(c.model, "claude-sonnet-4-5");
+        assert_eq!(c.container_runtime, None);
+        assert_eq!(c.container_image, "nanoclaw-agent:latest");
+        assert_eq!(c.container_timeout, Duration::from_millis(1_800_000));
+        assert_eq!(c.idle_timeout, Duration::from_millis(1_800_000));
+        assert_eq!(c.max_concurrent_containers, 5);
+        assert_eq!(c.container_max_output_size, 10_485_760);
+        assert_eq!(c.credential_proxy_port, 3001);
+        assert_eq!(c.http_port, 3002);
+        assert_eq!(c.zone.name, "UTC");
+        assert_eq!(c.retry_base, Duration::from_secs(5));
+        assert!(s.anthropic_api_key.is_none());
+    }
+
+    #[test]
+    fn environment_wins_over_dotenv() {
+        let dir = root_with_dotenv("ASSISTANT_NAME=FromFile\nMAX_CONCURRENT_CONTAINERS=3\n");
+        let (c, _) = Config::load(
+            dir.path(),
+            &env(&[("ASSISTANT_NAME", "FromEnv"), ("TZ", "UTC")]),
+        )
+        .expect("loads");
+        assert_eq!(c.assistant_name, "FromEnv");
+        assert_eq!(c.max_concurrent_containers, 3);
+    }
+
+    #[test]
+    fn secrets_are_read_but_never_printed() {
+        let dir = root_with_dotenv("ANTHROPIC_API_KEY=sk-ant-secret-value\n");
+        let (c, s) = Config::load(dir.path(), &env(&[("TZ", "UTC")])).expect("loads");
+        assert_eq!(
+            s.anthropic_api_key.as_ref().map(Secret::expose),
+            Some("sk-ant-secret-value")
+        );
+        let printed = format!("{c:?} {s:?}");
+        assert!(!printed.contains("sk-ant-secret-value"), "{printed}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_its_origin_and_the_fix() {
+        let dir = root_with_dotenv("IDLE_TIMEOUT=soon\n");
+        let e = Config::load(dir.path(), &env(&[("TZ", "UTC")])).expect_err("bad timeout");
+        let msg = e.to_string();
+        assert!(msg.contains("IDLE_TIMEOUT"), "{msg}");
+        assert!(msg.contains(".env line 1"), "{msg}");
+        assert!(msg.contains("milliseconds"), "{msg}");
+
+        let cases = [
+            ("MAX_CONCURRENT_CONTAINERS", "0", "at least 1"),
+            ("NANOCLAW_HTTP_PORT", "70000", "port"),
+            ("CONTAINER_RUNTIME", "lxc", "docker, podman or bwrap"),
+            ("TZ", "Mars/Olympus_Mons", "IANA"),
+            ("ANTHROPIC_BASE_URL", "api.anthropic.com", "http"),
+        ];
+        for (name, value, needle) in cases {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut e = env(&[("TZ", "UTC")]);
+            e.insert(name.to_string(), value.to_string());
+            let err = Config::load(dir.path(), &e).expect_err(name).to_string();
+            assert!(err.contains(name) && err.contains(needle), "{err}");
+            assert!(err.contains("the environment"), "{err}");
+        }
+    }
+
+    #[test]
+    fn malformed_dotenv_is_an_error_not_a_silent_default() {
+        let dir = root_with_dotenv("GOOD=1\nthis line is wrong\n");
+        let e = Config::load(dir.path(), &env(&[])).expect_err("malformed");
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn time_zones_resolve_by_name_and_path() {
+        for (value, name) in [
+            ("Europe/Berlin", "Europe/Berlin"),
+            (":Europe/Berlin", "Europe/Berlin"),
+            ("UTC", "UTC"),
+        ] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (c, _) = Config::load(dir.path(), &env(&[("TZ", value)])).expect(value);
+            assert_eq!(c.zone.name, name);
+        }
+    }
+}

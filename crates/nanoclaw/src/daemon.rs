@@ -1,0 +1,275 @@
+//! `nanoclaw run`: wires the modules together, starts them, and stops them in order.
+//!
+//! Start: layout → single-instance lock → store → HTTP token → `web:main` registration →
+//! delivery worker → HTTP server → recovery of pending messages.
+//! Stop: stop accepting HTTP → close runs (grace period) → flush the outbox → release.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use serde_json::json;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::channels::web::{MAIN_JID, WebChannel};
+use crate::channels::{Channel, ChannelSet};
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::http::{self, HttpState};
+use crate::layout::{GroupFolder, Layout};
+use crate::metrics::Metrics;
+use crate::queue::{GroupQueue, RetryPolicy};
+use crate::router::Router;
+use crate::router::run::RunLoop;
+use crate::router::sender_allowlist::SenderPolicy;
+use crate::runner::AgentRunner;
+use crate::store::{ChatMeta, RegisteredGroup, Store, StoreError};
+
+/// How long runs get to finish after SIGINT/SIGTERM before they are stopped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct DaemonOptions {
+    pub config: Config,
+    pub runner: Arc<dyn AgentRunner>,
+    /// Channels besides the built-in web channel.
+    pub channels: Vec<Arc<dyn Channel>>,
+}
+
+/// A started daemon. Dropping it without [`RunningDaemon::shutdown`] leaves its tasks
+/// running until the runtime ends.
+pub struct RunningDaemon {
+    pub http_addr: SocketAddr,
+    pub layout: Layout,
+    pub http_token: String,
+    shutdown_tx: watch::Sender<bool>,
+    queue: Arc<GroupQueue>,
+    http_task: JoinHandle<()>,
+    delivery_task: JoinHandle<()>,
+    _lock: File,
+}
+
+pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
+    let DaemonOptions {
+        config,
+        runner,
+        channels: extra_channels,
+    } = options;
+    let config = Arc::new(config);
+    let layout = Layout::new(&config.root);
+    layout.create().with_context(|| {
+        format!(
+            "cannot create the nanoclaw layout under {}",
+            config.root.display()
+        )
+    })?;
+    let lock = acquire_lock(&layout)?;
+
+    let store = {
+        let (path, name) = (layout.db_path(), config.assistant_name.clone());
+        tokio::task::spawn_blocking(move || Store::open(&path, &name))
+            .await
+            .context("opening the store")??
+    };
+    let store = Arc::new(store);
+    let http_token = layout
+        .load_or_create_http_token()
+        .context("preparing the HTTP token")?;
+    ensure_main_group(&store, &layout, &config).await?;
+
+    let senders = Arc::new(SenderPolicy::new(config.sender_allowlist_path()));
+    {
+        let senders = Arc::clone(&senders);
+        let state = tokio::task::spawn_blocking(move || senders.current()).await?;
+        tracing::info!("{}", state.describe());
+    }
+    tracing::info!("{}", runner.describe());
+
+    let mut all_channels: Vec<Arc<dyn Channel>> = vec![Arc::new(WebChannel)];
+    all_channels.extend(extra_channels);
+    let channels = ChannelSet::new(all_channels);
+    let metrics = Arc::new(Metrics::default());
+    let (events_tx, _) = broadcast::channel(1024);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let delivery = Delivery::new(
+        Arc::clone(&store),
+        channels.clone(),
+        events_tx.clone(),
+        Arc::clone(&metrics),
+    );
+    let run_loop = RunLoop::new(
+        Arc::clone(&store),
+        Arc::clone(&runner),
+        Arc::clone(&senders),
+        Arc::clone(&delivery),
+        channels.clone(),
+        Arc::clone(&config),
+        Arc::clone(&metrics),
+    );
+    let queue = GroupQueue::new(
+        config.max_concurrent_containers,
+        RetryPolicy::new(config.retry_base),
+        Arc::new(run_loop),
+    );
+    let router = Arc::new(Router::new(
+        Arc::clone(&store),
+        Arc::clone(&senders),
+        Arc::clone(&queue),
+        config.default_trigger(),
+        Arc::clone(&metrics),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.http_port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on 127.0.0.1:{}; is another program using it? Set NANOCLAW_HTTP_PORT to a free port",
+                config.http_port
+            )
+        })?;
+    let http_addr = listener.local_addr()?;
+    let app = http::app(Arc::new(HttpState {
+        token: http_token.clone(),
+        config: Arc::clone(&config),
+        store: Arc::clone(&store),
+        router: Arc::clone(&router),
+        queue: Arc::clone(&queue),
+        senders,
+        runner,
+        channels,
+        events: events_tx,
+        metrics,
+        started: Instant::now(),
+        shutdown: shutdown_rx.clone(),
+    }));
+    let mut http_shutdown = shutdown_rx.clone();
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+    let delivery_task = tokio::spawn(Arc::clone(&delivery).run(shutdown_rx));
+
+    write_daemon_info(&layout, http_addr)?;
+    tracing::info!(http = %http_addr, root = %config.root.display(), assistant = %config.assistant_name, "nanoclaw is running");
+
+    router
+        .recover()
+        .await
+        .context("recovering pending messages")?;
+    // Replies committed before a crash but not yet delivered.
+    delivery.notify();
+
+    Ok(RunningDaemon {
+        http_addr,
+        layout,
+        http_token,
+        shutdown_tx,
+        queue,
+        http_task,
+        delivery_task,
+        _lock: lock,
+    })
+}
+
+impl RunningDaemon {
+    /// Stops everything in order; returns when it is safe to exit.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown_tx.send(true);
+        self.queue.shutdown(SHUTDOWN_GRACE).await;
+        let _ = self.http_task.await;
+        let _ = self.delivery_task.await;
+        let _ = std::fs::remove_file(self.layout.daemon_info_path());
+        tracing::info!("stopped");
+    }
+}
+
+/// One daemon per root: two would process every message twice.
+fn acquire_lock(layout: &Layout) -> Result<File> {
+    let path = layout.daemon_lock_path();
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let who = std::fs::read_to_string(layout.daemon_info_path()).unwrap_or_default();
+            Err(anyhow!(
+                "another nanoclaw is already running with root {} ({}); stop it first",
+                layout.root().display(),
+                who.trim()
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+fn write_daemon_info(layout: &Layout, http_addr: SocketAddr) -> Result<()> {
+    let info = json!({
+        "pid": std::process::id(),
+        "http": http_addr.to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": crate::clock::now(),
+    });
+    let path = layout.daemon_info_path();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, info.to_string())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// First start: make `web:main` the main group (folder `main`) unless a main group exists.
+async fn ensure_main_group(store: &Arc<Store>, layout: &Layout, config: &Config) -> Result<()> {
+    let trigger = config.default_trigger();
+    let (main, groups) = store
+        .call(move |s| {
+            if let Some(main) = s.main_group()? {
+                return Ok::<_, StoreError>((main, s.registered_groups()?));
+            }
+            let now = crate::clock::now();
+            s.upsert_chat(&ChatMeta {
+                jid: MAIN_JID.into(),
+                name: Some("Main".into()),
+                timestamp: now.clone(),
+                channel: Some("web".into()),
+                is_group: Some(false),
+            })?;
+            let main = RegisteredGroup {
+                jid: MAIN_JID.into(),
+                name: "Main".into(),
+                folder: "main".into(),
+                trigger_pattern: trigger,
+                added_at: now,
+                container_config: None,
+                requires_trigger: false,
+                is_main: true,
+            };
+            s.register_group(&main)?;
+            tracing::info!("registered {MAIN_JID} as the main group");
+            Ok((main, s.registered_groups()?))
+        })
+        .await
+        .context("registering the main group")?;
+    tracing::info!(main = %main.jid, groups = groups.len(), "groups loaded");
+    for group in groups {
+        match GroupFolder::parse(&group.folder) {
+            Ok(folder) => layout
+                .create_group_dirs(&folder)
+                .with_context(|| format!("creating the folders of group {}", group.jid))?,
+            Err(e) => tracing::warn!(chat_jid = %group.jid, "group will not run: {e}"),
+        }
+    }
+    Ok(())
+}

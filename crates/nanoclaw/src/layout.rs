@@ -1,0 +1,297 @@
+//! The files on disk (SPEC §2): every path the host uses is built here, from the root and
+//! a validated [`GroupFolder`], so no other module joins user-controlled strings onto
+//! paths.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// The rule for group folder names, quoted in every rejection.
+pub const GROUP_FOLDER_RULE: &str = "group folder names must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$ \
+     (start with a letter or digit; then up to 63 letters, digits, `_` or `-`) and must not be \
+     `global`";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid group folder `{folder}`: {problem}; {rule}", rule = GROUP_FOLDER_RULE)]
+pub struct GroupFolderError {
+    pub folder: String,
+    pub problem: String,
+}
+
+/// A group folder name that has passed validation: safe to join onto `groups/`,
+/// `data/sessions/` and `data/ipc/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupFolder(String);
+
+impl GroupFolder {
+    pub fn parse(name: &str) -> Result<GroupFolder, GroupFolderError> {
+        let fail = |problem: String| GroupFolderError {
+            folder: name.chars().take(80).collect(),
+            problem,
+        };
+        let mut chars = name.chars();
+        let Some(first) = chars.next() else {
+            return Err(fail("it is empty".into()));
+        };
+        if name.eq_ignore_ascii_case("global") {
+            return Err(fail(
+                "`global` is reserved for the shared memory folder".into(),
+            ));
+        }
+        if !first.is_ascii_alphanumeric() {
+            return Err(fail(format!("it starts with `{first}`")));
+        }
+        if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+            return Err(fail(format!("it contains `{}`", bad.escape_default())));
+        }
+        let len = name.chars().count();
+        if len > 64 {
+            return Err(fail(format!(
+                "it is {len} characters long, at most 64 are allowed"
+            )));
+        }
+        Ok(GroupFolder(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupFolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Paths under the root directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn env_file(&self) -> PathBuf {
+        self.root.join(".env")
+    }
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("store")
+    }
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("store/messages.db")
+    }
+    pub fn auth_dir(&self) -> PathBuf {
+        self.root.join("store/auth")
+    }
+    pub fn groups_dir(&self) -> PathBuf {
+        self.root.join("groups")
+    }
+    pub fn global_dir(&self) -> PathBuf {
+        self.root.join("groups/global")
+    }
+    pub fn group_dir(&self, folder: &GroupFolder) -> PathBuf {
+        self.groups_dir().join(folder.as_str())
+    }
+    pub fn group_logs_dir(&self, folder: &GroupFolder) -> PathBuf {
+        self.group_dir(folder).join("logs")
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    /// `data/sessions/{folder}/.claude/`, mounted as the agent's `~/.claude`.
+    pub fn sessions_dir(&self, folder: &GroupFolder) -> PathBuf {
+        self.data_dir()
+            .join("sessions")
+            .join(folder.as_str())
+            .join(".claude")
+    }
+    /// `data/ipc/{folder}/`: the group's IPC namespace.
+    pub fn ipc_dir(&self, folder: &GroupFolder) -> PathBuf {
+        self.data_dir().join("ipc").join(folder.as_str())
+    }
+    pub fn ipc_errors_dir(&self) -> PathBuf {
+        self.data_dir().join("ipc/errors")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn http_token_path(&self) -> PathBuf {
+        self.data_dir().join("http-token")
+    }
+    /// Held (flock) by the running daemon: one daemon per root.
+    pub fn daemon_lock_path(&self) -> PathBuf {
+        self.data_dir().join("daemon.lock")
+    }
+    /// Written by the running daemon: its pid and HTTP address, for the CLI.
+    pub fn daemon_info_path(&self) -> PathBuf {
+        self.data_dir().join("daemon.json")
+    }
+
+    /// Creates the directory skeleton of a root (idempotent).
+    pub fn create(&self) -> io::Result<()> {
+        for dir in [
+            self.store_dir(),
+            self.global_dir(),
+            self.ipc_errors_dir(),
+            self.data_dir().join("sessions"),
+            self.logs_dir(),
+        ] {
+            fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
+        }
+        // Channel credentials: owner-only, like ~/.ssh.
+        let auth = self.auth_dir();
+        fs::create_dir_all(&auth).map_err(|e| with_path(e, &auth))?;
+        fs::set_permissions(&auth, fs::Permissions::from_mode(0o700))
+            .map_err(|e| with_path(e, &auth))?;
+        Ok(())
+    }
+
+    /// Creates a group's folders: `groups/{f}/logs`, its sessions dir and IPC namespace.
+    pub fn create_group_dirs(&self, folder: &GroupFolder) -> io::Result<()> {
+        let ipc = self.ipc_dir(folder);
+        for dir in [
+            self.group_logs_dir(folder),
+            self.sessions_dir(folder),
+            ipc.join("messages"),
+            ipc.join("tasks"),
+            ipc.join("input"),
+        ] {
+            fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
+        }
+        Ok(())
+    }
+
+    /// Reads `data/http-token`, creating it (mode 0600, 256 random bits) on first start.
+    /// A token file readable by others is tightened back to 0600.
+    pub fn load_or_create_http_token(&self) -> io::Result<String> {
+        let path = self.http_token_path();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let token = text.trim().to_string();
+                if token.len() < 16 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} holds no usable token (at least 16 characters); delete it and restart to create a new one",
+                            path.display()
+                        ),
+                    ));
+                }
+                let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
+                if mode != 0o600 {
+                    tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "HTTP token file was not 0600; tightening it");
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+                }
+                Ok(token)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let token = crate::ids::random_hex(32);
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|e| with_path(e, &path))?;
+                file.write_all(token.as_bytes())?;
+                file.write_all(b"\n")?;
+                file.sync_all()?;
+                Ok(token)
+            }
+            Err(e) => Err(with_path(e, &path)),
+        }
+    }
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_folder_rules() {
+        let ok = ["main", "telegram_family", "a", "A-9_z", &"x".repeat(64)];
+        for name in ok {
+            assert!(
+                GroupFolder::parse(name).is_ok(),
+                "{name} should be accepted"
+            );
+        }
+        let bad = [
+            ("", "empty"),
+            ("global", "reserved"),
+            ("GLOBAL", "reserved"),
+            ("../x", "starts with `.`"),
+            ("_x", "starts with `_`"),
+            ("a/b", "contains `/`"),
+            ("a..b", "contains `.`"),
+            ("a b", "contains ` `"),
+            ("ümlaut", "starts with `ü`"),
+            ("a\\b", "contains `\\\\`"),
+            ("a\nb", "contains `\\n`"),
+        ];
+        for (name, needle) in bad {
+            let e = GroupFolder::parse(name).expect_err(name).to_string();
+            assert!(e.contains(needle), "{name:?}: {e}");
+            assert!(
+                e.contains("^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
+                "rule quoted: {e}"
+            );
+        }
+        let long = "x".repeat(65);
+        let e = GroupFolder::parse(&long).expect_err("too long").to_string();
+        assert!(e.contains("65 characters"), "{e}");
+    }
+
+    #[test]
+    fn group_paths_stay_under_their_bases() {
+        let layout = Layout::new("/r");
+        let f = GroupFolder::parse("team").expect("valid");
+        assert_eq!(layout.group_dir(&f), Path::new("/r/groups/team"));
+        assert_eq!(
+            layout.sessions_dir(&f),
+            Path::new("/r/data/sessions/team/.claude")
+        );
+        assert_eq!(layout.ipc_dir(&f), Path::new("/r/data/ipc/team"));
+    }
+
+    #[test]
+    fn http_token_is_created_0600_and_reused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let layout = Layout::new(dir.path());
+        layout.create().expect("create");
+        let first = layout.load_or_create_http_token().expect("create token");
+        assert_eq!(first.len(), 64);
+        let mode = fs::metadata(layout.http_token_path())
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = layout.load_or_create_http_token().expect("read token");
+        assert_eq!(first, again);
+
+        fs::set_permissions(layout.http_token_path(), fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        layout.load_or_create_http_token().expect("read token");
+        let mode = fs::metadata(layout.http_token_path())
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "loose permissions are tightened");
+    }
+}

@@ -1,0 +1,20 @@
+//! NanoClaw host: everything that runs outside the sandbox.
+//!
+//! Data flows one way: `channels` → `store` → `router` → `queue` → `runner` →
+//! `router::run` (replies) → `store` outbox → `delivery` → `channels`. See ARCHITECTURE.md
+//! for the code map and the invariants each module keeps.
+
+pub mod channels;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod http;
+pub mod ids;
+pub mod layout;
+pub mod metrics;
+pub mod queue;
+pub mod router;
+pub mod runner;
+pub mod store;

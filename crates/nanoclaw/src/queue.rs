@@ -1,0 +1,551 @@
+//! The group queue (SPEC §6): at most one run per group, at most `max_concurrent` runs in
+//! all, waiting groups served first come first served, new messages for a live run handed
+//! to it instead of starting another, failed runs retried with backoff.
+//!
+//! The queue decides *when* a group runs; the [`GroupProcessor`] (the router's run loop)
+//! decides *what* a run does. State lives behind a std mutex that is never held across an
+//! `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+/// Queue → live run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunSignal {
+    /// New messages were stored for this group; pick them up.
+    NewMessages,
+    /// End the run (shutdown).
+    Close,
+}
+
+/// What a processor hands back when a run ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Everything handed to the agent was handled (or there was nothing to do).
+    Done,
+    /// Failed before answering: retry the same messages after a backoff.
+    Retry { reason: String },
+    /// Failed after the user already got an answer: retrying would duplicate it.
+    Failed,
+}
+
+/// The live side of a run, owned by the processor while it runs.
+pub struct RunSlot {
+    pub signals: mpsc::UnboundedReceiver<RunSignal>,
+    idle: Arc<AtomicBool>,
+    recheck: bool,
+}
+
+impl RunSlot {
+    /// The agent finished its work and waits for follow-ups (or the reverse).
+    pub fn set_idle(&self, idle: bool) {
+        self.idle.store(idle, Ordering::Relaxed);
+    }
+
+    /// Messages were signalled but could not be handed to the run: look again after it.
+    pub fn request_recheck(&mut self) {
+        self.recheck = true;
+    }
+}
+
+#[async_trait]
+pub trait GroupProcessor: Send + Sync + 'static {
+    /// Processes the group's pending messages, staying alive for follow-ups signalled
+    /// through `slot` until the run ends.
+    async fn process_messages(&self, chat_jid: &str, slot: &mut RunSlot) -> RunOutcome;
+
+    /// Every retry failed; the messages stay pending. Tell the user.
+    async fn gave_up(&self, chat_jid: &str, reason: &str);
+}
+
+/// SPEC §5.5: 5 s, doubling, at most 5 retries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max_retries: u32,
+}
+
+impl RetryPolicy {
+    pub fn new(base: Duration) -> RetryPolicy {
+        RetryPolicy {
+            base,
+            max_retries: 5,
+        }
+    }
+
+    /// Delay before retry number `n` (1-based).
+    pub fn delay(&self, n: u32) -> Duration {
+        self.base
+            .saturating_mul(1u32 << n.saturating_sub(1).min(20))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub max_concurrent: usize,
+    pub active: Vec<ActiveRunInfo>,
+    pub waiting: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ActiveRunInfo {
+    pub chat_jid: String,
+    pub idle: bool,
+}
+
+struct ActiveRun {
+    signals: mpsc::UnboundedSender<RunSignal>,
+    idle: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    run: Option<ActiveRun>,
+    pending_messages: bool,
+    retries: u32,
+    retry_timer: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    groups: HashMap<String, GroupState>,
+    active: usize,
+    waiting: VecDeque<String>,
+    shutting_down: bool,
+}
+
+pub struct GroupQueue {
+    state: Mutex<QueueState>,
+    max_concurrent: usize,
+    retry: RetryPolicy,
+    processor: Arc<dyn GroupProcessor>,
+    run_ended: Notify,
+    me: Weak<GroupQueue>,
+}
+
+impl GroupQueue {
+    pub fn new(
+        max_concurrent: usize,
+        retry: RetryPolicy,
+        processor: Arc<dyn GroupProcessor>,
+    ) -> Arc<GroupQueue> {
+        Arc::new_cyclic(|me| GroupQueue {
+            state: Mutex::new(QueueState::default()),
+            max_concurrent: max_concurrent.max(1),
+            retry,
+            processor,
+            run_ended: Notify::new(),
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New messages for `chat_jid` should be processed: hand them to its live run, or
+    /// start a run, or wait for a slot.
+    pub fn enqueue_messages(&self, chat_jid: &str) {
+        let mut st = self.lock();
+        if st.shutting_down {
+            return;
+        }
+        let group = st.groups.entry(chat_jid.to_string()).or_default();
+        if let Some(run) = &group.run {
+            if run.signals.send(RunSignal::NewMessages).is_ok() {
+                return;
+            }
+            group.pending_messages = true;
+            return;
+        }
+        group.pending_messages = true;
+        if st.active >= self.max_concurrent {
+            if !st.waiting.iter().any(|j| j == chat_jid) {
+                tracing::debug!(
+                    chat_jid,
+                    active = st.active,
+                    "all run slots busy; group waits"
+                );
+                st.waiting.push_back(chat_jid.to_string());
+            }
+            return;
+        }
+        self.start_locked(&mut st, chat_jid);
+    }
+
+    /// Asks the live run of `chat_jid`, if any, to finish.
+    pub fn close(&self, chat_jid: &str) {
+        if let Some(run) = self
+            .lock()
+            .groups
+            .get(chat_jid)
+            .and_then(|g| g.run.as_ref())
+        {
+            let _ = run.signals.send(RunSignal::Close);
+        }
+    }
+
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let st = self.lock();
+        let mut active: Vec<ActiveRunInfo> = st
+            .groups
+            .iter()
+            .filter_map(|(jid, g)| {
+                g.run.as_ref().map(|r| ActiveRunInfo {
+                    chat_jid: jid.clone(),
+                    idle: r.idle.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        active.sort_by(|a, b| a.chat_jid.cmp(&b.chat_jid));
+        QueueSnapshot {
+            max_concurrent: self.max_concurrent,
+            active,
+            waiting: st.waiting.iter().cloned().collect(),
+        }
+    }
+
+    fn start_locked(&self, st: &mut QueueState, chat_jid: &str) {
+        let Some(me) = self.me.upgrade() else { return };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let idle = Arc::new(AtomicBool::new(false));
+        st.active += 1;
+        let group = st.groups.entry(chat_jid.to_string()).or_default();
+        group.pending_messages = false;
+        let jid = chat_jid.to_string();
+        let slot_idle = Arc::clone(&idle);
+        let task = tokio::spawn(async move {
+            let mut slot = RunSlot {
+                signals: rx,
+                idle: slot_idle,
+                recheck: false,
+            };
+            let processor = Arc::clone(&me.processor);
+            let outcome = AssertUnwindSafe(processor.process_messages(&jid, &mut slot))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(chat_jid = %jid, "the run loop panicked; the messages will be retried");
+                    RunOutcome::Retry {
+                        reason: "an internal error interrupted the run".into(),
+                    }
+                });
+            me.finish(&jid, outcome, slot).await;
+        });
+        group.run = Some(ActiveRun {
+            signals: tx,
+            idle,
+            task: Some(task),
+        });
+    }
+
+    async fn finish(&self, chat_jid: &str, outcome: RunOutcome, mut slot: RunSlot) {
+        let mut gave_up = None;
+        {
+            let mut st = self.lock();
+            st.active = st.active.saturating_sub(1);
+            let shutting_down = st.shutting_down;
+            let group = st.groups.entry(chat_jid.to_string()).or_default();
+            group.run = None;
+            // Signals that arrived after the run stopped listening are not lost.
+            while let Ok(signal) = slot.signals.try_recv() {
+                if signal == RunSignal::NewMessages {
+                    group.pending_messages = true;
+                }
+            }
+            if slot.recheck {
+                group.pending_messages = true;
+            }
+            match outcome {
+                RunOutcome::Done | RunOutcome::Failed => group.retries = 0,
+                RunOutcome::Retry { reason } if !shutting_down => {
+                    group.retries += 1;
+                    if group.retries > self.retry.max_retries {
+                        tracing::error!(chat_jid, retries = self.retry.max_retries, %reason,
+                            "giving up after retries; the messages stay pending until the next message or restart");
+                        group.retries = 0;
+                        gave_up = Some(reason);
+                    } else {
+                        let delay = self.retry.delay(group.retries);
+                        tracing::warn!(chat_jid, retry = group.retries, delay_ms = delay.as_millis() as u64, %reason,
+                            "run failed before answering; retrying");
+                        let me = self.me.clone();
+                        let jid = chat_jid.to_string();
+                        if let Some(old) = group.retry_timer.take() {
+                            old.abort();
+                        }
+                        group.retry_timer = Some(tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            if let Some(q) = me.upgrade() {
+                                q.enqueue_messages(&jid);
+                            }
+                        }));
+                    }
+                }
+                RunOutcome::Retry { .. } => {}
+            }
+            let pending = group.pending_messages;
+            if !shutting_down {
+                // Back of the line: groups already waiting go first.
+                if pending && !st.waiting.iter().any(|j| j == chat_jid) {
+                    st.waiting.push_back(chat_jid.to_string());
+                }
+                self.drain_waiting_locked(&mut st);
+            }
+        }
+        self.run_ended.notify_waiters();
+        if let Some(reason) = gave_up {
+            self.processor.gave_up(chat_jid, &reason).await;
+        }
+    }
+
+    fn drain_waiting_locked(&self, st: &mut QueueState) {
+        while st.active < self.max_concurrent {
+            let Some(jid) = st.waiting.pop_front() else {
+                break;
+            };
+            let ready = st
+                .groups
+                .get(&jid)
+                .is_some_and(|g| g.run.is_none() && g.pending_messages);
+            if ready {
+                self.start_locked(st, &jid);
+            }
+        }
+    }
+
+    /// Stops taking work, asks every live run to close, waits up to `grace`, then stops
+    /// (drops) what is still running. Nothing stored is lost: unanswered messages stay
+    /// behind the persisted cursor and run again after the restart.
+    pub async fn shutdown(&self, grace: Duration) {
+        {
+            let mut st = self.lock();
+            st.shutting_down = true;
+            st.waiting.clear();
+            for group in st.groups.values_mut() {
+                if let Some(timer) = group.retry_timer.take() {
+                    timer.abort();
+                }
+                if let Some(run) = &group.run {
+                    let _ = run.signals.send(RunSignal::Close);
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.run_ended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let active = self.lock().active;
+            if active == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        let mut st = self.lock();
+        tracing::warn!(
+            runs = st.active,
+            "runs did not finish within the shutdown grace period; stopping them"
+        );
+        for group in st.groups.values_mut() {
+            if let Some(task) = group.run.as_mut().and_then(|r| r.task.take()) {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::Semaphore;
+
+    /// A processor whose runs block until the test releases them.
+    struct Gate {
+        release: Semaphore,
+        started: Mutex<Vec<String>>,
+        signals_seen: Mutex<Vec<(String, RunSignal)>>,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+        outcomes: Mutex<VecDeque<RunOutcome>>,
+        gave_up: Mutex<Vec<String>>,
+        started_notify: Notify,
+    }
+
+    impl Gate {
+        fn new() -> Arc<Gate> {
+            Arc::new(Gate {
+                release: Semaphore::new(0),
+                started: Mutex::new(vec![]),
+                signals_seen: Mutex::new(vec![]),
+                running: AtomicUsize::new(0),
+                max_running: AtomicUsize::new(0),
+                outcomes: Mutex::new(VecDeque::new()),
+                gave_up: Mutex::new(vec![]),
+                started_notify: Notify::new(),
+            })
+        }
+        fn started(&self) -> Vec<String> {
+            self.started.lock().expect("lock").clone()
+        }
+    }
+
+    #[async_trait]
+    impl GroupProcessor for Gate {
+        async fn process_messages(&self, chat_jid: &str, slot: &mut RunSlot) -> RunOutcome {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(now, Ordering::SeqCst);
+            self.started
+                .lock()
+                .expect("lock")
+                .push(chat_jid.to_string());
+            self.started_notify.notify_waiters();
+            loop {
+                tokio::select! {
+                    permit = self.release.acquire() => {
+                        permit.expect("semaphore open").forget();
+                        break;
+                    }
+                    Some(sig) = slot.signals.recv() => {
+                        self.signals_seen.lock().expect("lock").push((chat_jid.to_string(), sig));
+                        if sig == RunSignal::Close { break; }
+                    }
+                }
+            }
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.outcomes
+                .lock()
+                .expect("lock")
+                .pop_front()
+                .unwrap_or(RunOutcome::Done)
+        }
+        async fn gave_up(&self, chat_jid: &str, _reason: &str) {
+            self.gave_up
+                .lock()
+                .expect("lock")
+                .push(chat_jid.to_string());
+        }
+    }
+
+    async fn wait_started(gate: &Gate, n: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let notified = gate.started_notify.notified();
+                if gate.started().len() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("runs started in time");
+    }
+
+    #[tokio::test]
+    async fn cap_and_fifo_order() {
+        let gate = Gate::new();
+        let q = GroupQueue::new(2, RetryPolicy::new(Duration::from_millis(10)), gate.clone());
+        for i in 1..=5 {
+            q.enqueue_messages(&format!("g{i}"));
+        }
+        wait_started(&gate, 2).await;
+        assert_eq!(q.snapshot().waiting, ["g3", "g4", "g5"]);
+        for n in 3..=5 {
+            gate.release.add_permits(1);
+            wait_started(&gate, n).await;
+        }
+        gate.release.add_permits(2);
+        assert_eq!(gate.started(), ["g1", "g2", "g3", "g4", "g5"]);
+        assert_eq!(gate.max_running.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn messages_for_a_live_run_are_signalled_not_started_twice() {
+        let gate = Gate::new();
+        let q = GroupQueue::new(3, RetryPolicy::new(Duration::from_millis(10)), gate.clone());
+        q.enqueue_messages("g1");
+        wait_started(&gate, 1).await;
+        q.enqueue_messages("g1");
+        q.enqueue_messages("g1");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while gate.signals_seen.lock().expect("lock").len() < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("signals delivered");
+        assert_eq!(gate.started(), ["g1"]);
+        assert_eq!(gate.max_running.load(Ordering::SeqCst), 1);
+        gate.release.add_permits(1);
+    }
+
+    #[tokio::test]
+    async fn retries_back_off_then_give_up() {
+        let gate = Gate::new();
+        let policy = RetryPolicy {
+            base: Duration::from_millis(5),
+            max_retries: 2,
+        };
+        let q = GroupQueue::new(1, policy, gate.clone());
+        for _ in 0..3 {
+            gate.outcomes
+                .lock()
+                .expect("lock")
+                .push_back(RunOutcome::Retry {
+                    reason: "boom".into(),
+                });
+        }
+        gate.release.add_permits(3);
+        q.enqueue_messages("g1");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while gate.gave_up.lock().expect("lock").is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("gave up");
+        assert_eq!(
+            gate.started(),
+            ["g1", "g1", "g1"],
+            "one run and two retries"
+        );
+    }
+
+    #[test]
+    fn retry_delays_double_from_the_base() {
+        let p = RetryPolicy::new(Duration::from_secs(5));
+        let delays: Vec<u64> = (1..=5).map(|n| p.delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80]);
+        assert_eq!(p.max_retries, 5);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_live_runs() {
+        let gate = Gate::new();
+        let q = GroupQueue::new(2, RetryPolicy::new(Duration::from_millis(10)), gate.clone());
+        q.enqueue_messages("g1");
+        wait_started(&gate, 1).await;
+        q.shutdown(Duration::from_secs(5)).await;
+        assert!(
+            gate.signals_seen
+                .lock()
+                .expect("lock")
+                .contains(&("g1".to_string(), RunSignal::Close))
+        );
+        q.enqueue_messages("g2");
+        assert_eq!(gate.started(), ["g1"], "no new work after shutdown");
+    }
+}

@@ -1,0 +1,256 @@
+//! The inbound path (SPEC §5): store what channels deliver, decide whether a chat needs
+//! the agent, and hand it to the queue. The run loop that talks to the agent is in
+//! [`run`]; prompt formatting in [`prompt`].
+//!
+//! The cursor: each chat has a persisted cursor (`chat_cursors.last_rowid`) = the last
+//! message the agent has *handled*. It moves when a reply is committed (same transaction)
+//! or when the agent goes idle or ends successfully — not merely when a run starts. So a
+//! run that fails, is killed, or dies with the daemon (`kill -9`) leaves its messages
+//! pending and they run again; a run that already answered is never repeated.
+
+pub mod prompt;
+pub mod run;
+pub mod sender_allowlist;
+pub mod trigger;
+
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::queue::GroupQueue;
+use crate::store::{ChatMeta, Message, RegisteredGroup, Store, StoreError, StoredMessage};
+use sender_allowlist::{AllowlistState, SenderPolicy};
+use trigger::Trigger;
+
+/// At most this many messages (the most recent) go into one prompt; older unhandled
+/// ones stay in the store and in the chat history but are not shown to the agent.
+pub const MAX_PROMPT_MESSAGES: usize = 200;
+
+/// What happened to an inbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    Stored {
+        rowid: i64,
+    },
+    /// `(id, chat_jid)` was already stored.
+    Duplicate,
+    /// The sender allowlist drops this sender's messages in this chat.
+    Dropped,
+}
+
+pub struct Router {
+    store: Arc<Store>,
+    senders: Arc<SenderPolicy>,
+    queue: Arc<GroupQueue>,
+    default_trigger: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
+    pub fn new(
+        store: Arc<Store>,
+        senders: Arc<SenderPolicy>,
+        queue: Arc<GroupQueue>,
+        default_trigger: String,
+        metrics: Arc<Metrics>,
+    ) -> Router {
+        Router {
+            store,
+            senders,
+            queue,
+            default_trigger,
+            metrics,
+        }
+    }
+
+    /// Stores an inbound message (unless the sender allowlist drops it) and, for a
+    /// registered chat, queues a run when the message warrants one. Returns once the
+    /// message is durable.
+    pub async fn accept(&self, chat: ChatMeta, message: Message) -> Result<Accepted, StoreError> {
+        let senders = Arc::clone(&self.senders);
+        let (accepted, group) = self
+            .store
+            .call(move |s| {
+                let group = s.registered_group(&message.chat_jid)?;
+                if group.is_some()
+                    && !message.is_from_me
+                    && !message.is_bot_message
+                    && senders
+                        .current()
+                        .should_drop(&message.chat_jid, &message.sender)
+                {
+                    return Ok((Accepted::Dropped, None));
+                }
+                let accepted = match s.insert_message(&chat, &message)? {
+                    Some(rowid) => Accepted::Stored { rowid },
+                    None => Accepted::Duplicate,
+                };
+                Ok::<_, StoreError>((accepted, group))
+            })
+            .await?;
+        match accepted {
+            Accepted::Stored { .. } => Metrics::inc(&self.metrics.messages_stored),
+            Accepted::Dropped => Metrics::inc(&self.metrics.messages_dropped),
+            Accepted::Duplicate => {}
+        }
+        if let (Accepted::Stored { .. }, Some(group)) = (&accepted, group) {
+            self.check_group(group).await;
+        }
+        Ok(accepted)
+    }
+
+    /// Startup recovery: queue every registered chat with messages that need the agent
+    /// (accepted before a crash, or left by runs that failed).
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        let groups = self.store.call(|s| s.registered_groups()).await?;
+        for group in groups {
+            self.check_group(group).await;
+        }
+        Ok(())
+    }
+
+    /// Queues a run for `group` if its pending messages warrant one. Cheap to call often:
+    /// the queue hands it to a live run or coalesces it with a waiting one.
+    pub async fn check_group(&self, group: RegisteredGroup) {
+        if let Err(e) = group.folder() {
+            tracing::warn!(chat_jid = %group.jid, "not running the agent for this group: {e}");
+            return;
+        }
+        let senders = Arc::clone(&self.senders);
+        let default_trigger = self.default_trigger.clone();
+        let jid = group.jid.clone();
+        let decision = self
+            .store
+            .call(move |s| {
+                let cursor = s.cursor(&group.jid)?;
+                let pending = s.pending_messages(&group.jid, cursor, MAX_PROMPT_MESSAGES)?;
+                Ok::<_, StoreError>(wants_run(
+                    &group,
+                    &pending,
+                    &senders.current(),
+                    &default_trigger,
+                ))
+            })
+            .await;
+        match decision {
+            Ok(true) => self.queue.enqueue_messages(&jid),
+            Ok(false) => {}
+            Err(e) => tracing::error!(chat_jid = %jid, "cannot check pending messages: {e}"),
+        }
+    }
+}
+
+/// Whether `pending` messages of `group` should reach the agent now: main and
+/// no-trigger groups always; others only when a sender who may trigger used the trigger.
+/// The assistant's own messages never count (they are not in `pending`).
+pub fn wants_run(
+    group: &RegisteredGroup,
+    pending: &[StoredMessage],
+    senders: &AllowlistState,
+    default_trigger: &str,
+) -> bool {
+    if pending.is_empty() {
+        return false;
+    }
+    if !group.needs_trigger() {
+        return true;
+    }
+    let trigger = Trigger::new(&group.trigger_pattern, default_trigger);
+    pending.iter().any(|m| {
+        let m = &m.message;
+        !m.is_bot_message
+            && trigger.matches(&m.content)
+            && (m.is_from_me || senders.may_trigger(&group.jid, &m.sender))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(main: bool, requires_trigger: bool) -> RegisteredGroup {
+        RegisteredGroup {
+            jid: "tg:1".into(),
+            name: "g".into(),
+            folder: "g".into(),
+            trigger_pattern: "@Andy".into(),
+            added_at: String::new(),
+            container_config: None,
+            requires_trigger,
+            is_main: main,
+        }
+    }
+
+    fn msg(content: &str, sender: &str, from_me: bool) -> StoredMessage {
+        StoredMessage {
+            rowid: 1,
+            message: Message {
+                id: "1".into(),
+                chat_jid: "tg:1".into(),
+                sender: sender.into(),
+                sender_name: sender.into(),
+                content: content.into(),
+                timestamp: String::new(),
+                is_from_me: from_me,
+                is_bot_message: false,
+            },
+        }
+    }
+
+    #[test]
+    fn trigger_decisions() {
+        let all = AllowlistState::Missing;
+        let invalid = AllowlistState::Invalid {
+            path: "x".into(),
+            reason: "broken".into(),
+        };
+        let chatter = [msg("hello", "bob", false)];
+        let triggered = [msg("hello", "bob", false), msg("@Andy help", "bob", false)];
+        let cases = [
+            (
+                group(true, true),
+                &chatter[..],
+                &all,
+                true,
+                "main never needs a trigger",
+            ),
+            (
+                group(false, false),
+                &chatter[..],
+                &all,
+                true,
+                "requires_trigger=false",
+            ),
+            (
+                group(false, true),
+                &chatter[..],
+                &all,
+                false,
+                "no trigger, no run",
+            ),
+            (group(false, true), &triggered[..], &all, true, "triggered"),
+            (
+                group(false, true),
+                &triggered[..],
+                &invalid,
+                false,
+                "invalid allowlist fails closed",
+            ),
+            (
+                group(true, true),
+                &chatter[..],
+                &invalid,
+                true,
+                "main still works",
+            ),
+            (group(false, true), &[][..], &all, false, "nothing pending"),
+        ];
+        for (g, pending, senders, want, why) in cases {
+            assert_eq!(wants_run(&g, pending, senders, "@Andy"), want, "{why}");
+        }
+        let from_me = [msg("@Andy do it", "me", true)];
+        assert!(
+            wants_run(&group(false, true), &from_me, &invalid, "@Andy"),
+            "the owner's own messages may always trigger"
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The run loop: one agent run for a group, from its pending messages to its replies.
+//!
+//! It formats the prompt, starts the runner, commits each reply (outbox + cursor, one
+//! transaction), stores the session id, hands follow-ups to the live run, closes it when
+//! it has been idle for `IDLE_TIMEOUT`, and reports to the queue whether to retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::prompt::{format_prompt, strip_internal};
+use super::sender_allowlist::SenderPolicy;
+use super::{MAX_PROMPT_MESSAGES, wants_run};
+use crate::channels::ChannelSet;
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use crate::queue::{GroupProcessor, RunOutcome, RunSignal, RunSlot};
+use crate::runner::{AgentEvent, AgentRunner, RunInput, RunIo, RunRequest};
+use crate::store::{RegisteredGroup, Store, StoreError, StoredMessage};
+
+/// How long a typing indicator call may take before we stop waiting for it.
+const TYPING_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct RunLoop {
+    store: Arc<Store>,
+    runner: Arc<dyn AgentRunner>,
+    senders: Arc<SenderPolicy>,
+    delivery: Arc<Delivery>,
+    channels: ChannelSet,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+}
+
+/// What a run needs to start, read from the store in one go.
+struct Plan {
+    group: RegisteredGroup,
+    cursor: i64,
+    messages: Vec<StoredMessage>,
+    session_id: Option<String>,
+}
+
+/// Where a live run stands.
+struct Progress {
+    /// Highest rowid given to the agent (first prompt and follow-ups).
+    handed: i64,
+    /// Highest rowid the persisted cursor covers (answered or handled).
+    answered: i64,
+    idle_deadline: Option<Instant>,
+    last_error: Option<String>,
+}
+
+fn max_rowid(messages: &[StoredMessage]) -> i64 {
+    messages.iter().map(|m| m.rowid).max().unwrap_or(0)
+}
+
+impl RunLoop {
+    pub fn new(
+        store: Arc<Store>,
+        runner: Arc<dyn AgentRunner>,
+        senders: Arc<SenderPolicy>,
+        delivery: Arc<Delivery>,
+        channels: ChannelSet,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> RunLoop {
+        RunLoop {
+            store,
+            runner,
+            senders,
+            delivery,
+            channels,
+            config,
+            metrics,
+        }
+    }
+
+    async fn plan(&self, chat_jid: &str) -> Result<Option<Plan>, StoreError> {
+        let jid = chat_jid.to_string();
+        let senders = Arc::clone(&self.senders);
+        let default_trigger = self.config.default_trigger();
+        self.store
+            .call(move |s| {
+                let Some(group) = s.registered_group(&jid)? else {
+                    return Ok(None);
+                };
+                let Ok(folder) = group.folder() else {
+                    return Ok(None);
+                };
+                let cursor = s.cursor(&jid)?;
+                let messages = s.pending_messages(&jid, cursor, MAX_PROMPT_MESSAGES)?;
+                if !wants_run(&group, &messages, &senders.current(), &default_trigger) {
+                    return Ok(None);
+                }
+                let session_id = s.session(folder.as_str())?;
+                Ok(Some(Plan {
+                    group,
+                    cursor,
+                    messages,
+                    session_id,
+                }))
+            })
+            .await
+    }
+
+    fn prompt(&self, messages: &[StoredMessage]) -> String {
+        format_prompt(messages, &self.config.zone.tz, &self.config.zone.name)
+    }
+
+    fn typing(&self, chat_jid: &str, typing: bool) {
+        let Some(channel) = self.channels.for_jid(chat_jid) else {
+            return;
+        };
+        let jid = chat_jid.to_string();
+        tokio::spawn(async move {
+            match tokio::time::timeout(TYPING_TIMEOUT, channel.set_typing(&jid, typing)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(chat_jid = %jid, "typing indicator failed: {e}"),
+                Err(_) => tracing::debug!(chat_jid = %jid, "typing indicator timed out"),
+            }
+        });
+    }
+
+    async fn run(&self, plan: Plan, slot: &mut RunSlot) -> RunOutcome {
+        let Plan {
+            group,
+            cursor,
+            messages,
+            session_id,
+        } = plan;
+        let chat_jid = group.jid.clone();
+        let mut progress = Progress {
+            handed: max_rowid(&messages),
+            answered: cursor,
+            idle_deadline: None,
+            last_error: None,
+        };
+        tracing::info!(
+            messages = messages.len(),
+            resume = session_id.is_some(),
+            "starting agent run"
+        );
+        Metrics::inc(&self.metrics.runs_started);
+        self.typing(&chat_jid, true);
+
+        let (input_tx, input_rx) = mpsc::unbounded_channel();
+        let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+        let request = RunRequest {
+            run_id: crate::ids::run_id(),
+            group: group.clone(),
+            chat_jid: chat_jid.clone(),
+            prompt: self.prompt(&messages),
+            session_id,
+            is_scheduled_task: false,
+            assistant_name: self.config.assistant_name.clone(),
+        };
+        let run = self.runner.run(
+            request,
+            RunIo {
+                input: input_rx,
+                events: event_tx,
+            },
+        );
+        tokio::pin!(run);
+        let result = loop {
+            let idle_deadline = progress.idle_deadline;
+            tokio::select! {
+                biased;
+                Some(event) = event_rx.recv() => self.on_event(&group, event, &mut progress, slot).await,
+                result = &mut run => break result,
+                Some(signal) = slot.signals.recv() => match signal {
+                    RunSignal::NewMessages => {
+                        self.follow_up(&group, &input_tx, &mut progress, slot).await;
+                    }
+                    RunSignal::Close => {
+                        let _ = input_tx.send(RunInput::Close);
+                    }
+                },
+                _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
+                    tracing::info!("idle timeout reached; closing the run");
+                    progress.idle_deadline = None;
+                    let _ = input_tx.send(RunInput::Close);
+                }
+            }
+        };
+        // Events the runner sent just before it returned.
+        while let Ok(event) = event_rx.try_recv() {
+            self.on_event(&group, event, &mut progress, slot).await;
+        }
+        self.typing(&chat_jid, false);
+        slot.set_idle(false);
+
+        let failure = match result {
+            Err(e) => Some(e.message),
+            Ok(()) => progress.last_error.take(),
+        };
+        match failure {
+            None => {
+                if progress.handed > progress.answered {
+                    let (jid, handed) = (chat_jid.clone(), progress.handed);
+                    if let Err(e) = self
+                        .store
+                        .call(move |s| s.advance_cursor(&jid, handed))
+                        .await
+                    {
+                        tracing::error!("run finished but its cursor could not be saved: {e}");
+                    }
+                }
+                tracing::info!("agent run finished");
+                RunOutcome::Done
+            }
+            Some(reason) => {
+                Metrics::inc(&self.metrics.runs_failed);
+                if progress.handed > progress.answered {
+                    tracing::warn!(%reason, "agent run failed before answering everything; unanswered messages will be retried");
+                    RunOutcome::Retry { reason }
+                } else {
+                    tracing::warn!(%reason, "agent run failed after its reply was sent; not retrying, to avoid a duplicate reply");
+                    RunOutcome::Failed
+                }
+            }
+        }
+    }
+
+    async fn on_event(
+        &self,
+        group: &RegisteredGroup,
+        event: AgentEvent,
+        progress: &mut Progress,
+        slot: &RunSlot,
+    ) {
+        match event {
+            AgentEvent::Result { text } => {
+                let visible = strip_internal(&text);
+                if visible.is_empty() {
+                    tracing::debug!(
+                        chars = text.len(),
+                        "agent output was internal only; nothing sent"
+                    );
+                    return;
+                }
+                let (jid, name, handed) = (
+                    group.jid.clone(),
+                    self.config.assistant_name.clone(),
+                    progress.handed,
+                );
+                match self
+                    .store
+                    .call(move |s| s.commit_reply(&jid, &visible, &name, Some(handed)))
+                    .await
+                {
+                    Ok(_) => {
+                        progress.answered = handed;
+                        Metrics::inc(&self.metrics.replies_committed);
+                        self.delivery.notify();
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot store the agent's reply: {e}");
+                        progress.last_error = Some("the reply could not be stored".into());
+                    }
+                }
+            }
+            AgentEvent::Session { session_id } => {
+                let folder = group.folder.clone();
+                if let Err(e) = self
+                    .store
+                    .call(move |s| s.set_session(&folder, &session_id))
+                    .await
+                {
+                    tracing::error!("cannot store the session id: {e}");
+                }
+            }
+            AgentEvent::Idle => {
+                slot.set_idle(true);
+                self.typing(&group.jid, false);
+                progress.idle_deadline = Some(Instant::now() + self.config.idle_timeout);
+                if progress.handed > progress.answered {
+                    // Handled without a visible reply (e.g. all <internal>): do not rerun.
+                    let (jid, handed) = (group.jid.clone(), progress.handed);
+                    match self
+                        .store
+                        .call(move |s| s.advance_cursor(&jid, handed))
+                        .await
+                    {
+                        Ok(()) => progress.answered = handed,
+                        Err(e) => tracing::error!("cannot save the cursor: {e}"),
+                    }
+                }
+            }
+            AgentEvent::Error { message } => {
+                tracing::warn!(%message, "agent reported an error");
+                progress.last_error = Some(message);
+            }
+        }
+    }
+
+    /// Hands messages that arrived during the run to it, if they warrant the agent.
+    async fn follow_up(
+        &self,
+        group: &RegisteredGroup,
+        input: &mpsc::UnboundedSender<RunInput>,
+        progress: &mut Progress,
+        slot: &mut RunSlot,
+    ) {
+        let (jid, after) = (group.jid.clone(), progress.handed);
+        let senders = Arc::clone(&self.senders);
+        let default_trigger = self.config.default_trigger();
+        let g = group.clone();
+        let pending = self
+            .store
+            .call(move |s| {
+                let pending = s.pending_messages(&jid, after, MAX_PROMPT_MESSAGES)?;
+                let wanted = wants_run(&g, &pending, &senders.current(), &default_trigger);
+                Ok::<_, StoreError>(wanted.then_some(pending))
+            })
+            .await;
+        let messages = match pending {
+            Ok(Some(messages)) => messages,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("cannot read follow-up messages: {e}");
+                slot.request_recheck();
+                return;
+            }
+        };
+        if input
+            .send(RunInput::Message(self.prompt(&messages)))
+            .is_err()
+        {
+            slot.request_recheck();
+            return;
+        }
+        tracing::info!(
+            messages = messages.len(),
+            "handed follow-up messages to the live run"
+        );
+        progress.handed = progress.handed.max(max_rowid(&messages));
+        progress.idle_deadline = None;
+        slot.set_idle(false);
+        self.typing(&group.jid, true);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[async_trait]
+impl GroupProcessor for RunLoop {
+    async fn process_messages(&self, chat_jid: &str, slot: &mut RunSlot) -> RunOutcome {
+        let plan = match self.plan(chat_jid).await {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return RunOutcome::Done,
+            Err(e) => {
+                tracing::error!(chat_jid, "cannot prepare a run: {e}");
+                return RunOutcome::Retry {
+                    reason: format!("the store could not be read ({e})"),
+                };
+            }
+        };
+        let span = tracing::info_span!("run", group = %plan.group.folder, chat_jid);
+        self.run(plan, slot).instrument(span).await
+    }
+
+    async fn gave_up(&self, chat_jid: &str, reason: &str) {
+        let text = format!(
+            "Sorry, I could not answer your last message: {reason}. I will try again when the next message \
+             arrives or when I restart."
+        );
+        let (jid, name) = (chat_jid.to_string(), self.config.assistant_name.clone());
+        match self
+            .store
+            .call(move |s| s.commit_reply(&jid, &text, &name, None))
+            .await
+        {
+            Ok(_) => self.delivery.notify(),
+            Err(e) => tracing::error!(chat_jid, "cannot tell the user that the run failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Chats, messages and the per-chat cursor.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{Store, StoreError, WithContext};
+
+/// A message as channels deliver it and as `messages` stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    pub id: String,
+    pub chat_jid: String,
+    /// Platform id of the sender (what the sender allowlist matches).
+    pub sender: String,
+    /// Display name of the sender (what the agent sees).
+    pub sender_name: String,
+    pub content: String,
+    /// RFC 3339 UTC, see [`crate::clock`].
+    pub timestamp: String,
+    pub is_from_me: bool,
+    pub is_bot_message: bool,
+}
+
+/// A stored message with its insertion order (`rowid`), which the cursor follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredMessage {
+    pub rowid: i64,
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+/// Chat metadata a channel reports along with messages.
+#[derive(Debug, Clone, Default)]
+pub struct ChatMeta {
+    pub jid: String,
+    pub name: Option<String>,
+    pub timestamp: String,
+    pub channel: Option<String>,
+    pub is_group: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatInfo {
+    pub jid: String,
+    pub name: Option<String>,
+    pub last_message_time: Option<String>,
+    pub channel: Option<String>,
+    pub is_group: bool,
+}
+
+const MESSAGE_COLUMNS: &str =
+    "rowid, id, chat_jid, sender, sender_name, content, timestamp, is_from_me, is_bot_message";
+
+fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        rowid: row.get(0)?,
+        message: Message {
+            id: row.get(1)?,
+            chat_jid: row.get(2)?,
+            sender: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            sender_name: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+            content: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+            timestamp: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
+            is_from_me: row.get::<_, Option<bool>>(7)?.unwrap_or(false),
+            is_bot_message: row.get::<_, Option<bool>>(8)?.unwrap_or(false),
+        },
+    })
+}
+
+impl Store {
+    /// Records chat metadata: a name replaces the stored one, the activity time only
+    /// moves forward, channel and group flag are filled in when known.
+    pub fn upsert_chat(&self, meta: &ChatMeta) -> Result<(), StoreError> {
+        upsert_chat(&self.conn(), meta)
+    }
+
+    /// Stores a message; returns its rowid, or `None` if `(id, chat_jid)` was already
+    /// stored (channels may redeliver; the first copy wins, nothing is rewritten).
+    pub fn insert_message(
+        &self,
+        meta: &ChatMeta,
+        msg: &Message,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().ctx("starting to store a message")?;
+        upsert_chat(&tx, meta)?;
+        let inserted = insert_message(&tx, msg)?;
+        tx.commit().ctx("committing a message")?;
+        Ok(inserted)
+    }
+
+    /// Messages of `chat_jid` after `after_rowid` that the agent should see: not the
+    /// assistant's own, not empty. At most `limit` (the most recent), oldest first.
+    pub fn pending_messages(
+        &self,
+        chat_jid: &str,
+        after_rowid: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT * FROM (
+                   SELECT {MESSAGE_COLUMNS} FROM messages
+                   WHERE chat_jid = ?1 AND rowid > ?2
+                     AND COALESCE(is_bot_message, 0) = 0
+                     AND content IS NOT NULL AND content <> ''
+                   ORDER BY rowid DESC LIMIT ?3
+                 ) ORDER BY timestamp, rowid"
+            ))
+            .ctx("preparing the pending-messages query")?;
+        let rows = stmt
+            .query_map(params![chat_jid, after_rowid, limit as i64], stored_message)
+            .ctx("reading pending messages")?;
+        rows.collect::<Result<_, _>>()
+            .ctx("reading pending messages")
+    }
+
+    /// All messages of a chat, user and assistant, oldest first; with `limit`, the last N.
+    pub fn chat_messages(
+        &self,
+        chat_jid: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let conn = self.conn();
+        let limit = limit.map(|l| l as i64).unwrap_or(-1);
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT * FROM (
+                   SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_jid = ?1
+                   ORDER BY timestamp DESC, rowid DESC LIMIT ?2
+                 ) ORDER BY timestamp, rowid"
+            ))
+            .ctx("preparing the chat-messages query")?;
+        let rows = stmt
+            .query_map(params![chat_jid, limit], stored_message)
+            .ctx("reading chat messages")?;
+        rows.collect::<Result<_, _>>().ctx("reading chat messages")
+    }
+
+    pub fn chats(&self) -> Result<Vec<ChatInfo>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT jid, name, last_message_time, channel, COALESCE(is_group, 0) FROM chats
+                 WHERE jid <> '__group_sync__' ORDER BY last_message_time DESC",
+            )
+            .ctx("preparing the chats query")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ChatInfo {
+                    jid: r.get(0)?,
+                    name: r.get(1)?,
+                    last_message_time: r.get(2)?,
+                    channel: r.get(3)?,
+                    is_group: r.get(4)?,
+                })
+            })
+            .ctx("reading chats")?;
+        rows.collect::<Result<_, _>>().ctx("reading chats")
+    }
+
+    /// The rowid of the last message the agent has handled in this chat (0: none).
+    pub fn cursor(&self, chat_jid: &str) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT last_rowid FROM chat_cursors WHERE chat_jid = ?1",
+                params![chat_jid],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .ctx("reading a chat cursor")
+    }
+
+    /// Moves the cursor forward to `rowid` (never backwards).
+    pub fn advance_cursor(&self, chat_jid: &str, rowid: i64) -> Result<(), StoreError> {
+        advance_cursor(&self.conn(), chat_jid, rowid)
+    }
+
+    pub fn count_messages(&self) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .ctx("counting messages")
+    }
+}
+
+pub(super) fn upsert_chat(conn: &rusqlite::Connection, meta: &ChatMeta) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO chats (jid, name, last_message_time, channel, is_group)
+         VALUES (?1, COALESCE(?2, ?1), ?3, ?4, COALESCE(?5, 0))
+         ON CONFLICT(jid) DO UPDATE SET
+           name = COALESCE(?2, name),
+           last_message_time = MAX(COALESCE(last_message_time, ''), excluded.last_message_time),
+           channel = COALESCE(?4, channel),
+           is_group = COALESCE(?5, is_group)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            meta.jid,
+            meta.name,
+            meta.timestamp,
+            meta.channel,
+            meta.is_group
+        ])
+    })
+    .ctx("storing chat metadata")?;
+    Ok(())
+}
+
+pub(super) fn insert_message(
+    conn: &rusqlite::Connection,
+    msg: &Message,
+) -> Result<Option<i64>, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO messages
+               (id, chat_jid, sender, sender_name, content, timestamp, is_from_me, is_bot_message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                msg.id,
+                msg.chat_jid,
+                msg.sender,
+                msg.sender_name,
+                msg.content,
+                msg.timestamp,
+                msg.is_from_me,
+                msg.is_bot_message
+            ])
+        })
+        .ctx("storing a message")?;
+    Ok((changed == 1).then(|| conn.last_insert_rowid()))
+}
+
+pub(super) fn advance_cursor(
+    conn: &rusqlite::Connection,
+    chat_jid: &str,
+    rowid: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO chat_cursors (chat_jid, last_rowid, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(chat_jid) DO UPDATE SET
+           last_rowid = MAX(last_rowid, excluded.last_rowid),
+           updated_at = excluded.updated_at",
+    )
+    .and_then(|mut stmt| stmt.execute(params![chat_jid, rowid, crate::clock::now()]))
+    .ctx("moving a chat cursor")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::open_temp;
+    use super::*;
+
+    pub(crate) fn msg(id: &str, chat: &str, content: &str, ts: &str) -> Message {
+        Message {
+            id: id.into(),
+            chat_jid: chat.into(),
+            sender: "u1".into(),
+            sender_name: "User".into(),
+            content: content.into(),
+            timestamp: ts.into(),
+            is_from_me: false,
+            is_bot_message: false,
+        }
+    }
+
+    fn meta(chat: &str) -> ChatMeta {
+        ChatMeta {
+            jid: chat.into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn duplicates_are_ignored_and_the_first_copy_kept() {
+        let (_d, store) = open_temp();
+        let first = store
+            .insert_message(
+                &meta("web:a"),
+                &msg("1", "web:a", "original", "2026-01-01T00:00:01.000Z"),
+            )
+            .expect("insert");
+        assert!(first.is_some());
+        let again = store
+            .insert_message(
+                &meta("web:a"),
+                &msg("1", "web:a", "changed", "2026-01-01T00:00:02.000Z"),
+            )
+            .expect("insert");
+        assert_eq!(again, None);
+        let all = store.chat_messages("web:a", None).expect("list");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].message.content, "original");
+        // Same id in another chat is a different message.
+        assert!(
+            store
+                .insert_message(
+                    &meta("web:b"),
+                    &msg("1", "web:b", "x", "2026-01-01T00:00:01.000Z")
+                )
+                .expect("insert")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn pending_follows_rowid_not_timestamp_and_skips_bot_messages() {
+        let (_d, store) = open_temp();
+        let m = meta("web:a");
+        store
+            .insert_message(&m, &msg("1", "web:a", "one", "2026-01-01T00:00:05.000Z"))
+            .expect("insert");
+        let mut bot = msg("2", "web:a", "reply", "2026-01-01T00:00:06.000Z");
+        bot.is_bot_message = true;
+        store.insert_message(&m, &bot).expect("insert");
+        store
+            .insert_message(&m, &msg("3", "web:a", "", "2026-01-01T00:00:07.000Z"))
+            .expect("insert");
+        let r1 = store.pending_messages("web:a", 0, 100).expect("pending");
+        assert_eq!(
+            r1.iter().map(|s| s.message.id.as_str()).collect::<Vec<_>>(),
+            ["1"]
+        );
+        store.advance_cursor("web:a", r1[0].rowid).expect("advance");
+        // A late message with an *older* timestamp is still pending.
+        store
+            .insert_message(&m, &msg("4", "web:a", "late", "2026-01-01T00:00:01.000Z"))
+            .expect("insert");
+        let cursor = store.cursor("web:a").expect("cursor");
+        let r2 = store
+            .pending_messages("web:a", cursor, 100)
+            .expect("pending");
+        assert_eq!(
+            r2.iter().map(|s| s.message.id.as_str()).collect::<Vec<_>>(),
+            ["4"]
+        );
+    }
+
+    #[test]
+    fn pending_keeps_the_most_recent_when_capped_and_orders_by_time() {
+        let (_d, store) = open_temp();
+        let m = meta("web:a");
+        for i in 0..5 {
+            store
+                .insert_message(
+                    &m,
+                    &msg(
+                        &i.to_string(),
+                        "web:a",
+                        "x",
+                        &format!("2026-01-01T00:00:0{i}.000Z"),
+                    ),
+                )
+                .expect("insert");
+        }
+        let r = store.pending_messages("web:a", 0, 2).expect("pending");
+        assert_eq!(
+            r.iter().map(|s| s.message.id.as_str()).collect::<Vec<_>>(),
+            ["3", "4"]
+        );
+    }
+
+    #[test]
+    fn cursor_never_moves_backwards() {
+        let (_d, store) = open_temp();
+        assert_eq!(store.cursor("web:a").expect("cursor"), 0);
+        store.advance_cursor("web:a", 7).expect("advance");
+        store.advance_cursor("web:a", 3).expect("advance");
+        assert_eq!(store.cursor("web:a").expect("cursor"), 7);
+    }
+
+    #[test]
+    fn chat_metadata_keeps_names_and_latest_time() {
+        let (_d, store) = open_temp();
+        store
+            .upsert_chat(&ChatMeta {
+                jid: "tg:1".into(),
+                name: Some("Family".into()),
+                timestamp: "2026-01-02T00:00:00.000Z".into(),
+                channel: Some("telegram".into()),
+                is_group: Some(true),
+            })
+            .expect("upsert");
+        store
+            .upsert_chat(&ChatMeta {
+                jid: "tg:1".into(),
+                name: None,
+                timestamp: "2026-01-01T00:00:00.000Z".into(),
+                channel: None,
+                is_group: None,
+            })
+            .expect("upsert");
+        let chats = store.chats().expect("chats");
+        assert_eq!(chats.len(), 1);
+        assert_eq!(chats[0].name.as_deref(), Some("Family"));
+        assert_eq!(
+            chats[0].last_message_time.as_deref(),
+            Some("2026-01-02T00:00:00.000Z")
+        );
+        assert!(chats[0].is_group);
+        assert_eq!(chats[0].channel.as_deref(), Some("telegram"));
+    }
+}

@@ -1,0 +1,182 @@
+//! The SQLite store (SPEC §4): NanoClaw v1's tables plus our own (cursors, outbox).
+//!
+//! One connection behind a mutex. Methods are synchronous, which is what the CLI wants;
+//! the daemon calls them through [`Store::call`], which runs the closure on tokio's
+//! blocking pool so SQLite never stalls the async threads.
+
+mod groups;
+mod messages;
+mod outbox;
+mod schema;
+mod tasks;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use thiserror::Error;
+
+pub use groups::RegisteredGroup;
+pub use messages::{ChatInfo, ChatMeta, Message, StoredMessage};
+pub use outbox::{CommittedReply, OutboxItem};
+pub use schema::LATEST_VERSION;
+pub use tasks::{ScheduledTask, TaskStatus};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("store error while {action}: {source}")]
+    Sqlite {
+        action: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the store has schema version {found}, but this nanoclaw understands up to {supported}; \
+         it was written by a newer nanoclaw, so upgrade nanoclaw instead of downgrading the store"
+    )]
+    TooNew { found: i64, supported: i64 },
+    /// A request that conflicts with what is stored (e.g. a folder already in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Attaches "while doing X" to SQLite errors.
+pub(crate) trait WithContext<T> {
+    fn ctx(self, action: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> WithContext<T> for Result<T, rusqlite::Error> {
+    fn ctx(self, action: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sqlite { action, source })
+    }
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store at `path`.
+    /// `assistant_name` is used once, to mark v1-era assistant messages while migrating.
+    pub fn open(path: &Path, assistant_name: &str) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        Self::configure(&mut conn).map_err(open_err)?;
+        schema::migrate(&mut conn, &schema::MigrationContext { assistant_name })?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn configure(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+        // Another process (the CLI next to the daemon) may hold the write lock briefly.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(mode, "SQLite refused WAL mode; continuing with {mode}");
+        }
+        // FULL: an accepted message survives power loss too, not only a crash. Our write
+        // rate is a person's chat rate, so the extra fsync costs nothing that matters.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(())
+    }
+
+    /// Runs `f` on the blocking pool. A panic inside `f` is re-raised here.
+    pub async fn call<R, F>(self: &Arc<Self>, f: F) -> R
+    where
+        F: FnOnce(&Store) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions
+        // roll back on drop), so a poisoned lock is safe to keep using.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The schema version of the open store.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .ctx("reading the schema version")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Store;
+
+    pub fn open_temp() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("messages.db"), "Andy").expect("open store");
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_store_is_wal_and_at_latest_version() {
+        let (_dir, store) = test_support::open_temp();
+        assert_eq!(store.schema_version().expect("version"), LATEST_VERSION);
+        let mode: String = store
+            .conn()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("journal mode");
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn reopening_is_idempotent() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("messages.db");
+        drop(Store::open(&path, "Andy").expect("first open"));
+        let store = Store::open(&path, "Andy").expect("second open");
+        assert_eq!(store.schema_version().expect("version"), LATEST_VERSION);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_advice() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("messages.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.pragma_update(None, "user_version", 99)
+                .expect("set version");
+        }
+        let err = Store::open(&path, "Andy")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("99") && err.contains("upgrade nanoclaw"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! Versioned migrations, tracked in `PRAGMA user_version`.
+//!
+//! Migration 1 is the NanoClaw v1 schema, written so that it also *adopts* an existing
+//! NanoClaw database: tables are created only if missing, columns that older v1 releases
+//! lacked are added with v1's own backfills, and nothing existing is rewritten. NanoClaw
+//! v1 never set `user_version`, so its databases start at 0 like a fresh file.
+
+use rusqlite::{Connection, Transaction, params};
+
+use super::{StoreError, WithContext};
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    apply: fn(&Transaction<'_>, &MigrationContext) -> Result<(), StoreError>,
+}
+
+pub(super) struct MigrationContext<'a> {
+    pub assistant_name: &'a str,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "NanoClaw v1 tables",
+        apply: v1_tables,
+    },
+    Migration {
+        version: 2,
+        name: "chat cursors and reply outbox",
+        apply: cursors_and_outbox,
+    },
+];
+
+pub const LATEST_VERSION: i64 = 2;
+
+pub(super) fn migrate(conn: &mut Connection, ctx: &MigrationContext) -> Result<(), StoreError> {
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .ctx("reading the schema version")?;
+    if current > LATEST_VERSION {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: LATEST_VERSION,
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        let tx = conn.transaction().ctx("starting a migration")?;
+        (m.apply)(&tx, ctx)?;
+        tx.pragma_update(None, "user_version", m.version)
+            .ctx("recording the schema version")?;
+        tx.commit().ctx("committing a migration")?;
+        tracing::info!(version = m.version, name = m.name, "store migrated");
+    }
+    Ok(())
+}
+
+fn v1_tables(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "
+        CREATE TABLE IF NOT EXISTS chats (
+            jid TEXT PRIMARY KEY,
+            name TEXT,
+            last_message_time TEXT,
+            channel TEXT,
+            is_group INTEGER DEFAULT 0
+        );
+        CREATE TABLE IF NOT EXISTS messages (
+            id TEXT,
+            chat_jid TEXT,
+            sender TEXT,
+            sender_name TEXT,
+            content TEXT,
+            timestamp TEXT,
+            is_from_me INTEGER,
+            is_bot_message INTEGER DEFAULT 0,
+            reply_to_message_id TEXT,
+            reply_to_message_content TEXT,
+            reply_to_sender_name TEXT,
+            PRIMARY KEY (id, chat_jid),
+            FOREIGN KEY (chat_jid) REFERENCES chats(jid)
+        );
+        CREATE INDEX IF NOT EXISTS idx_timestamp ON messages(timestamp);
+        CREATE TABLE IF NOT EXISTS scheduled_tasks (
+            id TEXT PRIMARY KEY,
+            group_folder TEXT NOT NULL,
+            chat_jid TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            schedule_type TEXT NOT NULL,
+            schedule_value TEXT NOT NULL,
+            next_run TEXT,
+            last_run TEXT,
+            last_result TEXT,
+            status TEXT DEFAULT 'active',
+            created_at TEXT NOT NULL,
+            context_mode TEXT DEFAULT 'isolated',
+            script TEXT
+        );
+        CREATE INDEX IF NOT EXISTS idx_next_run ON scheduled_tasks(next_run);
+        CREATE INDEX IF NOT EXISTS idx_status ON scheduled_tasks(status);
+        CREATE TABLE IF NOT EXISTS task_run_logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            run_at TEXT NOT NULL,
+            duration_ms INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            FOREIGN KEY (task_id) REFERENCES scheduled_tasks(id)
+        );
+        CREATE INDEX IF NOT EXISTS idx_task_run_logs ON task_run_logs(task_id, run_at);
+        CREATE TABLE IF NOT EXISTS router_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS sessions (
+            group_folder TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS registered_groups (
+            jid TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            folder TEXT NOT NULL UNIQUE,
+            trigger_pattern TEXT NOT NULL,
+            added_at TEXT NOT NULL,
+            container_config TEXT,
+            requires_trigger INTEGER DEFAULT 1,
+            is_main INTEGER DEFAULT 0
+        );
+        ",
+    )
+    .ctx("creating the NanoClaw v1 tables")?;
+
+    // Columns added during v1's life, with the backfills v1 itself ran when adding them.
+    add_column_if_missing(
+        tx,
+        "scheduled_tasks",
+        "context_mode",
+        "TEXT DEFAULT 'isolated'",
+    )?;
+    add_column_if_missing(tx, "scheduled_tasks", "script", "TEXT")?;
+    if add_column_if_missing(tx, "messages", "is_bot_message", "INTEGER DEFAULT 0")? {
+        tx.execute(
+            "UPDATE messages SET is_bot_message = 1 WHERE content LIKE ?1 ESCAPE '\\'",
+            params![format!("{}:%", escape_like(ctx.assistant_name))],
+        )
+        .ctx("marking old assistant messages")?;
+    }
+    add_column_if_missing(tx, "registered_groups", "container_config", "TEXT")?;
+    add_column_if_missing(
+        tx,
+        "registered_groups",
+        "requires_trigger",
+        "INTEGER DEFAULT 1",
+    )?;
+    if add_column_if_missing(tx, "registered_groups", "is_main", "INTEGER DEFAULT 0")? {
+        tx.execute(
+            "UPDATE registered_groups SET is_main = 1 WHERE folder = 'main'",
+            [],
+        )
+        .ctx("marking the main group")?;
+    }
+    let added_channel = add_column_if_missing(tx, "chats", "channel", "TEXT")?;
+    add_column_if_missing(tx, "chats", "is_group", "INTEGER DEFAULT 0")?;
+    if added_channel {
+        tx.execute_batch(
+            "
+            UPDATE chats SET channel = 'whatsapp', is_group = 1 WHERE jid LIKE '%@g.us';
+            UPDATE chats SET channel = 'whatsapp', is_group = 0 WHERE jid LIKE '%@s.whatsapp.net';
+            UPDATE chats SET channel = 'discord', is_group = 1 WHERE jid LIKE 'dc:%';
+            UPDATE chats SET channel = 'telegram', is_group = 0 WHERE jid LIKE 'tg:%';
+            ",
+        )
+        .ctx("backfilling chat channels")?;
+    }
+    for column in [
+        "reply_to_message_id",
+        "reply_to_message_content",
+        "reply_to_sender_name",
+    ] {
+        add_column_if_missing(tx, "messages", column, "TEXT")?;
+    }
+    Ok(())
+}
+
+/// Our own tables. Cursors are kept by message `rowid`, not by timestamp: a message that
+/// arrives late with an older timestamp (a channel catching up after a reconnect) is
+/// still "after the cursor" and is not skipped. v1's timestamp cursors are imported.
+fn cursors_and_outbox(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "
+        CREATE TABLE chat_cursors (
+            chat_jid TEXT PRIMARY KEY,
+            last_rowid INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            chat_jid TEXT NOT NULL,
+            text TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            delivered_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT
+        );
+        CREATE INDEX idx_outbox_pending ON outbox(id) WHERE delivered_at IS NULL;
+        CREATE INDEX idx_messages_chat ON messages(chat_jid, timestamp);
+        ",
+    )
+    .ctx("creating cursor and outbox tables")?;
+
+    let now = crate::clock::now();
+    // v1 kept per-chat cursors as a JSON map of timestamps in router_state.
+    let v1_cursors: Option<String> = tx
+        .query_row(
+            "SELECT value FROM router_state WHERE key = 'last_agent_timestamp'",
+            [],
+            |row| row.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            other => Err(other),
+        })
+        .ctx("reading v1 cursors")?;
+    let map: serde_json::Map<String, serde_json::Value> = v1_cursors
+        .and_then(|raw| match serde_json::from_str(&raw) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => {
+                tracing::warn!(
+                    "router_state.last_agent_timestamp is not a JSON object; ignoring v1 cursors"
+                );
+                None
+            }
+        })
+        .unwrap_or_default();
+    for (jid, ts) in &map {
+        let Some(ts) = ts.as_str() else { continue };
+        tx.execute(
+            "INSERT INTO chat_cursors (chat_jid, last_rowid, updated_at)
+             SELECT ?1, COALESCE(MAX(rowid), 0), ?3 FROM messages WHERE chat_jid = ?1 AND timestamp <= ?2",
+            params![jid, ts, now],
+        )
+        .ctx("importing a v1 cursor")?;
+    }
+    // v1 recovered a missing cursor from the chat's last assistant message; do the same
+    // once, so registered chats without a cursor do not replay their whole history.
+    tx.execute(
+        "INSERT INTO chat_cursors (chat_jid, last_rowid, updated_at)
+         SELECT g.jid, MAX(m.rowid), ?2 FROM registered_groups g
+         JOIN messages m ON m.chat_jid = g.jid
+         WHERE (m.is_bot_message = 1 OR m.content LIKE ?1 ESCAPE '\\')
+           AND g.jid NOT IN (SELECT chat_jid FROM chat_cursors)
+         GROUP BY g.jid",
+        params![format!("{}:%", escape_like(ctx.assistant_name)), now],
+    )
+    .ctx("recovering cursors from assistant replies")?;
+    Ok(())
+}
+
+/// Adds `table.column` unless it exists; returns whether it was added.
+fn add_column_if_missing(
+    tx: &Transaction<'_>,
+    table: &str,
+    column: &str,
+    decl: &str,
+) -> Result<bool, StoreError> {
+    let exists: bool = tx
+        .query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            params![column],
+            |row| row.get(0),
+        )
+        .ctx("inspecting table columns")?;
+    if !exists {
+        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+            .ctx("adding a column")?;
+    }
+    Ok(!exists)
+}
+
+fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}

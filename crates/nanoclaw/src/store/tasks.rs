@@ -1,0 +1,178 @@
+//! Scheduled tasks as stored (the scheduler that runs them lives in `scheduler`).
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{Store, StoreError, WithContext};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduledTask {
+    pub id: String,
+    pub group_folder: String,
+    pub chat_jid: String,
+    pub prompt: String,
+    pub schedule_type: String,
+    pub schedule_value: String,
+    pub context_mode: String,
+    pub next_run: Option<String>,
+    pub last_run: Option<String>,
+    pub last_result: Option<String>,
+    pub status: String,
+    pub created_at: String,
+}
+
+/// What `tasks pause|resume|cancel` may set. `cancelled` keeps the task and its run
+/// history (NanoClaw v1 deleted them); v1's scheduler only runs `active` tasks, so the
+/// value is harmless to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    Active,
+    Paused,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Active => "active",
+            TaskStatus::Paused => "paused",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+const TASK_COLUMNS: &str = "id, group_folder, chat_jid, prompt, schedule_type, schedule_value, \
+     COALESCE(context_mode, 'isolated'), next_run, last_run, last_result, COALESCE(status, 'active'), created_at";
+
+fn task(row: &Row<'_>) -> rusqlite::Result<ScheduledTask> {
+    Ok(ScheduledTask {
+        id: row.get(0)?,
+        group_folder: row.get(1)?,
+        chat_jid: row.get(2)?,
+        prompt: row.get(3)?,
+        schedule_type: row.get(4)?,
+        schedule_value: row.get(5)?,
+        context_mode: row.get(6)?,
+        next_run: row.get(7)?,
+        last_run: row.get(8)?,
+        last_result: row.get(9)?,
+        status: row.get(10)?,
+        created_at: row.get(11)?,
+    })
+}
+
+impl Store {
+    pub fn tasks(&self) -> Result<Vec<ScheduledTask>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM scheduled_tasks ORDER BY created_at DESC, id"
+            ))
+            .ctx("preparing the tasks query")?;
+        let rows = stmt.query_map([], task).ctx("reading tasks")?;
+        rows.collect::<Result<_, _>>().ctx("reading tasks")
+    }
+
+    pub fn task(&self, id: &str) -> Result<Option<ScheduledTask>, StoreError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {TASK_COLUMNS} FROM scheduled_tasks WHERE id = ?1"),
+                params![id],
+                task,
+            )
+            .optional()
+            .ctx("reading a task")
+    }
+
+    /// Pauses, resumes or cancels a task, refusing transitions that make no sense
+    /// (resuming a completed or cancelled task, touching an unknown id).
+    pub fn set_task_status(&self, id: &str, to: TaskStatus) -> Result<ScheduledTask, StoreError> {
+        let Some(current) = self.task(id)? else {
+            return Err(StoreError::NotFound(format!(
+                "no task with id `{id}`; `nanoclaw tasks list` shows the ids"
+            )));
+        };
+        let allowed = match (current.status.as_str(), to) {
+            (_, TaskStatus::Cancelled) => current.status != "cancelled",
+            ("active" | "paused", _) => true,
+            _ => false,
+        };
+        if !allowed {
+            return Err(StoreError::Conflict(format!(
+                "task `{id}` is {}; it cannot be set to {}",
+                current.status,
+                to.as_str()
+            )));
+        }
+        self.conn()
+            .execute(
+                "UPDATE scheduled_tasks SET status = ?2 WHERE id = ?1",
+                params![id, to.as_str()],
+            )
+            .ctx("updating a task's status")?;
+        Ok(ScheduledTask {
+            status: to.as_str().to_string(),
+            ..current
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::open_temp;
+    use super::*;
+
+    fn insert(store: &Store, id: &str, status: &str) {
+        store
+            .conn()
+            .execute(
+                "INSERT INTO scheduled_tasks (id, group_folder, chat_jid, prompt, schedule_type, schedule_value, status, created_at)
+                 VALUES (?1, 'main', 'web:main', 'p', 'interval', '60000', ?2, '2026-01-01T00:00:00.000Z')",
+                params![id, status],
+            )
+            .expect("insert task");
+    }
+
+    #[test]
+    fn status_transitions() {
+        let (_d, store) = open_temp();
+        insert(&store, "t1", "active");
+        insert(&store, "t2", "completed");
+        assert_eq!(
+            store
+                .set_task_status("t1", TaskStatus::Paused)
+                .expect("pause")
+                .status,
+            "paused"
+        );
+        assert_eq!(
+            store
+                .set_task_status("t1", TaskStatus::Active)
+                .expect("resume")
+                .status,
+            "active"
+        );
+        let e = store
+            .set_task_status("t2", TaskStatus::Active)
+            .expect_err("completed")
+            .to_string();
+        assert!(e.contains("completed"), "{e}");
+        assert_eq!(
+            store
+                .set_task_status("t2", TaskStatus::Cancelled)
+                .expect("cancel")
+                .status,
+            "cancelled"
+        );
+        let e = store
+            .set_task_status("nope", TaskStatus::Paused)
+            .expect_err("missing")
+            .to_string();
+        assert!(e.contains("tasks list"), "{e}");
+        assert_eq!(
+            store.tasks().expect("list").len(),
+            2,
+            "cancel keeps the task"
+        );
+    }
+}
