@@ -43,12 +43,17 @@ pub struct RunSlot {
     pub signals: mpsc::UnboundedReceiver<RunSignal>,
     idle: Arc<AtomicBool>,
     recheck: bool,
+    queue: Weak<GroupQueue>,
 }
 
 impl RunSlot {
-    /// The agent finished its work and waits for follow-ups (or the reverse).
+    /// The agent finished its work and waits for follow-ups (or the reverse). An idle
+    /// run gives up its slot when other groups are waiting for one.
     pub fn set_idle(&self, idle: bool) {
         self.idle.store(idle, Ordering::Relaxed);
+        if idle && let Some(queue) = self.queue.upgrade() {
+            queue.preempt_idle_locked(&mut queue.lock());
+        }
     }
 
     /// Messages were signalled but could not be handed to the run: look again after it.
@@ -105,6 +110,8 @@ pub struct ActiveRunInfo {
 struct ActiveRun {
     signals: mpsc::UnboundedSender<RunSignal>,
     idle: Arc<AtomicBool>,
+    /// Asked to close to free its slot for a waiting group.
+    closing: bool,
     task: Option<JoinHandle<()>>,
 }
 
@@ -178,6 +185,7 @@ impl GroupQueue {
                 );
                 st.waiting.push_back(chat_jid.to_string());
             }
+            self.preempt_idle_locked(&mut st);
             return;
         }
         self.start_locked(&mut st, chat_jid);
@@ -229,6 +237,7 @@ impl GroupQueue {
                 signals: rx,
                 idle: slot_idle,
                 recheck: false,
+                queue: Arc::downgrade(&me),
             };
             let processor = Arc::clone(&me.processor);
             let outcome = AssertUnwindSafe(processor.process_messages(&jid, &mut slot))
@@ -245,6 +254,7 @@ impl GroupQueue {
         group.run = Some(ActiveRun {
             signals: tx,
             idle,
+            closing: false,
             task: Some(task),
         });
     }
@@ -306,6 +316,30 @@ impl GroupQueue {
         self.run_ended.notify_waiters();
         if let Some(reason) = gave_up {
             self.processor.gave_up(chat_jid, &reason).await;
+        }
+    }
+
+    /// Asks idle runs to close while groups wait for a slot: a run waiting for follow-ups
+    /// must not keep a group that has work out for up to `IDLE_TIMEOUT`.
+    fn preempt_idle_locked(&self, st: &mut QueueState) {
+        let QueueState {
+            groups, waiting, ..
+        } = st;
+        let closing = groups
+            .values()
+            .filter(|g| g.run.as_ref().is_some_and(|r| r.closing))
+            .count();
+        if closing >= waiting.len() {
+            return;
+        }
+        let idle = groups
+            .iter_mut()
+            .filter_map(|(jid, g)| g.run.as_mut().map(|r| (jid, r)))
+            .find(|(_, r)| !r.closing && r.idle.load(Ordering::Relaxed));
+        if let Some((jid, run)) = idle {
+            tracing::info!(chat_jid = %jid, "closing an idle run to free its slot for a waiting group");
+            run.closing = true;
+            let _ = run.signals.send(RunSignal::Close);
         }
     }
 
@@ -522,6 +556,58 @@ mod tests {
             ["g1", "g1", "g1"],
             "one run and two retries"
         );
+    }
+
+    /// Goes idle at once and stays until closed.
+    struct IdleUntilClosed {
+        closed: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl GroupProcessor for IdleUntilClosed {
+        async fn process_messages(&self, chat_jid: &str, slot: &mut RunSlot) -> RunOutcome {
+            slot.set_idle(true);
+            while let Some(sig) = slot.signals.recv().await {
+                if sig == RunSignal::Close {
+                    self.closed.lock().expect("lock").push(chat_jid.to_string());
+                    break;
+                }
+            }
+            RunOutcome::Done
+        }
+        async fn gave_up(&self, _: &str, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn an_idle_run_yields_its_slot_to_a_waiting_group() {
+        let p = Arc::new(IdleUntilClosed {
+            closed: Mutex::new(vec![]),
+        });
+        let q = GroupQueue::new(1, RetryPolicy::new(Duration::from_millis(10)), p.clone());
+        q.enqueue_messages("g1");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !q.snapshot().active.iter().any(|r| r.idle) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("g1 idle");
+        q.enqueue_messages("g2");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while q
+                .snapshot()
+                .active
+                .iter()
+                .map(|r| r.chat_jid.as_str())
+                .collect::<Vec<_>>()
+                != ["g2"]
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("g2 got the slot");
+        assert_eq!(*p.closed.lock().expect("lock"), ["g1"]);
     }
 
     #[test]

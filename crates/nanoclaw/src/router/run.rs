@@ -2,7 +2,9 @@
 //!
 //! It formats the prompt, starts the runner, commits each reply (outbox + cursor, one
 //! transaction), stores the session id, hands follow-ups to the live run, closes it when
-//! it has been idle for `IDLE_TIMEOUT`, and reports to the queue whether to retry.
+//! it has been idle for `IDLE_TIMEOUT`, and reports to the queue whether to retry: a run
+//! that ends with messages it never answered is retried, one that already answered
+//! everything is not (whatever happened after), so no reply is ever sent twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +54,8 @@ struct Progress {
     answered: i64,
     idle_deadline: Option<Instant>,
     last_error: Option<String>,
+    /// `Close` was sent to the runner: follow-ups now wait for the next run.
+    closing: bool,
 }
 
 fn max_rowid(messages: &[StoredMessage]) -> i64 {
@@ -138,6 +142,7 @@ impl RunLoop {
             answered: cursor,
             idle_deadline: None,
             last_error: None,
+            closing: false,
         };
         tracing::info!(
             messages = messages.len(),
@@ -177,12 +182,14 @@ impl RunLoop {
                         self.follow_up(&group, &input_tx, &mut progress, slot).await;
                     }
                     RunSignal::Close => {
+                        progress.closing = true;
                         let _ = input_tx.send(RunInput::Close);
                     }
                 },
                 _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
                     tracing::info!("idle timeout reached; closing the run");
                     progress.idle_deadline = None;
+                    progress.closing = true;
                     let _ = input_tx.send(RunInput::Close);
                 }
             }
@@ -198,30 +205,32 @@ impl RunLoop {
             Err(e) => Some(e.message),
             Ok(()) => progress.last_error.take(),
         };
-        match failure {
-            None => {
-                if progress.handed > progress.answered {
-                    let (jid, handed) = (chat_jid.clone(), progress.handed);
-                    if let Err(e) = self
-                        .store
-                        .call(move |s| s.advance_cursor(&jid, handed))
-                        .await
-                    {
-                        tracing::error!("run finished but its cursor could not be saved: {e}");
-                    }
-                }
+        // The persisted cursor moved only when the agent answered (a reply) or said it
+        // was done (idle). Anything handed to it after that is still unanswered.
+        let unanswered = progress.handed > progress.answered;
+        match (failure, unanswered) {
+            (None, false) => {
                 tracing::info!("agent run finished");
                 RunOutcome::Done
             }
-            Some(reason) => {
+            (None, true) => {
                 Metrics::inc(&self.metrics.runs_failed);
-                if progress.handed > progress.answered {
-                    tracing::warn!(%reason, "agent run failed before answering everything; unanswered messages will be retried");
-                    RunOutcome::Retry { reason }
-                } else {
-                    tracing::warn!(%reason, "agent run failed after its reply was sent; not retrying, to avoid a duplicate reply");
-                    RunOutcome::Failed
+                tracing::warn!(
+                    "agent run ended before answering its latest messages; they will be retried"
+                );
+                RunOutcome::Retry {
+                    reason: "the assistant stopped before answering".into(),
                 }
+            }
+            (Some(reason), true) => {
+                Metrics::inc(&self.metrics.runs_failed);
+                tracing::warn!(%reason, "agent run failed before answering; the messages will be retried");
+                RunOutcome::Retry { reason }
+            }
+            (Some(reason), false) => {
+                Metrics::inc(&self.metrics.runs_failed);
+                tracing::warn!(%reason, "agent run failed after its reply was sent; not retrying, to avoid a duplicate reply");
+                RunOutcome::Failed
             }
         }
     }
@@ -306,6 +315,11 @@ impl RunLoop {
         progress: &mut Progress,
         slot: &mut RunSlot,
     ) {
+        if progress.closing {
+            // The run is ending; a message handed now might never be read.
+            slot.request_recheck();
+            return;
+        }
         let (jid, after) = (group.jid.clone(), progress.handed);
         let senders = Arc::clone(&self.senders);
         let default_trigger = self.config.default_trigger();

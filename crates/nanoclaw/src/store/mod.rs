@@ -98,6 +98,7 @@ impl Store {
     }
 
     /// Runs `f` on the blocking pool. A panic inside `f` is re-raised here.
+    /// If the runtime is shutting down, this never returns (its task is being dropped).
     pub async fn call<R, F>(self: &Arc<Self>, f: F) -> R
     where
         F: FnOnce(&Store) -> R + Send + 'static,
@@ -106,7 +107,9 @@ impl Store {
         let store = Arc::clone(self);
         match tokio::task::spawn_blocking(move || f(&store)).await {
             Ok(r) => r,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down and this task with it.
+            Err(_) => std::future::pending().await,
         }
     }
 

@@ -1,0 +1,182 @@
+//! `nanoclaw groups add|list|remove` and `tasks pause|resume|cancel` on a real store.
+
+mod support;
+
+use rusqlite::Connection;
+use support::cli;
+
+#[tokio::test]
+async fn groups_add_rejects_unsafe_folders_with_the_rule() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let too_long = "x".repeat(65);
+    let cases = [
+        ("../x", "starts with `.`"),
+        ("global", "reserved"),
+        ("Global", "reserved"),
+        (too_long.as_str(), "65 characters"),
+        ("a/b", "contains `/`"),
+        ("bad name", "contains ` `"),
+        ("", "empty"),
+        ("-x", "starts with `-`"),
+    ];
+    for (folder, why) in cases {
+        let flag = format!("--folder={folder}");
+        let (ok, _, err) = cli(
+            root.path(),
+            &["groups", "add", "--jid", "tg:1", "--name", "G", &flag],
+        )
+        .await;
+        assert!(!ok, "{folder:?} must be rejected");
+        assert!(err.contains(why), "{folder:?}: {err}");
+        assert!(
+            err.contains("^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
+            "the rule is quoted: {err}"
+        );
+    }
+    assert!(!root.path().join("groups/x").exists() && !root.path().join("x").exists());
+}
+
+#[tokio::test]
+async fn groups_add_list_remove() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (ok, out, err) = cli(
+        root.path(),
+        &[
+            "groups",
+            "add",
+            "--jid",
+            "tg:-100",
+            "--name",
+            "Family",
+            "--folder",
+            "telegram_family",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("@Andy"), "{out}");
+    assert!(root.path().join("groups/telegram_family/logs").is_dir());
+    assert!(
+        root.path()
+            .join("data/ipc/telegram_family/messages")
+            .is_dir()
+    );
+
+    let (ok, _, err) = cli(
+        root.path(),
+        &[
+            "groups",
+            "add",
+            "--jid",
+            "tg:-200",
+            "--name",
+            "Other",
+            "--folder",
+            "telegram_family",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("already used by tg:-100"), "{err}");
+
+    let (ok, _, err) = cli(
+        root.path(),
+        &[
+            "groups",
+            "add",
+            "--jid",
+            "tg:-300",
+            "--name",
+            "Solo",
+            "--folder",
+            "solo",
+            "--no-trigger",
+            "--trigger",
+            "@Bot",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+
+    let (ok, out, _) = cli(root.path(), &["groups", "list", "--json"]).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let solo = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|g| g["jid"] == "tg:-300")
+        .expect("solo");
+    assert_eq!(solo["requires_trigger"], false);
+    assert_eq!(solo["trigger"], "@Bot");
+
+    let (ok, out, _) = cli(root.path(), &["groups", "list"]).await;
+    assert!(
+        ok && out.contains("telegram_family") && out.contains("tg:-300"),
+        "{out}"
+    );
+
+    let (ok, out, _) = cli(root.path(), &["groups", "remove", "--jid", "tg:-100"]).await;
+    assert!(ok && out.contains("kept"), "{out}");
+    let (ok, _, err) = cli(root.path(), &["groups", "remove", "--jid", "tg:-100"]).await;
+    assert!(!ok && err.contains("not registered"), "{err}");
+    assert!(
+        root.path().join("groups/telegram_family").is_dir(),
+        "the folder is kept"
+    );
+}
+
+#[tokio::test]
+async fn read_commands_on_a_root_without_a_store_say_what_to_do() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (ok, _, err) = cli(root.path(), &["groups", "list"]).await;
+    assert!(!ok && err.contains("nanoclaw run --root"), "{err}");
+    assert!(
+        !root.path().join("store/messages.db").exists(),
+        "a read does not create a store"
+    );
+}
+
+#[tokio::test]
+async fn tasks_pause_resume_cancel() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (ok, _, err) = cli(
+        root.path(),
+        &[
+            "groups", "add", "--jid", "tg:1", "--name", "G", "--folder", "g",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    Connection::open(root.path().join("store/messages.db"))
+        .expect("open")
+        .execute(
+            "INSERT INTO scheduled_tasks (id, group_folder, chat_jid, prompt, schedule_type, schedule_value, status, created_at)
+             VALUES ('t1', 'g', 'tg:1', 'standup', 'cron', '0 9 * * 1-5', 'active', '2026-01-01T00:00:00.000Z')",
+            [],
+        )
+        .expect("insert");
+    let status = |out: String| -> String {
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v[0]["status"].as_str().expect("status").to_string()
+    };
+    let (ok, _, err) = cli(root.path(), &["tasks", "pause", "t1"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        status(cli(root.path(), &["tasks", "list", "--json"]).await.1),
+        "paused"
+    );
+    assert!(cli(root.path(), &["tasks", "resume", "t1"]).await.0);
+    assert_eq!(
+        status(cli(root.path(), &["tasks", "list", "--json"]).await.1),
+        "active"
+    );
+    assert!(cli(root.path(), &["tasks", "cancel", "t1"]).await.0);
+    assert_eq!(
+        status(cli(root.path(), &["tasks", "list", "--json"]).await.1),
+        "cancelled"
+    );
+    let (ok, _, err) = cli(root.path(), &["tasks", "resume", "t1"]).await;
+    assert!(!ok && err.contains("cancelled"), "{err}");
+    let (ok, _, err) = cli(root.path(), &["tasks", "pause", "nope"]).await;
+    assert!(!ok && err.contains("tasks list"), "{err}");
+}

@@ -1,0 +1,186 @@
+//! The real `nanoclaw` binary: a fresh root, the token, auth, a clean SIGTERM, one
+//! daemon per root, `status`, and `chat` against a live daemon.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use nanoclaw_test_support::DEADLINE;
+use support::{BinaryDaemon, ScriptedRunner, Step, cli, start_daemon};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_root_creates_layout_token_and_main_group_and_guards_every_route() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let d = BinaryDaemon::spawn(root.path(), &[]).await;
+
+    for dir in [
+        "store",
+        "store/auth",
+        "groups/global",
+        "groups/main/logs",
+        "data/ipc/errors",
+        "data/ipc/main/input",
+        "data/sessions/main/.claude",
+        "logs",
+    ] {
+        assert!(root.path().join(dir).is_dir(), "{dir} exists");
+    }
+    assert!(root.path().join("store/messages.db").is_file());
+    let token = root.path().join("data/http-token");
+    assert_eq!(
+        std::fs::metadata(&token)
+            .expect("token")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(root.path().join("store/auth"))
+            .expect("auth dir")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    let (status, groups) = d.api.get("/api/groups").await.expect("groups");
+    assert_eq!(status, 200);
+    let groups = groups.as_array().expect("array");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["jid"], "web:main");
+    assert_eq!(groups[0]["folder"], "main");
+    assert_eq!(groups[0]["is_main"], true);
+
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", d.port);
+    let health = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200, "healthz needs no token");
+    assert_eq!(
+        health.json::<serde_json::Value>().await.expect("json"),
+        serde_json::json!({"status": "ok"})
+    );
+
+    let routes = [
+        ("GET", "/api/groups"),
+        ("GET", "/api/tasks"),
+        ("GET", "/api/status"),
+        ("GET", "/api/events"),
+        ("GET", "/api/chats/web:main/messages"),
+        ("POST", "/api/messages"),
+        ("GET", "/metrics"),
+    ];
+    for (method, path) in routes {
+        for auth in [
+            None,
+            Some("Bearer wrong-token-0123456789"),
+            Some("Basic abc"),
+        ] {
+            let mut req = client.request(method.parse().expect("method"), format!("{base}{path}"));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let resp = req.send().await.expect("request");
+            assert_eq!(resp.status(), 401, "{method} {path} with {auth:?}");
+            assert_eq!(
+                resp.headers()
+                    .get("www-authenticate")
+                    .map(|v| v.to_str().unwrap_or("")),
+                Some("Bearer")
+            );
+            let body: serde_json::Value = resp.json().await.expect("json error");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("data/http-token")),
+                "{body}"
+            );
+        }
+    }
+
+    // One daemon per root.
+    let (ok, _, err) = cli(root.path(), &["run"]).await;
+    assert!(
+        !ok && err.contains("already running"),
+        "second daemon refused: {err}"
+    );
+
+    let (ok, out, _) = cli(root.path(), &["status"]).await;
+    assert!(ok && out.contains("is running"), "{out}");
+
+    let status = d.terminate().await;
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert!(
+        !root.path().join("data/daemon.json").exists(),
+        "daemon info removed on exit"
+    );
+
+    let (ok, out, _) = cli(root.path(), &["status"]).await;
+    assert!(ok && out.contains("not running"), "{out}");
+
+    // The token survives restarts.
+    let before = std::fs::read_to_string(&token).expect("token");
+    let d = BinaryDaemon::spawn(root.path(), &[]).await;
+    assert_eq!(std::fs::read_to_string(&token).expect("token"), before);
+    assert!(d.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_runner_the_daemon_says_so_instead_of_pretending() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let d = BinaryDaemon::spawn(root.path(), &[("NANOCLAW_RETRY_BASE_MS", "10")]).await;
+    d.api
+        .send("web:main", "me", "Me", "hello")
+        .await
+        .expect("accepted");
+    let texts = support::wait_bot_texts(&d.api, "web:main", 1).await;
+    assert!(
+        texts[0].contains("could not answer") && texts[0].contains("no sandbox runner"),
+        "{texts:?}"
+    );
+    let (_, status) = d.api.get("/api/status").await.expect("status");
+    assert_eq!(status["runner"]["available"], false);
+    assert!(d.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_chat_sends_a_line_and_prints_the_reply() {
+    let runner = ScriptedRunner::new(vec![Step::Reply(vec![
+        "<internal>x</internal>Hi from Andy".into(),
+    ])]);
+    let d = start_daemon(runner.clone()).await;
+    let mut child = tokio::process::Command::new(support::nanoclaw_bin())
+        .args(["chat", "--name", "Tester", "--root"])
+        .arg(d.root())
+        .envs(support::test_env(d.root()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("chat starts");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"hello there\n").await.expect("write");
+    }
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("chat exits after the reply")
+        .expect("chat output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Andy: Hi from Andy"), "{stdout}");
+    let runs = runner.runs();
+    assert!(
+        runs[0].prompt.contains("sender=\"Tester\"") && runs[0].prompt.contains(">hello there<")
+    );
+    d.stop().await;
+}

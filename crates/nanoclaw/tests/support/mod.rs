@@ -1,0 +1,393 @@
+//! Shared by the integration tests: a scripted [`AgentRunner`] double and a daemon
+//! started in-process on a temporary root with real store, HTTP server and queue.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use nanoclaw::config::Config;
+use nanoclaw::daemon::{self, DaemonOptions, RunningDaemon};
+use nanoclaw::runner::{AgentEvent, AgentRunner, RunError, RunInput, RunIo, RunRequest};
+use nanoclaw_test_support::{Api, DEADLINE, wait_for};
+use tokio::sync::{Notify, Semaphore};
+
+/// What one scripted run does.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Report a session, send these replies, go idle; answer each follow-up with
+    /// `follow-up reply N`; end on close.
+    Reply(Vec<String>),
+    /// Fail at once, having sent nothing.
+    Fail(String),
+    /// Send one reply, then fail.
+    ReplyThenFail(String, String),
+}
+
+pub fn reply(text: &str) -> Step {
+    Step::Reply(vec![text.to_string()])
+}
+
+/// A run as the double saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedRun {
+    pub chat_jid: String,
+    pub folder: String,
+    pub prompt: String,
+    pub session_id: Option<String>,
+    pub follow_ups: Vec<String>,
+}
+
+/// An [`AgentRunner`] double that follows a script and records what it was given.
+#[derive(Default)]
+pub struct ScriptedRunner {
+    script: Mutex<VecDeque<Step>>,
+    runs: Mutex<Vec<RecordedRun>>,
+    changed: Notify,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    /// When set, every run waits for a permit before it does anything.
+    gate: Option<Arc<Semaphore>>,
+    sessions: AtomicUsize,
+}
+
+impl ScriptedRunner {
+    pub fn new(steps: Vec<Step>) -> Arc<ScriptedRunner> {
+        Arc::new(ScriptedRunner {
+            script: Mutex::new(steps.into()),
+            ..Default::default()
+        })
+    }
+
+    /// Runs block until the returned semaphore gets permits.
+    pub fn gated(steps: Vec<Step>) -> (Arc<ScriptedRunner>, Arc<Semaphore>) {
+        let gate = Arc::new(Semaphore::new(0));
+        let runner = Arc::new(ScriptedRunner {
+            script: Mutex::new(steps.into()),
+            gate: Some(Arc::clone(&gate)),
+            ..Default::default()
+        });
+        (runner, gate)
+    }
+
+    pub fn runs(&self) -> Vec<RecordedRun> {
+        self.runs.lock().expect("lock").clone()
+    }
+
+    pub fn max_running(&self) -> usize {
+        self.max_running.load(Ordering::SeqCst)
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `cond(runs)` holds.
+    pub async fn wait_runs(
+        &self,
+        what: &str,
+        cond: impl Fn(&[RecordedRun]) -> bool,
+    ) -> Vec<RecordedRun> {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let notified = self.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let runs = self.runs();
+                if cond(&runs) {
+                    return runs;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "timed out waiting for {what}; runs so far: {:#?}",
+                self.runs()
+            )
+        })
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Vec<RecordedRun>)) {
+        f(&mut self.runs.lock().expect("lock"));
+        self.changed.notify_waiters();
+    }
+}
+
+struct RunningGuard<'a>(&'a AtomicUsize);
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl AgentRunner for ScriptedRunner {
+    async fn run(&self, request: RunRequest, mut io: RunIo) -> Result<(), RunError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        let _guard = RunningGuard(&self.running);
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        let index = {
+            let mut runs = self.runs.lock().expect("lock");
+            runs.push(RecordedRun {
+                chat_jid: request.chat_jid.clone(),
+                folder: request.group.folder.clone(),
+                prompt: request.prompt.clone(),
+                session_id: request.session_id.clone(),
+                follow_ups: vec![],
+            });
+            runs.len() - 1
+        };
+        self.changed.notify_waiters();
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        let step = self
+            .script
+            .lock()
+            .expect("lock")
+            .pop_front()
+            .unwrap_or_else(|| reply("ok"));
+        let send = |e: AgentEvent| {
+            let _ = io.events.send(e);
+        };
+        match step {
+            Step::Fail(message) => return Err(RunError::new(message)),
+            Step::ReplyThenFail(text, message) => {
+                send(AgentEvent::Result { text });
+                return Err(RunError::new(message));
+            }
+            Step::Reply(texts) => {
+                let n = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                send(AgentEvent::Session {
+                    session_id: format!("session-{n}"),
+                });
+                for text in texts {
+                    send(AgentEvent::Result { text });
+                }
+                send(AgentEvent::Idle);
+            }
+        }
+        let mut follow_ups = 0;
+        while let Some(input) = io.input.recv().await {
+            match input {
+                RunInput::Close => break,
+                RunInput::Message(text) => {
+                    follow_ups += 1;
+                    self.record(|runs| runs[index].follow_ups.push(text));
+                    let _ = io.events.send(AgentEvent::Result {
+                        text: format!("follow-up reply {follow_ups}"),
+                    });
+                    let _ = io.events.send(AgentEvent::Idle);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "scripted test runner".into()
+    }
+}
+
+/// A daemon running in this process on a temporary root.
+pub struct TestDaemon {
+    pub root: tempfile::TempDir,
+    pub home: PathBuf,
+    pub api: Api,
+    daemon: Option<RunningDaemon>,
+}
+
+impl TestDaemon {
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+        std::mem::replace(&mut self.root, tempfile::tempdir().expect("temp dir"))
+    }
+}
+
+/// The environment tests run the daemon with (fixed zone, private HOME).
+pub fn test_env(root: &Path) -> HashMap<String, String> {
+    HashMap::from([
+        ("TZ".to_string(), "Europe/Berlin".to_string()),
+        ("HOME".to_string(), root.join("home").display().to_string()),
+        ("NANOCLAW_RETRY_BASE_MS".to_string(), "50".to_string()),
+    ])
+}
+
+pub fn test_config(root: &Path) -> Config {
+    let (mut config, _secrets) = Config::load(root, &test_env(root)).expect("test config loads");
+    config.http_port = 0;
+    config
+}
+
+pub async fn start_daemon(runner: Arc<dyn AgentRunner>) -> TestDaemon {
+    start_daemon_with(runner, tempfile::tempdir().expect("temp dir"), |_| {}).await
+}
+
+pub async fn start_daemon_with(
+    runner: Arc<dyn AgentRunner>,
+    root: tempfile::TempDir,
+    tweak: impl FnOnce(&mut Config),
+) -> TestDaemon {
+    let mut config = test_config(root.path());
+    tweak(&mut config);
+    let home = config.home.clone();
+    std::fs::create_dir_all(home.join(".config/nanoclaw")).expect("create HOME");
+    let daemon = daemon::start(DaemonOptions {
+        config,
+        runner,
+        channels: vec![],
+    })
+    .await
+    .expect("daemon starts");
+    let api = Api::new(
+        format!("http://{}", daemon.http_addr),
+        daemon.http_token.clone(),
+    );
+    TestDaemon {
+        root,
+        home,
+        api,
+        daemon: Some(daemon),
+    }
+}
+
+/// Registers a non-main web group through the store, as `nanoclaw groups add` does.
+pub fn register(root: &Path, jid: &str, folder: &str, requires_trigger: bool) {
+    let store =
+        nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("open store");
+    store
+        .register_group(&nanoclaw::store::RegisteredGroup {
+            jid: jid.into(),
+            name: folder.into(),
+            folder: folder.into(),
+            trigger_pattern: "@Andy".into(),
+            added_at: nanoclaw::clock::now(),
+            container_config: None,
+            requires_trigger,
+            is_main: false,
+        })
+        .expect("register group");
+}
+
+/// Waits until the chat shows `n` assistant messages; returns their texts.
+pub async fn wait_bot_texts(api: &Api, chat_jid: &str, n: usize) -> Vec<String> {
+    wait_for(
+        &format!("{n} assistant messages in {chat_jid}"),
+        DEADLINE,
+        || async {
+            let texts = api.bot_texts(chat_jid).await.ok()?;
+            (texts.len() >= n).then_some(texts)
+        },
+    )
+    .await
+}
+
+pub fn nanoclaw_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nanoclaw")
+}
+
+/// Asserts that no run is active or waiting. The router decides before `POST
+/// /api/messages` answers, so right after a 202 this proves no run was started for it.
+pub async fn assert_no_runs(api: &Api, why: &str) {
+    let (status, v) = api.get("/api/status").await.expect("status");
+    assert_eq!(status, 200);
+    assert_eq!(v["queue"]["active"], serde_json::json!([]), "{why}: {v}");
+    assert_eq!(v["queue"]["waiting"], serde_json::json!([]), "{why}: {v}");
+}
+
+/// The real `nanoclaw run` binary on a root, with a fixed port.
+pub struct BinaryDaemon {
+    pub child: tokio::process::Child,
+    pub port: u16,
+    pub api: Api,
+}
+
+impl BinaryDaemon {
+    pub async fn spawn(root: &Path, extra_env: &[(&str, &str)]) -> BinaryDaemon {
+        let port = nanoclaw_test_support::free_port();
+        std::fs::create_dir_all(root.join("home")).expect("create HOME");
+        let mut cmd = tokio::process::Command::new(nanoclaw_bin());
+        cmd.args(["run", "--root"])
+            .arg(root)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(test_env(root))
+            .env("NANOCLAW_HTTP_PORT", port.to_string())
+            .envs(extra_env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("nanoclaw run starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let probe = reqwest::Client::new();
+        wait_for("nanoclaw run to answer /healthz", DEADLINE, || {
+            let (probe, url) = (probe.clone(), format!("{base}/healthz"));
+            async move {
+                probe
+                    .get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
+        })
+        .await;
+        let api = Api::for_root(base, root).expect("token exists once the daemon answers");
+        BinaryDaemon { child, port, api }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("child is running")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(status.success());
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("nanoclaw exits after SIGTERM")
+            .expect("wait works")
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("SIGKILL sent");
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Runs the `nanoclaw` CLI with the test environment; returns (success, stdout, stderr).
+pub async fn cli(root: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(nanoclaw_bin())
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(test_env(root))
+        .output()
+        .await
+        .expect("nanoclaw CLI runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,161 @@
+//! The web channel end to end, in-process: a message to `web:main` reaches the runner as
+//! exactly the SPEC §5 prompt, and the reply shows up in the chat and on the event stream
+//! with `<internal>` parts removed.
+
+mod support;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use nanoclaw_test_support::DEADLINE;
+use support::{ScriptedRunner, Step, start_daemon, wait_bot_texts};
+
+fn local(ts: &str) -> String {
+    let ts: Timestamp = ts.parse().expect("stored timestamp parses");
+    ts.to_zoned_datetime(jiff::tz::TimeZone::get("Europe/Berlin").expect("zone"))
+        .strftime("%b %-d, %Y, %-I:%M %p")
+        .to_string()
+}
+
+#[tokio::test]
+async fn message_to_main_reaches_the_runner_as_the_spec_prompt_and_the_reply_comes_back() {
+    let runner = ScriptedRunner::new(vec![Step::Reply(vec![
+        "<internal>thinking about it</internal>Hello <b>Jo</b> & all".into(),
+    ])]);
+    let d = start_daemon(runner.clone()).await;
+    let mut events = d.api.events("", None).await.expect("event stream");
+
+    d.api
+        .send(
+            "web:main",
+            "jo-1",
+            "Jo \"the\" <Boss> & co",
+            "is 1 < 2 && 3 > \"2\"?",
+        )
+        .await
+        .expect("accepted");
+
+    let runs = runner.wait_runs("one run", |r| !r.is_empty()).await;
+    let stored = d.api.messages("web:main").await.expect("messages");
+    let ts = stored[0]["timestamp"].as_str().expect("timestamp");
+    assert_eq!(
+        runs[0].prompt,
+        format!(
+            "<context timezone=\"Europe/Berlin\" />\n<messages>\n\
+             <message sender=\"Jo &quot;the&quot; &lt;Boss&gt; &amp; co\" time=\"{}\">\
+             is 1 &lt; 2 &amp;&amp; 3 &gt; &quot;2&quot;?</message>\n</messages>",
+            local(ts)
+        )
+    );
+    assert_eq!(runs[0].chat_jid, "web:main");
+    assert_eq!(runs[0].folder, "main");
+    assert_eq!(runs[0].session_id, None);
+
+    let texts = wait_bot_texts(&d.api, "web:main", 1).await;
+    assert_eq!(texts, ["Hello <b>Jo</b> & all"]);
+
+    let event = events.next(DEADLINE).await.expect("an event");
+    let data: serde_json::Value = serde_json::from_str(&event.data).expect("event JSON");
+    assert_eq!(data["chat_jid"], "web:main");
+    assert_eq!(data["text"], "Hello <b>Jo</b> & all");
+    assert!(data["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(event.id.is_some(), "events carry an id for Last-Event-ID");
+
+    // Oldest first, user then assistant.
+    let all = d.api.messages("web:main").await.expect("messages");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0]["is_bot_message"], false);
+    assert_eq!(all[1]["is_bot_message"], true);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn internal_only_output_sends_nothing_and_the_session_is_resumed() {
+    let runner = ScriptedRunner::new(vec![
+        Step::Reply(vec!["<internal>nothing to say</internal>".into()]),
+        Step::Reply(vec!["second answer".into()]),
+    ]);
+    let d = start_daemon_short_idle(runner.clone()).await;
+    d.api
+        .send("web:main", "u", "U", "first")
+        .await
+        .expect("accepted");
+    runner.wait_runs("first run", |r| r.len() == 1).await;
+    // The idle run closes after the short idle timeout; the next message starts run 2.
+    wait_until_no_active_runs(&d).await;
+    d.api
+        .send("web:main", "u", "U", "second")
+        .await
+        .expect("accepted");
+    let runs = runner.wait_runs("second run", |r| r.len() == 2).await;
+    assert!(runs[1].prompt.contains(">second</message>"));
+    assert!(
+        !runs[1].prompt.contains(">first</message>"),
+        "handled messages are not repeated"
+    );
+    assert_eq!(
+        runs[1].session_id.as_deref(),
+        Some("session-1"),
+        "the group's session is resumed"
+    );
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:main", 1).await,
+        ["second answer"]
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn event_stream_replays_what_a_reconnecting_client_missed() {
+    let runner = ScriptedRunner::new(vec![Step::Reply(vec![
+        "one".into(),
+        "two".into(),
+        "three".into(),
+    ])]);
+    let d = start_daemon(runner.clone()).await;
+    let mut events = d
+        .api
+        .events("?chat_jid=web:main", None)
+        .await
+        .expect("stream");
+    d.api
+        .send("web:main", "u", "U", "count")
+        .await
+        .expect("accepted");
+    let first = events.next(DEADLINE).await.expect("first event");
+    wait_bot_texts(&d.api, "web:main", 3).await;
+    drop(events);
+    let mut again = d
+        .api
+        .events("?chat_jid=web:main", first.id.as_deref())
+        .await
+        .expect("reconnect");
+    let texts: Vec<String> = [
+        again.next(DEADLINE).await.expect("replayed"),
+        again.next(DEADLINE).await.expect("replayed"),
+    ]
+    .iter()
+    .map(|e| serde_json::from_str::<serde_json::Value>(&e.data).expect("json")["text"].to_string())
+    .collect();
+    assert_eq!(texts, ["\"two\"", "\"three\""]);
+    assert!(
+        again.next(Duration::from_millis(200)).await.is_err(),
+        "nothing is replayed twice"
+    );
+    d.stop().await;
+}
+
+async fn start_daemon_short_idle(runner: std::sync::Arc<ScriptedRunner>) -> support::TestDaemon {
+    support::start_daemon_with(runner, tempfile::tempdir().expect("temp dir"), |c| {
+        c.idle_timeout = Duration::from_millis(100);
+    })
+    .await
+}
+
+async fn wait_until_no_active_runs(d: &support::TestDaemon) {
+    nanoclaw_test_support::wait_for("the idle run to close", DEADLINE, || async {
+        let (_, v) = d.api.get("/api/status").await.ok()?;
+        (v["queue"]["active"] == serde_json::json!([])).then_some(())
+    })
+    .await;
+}
