@@ -34,11 +34,23 @@ pub struct AgentInput {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentEvent {
     /// Text meant for the chat. The host strips `<internal>…</internal>` and sends the rest.
-    Result { text: String },
+    ///
+    /// `inputs` is how many follow-up messages ([`FollowUp`]) the agent had read when it
+    /// produced this (0: only the first prompt). The host marks as answered only what the
+    /// agent had actually read, so a follow-up that arrives just before a crash is retried.
+    Result {
+        text: String,
+        #[serde(default)]
+        inputs: u32,
+    },
     /// The session the agent is now using; the host stores it for the group.
     Session { session_id: String },
-    /// The agent has answered everything it was given and waits for follow-ups.
-    Idle,
+    /// The agent has handled everything it read (`inputs` follow-ups, as for `Result`)
+    /// and waits for more.
+    Idle {
+        #[serde(default)]
+        inputs: u32,
+    },
     /// The run failed; `message` is safe to show to the user (no secrets).
     Error { message: String },
 }
@@ -47,7 +59,8 @@ impl AgentEvent {
     /// Encodes the event as one stdout line (without the trailing newline).
     pub fn to_line(&self) -> String {
         // Serializing these plain enums cannot fail: every field is a string.
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"type\":\"idle\"}"))
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| String::from("{\"type\":\"idle\",\"inputs\":0}"))
     }
 }
 
@@ -69,8 +82,11 @@ mod tests {
     fn events_use_the_documented_shapes() {
         let cases = [
             (
-                AgentEvent::Result { text: "hi".into() },
-                r#"{"type":"result","text":"hi"}"#,
+                AgentEvent::Result {
+                    text: "hi".into(),
+                    inputs: 2,
+                },
+                r#"{"type":"result","text":"hi","inputs":2}"#,
             ),
             (
                 AgentEvent::Session {
@@ -78,7 +94,10 @@ mod tests {
                 },
                 r#"{"type":"session","session_id":"s1"}"#,
             ),
-            (AgentEvent::Idle, r#"{"type":"idle"}"#),
+            (
+                AgentEvent::Idle { inputs: 0 },
+                r#"{"type":"idle","inputs":0}"#,
+            ),
             (
                 AgentEvent::Error {
                     message: "boom".into(),
@@ -91,6 +110,21 @@ mod tests {
             let parsed: AgentEvent = serde_json::from_str(line).expect("valid line");
             assert_eq!(parsed, event);
         }
+    }
+
+    #[test]
+    fn inputs_default_to_the_first_prompt_only() {
+        let idle: AgentEvent = serde_json::from_str(r#"{"type":"idle"}"#).expect("parses");
+        assert_eq!(idle, AgentEvent::Idle { inputs: 0 });
+        let result: AgentEvent =
+            serde_json::from_str(r#"{"type":"result","text":"x"}"#).expect("parses");
+        assert_eq!(
+            result,
+            AgentEvent::Result {
+                text: "x".into(),
+                inputs: 0
+            }
+        );
     }
 
     #[test]

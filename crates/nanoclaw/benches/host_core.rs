@@ -23,7 +23,10 @@ struct StampingRunner {
 impl AgentRunner for StampingRunner {
     async fn run(&self, _request: RunRequest, io: RunIo) -> Result<(), RunError> {
         let _ = self.invoked.send(Instant::now());
-        let _ = io.events.send(AgentEvent::Result { text: "ok".into() });
+        let _ = io.events.send(AgentEvent::Result {
+            text: "ok".into(),
+            inputs: 0,
+        });
         Ok(())
     }
     fn describe(&self) -> String {

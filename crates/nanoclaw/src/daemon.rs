@@ -45,6 +45,7 @@ pub struct RunningDaemon {
     pub layout: Layout,
     pub http_token: String,
     shutdown_tx: watch::Sender<bool>,
+    delivery_stop_tx: watch::Sender<bool>,
     queue: Arc<GroupQueue>,
     http_task: JoinHandle<()>,
     delivery_task: JoinHandle<()>,
@@ -93,6 +94,8 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
     let metrics = Arc::new(Metrics::default());
     let (events_tx, _) = broadcast::channel(1024);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Delivery stops last, after runs have closed, so their final replies go out.
+    let (delivery_stop_tx, delivery_stop_rx) = watch::channel(false);
 
     let delivery = Delivery::new(
         Arc::clone(&store),
@@ -156,7 +159,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
             tracing::error!("HTTP server failed: {e}");
         }
     });
-    let delivery_task = tokio::spawn(Arc::clone(&delivery).run(shutdown_rx));
+    let delivery_task = tokio::spawn(Arc::clone(&delivery).run(delivery_stop_rx));
 
     write_daemon_info(&layout, http_addr)?;
     tracing::info!(http = %http_addr, root = %config.root.display(), assistant = %config.assistant_name, "nanoclaw is running");
@@ -173,6 +176,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         layout,
         http_token,
         shutdown_tx,
+        delivery_stop_tx,
         queue,
         http_task,
         delivery_task,
@@ -187,6 +191,7 @@ impl RunningDaemon {
         let _ = self.shutdown_tx.send(true);
         self.queue.shutdown(SHUTDOWN_GRACE).await;
         let _ = self.http_task.await;
+        let _ = self.delivery_stop_tx.send(true);
         let _ = self.delivery_task.await;
         let _ = std::fs::remove_file(self.layout.daemon_info_path());
         tracing::info!("stopped");

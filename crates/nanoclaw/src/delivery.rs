@@ -18,26 +18,33 @@ use crate::store::{OutboxItem, Store};
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait between attempts for one reply.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-const BATCH: usize = 200;
+/// Chats looked at per pass.
+const HEADS: usize = 500;
 
 /// A delivered reply as the event stream shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct OutboundEvent {
+    /// Delivery number: increases in the order replies were delivered.
     #[serde(skip)]
-    pub id: i64,
+    pub seq: i64,
     pub chat_jid: String,
     pub text: String,
     pub timestamp: String,
 }
 
-impl From<&OutboxItem> for OutboundEvent {
-    fn from(item: &OutboxItem) -> Self {
+impl OutboundEvent {
+    fn new(item: &OutboxItem, seq: i64) -> OutboundEvent {
         OutboundEvent {
-            id: item.id,
+            seq,
             chat_jid: item.chat_jid.clone(),
             text: item.text.clone(),
             timestamp: item.created_at.clone(),
         }
+    }
+
+    /// For replies read back from the store (replay); `None` if never delivered.
+    pub fn from_delivered(item: &OutboxItem) -> Option<OutboundEvent> {
+        item.delivery_seq.map(|seq| OutboundEvent::new(item, seq))
     }
 }
 
@@ -47,6 +54,15 @@ pub struct Delivery {
     events: broadcast::Sender<OutboundEvent>,
     metrics: Arc<Metrics>,
     wake: Notify,
+}
+
+/// What the worker remembers between passes.
+#[derive(Default)]
+struct WorkerState {
+    /// Replies to retry no earlier than this.
+    retry_at: HashMap<i64, Instant>,
+    /// Sent, but recording that failed: record again, never send again.
+    unrecorded: HashSet<i64>,
 }
 
 impl Delivery {
@@ -70,108 +86,115 @@ impl Delivery {
         self.wake.notify_one();
     }
 
-    /// Delivers until `shutdown` turns true, then makes one last pass.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut retry_at: HashMap<i64, Instant> = HashMap::new();
+    /// Delivers until `stop` turns true, then makes one last pass.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut state = WorkerState::default();
         loop {
-            let next = self.deliver_pending(&mut retry_at).await;
+            let next = self.deliver_pending(&mut state).await;
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = sleep => {}
-                _ = shutdown.changed() => {
-                    self.deliver_pending(&mut retry_at).await;
-                    return;
-                }
+            let stopping = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = sleep => false,
+                stopped = stop.wait_for(|s| *s) => stopped.is_ok(),
+            };
+            if stopping {
+                self.deliver_pending(&mut state).await;
+                return;
             }
         }
     }
 
-    /// One pass over the outbox. Returns when the earliest postponed reply is due.
-    async fn deliver_pending(&self, retry_at: &mut HashMap<i64, Instant>) -> Option<Instant> {
-        let items = match self.store.call(|s| s.pending_outbox(BATCH)).await {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::error!("cannot read the outbox: {e}");
-                return Some(Instant::now() + Duration::from_secs(5));
-            }
-        };
-        let mut blocked: HashSet<String> = HashSet::new();
-        let mut earliest: Option<Instant> = None;
-        let now = Instant::now();
-        for item in items {
-            // Replies to one chat go out in order: one stuck reply holds back the rest.
-            if blocked.contains(&item.chat_jid) {
-                continue;
-            }
-            if let Some(at) = retry_at.get(&item.id).copied().filter(|at| *at > now) {
-                blocked.insert(item.chat_jid.clone());
-                earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                continue;
-            }
-            match self.deliver_one(&item).await {
-                Ok(()) => {
-                    retry_at.remove(&item.id);
+    /// Delivers everything deliverable now. Returns when the earliest postponed reply
+    /// is due, if any.
+    async fn deliver_pending(&self, state: &mut WorkerState) -> Option<Instant> {
+        loop {
+            let heads = match self.store.call(|s| s.pending_outbox_heads(HEADS)).await {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::error!("cannot read the outbox: {e}");
+                    return Some(Instant::now() + Duration::from_secs(5));
                 }
-                Err(error) => {
-                    Metrics::inc(&self.metrics.delivery_failures);
-                    let backoff =
-                        Duration::from_secs(1u64 << item.attempts.clamp(0, 9)).min(MAX_BACKOFF);
-                    tracing::warn!(chat_jid = %item.chat_jid, outbox_id = item.id, attempt = item.attempts + 1,
-                        retry_in_s = backoff.as_secs(), "reply not delivered: {error}");
-                    let id = item.id;
-                    let _ = self
-                        .store
-                        .call(move |s| s.record_delivery_failure(id, &error))
-                        .await;
-                    let at = Instant::now() + backoff;
-                    retry_at.insert(item.id, at);
+            };
+            let now = Instant::now();
+            let mut earliest: Option<Instant> = None;
+            let mut progressed = false;
+            for item in heads {
+                if let Some(at) = state.retry_at.get(&item.id).copied().filter(|at| *at > now) {
                     earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                    blocked.insert(item.chat_jid.clone());
+                    continue;
+                }
+                match self.deliver_one(&item, state).await {
+                    Ok(()) => {
+                        state.retry_at.remove(&item.id);
+                        progressed = true;
+                    }
+                    Err(error) => {
+                        Metrics::inc(&self.metrics.delivery_failures);
+                        let backoff =
+                            Duration::from_secs(1u64 << item.attempts.clamp(0, 9)).min(MAX_BACKOFF);
+                        tracing::warn!(chat_jid = %item.chat_jid, outbox_id = item.id, attempt = item.attempts + 1,
+                            retry_in_s = backoff.as_secs(), "reply not delivered: {error}");
+                        let id = item.id;
+                        let _ = self
+                            .store
+                            .call(move |s| s.record_delivery_failure(id, &error))
+                            .await;
+                        let at = Instant::now() + backoff;
+                        state.retry_at.insert(item.id, at);
+                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                    }
                 }
             }
+            // Delivering a chat's head makes its next reply the new head: go again.
+            if !progressed {
+                return earliest;
+            }
         }
-        earliest
     }
 
-    async fn deliver_one(&self, item: &OutboxItem) -> Result<(), String> {
-        let channel = self
-            .channels
-            .for_jid(&item.chat_jid)
-            .filter(|c| c.is_connected())
-            .ok_or_else(|| format!("no connected channel handles {}", item.chat_jid))?;
-        let message = OutboundMessage {
-            outbox_id: item.id,
-            chat_jid: item.chat_jid.clone(),
-            text: item.text.clone(),
-            timestamp: item.created_at.clone(),
-        };
-        match tokio::time::timeout(SEND_TIMEOUT, channel.send(&message)).await {
-            Err(_) => {
-                return Err(format!(
-                    "{} did not answer within {}s",
-                    channel.name(),
-                    SEND_TIMEOUT.as_secs()
-                ));
+    async fn deliver_one(&self, item: &OutboxItem, state: &mut WorkerState) -> Result<(), String> {
+        if !state.unrecorded.contains(&item.id) {
+            let channel = self
+                .channels
+                .for_jid(&item.chat_jid)
+                .filter(|c| c.is_connected())
+                .ok_or_else(|| format!("no connected channel handles {}", item.chat_jid))?;
+            let message = OutboundMessage {
+                outbox_id: item.id,
+                chat_jid: item.chat_jid.clone(),
+                text: item.text.clone(),
+                timestamp: item.created_at.clone(),
+            };
+            match tokio::time::timeout(SEND_TIMEOUT, channel.send(&message)).await {
+                Err(_) => {
+                    return Err(format!(
+                        "{} did not answer within {}s",
+                        channel.name(),
+                        SEND_TIMEOUT.as_secs()
+                    ));
+                }
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(())) => {}
             }
-            Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(())) => {}
+            Metrics::inc(&self.metrics.replies_delivered);
         }
         let id = item.id;
-        if let Err(e) = self.store.call(move |s| s.mark_delivered(id)).await {
-            // Delivered but not recorded: it may be sent again after a restart. Say so.
-            tracing::error!(
-                outbox_id = id,
-                "reply delivered but not marked delivered: {e}"
-            );
+        match self.store.call(move |s| s.mark_delivered(id)).await {
+            Ok(seq) => {
+                state.unrecorded.remove(&id);
+                let _ = self.events.send(OutboundEvent::new(item, seq));
+                Ok(())
+            }
+            Err(e) => {
+                // Sent but not recorded: record it later, never send it twice.
+                state.unrecorded.insert(id);
+                Err(format!("delivered, but recording the delivery failed: {e}"))
+            }
         }
-        Metrics::inc(&self.metrics.replies_delivered);
-        let _ = self.events.send(OutboundEvent::from(item));
-        Ok(())
     }
 }

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -138,7 +139,9 @@ impl Layout {
         self.data_dir().join("daemon.json")
     }
 
-    /// Creates the directory skeleton of a root (idempotent).
+    /// Creates the directory skeleton of a root (idempotent). The directories holding
+    /// chats, memory, sessions and logs are owner-only (0700): other local users have
+    /// no business reading them.
     pub fn create(&self) -> io::Result<()> {
         for dir in [
             self.store_dir(),
@@ -146,28 +149,31 @@ impl Layout {
             self.ipc_errors_dir(),
             self.data_dir().join("sessions"),
             self.logs_dir(),
+            self.auth_dir(),
         ] {
             fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
         }
-        // Channel credentials: owner-only, like ~/.ssh.
-        let auth = self.auth_dir();
-        fs::create_dir_all(&auth).map_err(|e| with_path(e, &auth))?;
-        fs::set_permissions(&auth, fs::Permissions::from_mode(0o700))
-            .map_err(|e| with_path(e, &auth))?;
+        for private in [
+            self.store_dir(),
+            self.groups_dir(),
+            self.data_dir(),
+            self.logs_dir(),
+            self.auth_dir(),
+        ] {
+            fs::set_permissions(&private, fs::Permissions::from_mode(0o700))
+                .map_err(|e| with_path(e, &private))?;
+        }
         Ok(())
     }
 
-    /// Creates a group's folders: `groups/{f}/logs`, its sessions dir and IPC namespace.
+    /// Creates a group's folders: `groups/{f}/logs`, its sessions dir and IPC namespace,
+    /// without following symlinks (see [`open_dir_beneath`]).
     pub fn create_group_dirs(&self, folder: &GroupFolder) -> io::Result<()> {
-        let ipc = self.ipc_dir(folder);
-        for dir in [
-            self.group_logs_dir(folder),
-            self.sessions_dir(folder),
-            ipc.join("messages"),
-            ipc.join("tasks"),
-            ipc.join("input"),
-        ] {
-            fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
+        let f = folder.as_str();
+        open_dir_beneath(&self.groups_dir(), &[f, "logs"])?;
+        open_dir_beneath(&self.data_dir().join("sessions"), &[f, ".claude"])?;
+        for sub in ["messages", "tasks", "input"] {
+            open_dir_beneath(&self.data_dir().join("ipc"), &[f, sub])?;
         }
         Ok(())
     }
@@ -211,6 +217,43 @@ impl Layout {
             Err(e) => Err(with_path(e, &path)),
         }
     }
+}
+
+/// Opens (creating as needed) `base/parts[0]/parts[1]/…` as a directory, one component
+/// at a time, refusing to follow symlinks.
+///
+/// Agents can replace anything inside the folders they may write (their group folder,
+/// IPC namespace) with a symlink. Following one would let them aim the host's writes
+/// (run logs, follow-up files) anywhere on the machine. `base` must be a directory no
+/// agent can write (`groups/`, `data/ipc/`, `data/sessions/`); `parts` are single path
+/// components (a validated folder name or a constant).
+pub fn open_dir_beneath(base: &Path, parts: &[&str]) -> io::Result<OwnedFd> {
+    use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
+    use rustix::io::Errno;
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    let mut dir = openat(CWD, base, flags, Mode::empty()).map_err(|e| with_path(e.into(), base))?;
+    let mut path = base.to_path_buf();
+    for part in parts {
+        if part.is_empty() || *part == "." || *part == ".." || part.contains('/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{part}` is not a single path component"),
+            ));
+        }
+        path.push(part);
+        match mkdirat(&dir, *part, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(with_path(e.into(), &path)),
+        }
+        dir = openat(&dir, *part, flags | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| match e {
+            Errno::LOOP | Errno::NOTDIR => io::Error::other(format!(
+                "{} is a symlink or not a directory; refusing to follow it (remove it and restart)",
+                path.display()
+            )),
+            e => with_path(e.into(), &path),
+        })?;
+    }
+    Ok(dir)
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {
@@ -266,6 +309,50 @@ mod tests {
             Path::new("/r/data/sessions/team/.claude")
         );
         assert_eq!(layout.ipc_dir(&f), Path::new("/r/data/ipc/team"));
+    }
+
+    #[test]
+    fn group_dirs_are_created_private_and_symlinks_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let layout = Layout::new(dir.path());
+        layout.create().expect("create");
+        let f = GroupFolder::parse("team").expect("valid");
+        layout.create_group_dirs(&f).expect("group dirs");
+        for p in [
+            layout.group_logs_dir(&f),
+            layout.sessions_dir(&f),
+            layout.ipc_dir(&f).join("input"),
+        ] {
+            assert!(p.is_dir(), "{}", p.display());
+        }
+        for p in [
+            layout.store_dir(),
+            layout.data_dir(),
+            layout.logs_dir(),
+            layout.groups_dir(),
+        ] {
+            let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", p.display());
+        }
+
+        // An agent swaps its logs folder for a symlink to somewhere else.
+        let outside = tempfile::tempdir().expect("outside");
+        fs::remove_dir(layout.group_logs_dir(&f)).expect("rmdir");
+        std::os::unix::fs::symlink(outside.path(), layout.group_logs_dir(&f)).expect("symlink");
+        let e = layout
+            .create_group_dirs(&f)
+            .expect_err("symlink refused")
+            .to_string();
+        assert!(e.contains("symlink"), "{e}");
+        let e =
+            open_dir_beneath(&layout.groups_dir(), &["team", "logs", "x"]).expect_err("refused");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(
+            fs::read_dir(outside.path()).expect("read").count(),
+            0,
+            "nothing created outside"
+        );
+        assert!(open_dir_beneath(&layout.groups_dir(), &["team", ".."]).is_err());
     }
 
     #[test]

@@ -261,6 +261,7 @@ impl GroupQueue {
 
     async fn finish(&self, chat_jid: &str, outcome: RunOutcome, mut slot: RunSlot) {
         let mut gave_up = None;
+        let mut backing_off = false;
         {
             let mut st = self.lock();
             st.active = st.active.saturating_sub(1);
@@ -294,6 +295,7 @@ impl GroupQueue {
                         if let Some(old) = group.retry_timer.take() {
                             old.abort();
                         }
+                        backing_off = true;
                         group.retry_timer = Some(tokio::spawn(async move {
                             tokio::time::sleep(delay).await;
                             if let Some(q) = me.upgrade() {
@@ -304,7 +306,9 @@ impl GroupQueue {
                 }
                 RunOutcome::Retry { .. } => {}
             }
-            let pending = group.pending_messages;
+            // While backing off, the retry timer brings the group back (with whatever
+            // arrived meanwhile); re-queueing it now would skip the backoff.
+            let pending = group.pending_messages && !backing_off;
             if !shutting_down {
                 // Back of the line: groups already waiting go first.
                 if pending && !st.waiting.iter().any(|j| j == chat_jid) {
@@ -543,6 +547,7 @@ mod tests {
                 });
         }
         gate.release.add_permits(3);
+        let started = tokio::time::Instant::now();
         q.enqueue_messages("g1");
         tokio::time::timeout(Duration::from_secs(5), async {
             while gate.gave_up.lock().expect("lock").is_empty() {
@@ -555,6 +560,10 @@ mod tests {
             gate.started(),
             ["g1", "g1", "g1"],
             "one run and two retries"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(5 + 10),
+            "the retries waited 5 ms, then 10 ms"
         );
     }
 
@@ -631,7 +640,15 @@ mod tests {
                 .expect("lock")
                 .contains(&("g1".to_string(), RunSignal::Close))
         );
+        assert!(
+            q.snapshot().active.is_empty(),
+            "the run ended within the grace period"
+        );
         q.enqueue_messages("g2");
-        assert_eq!(gate.started(), ["g1"], "no new work after shutdown");
+        let after = q.snapshot();
+        assert!(
+            after.active.is_empty() && after.waiting.is_empty(),
+            "no new work after shutdown: {after:?}"
+        );
     }
 }

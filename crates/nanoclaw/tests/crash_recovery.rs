@@ -8,8 +8,9 @@ use support::{BinaryDaemon, ScriptedRunner, Step, register, start_daemon_with, w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_accepted_before_kill_9_is_processed_after_restart() {
     let root = tempfile::tempdir().expect("temp dir");
-    // The real binary has no runner, so nothing can answer before the kill.
-    let d = BinaryDaemon::spawn(root.path(), &[]).await;
+    // The real binary has no runner, so nothing can answer before the kill; a long retry
+    // backoff keeps it from giving up (and saying so in the chat) first.
+    let d = BinaryDaemon::spawn(root.path(), &[("NANOCLAW_RETRY_BASE_MS", "600000")]).await;
     register(root.path(), "web:team", "team", true);
     d.api
         .send("web:main", "me", "Me", "remember the milk")
@@ -58,8 +59,18 @@ async fn a_message_accepted_before_kill_9_is_processed_after_restart() {
         runs.iter().all(|r| r.chat_jid != "web:stranger"),
         "unregistered chats never run"
     );
-    wait_bot_texts(&restarted.api, "web:main", 1).await;
-    wait_bot_texts(&restarted.api, "web:team", 1).await;
+    let replies = [
+        wait_bot_texts(&restarted.api, "web:main", 1).await,
+        wait_bot_texts(&restarted.api, "web:team", 1).await,
+    ]
+    .concat();
+    let mut sorted = replies.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["answer one", "answer two"],
+        "only the agent's answers: {replies:?}"
+    );
 
     // Answered messages stay answered across another restart: no duplicate runs.
     let root = restarted.stop().await;

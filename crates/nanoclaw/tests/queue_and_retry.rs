@@ -175,3 +175,43 @@ async fn after_all_retries_fail_the_user_is_told_and_the_message_stays_pending()
     assert!(runs[6].prompt.contains(">hello?<") && runs[6].prompt.contains(">anyone?<"));
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_the_agent_never_read_is_retried_after_a_crash() {
+    let (runner, gate) = ScriptedRunner::gated(vec![
+        Step::ReplyToFirstThenCrash("answer to q1".into()),
+        Step::Reply(vec!["answer to q2".into()]),
+    ]);
+    let d = start_daemon_with(
+        runner.clone(),
+        tempfile::tempdir().expect("temp dir"),
+        |_| {},
+    )
+    .await;
+    d.api
+        .send("web:main", "u", "U", "q1")
+        .await
+        .expect("accepted");
+    runner.wait_runs("the first run", |r| r.len() == 1).await;
+    d.api
+        .send("web:main", "u", "U", "q2")
+        .await
+        .expect("accepted");
+    gate.add_permits(2);
+    let runs = runner.wait_runs("the retry", |r| r.len() == 2).await;
+    assert!(
+        runs[1].prompt.contains(">q2</message>"),
+        "q2 retried: {}",
+        runs[1].prompt
+    );
+    assert!(
+        !runs[1].prompt.contains(">q1</message>"),
+        "q1 was answered: {}",
+        runs[1].prompt
+    );
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:main", 2).await,
+        ["answer to q1", "answer to q2"]
+    );
+    d.stop().await;
+}

@@ -159,3 +159,35 @@ async fn wait_until_no_active_runs(d: &support::TestDaemon) {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_replay_past_many_other_chats_reaches_live_events() {
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(root.path().join("store")).expect("store dir");
+    {
+        let store = nanoclaw::store::Store::open(&root.path().join("store/messages.db"), "Andy")
+            .expect("store");
+        for i in 0..600 {
+            let c = store
+                .commit_reply("web:other", &format!("other {i}"), "Andy", None)
+                .expect("commit");
+            store.mark_delivered(c.outbox_id).expect("delivered");
+        }
+    }
+    let runner = ScriptedRunner::new(vec![Step::Reply(vec!["for main".into()])]);
+    let d = support::start_daemon_with(runner, root, |_| {}).await;
+    let mut events = d
+        .api
+        .events("?chat_jid=web:main", Some("0"))
+        .await
+        .expect("stream");
+    d.api
+        .send("web:main", "u", "U", "hello")
+        .await
+        .expect("accepted");
+    let event = events.next(DEADLINE).await.expect("the live event arrives");
+    let data: serde_json::Value = serde_json::from_str(&event.data).expect("json");
+    assert_eq!(data["text"], "for main");
+    assert_eq!(event.id.as_deref(), Some("601"), "ids are delivery numbers");
+    d.stop().await;
+}

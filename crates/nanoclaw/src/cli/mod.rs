@@ -70,6 +70,8 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    // Everything nanoclaw creates (store, logs, memory, sessions) is private to its user.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,

@@ -37,11 +37,9 @@ pub fn parse(text: &str) -> Result<DotenvEntries, DotenvError> {
             .filter(|rest| rest.starts_with(char::is_whitespace))
             .map(str::trim_start)
             .unwrap_or(line);
+        // The line itself is never quoted: it may well be a pasted secret.
         let Some((key, rest)) = line.split_once('=') else {
-            return Err(err(format!(
-                "expected KEY=value, found `{}`",
-                shorten(line)
-            )));
+            return Err(err("expected KEY=value (this line has no `=`)".to_string()));
         };
         let key = key.trim_end();
         if !is_valid_key(key) {
@@ -107,10 +105,7 @@ fn expect_only_comment(after_quote: &str) -> Result<(), String> {
     if tail.is_empty() || tail.starts_with('#') {
         Ok(())
     } else {
-        Err(format!(
-            "unexpected text `{}` after the closing quote",
-            shorten(tail)
-        ))
+        Err("unexpected text after the closing quote".to_string())
     }
 }
 

@@ -1,5 +1,5 @@
 //! `GET /api/events`: a Server-Sent Events stream of delivered replies,
-//! `data: {"chat_jid", "text", "timestamp"}` with the outbox id as the event `id`.
+//! `data: {"chat_jid", "text", "timestamp"}` with the delivery number as the event `id`.
 //!
 //! A client that reconnects with `Last-Event-ID` first gets what it missed (from the
 //! store), then live events. `?chat_jid=J` limits the stream to one chat.
@@ -32,7 +32,8 @@ struct StreamState {
     live: broadcast::Receiver<OutboundEvent>,
     store: Arc<Store>,
     chat_jid: Option<String>,
-    last_sent: Option<i64>,
+    /// Delivery number up to which this client has everything (sent or filtered out).
+    position: Option<i64>,
     replay_pending: bool,
     replayed: HashSet<i64>,
     backlog: VecDeque<OutboundEvent>,
@@ -46,7 +47,7 @@ pub async fn stream(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribe before replaying, so nothing falls between the two.
     let live = state.events.subscribe();
-    let last_sent = headers
+    let position = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
@@ -54,8 +55,8 @@ pub async fn stream(
         live,
         store: Arc::clone(&state.store),
         chat_jid: query.chat_jid,
-        last_sent,
-        replay_pending: last_sent.is_some(),
+        position,
+        replay_pending: position.is_some(),
         replayed: HashSet::new(),
         backlog: VecDeque::new(),
         shutdown: state.shutdown.clone(),
@@ -78,16 +79,21 @@ async fn next_event(st: &mut StreamState) -> Option<Event> {
         }
         if st.replay_pending {
             st.replay_pending = false;
-            let after = st.last_sent.unwrap_or(0);
+            let after = st.position.unwrap_or(0);
             let store = Arc::clone(&st.store);
             match store
                 .call(move |s| s.delivered_after(after, REPLAY_BATCH))
                 .await
             {
                 Ok(items) => {
+                    // A full batch means there may be more: fetch again after this one.
                     st.replay_pending = items.len() == REPLAY_BATCH;
-                    st.replayed.extend(items.iter().map(|i| i.id));
-                    st.backlog.extend(items.iter().map(OutboundEvent::from));
+                    let events: Vec<OutboundEvent> = items
+                        .iter()
+                        .filter_map(OutboundEvent::from_delivered)
+                        .collect();
+                    st.replayed.extend(events.iter().map(|e| e.seq));
+                    st.backlog.extend(events);
                 }
                 Err(e) => tracing::warn!("event stream replay failed: {e}"),
             }
@@ -96,7 +102,7 @@ async fn next_event(st: &mut StreamState) -> Option<Event> {
         tokio::select! {
             received = st.live.recv() => match received {
                 Ok(event) => {
-                    if st.replayed.remove(&event.id) {
+                    if st.replayed.remove(&event.seq) {
                         continue;
                     }
                     if let Some(sse) = st.emit(event) {
@@ -105,7 +111,7 @@ async fn next_event(st: &mut StreamState) -> Option<Event> {
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "event stream client fell behind; replaying from the store");
-                    st.replay_pending = st.last_sent.is_some();
+                    st.replay_pending = st.position.is_some();
                 }
                 Err(RecvError::Closed) => return None,
             },
@@ -115,12 +121,13 @@ async fn next_event(st: &mut StreamState) -> Option<Event> {
 }
 
 impl StreamState {
+    /// Advances the position past `event` and renders it, unless the filter hides it.
     fn emit(&mut self, event: OutboundEvent) -> Option<Event> {
+        self.position = Some(self.position.map_or(event.seq, |p| p.max(event.seq)));
         if self.chat_jid.as_ref().is_some_and(|j| *j != event.chat_jid) {
             return None;
         }
-        self.last_sent = Some(self.last_sent.map_or(event.id, |l| l.max(event.id)));
         let data = serde_json::to_string(&event).ok()?;
-        Some(Event::default().id(event.id.to_string()).data(data))
+        Some(Event::default().id(event.seq.to_string()).data(data))
     }
 }

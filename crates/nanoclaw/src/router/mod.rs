@@ -2,7 +2,7 @@
 //! the agent, and hand it to the queue. The run loop that talks to the agent is in
 //! [`run`]; prompt formatting in [`prompt`].
 //!
-//! The cursor: each chat has a persisted cursor (`chat_cursors.last_rowid`) = the last
+//! The cursor: each chat has a persisted cursor (`chat_cursors.last_seq`) = the last
 //! message the agent has *handled*. It moves when a reply is committed (same transaction)
 //! or when the agent goes idle or ends successfully — not merely when a run starts. So a
 //! run that fails, is killed, or dies with the daemon (`kill -9`) leaves its messages
@@ -29,7 +29,7 @@ pub const MAX_PROMPT_MESSAGES: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
     Stored {
-        rowid: i64,
+        seq: i64,
     },
     /// `(id, chat_jid)` was already stored.
     Duplicate,
@@ -81,7 +81,7 @@ impl Router {
                     return Ok((Accepted::Dropped, None));
                 }
                 let accepted = match s.insert_message(&chat, &message)? {
-                    Some(rowid) => Accepted::Stored { rowid },
+                    Some(seq) => Accepted::Stored { seq },
                     None => Accepted::Duplicate,
                 };
                 Ok::<_, StoreError>((accepted, group))
@@ -182,7 +182,7 @@ mod tests {
 
     fn msg(content: &str, sender: &str, from_me: bool) -> StoredMessage {
         StoredMessage {
-            rowid: 1,
+            seq: 1,
             message: Message {
                 id: "1".into(),
                 chat_jid: "tg:1".into(),

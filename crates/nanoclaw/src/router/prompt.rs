@@ -75,7 +75,7 @@ mod tests {
 
     fn stored(sender_name: &str, content: &str, ts: &str) -> StoredMessage {
         StoredMessage {
-            rowid: 1,
+            seq: 1,
             message: Message {
                 id: "1".into(),
                 chat_jid: "web:main".into(),

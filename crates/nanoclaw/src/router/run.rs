@@ -48,9 +48,13 @@ struct Plan {
 
 /// Where a live run stands.
 struct Progress {
-    /// Highest rowid given to the agent (first prompt and follow-ups).
+    /// Highest seq given to the agent (first prompt and follow-ups).
     handed: i64,
-    /// Highest rowid the persisted cursor covers (answered or handled).
+    /// `inputs[n]`: the highest seq covered once the agent has read `n` follow-ups
+    /// (`inputs[0]` is the first prompt). Lets a reply mark as answered only what the
+    /// agent had read, not what was merely sent to it.
+    inputs: Vec<i64>,
+    /// Highest seq the persisted cursor covers (answered or handled).
     answered: i64,
     idle_deadline: Option<Instant>,
     last_error: Option<String>,
@@ -58,8 +62,17 @@ struct Progress {
     closing: bool,
 }
 
-fn max_rowid(messages: &[StoredMessage]) -> i64 {
-    messages.iter().map(|m| m.rowid).max().unwrap_or(0)
+impl Progress {
+    /// The highest seq the agent had read after `inputs` follow-ups. A count larger
+    /// than what was sent (a confused agent) counts as everything sent.
+    fn read_upto(&self, inputs: u32) -> i64 {
+        let index = (inputs as usize).min(self.inputs.len() - 1);
+        self.inputs[index]
+    }
+}
+
+fn max_seq(messages: &[StoredMessage]) -> i64 {
+    messages.iter().map(|m| m.seq).max().unwrap_or(0)
 }
 
 impl RunLoop {
@@ -138,7 +151,8 @@ impl RunLoop {
         } = plan;
         let chat_jid = group.jid.clone();
         let mut progress = Progress {
-            handed: max_rowid(&messages),
+            handed: max_seq(&messages),
+            inputs: vec![max_seq(&messages)],
             answered: cursor,
             idle_deadline: None,
             last_error: None,
@@ -243,7 +257,7 @@ impl RunLoop {
         slot: &RunSlot,
     ) {
         match event {
-            AgentEvent::Result { text } => {
+            AgentEvent::Result { text, inputs } => {
                 let visible = strip_internal(&text);
                 if visible.is_empty() {
                     tracing::debug!(
@@ -252,18 +266,15 @@ impl RunLoop {
                     );
                     return;
                 }
-                let (jid, name, handed) = (
-                    group.jid.clone(),
-                    self.config.assistant_name.clone(),
-                    progress.handed,
-                );
+                let read = progress.read_upto(inputs);
+                let (jid, name) = (group.jid.clone(), self.config.assistant_name.clone());
                 match self
                     .store
-                    .call(move |s| s.commit_reply(&jid, &visible, &name, Some(handed)))
+                    .call(move |s| s.commit_reply(&jid, &visible, &name, Some(read)))
                     .await
                 {
                     Ok(_) => {
-                        progress.answered = handed;
+                        progress.answered = progress.answered.max(read);
                         Metrics::inc(&self.metrics.replies_committed);
                         self.delivery.notify();
                     }
@@ -283,19 +294,19 @@ impl RunLoop {
                     tracing::error!("cannot store the session id: {e}");
                 }
             }
-            AgentEvent::Idle => {
-                slot.set_idle(true);
-                self.typing(&group.jid, false);
-                progress.idle_deadline = Some(Instant::now() + self.config.idle_timeout);
-                if progress.handed > progress.answered {
+            AgentEvent::Idle { inputs } => {
+                let read = progress.read_upto(inputs);
+                if inputs as usize + 1 >= progress.inputs.len() {
+                    // Idle with everything read: the slot may go to another group.
+                    slot.set_idle(true);
+                    self.typing(&group.jid, false);
+                    progress.idle_deadline = Some(Instant::now() + self.config.idle_timeout);
+                }
+                if read > progress.answered {
                     // Handled without a visible reply (e.g. all <internal>): do not rerun.
-                    let (jid, handed) = (group.jid.clone(), progress.handed);
-                    match self
-                        .store
-                        .call(move |s| s.advance_cursor(&jid, handed))
-                        .await
-                    {
-                        Ok(()) => progress.answered = handed,
+                    let jid = group.jid.clone();
+                    match self.store.call(move |s| s.advance_cursor(&jid, read)).await {
+                        Ok(()) => progress.answered = read,
                         Err(e) => tracing::error!("cannot save the cursor: {e}"),
                     }
                 }
@@ -352,7 +363,8 @@ impl RunLoop {
             messages = messages.len(),
             "handed follow-up messages to the live run"
         );
-        progress.handed = progress.handed.max(max_rowid(&messages));
+        progress.handed = progress.handed.max(max_seq(&messages));
+        progress.inputs.push(progress.handed);
         progress.idle_deadline = None;
         slot.set_idle(false);
         self.typing(&group.jid, true);

@@ -21,10 +21,10 @@ pub struct Message {
     pub is_bot_message: bool,
 }
 
-/// A stored message with its insertion order (`rowid`), which the cursor follows.
+/// A stored message with its arrival order (`seq`), which the cursor follows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredMessage {
-    pub rowid: i64,
+    pub seq: i64,
     #[serde(flatten)]
     pub message: Message,
 }
@@ -49,11 +49,11 @@ pub struct ChatInfo {
 }
 
 const MESSAGE_COLUMNS: &str =
-    "rowid, id, chat_jid, sender, sender_name, content, timestamp, is_from_me, is_bot_message";
+    "seq, id, chat_jid, sender, sender_name, content, timestamp, is_from_me, is_bot_message";
 
 fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
-        rowid: row.get(0)?,
+        seq: row.get(0)?,
         message: Message {
             id: row.get(1)?,
             chat_jid: row.get(2)?,
@@ -74,7 +74,7 @@ impl Store {
         upsert_chat(&self.conn(), meta)
     }
 
-    /// Stores a message; returns its rowid, or `None` if `(id, chat_jid)` was already
+    /// Stores a message; returns its `seq`, or `None` if `(id, chat_jid)` was already
     /// stored (channels may redeliver; the first copy wins, nothing is rewritten).
     pub fn insert_message(
         &self,
@@ -89,12 +89,12 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Messages of `chat_jid` after `after_rowid` that the agent should see: not the
+    /// Messages of `chat_jid` after `after_seq` that the agent should see: not the
     /// assistant's own, not empty. At most `limit` (the most recent), oldest first.
     pub fn pending_messages(
         &self,
         chat_jid: &str,
-        after_rowid: i64,
+        after_seq: i64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let conn = self.conn();
@@ -102,15 +102,15 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT * FROM (
                    SELECT {MESSAGE_COLUMNS} FROM messages
-                   WHERE chat_jid = ?1 AND rowid > ?2
+                   WHERE chat_jid = ?1 AND seq > ?2
                      AND COALESCE(is_bot_message, 0) = 0
                      AND content IS NOT NULL AND content <> ''
-                   ORDER BY rowid DESC LIMIT ?3
-                 ) ORDER BY timestamp, rowid"
+                   ORDER BY seq DESC LIMIT ?3
+                 ) ORDER BY timestamp, seq"
             ))
             .ctx("preparing the pending-messages query")?;
         let rows = stmt
-            .query_map(params![chat_jid, after_rowid, limit as i64], stored_message)
+            .query_map(params![chat_jid, after_seq, limit as i64], stored_message)
             .ctx("reading pending messages")?;
         rows.collect::<Result<_, _>>()
             .ctx("reading pending messages")
@@ -128,8 +128,8 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT * FROM (
                    SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_jid = ?1
-                   ORDER BY timestamp DESC, rowid DESC LIMIT ?2
-                 ) ORDER BY timestamp, rowid"
+                   ORDER BY timestamp DESC, seq DESC LIMIT ?2
+                 ) ORDER BY timestamp, seq"
             ))
             .ctx("preparing the chat-messages query")?;
         let rows = stmt
@@ -160,11 +160,11 @@ impl Store {
         rows.collect::<Result<_, _>>().ctx("reading chats")
     }
 
-    /// The rowid of the last message the agent has handled in this chat (0: none).
+    /// The `seq` of the last message the agent has handled in this chat (0: none).
     pub fn cursor(&self, chat_jid: &str) -> Result<i64, StoreError> {
         self.conn()
             .query_row(
-                "SELECT last_rowid FROM chat_cursors WHERE chat_jid = ?1",
+                "SELECT last_seq FROM chat_cursors WHERE chat_jid = ?1",
                 params![chat_jid],
                 |r| r.get(0),
             )
@@ -173,9 +173,9 @@ impl Store {
             .ctx("reading a chat cursor")
     }
 
-    /// Moves the cursor forward to `rowid` (never backwards).
-    pub fn advance_cursor(&self, chat_jid: &str, rowid: i64) -> Result<(), StoreError> {
-        advance_cursor(&self.conn(), chat_jid, rowid)
+    /// Moves the cursor forward to `seq` (never backwards).
+    pub fn advance_cursor(&self, chat_jid: &str, seq: i64) -> Result<(), StoreError> {
+        advance_cursor(&self.conn(), chat_jid, seq)
     }
 
     pub fn count_messages(&self) -> Result<i64, StoreError> {
@@ -231,21 +231,31 @@ pub(super) fn insert_message(
             ])
         })
         .ctx("storing a message")?;
-    Ok((changed == 1).then(|| conn.last_insert_rowid()))
+    if changed != 1 {
+        return Ok(None);
+    }
+    // `seq` is assigned by the `messages_seq` trigger (see schema.rs).
+    conn.query_row(
+        "SELECT seq FROM messages WHERE rowid = ?1",
+        params![conn.last_insert_rowid()],
+        |r| r.get(0),
+    )
+    .map(Some)
+    .ctx("reading a new message's sequence number")
 }
 
 pub(super) fn advance_cursor(
     conn: &rusqlite::Connection,
     chat_jid: &str,
-    rowid: i64,
+    seq: i64,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO chat_cursors (chat_jid, last_rowid, updated_at) VALUES (?1, ?2, ?3)
+        "INSERT INTO chat_cursors (chat_jid, last_seq, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT(chat_jid) DO UPDATE SET
-           last_rowid = MAX(last_rowid, excluded.last_rowid),
+           last_seq = MAX(last_seq, excluded.last_seq),
            updated_at = excluded.updated_at",
     )
-    .and_then(|mut stmt| stmt.execute(params![chat_jid, rowid, crate::clock::now()]))
+    .and_then(|mut stmt| stmt.execute(params![chat_jid, seq, crate::clock::now()]))
     .ctx("moving a chat cursor")?;
     Ok(())
 }
@@ -309,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn pending_follows_rowid_not_timestamp_and_skips_bot_messages() {
+    fn pending_follows_arrival_not_timestamp_and_skips_bot_messages() {
         let (_d, store) = open_temp();
         let m = meta("web:a");
         store
@@ -326,7 +336,7 @@ mod tests {
             r1.iter().map(|s| s.message.id.as_str()).collect::<Vec<_>>(),
             ["1"]
         );
-        store.advance_cursor("web:a", r1[0].rowid).expect("advance");
+        store.advance_cursor("web:a", r1[0].seq).expect("advance");
         // A late message with an *older* timestamp is still pending.
         store
             .insert_message(&m, &msg("4", "web:a", "late", "2026-01-01T00:00:01.000Z"))
@@ -362,6 +372,45 @@ mod tests {
         assert_eq!(
             r.iter().map(|s| s.message.id.as_str()).collect::<Vec<_>>(),
             ["3", "4"]
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_survive_vacuum_and_deletions() {
+        let (_d, store) = open_temp();
+        let m = meta("web:a");
+        for i in 0..3 {
+            store
+                .insert_message(
+                    &m,
+                    &msg(&i.to_string(), "web:a", "x", "2026-01-01T00:00:00.000Z"),
+                )
+                .expect("insert");
+        }
+        // Someone deletes the newest row and vacuums (which may renumber rowids).
+        store
+            .conn()
+            .execute_batch("DELETE FROM messages WHERE id = '2'; VACUUM;")
+            .expect("vacuum");
+        let seq = store
+            .insert_message(&m, &msg("new", "web:a", "x", "2026-01-01T00:00:00.000Z"))
+            .expect("insert")
+            .expect("stored");
+        assert_eq!(
+            seq, 4,
+            "a new message is always after every seq ever handed out"
+        );
+        // A writer that knows nothing of seq (NanoClaw v1) gets one from the trigger.
+        store
+            .conn()
+            .execute("INSERT INTO messages (id, chat_jid, content, timestamp) VALUES ('v1', 'web:a', 'y', 't')", [])
+            .expect("plain insert");
+        let all = store.pending_messages("web:a", seq, 10).expect("pending");
+        assert_eq!(
+            all.iter()
+                .map(|s| (s.message.id.as_str(), s.seq))
+                .collect::<Vec<_>>(),
+            [("v1", 5)]
         );
     }
 

@@ -12,6 +12,8 @@ use super::{Store, StoreError, WithContext};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxItem {
     pub id: i64,
+    /// Position in delivery order, once delivered.
+    pub delivery_seq: Option<i64>,
     pub chat_jid: String,
     pub text: String,
     pub message_id: String,
@@ -25,6 +27,8 @@ pub struct CommittedReply {
     pub message: Message,
 }
 
+const OUTBOX_COLUMNS: &str = "id, chat_jid, text, message_id, created_at, attempts, delivery_seq";
+
 fn outbox_item(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
     Ok(OutboxItem {
         id: row.get(0)?,
@@ -33,6 +37,7 @@ fn outbox_item(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
         message_id: row.get(3)?,
         created_at: row.get(4)?,
         attempts: row.get(5)?,
+        delivery_seq: row.get(6)?,
     })
 }
 
@@ -74,21 +79,23 @@ impl Store {
         )
         .ctx("queueing a reply")?;
         let outbox_id = tx.last_insert_rowid();
-        if let Some(rowid) = answered_upto {
-            advance_cursor(&tx, chat_jid, rowid)?;
+        if let Some(seq) = answered_upto {
+            advance_cursor(&tx, chat_jid, seq)?;
         }
         tx.commit().ctx("committing a reply")?;
         Ok(CommittedReply { outbox_id, message })
     }
 
-    /// Undelivered replies, oldest first.
-    pub fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+    /// The oldest undelivered reply of each chat (replies to one chat go out in order,
+    /// and a chat whose channel is down must not hold back the others), oldest first.
+    pub fn pending_outbox_heads(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, chat_jid, text, message_id, created_at, attempts FROM outbox
-                 WHERE delivered_at IS NULL ORDER BY id LIMIT ?1",
-            )
+            .prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox
+                 WHERE id IN (SELECT MIN(id) FROM outbox WHERE delivered_at IS NULL GROUP BY chat_jid)
+                 ORDER BY id LIMIT ?1"
+            ))
             .ctx("preparing the outbox query")?;
         let rows = stmt
             .query_map(params![limit as i64], outbox_item)
@@ -96,33 +103,56 @@ impl Store {
         rows.collect::<Result<_, _>>().ctx("reading the outbox")
     }
 
-    /// Delivered replies after `after_id`, oldest first (for event-stream replay).
+    /// Replies delivered after delivery number `after_seq`, in delivery order (for
+    /// event-stream replay).
     pub fn delivered_after(
         &self,
-        after_id: i64,
+        after_seq: i64,
         limit: usize,
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, chat_jid, text, message_id, created_at, attempts FROM outbox
-                 WHERE id > ?1 AND delivered_at IS NOT NULL ORDER BY id LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE delivery_seq > ?1 ORDER BY delivery_seq LIMIT ?2"
+            ))
             .ctx("preparing the outbox replay query")?;
         let rows = stmt
-            .query_map(params![after_id, limit as i64], outbox_item)
+            .query_map(params![after_seq, limit as i64], outbox_item)
             .ctx("reading the outbox")?;
         rows.collect::<Result<_, _>>().ctx("reading the outbox")
     }
 
-    pub fn mark_delivered(&self, id: i64) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-                params![id, crate::clock::now()],
+    /// Records a delivery; returns the reply's delivery number. Idempotent.
+    pub fn mark_delivered(&self, id: i64) -> Result<i64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction()
+            .ctx("starting to mark a reply delivered")?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT delivery_seq FROM outbox WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
             )
-            .ctx("marking a reply delivered")?;
-        Ok(())
+            .ctx("reading a reply's delivery number")?;
+        if let Some(seq) = existing {
+            return Ok(seq);
+        }
+        let seq: i64 = tx
+            .query_row(
+                "UPDATE counters SET value = value + 1 WHERE name = 'delivery_seq' RETURNING value",
+                [],
+                |r| r.get(0),
+            )
+            .ctx("numbering a delivery")?;
+        tx.execute(
+            "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL, delivery_seq = ?3
+             WHERE id = ?1",
+            params![id, crate::clock::now(), seq],
+        )
+        .ctx("marking a reply delivered")?;
+        tx.commit().ctx("committing a delivery")?;
+        Ok(seq)
     }
 
     pub fn record_delivery_failure(&self, id: i64, error: &str) -> Result<(), StoreError> {
@@ -161,18 +191,65 @@ mod tests {
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].message.content, "hello");
         assert_eq!(store.cursor("web:main").expect("cursor"), 42);
-        let pending = store.pending_outbox(10).expect("outbox");
+        let pending = store.pending_outbox_heads(10).expect("outbox");
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].id, c.outbox_id);
 
         store
             .record_delivery_failure(c.outbox_id, "offline")
             .expect("failure");
-        assert_eq!(store.pending_outbox(10).expect("outbox")[0].attempts, 1);
+        assert_eq!(
+            store.pending_outbox_heads(10).expect("outbox")[0].attempts,
+            1
+        );
         assert!(store.delivered_after(0, 10).expect("replay").is_empty());
-        store.mark_delivered(c.outbox_id).expect("delivered");
-        assert!(store.pending_outbox(10).expect("outbox").is_empty());
+        let seq = store.mark_delivered(c.outbox_id).expect("delivered");
+        assert_eq!(
+            store.mark_delivered(c.outbox_id).expect("again"),
+            seq,
+            "idempotent"
+        );
+        assert!(store.pending_outbox_heads(10).expect("outbox").is_empty());
         assert_eq!(store.delivered_after(0, 10).expect("replay").len(), 1);
         assert_eq!(store.count_pending_outbox().expect("count"), 0);
+    }
+
+    #[test]
+    fn heads_are_per_chat_and_replay_follows_delivery_order() {
+        let (_d, store) = open_temp();
+        let a1 = store
+            .commit_reply("tg:a", "a1", "Andy", None)
+            .expect("commit");
+        let a2 = store
+            .commit_reply("tg:a", "a2", "Andy", None)
+            .expect("commit");
+        let b1 = store
+            .commit_reply("web:b", "b1", "Andy", None)
+            .expect("commit");
+        let heads: Vec<i64> = store
+            .pending_outbox_heads(10)
+            .expect("heads")
+            .iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(
+            heads,
+            [a1.outbox_id, b1.outbox_id],
+            "one per chat; a2 waits for a1"
+        );
+        // b1 goes out before a1 (a's channel was down): replay follows delivery order.
+        store.mark_delivered(b1.outbox_id).expect("b1");
+        store.mark_delivered(a1.outbox_id).expect("a1");
+        store.mark_delivered(a2.outbox_id).expect("a2");
+        let texts = |after| -> Vec<String> {
+            store
+                .delivered_after(after, 10)
+                .expect("replay")
+                .into_iter()
+                .map(|i| i.text)
+                .collect()
+        };
+        assert_eq!(texts(0), ["b1", "a1", "a2"]);
+        assert_eq!(texts(1), ["a1", "a2"]);
     }
 }

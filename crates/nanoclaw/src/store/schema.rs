@@ -5,7 +5,7 @@
 //! lacked are added with v1's own backfills, and nothing existing is rewritten. NanoClaw
 //! v1 never set `user_version`, so its databases start at 0 like a fresh file.
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{StoreError, WithContext};
 
@@ -183,15 +183,38 @@ fn v1_tables(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Our own tables. Cursors are kept by message `rowid`, not by timestamp: a message that
-/// arrives late with an older timestamp (a channel catching up after a reconnect) is
-/// still "after the cursor" and is not skipped. v1's timestamp cursors are imported.
+/// Our own tables and columns.
+///
+/// `messages.seq` numbers messages in arrival order. Cursors follow it, not timestamps: a
+/// message stored late with an older timestamp (a channel catching up after a reconnect)
+/// is still "after the cursor". It is not the implicit `rowid`, which `VACUUM` may
+/// renumber and deleting the newest row may reuse; a trigger assigns it from a counter
+/// that only grows, for every new row, whoever inserts it (NanoClaw v1 too). v1's
+/// timestamp cursors are converted.
+///
+/// `outbox.delivery_seq` numbers replies in the order they were delivered, for the event
+/// stream's ids (a reply held back by a failing channel is delivered after newer ones).
 fn cursors_and_outbox(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<(), StoreError> {
     tx.execute_batch(
         "
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        ALTER TABLE messages ADD COLUMN seq INTEGER;
+        UPDATE messages SET seq = rowid;
+        INSERT INTO counters (name, value) VALUES
+            ('message_seq', (SELECT COALESCE(MAX(seq), 0) FROM messages)),
+            ('delivery_seq', 0);
+        CREATE UNIQUE INDEX idx_messages_seq ON messages(seq);
+        CREATE INDEX idx_messages_chat_seq ON messages(chat_jid, seq);
+        CREATE INDEX idx_messages_chat_time ON messages(chat_jid, timestamp);
+        CREATE TRIGGER messages_seq AFTER INSERT ON messages WHEN NEW.seq IS NULL
+        BEGIN
+            UPDATE counters SET value = value + 1 WHERE name = 'message_seq';
+            UPDATE messages SET seq = (SELECT value FROM counters WHERE name = 'message_seq')
+            WHERE rowid = NEW.rowid;
+        END;
         CREATE TABLE chat_cursors (
             chat_jid TEXT PRIMARY KEY,
-            last_rowid INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
             updated_at TEXT NOT NULL
         );
         CREATE TABLE outbox (
@@ -201,11 +224,11 @@ fn cursors_and_outbox(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<()
             message_id TEXT NOT NULL,
             created_at TEXT NOT NULL,
             delivered_at TEXT,
+            delivery_seq INTEGER UNIQUE,
             attempts INTEGER NOT NULL DEFAULT 0,
             last_error TEXT
         );
-        CREATE INDEX idx_outbox_pending ON outbox(id) WHERE delivered_at IS NULL;
-        CREATE INDEX idx_messages_chat ON messages(chat_jid, timestamp);
+        CREATE INDEX idx_outbox_pending ON outbox(chat_jid, id) WHERE delivered_at IS NULL;
         ",
     )
     .ctx("creating cursor and outbox tables")?;
@@ -218,11 +241,7 @@ fn cursors_and_outbox(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<()
             [],
             |row| row.get(0),
         )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            other => Err(other),
-        })
+        .optional()
         .ctx("reading v1 cursors")?;
     let map: serde_json::Map<String, serde_json::Value> = v1_cursors
         .and_then(|raw| match serde_json::from_str(&raw) {
@@ -237,9 +256,13 @@ fn cursors_and_outbox(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<()
         .unwrap_or_default();
     for (jid, ts) in &map {
         let Some(ts) = ts.as_str() else { continue };
+        // Just before the first message v1 had not handled; if a handled message was
+        // stored after it, it is shown again rather than an unhandled one being skipped.
         tx.execute(
-            "INSERT INTO chat_cursors (chat_jid, last_rowid, updated_at)
-             SELECT ?1, COALESCE(MAX(rowid), 0), ?3 FROM messages WHERE chat_jid = ?1 AND timestamp <= ?2",
+            "INSERT INTO chat_cursors (chat_jid, last_seq, updated_at) VALUES (?1, COALESCE(
+               (SELECT MIN(seq) - 1 FROM messages WHERE chat_jid = ?1 AND timestamp > ?2),
+               (SELECT MAX(seq) FROM messages WHERE chat_jid = ?1),
+               0), ?3)",
             params![jid, ts, now],
         )
         .ctx("importing a v1 cursor")?;
@@ -247,8 +270,8 @@ fn cursors_and_outbox(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<()
     // v1 recovered a missing cursor from the chat's last assistant message; do the same
     // once, so registered chats without a cursor do not replay their whole history.
     tx.execute(
-        "INSERT INTO chat_cursors (chat_jid, last_rowid, updated_at)
-         SELECT g.jid, MAX(m.rowid), ?2 FROM registered_groups g
+        "INSERT INTO chat_cursors (chat_jid, last_seq, updated_at)
+         SELECT g.jid, MAX(m.seq), ?2 FROM registered_groups g
          JOIN messages m ON m.chat_jid = g.jid
          WHERE (m.is_bot_message = 1 OR m.content LIKE ?1 ESCAPE '\\')
            AND g.jid NOT IN (SELECT chat_jid FROM chat_cursors)

@@ -24,6 +24,9 @@ pub enum Step {
     Fail(String),
     /// Send one reply, then fail.
     ReplyThenFail(String, String),
+    /// Wait until a follow-up has been sent to the run, leave it unread, answer the
+    /// first prompt only (`inputs: 0`), then crash: the follow-up must be retried.
+    ReplyToFirstThenCrash(String),
 }
 
 pub fn reply(text: &str) -> Step {
@@ -157,8 +160,13 @@ impl AgentRunner for ScriptedRunner {
         match step {
             Step::Fail(message) => return Err(RunError::new(message)),
             Step::ReplyThenFail(text, message) => {
-                send(AgentEvent::Result { text });
+                send(AgentEvent::Result { text, inputs: 0 });
                 return Err(RunError::new(message));
+            }
+            Step::ReplyToFirstThenCrash(text) => {
+                let _unread = io.input.recv().await;
+                send(AgentEvent::Result { text, inputs: 0 });
+                return Err(RunError::new("crashed"));
             }
             Step::Reply(texts) => {
                 let n = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
@@ -166,12 +174,12 @@ impl AgentRunner for ScriptedRunner {
                     session_id: format!("session-{n}"),
                 });
                 for text in texts {
-                    send(AgentEvent::Result { text });
+                    send(AgentEvent::Result { text, inputs: 0 });
                 }
-                send(AgentEvent::Idle);
+                send(AgentEvent::Idle { inputs: 0 });
             }
         }
-        let mut follow_ups = 0;
+        let mut follow_ups = 0u32;
         while let Some(input) = io.input.recv().await {
             match input {
                 RunInput::Close => break,
@@ -180,8 +188,9 @@ impl AgentRunner for ScriptedRunner {
                     self.record(|runs| runs[index].follow_ups.push(text));
                     let _ = io.events.send(AgentEvent::Result {
                         text: format!("follow-up reply {follow_ups}"),
+                        inputs: follow_ups,
                     });
-                    let _ = io.events.send(AgentEvent::Idle);
+                    let _ = io.events.send(AgentEvent::Idle { inputs: follow_ups });
                 }
             }
         }
