@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
-# Installs what building and testing nanoclaw needs on a Debian/Ubuntu machine.
+# Installs what building, running and testing nanoclaw needs on a Debian/Ubuntu machine:
+# a C compiler (SQLite is built in), the sandbox backends (bubblewrap; podman with runc,
+# and debootstrap to build the agent image without a registry), and the Rust toolchain.
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt packages.
 set -euo pipefail
 
 need_apt=()
-command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
-command -v git >/dev/null 2>&1 || need_apt+=(git)
-command -v curl >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
+want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
+want cc build-essential
+want git git
+want curl curl
+want update-ca-certificates ca-certificates
+want bwrap bubblewrap
+want podman podman
+want runc runc
+want debootstrap debootstrap
+want setpriv util-linux
+want pgrep procps
+want tar tar
+want newuidmap uidmap
+want slirp4netns slirp4netns
 [ -e /usr/share/zoneinfo/Europe/Berlin ] || need_apt+=(tzdata)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

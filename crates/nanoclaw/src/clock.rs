@@ -9,6 +9,16 @@ pub fn now() -> String {
     format_utc(Timestamp::now())
 }
 
+/// Milliseconds since the Unix epoch (for file names that sort by time).
+pub fn millis_now() -> i64 {
+    Timestamp::now().as_millisecond()
+}
+
+/// `20260131-143200` in UTC, for log file names.
+pub fn compact_now() -> String {
+    Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string()
+}
+
 pub fn format_utc(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }

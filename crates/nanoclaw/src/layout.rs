@@ -138,10 +138,23 @@ impl Layout {
     pub fn daemon_info_path(&self) -> PathBuf {
         self.data_dir().join("daemon.json")
     }
+    /// Files the host provides to every sandbox (placeholders, `/etc/passwd`).
+    pub fn sandbox_support_dir(&self) -> PathBuf {
+        self.data_dir().join("sandbox")
+    }
+    /// An empty read-only file, mounted over files a sandbox must not read.
+    pub fn empty_file(&self) -> PathBuf {
+        self.sandbox_support_dir().join("empty-file")
+    }
+    /// An empty read-only directory, mounted over directories a sandbox must not read.
+    pub fn empty_dir(&self) -> PathBuf {
+        self.sandbox_support_dir().join("empty-dir")
+    }
 
     /// Creates the directory skeleton of a root (idempotent). The directories holding
     /// chats, memory, sessions and logs are owner-only (0700): other local users have
-    /// no business reading them.
+    /// no business reading them. (See [`Layout::share_with_sandbox_user`] for the one
+    /// exception.)
     pub fn create(&self) -> io::Result<()> {
         for dir in [
             self.store_dir(),
@@ -150,6 +163,7 @@ impl Layout {
             self.data_dir().join("sessions"),
             self.logs_dir(),
             self.auth_dir(),
+            self.empty_dir(),
         ] {
             fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
         }
@@ -160,10 +174,78 @@ impl Layout {
             self.logs_dir(),
             self.auth_dir(),
         ] {
-            fs::set_permissions(&private, fs::Permissions::from_mode(0o700))
-                .map_err(|e| with_path(e, &private))?;
+            set_mode(&private, 0o700)?;
+        }
+        let support = self.sandbox_support_dir();
+        write_if_changed(&self.empty_file(), b"")?;
+        write_if_changed(
+            &support.join("passwd"),
+            b"root:x:0:0:root:/root:/usr/sbin/nologin\nnode:x:1000:1000:node:/home/node:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        )?;
+        write_if_changed(
+            &support.join("group"),
+            b"root:x:0:\nnode:x:1000:\nnogroup:x:65534:\n",
+        )?;
+        // Readable by the sandbox user, writable by nobody.
+        set_mode(&support, 0o755)?;
+        set_mode(&self.empty_dir(), 0o555)?;
+        for file in ["empty-file", "passwd", "group"] {
+            set_mode(&support.join(file), 0o444)?;
         }
         Ok(())
+    }
+
+    /// When the daemon runs as root, sandboxes run as a dedicated unprivileged user
+    /// (`uid`:`gid`, 1000:1000), not as root. That user must own what sandboxes write
+    /// (group folders, sessions, IPC, global memory) and, for main's read-only project
+    /// view, be able to read the root through its group: the root, `store/`, `groups/`
+    /// and `data/` become group `gid` with `g+rx` (setgid, so new files stay in the
+    /// group), while host-only parts (`logs/`, `store/auth/`, `data/http-token`,
+    /// `data/ipc/errors/`) stay root-only. Ownership changes never follow symlinks.
+    pub fn share_with_sandbox_user(&self, uid: u32, gid: u32) -> io::Result<()> {
+        let root_owned = |path: &Path, mode: u32| -> io::Result<()> {
+            chown_no_follow(path, None, Some(gid))?;
+            set_mode(path, mode)
+        };
+        root_owned(self.root(), 0o750)?;
+        for dir in [
+            self.store_dir(),
+            self.groups_dir(),
+            self.data_dir(),
+            self.data_dir().join("ipc"),
+            self.data_dir().join("sessions"),
+        ] {
+            root_owned(&dir, 0o2750)?;
+        }
+        for name in ["messages.db", "messages.db-wal", "messages.db-shm"] {
+            let path = self.store_dir().join(name);
+            if path.exists() {
+                root_owned(&path, 0o640)?;
+            }
+        }
+        for private in [self.logs_dir(), self.auth_dir(), self.ipc_errors_dir()] {
+            chown_no_follow(&private, Some(0), Some(0))?;
+            set_mode(&private, 0o700)?;
+        }
+        if self.http_token_path().exists() {
+            chown_no_follow(&self.http_token_path(), Some(0), Some(0))?;
+            set_mode(&self.http_token_path(), 0o600)?;
+        }
+        chown_tree_beneath(&self.groups_dir(), "global", uid, gid)
+    }
+
+    /// Gives a group's writable folders to the sandbox user (see
+    /// [`Layout::share_with_sandbox_user`]), recursively, never following symlinks.
+    pub fn share_group_with_sandbox_user(
+        &self,
+        folder: &GroupFolder,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<()> {
+        self.create_group_dirs(folder)?;
+        chown_tree_beneath(&self.groups_dir(), folder.as_str(), uid, gid)?;
+        chown_tree_beneath(&self.data_dir().join("sessions"), folder.as_str(), uid, gid)?;
+        chown_tree_beneath(&self.data_dir().join("ipc"), folder.as_str(), uid, gid)
     }
 
     /// Creates a group's folders: `groups/{f}/logs`, its sessions dir and IPC namespace,
@@ -254,6 +336,93 @@ pub fn open_dir_beneath(base: &Path, parts: &[&str]) -> io::Result<OwnedFd> {
         })?;
     }
     Ok(dir)
+}
+
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| with_path(e, path))
+}
+
+/// Writes `content` unless the file already holds exactly that.
+fn write_if_changed(path: &Path, content: &[u8]) -> io::Result<()> {
+    if fs::read(path).is_ok_and(|c| c == content) {
+        return Ok(());
+    }
+    if path.exists() {
+        // Our own placeholder files are read-only; replace rather than open for writing.
+        fs::remove_file(path).map_err(|e| with_path(e, path))?;
+    }
+    fs::write(path, content).map_err(|e| with_path(e, path))
+}
+
+fn chown_no_follow(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Gid, Uid, chownat};
+    let owner = uid.map(Uid::from_raw);
+    let group = gid.map(Gid::from_raw);
+    chownat(CWD, path, owner, group, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| with_path(e.into(), path))
+}
+
+/// `chown -R uid:gid base/name` without following any symlink: an agent may have
+/// planted a symlink to `/etc/shadow` in its folder, and root must not hand that over.
+fn chown_tree_beneath(base: &Path, name: &str, uid: u32, gid: u32) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Gid, Uid, chownat};
+    let dir = open_dir_beneath(base, &[name])?;
+    chownat(
+        &dir,
+        "",
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::EMPTY_PATH,
+    )
+    .map_err(|e| with_path(e.into(), &base.join(name)))?;
+    chown_children(dir, &base.join(name), uid, gid, 0)
+}
+
+fn chown_children(dir: OwnedFd, path: &Path, uid: u32, gid: u32, depth: usize) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Dir, FileType, Gid, Mode, OFlags, Uid, chownat, openat};
+    const MAX_DEPTH: usize = 64;
+    if depth > MAX_DEPTH {
+        return Err(io::Error::other(format!(
+            "{} is nested too deeply",
+            path.display()
+        )));
+    }
+    let entries = Dir::read_from(&dir).map_err(|e| with_path(e.into(), path))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| with_path(e.into(), path))?;
+        let name = entry.file_name();
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        chownat(
+            &dir,
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| with_path(e.into(), path))?;
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+                .map_err(|e| with_path(e.into(), path))?,
+            _ => false,
+        };
+        if is_dir {
+            let child = openat(
+                &dir,
+                name,
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| with_path(e.into(), path))?;
+            let child_path = path.join(String::from_utf8_lossy(bytes).as_ref());
+            chown_children(child, &child_path, uid, gid, depth + 1)?;
+        }
+    }
+    Ok(())
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {

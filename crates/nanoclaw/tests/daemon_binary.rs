@@ -130,16 +130,22 @@ async fn fresh_root_creates_layout_token_and_main_group_and_guards_every_route()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_runner_the_daemon_says_so_instead_of_pretending() {
+async fn without_a_working_sandbox_the_daemon_says_so_instead_of_pretending() {
     let root = tempfile::tempdir().expect("temp dir");
-    let d = BinaryDaemon::spawn(root.path(), &[("NANOCLAW_RETRY_BASE_MS", "10")]).await;
+    // No Docker engine runs here, so this backend cannot work.
+    let env = [
+        ("NANOCLAW_RETRY_BASE_MS", "10"),
+        ("CONTAINER_RUNTIME", "docker"),
+    ];
+    let d = BinaryDaemon::spawn(root.path(), &env).await;
     d.api
         .send("web:main", "me", "Me", "hello")
         .await
         .expect("accepted");
     let texts = support::wait_bot_texts(&d.api, "web:main", 1).await;
     assert!(
-        texts[0].contains("could not answer") && texts[0].contains("no sandbox runner"),
+        texts[0].contains("could not answer")
+            && texts[0].contains("CONTAINER_RUNTIME=docker does not work here"),
         "{texts:?}"
     );
     let (_, status) = d.api.get("/api/status").await.expect("status");
@@ -183,4 +189,33 @@ async fn terminal_chat_sends_a_line_and_prints_the_reply() {
         runs[0].prompt.contains("sender=\"Tester\"") && runs[0].prompt.contains(">hello there<")
     );
     d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_which_sandbox_backends_work_and_why_not() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (ok, _, err) = cli(
+        root.path(),
+        &[
+            "groups", "add", "--jid", "web:x", "--name", "X", "--folder", "x",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (_, out, _) = cli(root.path(), &["doctor"]).await;
+    for backend in ["docker", "podman", "bwrap"] {
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(backend))
+            .unwrap_or_else(|| panic!("no {backend} line in:\n{out}"));
+        assert!(line.starts_with("ok") || line.starts_with("warn"), "{line}");
+        if line.starts_with("warn") {
+            assert!(
+                line.len() > 20,
+                "a backend that does not work says why: {line}"
+            );
+        }
+    }
+    assert!(out.lines().any(|l| l.starts_with("ok    bwrap")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("ok    sandbox")), "{out}");
 }

@@ -3,6 +3,7 @@
 
 mod chat;
 mod groups;
+mod sandbox_cmd;
 mod status;
 mod tasks;
 
@@ -17,7 +18,9 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, Secrets};
 use crate::daemon::{self, DaemonOptions};
 use crate::layout::Layout;
-use crate::runner::UnavailableRunner;
+use crate::runner::{AgentRunner, UnavailableRunner};
+use crate::sandbox::runner::SandboxRunner;
+use crate::sandbox::{self, Identity};
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
@@ -67,11 +70,27 @@ enum Command {
         #[command(subcommand)]
         command: tasks::TasksCommand,
     },
+    /// Sandboxes: see exactly what a group's agent sees
+    Sandbox {
+        #[command(subcommand)]
+        command: sandbox_cmd::SandboxCommand,
+    },
+    /// The agent image for podman and docker
+    Image {
+        #[command(subcommand)]
+        command: sandbox_cmd::ImageCommand,
+    },
 }
 
 pub fn main() -> ExitCode {
-    // Everything nanoclaw creates (store, logs, memory, sessions) is private to its user.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // Everything nanoclaw creates (store, logs, memory, sessions) is private to its user;
+    // as root, the group keeps read access (see `Layout::share_with_sandbox_user`).
+    let umask = if Identity::current().owner().is_some() {
+        0o027
+    } else {
+        0o077
+    };
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask));
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
@@ -93,6 +112,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Doctor => status::doctor(&config),
         Command::Groups { command } => groups::run(&config, command),
         Command::Tasks { command } => tasks::run(&config, command),
+        Command::Sandbox { command } => sandbox_cmd::sandbox(&config, command),
+        Command::Image { command } => sandbox_cmd::image(&config, command),
     }
 }
 
@@ -152,11 +173,32 @@ fn run(config: Config, secrets: Secrets) -> Result<ExitCode> {
     // Secrets are read here and handed only to the parts that need them (the proxy and
     // channels, as they are added); this build has neither, so they are dropped.
     drop(secrets);
-    let runner = Arc::new(UnavailableRunner::new(
-        "this build of nanoclaw has no sandbox runner yet (bubblewrap/podman/docker support is not built), \
-         so no agent can be started",
-    ));
+    let layout = Layout::new(&config.root);
+    layout.create().context("creating the root layout")?;
+    if let Some((uid, gid)) = Identity::current().owner() {
+        layout
+            .share_with_sandbox_user(uid, gid)
+            .context("giving the sandbox user its folders")?;
+    }
     runtime()?.block_on(async move {
+        let runner: Arc<dyn AgentRunner> = match sandbox::select(&config).await {
+            Ok(backend) => {
+                tracing::info!(backend = backend.kind().name(), "sandbox backend selected");
+                let runner = Arc::new(SandboxRunner::new(Arc::new(config.clone()), backend));
+                runner.remove_orphans().await;
+                let preparing = Arc::clone(&runner);
+                tokio::spawn(async move {
+                    if let Err(e) = preparing.prepare().await {
+                        tracing::error!("the sandbox is not ready yet (runs will try again): {e}");
+                    }
+                });
+                runner
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                Arc::new(UnavailableRunner::new(e))
+            }
+        };
         let daemon = daemon::start(DaemonOptions {
             config,
             runner,

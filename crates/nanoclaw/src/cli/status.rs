@@ -163,13 +163,17 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
         },
     ));
 
+    let mounts = crate::mounts::allowlist::load(&config.mount_allowlist_path(), &config.home);
     checks.push((
-        "sandbox",
-        Verdict::Fail(
-            "this build has no sandbox runner yet: agents cannot run (bubblewrap/podman/docker support is not built)"
-                .into(),
-        ),
+        "mounts",
+        if mounts.is_invalid() {
+            Verdict::Fail(mounts.describe())
+        } else {
+            Verdict::Ok(mounts.describe())
+        },
     ));
+
+    checks.extend(sandbox_checks(config));
 
     checks.push((
         "daemon",
@@ -196,4 +200,69 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One line per backend (works, or why not), and which one `run` would use.
+fn sandbox_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
+    use crate::config::RuntimeKind;
+    use crate::sandbox;
+    let Ok(rt) = runtime() else {
+        return vec![(
+            "sandbox",
+            Verdict::Fail("cannot start the async runtime".into()),
+        )];
+    };
+    rt.block_on(async {
+        let mut checks = Vec::new();
+        let mut working = Vec::new();
+        for kind in [RuntimeKind::Docker, RuntimeKind::Podman, RuntimeKind::Bwrap] {
+            let name = kind.name();
+            match sandbox::backend(kind, config).probe().await {
+                Ok(detail) => {
+                    working.push(kind);
+                    let image = image_note(config, kind).await;
+                    checks.push((name, Verdict::Ok(format!("{detail}{image}"))));
+                }
+                Err(why) => checks.push((name, Verdict::Warn(why))),
+            }
+        }
+        let chosen = match config.container_runtime {
+            Some(kind) if working.contains(&kind) => Verdict::Ok(format!("CONTAINER_RUNTIME={} works", kind.name())),
+            Some(kind) => Verdict::Fail(format!("CONTAINER_RUNTIME={} does not work here (see above)", kind.name())),
+            None => match working.first() {
+                Some(kind) => Verdict::Ok(format!("agents will run in {} sandboxes (auto-detected)", kind.name())),
+                None => Verdict::Fail(
+                    "no sandbox backend works, so no agent can run: install bubblewrap (`apt install bubblewrap`) \
+                     or podman (`apt install podman runc`), or start Docker"
+                        .into(),
+                ),
+            },
+        };
+        checks.push(("sandbox", chosen));
+        checks
+    })
+}
+
+/// For podman/docker: whether the image holds the current agent.
+async fn image_note(config: &Config, kind: crate::config::RuntimeKind) -> String {
+    use crate::config::RuntimeKind;
+    use crate::sandbox::image::{self, ImageState};
+    use crate::sandbox::oci::{Flavor, Oci};
+    let flavor = match kind {
+        RuntimeKind::Podman => Flavor::Podman,
+        RuntimeKind::Docker => Flavor::Docker,
+        RuntimeKind::Bwrap => return String::new(),
+    };
+    let Ok(agent) = crate::sandbox::agent_binary(config) else {
+        return "; nanoclaw-agent not found".into();
+    };
+    let Ok(build) = image::agent_build_id(&agent) else {
+        return "; cannot read nanoclaw-agent".into();
+    };
+    match image::state(&Oci::new(flavor, config), &build).await {
+        Ok(ImageState::Current) => "; image holds this agent".into(),
+        Ok(ImageState::Stale { .. }) => "; image is stale (rebuilt before the next run)".into(),
+        Ok(ImageState::Missing) => String::new(),
+        Err(e) => format!("; cannot inspect the image: {e}"),
+    }
 }

@@ -105,6 +105,12 @@ pub struct Config {
     pub retry_base: Duration,
     /// `tracing` filter directive (`NANOCLAW_LOG`, else `RUST_LOG`, else `info`).
     pub log_filter: String,
+    /// The `nanoclaw-agent` binary to put in sandboxes (`NANOCLAW_AGENT_BIN`); default:
+    /// next to the `nanoclaw` executable.
+    pub agent_bin: Option<PathBuf>,
+    /// Debian mirror for building the image base without a registry
+    /// (`NANOCLAW_DEBIAN_MIRROR`).
+    pub debian_mirror: String,
 }
 
 /// A secret value. `Debug` and `Display` never show it.
@@ -318,6 +324,8 @@ impl Config {
                 .or_else(|| s.get("RUST_LOG"))
                 .map(|(v, _)| v.to_string())
                 .unwrap_or_else(|| "info".to_string()),
+            agent_bin: s.get("NANOCLAW_AGENT_BIN").map(|(v, _)| PathBuf::from(v)),
+            debian_mirror: s.string("NANOCLAW_DEBIAN_MIRROR", "http://deb.debian.org/debian"),
         };
 
         let secrets = Secrets {

@@ -81,6 +81,20 @@ impl Store {
             .ctx("reading a registered group")
     }
 
+    pub fn registered_group_by_folder(
+        &self,
+        folder: &str,
+    ) -> Result<Option<RegisteredGroup>, StoreError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {GROUP_COLUMNS} FROM registered_groups WHERE folder = ?1"),
+                params![folder],
+                group,
+            )
+            .optional()
+            .ctx("reading a registered group")
+    }
+
     pub fn registered_groups(&self) -> Result<Vec<RegisteredGroup>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn

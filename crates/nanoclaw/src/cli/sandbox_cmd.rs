@@ -1,0 +1,172 @@
+//! `nanoclaw sandbox exec` and `nanoclaw image build`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Subcommand;
+
+use super::{open_existing_store, runtime};
+use crate::config::{Config, RuntimeKind};
+use crate::layout::Layout;
+use crate::sandbox::image::ImageState;
+use crate::sandbox::oci::{Flavor, Oci};
+use crate::sandbox::{self, Identity, SandboxBackend, SpecRequest};
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Run CMD in a sandbox built exactly as the group's agent runs are, and exit with
+    /// its status: the way to see what an agent of that group can see
+    Exec {
+        /// The group's folder (see `nanoclaw groups list`)
+        #[arg(long)]
+        group: String,
+        /// Sandbox backend to use [default: CONTAINER_RUNTIME, else auto-detect]
+        #[arg(long, value_parser = parse_runtime)]
+        runtime: Option<RuntimeKind>,
+        /// The command and its arguments
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the agent image for podman/docker (only if missing or stale, unless --force)
+    Build {
+        #[arg(long, value_parser = parse_runtime)]
+        runtime: Option<RuntimeKind>,
+        /// Rebuild even if the image is up to date
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
+    match s {
+        "docker" => Ok(RuntimeKind::Docker),
+        "podman" => Ok(RuntimeKind::Podman),
+        "bwrap" | "bubblewrap" => Ok(RuntimeKind::Bwrap),
+        other => Err(format!(
+            "`{other}` is not a sandbox backend; use bwrap, podman or docker"
+        )),
+    }
+}
+
+/// The backend for `--runtime`, else the configured or auto-detected one.
+async fn choose_backend(
+    config: &Config,
+    runtime: Option<RuntimeKind>,
+) -> Result<Arc<dyn SandboxBackend>> {
+    match runtime {
+        Some(kind) => {
+            let backend = sandbox::backend(kind, config);
+            backend
+                .probe()
+                .await
+                .map_err(|why| anyhow!("{} cannot be used here: {why}", kind.name()))?;
+            Ok(backend)
+        }
+        None => sandbox::select(config).await.map_err(|e| anyhow!(e)),
+    }
+}
+
+/// Makes sure an OCI backend's image is current, showing progress on stderr. Returns
+/// the state it was in before (`None` for bwrap, which needs no image).
+async fn ensure_image(
+    config: &Config,
+    kind: RuntimeKind,
+    force: bool,
+) -> Result<Option<ImageState>> {
+    let flavor = match kind {
+        RuntimeKind::Podman => Flavor::Podman,
+        RuntimeKind::Docker => Flavor::Docker,
+        RuntimeKind::Bwrap => return Ok(None),
+    };
+    let oci = Oci::new(flavor, config);
+    let mut progress = |line: &str| eprintln!("image: {line}");
+    sandbox::image::ensure(&oci, config, force, &mut progress)
+        .await
+        .map(Some)
+        .map_err(|e| anyhow!("cannot build the agent image: {e}"))
+}
+
+pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
+    let SandboxCommand::Exec {
+        group: folder,
+        runtime: runtime_kind,
+        command,
+    } = command;
+    let store = open_existing_store(config)?;
+    let group = store.registered_group_by_folder(&folder)?.ok_or_else(|| {
+        anyhow!("no registered group uses folder `{folder}`; `nanoclaw groups list` shows them")
+    })?;
+    let layout = Layout::new(&config.root);
+    layout.create().context("preparing the root layout")?;
+    if let Some((uid, gid)) = Identity::current().owner() {
+        layout
+            .share_with_sandbox_user(uid, gid)
+            .context("sharing the root with the sandbox user")?;
+    }
+    runtime()?.block_on(async move {
+        let backend = choose_backend(config, runtime_kind).await?;
+        ensure_image(config, backend.kind(), false).await?;
+        let token = crate::ids::random_hex(24);
+        let (spec, plan) = sandbox::group_spec(
+            config,
+            &layout,
+            backend.as_ref(),
+            SpecRequest {
+                group: &group,
+                command,
+                run_token: &token,
+                tty: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+            },
+        )?;
+        for rejection in &plan.rejected {
+            eprintln!("warning: {rejection}");
+        }
+        let mut cmd = backend.command(&spec)?;
+        cmd.kill_on_drop(true);
+        let status = cmd
+            .status()
+            .await
+            .with_context(|| format!("cannot start the {} sandbox", backend.kind().name()))?;
+        backend.stop(&spec.name).await;
+        let code = match status.code() {
+            Some(code) => code,
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                128 + status.signal().unwrap_or(0)
+            }
+        };
+        Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    })
+}
+
+pub fn image(config: &Config, command: ImageCommand) -> Result<ExitCode> {
+    let ImageCommand::Build {
+        runtime: kind,
+        force,
+    } = command;
+    let kind = match kind.or(config.container_runtime) {
+        Some(RuntimeKind::Bwrap) => bail!("bwrap needs no image; use --runtime podman or docker"),
+        Some(k) => k,
+        None if sandbox::which("podman").is_some() => RuntimeKind::Podman,
+        None if sandbox::which("docker").is_some() => RuntimeKind::Docker,
+        None => bail!(
+            "neither podman nor docker is installed; install podman (`apt install podman runc`)"
+        ),
+    };
+    Layout::new(&config.root)
+        .create()
+        .context("preparing the root layout")?;
+    let before = runtime()?.block_on(ensure_image(config, kind, force))?;
+    if before == Some(ImageState::Current) && !force {
+        println!("{} is up to date.", config.container_image);
+    } else {
+        println!("{} is built.", config.container_image);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,337 @@
+//! What a group's sandbox sees (SPEC §7), decided in this one place for every backend.
+//!
+//! | | main | other groups |
+//! |---|---|---|
+//! | project root | `/workspace/project` ro, secrets shadowed | — |
+//! | `groups/{folder}` | `/workspace/group` rw | `/workspace/group` rw |
+//! | `groups/global` | `/workspace/global` rw | `/workspace/global` ro |
+//! | `data/sessions/{folder}/.claude` | `/home/node/.claude` rw | same |
+//! | `data/ipc/{folder}` | `/workspace/ipc` rw | same |
+//! | validated additional mounts | `/workspace/extra/{name}` | same, ro when `nonMainReadOnly` |
+
+pub mod allowlist;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::layout::{GroupFolder, Layout};
+use allowlist::{AdditionalMount, AllowlistFile, Rejection};
+
+/// One bind mount into the sandbox. Later entries may sit inside earlier ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: String,
+    pub writable: bool,
+}
+
+impl MountEntry {
+    fn new(source: PathBuf, target: impl Into<String>, writable: bool) -> MountEntry {
+        MountEntry {
+            source,
+            target: target.into(),
+            writable,
+        }
+    }
+}
+
+/// Network policy of a group (`container_config.network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkPolicy {
+    /// Like NanoClaw: the sandbox can reach the network.
+    #[default]
+    Full,
+    /// No network at all; only the credential proxy is reachable.
+    None,
+}
+
+/// A group's `container_config` JSON, as far as the sandbox is concerned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerConfig {
+    pub additional_mounts: Vec<AdditionalMount>,
+    pub network: NetworkPolicy,
+}
+
+impl ContainerConfig {
+    /// Parses the stored JSON. A config that cannot be understood is an error, not
+    /// "no config": guessing could give a group more network or mounts than intended.
+    pub fn parse(raw: Option<&str>) -> Result<ContainerConfig, String> {
+        let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty() && *r != "null") else {
+            return Ok(ContainerConfig::default());
+        };
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Raw {
+            #[serde(default)]
+            additional_mounts: Option<Vec<AdditionalMount>>,
+            #[serde(default)]
+            network: Option<String>,
+            // NanoClaw v1 kept a per-group timeout here; accepted and ignored.
+            #[serde(default)]
+            #[allow(dead_code)]
+            timeout: Option<Value>,
+        }
+        let parsed: Raw =
+            serde_json::from_str(raw).map_err(|e| format!("container_config is not valid: {e}"))?;
+        let network = match parsed.network.as_deref() {
+            None | Some("full") => NetworkPolicy::Full,
+            Some("none") => NetworkPolicy::None,
+            Some(other) => {
+                return Err(format!(
+                    "container_config.network is {other:?}; it must be \"full\" or \"none\""
+                ));
+            }
+        };
+        Ok(ContainerConfig {
+            additional_mounts: parsed.additional_mounts.unwrap_or_default(),
+            network,
+        })
+    }
+}
+
+/// The mounts of one sandbox, and the additional mounts that were refused.
+#[derive(Debug, Clone, Default)]
+pub struct MountPlan {
+    pub mounts: Vec<MountEntry>,
+    pub rejected: Vec<Rejection>,
+}
+
+pub const PROJECT: &str = "/workspace/project";
+pub const GROUP: &str = "/workspace/group";
+pub const GLOBAL: &str = "/workspace/global";
+pub const IPC: &str = "/workspace/ipc";
+pub const SESSIONS: &str = "/home/node/.claude";
+pub const EXTRA: &str = "/workspace/extra";
+
+/// Builds the mount table for `folder`. Files that must stay hidden inside main's
+/// read-only project view are covered by empty placeholders.
+pub fn plan(
+    layout: &Layout,
+    folder: &GroupFolder,
+    is_main: bool,
+    extra: &[AdditionalMount],
+    allowlist: &AllowlistFile,
+    home: &Path,
+    hidden_outside_root: &[PathBuf],
+) -> MountPlan {
+    let mut mounts = Vec::new();
+    if is_main {
+        mounts.push(MountEntry::new(layout.root().to_path_buf(), PROJECT, false));
+        for (relative, is_dir) in hidden_in_project(layout, hidden_outside_root) {
+            let placeholder = if is_dir {
+                layout.empty_dir()
+            } else {
+                layout.empty_file()
+            };
+            mounts.push(MountEntry::new(
+                placeholder,
+                format!("{PROJECT}/{relative}"),
+                false,
+            ));
+        }
+    }
+    mounts.push(MountEntry::new(layout.group_dir(folder), GROUP, true));
+    mounts.push(MountEntry::new(layout.global_dir(), GLOBAL, is_main));
+    mounts.push(MountEntry::new(layout.sessions_dir(folder), SESSIONS, true));
+    mounts.push(MountEntry::new(layout.ipc_dir(folder), IPC, true));
+
+    let mut rejected = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for request in extra {
+        let result = match allowlist {
+            AllowlistFile::Valid(list) => list.validate(request, is_main, home),
+            other => Err(Rejection {
+                host_path: request.host_path.clone(),
+                reason: other.describe(),
+            }),
+        };
+        match result {
+            Ok(v) if names.contains(&v.name) => rejected.push(Rejection {
+                host_path: request.host_path.clone(),
+                reason: format!("another mount already uses /workspace/extra/{}", v.name),
+            }),
+            Ok(v) => {
+                names.push(v.name.clone());
+                mounts.push(MountEntry::new(
+                    v.host_path,
+                    format!("{EXTRA}/{}", v.name),
+                    v.writable,
+                ));
+            }
+            Err(r) => rejected.push(r),
+        }
+    }
+    MountPlan { mounts, rejected }
+}
+
+/// Paths under the root that main's read-only project view must not show, relative to
+/// the root, with whether each is a directory: every top-level `.env*` file (SPEC: `.env`;
+/// `.env.local` and friends hold the same secrets), `store/auth/`, `data/http-token`, and
+/// the allowlists if the root happens to contain them.
+fn hidden_in_project(layout: &Layout, outside: &[PathBuf]) -> Vec<(String, bool)> {
+    let mut hidden = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(layout.root()) {
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".env"))
+            .collect();
+        names.sort();
+        hidden.extend(names.into_iter().map(|n| (n, false)));
+    }
+    if layout.auth_dir().is_dir() {
+        hidden.push(("store/auth".to_string(), true));
+    }
+    if layout.http_token_path().is_file() {
+        hidden.push(("data/http-token".to_string(), false));
+    }
+    for path in outside {
+        if let Ok(relative) = path.strip_prefix(layout.root())
+            && path.exists()
+            && let Some(text) = relative.to_str()
+        {
+            hidden.push((text.to_string(), path.is_dir()));
+        }
+    }
+    hidden
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Layout, GroupFolder) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let layout = Layout::new(dir.path());
+        layout.create().expect("layout");
+        layout.load_or_create_http_token().expect("token");
+        std::fs::write(dir.path().join(".env"), "ANTHROPIC_API_KEY=x").expect(".env");
+        std::fs::write(dir.path().join(".env.local"), "X=y").expect(".env.local");
+        let folder = GroupFolder::parse("team").expect("folder");
+        layout.create_group_dirs(&folder).expect("group dirs");
+        (dir, layout, folder)
+    }
+
+    fn targets(plan: &MountPlan) -> Vec<(String, bool)> {
+        plan.mounts
+            .iter()
+            .map(|m| (m.target.clone(), m.writable))
+            .collect()
+    }
+
+    #[test]
+    fn main_gets_the_project_read_only_with_secrets_shadowed() {
+        let (_d, layout, folder) = setup();
+        let none = AllowlistFile::Missing("x".into());
+        let p = plan(
+            &layout,
+            &folder,
+            true,
+            &[],
+            &none,
+            Path::new("/home/x"),
+            &[],
+        );
+        let t: Vec<(String, bool)> = targets(&p);
+        let expect = [
+            ("/workspace/project", false),
+            ("/workspace/project/.env", false),
+            ("/workspace/project/.env.local", false),
+            ("/workspace/project/store/auth", false),
+            ("/workspace/project/data/http-token", false),
+            ("/workspace/group", true),
+            ("/workspace/global", true),
+            ("/home/node/.claude", true),
+            ("/workspace/ipc", true),
+        ];
+        assert_eq!(t, expect.map(|(a, b)| (a.to_string(), b)));
+        assert_eq!(p.mounts[1].source, layout.empty_file());
+        assert_eq!(p.mounts[3].source, layout.empty_dir());
+    }
+
+    #[test]
+    fn other_groups_get_only_their_own_folders() {
+        let (_d, layout, folder) = setup();
+        let none = AllowlistFile::Missing("x".into());
+        let p = plan(
+            &layout,
+            &folder,
+            false,
+            &[],
+            &none,
+            Path::new("/home/x"),
+            &[],
+        );
+        assert_eq!(
+            targets(&p),
+            [
+                ("/workspace/group".to_string(), true),
+                ("/workspace/global".to_string(), false),
+                ("/home/node/.claude".to_string(), true),
+                ("/workspace/ipc".to_string(), true),
+            ]
+        );
+        assert_eq!(p.mounts[0].source, layout.group_dir(&folder));
+        assert_eq!(p.mounts[2].source, layout.sessions_dir(&folder));
+        assert_eq!(p.mounts[3].source, layout.ipc_dir(&folder));
+    }
+
+    #[test]
+    fn additional_mounts_need_a_valid_allowlist() {
+        let (_d, layout, folder) = setup();
+        let extra = [AdditionalMount {
+            host_path: "/tmp".into(),
+            container_path: None,
+            readonly: None,
+        }];
+        for list in [
+            AllowlistFile::Missing("/nope.json".into()),
+            AllowlistFile::Invalid {
+                path: "/bad.json".into(),
+                reason: "broken".into(),
+            },
+        ] {
+            let p = plan(
+                &layout,
+                &folder,
+                true,
+                &extra,
+                &list,
+                Path::new("/home/x"),
+                &[],
+            );
+            assert_eq!(p.rejected.len(), 1);
+            assert!(
+                p.rejected[0].reason.contains("refused"),
+                "{}",
+                p.rejected[0]
+            );
+            assert!(p.mounts.iter().all(|m| !m.target.starts_with(EXTRA)));
+        }
+    }
+
+    #[test]
+    fn container_config_parsing() {
+        assert_eq!(
+            ContainerConfig::parse(None).expect("none"),
+            ContainerConfig::default()
+        );
+        let c = ContainerConfig::parse(Some(
+            r#"{"additionalMounts":[{"hostPath":"~/p","readonly":false}],"network":"none","timeout":300000}"#,
+        ))
+        .expect("valid");
+        assert_eq!(c.network, NetworkPolicy::None);
+        assert_eq!(c.additional_mounts[0].readonly, Some(false));
+        for bad in [
+            r#"{"network":"some"}"#,
+            "not json",
+            r#"{"additionalMounts":"x"}"#,
+        ] {
+            assert!(ContainerConfig::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The bubblewrap backend: no image; the host's `/usr` read-only, a few `/etc` files,
+//! fresh `/tmp`, `/proc`, `/dev`, new pid/ipc/uts/cgroup (and, for `network: none`, net)
+//! namespaces, and exactly the mounts of the spec.
+//!
+//! As an ordinary user, bwrap runs unprivileged in a user namespace where uid 1000 is the
+//! user. As root, bwrap sets up the mounts with root's rights and then `setpriv` drops
+//! the sandboxed command to the real uid 1000 with no capabilities at all, so nothing in
+//! the sandbox ever runs as root.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    AGENT_DIR_IN_SANDBOX, Identity, SANDBOX_GID, SANDBOX_UID, SandboxBackend, SandboxError,
+    SandboxSpec, which,
+};
+use crate::config::{Config, RuntimeKind};
+use crate::layout::Layout;
+use crate::mounts::NetworkPolicy;
+
+/// `/etc` entries programs need (TLS roots, name resolution, the dynamic linker).
+const ETC_ENTRIES: [&str; 14] = [
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "gai.conf",
+    "host.conf",
+    "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "resolv.conf",
+    "ssl",
+];
+
+pub struct Bwrap {
+    program: Option<PathBuf>,
+    setpriv: Option<PathBuf>,
+    agent: Result<PathBuf, String>,
+    support_dir: PathBuf,
+}
+
+impl Bwrap {
+    pub fn new(config: &Config) -> Bwrap {
+        Bwrap {
+            program: which("bwrap"),
+            setpriv: which("setpriv"),
+            agent: super::agent_binary(config),
+            support_dir: Layout::new(&config.root).sandbox_support_dir(),
+        }
+    }
+
+    fn unavailable(reason: impl Into<String>) -> SandboxError {
+        SandboxError::Unavailable {
+            backend: "bwrap",
+            reason: reason.into(),
+        }
+    }
+
+    fn args(&self, spec: &SandboxSpec) -> Result<Vec<OsString>, SandboxError> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+        match spec.identity {
+            Identity::SameAsDaemon => {
+                let (uid, gid) = (SANDBOX_UID.to_string(), SANDBOX_GID.to_string());
+                push(&[
+                    "--unshare-user",
+                    "--disable-userns",
+                    "--uid",
+                    &uid,
+                    "--gid",
+                    &gid,
+                ]);
+            }
+            Identity::Dedicated { .. } => {}
+        }
+        push(&[
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--hostname",
+            "nanoclaw",
+        ]);
+        if spec.network == NetworkPolicy::None {
+            push(&["--unshare-net"]);
+        }
+        push(&["--die-with-parent", "--new-session", "--clearenv"]);
+        for (k, v) in &spec.env {
+            push(&["--setenv", k, v]);
+        }
+
+        push(&["--ro-bind", "/usr", "/usr"]);
+        for dir in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+            let host = Path::new("/").join(dir);
+            match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(&host) {
+                        a.extend([OsString::from("--symlink"), target.into(), host.into()]);
+                    }
+                }
+                Ok(m) if m.is_dir() => a.extend([
+                    OsString::from("--ro-bind"),
+                    host.clone().into(),
+                    host.into(),
+                ]),
+                _ => {}
+            }
+        }
+        // bwrap creates missing parents of mount points owner-only; these must be
+        // traversable by the sandbox user.
+        for dir in ["/etc", "/opt", "/opt/nanoclaw", AGENT_DIR_IN_SANDBOX] {
+            a.extend(["--perms", "0755", "--dir", dir].map(OsString::from));
+        }
+        for entry in ETC_ENTRIES {
+            let path = format!("/etc/{entry}");
+            a.extend(["--ro-bind-try", &path, &path].map(OsString::from));
+        }
+        for file in ["passwd", "group"] {
+            a.extend([
+                OsString::from("--ro-bind"),
+                self.support_dir.join(file).into(),
+                OsString::from(format!("/etc/{file}")),
+            ]);
+        }
+        let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+        push(&["--proc", "/proc", "--dev", "/dev"]);
+        push(&["--perms", "1777", "--tmpfs", "/tmp"]);
+        push(&["--perms", "0755", "--dir", "/home"]);
+        push(&["--perms", "1777", "--tmpfs", "/home/node"]);
+        push(&["--perms", "0755", "--dir", "/workspace"]);
+        if spec
+            .mounts
+            .iter()
+            .any(|m| m.target.starts_with(crate::mounts::EXTRA))
+        {
+            push(&["--perms", "0755", "--dir", crate::mounts::EXTRA]);
+        }
+        for m in &spec.mounts {
+            a.extend([
+                OsString::from(if m.writable { "--bind" } else { "--ro-bind" }),
+                m.source.clone().into(),
+                OsString::from(&m.target),
+            ]);
+        }
+        let agent = self.agent.as_ref().map_err(Bwrap::unavailable)?;
+        a.extend([
+            OsString::from("--ro-bind"),
+            agent.clone().into(),
+            OsString::from(format!("{AGENT_DIR_IN_SANDBOX}/nanoclaw-agent")),
+        ]);
+        a.extend(["--chdir", &spec.workdir].map(OsString::from));
+        match spec.identity {
+            Identity::SameAsDaemon => {
+                a.extend(["--cap-drop", "ALL", "--"].map(OsString::from));
+            }
+            Identity::Dedicated { uid, gid } => {
+                if self.setpriv.is_none() {
+                    return Err(Bwrap::unavailable(
+                        "setpriv (util-linux) is needed to drop root privileges inside the sandbox; install util-linux",
+                    ));
+                }
+                a.extend(
+                    [
+                        "--cap-drop",
+                        "ALL",
+                        "--cap-add",
+                        "CAP_SETUID",
+                        "--cap-add",
+                        "CAP_SETGID",
+                        "--cap-add",
+                        "CAP_SETPCAP",
+                        // bwrap enters the workdir (owned by the sandbox user) before
+                        // setpriv runs; setpriv's uid change then clears every capability.
+                        "--cap-add",
+                        "CAP_DAC_OVERRIDE",
+                        "--",
+                        "/usr/bin/setpriv",
+                        &format!("--reuid={uid}"),
+                        &format!("--regid={gid}"),
+                        "--clear-groups",
+                        "--inh-caps=-all",
+                        "--bounding-set=-all",
+                        "--",
+                    ]
+                    .map(OsString::from),
+                );
+            }
+        }
+        a.extend(spec.command.iter().map(OsString::from));
+        Ok(a)
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for Bwrap {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Bwrap
+    }
+
+    fn command(&self, spec: &SandboxSpec) -> Result<tokio::process::Command, SandboxError> {
+        let program = self.program.as_ref().ok_or_else(|| {
+            Bwrap::unavailable(
+                "bwrap is not installed; install bubblewrap (`apt install bubblewrap`)",
+            )
+        })?;
+        let args = self.args(spec)?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).env_clear();
+        let limits = spec.limits;
+        let dedicated = matches!(spec.identity, Identity::Dedicated { .. });
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // setrlimit system calls, which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                use rustix::process::{Resource, Rlimit, setrlimit};
+                let set = |resource, value: u64| {
+                    let limit = Rlimit {
+                        current: Some(value),
+                        maximum: Some(value),
+                    };
+                    setrlimit(resource, limit).map_err(std::io::Error::from)
+                };
+                set(Resource::Core, 0)?;
+                set(Resource::Nofile, limits.open_files)?;
+                set(Resource::Data, limits.memory_bytes)?;
+                if dedicated {
+                    // Counted per uid: shared by every sandbox of the dedicated user.
+                    set(Resource::Nproc, limits.pids)?;
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    fn proxy_host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    async fn stop(&self, _name: &str) {
+        // Killing the bwrap process ends the sandbox: its pid namespace dies with it.
+    }
+
+    async fn remove_orphans(&self, _root_label: &str) -> usize {
+        // `--die-with-parent`: sandboxes die with the daemon, so none can be left over.
+        0
+    }
+
+    async fn probe(&self) -> Result<String, String> {
+        let program = self
+            .program
+            .as_ref()
+            .ok_or("bwrap is not installed; install bubblewrap (`apt install bubblewrap`)")?;
+        self.agent.as_ref().map_err(String::clone)?;
+        if !self.support_dir.join("passwd").is_file() {
+            return Err(format!(
+                "{} is missing; start `nanoclaw run` once to create the root layout",
+                self.support_dir.display()
+            ));
+        }
+        let spec = SandboxSpec {
+            name: "nanoclaw-probe".into(),
+            mounts: vec![],
+            env: vec![],
+            workdir: "/".into(),
+            command: vec!["/bin/true".into()],
+            network: NetworkPolicy::None,
+            limits: super::Limits::default(),
+            identity: Identity::current(),
+            tty: false,
+            root_label: String::new(),
+            group_folder: String::new(),
+        };
+        let args = self.args(&spec).map_err(|e| e.to_string())?;
+        let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+        match super::run_tool(program, &args, Duration::from_secs(10)).await {
+            Ok(_) => Ok(format!("{} works", program.display())),
+            Err(e) if e.contains("ermission") || e.contains("namespace") => Err(format!(
+                "bwrap cannot create its namespaces ({e}); unprivileged user namespaces may be disabled \
+                 (sysctl kernel.unprivileged_userns_clone=1, or AppArmor's restrict_unprivileged_userns)"
+            )),
+            Err(e) => Err(format!("a test sandbox failed: {e}")),
+        }
+    }
+}

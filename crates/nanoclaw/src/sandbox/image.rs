@@ -1,0 +1,355 @@
+//! The agent image for podman/docker: `container/Containerfile`, built by
+//! `nanoclaw image build` and, when missing or stale, by the daemon before its first run.
+//!
+//! The image carries the sha256 of the `nanoclaw-agent` it contains as the label
+//! `org.nanoclaw.agent-build`; an image whose label differs from the agent next to this
+//! `nanoclaw` is stale. Without a container registry, the Debian base is made with
+//! `debootstrap` and imported as `localhost/nanoclaw-base:bookworm`.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::oci::{Flavor, Oci};
+use super::{run_tool, which};
+use crate::config::Config;
+use crate::layout::Layout;
+
+pub const AGENT_BUILD_LABEL: &str = "org.nanoclaw.agent-build";
+pub const UPSTREAM_BASE: &str = "docker.io/library/debian:bookworm-slim";
+pub const LOCAL_BASE: &str = "localhost/nanoclaw-base:bookworm";
+const CONTAINERFILE: &str = include_str!("../../../../container/Containerfile");
+/// Packages the debootstrap base gets (the Containerfile's tools).
+const BASE_PACKAGES: &str = "ca-certificates,curl,git,jq,python3,ripgrep";
+
+/// The sha256 of the agent binary, hex.
+pub fn agent_build_id(agent: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(agent)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageState {
+    Missing,
+    Stale { found: String },
+    Current,
+}
+
+/// Whether the image exists and contains `build_id`.
+pub async fn state(oci: &Oci, build_id: &str) -> Result<ImageState, String> {
+    if !oci.image_exists().await? {
+        return Ok(ImageState::Missing);
+    }
+    let format = format!("{{{{ index .Config.Labels \"{AGENT_BUILD_LABEL}\" }}}}");
+    let label = run_tool(
+        oci.program()?,
+        &["image", "inspect", "--format", &format, oci.image()],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let label = label.trim();
+    Ok(if label == build_id {
+        ImageState::Current
+    } else {
+        ImageState::Stale {
+            found: if label.is_empty() || label == "<no value>" {
+                "none".into()
+            } else {
+                label.to_string()
+            },
+        }
+    })
+}
+
+/// Builds the image unless it is current (or `force`). `progress` gets each line of
+/// output as it happens. Returns the state the image was in before.
+pub async fn ensure(
+    oci: &Oci,
+    config: &Config,
+    force: bool,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<ImageState, String> {
+    let agent = super::agent_binary(config)?;
+    let build_id =
+        agent_build_id(&agent).map_err(|e| format!("cannot read {}: {e}", agent.display()))?;
+    let before = state(oci, &build_id).await?;
+    match &before {
+        ImageState::Current if !force => return Ok(before),
+        ImageState::Current => progress(&format!("rebuilding image {} (forced)", oci.image())),
+        ImageState::Missing => progress(&format!(
+            "image {} does not exist; building it",
+            oci.image()
+        )),
+        ImageState::Stale { found } => progress(&format!(
+            "image {} is stale (contains agent build {}, this agent is {}); rebuilding",
+            oci.image(),
+            &found[..found.len().min(12)],
+            &build_id[..12]
+        )),
+    }
+    let layout = Layout::new(&config.root);
+    let context = layout
+        .data_dir()
+        .join(format!("image-build-{}", std::process::id()));
+    let result = build(oci, config, &agent, &build_id, &context, progress).await;
+    let _ = std::fs::remove_dir_all(&context);
+    result?;
+    Ok(before)
+}
+
+async fn build(
+    oci: &Oci,
+    config: &Config,
+    agent: &Path,
+    build_id: &str,
+    context: &Path,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), String> {
+    let program = oci.program()?.clone();
+    std::fs::create_dir_all(context)
+        .map_err(|e| format!("cannot create {}: {e}", context.display()))?;
+    std::fs::write(context.join("Containerfile"), CONTAINERFILE)
+        .map_err(|e| format!("cannot write the Containerfile: {e}"))?;
+    let agent_copy = context.join("nanoclaw-agent");
+    std::fs::copy(agent, &agent_copy)
+        .map_err(|e| format!("cannot copy {}: {e}", agent.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agent_copy, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("cannot make the agent executable: {e}"))?;
+    }
+
+    let base = base_image(oci, config, &program, context, progress).await?;
+    progress(&format!("building {} from {base}", oci.image()));
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .map_or(4096, |h| h.min(4096));
+    let nproc = rustix::process::getrlimit(rustix::process::Resource::Nproc)
+        .maximum
+        .map_or(4096, |h| h.min(4096));
+    let mut args: Vec<String> = vec!["build".into()];
+    if oci.flavor() == Flavor::Podman {
+        if let Some(runtime) = base_runtime(&program, &base).await {
+            args.extend(["--runtime".into(), runtime]);
+        }
+        args.extend([
+            "--ulimit".into(),
+            format!("nofile={nofile}:{nofile}"),
+            "--ulimit".into(),
+            format!("nproc={nproc}:{nproc}"),
+        ]);
+    }
+    args.extend([
+        "--build-arg".into(),
+        format!("BASE={base}"),
+        "--build-arg".into(),
+        format!("AGENT_BUILD={build_id}"),
+        "--label".into(),
+        format!("{AGENT_BUILD_LABEL}={build_id}"),
+        "-t".into(),
+        oci.image().to_string(),
+        "-f".into(),
+        context.join("Containerfile").display().to_string(),
+        context.display().to_string(),
+    ]);
+    stream(&program, &args, None, progress).await?;
+    progress(&format!(
+        "built {} (agent build {})",
+        oci.image(),
+        &build_id[..12]
+    ));
+    Ok(())
+}
+
+/// A runtime override for `podman build` when the default OCI runtime cannot run the
+/// base here (see `Oci::detect_runtime`).
+async fn base_runtime(program: &Path, base: &str) -> Option<String> {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .map_or(1024, |h| h.min(1024));
+    let ulimit = format!("nofile={nofile}:{nofile}");
+    let default = run_tool(
+        program,
+        &[
+            "run",
+            "--rm",
+            "--network=none",
+            "--ulimit",
+            &ulimit,
+            base,
+            "true",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    if default.is_ok() || which("runc").is_none() {
+        return None;
+    }
+    Some("runc".into())
+}
+
+/// The base image to build from: the upstream Debian image if it can be pulled (or is
+/// present), else a local debootstrap base.
+async fn base_image(
+    oci: &Oci,
+    config: &Config,
+    program: &Path,
+    context: &Path,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<String, String> {
+    let exists = |image: &'static str| async move {
+        let args = match oci.flavor() {
+            Flavor::Podman => vec!["image", "exists", image],
+            Flavor::Docker => vec!["image", "inspect", image],
+        };
+        run_tool(program, &args, Duration::from_secs(30))
+            .await
+            .is_ok()
+    };
+    if exists(LOCAL_BASE).await {
+        progress(&format!("using the local base image {LOCAL_BASE}"));
+        return Ok(LOCAL_BASE.into());
+    }
+    if exists(UPSTREAM_BASE).await {
+        return Ok(UPSTREAM_BASE.into());
+    }
+    progress(&format!("pulling {UPSTREAM_BASE}"));
+    match run_tool(program, &["pull", UPSTREAM_BASE], Duration::from_secs(90)).await {
+        Ok(_) => return Ok(UPSTREAM_BASE.into()),
+        Err(e) => progress(&format!(
+            "cannot pull {UPSTREAM_BASE} ({e}); making a base with debootstrap instead"
+        )),
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(format!(
+            "{UPSTREAM_BASE} cannot be pulled and debootstrap needs root; run `sudo nanoclaw image build` once"
+        ));
+    }
+    let debootstrap = which("debootstrap")
+        .ok_or("debootstrap is not installed; install it (`apt install debootstrap`) or make a registry reachable")?;
+    let rootfs = context.join("rootfs");
+    stream(
+        &debootstrap,
+        &[
+            "--variant=minbase".into(),
+            format!("--include={BASE_PACKAGES}"),
+            "bookworm".into(),
+            rootfs.display().to_string(),
+            config.debian_mirror.clone(),
+        ],
+        None,
+        progress,
+    )
+    .await?;
+    progress(&format!("importing the debootstrap base as {LOCAL_BASE}"));
+    let tar = which("tar").ok_or("tar is not installed")?;
+    let mut tar_child = tokio::process::Command::new(tar)
+        .args(["-C"])
+        .arg(&rootfs)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    let tar_out: Stdio = tar_child
+        .stdout
+        .take()
+        .ok_or("tar has no stdout")?
+        .try_into()
+        .map_err(|e| format!("cannot pipe tar into {}: {e}", program.display()))?;
+    let imported = stream(
+        program,
+        &["import".into(), "-".into(), LOCAL_BASE.into()],
+        Some(tar_out),
+        progress,
+    )
+    .await;
+    let tar_status = tar_child
+        .wait()
+        .await
+        .map_err(|e| format!("tar failed: {e}"))?;
+    imported?;
+    if !tar_status.success() {
+        return Err(format!("tar of the debootstrap base failed ({tar_status})"));
+    }
+    Ok(LOCAL_BASE.into())
+}
+
+/// Runs a command, passing each output line to `progress`; fails with the last lines.
+async fn stream(
+    program: &Path,
+    args: &[String],
+    stdin: Option<Stdio>,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(super::host_tool_env())
+        .stdin(stdin.unwrap_or_else(Stdio::null))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(format!("{} has no output pipes", program.display()));
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for reader in [
+        Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(err),
+    ] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut tail: Vec<String> = Vec::new();
+    while let Some(line) = rx.recv().await {
+        progress(&line);
+        tail.push(line);
+        if tail.len() > 20 {
+            tail.remove(0);
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("{} failed: {e}", program.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{} {}` failed ({status}): {}",
+            program.display(),
+            args.first().map(String::as_str).unwrap_or(""),
+            tail.join(" | ")
+        ))
+    }
+}

@@ -1,0 +1,372 @@
+//! The OCI CLI backend: `podman` or `docker` (same flags; the binary and a few host
+//! details differ). Containers are ephemeral (`--rm`), named `nanoclaw-{folder}-{millis}`,
+//! labelled with the root they belong to (for orphan cleanup), with all capabilities
+//! dropped, no-new-privileges, pids/memory/ulimit limits, and only the spec's mounts.
+//!
+//! Ulimits are always passed explicitly and kept within this process's hard limits:
+//! runtimes otherwise apply defaults above them and fail to start the container. The OCI
+//! runtime is probed: when the default one (often crun) cannot start a container here,
+//! `runc` is used if installed.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    Identity, SANDBOX_GID, SANDBOX_UID, SandboxBackend, SandboxError, SandboxSpec, run_tool, which,
+};
+use crate::config::{Config, RuntimeKind};
+use crate::mounts::NetworkPolicy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Podman,
+    Docker,
+}
+
+impl Flavor {
+    pub fn binary(self) -> &'static str {
+        match self {
+            Flavor::Podman => "podman",
+            Flavor::Docker => "docker",
+        }
+    }
+}
+
+pub const ROOT_LABEL: &str = "org.nanoclaw.root";
+pub const GROUP_LABEL: &str = "org.nanoclaw.group";
+
+pub struct Oci {
+    flavor: Flavor,
+    program: Option<PathBuf>,
+    image: String,
+    /// `Some(None)`: the default runtime works; `Some(Some(r))`: use `--runtime r`.
+    runtime: Mutex<Option<Option<String>>>,
+}
+
+/// This process's hard limit for `resource`, capped at `want`.
+fn within_hard_limit(resource: rustix::process::Resource, want: u64) -> u64 {
+    rustix::process::getrlimit(resource)
+        .maximum
+        .map_or(want, |hard| hard.min(want))
+}
+
+impl Oci {
+    pub fn new(flavor: Flavor, config: &Config) -> Oci {
+        Oci {
+            flavor,
+            program: which(flavor.binary()),
+            image: config.container_image.clone(),
+            runtime: Mutex::new(None),
+        }
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    pub fn program(&self) -> Result<&PathBuf, String> {
+        self.program.as_ref().ok_or_else(|| match self.flavor {
+            Flavor::Podman => {
+                "podman is not installed; install it (`apt install podman runc`)".to_string()
+            }
+            Flavor::Docker => "docker is not installed".to_string(),
+        })
+    }
+
+    fn runtime_flag(&self) -> Option<String> {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .flatten()
+    }
+
+    fn run_args(
+        &self,
+        spec: &SandboxSpec,
+        runtime: Option<&str>,
+    ) -> Result<Vec<OsString>, SandboxError> {
+        let mut a: Vec<String> = vec![
+            "run".into(),
+            "--rm".into(),
+            "-i".into(),
+            "--name".into(),
+            spec.name.clone(),
+            "--label".into(),
+            format!("{ROOT_LABEL}={}", spec.root_label),
+            "--label".into(),
+            format!("{GROUP_LABEL}={}", spec.group_folder),
+            "--hostname".into(),
+            "nanoclaw".into(),
+        ];
+        if spec.tty {
+            a.push("-t".into());
+        }
+        if let Some(r) = runtime {
+            a.extend(["--runtime".into(), r.to_string()]);
+        }
+        match (spec.identity, self.flavor) {
+            (Identity::Dedicated { uid, gid }, _) => {
+                a.extend(["--user".into(), format!("{uid}:{gid}")])
+            }
+            (Identity::SameAsDaemon, Flavor::Podman) => a.extend([
+                format!("--userns=keep-id:uid={SANDBOX_UID},gid={SANDBOX_GID}"),
+                "--user".into(),
+                format!("{SANDBOX_UID}:{SANDBOX_GID}"),
+            ]),
+            // Docker has no keep-id: run as the daemon's own uid so mounts are usable.
+            (Identity::SameAsDaemon, Flavor::Docker) => a.extend([
+                "--user".into(),
+                format!(
+                    "{}:{}",
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw()
+                ),
+            ]),
+        }
+        let nofile = within_hard_limit(rustix::process::Resource::Nofile, spec.limits.open_files);
+        let nproc = within_hard_limit(rustix::process::Resource::Nproc, spec.limits.pids * 4);
+        a.extend([
+            "--cap-drop=ALL".into(),
+            "--security-opt=no-new-privileges".into(),
+            "--pids-limit".into(),
+            spec.limits.pids.to_string(),
+            "--memory".into(),
+            spec.limits.memory_bytes.to_string(),
+            "--ulimit".into(),
+            format!("nofile={nofile}:{nofile}"),
+            "--ulimit".into(),
+            format!("nproc={nproc}:{nproc}"),
+            "--ulimit".into(),
+            "core=0:0".into(),
+        ]);
+        match (spec.network, self.flavor) {
+            (NetworkPolicy::None, _) => a.push("--network=none".into()),
+            (NetworkPolicy::Full, Flavor::Docker) => {
+                a.push("--add-host=host.docker.internal:host-gateway".into())
+            }
+            (NetworkPolicy::Full, Flavor::Podman) => {}
+        }
+        for (k, v) in &spec.env {
+            a.extend(["--env".into(), format!("{k}={v}")]);
+        }
+        for m in &spec.mounts {
+            let source = m.source.to_str().ok_or_else(|| {
+                SandboxError::Invalid(format!(
+                    "{} is not valid UTF-8 and cannot be mounted",
+                    m.source.display()
+                ))
+            })?;
+            if source.contains(',') || m.target.contains(',') {
+                return Err(SandboxError::Invalid(format!(
+                    "{source} contains a comma, which {} cannot mount; move the root to a path without commas",
+                    self.flavor.binary()
+                )));
+            }
+            a.extend([
+                "--mount".into(),
+                format!(
+                    "type=bind,source={source},target={}{}",
+                    m.target,
+                    if m.writable { "" } else { ",readonly" }
+                ),
+            ]);
+        }
+        a.extend(["--workdir".into(), spec.workdir.clone(), self.image.clone()]);
+        a.extend(spec.command.iter().cloned());
+        Ok(a.into_iter().map(OsString::from).collect())
+    }
+
+    /// Finds an OCI runtime that can start a container of the image here: the default,
+    /// else `runc`. Remembered for the life of the process.
+    pub async fn detect_runtime(&self) -> Result<Option<String>, String> {
+        if let Some(found) = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(found);
+        }
+        let program = self.program()?.clone();
+        let trial = |runtime: Option<&'static str>| {
+            let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
+            if let Some(r) = runtime {
+                args.extend(["--runtime".into(), r.into()]);
+            }
+            let nofile = within_hard_limit(rustix::process::Resource::Nofile, 1024);
+            let nproc = within_hard_limit(rustix::process::Resource::Nproc, 1024);
+            args.extend([
+                "--network=none".into(),
+                "--ulimit".into(),
+                format!("nofile={nofile}:{nofile}"),
+                "--ulimit".into(),
+                format!("nproc={nproc}:{nproc}"),
+                self.image.clone(),
+                "true".into(),
+            ]);
+            args
+        };
+        let default_args = trial(None);
+        let refs: Vec<&str> = default_args.iter().map(String::as_str).collect();
+        let chosen = match run_tool(&program, &refs, Duration::from_secs(60)).await {
+            Ok(_) => None,
+            Err(default_err) => {
+                if self.flavor == Flavor::Podman && which("runc").is_some() {
+                    let runc_args = trial(Some("runc"));
+                    let refs: Vec<&str> = runc_args.iter().map(String::as_str).collect();
+                    match run_tool(&program, &refs, Duration::from_secs(60)).await {
+                        Ok(_) => {
+                            tracing::info!(
+                                "podman's default OCI runtime failed ({default_err}); using runc"
+                            );
+                            Some("runc".to_string())
+                        }
+                        Err(e) => {
+                            return Err(format!(
+                                "cannot start a container: {default_err}; with runc: {e}"
+                            ));
+                        }
+                    }
+                } else {
+                    return Err(format!("cannot start a container: {default_err}"));
+                }
+            }
+        };
+        *self.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(chosen.clone());
+        Ok(chosen)
+    }
+
+    /// Whether the image exists locally.
+    pub async fn image_exists(&self) -> Result<bool, String> {
+        let program = self.program()?;
+        let args = match self.flavor {
+            Flavor::Podman => vec!["image", "exists", &self.image],
+            Flavor::Docker => vec!["image", "inspect", &self.image],
+        };
+        Ok(run_tool(program, &args, Duration::from_secs(30))
+            .await
+            .is_ok())
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for Oci {
+    fn kind(&self) -> RuntimeKind {
+        match self.flavor {
+            Flavor::Podman => RuntimeKind::Podman,
+            Flavor::Docker => RuntimeKind::Docker,
+        }
+    }
+
+    fn command(&self, spec: &SandboxSpec) -> Result<tokio::process::Command, SandboxError> {
+        let program = self.program().map_err(|reason| SandboxError::Unavailable {
+            backend: self.flavor.binary(),
+            reason,
+        })?;
+        let args = self.run_args(spec, self.runtime_flag().as_deref())?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).env_clear().envs(super::host_tool_env());
+        Ok(cmd)
+    }
+
+    fn proxy_host(&self) -> &'static str {
+        match self.flavor {
+            Flavor::Podman => "host.containers.internal",
+            Flavor::Docker => "host.docker.internal",
+        }
+    }
+
+    async fn stop(&self, name: &str) {
+        let Ok(program) = self.program() else { return };
+        let args: Vec<&str> = match self.flavor {
+            Flavor::Podman => vec!["rm", "-f", "-t", "0", name],
+            Flavor::Docker => vec!["rm", "-f", name],
+        };
+        if let Err(e) = run_tool(program, &args, Duration::from_secs(30)).await
+            && !e.contains("no such container")
+            && !e.contains("No such container")
+        {
+            tracing::warn!(container = name, "could not remove the container: {e}");
+        }
+    }
+
+    async fn remove_orphans(&self, root_label: &str) -> usize {
+        let Ok(program) = self.program() else {
+            return 0;
+        };
+        let filter = format!("label={ROOT_LABEL}={root_label}");
+        let listed = run_tool(
+            program,
+            &["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
+            Duration::from_secs(30),
+        )
+        .await;
+        let names = match listed {
+            Ok(out) => out
+                .lines()
+                .map(str::trim)
+                .filter(|n| n.starts_with("nanoclaw-"))
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!("cannot list leftover containers: {e}");
+                return 0;
+            }
+        };
+        for name in &names {
+            tracing::info!(container = %name, "stopping a sandbox left behind by a previous run");
+            self.stop(name).await;
+        }
+        names.len()
+    }
+
+    async fn probe(&self) -> Result<String, String> {
+        let program = self.program()?;
+        let version = match self.flavor {
+            Flavor::Podman => {
+                run_tool(
+                    program,
+                    &["version", "--format", "{{.Client.Version}}"],
+                    Duration::from_secs(20),
+                )
+                .await
+            }
+            Flavor::Docker => run_tool(
+                program,
+                &["info", "--format", "{{.ServerVersion}}"],
+                Duration::from_secs(20),
+            )
+            .await
+            .map_err(|e| {
+                format!("the docker client is installed but no Docker engine answers ({e})")
+            }),
+        }?;
+        let version = version.trim().lines().last().unwrap_or("").to_string();
+        if self.image_exists().await? {
+            let runtime = self.detect_runtime().await?;
+            Ok(format!(
+                "{} {version}, image {} present{}",
+                self.flavor.binary(),
+                self.image,
+                runtime
+                    .map(|r| format!(", OCI runtime {r}"))
+                    .unwrap_or_default()
+            ))
+        } else {
+            Ok(format!(
+                "{} {version}; image {} not built yet (`nanoclaw image build` builds it)",
+                self.flavor.binary(),
+                self.image
+            ))
+        }
+    }
+}

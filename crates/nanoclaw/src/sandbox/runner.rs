@@ -1,0 +1,411 @@
+//! The real [`AgentRunner`]: one agent run = one fresh sandbox running `nanoclaw-agent`.
+//!
+//! The host writes the [`AgentInput`] to the agent's stdin and reads [`AgentEvent`] lines
+//! from its stdout. Follow-ups go in as files in the group's `input/` folder (written to a
+//! temporary name, then renamed); `_close` asks the agent to finish. The host enforces
+//! `CONTAINER_TIMEOUT` (reset by every event), the output cap, kills and removes the
+//! sandbox on any failure, and writes a run log to `groups/{folder}/logs/` (no prompt
+//! text).
+
+use std::fmt::Write as _;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use nanoclaw_protocol::{AgentInput, CLOSE_SENTINEL, FollowUp};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Mutex;
+
+use super::{Identity, SandboxBackend, SpecRequest, group_spec};
+use crate::config::Config;
+use crate::layout::{GroupFolder, Layout, open_dir_beneath};
+use crate::runner::{AgentEvent, AgentRunner, RunError, RunInput, RunIo, RunRequest};
+
+/// The part of stderr kept for the run log.
+const STDERR_TAIL: usize = 64 * 1024;
+/// One stdout line longer than this is not an event.
+const MAX_LINE: usize = 16 << 20;
+
+pub struct SandboxRunner {
+    config: Arc<Config>,
+    layout: Layout,
+    backend: Arc<dyn SandboxBackend>,
+    /// Image built / runtime detected; retried on the next run after a failure.
+    prepared: Mutex<bool>,
+    follow_up_seq: AtomicU64,
+}
+
+impl SandboxRunner {
+    pub fn new(config: Arc<Config>, backend: Arc<dyn SandboxBackend>) -> SandboxRunner {
+        SandboxRunner {
+            layout: Layout::new(&config.root),
+            config,
+            backend,
+            prepared: Mutex::new(false),
+            follow_up_seq: AtomicU64::new(0),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn SandboxBackend> {
+        &self.backend
+    }
+
+    /// Stops sandboxes a crashed daemon left behind (call once at start).
+    pub async fn remove_orphans(&self) {
+        let removed = self
+            .backend
+            .remove_orphans(&super::root_label(self.layout.root()))
+            .await;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "stopped sandboxes left by a previous run of the daemon"
+            );
+        }
+    }
+
+    /// Builds a missing or stale image and finds a working OCI runtime, once.
+    pub async fn prepare(&self) -> Result<(), String> {
+        let mut prepared = self.prepared.lock().await;
+        if *prepared {
+            return Ok(());
+        }
+        let flavor = match self.backend.kind() {
+            crate::config::RuntimeKind::Podman => Some(super::oci::Flavor::Podman),
+            crate::config::RuntimeKind::Docker => Some(super::oci::Flavor::Docker),
+            crate::config::RuntimeKind::Bwrap => None,
+        };
+        if let Some(flavor) = flavor {
+            let oci = super::oci::Oci::new(flavor, &self.config);
+            let mut progress = |line: &str| tracing::info!("image: {line}");
+            super::image::ensure(&oci, &self.config, false, &mut progress).await?;
+        }
+        self.backend.probe().await?;
+        *prepared = true;
+        Ok(())
+    }
+}
+
+/// Writes `content` as `name` in `dir` without following symlinks: to a fresh temporary
+/// name first (`O_EXCL | O_NOFOLLOW`), then renamed, so readers never see half a file and
+/// an agent cannot redirect the write. Owned by the sandbox user when that differs.
+fn write_beneath(
+    dir: &OwnedFd,
+    name: &str,
+    content: &[u8],
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    use rustix::fs::{Gid, Mode, OFlags, Uid, fchown, openat, renameat};
+    let tmp = format!(".{name}.{}.tmp", crate::ids::random_hex(6));
+    let fd = openat(
+        dir,
+        tmp.as_str(),
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?;
+    if let Some((uid, gid)) = owner {
+        fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+    }
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, content)?;
+    file.sync_all()?;
+    renameat(dir, tmp.as_str(), dir, name)?;
+    Ok(())
+}
+
+/// Removes a stale `_close` and unread follow-ups of an earlier run.
+fn clear_input(dir: &OwnedFd) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Dir, unlinkat};
+    let entries = Dir::read_from(dir.as_fd())?;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == CLOSE_SENTINEL || name.ends_with(".json") || name.ends_with(".tmp") {
+            // A directory planted under such a name is not ours to delete: leave it.
+            let _ = unlinkat(dir, entry.file_name(), AtFlags::empty());
+        }
+    }
+    Ok(())
+}
+
+/// What the run log records.
+struct RunRecord {
+    started: Instant,
+    started_at: String,
+    events: usize,
+    output_bytes: u64,
+    stderr_tail: Vec<u8>,
+    last_agent_error: Option<String>,
+}
+
+#[async_trait]
+impl AgentRunner for SandboxRunner {
+    async fn run(&self, request: RunRequest, mut io: RunIo) -> Result<(), RunError> {
+        self.prepare().await.map_err(|e| {
+            RunError::new(format!(
+                "the {} sandbox is not ready: {e}",
+                self.backend.kind().name()
+            ))
+        })?;
+        let folder = request
+            .group
+            .folder()
+            .map_err(|e| RunError::new(format!("the group's folder is invalid: {e}")))?;
+        let token = crate::ids::random_hex(24);
+        let (spec, plan) = {
+            let (config, layout, backend, group) = (
+                Arc::clone(&self.config),
+                self.layout.clone(),
+                Arc::clone(&self.backend),
+                request.group.clone(),
+            );
+            let token = token.clone();
+            tokio::task::spawn_blocking(move || {
+                group_spec(
+                    &config,
+                    &layout,
+                    backend.as_ref(),
+                    SpecRequest {
+                        group: &group,
+                        command: vec!["nanoclaw-agent".into()],
+                        run_token: &token,
+                        tty: false,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| RunError::new(format!("preparing the sandbox failed: {e}")))?
+            .map_err(|e| RunError::new(e.to_string()))?
+        };
+        for rejection in &plan.rejected {
+            tracing::warn!(group = %folder, "{rejection}");
+        }
+        let owner = Identity::current().owner();
+        let input_dir = open_dir_beneath(
+            &self.layout.data_dir().join("ipc"),
+            &[folder.as_str(), "input"],
+        )
+        .map_err(|e| RunError::new(format!("cannot open the group's input folder: {e}")))?;
+        clear_input(&input_dir)
+            .map_err(|e| RunError::new(format!("cannot clear the input folder: {e}")))?;
+
+        let input = AgentInput {
+            prompt: request.prompt.clone(),
+            session_id: request.session_id.clone(),
+            group_folder: folder.as_str().to_string(),
+            chat_jid: request.chat_jid.clone(),
+            is_main: request.group.is_main,
+            is_scheduled_task: request.is_scheduled_task,
+            assistant_name: request.assistant_name.clone(),
+        };
+        let mut stdin_bytes = serde_json::to_vec(&input)
+            .map_err(|e| RunError::new(format!("cannot encode the input: {e}")))?;
+        stdin_bytes.push(b'\n');
+
+        let mut cmd = self
+            .backend
+            .command(&spec)
+            .map_err(|e| RunError::new(e.to_string()))?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut record = RunRecord {
+            started: Instant::now(),
+            started_at: crate::clock::now(),
+            events: 0,
+            output_bytes: 0,
+            stderr_tail: Vec::new(),
+            last_agent_error: None,
+        };
+        tracing::info!(sandbox = %spec.name, backend = self.backend.kind().name(), "sandbox starting");
+        let mut child = cmd.spawn().map_err(|e| {
+            RunError::new(format!(
+                "cannot start the {} sandbox: {e}",
+                self.backend.kind().name()
+            ))
+        })?;
+        let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(RunError::new("the sandbox process has no stdio pipes"));
+        };
+        let writer = tokio::spawn(async move {
+            let _ = stdin.write_all(&stdin_bytes).await;
+            let _ = stdin.shutdown().await;
+        });
+        let mut stdout = BufReader::new(stdout);
+        let mut line = Vec::new();
+        let mut stderr_buf = [0u8; 8192];
+        let (mut stdout_open, mut stderr_open) = (true, true);
+        let timeout = self.config.container_timeout;
+        let cap = self.config.container_max_output_size;
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut input_open = true;
+
+        let failure: Option<String> = loop {
+            tokio::select! {
+                read = stdout.read_until(b'\n', &mut line), if stdout_open => {
+                    match read {
+                        Ok(0) | Err(_) => stdout_open = false,
+                        Ok(n) => {
+                            record.output_bytes += n as u64;
+                            if record.output_bytes > cap {
+                                break Some(format!("the agent produced more than {cap} bytes of output"));
+                            }
+                            if line.len() > MAX_LINE {
+                                line.clear();
+                                continue;
+                            }
+                            let text = String::from_utf8_lossy(&line);
+                            match serde_json::from_str::<AgentEvent>(text.trim()) {
+                                Ok(event) => {
+                                    record.events += 1;
+                                    deadline = tokio::time::Instant::now() + timeout;
+                                    if let AgentEvent::Error { message } = &event {
+                                        record.last_agent_error = Some(message.clone());
+                                    }
+                                    let _ = io.events.send(event);
+                                }
+                                Err(_) if text.trim().is_empty() => {}
+                                Err(_) => tracing::debug!(sandbox = %spec.name, "agent stdout (not an event): {}", text.trim()),
+                            }
+                            line.clear();
+                        }
+                    }
+                }
+                read = stderr.read(&mut stderr_buf), if stderr_open => {
+                    match read {
+                        Ok(0) | Err(_) => stderr_open = false,
+                        Ok(n) => {
+                            record.output_bytes += n as u64;
+                            if record.output_bytes > cap {
+                                break Some(format!("the agent produced more than {cap} bytes of output"));
+                            }
+                            record.stderr_tail.extend_from_slice(&stderr_buf[..n]);
+                            if record.stderr_tail.len() > STDERR_TAIL {
+                                let excess = record.stderr_tail.len() - STDERR_TAIL;
+                                record.stderr_tail.drain(..excess);
+                            }
+                        }
+                    }
+                }
+                received = io.input.recv(), if input_open => match received {
+                    Some(RunInput::Message(text)) => {
+                        let seq = self.follow_up_seq.fetch_add(1, Ordering::Relaxed);
+                        let name = format!("{}-{seq:06}.json", crate::clock::millis_now());
+                        let body = serde_json::to_vec(&FollowUp::Message { text }).unwrap_or_default();
+                        if let Err(e) = write_beneath(&input_dir, &name, &body, owner) {
+                            tracing::error!(sandbox = %spec.name, "cannot hand a follow-up to the agent: {e}");
+                        }
+                    }
+                    Some(RunInput::Close) => {
+                        if let Err(e) = write_beneath(&input_dir, CLOSE_SENTINEL, b"", owner) {
+                            tracing::error!(sandbox = %spec.name, "cannot ask the agent to close: {e}");
+                        }
+                    }
+                    None => input_open = false,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    break Some(format!(
+                        "the agent produced no output for {} s (CONTAINER_TIMEOUT)",
+                        timeout.as_secs()
+                    ));
+                }
+                status = child.wait(), if !stdout_open && !stderr_open => {
+                    break match status {
+                        Ok(s) if s.success() => None,
+                        Ok(s) => Some(match &record.last_agent_error {
+                            Some(message) => message.clone(),
+                            None => format!("the agent's sandbox exited with {s}"),
+                        }),
+                        Err(e) => Some(format!("cannot wait for the sandbox: {e}")),
+                    };
+                }
+            }
+        };
+        if failure.is_some() {
+            let _ = child.start_kill();
+        }
+        let _ = child.wait().await;
+        writer.abort();
+        self.backend.stop(&spec.name).await;
+        let outcome = match &failure {
+            None => "ok".to_string(),
+            Some(reason) => format!("failed: {reason}"),
+        };
+        tracing::info!(sandbox = %spec.name, duration_ms = record.started.elapsed().as_millis() as u64, %outcome, "sandbox ended");
+        let log = run_log(
+            &request,
+            &spec,
+            &plan,
+            self.backend.kind().name(),
+            &record,
+            &outcome,
+        );
+        let log_name = format!("run-{}-{}.log", crate::clock::compact_now(), request.run_id);
+        let layout = self.layout.clone();
+        let folder_clone: GroupFolder = folder.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let written = open_dir_beneath(&layout.groups_dir(), &[folder_clone.as_str(), "logs"])
+                .and_then(|dir| write_beneath(&dir, &log_name, log.as_bytes(), owner));
+            if let Err(e) = written {
+                tracing::warn!(group = %folder_clone, "cannot write the run log: {e}");
+            }
+        })
+        .await;
+        match failure {
+            None => Ok(()),
+            Some(reason) => Err(RunError::new(reason)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} sandboxes running nanoclaw-agent",
+            self.backend.kind().name()
+        )
+    }
+}
+
+fn run_log(
+    request: &RunRequest,
+    spec: &super::SandboxSpec,
+    plan: &crate::mounts::MountPlan,
+    backend: &str,
+    record: &RunRecord,
+    outcome: &str,
+) -> String {
+    let mut log = String::new();
+    let _ = writeln!(log, "run {}", request.run_id);
+    let _ = writeln!(log, "group: {} ({})", spec.group_folder, request.chat_jid);
+    let _ = writeln!(log, "sandbox: {} ({backend})", spec.name);
+    let _ = writeln!(log, "started: {}", record.started_at);
+    let _ = writeln!(log, "ended: {}", crate::clock::now());
+    let _ = writeln!(log, "duration_ms: {}", record.started.elapsed().as_millis());
+    let _ = writeln!(log, "scheduled_task: {}", request.is_scheduled_task);
+    let _ = writeln!(log, "resumed_session: {}", request.session_id.is_some());
+    let _ = writeln!(log, "events: {}", record.events);
+    let _ = writeln!(log, "output_bytes: {}", record.output_bytes);
+    let _ = writeln!(log, "outcome: {outcome}");
+    let _ = writeln!(log, "network: {:?}", spec.network);
+    let _ = writeln!(log, "mounts:");
+    for m in &spec.mounts {
+        let _ = writeln!(
+            log,
+            "  {} <- {} ({})",
+            m.target,
+            m.source.display(),
+            if m.writable { "rw" } else { "ro" }
+        );
+    }
+    for r in &plan.rejected {
+        let _ = writeln!(log, "  refused: {r}");
+    }
+    let _ = writeln!(log, "stderr (last {} bytes):", record.stderr_tail.len());
+    log.push_str(&String::from_utf8_lossy(&record.stderr_tail));
+    log
+}

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Never says anything: the host must kill it after CONTAINER_TIMEOUT.
+exec sleep 3601

@@ -1,0 +1,283 @@
+//! Agent runs in real sandboxes (SPEC §7 lifecycle): the host starts a fresh sandbox per
+//! run, speaks the stdin/stdout protocol with the program inside, hands follow-ups over
+//! as files, closes idle runs, kills runs that hang or flood their output, and writes a
+//! run log. The programs in `tests/agents/` stand in for nanoclaw-agent (bubblewrap
+//! mounts the agent from the host); the podman test runs the image's real agent.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nanoclaw::config::RuntimeKind;
+use nanoclaw::sandbox::{self, runner::SandboxRunner};
+use nanoclaw_test_support::DEADLINE;
+use support::{start_daemon_with, wait_bot_texts};
+
+fn agent_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/agents")
+        .join(name)
+}
+
+async fn daemon_with_sandbox(
+    kind: RuntimeKind,
+    agent: Option<PathBuf>,
+    tweak: impl FnOnce(&mut nanoclaw::config::Config),
+) -> support::TestDaemon {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut config = support::test_config(root.path());
+    config.agent_bin = agent
+        .or_else(|| Some(PathBuf::from(support::nanoclaw_bin()).with_file_name("nanoclaw-agent")));
+    tweak(&mut config);
+    let layout = nanoclaw::layout::Layout::new(root.path());
+    layout.create().expect("layout");
+    if let Some((uid, gid)) = sandbox::Identity::current().owner() {
+        layout.share_with_sandbox_user(uid, gid).expect("share");
+    }
+    let runner = Arc::new(SandboxRunner::new(
+        Arc::new(config.clone()),
+        sandbox::backend(kind, &config),
+    ));
+    start_daemon_with(runner, root, move |c| *c = config).await
+}
+
+fn run_logs(root: &std::path::Path, folder: &str) -> Vec<String> {
+    let mut logs: Vec<String> = std::fs::read_dir(root.join("groups").join(folder).join("logs"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    logs
+}
+
+fn process_count(pattern: &str) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_answered_from_inside_a_bwrap_sandbox_with_follow_ups_and_a_run_log() {
+    let d = daemon_with_sandbox(
+        RuntimeKind::Bwrap,
+        Some(agent_script("protocol-agent.sh")),
+        |c| {
+            c.idle_timeout = Duration::from_secs(30);
+        },
+    )
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "hello sandbox")
+        .await
+        .expect("accepted");
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:main", 1).await,
+        ["hello from nanoclaw"]
+    );
+    // The run is idle and alive: the next message goes in as a follow-up file.
+    d.api
+        .send("web:main", "me", "Me", "are you still there?")
+        .await
+        .expect("accepted");
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:main", 2).await,
+        ["hello from nanoclaw", "follow-up 1 seen"]
+    );
+    let root = d.stop().await;
+    let logs = run_logs(root.path(), "main");
+    assert_eq!(logs.len(), 1, "one sandbox for both messages: {logs:?}");
+    let log = &logs[0];
+    assert!(log.contains("outcome: ok"), "{log}");
+    assert!(
+        log.contains("(bwrap)") && log.contains("/workspace/group <- "),
+        "{log}"
+    );
+    assert!(
+        log.contains("uid 1000 pwd /workspace/group"),
+        "stderr is kept: {log}"
+    );
+    assert!(
+        !log.contains("hello sandbox"),
+        "no prompt text in run logs: {log}"
+    );
+    assert!(
+        !root.path().join("data/ipc/main/input/_close").exists(),
+        "the agent consumed its close request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_is_killed_after_container_timeout() {
+    let d = daemon_with_sandbox(
+        RuntimeKind::Bwrap,
+        Some(agent_script("silent-agent.sh")),
+        |c| {
+            c.container_timeout = Duration::from_millis(1500);
+            c.retry_base = Duration::from_secs(3600);
+        },
+    )
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "anyone?")
+        .await
+        .expect("accepted");
+    let root = d.root().to_path_buf();
+    let log = nanoclaw_test_support::wait_for("a run log", DEADLINE, || {
+        let root = root.clone();
+        async move { run_logs(&root, "main").pop() }
+    })
+    .await;
+    assert!(
+        log.contains("no output for 1 s (CONTAINER_TIMEOUT)"),
+        "{log}"
+    );
+    assert_eq!(
+        process_count("sleep 3601"),
+        0,
+        "the sandboxed process is gone"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_flooding_its_output_is_stopped_at_the_cap() {
+    let d = daemon_with_sandbox(
+        RuntimeKind::Bwrap,
+        Some(agent_script("noisy-agent.sh")),
+        |c| {
+            c.container_max_output_size = 100_000;
+            c.retry_base = Duration::from_secs(3600);
+        },
+    )
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "talk to me")
+        .await
+        .expect("accepted");
+    let root = d.root().to_path_buf();
+    let log = nanoclaw_test_support::wait_for("a run log", DEADLINE, || {
+        let root = root.clone();
+        async move { run_logs(&root, "main").pop() }
+    })
+    .await;
+    assert!(log.contains("more than 100000 bytes of output"), "{log}");
+    assert!(log.len() < 100_000, "the log keeps only a tail of stderr");
+    assert_eq!(
+        process_count("sleep 3602"),
+        0,
+        "the sandboxed process is gone"
+    );
+    d.stop().await;
+}
+
+async fn the_real_agent_reports_its_error_to_the_user(kind: RuntimeKind) {
+    let d = daemon_with_sandbox(kind, None, |c| {
+        c.retry_base = Duration::from_millis(10);
+    })
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "hi")
+        .await
+        .expect("accepted");
+    let texts = wait_bot_texts(&d.api, "web:main", 1).await;
+    assert!(
+        texts[0].contains("could not answer")
+            && texts[0].contains("nanoclaw-agent is not implemented yet"),
+        "[{}] {texts:?}",
+        kind.name()
+    );
+    let root = d.stop().await;
+    let logs = run_logs(root.path(), "main");
+    assert_eq!(
+        logs.len(),
+        6,
+        "[{}] one run and five retries, each logged",
+        kind.name()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bwrap_runs_the_agent_binary_and_relays_its_error() {
+    the_real_agent_reports_its_error_to_the_user(RuntimeKind::Bwrap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_runs_the_image_agent_and_relays_its_error() {
+    the_real_agent_reports_its_error_to_the_user(RuntimeKind::Podman).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_orphans_of_this_root_are_removed_and_others_are_not() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut config = support::test_config(root.path());
+    config.agent_bin =
+        Some(PathBuf::from(support::nanoclaw_bin()).with_file_name("nanoclaw-agent"));
+    nanoclaw::layout::Layout::new(root.path())
+        .create()
+        .expect("layout");
+    let backend = sandbox::backend(RuntimeKind::Podman, &config);
+    let runner = SandboxRunner::new(Arc::new(config.clone()), Arc::clone(&backend));
+    runner
+        .prepare()
+        .await
+        .expect("podman and the image are ready");
+    let ours = sandbox::root_label(root.path());
+    let start = |name: &str, label: &str| {
+        let status = std::process::Command::new("podman")
+            .args([
+                "run",
+                "-d",
+                "--rm",
+                "--runtime",
+                "runc",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .args([
+                "--name",
+                name,
+                "--label",
+                &format!("org.nanoclaw.root={label}"),
+            ])
+            .args([&config.container_image, "sleep", "600"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("podman run");
+        assert!(status.success(), "could not start {name}");
+    };
+    let suffix = std::process::id();
+    let (mine, theirs) = (
+        format!("nanoclaw-test-{suffix}-1"),
+        format!("nanoclaw-test-{suffix}-2"),
+    );
+    start(&mine, &ours);
+    start(&theirs, "some-other-root");
+    runner.remove_orphans().await;
+    let names = String::from_utf8_lossy(
+        &std::process::Command::new("podman")
+            .args(["ps", "-a", "--format", "{{.Names}}"])
+            .output()
+            .expect("podman ps")
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !names.contains(&mine),
+        "this root's orphan is gone: {names}"
+    );
+    assert!(
+        names.contains(&theirs),
+        "another root's container is left alone: {names}"
+    );
+    backend.stop(&theirs).await;
+}
