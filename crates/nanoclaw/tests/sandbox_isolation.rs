@@ -91,6 +91,14 @@ fn setup() -> Root {
     store
         .register_group(&group("tg:2", "other", false, None))
         .expect("other");
+    store
+        .register_group(&group(
+            "tg:3",
+            "offline",
+            false,
+            Some(r#"{"network": "none"}"#),
+        ))
+        .expect("offline");
     drop(store);
 
     std::fs::write(root.join(".env"), format!("ANTHROPIC_API_KEY={REAL_KEY}\n")).expect(".env");
@@ -332,6 +340,24 @@ fn run_isolation_suite(runtime: &str) {
     assert!(
         out.contains("SEEN") && !out.contains("WROTE"),
         "[{runtime}] nonMainReadOnly: {out}"
+    );
+
+    // Network policy: `none` leaves only the loopback interface; `full` (the default) has more.
+    let interfaces = |group: &str| -> Vec<String> {
+        ok(
+            &r,
+            runtime,
+            group,
+            "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+        )
+        .lines()
+        .map(str::to_string)
+        .collect()
+    };
+    assert_eq!(interfaces("offline"), ["lo"], "[{runtime}] network none");
+    assert!(
+        interfaces("team").iter().any(|i| i != "lo"),
+        "[{runtime}] network full"
     );
 
     // Without a valid allowlist, every additional mount is refused.

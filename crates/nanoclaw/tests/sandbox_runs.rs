@@ -215,7 +215,7 @@ async fn podman_runs_the_image_agent_and_relays_its_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn podman_orphans_of_this_root_are_removed_and_others_are_not() {
+async fn podman_orphans_are_removed_and_the_image_knows_its_agent() {
     let root = tempfile::tempdir().expect("temp dir");
     let mut config = support::test_config(root.path());
     config.agent_bin =
@@ -280,4 +280,19 @@ async fn podman_orphans_of_this_root_are_removed_and_others_are_not() {
         "another root's container is left alone: {names}"
     );
     backend.stop(&theirs).await;
+
+    // The image carries the agent build it contains; any other build makes it stale.
+    let oci = sandbox::oci::Oci::new(sandbox::oci::Flavor::Podman, &config);
+    let agent = sandbox::agent_binary(&config).expect("agent");
+    let build = sandbox::image::agent_build_id(&agent).expect("hash");
+    assert_eq!(
+        sandbox::image::state(&oci, &build).await.expect("state"),
+        sandbox::image::ImageState::Current
+    );
+    assert_eq!(
+        sandbox::image::state(&oci, "some-other-build")
+            .await
+            .expect("state"),
+        sandbox::image::ImageState::Stale { found: build }
+    );
 }
