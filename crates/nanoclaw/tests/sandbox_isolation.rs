@@ -174,6 +174,11 @@ fn check_identity(r: &Root, runtime: &str, group: &str) {
     );
     assert!(out.contains("NoNewPrivs:\t1"), "[{runtime}/{group}] {out}");
     assert!(out.contains("HOME=/home/node"), "[{runtime}/{group}] {out}");
+    if runtime == "bwrap" {
+        // Our seccomp filter: no new (user) namespaces, so no capability set to play with.
+        let (code, _, err) = exec(r, runtime, group, "unshare -U -r true");
+        assert_ne!(code, 0, "[{runtime}/{group}] unshare must fail: {err}");
+    }
 }
 
 /// The real key in no environment variable, no process environment or command line,

@@ -210,15 +210,38 @@ impl SandboxBackend for Bwrap {
                 "bwrap is not installed; install bubblewrap (`apt install bubblewrap`)",
             )
         })?;
-        let args = self.args(spec)?;
+        let mut args = self.args(spec)?;
+        // The seccomp program reaches bwrap through an inherited pipe.
+        let seccomp = match super::seccomp::filter() {
+            Some(program) => {
+                let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| Bwrap::unavailable(format!("cannot create a pipe: {e}")))?;
+                let mut write = std::fs::File::from(write);
+                std::io::Write::write_all(&mut write, &program).map_err(|e| {
+                    Bwrap::unavailable(format!("cannot pass the seccomp filter: {e}"))
+                })?;
+                drop(write);
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&read);
+                args.splice(
+                    0..0,
+                    [OsString::from("--seccomp"), OsString::from(fd.to_string())],
+                );
+                Some(read)
+            }
+            None => None,
+        };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args).env_clear();
         let limits = spec.limits;
         let dedicated = matches!(spec.identity, Identity::Dedicated { .. });
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // setrlimit system calls, which are async-signal-safe.
+        // SAFETY: the closure runs in the forked child before exec and only makes fcntl
+        // and setrlimit system calls, which are async-signal-safe. It owns the pipe, so
+        // the descriptor stays open until the command is spawned.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(fd) = &seccomp {
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                }
                 use rustix::process::{Resource, Rlimit, setrlimit};
                 let set = |resource, value: u64| {
                     let limit = Rlimit {
@@ -278,10 +301,27 @@ impl SandboxBackend for Bwrap {
             root_label: String::new(),
             group_folder: String::new(),
         };
-        let args = self.args(&spec).map_err(|e| e.to_string())?;
-        let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
-        match super::run_tool(program, &args, Duration::from_secs(10)).await {
-            Ok(_) => Ok(format!("{} works", program.display())),
+        let mut cmd = self.command(&spec).map_err(|e| e.to_string())?;
+        cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        let output = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+            .await
+            .map_err(|_| "a test sandbox did not finish within 10 s".to_string())?
+            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        let result = if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        };
+        match result {
+            Ok(()) => Ok(format!(
+                "{} works{}",
+                program.display(),
+                if super::seccomp::filter().is_some() {
+                    ""
+                } else {
+                    " (no seccomp filter on this architecture)"
+                }
+            )),
             Err(e) if e.contains("ermission") || e.contains("namespace") => Err(format!(
                 "bwrap cannot create its namespaces ({e}); unprivileged user namespaces may be disabled \
                  (sysctl kernel.unprivileged_userns_clone=1, or AppArmor's restrict_unprivileged_userns)"

@@ -10,6 +10,7 @@ pub mod bwrap;
 pub mod image;
 pub mod oci;
 pub mod runner;
+mod seccomp;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

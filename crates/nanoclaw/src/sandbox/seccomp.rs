@@ -1,0 +1,164 @@
+//! A seccomp filter for bubblewrap sandboxes (podman and docker apply their own default
+//! profile). It refuses system calls an agent never needs and that mostly serve to widen
+//! the kernel's attack surface: creating namespaces (notably user namespaces, which would
+//! hand the agent a full capability set over its own namespace), the new mount API,
+//! io_uring, BPF, keyrings, userfaultfd, perf events, module and kexec loading.
+//!
+//! Classic BPF, built by hand for x86-64 (the only architecture it has been tested on);
+//! elsewhere no filter is installed and `nanoclaw doctor` says so.
+
+/// `EPERM`: the refused call fails like one the sandbox lacks the right to make.
+const EPERM: u32 = 1;
+/// `ENOSYS` for `clone3`, whose flags live in memory a filter cannot read: C libraries
+/// then fall back to `clone`, whose flags the filter can check.
+const ENOSYS: u32 = 38;
+
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+const SECCOMP_RET_ALLOW: u32 = 0x7FFF_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+
+// Classic BPF opcodes.
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_JMP_JGE_K: u16 = 0x35;
+const BPF_JMP_JSET_K: u16 = 0x45;
+const BPF_RET_K: u16 = 0x06;
+
+/// Offsets in `struct seccomp_data`.
+const OFFSET_NR: u32 = 0;
+const OFFSET_ARCH: u32 = 4;
+const OFFSET_ARG0_LOW: u32 = 16;
+
+/// Every `CLONE_NEW*` flag.
+const CLONE_NAMESPACE_FLAGS: u32 = 0x0002_0000 // NEWNS
+    | 0x0200_0000 // NEWCGROUP
+    | 0x0400_0000 // NEWUTS
+    | 0x0800_0000 // NEWIPC
+    | 0x1000_0000 // NEWUSER
+    | 0x2000_0000 // NEWPID
+    | 0x4000_0000 // NEWNET
+    | 0x0000_0080; // NEWTIME
+
+const X86_64_CLONE: u32 = 56;
+const X86_64_CLONE3: u32 = 435;
+
+/// x86-64 system calls refused with `EPERM`.
+const X86_64_REFUSED: [(u32, &str); 38] = [
+    (272, "unshare"),
+    (308, "setns"),
+    (165, "mount"),
+    (166, "umount2"),
+    (155, "pivot_root"),
+    (428, "open_tree"),
+    (429, "move_mount"),
+    (430, "fsopen"),
+    (431, "fsconfig"),
+    (432, "fsmount"),
+    (433, "fspick"),
+    (442, "mount_setattr"),
+    (425, "io_uring_setup"),
+    (426, "io_uring_enter"),
+    (427, "io_uring_register"),
+    (321, "bpf"),
+    (323, "userfaultfd"),
+    (298, "perf_event_open"),
+    (248, "add_key"),
+    (249, "request_key"),
+    (250, "keyctl"),
+    (246, "kexec_load"),
+    (320, "kexec_file_load"),
+    (175, "init_module"),
+    (313, "finit_module"),
+    (176, "delete_module"),
+    (304, "open_by_handle_at"),
+    (167, "swapon"),
+    (168, "swapoff"),
+    (169, "reboot"),
+    (163, "acct"),
+    (179, "quotactl"),
+    (103, "syslog"),
+    (172, "iopl"),
+    (173, "ioperm"),
+    (153, "vhangup"),
+    (134, "uselib"),
+    (212, "lookup_dcookie"),
+];
+
+fn stmt(code: u16, k: u32) -> [u8; 8] {
+    jump(code, k, 0, 0)
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> [u8; 8] {
+    let mut insn = [0u8; 8];
+    insn[0..2].copy_from_slice(&code.to_ne_bytes());
+    insn[2] = jt;
+    insn[3] = jf;
+    insn[4..8].copy_from_slice(&k.to_ne_bytes());
+    insn
+}
+
+/// The filter program as bwrap's `--seccomp` expects it (an array of `sock_filter`),
+/// or `None` on architectures it was not written for.
+pub fn filter() -> Option<Vec<u8>> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    let mut prog: Vec<[u8; 8]> = vec![
+        // Only native x86-64 calls: another ABI would reinterpret every number below.
+        stmt(BPF_LD_W_ABS, OFFSET_ARCH),
+        jump(BPF_JMP_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS),
+        stmt(BPF_LD_W_ABS, OFFSET_NR),
+        // The x32 ABI (numbers with bit 30 set) is refused entirely.
+        jump(BPF_JMP_JGE_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(BPF_RET_K, SECCOMP_RET_ERRNO | EPERM),
+    ];
+    for (nr, _) in X86_64_REFUSED {
+        prog.push(jump(BPF_JMP_JEQ_K, nr, 0, 1));
+        prog.push(stmt(BPF_RET_K, SECCOMP_RET_ERRNO | EPERM));
+    }
+    prog.push(jump(BPF_JMP_JEQ_K, X86_64_CLONE3, 0, 1));
+    prog.push(stmt(BPF_RET_K, SECCOMP_RET_ERRNO | ENOSYS));
+    // clone: allowed (fork, threads) unless it asks for a new namespace.
+    prog.push(jump(BPF_JMP_JEQ_K, X86_64_CLONE, 0, 3));
+    prog.push(stmt(BPF_LD_W_ABS, OFFSET_ARG0_LOW));
+    prog.push(jump(BPF_JMP_JSET_K, CLONE_NAMESPACE_FLAGS, 0, 1));
+    prog.push(stmt(BPF_RET_K, SECCOMP_RET_ERRNO | EPERM));
+    prog.push(stmt(BPF_RET_K, SECCOMP_RET_ALLOW));
+    Some(prog.concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_program_is_well_formed() {
+        let prog = filter().expect("x86-64 has a filter");
+        assert_eq!(prog.len() % 8, 0);
+        let insns = prog.len() / 8;
+        // Kernel limit is 4096 instructions; ours is tiny.
+        assert!(insns < 200, "{insns}");
+        // Last instruction allows.
+        let last = &prog[prog.len() - 8..];
+        assert_eq!(u16::from_ne_bytes([last[0], last[1]]), BPF_RET_K);
+        assert_eq!(
+            u32::from_ne_bytes([last[4], last[5], last[6], last[7]]),
+            SECCOMP_RET_ALLOW
+        );
+        // Every jump stays inside the program.
+        for (i, insn) in prog.chunks(8).enumerate() {
+            let code = u16::from_ne_bytes([insn[0], insn[1]]);
+            if code & 0x07 == 0x05 {
+                assert!(
+                    i + 1 + (insn[2].max(insn[3]) as usize) < insns,
+                    "jump at {i} leaves the program"
+                );
+            }
+        }
+    }
+}
