@@ -67,6 +67,12 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         )
     })?;
     let lock = acquire_lock(&layout)?;
+    for path in layout
+        .tighten_env_files()
+        .context("protecting the .env files")?
+    {
+        tracing::warn!(path = %path.display(), "secrets file was readable by others; made it owner-only (0600)");
+    }
 
     let store = {
         let (path, name) = (layout.db_path(), config.assistant_name.clone());

@@ -195,6 +195,34 @@ impl Layout {
         Ok(())
     }
 
+    /// Makes the root's `.env*` files (secrets) readable by their owner only; returns the
+    /// ones that were looser. A symlinked one has its target tightened if the target is
+    /// inside the root.
+    pub fn tighten_env_files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut tightened = Vec::new();
+        let Ok(root) = fs::canonicalize(self.root()) else {
+            return Ok(tightened);
+        };
+        for entry in fs::read_dir(&root)? {
+            let entry = entry?;
+            if !entry.file_name().to_string_lossy().starts_with(".env") {
+                continue;
+            }
+            let Ok(target) = fs::canonicalize(entry.path()) else {
+                continue;
+            };
+            if !target.starts_with(&root) || !target.is_file() {
+                continue;
+            }
+            let mode = fs::metadata(&target)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                set_mode(&target, mode & 0o700)?;
+                tightened.push(target);
+            }
+        }
+        Ok(tightened)
+    }
+
     /// When the daemon runs as root, sandboxes run as a dedicated unprivileged user
     /// (`uid`:`gid`, 1000:1000), not as root. That user must own what sandboxes write
     /// (group folders, sessions, IPC, global memory) and, for main's read-only project
@@ -522,6 +550,31 @@ mod tests {
             "nothing created outside"
         );
         assert!(open_dir_beneath(&layout.groups_dir(), &["team", ".."]).is_err());
+    }
+
+    #[test]
+    fn env_files_are_made_owner_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let layout = Layout::new(dir.path());
+        fs::write(dir.path().join(".env"), "K=v").expect("write");
+        fs::set_permissions(dir.path().join(".env"), fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        fs::write(dir.path().join(".env.local"), "K=v").expect("write");
+        fs::set_permissions(
+            dir.path().join(".env.local"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+        let tightened = layout.tighten_env_files().expect("tighten");
+        assert_eq!(tightened.len(), 1);
+        for name in [".env", ".env.local"] {
+            let mode = fs::metadata(dir.path().join(name))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
     }
 
     #[test]

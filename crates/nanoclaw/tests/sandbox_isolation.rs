@@ -187,13 +187,13 @@ fn check_identity(r: &Root, runtime: &str, group: &str) {
 fn check_no_real_key(r: &Root, runtime: &str, group: &str) {
     let (head, tail) = REAL_KEY.split_at(20);
     let script = format!(
-        "K='{head}''{tail}';          env | while IFS= read -r l; do case \"$l\" in *\"$K\"*) echo hit;; esac; done | wc -l;          for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do            c=$(tr '\\0' ' ' < \"$f\" 2>/dev/null); case \"$c\" in *\"$K\"*) echo \"$f\";; esac;          done | wc -l;          printf '%s\\n' \"$K\" | grep -rslF -f - /workspace /home /tmp /etc /opt /run /var /root /srv 2>/dev/null | wc -l;          printf '%s' \"$ANTHROPIC_API_KEY\" | wc -c"
+        "K='{head}''{tail}';          env | while IFS= read -r l; do case \"$l\" in *\"$K\"*) echo hit;; esac; done | wc -l;          for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do            c=$(tr '\\0' ' ' < \"$f\" 2>/dev/null); case \"$c\" in *\"$K\"*) echo \"$f\";; esac;          done | wc -l;          printf '%s\\n' \"$K\" | grep -rslF -f - /workspace /home /tmp /etc /opt /run /var /root /srv 2>/dev/null | wc -l;          printf '%s' \"$ANTHROPIC_API_KEY\" | wc -c; t=\"$ANTHROPIC_API_KEY\"; for f in /proc/[0-9]*/cmdline; do c=$(tr '\\0' ' ' < \"$f\" 2>/dev/null); case \"$c\" in *\"$t\"*) echo \"$f\";; esac; done | wc -l"
     );
     let (_, out, err) = exec(r, runtime, group, &script);
     let counts: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(
         counts.len(),
-        4,
+        5,
         "[{runtime}/{group}] probe output: {out} {err}"
     );
     assert_eq!(
@@ -204,6 +204,10 @@ fn check_no_real_key(r: &Root, runtime: &str, group: &str) {
     assert_eq!(
         counts[3], "48",
         "[{runtime}/{group}] a per-run token (48 hex) stands in for the key"
+    );
+    assert_eq!(
+        counts[4], "0",
+        "[{runtime}/{group}] the run token is on no command line: {out}"
     );
 }
 

@@ -149,33 +149,42 @@ async fn a_silent_agent_is_killed_after_container_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_flooding_its_output_is_stopped_at_the_cap() {
-    let d = daemon_with_sandbox(
-        RuntimeKind::Bwrap,
-        Some(agent_script("noisy-agent.sh")),
-        |c| {
+    // stderr, and stdout without any newline (which must not pile up in the daemon).
+    for (script, sleeper) in [
+        ("noisy-agent.sh", "sleep 3602"),
+        ("stdout-flood-agent.sh", "sleep 3603"),
+    ] {
+        let d = daemon_with_sandbox(RuntimeKind::Bwrap, Some(agent_script(script)), |c| {
             c.container_max_output_size = 100_000;
+            c.container_timeout = Duration::from_secs(600);
             c.retry_base = Duration::from_secs(3600);
-        },
-    )
-    .await;
-    d.api
-        .send("web:main", "me", "Me", "talk to me")
-        .await
-        .expect("accepted");
-    let root = d.root().to_path_buf();
-    let log = nanoclaw_test_support::wait_for("a run log", DEADLINE, || {
-        let root = root.clone();
-        async move { run_logs(&root, "main").pop() }
-    })
-    .await;
-    assert!(log.contains("more than 100000 bytes of output"), "{log}");
-    assert!(log.len() < 100_000, "the log keeps only a tail of stderr");
-    assert_eq!(
-        process_count("sleep 3602"),
-        0,
-        "the sandboxed process is gone"
-    );
-    d.stop().await;
+        })
+        .await;
+        d.api
+            .send("web:main", "me", "Me", "talk to me")
+            .await
+            .expect("accepted");
+        let root = d.root().to_path_buf();
+        let log = nanoclaw_test_support::wait_for("a run log", DEADLINE, || {
+            let root = root.clone();
+            async move { run_logs(&root, "main").pop() }
+        })
+        .await;
+        assert!(
+            log.contains("more than 100000 bytes of output"),
+            "{script}: {log}"
+        );
+        assert!(
+            log.len() < 100_000,
+            "{script}: the log keeps only a tail of stderr"
+        );
+        assert_eq!(
+            process_count(sleeper),
+            0,
+            "{script}: the sandboxed process is gone"
+        );
+        d.stop().await;
+    }
 }
 
 async fn the_real_agent_reports_its_error_to_the_user(kind: RuntimeKind) {

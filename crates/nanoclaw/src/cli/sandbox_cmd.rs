@@ -129,18 +129,27 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
         }
         let mut cmd = backend.command(&spec)?;
         cmd.kill_on_drop(true);
-        let status = cmd
-            .status()
-            .await
+        let mut child = cmd
+            .spawn()
             .with_context(|| format!("cannot start the {} sandbox", backend.kind().name()))?;
-        backend.stop(&spec.name).await;
-        let code = match status.code() {
-            Some(code) => code,
-            None => {
-                use std::os::unix::process::ExitStatusExt;
-                128 + status.signal().unwrap_or(0)
+        let code = tokio::select! {
+            status = child.wait() => {
+                let status = status.context("cannot wait for the sandbox")?;
+                match status.code() {
+                    Some(code) => code,
+                    None => {
+                        use std::os::unix::process::ExitStatusExt;
+                        128 + status.signal().unwrap_or(0)
+                    }
+                }
+            }
+            // Ctrl-C ends the sandbox too, not just its client process.
+            _ = tokio::signal::ctrl_c() => {
+                let _ = child.start_kill();
+                130
             }
         };
+        backend.stop(&spec.name).await;
         Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
     })
 }

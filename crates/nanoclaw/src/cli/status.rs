@@ -173,6 +173,19 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
         },
     ));
 
+    if let Some((uid, _)) = crate::sandbox::Identity::current().owner()
+        && let Some(account) = account_with_uid(uid)
+    {
+        checks.push((
+            "sandbox uid",
+            Verdict::Warn(format!(
+                "nanoclaw runs as root, so sandboxes run as uid {uid}, which on this host is the account `{account}`: \
+                 that account can read and write what the sandboxes can (chats in the store, group folders). \
+                 Make sure it is yours, or run nanoclaw as an ordinary user"
+            )),
+        ));
+    }
+
     checks.extend(sandbox_checks(config));
 
     checks.push((
@@ -265,4 +278,15 @@ async fn image_note(config: &Config, kind: crate::config::RuntimeKind) -> String
         Ok(ImageState::Missing) => String::new(),
         Err(e) => format!("; cannot inspect the image: {e}"),
     }
+}
+
+/// The name of the account with `uid` in /etc/passwd, if any.
+fn account_with_uid(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid).then(|| name.to_string())
+    })
 }

@@ -261,11 +261,16 @@ fn check_container_path(name: &str) -> Result<String, String> {
 
 impl MountAllowlist {
     /// Checks one requested mount (SPEC §8), resolving symlinks before any check.
+    ///
+    /// `protected` are folders no additional mount may be, contain, or lie inside (the
+    /// nanoclaw root, which holds `.env`, the store and every group; the directory of
+    /// the allowlists), resolved like the mount.
     pub fn validate(
         &self,
         mount: &AdditionalMount,
         is_main: bool,
         home: &Path,
+        protected: &[PathBuf],
     ) -> Result<ValidatedMount, Rejection> {
         let reject = |reason: String| Rejection {
             host_path: mount.host_path.clone(),
@@ -306,6 +311,16 @@ impl MountAllowlist {
             return Err(reject(format!(
                 "{} matches the blocked pattern {pattern:?}",
                 resolved.display()
+            )));
+        }
+        if let Some(p) = protected
+            .iter()
+            .find(|p| resolved.starts_with(p) || p.starts_with(&resolved))
+        {
+            return Err(reject(format!(
+                "{} overlaps {}, which holds nanoclaw's own data and secrets",
+                resolved.display(),
+                p.display()
             )));
         }
         let Some(root) = self
@@ -422,7 +437,7 @@ mod tests {
         ];
         for (m, is_main, name, writable) in cases {
             let v = list
-                .validate(&m, is_main, &f.home)
+                .validate(&m, is_main, &f.home, &[])
                 .unwrap_or_else(|e| panic!("{m:?}: {e}"));
             assert_eq!(
                 (v.name.as_str(), v.writable),
@@ -436,7 +451,12 @@ mod tests {
             r#"{"allowedRoots": [{"path": "~/projects", "allowReadWrite": true}], "nonMainReadOnly": false}"#,
         );
         let v = relaxed
-            .validate(&mount("~/projects/app", None, Some(false)), false, &f.home)
+            .validate(
+                &mount("~/projects/app", None, Some(false)),
+                false,
+                &f.home,
+                &[],
+            )
             .expect("valid");
         assert!(
             v.writable,
@@ -469,11 +489,40 @@ mod tests {
         ];
         for (m, needle) in cases {
             let e = list
-                .validate(&m, true, &f.home)
+                .validate(&m, true, &f.home, &[])
                 .expect_err(&m.host_path)
                 .to_string();
             assert!(e.contains(needle), "{m:?}: {e}");
         }
+    }
+
+    #[test]
+    fn nanoclaw_s_own_folders_cannot_be_mounted_whole_or_in_part() {
+        let f = fixture();
+        fs::create_dir_all(f.home.join("projects/nanoclaw/groups/team")).expect("mkdir");
+        let list = allowlist(&f, LIST);
+        let root = fs::canonicalize(f.home.join("projects/nanoclaw")).expect("root");
+        let protected = [root];
+        for host in [
+            "~/projects",
+            "~/projects/nanoclaw",
+            "~/projects/nanoclaw/groups/team",
+        ] {
+            let e = list
+                .validate(&mount(host, Some("x"), None), true, &f.home, &protected)
+                .expect_err(host)
+                .to_string();
+            assert!(e.contains("overlaps"), "{host}: {e}");
+        }
+        assert!(
+            list.validate(
+                &mount("~/projects/app", None, None),
+                true,
+                &f.home,
+                &protected
+            )
+            .is_ok()
+        );
     }
 
     #[test]

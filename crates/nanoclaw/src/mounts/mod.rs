@@ -108,6 +108,9 @@ pub const EXTRA: &str = "/workspace/extra";
 
 /// Builds the mount table for `folder`. Files that must stay hidden inside main's
 /// read-only project view are covered by empty placeholders.
+///
+/// `config_files` are the allowlist files: hidden if the root contains them, and their
+/// folder, like the root itself, can never be an additional mount.
 pub fn plan(
     layout: &Layout,
     folder: &GroupFolder,
@@ -115,12 +118,12 @@ pub fn plan(
     extra: &[AdditionalMount],
     allowlist: &AllowlistFile,
     home: &Path,
-    hidden_outside_root: &[PathBuf],
+    config_files: &[PathBuf],
 ) -> MountPlan {
     let mut mounts = Vec::new();
     if is_main {
         mounts.push(MountEntry::new(layout.root().to_path_buf(), PROJECT, false));
-        for (relative, is_dir) in hidden_in_project(layout, hidden_outside_root) {
+        for (relative, is_dir) in hidden_in_project(layout, config_files) {
             let placeholder = if is_dir {
                 layout.empty_dir()
             } else {
@@ -138,11 +141,19 @@ pub fn plan(
     mounts.push(MountEntry::new(layout.sessions_dir(folder), SESSIONS, true));
     mounts.push(MountEntry::new(layout.ipc_dir(folder), IPC, true));
 
+    let protected: Vec<PathBuf> = std::iter::once(layout.root().to_path_buf())
+        .chain(
+            config_files
+                .iter()
+                .filter_map(|f| f.parent().map(Path::to_path_buf)),
+        )
+        .filter_map(|p| std::fs::canonicalize(&p).ok().or(Some(p)))
+        .collect();
     let mut rejected = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for request in extra {
         let result = match allowlist {
-            AllowlistFile::Valid(list) => list.validate(request, is_main, home),
+            AllowlistFile::Valid(list) => list.validate(request, is_main, home, &protected),
             other => Err(Rejection {
                 host_path: request.host_path.clone(),
                 reason: other.describe(),
@@ -171,30 +182,39 @@ pub fn plan(
 /// the root, with whether each is a directory: every top-level `.env*` file (SPEC: `.env`;
 /// `.env.local` and friends hold the same secrets), `store/auth/`, `data/http-token`, and
 /// the allowlists if the root happens to contain them.
-fn hidden_in_project(layout: &Layout, outside: &[PathBuf]) -> Vec<(String, bool)> {
-    let mut hidden = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(layout.root()) {
-        let mut names: Vec<String> = entries
+fn hidden_in_project(layout: &Layout, config_files: &[PathBuf]) -> Vec<(String, bool)> {
+    let Ok(root) = std::fs::canonicalize(layout.root()) else {
+        return Vec::new();
+    };
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        let mut names: Vec<PathBuf> = entries
             .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(".env"))
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".env"))
+            .map(|e| e.path())
             .collect();
         names.sort();
-        hidden.extend(names.into_iter().map(|n| (n, false)));
+        candidates.extend(names);
     }
-    if layout.auth_dir().is_dir() {
-        hidden.push(("store/auth".to_string(), true));
-    }
-    if layout.http_token_path().is_file() {
-        hidden.push(("data/http-token".to_string(), false));
-    }
-    for path in outside {
-        if let Ok(relative) = path.strip_prefix(layout.root())
-            && path.exists()
-            && let Some(text) = relative.to_str()
-        {
-            hidden.push((text.to_string(), path.is_dir()));
+    candidates.push(layout.auth_dir());
+    candidates.push(layout.http_token_path());
+    candidates.extend(config_files.iter().cloned());
+    let mut hidden: Vec<(String, bool)> = Vec::new();
+    for path in candidates {
+        // Whatever the entry is (file, folder, symlink), what it leads to is hidden, at
+        // the place it really is: a symlinked `.env` hides its target.
+        let Ok(resolved) = std::fs::canonicalize(&path) else {
+            continue;
+        };
+        let Ok(relative) = resolved.strip_prefix(&root) else {
+            continue; // Outside the root: not in the project view anyway.
+        };
+        let Some(text) = relative.to_str().filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        let entry = (text.to_string(), resolved.is_dir());
+        if !hidden.contains(&entry) {
+            hidden.push(entry);
         }
     }
     hidden
@@ -251,6 +271,41 @@ mod tests {
         assert_eq!(t, expect.map(|(a, b)| (a.to_string(), b)));
         assert_eq!(p.mounts[1].source, layout.empty_file());
         assert_eq!(p.mounts[3].source, layout.empty_dir());
+    }
+
+    #[test]
+    fn a_symlinked_env_hides_its_target_and_env_folders_are_hidden_too() {
+        let (d, layout, folder) = setup();
+        std::fs::create_dir_all(d.path().join("config")).expect("mkdir");
+        std::fs::write(d.path().join("config/secrets.env"), "KEY=x").expect("write");
+        std::fs::remove_file(d.path().join(".env")).expect("rm");
+        std::os::unix::fs::symlink("config/secrets.env", d.path().join(".env")).expect("symlink");
+        std::fs::create_dir_all(d.path().join(".env.d")).expect("mkdir");
+        let none = AllowlistFile::Missing("x".into());
+        let p = plan(
+            &layout,
+            &folder,
+            true,
+            &[],
+            &none,
+            Path::new("/home/x"),
+            &[],
+        );
+        let t = targets(&p);
+        assert!(
+            t.contains(&("/workspace/project/config/secrets.env".into(), false)),
+            "{t:?}"
+        );
+        assert!(
+            t.contains(&("/workspace/project/.env.d".into(), false)),
+            "{t:?}"
+        );
+        let env_d = p
+            .mounts
+            .iter()
+            .find(|m| m.target.ends_with(".env.d"))
+            .expect("mount");
+        assert_eq!(env_d.source, layout.empty_dir());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! the sandbox ever runs as root.
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -198,6 +200,24 @@ impl Bwrap {
     }
 }
 
+/// A pipe holding `bytes`, for a child to read: the read end, close-on-exec until the
+/// child clears it. The pipe buffer (64 KiB) must hold it all.
+fn inherited_pipe(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
+    const PIPE_BUFFER: usize = 64 * 1024;
+    if bytes.len() >= PIPE_BUFFER {
+        return Err(SandboxError::Invalid(format!(
+            "the sandbox configuration is too large ({} bytes); remove some additional mounts",
+            bytes.len()
+        )));
+    }
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Bwrap::unavailable(format!("cannot create a pipe: {e}")))?;
+    let mut write = std::fs::File::from(write);
+    std::io::Write::write_all(&mut write, bytes)
+        .map_err(|e| Bwrap::unavailable(format!("cannot pass data to bwrap: {e}")))?;
+    Ok(read)
+}
+
 #[async_trait]
 impl SandboxBackend for Bwrap {
     fn kind(&self) -> RuntimeKind {
@@ -211,35 +231,44 @@ impl SandboxBackend for Bwrap {
             )
         })?;
         let mut args = self.args(spec)?;
-        // The seccomp program reaches bwrap through an inherited pipe.
-        let seccomp = match super::seccomp::filter() {
-            Some(program) => {
-                let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                    .map_err(|e| Bwrap::unavailable(format!("cannot create a pipe: {e}")))?;
-                let mut write = std::fs::File::from(write);
-                std::io::Write::write_all(&mut write, &program).map_err(|e| {
-                    Bwrap::unavailable(format!("cannot pass the seccomp filter: {e}"))
-                })?;
-                drop(write);
-                let fd = std::os::fd::AsRawFd::as_raw_fd(&read);
-                args.splice(
-                    0..0,
-                    [OsString::from("--seccomp"), OsString::from(fd.to_string())],
-                );
-                Some(read)
-            }
-            None => None,
-        };
+        // Data reaches bwrap through inherited pipes: the seccomp program, and all the
+        // arguments (`--args`), so neither the per-run token nor host paths show up in
+        // any command line (`ps`, or `/proc/1/cmdline` inside the sandbox).
+        let mut inherited: Vec<OwnedFd> = Vec::new();
+        if let Some(program) = super::seccomp::filter() {
+            let fd = inherited_pipe(&program)?;
+            args.splice(
+                0..0,
+                [
+                    OsString::from("--seccomp"),
+                    OsString::from(fd.as_raw_fd().to_string()),
+                ],
+            );
+            inherited.push(fd);
+        }
+        // bwrap reads only options from `--args`; the command follows `--` as usual.
+        let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+        let command = args.split_off(split);
+        let mut packed = Vec::new();
+        for arg in &args {
+            packed.extend_from_slice(arg.as_bytes());
+            packed.push(0);
+        }
+        let args_fd = inherited_pipe(&packed)?;
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).env_clear();
+        cmd.arg("--args")
+            .arg(args_fd.as_raw_fd().to_string())
+            .args(command)
+            .env_clear();
+        inherited.push(args_fd);
         let limits = spec.limits;
         let dedicated = matches!(spec.identity, Identity::Dedicated { .. });
         // SAFETY: the closure runs in the forked child before exec and only makes fcntl
-        // and setrlimit system calls, which are async-signal-safe. It owns the pipe, so
-        // the descriptor stays open until the command is spawned.
+        // and setrlimit system calls, which are async-signal-safe. It owns the pipes, so
+        // the descriptors stay open until the command is spawned.
         unsafe {
             cmd.pre_exec(move || {
-                if let Some(fd) = &seccomp {
+                for fd in &inherited {
                     rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
                 }
                 use rustix::process::{Resource, Rlimit, setrlimit};

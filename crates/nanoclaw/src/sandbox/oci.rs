@@ -155,8 +155,10 @@ impl Oci {
             }
             (NetworkPolicy::Full, Flavor::Podman) => {}
         }
-        for (k, v) in &spec.env {
-            a.extend(["--env".into(), format!("{k}={v}")]);
+        // Names only: the values come from the client's environment (see `command`),
+        // so the per-run token is not on any command line.
+        for (k, _) in &spec.env {
+            a.extend(["--env".into(), k.clone()]);
         }
         for m in &spec.mounts {
             let source = m.source.to_str().ok_or_else(|| {
@@ -274,7 +276,10 @@ impl SandboxBackend for Oci {
         })?;
         let args = self.run_args(spec, self.runtime_flag().as_deref())?;
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).env_clear().envs(super::host_tool_env());
+        cmd.args(args)
+            .env_clear()
+            .envs(super::host_tool_env())
+            .envs(spec.env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)
     }
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use nanoclaw_protocol::{AgentInput, CLOSE_SENTINEL, FollowUp};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::{Identity, SandboxBackend, SpecRequest, group_spec};
@@ -26,7 +26,7 @@ use crate::runner::{AgentEvent, AgentRunner, RunError, RunInput, RunIo, RunReque
 
 /// The part of stderr kept for the run log.
 const STDERR_TAIL: usize = 64 * 1024;
-/// One stdout line longer than this is not an event.
+/// A stdout line longer than this ends the run (events are far smaller).
 const MAX_LINE: usize = 16 << 20;
 
 pub struct SandboxRunner {
@@ -131,6 +131,23 @@ fn clear_input(dir: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes the sandbox when a run is abandoned mid-way.
+struct StopOnDrop {
+    backend: Option<Arc<dyn SandboxBackend>>,
+    name: String,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let (Some(backend), Ok(runtime)) =
+            (self.backend.take(), tokio::runtime::Handle::try_current())
+        {
+            let name = std::mem::take(&mut self.name);
+            runtime.spawn(async move { backend.stop(&name).await });
+        }
+    }
+}
+
 /// What the run log records.
 struct RunRecord {
     started: Instant,
@@ -228,6 +245,12 @@ impl AgentRunner for SandboxRunner {
                 self.backend.kind().name()
             ))
         })?;
+        // If this run is dropped (shutdown after the grace period), killing the client
+        // process is not enough for podman/docker: the container must be removed too.
+        let mut guard = StopOnDrop {
+            backend: Some(Arc::clone(&self.backend)),
+            name: spec.name.clone(),
+        };
         let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -237,8 +260,9 @@ impl AgentRunner for SandboxRunner {
             let _ = stdin.write_all(&stdin_bytes).await;
             let _ = stdin.shutdown().await;
         });
-        let mut stdout = BufReader::new(stdout);
-        let mut line = Vec::new();
+        let mut stdout = stdout;
+        let mut stdout_buf = vec![0u8; 64 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
         let mut stderr_buf = [0u8; 8192];
         let (mut stdout_open, mut stderr_open) = (true, true);
         let timeout = self.config.container_timeout;
@@ -248,32 +272,36 @@ impl AgentRunner for SandboxRunner {
 
         let failure: Option<String> = loop {
             tokio::select! {
-                read = stdout.read_until(b'\n', &mut line), if stdout_open => {
+                read = stdout.read(&mut stdout_buf), if stdout_open => {
                     match read {
                         Ok(0) | Err(_) => stdout_open = false,
                         Ok(n) => {
+                            // Counted as it arrives, in bounded chunks: a flood without
+                            // newlines must hit the cap, not the daemon's memory.
                             record.output_bytes += n as u64;
                             if record.output_bytes > cap {
                                 break Some(format!("the agent produced more than {cap} bytes of output"));
                             }
-                            if line.len() > MAX_LINE {
-                                line.clear();
-                                continue;
-                            }
-                            let text = String::from_utf8_lossy(&line);
-                            match serde_json::from_str::<AgentEvent>(text.trim()) {
-                                Ok(event) => {
-                                    record.events += 1;
-                                    deadline = tokio::time::Instant::now() + timeout;
-                                    if let AgentEvent::Error { message } = &event {
-                                        record.last_agent_error = Some(message.clone());
+                            pending.extend_from_slice(&stdout_buf[..n]);
+                            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                                let line: Vec<u8> = pending.drain(..=end).collect();
+                                let text = String::from_utf8_lossy(&line);
+                                match serde_json::from_str::<AgentEvent>(text.trim()) {
+                                    Ok(event) => {
+                                        record.events += 1;
+                                        deadline = tokio::time::Instant::now() + timeout;
+                                        if let AgentEvent::Error { message } = &event {
+                                            record.last_agent_error = Some(message.clone());
+                                        }
+                                        let _ = io.events.send(event);
                                     }
-                                    let _ = io.events.send(event);
+                                    Err(_) if text.trim().is_empty() => {}
+                                    Err(_) => tracing::debug!(sandbox = %spec.name, "agent stdout (not an event): {}", text.trim()),
                                 }
-                                Err(_) if text.trim().is_empty() => {}
-                                Err(_) => tracing::debug!(sandbox = %spec.name, "agent stdout (not an event): {}", text.trim()),
                             }
-                            line.clear();
+                            if pending.len() > MAX_LINE {
+                                break Some(format!("the agent wrote a line of more than {MAX_LINE} bytes"));
+                            }
                         }
                     }
                 }
@@ -332,6 +360,7 @@ impl AgentRunner for SandboxRunner {
         }
         let _ = child.wait().await;
         writer.abort();
+        guard.backend = None;
         self.backend.stop(&spec.name).await;
         let outcome = match &failure {
             None => "ok".to_string(),
