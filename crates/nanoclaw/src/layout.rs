@@ -186,10 +186,12 @@ impl Layout {
             &support.join("group"),
             b"root:x:0:\nnode:x:1000:\nnogroup:x:65534:\n",
         )?;
+        // DNS inside bwrap sandboxes with their own network (slirp4netns's resolver).
+        write_if_changed(&support.join("resolv.conf"), b"nameserver 10.0.2.3\n")?;
         // Readable by the sandbox user, writable by nobody.
         set_mode(&support, 0o755)?;
         set_mode(&self.empty_dir(), 0o555)?;
-        for file in ["empty-file", "passwd", "group"] {
+        for file in ["empty-file", "passwd", "group", "resolv.conf"] {
             set_mode(&support.join(file), 0o444)?;
         }
         Ok(())

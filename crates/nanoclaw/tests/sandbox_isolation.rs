@@ -368,6 +368,21 @@ fn run_isolation_suite(runtime: &str) {
         interfaces("team").iter().any(|i| i != "lo"),
         "[{runtime}] network full"
     );
+    // `full` is not the host's network: services on the host's loopback stay out of reach.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let reach = ok(
+        &r,
+        runtime,
+        "team",
+        &format!("curl -s -m 5 -o /dev/null http://127.0.0.1:{port}/; echo $?"),
+    );
+    assert_eq!(
+        reach.trim(),
+        "7",
+        "[{runtime}] connecting to the host's loopback must fail"
+    );
+    drop(listener);
 
     // Without a valid allowlist, every additional mount is refused.
     let allowlist = r.home.join(".config/nanoclaw/mount-allowlist.json");
@@ -408,4 +423,82 @@ fn bwrap_sandboxes_see_only_what_they_were_given() {
 fn podman_sandboxes_see_only_what_they_were_given() {
     require("podman");
     run_isolation_suite("podman");
+}
+
+/// As an ordinary user, uid 1000 inside a bwrap sandbox is that user outside (a user
+/// namespace): same isolation, files owned by the user.
+#[test]
+fn bwrap_sandboxes_of_an_ordinary_user() {
+    require("bwrap");
+    require("setpriv");
+    assert!(
+        nanoclaw::sandbox::Identity::current() != nanoclaw::sandbox::Identity::SameAsDaemon,
+        "this test switches to an unprivileged user, so it runs as root (as CI does)"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = dir.path();
+    std::fs::set_permissions(base, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let (uid, gid) = (65534u32, 65534u32);
+    std::os::unix::fs::chown(base, Some(uid), Some(gid)).expect("chown");
+    let as_user = |args: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(support::nanoclaw_bin())
+            .arg("--root")
+            .arg(base.join("root"))
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", base)
+            .env("TZ", "UTC")
+            .output()
+            .expect("nanoclaw runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (jid, folder) in [("tg:1", "team"), ("tg:2", "other")] {
+        let (ok, _, err) = as_user(&[
+            "groups", "add", "--jid", jid, "--name", folder, "--folder", folder,
+        ]);
+        assert!(ok, "{err}");
+    }
+    std::fs::write(base.join("root/groups/other/marker-other-group"), "x").expect("marker");
+    let script = "id -u; grep -E '^(CapEff|NoNewPrivs):' /proc/self/status; echo x > /workspace/group/f; \
+                  find / \\( -path /proc -o -path /sys -o -path /dev -o -path /usr \\) -prune -o -name 'marker-*' -print 2>/dev/null; \
+                  unshare -U true 2>/dev/null && echo USERNS; true";
+    let (ok, out, err) = as_user(&[
+        "sandbox",
+        "exec",
+        "--group",
+        "team",
+        "--runtime",
+        "bwrap",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(ok, "{out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1000", "{out}");
+    assert!(
+        out.contains("CapEff:\t0000000000000000") && out.contains("NoNewPrivs:\t1"),
+        "{out}"
+    );
+    assert!(!out.contains("marker-") && !out.contains("USERNS"), "{out}");
+    let meta = std::fs::metadata(base.join("root/groups/team/f")).expect("file written");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        uid,
+        "the user's file, not root's"
+    );
 }

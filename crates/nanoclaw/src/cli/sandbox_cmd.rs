@@ -127,11 +127,13 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
         for rejection in &plan.rejected {
             eprintln!("warning: {rejection}");
         }
-        let mut cmd = backend.command(&spec)?;
-        cmd.kill_on_drop(true);
-        let mut child = cmd
+        let mut sandbox = backend.command(&spec)?;
+        sandbox.command.kill_on_drop(true);
+        let mut running = sandbox
             .spawn()
+            .await
             .with_context(|| format!("cannot start the {} sandbox", backend.kind().name()))?;
+        let child = &mut running.child;
         let code = tokio::select! {
             status = child.wait() => {
                 let status = status.context("cannot wait for the sandbox")?;

@@ -16,15 +16,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    AGENT_DIR_IN_SANDBOX, Identity, SANDBOX_GID, SANDBOX_UID, SandboxBackend, SandboxError,
-    SandboxSpec, which,
+    AGENT_DIR_IN_SANDBOX, Identity, SANDBOX_GID, SANDBOX_UID, SandboxBackend, SandboxCommand,
+    SandboxError, SandboxSpec, which,
 };
 use crate::config::{Config, RuntimeKind};
 use crate::layout::Layout;
 use crate::mounts::NetworkPolicy;
 
 /// `/etc` entries programs need (TLS roots, name resolution, the dynamic linker).
-const ETC_ENTRIES: [&str; 14] = [
+const ETC_ENTRIES: [&str; 13] = [
     "alternatives",
     "ca-certificates",
     "ca-certificates.conf",
@@ -37,13 +37,13 @@ const ETC_ENTRIES: [&str; 14] = [
     "localtime",
     "mime.types",
     "nsswitch.conf",
-    "resolv.conf",
     "ssl",
 ];
 
 pub struct Bwrap {
     program: Option<PathBuf>,
     setpriv: Option<PathBuf>,
+    slirp: Option<PathBuf>,
     agent: Result<PathBuf, String>,
     support_dir: PathBuf,
 }
@@ -53,6 +53,7 @@ impl Bwrap {
         Bwrap {
             program: which("bwrap"),
             setpriv: which("setpriv"),
+            slirp: which("slirp4netns"),
             agent: super::agent_binary(config),
             support_dir: Layout::new(&config.root).sandbox_support_dir(),
         }
@@ -90,7 +91,9 @@ impl Bwrap {
             "--hostname",
             "nanoclaw",
         ]);
-        if spec.network == NetworkPolicy::None {
+        if private_network(spec) {
+            // A network namespace of its own: `full` gets outbound access through
+            // slirp4netns (see `PrivateNetwork`), never the host's loopback.
             push(&["--unshare-net"]);
         }
         push(&["--die-with-parent", "--new-session", "--clearenv"]);
@@ -123,6 +126,17 @@ impl Bwrap {
         for entry in ETC_ENTRIES {
             let path = format!("/etc/{entry}");
             a.extend(["--ro-bind-try", &path, &path].map(OsString::from));
+        }
+        if spec.network == NetworkPolicy::Full && private_network(spec) {
+            // slirp4netns answers DNS on 10.0.2.3 (the host's resolver may be on its
+            // loopback, which the sandbox cannot reach).
+            a.extend([
+                OsString::from("--ro-bind"),
+                self.support_dir.join("resolv.conf").into(),
+                OsString::from("/etc/resolv.conf"),
+            ]);
+        } else {
+            a.extend(["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"].map(OsString::from));
         }
         for file in ["passwd", "group"] {
             a.extend([
@@ -200,6 +214,14 @@ impl Bwrap {
     }
 }
 
+/// Whether the sandbox gets a network namespace of its own. Always for `none`; for
+/// `full` when nanoclaw runs as root (slirp4netns connects it). As an ordinary user,
+/// slirp4netns cannot join the namespace bwrap creates (it is refused by the kernel), so a
+/// `full` sandbox shares the user's network, loopback included (docs/decisions.md).
+fn private_network(spec: &SandboxSpec) -> bool {
+    spec.network == NetworkPolicy::None || spec.identity != Identity::SameAsDaemon
+}
+
 /// A pipe holding `bytes`, for a child to read: the read end, close-on-exec until the
 /// child clears it. The pipe buffer (64 KiB) must hold it all.
 fn inherited_pipe(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
@@ -224,7 +246,7 @@ impl SandboxBackend for Bwrap {
         RuntimeKind::Bwrap
     }
 
-    fn command(&self, spec: &SandboxSpec) -> Result<tokio::process::Command, SandboxError> {
+    fn command(&self, spec: &SandboxSpec) -> Result<SandboxCommand, SandboxError> {
         let program = self.program.as_ref().ok_or_else(|| {
             Bwrap::unavailable(
                 "bwrap is not installed; install bubblewrap (`apt install bubblewrap`)",
@@ -235,6 +257,40 @@ impl SandboxBackend for Bwrap {
         // arguments (`--args`), so neither the per-run token nor host paths show up in
         // any command line (`ps`, or `/proc/1/cmdline` inside the sandbox).
         let mut inherited: Vec<OwnedFd> = Vec::new();
+        let network = if spec.network == NetworkPolicy::Full && private_network(spec) {
+            let slirp = self.slirp.clone().ok_or_else(|| {
+                Bwrap::unavailable(
+                    "slirp4netns is not installed; it gives bwrap sandboxes their own network \
+                     (`apt install slirp4netns`), or set the group's network to \"none\"",
+                )
+            })?;
+            let pipe = || {
+                rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| Bwrap::unavailable(format!("cannot create a pipe: {e}")))
+            };
+            // bwrap reports the sandbox's pid on `info`, then waits on `block` until the
+            // network is up.
+            let (info_read, info_write) = pipe()?;
+            let (block_read, block_write) = pipe()?;
+            args.splice(
+                0..0,
+                [
+                    OsString::from("--info-fd"),
+                    OsString::from(info_write.as_raw_fd().to_string()),
+                    OsString::from("--block-fd"),
+                    OsString::from(block_read.as_raw_fd().to_string()),
+                ],
+            );
+            inherited.extend([info_write, block_read]);
+            Some(PrivateNetwork {
+                info: info_read,
+                release: block_write,
+                userns: spec.identity == Identity::SameAsDaemon,
+                slirp,
+            })
+        } else {
+            None
+        };
         if let Some(program) = super::seccomp::filter() {
             let fd = inherited_pipe(&program)?;
             args.splice(
@@ -289,7 +345,10 @@ impl SandboxBackend for Bwrap {
                 Ok(())
             });
         }
-        Ok(cmd)
+        Ok(SandboxCommand::new(
+            cmd,
+            network.map(|n| Box::new(n) as Box<dyn super::AfterSpawn>),
+        ))
     }
 
     fn proxy_host(&self) -> &'static str {
@@ -323,16 +382,28 @@ impl SandboxBackend for Bwrap {
             env: vec![],
             workdir: "/".into(),
             command: vec!["/bin/true".into()],
-            network: NetworkPolicy::None,
+            network: NetworkPolicy::Full,
             limits: super::Limits::default(),
             identity: Identity::current(),
             tty: false,
             root_label: String::new(),
             group_folder: String::new(),
         };
-        let mut cmd = self.command(&spec).map_err(|e| e.to_string())?;
-        cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
-        let output = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        if self.slirp.is_none() && Identity::current() != Identity::SameAsDaemon {
+            return Err(
+                "slirp4netns is not installed; it gives bwrap sandboxes their own network (`apt install slirp4netns`)"
+                    .into(),
+            );
+        }
+        let mut sandbox = self.command(&spec).map_err(|e| e.to_string())?;
+        sandbox
+            .command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = sandbox.spawn().await.map_err(|e| e.to_string())?;
+        let output = tokio::time::timeout(Duration::from_secs(10), child.child.wait_with_output())
             .await
             .map_err(|_| "a test sandbox did not finish within 10 s".to_string())?
             .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
@@ -357,5 +428,137 @@ impl SandboxBackend for Bwrap {
             )),
             Err(e) => Err(format!("a test sandbox failed: {e}")),
         }
+    }
+}
+
+/// The network of a `network: full` bwrap sandbox: its own namespace, connected to the
+/// outside by slirp4netns (user-mode NAT) with the host's loopback unreachable.
+struct PrivateNetwork {
+    /// bwrap writes `{"child-pid": N}` here.
+    info: OwnedFd,
+    /// Writing here lets bwrap start the command.
+    release: OwnedFd,
+    /// The sandbox has its own user namespace, which slirp4netns must join.
+    userns: bool,
+    slirp: PathBuf,
+}
+
+/// How long bringing a sandbox's network up may take.
+const NETWORK_SETUP: Duration = Duration::from_secs(10);
+
+#[async_trait]
+impl super::AfterSpawn for PrivateNetwork {
+    async fn start(self: Box<Self>) -> Result<tokio::process::Child, SandboxError> {
+        let PrivateNetwork {
+            info,
+            release,
+            userns,
+            slirp,
+        } = *self;
+        let failed = |what: String| {
+            SandboxError::Invalid(format!("the sandbox network could not be set up: {what}"))
+        };
+        let info_text = read_until_closed_or(info, b'}')
+            .await
+            .map_err(|e| failed(format!("bwrap: {e}")))?;
+        let pid: u32 = serde_json::from_slice::<serde_json::Value>(&info_text)
+            .ok()
+            .and_then(|v| v.get("child-pid").and_then(serde_json::Value::as_u64))
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| {
+                failed(format!(
+                    "bwrap reported {:?}",
+                    String::from_utf8_lossy(&info_text)
+                ))
+            })?;
+
+        // bwrap brings the sandbox's loopback up itself, after reporting the pid; doing
+        // the same from slirp4netns at that moment makes one of them fail.
+        wait_for_loopback(pid).await.map_err(failed)?;
+        let (ready_read, ready_write) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| failed(format!("cannot create a pipe: {e}")))?;
+        let mut cmd = tokio::process::Command::new(&slirp);
+        cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+            .arg(format!("--ready-fd={}", ready_write.as_raw_fd()));
+        if userns {
+            cmd.arg(format!("--userns-path=/proc/{pid}/ns/user"));
+        }
+        cmd.arg(pid.to_string())
+            .arg("tap0")
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        // SAFETY: only an fcntl call between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::io::fcntl_setfd(&ready_write, rustix::io::FdFlags::empty())?;
+                Ok(())
+            });
+        }
+        let helper = cmd
+            .spawn()
+            .map_err(|e| failed(format!("cannot start slirp4netns: {e}")))?;
+        drop(cmd);
+        let ready = read_until_closed_or(ready_read, b'1')
+            .await
+            .map_err(|e| failed(format!("slirp4netns: {e}")))?;
+        if !ready.contains(&b'1') {
+            return Err(failed(
+                "slirp4netns exited before the network was up".into(),
+            ));
+        }
+        let mut release = std::fs::File::from(release);
+        std::io::Write::write_all(&mut release, b"1")
+            .map_err(|e| failed(format!("cannot release the sandbox: {e}")))?;
+        Ok(helper)
+    }
+}
+
+/// Waits until the namespace of `pid` has its loopback address (up and routed).
+async fn wait_for_loopback(pid: u32) -> Result<(), String> {
+    let path = format!("/proc/{pid}/net/fib_trie");
+    let deadline = tokio::time::Instant::now() + NETWORK_SETUP;
+    loop {
+        match std::fs::read_to_string(&path) {
+            Ok(text) if text.contains("127.0.0.1") => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("cannot watch the sandbox's network ({e})")),
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("the sandbox's loopback did not come up".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Reads from a pipe until `stop` arrives or the writer closes it, for at most
+/// [`NETWORK_SETUP`].
+async fn read_until_closed_or(fd: OwnedFd, stop: u8) -> Result<Vec<u8>, String> {
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::from(fd);
+        let mut data = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            match std::io::Read::read(&mut file, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    data.extend_from_slice(&buf[..n]);
+                    if buf[..n].contains(&stop) || data.len() > 65536 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(data)
+    });
+    match tokio::time::timeout(NETWORK_SETUP, reading).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", NETWORK_SETUP.as_secs())),
     }
 }

@@ -118,7 +118,7 @@ pub trait SandboxBackend: Send + Sync + 'static {
 
     /// The process that runs `spec.command` in the sandbox: its stdin, stdout and stderr
     /// are the sandboxed command's, its exit status the command's.
-    fn command(&self, spec: &SandboxSpec) -> Result<tokio::process::Command, SandboxError>;
+    fn command(&self, spec: &SandboxSpec) -> Result<SandboxCommand, SandboxError>;
 
     /// How the proxy at `port` on the host is reached from inside (full network).
     fn proxy_host(&self) -> &'static str;
@@ -131,6 +131,66 @@ pub trait SandboxBackend: Send + Sync + 'static {
 
     /// Whether this backend works here; `Err` says why not and what to do.
     async fn probe(&self) -> Result<String, String>;
+}
+
+/// Work a backend must do once the sandbox process exists (e.g. connect its network).
+#[async_trait]
+pub(crate) trait AfterSpawn: Send {
+    /// Returns a helper process that lives as long as the sandbox.
+    async fn start(self: Box<Self>) -> Result<tokio::process::Child, SandboxError>;
+}
+
+/// A sandbox ready to start: set stdio and `kill_on_drop` on `command`, then `spawn`.
+pub struct SandboxCommand {
+    pub command: tokio::process::Command,
+    after_spawn: Option<Box<dyn AfterSpawn>>,
+}
+
+impl SandboxCommand {
+    pub(crate) fn new(
+        command: tokio::process::Command,
+        after_spawn: Option<Box<dyn AfterSpawn>>,
+    ) -> SandboxCommand {
+        SandboxCommand {
+            command,
+            after_spawn,
+        }
+    }
+
+    /// Starts the sandbox (and whatever it needs alongside).
+    pub async fn spawn(self) -> Result<SandboxChild, SandboxError> {
+        let SandboxCommand {
+            mut command,
+            after_spawn,
+        } = self;
+        let mut child = command
+            .spawn()
+            .map_err(|e| SandboxError::Invalid(format!("cannot start the sandbox: {e}")))?;
+        // Closes this side's copies of descriptors meant for the child only.
+        drop(command);
+        let helper = match after_spawn {
+            Some(setup) => match setup.start().await {
+                Ok(helper) => Some(helper),
+                Err(e) => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        Ok(SandboxChild {
+            child,
+            _helper: helper,
+        })
+    }
+}
+
+/// A running sandbox. Dropping it kills helpers; the sandbox process itself is killed
+/// on drop if its command asked for `kill_on_drop`.
+pub struct SandboxChild {
+    pub child: tokio::process::Child,
+    _helper: Option<tokio::process::Child>,
 }
 
 /// A short, stable label for a root directory.

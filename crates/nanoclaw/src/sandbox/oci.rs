@@ -269,7 +269,7 @@ impl SandboxBackend for Oci {
         }
     }
 
-    fn command(&self, spec: &SandboxSpec) -> Result<tokio::process::Command, SandboxError> {
+    fn command(&self, spec: &SandboxSpec) -> Result<super::SandboxCommand, SandboxError> {
         let program = self.program().map_err(|reason| SandboxError::Unavailable {
             backend: self.flavor.binary(),
             reason,
@@ -280,7 +280,7 @@ impl SandboxBackend for Oci {
             .env_clear()
             .envs(super::host_tool_env())
             .envs(spec.env.iter().map(|(k, v)| (k, v)));
-        Ok(cmd)
+        Ok(super::SandboxCommand::new(cmd, None))
     }
 
     fn proxy_host(&self) -> &'static str {

@@ -222,11 +222,13 @@ impl AgentRunner for SandboxRunner {
             .map_err(|e| RunError::new(format!("cannot encode the input: {e}")))?;
         stdin_bytes.push(b'\n');
 
-        let mut cmd = self
+        let mut sandbox = self
             .backend
             .command(&spec)
             .map_err(|e| RunError::new(e.to_string()))?;
-        cmd.stdin(Stdio::piped())
+        sandbox
+            .command
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -239,12 +241,13 @@ impl AgentRunner for SandboxRunner {
             last_agent_error: None,
         };
         tracing::info!(sandbox = %spec.name, backend = self.backend.kind().name(), "sandbox starting");
-        let mut child = cmd.spawn().map_err(|e| {
+        let mut running = sandbox.spawn().await.map_err(|e| {
             RunError::new(format!(
                 "cannot start the {} sandbox: {e}",
                 self.backend.kind().name()
             ))
         })?;
+        let child = &mut running.child;
         // If this run is dropped (shutdown after the grace period), killing the client
         // process is not enough for podman/docker: the container must be removed too.
         let mut guard = StopOnDrop {
