@@ -56,6 +56,16 @@ fn run_logs(root: &std::path::Path, folder: &str) -> Vec<String> {
     logs
 }
 
+/// Waits for the main group's first run log.
+async fn first_run_log(root: &std::path::Path) -> String {
+    let root = root.to_path_buf();
+    nanoclaw_test_support::wait_for("a run log", DEADLINE, || {
+        let root = root.clone();
+        async move { run_logs(&root, "main").pop() }
+    })
+    .await
+}
+
 fn process_count(pattern: &str) -> usize {
     let out = std::process::Command::new("pgrep")
         .args(["-f", pattern])
@@ -129,12 +139,7 @@ async fn a_silent_agent_is_killed_after_container_timeout() {
         .send("web:main", "me", "Me", "anyone?")
         .await
         .expect("accepted");
-    let root = d.root().to_path_buf();
-    let log = nanoclaw_test_support::wait_for("a run log", DEADLINE, || {
-        let root = root.clone();
-        async move { run_logs(&root, "main").pop() }
-    })
-    .await;
+    let log = first_run_log(d.root()).await;
     assert!(
         log.contains("no output for 1 s (CONTAINER_TIMEOUT)"),
         "{log}"
@@ -164,12 +169,7 @@ async fn an_agent_flooding_its_output_is_stopped_at_the_cap() {
             .send("web:main", "me", "Me", "talk to me")
             .await
             .expect("accepted");
-        let root = d.root().to_path_buf();
-        let log = nanoclaw_test_support::wait_for("a run log", DEADLINE, || {
-            let root = root.clone();
-            async move { run_logs(&root, "main").pop() }
-        })
-        .await;
+        let log = first_run_log(d.root()).await;
         assert!(
             log.contains("more than 100000 bytes of output"),
             "{script}: {log}"
