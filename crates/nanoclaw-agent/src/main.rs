@@ -1,28 +1,166 @@
-//! `nanoclaw-agent`: the agent loop that runs inside a sandbox.
+//! `nanoclaw-agent`: the agent loop that runs inside a sandbox (SPEC §9).
 //!
-//! Not built yet (see the agent issue). Until then the binary reads the host's
-//! [`AgentInput`] and answers with an honest [`AgentEvent::Error`], so a host that starts
-//! it reports a clear failure instead of pretending an agent answered.
+//! stdin: one `AgentInput`. stdout: `AgentEvent` lines (session, results, idle, error).
+//! Follow-ups arrive as files in `/workspace/ipc/input/`; `_close` ends the run. The
+//! model is reached through `ANTHROPIC_BASE_URL` (the host's credential proxy) with the
+//! per-run token in `ANTHROPIC_API_KEY`; `NANOCLAW_LLM_API=openai` switches to an
+//! OpenAI-compatible chat-completions API.
+
+mod agent;
+mod inbox;
+mod llm;
+mod prompt;
+mod session;
+mod tools;
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use nanoclaw_protocol::{AgentEvent, AgentInput};
 
-fn main() {
-    let mut raw = String::new();
-    let message = match std::io::stdin().read_to_string(&mut raw) {
-        Err(e) => format!("nanoclaw-agent could not read its input from stdin: {e}"),
-        Ok(_) => match serde_json::from_str::<AgentInput>(&raw) {
-            Err(e) => format!("nanoclaw-agent got input that is not an AgentInput object: {e}"),
-            Ok(_) => String::from(
-                "nanoclaw-agent is not implemented yet: this build has no agent loop, so no \
-                 answer can be produced",
-            ),
-        },
-    };
-    let line = AgentEvent::Error { message }.to_line();
+use crate::inbox::{Inbox, Input};
+use crate::llm::{LlmError, Retry};
+
+/// Largest stdin accepted (a prompt of 200 messages is far smaller).
+const MAX_INPUT: u64 = 16 << 20;
+
+fn emit(event: AgentEvent) {
     let mut out = std::io::stdout().lock();
-    // Nothing sensible can be done if stdout is gone; the exit status still says it failed.
-    let _ = writeln!(out, "{line}");
-    std::process::exit(1);
+    // If stdout is gone the host is gone; nothing left to tell anyone.
+    let _ = writeln!(out, "{}", event.to_line());
+    let _ = out.flush();
+}
+
+fn fail(message: String, permanent: bool) -> ExitCode {
+    emit(AgentEvent::Error { message, permanent });
+    ExitCode::FAILURE
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    env(name)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> ExitCode {
+    let mut raw = String::new();
+    if let Err(e) = std::io::stdin().take(MAX_INPUT).read_to_string(&mut raw) {
+        return fail(
+            format!("nanoclaw-agent could not read its input from stdin: {e}"),
+            true,
+        );
+    }
+    let input: AgentInput = match serde_json::from_str(raw.trim()) {
+        Ok(i) => i,
+        Err(e) => {
+            return fail(
+                format!("nanoclaw-agent got input that is not an AgentInput object: {e}"),
+                true,
+            );
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(
+                format!("nanoclaw-agent cannot start its runtime: {e}"),
+                false,
+            );
+        }
+    };
+    runtime.block_on(run(input))
+}
+
+async fn run(input: AgentInput) -> ExitCode {
+    let workspace = PathBuf::from(env("NANOCLAW_WORKSPACE").unwrap_or_else(|| "/workspace".into()));
+    let home = PathBuf::from(env("HOME").unwrap_or_else(|| "/home/node".into()));
+    let model = env("NANOCLAW_MODEL").unwrap_or_else(|| "claude-sonnet-4-5".into());
+    let Some(base_url) = env("ANTHROPIC_BASE_URL") else {
+        return fail(
+            "ANTHROPIC_BASE_URL is not set; the agent cannot reach a model".into(),
+            true,
+        );
+    };
+    let api_key = env("ANTHROPIC_API_KEY").unwrap_or_default();
+    let retry = Retry {
+        attempts: env_number("NANOCLAW_LLM_ATTEMPTS", 5),
+        first_delay: Duration::from_millis(env_number("NANOCLAW_LLM_RETRY_MS", 1000)),
+        max_delay: Duration::from_secs(60),
+    };
+    let openai = env("NANOCLAW_LLM_API").as_deref() == Some("openai");
+    let llm: Box<dyn llm::Llm> = if openai {
+        Box::new(llm::openai::OpenAi::new(&base_url, &api_key, &model, retry))
+    } else {
+        Box::new(llm::anthropic::Anthropic::new(
+            &base_url, &api_key, &model, retry,
+        ))
+    };
+    let web_search = !openai && env("NANOCLAW_WEB_SEARCH").as_deref() != Some("off");
+    let session = session::Session::resume_or_new(
+        &home.join(".claude/nanoclaw/sessions"),
+        input.session_id.as_deref(),
+    );
+    emit(AgentEvent::Session {
+        session_id: session.id.clone(),
+    });
+    let ctx = tools::ToolContext {
+        workdir: workspace.join("group"),
+        ipc_dir: workspace.join("ipc"),
+        chat_jid: input.chat_jid.clone(),
+        group_folder: input.group_folder.clone(),
+        is_main: input.is_main,
+        bash_default_timeout: Duration::from_secs(120),
+    };
+    let timezone = env("TZ").unwrap_or_else(|| "UTC".into());
+    let mut agent = agent::Agent {
+        llm,
+        tools: tools::definitions(input.is_main, web_search),
+        system: prompt::system_prompt(&prompt::PromptInput {
+            assistant_name: &input.assistant_name,
+            workspace: &workspace,
+            is_main: input.is_main,
+            is_scheduled_task: input.is_scheduled_task,
+            timezone: &timezone,
+        }),
+        ctx,
+        session,
+        max_tokens: env_number("NANOCLAW_MAX_TOKENS", 8192),
+        compact_at: env_number("NANOCLAW_COMPACT_TOKENS", 150_000),
+        assistant_name: input.assistant_name.clone(),
+        conversations_dir: workspace.join("group/conversations"),
+        inputs_read: 0,
+        emit: Box::new(emit),
+    };
+    let mut inbox = match Inbox::open(&workspace.join("ipc/input")) {
+        Ok(i) => i,
+        Err(e) => return fail(format!("cannot watch for follow-up messages: {e}"), false),
+    };
+    let mut next = Some(input.prompt);
+    while let Some(text) = next.take() {
+        if let Err(e) = agent.turn(&text).await {
+            let permanent = matches!(e, LlmError::Auth(_) | LlmError::BadRequest(_));
+            return fail(e.to_string(), permanent);
+        }
+        emit(AgentEvent::Idle {
+            inputs: agent.inputs_read,
+        });
+        match inbox.next().await {
+            Some(Input::Message(text)) => {
+                agent.inputs_read += 1;
+                next = Some(text);
+            }
+            Some(Input::Close) => break,
+            None => return fail("the follow-up watch stopped".into(), false),
+        }
+    }
+    ExitCode::SUCCESS
 }

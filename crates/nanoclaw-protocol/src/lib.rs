@@ -7,8 +7,12 @@
 //! * [`AgentEvent`]: the JSON lines the agent writes to stdout;
 //! * [`FollowUp`]: the files the host drops into `/workspace/ipc/input/` while a run is
 //!   alive, and [`CLOSE_SENTINEL`], the file that asks the agent to finish;
+//! * [`ipc`]: the request files agents write for the host (SPEC §10);
+//! * [`schedule`]: task schedule validation both sides apply;
 //! * [`sse`]: the Server-Sent Events parser every SSE reader in the project uses.
 
+pub mod ipc;
+pub mod schedule;
 pub mod sse;
 
 use serde::{Deserialize, Serialize};
@@ -51,8 +55,13 @@ pub enum AgentEvent {
         #[serde(default)]
         inputs: u32,
     },
-    /// The run failed; `message` is safe to show to the user (no secrets).
-    Error { message: String },
+    /// The run failed; `message` is safe to show to the user (no secrets). `permanent`
+    /// failures (rejected credentials, an invalid request) are not worth retrying.
+    Error {
+        message: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        permanent: bool,
+    },
 }
 
 impl AgentEvent {
@@ -101,8 +110,16 @@ mod tests {
             (
                 AgentEvent::Error {
                     message: "boom".into(),
+                    permanent: false,
                 },
                 r#"{"type":"error","message":"boom"}"#,
+            ),
+            (
+                AgentEvent::Error {
+                    message: "bad key".into(),
+                    permanent: true,
+                },
+                r#"{"type":"error","message":"bad key","permanent":true}"#,
             ),
         ];
         for (event, line) in cases {

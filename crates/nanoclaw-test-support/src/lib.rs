@@ -2,6 +2,9 @@
 //! HTTP API (including its event stream), and (as they are added) fakes of remote
 //! services that speak the real wire protocols.
 
+pub mod fake_anthropic;
+pub mod fake_openai;
+
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
@@ -34,6 +37,17 @@ where
     }
 }
 
+/// A reqwest client (rustls on ring; the provider is installed once).
+pub fn http_client() -> reqwest::Client {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"))
+}
+
 /// A client for the daemon's HTTP API.
 #[derive(Clone)]
 pub struct Api {
@@ -47,7 +61,7 @@ impl Api {
         Api {
             base: base.into(),
             token: token.into(),
-            client: reqwest::Client::new(),
+            client: http_client(),
         }
     }
 

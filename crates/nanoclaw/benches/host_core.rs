@@ -58,7 +58,7 @@ async fn post_to_runner_latency(samples: usize) -> Vec<Duration> {
     })
     .await
     .expect("daemon");
-    let client = reqwest::Client::new();
+    let client = nanoclaw::tls::client().build().expect("client");
     let url = format!("http://{}/api/messages", d.http_addr);
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..samples + 10 {
@@ -131,7 +131,7 @@ async fn idle_rss() -> (u64, u64) {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let client = reqwest::Client::new();
+    let client = nanoclaw::tls::client().build().expect("client");
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.get(format!("{base}/healthz")).send().await.is_err() {

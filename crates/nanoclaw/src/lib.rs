@@ -20,3 +20,4 @@ pub mod router;
 pub mod runner;
 pub mod sandbox;
 pub mod store;
+pub mod tls;

@@ -36,6 +36,8 @@ pub enum RunOutcome {
     Retry { reason: String },
     /// Failed after the user already got an answer: retrying would duplicate it.
     Failed,
+    /// Failed before answering, and retrying cannot help: tell the user now.
+    GiveUp { reason: String },
 }
 
 /// The live side of a run, owned by the processor while it runs.
@@ -279,6 +281,10 @@ impl GroupQueue {
             }
             match outcome {
                 RunOutcome::Done | RunOutcome::Failed => group.retries = 0,
+                RunOutcome::GiveUp { reason } => {
+                    group.retries = 0;
+                    gave_up = Some(reason);
+                }
                 RunOutcome::Retry { reason } if !shutting_down => {
                     group.retries += 1;
                     if group.retries > self.retry.max_retries {

@@ -45,12 +45,22 @@ pub struct RunIo {
 #[error("{message}")]
 pub struct RunError {
     pub message: String,
+    /// Retrying cannot help (e.g. the model API rejected the credentials).
+    pub permanent: bool,
 }
 
 impl RunError {
     pub fn new(message: impl Into<String>) -> RunError {
         RunError {
             message: message.into(),
+            permanent: false,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> RunError {
+        RunError {
+            message: message.into(),
+            permanent: true,
         }
     }
 }

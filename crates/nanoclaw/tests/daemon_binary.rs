@@ -52,7 +52,7 @@ async fn fresh_root_creates_layout_token_and_main_group_and_guards_every_route()
     assert_eq!(groups[0]["folder"], "main");
     assert_eq!(groups[0]["is_main"], true);
 
-    let client = reqwest::Client::new();
+    let client = nanoclaw::tls::client().build().expect("client");
     let base = format!("http://127.0.0.1:{}", d.port);
     let health = client
         .get(format!("{base}/healthz"))

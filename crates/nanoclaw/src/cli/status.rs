@@ -17,7 +17,7 @@ fn daemon_status(config: &Config) -> Option<Value> {
     let endpoint = daemon_endpoint(config).ok()?;
     let rt = runtime().ok()?;
     rt.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::client()
             .timeout(Duration::from_secs(5))
             .build()
             .ok()?;

@@ -111,6 +111,11 @@ pub struct Config {
     /// Debian mirror for building the image base without a registry
     /// (`NANOCLAW_DEBIAN_MIRROR`).
     pub debian_mirror: String,
+    /// Which model API the agent speaks (`NANOCLAW_LLM_API`): `anthropic`, or `openai`
+    /// for OpenAI-compatible chat completions (local models).
+    pub llm_api: String,
+    /// How many times the agent tries a model call (`NANOCLAW_LLM_ATTEMPTS`).
+    pub llm_attempts: u32,
 }
 
 /// A secret value. `Debug` and `Display` never show it.
@@ -326,6 +331,27 @@ impl Config {
                 .unwrap_or_else(|| "info".to_string()),
             agent_bin: s.get("NANOCLAW_AGENT_BIN").map(|(v, _)| PathBuf::from(v)),
             debian_mirror: s.string("NANOCLAW_DEBIAN_MIRROR", "http://deb.debian.org/debian"),
+            llm_api: match s
+                .string("NANOCLAW_LLM_API", "anthropic")
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "anthropic" => "anthropic".to_string(),
+                "openai" => "openai".to_string(),
+                _ => {
+                    return Err(invalid(
+                        &s,
+                        "NANOCLAW_LLM_API",
+                        "must be anthropic or openai",
+                    ));
+                }
+            },
+            llm_attempts: s.parsed(
+                "NANOCLAW_LLM_ATTEMPTS",
+                5u32,
+                "a whole number from 1 to 20",
+                |v| (1..=20).contains(v),
+            )?,
         };
 
         let secrets = Secrets {

@@ -60,6 +60,8 @@ struct Progress {
     last_error: Option<String>,
     /// `Close` was sent to the runner: follow-ups now wait for the next run.
     closing: bool,
+    /// The agent reported an error retrying cannot fix.
+    permanent: bool,
 }
 
 impl Progress {
@@ -157,6 +159,7 @@ impl RunLoop {
             idle_deadline: None,
             last_error: None,
             closing: false,
+            permanent: false,
         };
         tracing::info!(
             messages = messages.len(),
@@ -215,6 +218,7 @@ impl RunLoop {
         self.typing(&chat_jid, false);
         slot.set_idle(false);
 
+        let permanent = progress.permanent || result.as_ref().is_err_and(|e| e.permanent);
         let failure = match result {
             Err(e) => Some(e.message),
             Ok(()) => progress.last_error.take(),
@@ -235,6 +239,11 @@ impl RunLoop {
                 RunOutcome::Retry {
                     reason: "the assistant stopped before answering".into(),
                 }
+            }
+            (Some(reason), true) if permanent => {
+                Metrics::inc(&self.metrics.runs_failed);
+                tracing::warn!(%reason, "agent run failed in a way retrying cannot fix; telling the user");
+                RunOutcome::GiveUp { reason }
             }
             (Some(reason), true) => {
                 Metrics::inc(&self.metrics.runs_failed);
@@ -311,9 +320,10 @@ impl RunLoop {
                     }
                 }
             }
-            AgentEvent::Error { message } => {
-                tracing::warn!(%message, "agent reported an error");
+            AgentEvent::Error { message, permanent } => {
+                tracing::warn!(%message, permanent, "agent reported an error");
                 progress.last_error = Some(message);
+                progress.permanent |= permanent;
             }
         }
     }

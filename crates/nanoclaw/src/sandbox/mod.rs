@@ -333,6 +333,11 @@ pub fn group_spec(
             request.run_token.to_string(),
         ),
         ("NANOCLAW_MODEL".to_string(), config.model.clone()),
+        ("NANOCLAW_LLM_API".to_string(), config.llm_api.clone()),
+        (
+            "NANOCLAW_LLM_ATTEMPTS".to_string(),
+            config.llm_attempts.to_string(),
+        ),
     ];
     let spec = SandboxSpec {
         name: sandbox_name(&folder),

@@ -156,6 +156,8 @@ struct RunRecord {
     output_bytes: u64,
     stderr_tail: Vec<u8>,
     last_agent_error: Option<String>,
+    /// The agent said retrying cannot help.
+    permanent: bool,
 }
 
 #[async_trait]
@@ -239,6 +241,7 @@ impl AgentRunner for SandboxRunner {
             output_bytes: 0,
             stderr_tail: Vec::new(),
             last_agent_error: None,
+            permanent: false,
         };
         tracing::info!(sandbox = %spec.name, backend = self.backend.kind().name(), "sandbox starting");
         let mut running = sandbox.spawn().await.map_err(|e| {
@@ -293,8 +296,9 @@ impl AgentRunner for SandboxRunner {
                                     Ok(event) => {
                                         record.events += 1;
                                         deadline = tokio::time::Instant::now() + timeout;
-                                        if let AgentEvent::Error { message } = &event {
+                                        if let AgentEvent::Error { message, permanent } = &event {
                                             record.last_agent_error = Some(message.clone());
+                                            record.permanent |= *permanent;
                                         }
                                         let _ = io.events.send(event);
                                     }
@@ -391,6 +395,7 @@ impl AgentRunner for SandboxRunner {
         .await;
         match failure {
             None => Ok(()),
+            Some(reason) if record.permanent => Err(RunError::permanent(reason)),
             Some(reason) => Err(RunError::new(reason)),
         }
     }

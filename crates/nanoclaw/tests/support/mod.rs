@@ -341,7 +341,7 @@ impl BinaryDaemon {
             .kill_on_drop(true);
         let child = cmd.spawn().expect("nanoclaw run starts");
         let base = format!("http://127.0.0.1:{port}");
-        let probe = reqwest::Client::new();
+        let probe = nanoclaw::tls::client().build().expect("client");
         wait_for("nanoclaw run to answer /healthz", DEADLINE, || {
             let (probe, url) = (probe.clone(), format!("{base}/healthz"));
             async move {

@@ -1,0 +1,466 @@
+//! The agent binary end to end against fakes of the model APIs that speak the real wire
+//! format: the tool loop, follow-ups through the inbox, sessions across runs, retries,
+//! failures the user can understand, compaction, prompt caching, and the
+//! OpenAI-compatible mode. (Inside real sandboxes it is tested from the host crate.)
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nanoclaw_protocol::{AgentEvent, AgentInput, CLOSE_SENTINEL};
+use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Reply};
+use nanoclaw_test_support::fake_openai::{FakeOpenAi, OpenAiReply};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+const KEY: &str = "run-token-0123456789";
+
+struct Run {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    workspace: PathBuf,
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for d in [
+            "workspace/group",
+            "workspace/global",
+            "workspace/ipc/input",
+            "workspace/ipc/messages",
+            "workspace/ipc/tasks",
+            "home",
+        ] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
+        }
+        std::fs::write(
+            dir.path().join("workspace/group/CLAUDE.md"),
+            "The user's cat is called Miso.",
+        )
+        .expect("memory");
+        Env { dir }
+    }
+
+    fn workspace(&self) -> PathBuf {
+        self.dir.path().join("workspace")
+    }
+
+    async fn start(&self, base_url: &str, session: Option<&str>, extra: &[(&str, &str)]) -> Run {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nanoclaw-agent"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path().join("home"))
+            .env("NANOCLAW_WORKSPACE", self.workspace())
+            .env("ANTHROPIC_BASE_URL", base_url)
+            .env("ANTHROPIC_API_KEY", KEY)
+            .env("NANOCLAW_MODEL", "claude-test")
+            .env("NANOCLAW_LLM_RETRY_MS", "10")
+            .env("TZ", "Europe/Berlin")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("agent starts");
+        let input = AgentInput {
+            prompt: "<messages><message sender=\"Jo\" time=\"now\">please make a file</message></messages>".into(),
+            session_id: session.map(str::to_string),
+            group_folder: "team".into(),
+            chat_jid: "tg:1".into(),
+            is_main: false,
+            is_scheduled_task: false,
+            assistant_name: "Andy".into(),
+        };
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(serde_json::to_string(&input).expect("json").as_bytes())
+            .await
+            .expect("write input");
+        drop(stdin);
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Run {
+            child,
+            lines,
+            workspace: self.workspace(),
+        }
+    }
+}
+
+impl Run {
+    async fn event(&mut self) -> AgentEvent {
+        let line = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
+            .await
+            .expect("an event in time")
+            .expect("stdout readable")
+            .expect("the agent is still talking");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not an event: {line} ({e})"))
+    }
+
+    /// Events until (and including) the next idle.
+    async fn until_idle(&mut self) -> Vec<AgentEvent> {
+        let mut events = Vec::new();
+        loop {
+            let e = self.event().await;
+            let done = matches!(e, AgentEvent::Idle { .. } | AgentEvent::Error { .. });
+            events.push(e);
+            if done {
+                return events;
+            }
+        }
+    }
+
+    fn follow_up(&self, name: &str, text: &str) {
+        let dir = self.workspace.join("ipc/input");
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, json!({"type": "message", "text": text}).to_string()).expect("write");
+        std::fs::rename(tmp, dir.join(name)).expect("rename");
+    }
+
+    async fn close(mut self) -> i32 {
+        std::fs::write(self.workspace.join("ipc/input").join(CLOSE_SENTINEL), "").expect("close");
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exits after _close")
+            .expect("wait")
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
+fn session_of(events: &[AgentEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| match e {
+            AgentEvent::Session { session_id } => Some(session_id.clone()),
+            _ => None,
+        })
+        .expect("a session event")
+}
+
+fn results(events: &[AgentEvent]) -> Vec<(String, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::Result { text, inputs } => Some((text.clone(), *inputs)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn bash_tool_use_then_answer_with_caching_and_headers() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool(
+            "Bash",
+            json!({"command": "echo hello > made.txt && cat made.txt"}),
+        ),
+        Reply::text("I made the file."),
+    ])
+    .await;
+    let env = Env::new();
+    let mut run = env.start(&fake.url, None, &[]).await;
+    let events = run.until_idle().await;
+    assert_eq!(results(&events), [("I made the file.".to_string(), 0)]);
+    assert_eq!(events.last(), Some(&AgentEvent::Idle { inputs: 0 }));
+    assert_eq!(
+        std::fs::read_to_string(env.workspace().join("group/made.txt")).expect("file"),
+        "hello\n"
+    );
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    let first = &requests[0];
+    assert_eq!(first.header("x-api-key"), Some(KEY));
+    assert_eq!(first.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(first.body["model"], "claude-test");
+    assert_eq!(first.body["stream"], true);
+    let system = first.body["system"][0]["text"].as_str().expect("system");
+    assert!(
+        system.contains("You are Andy") && system.contains("Miso"),
+        "memory is in the system prompt"
+    );
+    assert_eq!(
+        first.body["system"][0]["cache_control"]["type"],
+        "ephemeral"
+    );
+    let tools = first.body["tools"].as_array().expect("tools");
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    for t in [
+        "Bash",
+        "Read",
+        "Write",
+        "Edit",
+        "Glob",
+        "Grep",
+        "WebFetch",
+        "send_message",
+        "schedule_task",
+        "web_search",
+    ] {
+        assert!(names.contains(&t), "{t} offered");
+    }
+    assert!(!names.contains(&"register_group"), "not main");
+    assert_eq!(
+        tools.last().expect("a tool")["cache_control"]["type"],
+        "ephemeral"
+    );
+    let second = &requests[1];
+    let last_message = &second.body["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .expect("one")["content"];
+    assert_eq!(last_message[0]["type"], "tool_result");
+    assert!(
+        last_message[0]["content"]
+            .as_str()
+            .expect("text")
+            .contains("hello")
+    );
+    assert_eq!(
+        last_message[0]["cache_control"]["type"], "ephemeral",
+        "the tail is cached"
+    );
+    assert_eq!(run.close().await, 0);
+}
+
+#[tokio::test]
+async fn follow_ups_continue_the_conversation_and_sessions_resume_across_runs() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::text("first answer"),
+        Reply::text("second answer"),
+        Reply::text("third"),
+    ])
+    .await;
+    let env = Env::new();
+    let mut run = env.start(&fake.url, None, &[]).await;
+    let events = run.until_idle().await;
+    let session = session_of(&events);
+    run.follow_up("100-000001.json", "and one more thing");
+    let events = run.until_idle().await;
+    assert_eq!(results(&events), [("second answer".to_string(), 1)]);
+    assert_eq!(events.last(), Some(&AgentEvent::Idle { inputs: 1 }));
+    let second = &fake.requests()[1];
+    let text = second.all_text();
+    assert!(
+        text.contains("please make a file")
+            && text.contains("first answer")
+            && text.contains("one more thing")
+    );
+    assert_eq!(run.close().await, 0);
+
+    // A new run given the session id continues it.
+    let mut again = env.start(&fake.url, Some(&session), &[]).await;
+    let events = again.until_idle().await;
+    assert_eq!(session_of(&events), session);
+    let third = &fake.requests()[2];
+    assert!(
+        third.all_text().contains("second answer"),
+        "the earlier turns are sent again"
+    );
+    assert_eq!(again.close().await, 0);
+}
+
+#[tokio::test]
+async fn overload_is_retried_honouring_retry_after() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::overloaded(Some(0)),
+        Reply::StreamError {
+            kind: "overloaded_error".into(),
+            message: "Overloaded".into(),
+        },
+        Reply::text("made it"),
+    ])
+    .await;
+    let env = Env::new();
+    let mut run = env.start(&fake.url, None, &[]).await;
+    let events = run.until_idle().await;
+    assert_eq!(results(&events), [("made it".to_string(), 0)]);
+    assert_eq!(fake.requests().len(), 3);
+    assert_eq!(run.close().await, 0);
+}
+
+#[tokio::test]
+async fn rejected_credentials_are_a_permanent_error_without_secrets() {
+    let fake = FakeAnthropic::start(vec![Reply::HttpError {
+        status: 401,
+        kind: "authentication_error".into(),
+        message: "invalid x-api-key".into(),
+        retry_after: None,
+    }])
+    .await;
+    let env = Env::new();
+    let mut run = env.start(&fake.url, None, &[]).await;
+    let events = run.until_idle().await;
+    let Some(AgentEvent::Error { message, permanent }) = events.last() else {
+        panic!("{events:?}");
+    };
+    assert!(*permanent);
+    assert!(
+        message.contains("rejected the credentials") && message.contains("401"),
+        "{message}"
+    );
+    assert!(!message.contains(KEY), "no secret in the message");
+    let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(!status.success());
+    assert_eq!(fake.requests().len(), 1, "a 401 is not retried");
+}
+
+#[tokio::test]
+async fn long_conversations_are_compacted_and_archived() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::text(&"a long answer ".repeat(100)),
+        Reply::text("SUMMARY: Jo asked for a file."),
+        Reply::text("continuing"),
+    ])
+    .await;
+    let env = Env::new();
+    let mut run = env
+        .start(&fake.url, None, &[("NANOCLAW_COMPACT_TOKENS", "200")])
+        .await;
+    run.until_idle().await;
+    run.follow_up("100-000001.json", "next question");
+    let events = run.until_idle().await;
+    assert_eq!(results(&events), [("continuing".to_string(), 1)]);
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(
+        requests[1]
+            .all_text()
+            .contains("Summarise the conversation"),
+        "a summary was asked for"
+    );
+    let after = requests[2].body.to_string();
+    assert!(
+        after.contains("SUMMARY: Jo asked for a file.")
+            && !after.contains("a long answer a long answer")
+    );
+    // Without compaction the messages would hold the 1400-character answer.
+    let messages_after = requests[2].body["messages"].to_string().len();
+    assert!(
+        messages_after < 1400,
+        "the next request is shorter: {messages_after}"
+    );
+    let archived: Vec<PathBuf> = std::fs::read_dir(env.workspace().join("group/conversations"))
+        .expect("archive folder")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(archived.len(), 1);
+    let md = std::fs::read_to_string(&archived[0]).expect("archive");
+    assert!(
+        md.contains("please make a file") && md.contains("a long answer"),
+        "the full transcript is kept"
+    );
+    assert_eq!(run.close().await, 0);
+}
+
+#[tokio::test]
+async fn openai_compatible_mode_runs_the_same_tool_loop() {
+    let fake = FakeOpenAi::start(vec![
+        OpenAiReply::ToolCall(
+            "Write".into(),
+            json!({"file_path": "local.txt", "content": "from a local model"}),
+        ),
+        OpenAiReply::Text("Saved it.".into()),
+    ])
+    .await;
+    let env = Env::new();
+    let mut run = env
+        .start(&fake.url, None, &[("NANOCLAW_LLM_API", "openai")])
+        .await;
+    let events = run.until_idle().await;
+    assert_eq!(results(&events), [("Saved it.".to_string(), 0)]);
+    assert_eq!(
+        std::fs::read_to_string(env.workspace().join("group/local.txt")).expect("file"),
+        "from a local model"
+    );
+    let requests = fake.requests();
+    assert_eq!(
+        requests[0]
+            .0
+            .get("authorization")
+            .and_then(|v| v.to_str().ok()),
+        Some(&*format!("Bearer {KEY}"))
+    );
+    assert_eq!(
+        requests[1].1["messages"]
+            .as_array()
+            .expect("messages")
+            .last()
+            .expect("one")["role"],
+        "tool"
+    );
+    assert_eq!(run.close().await, 0);
+}
+
+#[tokio::test]
+async fn ipc_tools_write_files_the_host_can_parse() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::Message(vec![
+            nanoclaw_test_support::fake_anthropic::Block::ToolUse {
+                name: "send_message".into(),
+                input: json!({"text": "working on it"}),
+            },
+            nanoclaw_test_support::fake_anthropic::Block::ToolUse {
+                name: "schedule_task".into(),
+                input: json!({"prompt": "check the weather", "schedule_type": "cron", "schedule_value": "0 8 * * *"}),
+            },
+        ]),
+        Reply::text("scheduled"),
+    ])
+    .await;
+    let env = Env::new();
+    let mut run = env.start(&fake.url, None, &[]).await;
+    run.until_idle().await;
+    let read = |dir: &str| -> Vec<nanoclaw_protocol::ipc::IpcRequest> {
+        std::fs::read_dir(env.workspace().join("ipc").join(dir))
+            .expect("dir")
+            .filter_map(Result::ok)
+            .map(|e| {
+                serde_json::from_slice(&std::fs::read(e.path()).expect("read")).expect("parses")
+            })
+            .collect()
+    };
+    assert_eq!(
+        read("messages"),
+        [nanoclaw_protocol::ipc::IpcRequest::Message {
+            chat_jid: "tg:1".into(),
+            text: "working on it".into(),
+            sender: None
+        }]
+    );
+    assert!(
+        matches!(&read("tasks")[..], [nanoclaw_protocol::ipc::IpcRequest::ScheduleTask { schedule_value, target_jid, .. }]
+        if schedule_value == "0 8 * * *" && target_jid == "tg:1")
+    );
+    assert_eq!(run.close().await, 0);
+}
+
+#[tokio::test]
+async fn bad_input_is_reported() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nanoclaw-agent"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("agent starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"not json").await.expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("exits");
+    let event: AgentEvent = serde_json::from_slice(out.stdout.trim_ascii()).expect("an event");
+    assert!(
+        matches!(event, AgentEvent::Error { message, permanent: true } if message.contains("not an AgentInput"))
+    );
+    assert!(!out.status.success());
+}

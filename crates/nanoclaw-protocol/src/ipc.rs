@@ -1,0 +1,147 @@
+//! IPC files (SPEC §10): JSON the agent writes to `/workspace/ipc/messages/` and
+//! `/workspace/ipc/tasks/` (temp name, then renamed to `*.json`), in NanoClaw's formats.
+//! The host learns who sent a file only from the folder it is in, never from its content.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum IpcRequest {
+    Message {
+        #[serde(rename = "chatJid")]
+        chat_jid: String,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<String>,
+    },
+    ScheduleTask {
+        #[serde(rename = "taskId", default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<String>,
+        prompt: String,
+        schedule_type: String,
+        schedule_value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context_mode: Option<String>,
+        #[serde(rename = "targetJid")]
+        target_jid: String,
+    },
+    PauseTask {
+        #[serde(rename = "taskId")]
+        task_id: String,
+    },
+    ResumeTask {
+        #[serde(rename = "taskId")]
+        task_id: String,
+    },
+    CancelTask {
+        #[serde(rename = "taskId")]
+        task_id: String,
+    },
+    UpdateTask {
+        #[serde(rename = "taskId")]
+        task_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schedule_type: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schedule_value: Option<String>,
+    },
+    RegisterGroup {
+        jid: String,
+        name: String,
+        folder: String,
+        trigger: String,
+        #[serde(
+            rename = "requiresTrigger",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        requires_trigger: Option<bool>,
+        #[serde(
+            rename = "containerConfig",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        container_config: Option<Value>,
+    },
+    RefreshGroups,
+}
+
+impl IpcRequest {
+    /// The folder under `/workspace/ipc/` this request is written to.
+    pub fn folder(&self) -> &'static str {
+        match self {
+            IpcRequest::Message { .. } => "messages",
+            _ => "tasks",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn formats_match_nanoclaw() {
+        let cases = [
+            (
+                IpcRequest::Message {
+                    chat_jid: "tg:1".into(),
+                    text: "hi".into(),
+                    sender: None,
+                },
+                json!({"type": "message", "chatJid": "tg:1", "text": "hi"}),
+            ),
+            (
+                IpcRequest::ScheduleTask {
+                    task_id: Some("t1".into()),
+                    prompt: "p".into(),
+                    schedule_type: "cron".into(),
+                    schedule_value: "0 9 * * *".into(),
+                    context_mode: Some("group".into()),
+                    target_jid: "tg:1".into(),
+                },
+                json!({"type": "schedule_task", "taskId": "t1", "prompt": "p", "schedule_type": "cron",
+                       "schedule_value": "0 9 * * *", "context_mode": "group", "targetJid": "tg:1"}),
+            ),
+            (
+                IpcRequest::PauseTask {
+                    task_id: "t1".into(),
+                },
+                json!({"type": "pause_task", "taskId": "t1"}),
+            ),
+            (
+                IpcRequest::UpdateTask {
+                    task_id: "t1".into(),
+                    prompt: None,
+                    schedule_type: Some("interval".into()),
+                    schedule_value: Some("60000".into()),
+                },
+                json!({"type": "update_task", "taskId": "t1", "schedule_type": "interval", "schedule_value": "60000"}),
+            ),
+            (
+                IpcRequest::RegisterGroup {
+                    jid: "tg:2".into(),
+                    name: "Fam".into(),
+                    folder: "telegram_fam".into(),
+                    trigger: "@Andy".into(),
+                    requires_trigger: Some(false),
+                    container_config: None,
+                },
+                json!({"type": "register_group", "jid": "tg:2", "name": "Fam", "folder": "telegram_fam",
+                       "trigger": "@Andy", "requiresTrigger": false}),
+            ),
+            (IpcRequest::RefreshGroups, json!({"type": "refresh_groups"})),
+        ];
+        for (request, wire) in cases {
+            assert_eq!(serde_json::to_value(&request).expect("serializes"), wire);
+            assert_eq!(
+                serde_json::from_value::<IpcRequest>(wire).expect("parses"),
+                request
+            );
+        }
+    }
+}
