@@ -97,11 +97,33 @@ async fn run(input: AgentInput) -> ExitCode {
         max_delay: Duration::from_secs(60),
     };
     let openai = env("NANOCLAW_LLM_API").as_deref() == Some("openai");
+    // Inside the sandbox the credential proxy is reached over a Unix socket
+    // mounted read-only at NANOCLAW_PROXY_SOCKET, so the sandbox needs no
+    // network route to the host at all. The URL's host part is then only a
+    // label; every connection goes to the socket.
+    let mut builder = llm::http_client();
+    if let Some(socket) = env("NANOCLAW_PROXY_SOCKET") {
+        let socket = PathBuf::from(socket);
+        if socket.exists() {
+            builder = builder.unix_socket(socket);
+        }
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                format!("nanoclaw-agent cannot build its HTTP client: {e}"),
+                false,
+            );
+        }
+    };
     let llm: Box<dyn llm::Llm> = if openai {
-        Box::new(llm::openai::OpenAi::new(&base_url, &api_key, &model, retry))
+        Box::new(llm::openai::OpenAi::new(
+            client, &base_url, &api_key, &model, retry,
+        ))
     } else {
         Box::new(llm::anthropic::Anthropic::new(
-            &base_url, &api_key, &model, retry,
+            client, &base_url, &api_key, &model, retry,
         ))
     };
     let web_search = !openai && env("NANOCLAW_WEB_SEARCH").as_deref() != Some("off");

@@ -48,11 +48,14 @@ async fn post_to_runner_latency(samples: usize) -> Vec<Duration> {
             root.path().join("home").display().to_string(),
         ),
     ]);
-    let (mut config, _) = Config::load(root.path(), &env).expect("config");
+    let (mut config, secrets) = Config::load(root.path(), &env).expect("config");
     config.http_port = 0;
+    config.credential_proxy_port = 0;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let d = daemon::start(DaemonOptions {
         config,
+        secrets,
+        tokens: Default::default(),
         runner: Arc::new(StampingRunner { invoked: tx }),
         channels: vec![],
     })

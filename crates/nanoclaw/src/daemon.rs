@@ -16,11 +16,12 @@ use tokio::task::JoinHandle;
 
 use crate::channels::web::{MAIN_JID, WebChannel};
 use crate::channels::{Channel, ChannelSet};
-use crate::config::Config;
+use crate::config::{Config, Secrets};
 use crate::delivery::Delivery;
 use crate::http::{self, HttpState};
 use crate::layout::{GroupFolder, Layout};
 use crate::metrics::Metrics;
+use crate::proxy::{Proxy, RunTokens};
 use crate::queue::{GroupQueue, RetryPolicy};
 use crate::router::Router;
 use crate::router::run::RunLoop;
@@ -33,7 +34,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub struct DaemonOptions {
     pub config: Config,
+    /// Used only by the credential proxy (and, later, channel adapters).
+    pub secrets: Secrets,
     pub runner: Arc<dyn AgentRunner>,
+    /// The proxy's live run tokens, shared with the runner that issues them.
+    pub tokens: Arc<RunTokens>,
     /// Channels besides the built-in web channel.
     pub channels: Vec<Arc<dyn Channel>>,
 }
@@ -42,6 +47,8 @@ pub struct DaemonOptions {
 /// running until the runtime ends.
 pub struct RunningDaemon {
     pub http_addr: SocketAddr,
+    /// The credential proxy's loopback address.
+    pub proxy_addr: SocketAddr,
     pub layout: Layout,
     pub http_token: String,
     shutdown_tx: watch::Sender<bool>,
@@ -55,7 +62,9 @@ pub struct RunningDaemon {
 pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
     let DaemonOptions {
         config,
+        secrets,
         runner,
+        tokens,
         channels: extra_channels,
     } = options;
     let config = Arc::new(config);
@@ -103,6 +112,10 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
     // Delivery stops last, after runs have closed, so their final replies go out.
     let (delivery_stop_tx, delivery_stop_rx) = watch::channel(false);
 
+    let proxy = Proxy::start(&config, &secrets, tokens, shutdown_rx.clone())
+        .await
+        .context("starting the credential proxy")?;
+    drop(secrets);
     let delivery = Delivery::new(
         Arc::clone(&store),
         channels.clone(),
@@ -179,6 +192,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
 
     Ok(RunningDaemon {
         http_addr,
+        proxy_addr: proxy.tcp_addr,
         layout,
         http_token,
         shutdown_tx,

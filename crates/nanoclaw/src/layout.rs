@@ -164,9 +164,12 @@ impl Layout {
             self.logs_dir(),
             self.auth_dir(),
             self.empty_dir(),
+            self.data_dir().join("proxy"),
         ] {
             fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
         }
+        // Sandboxes connect to the proxy socket in here (the token authorises requests).
+        set_mode(&self.data_dir().join("proxy"), 0o755)?;
         for private in [
             self.store_dir(),
             self.groups_dir(),

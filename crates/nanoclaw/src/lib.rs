@@ -15,6 +15,7 @@ pub mod ids;
 pub mod layout;
 pub mod metrics;
 pub mod mounts;
+pub mod proxy;
 pub mod queue;
 pub mod router;
 pub mod runner;

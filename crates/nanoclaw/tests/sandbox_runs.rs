@@ -13,7 +13,7 @@ use std::time::Duration;
 use nanoclaw::config::RuntimeKind;
 use nanoclaw::sandbox::{self, runner::SandboxRunner};
 use nanoclaw_test_support::DEADLINE;
-use support::{start_daemon_with, wait_bot_texts};
+use support::wait_bot_texts;
 
 fn agent_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -26,21 +26,7 @@ async fn daemon_with_sandbox(
     agent: Option<PathBuf>,
     tweak: impl FnOnce(&mut nanoclaw::config::Config),
 ) -> support::TestDaemon {
-    let root = tempfile::tempdir().expect("temp dir");
-    let mut config = support::test_config(root.path());
-    config.agent_bin = agent
-        .or_else(|| Some(PathBuf::from(support::nanoclaw_bin()).with_file_name("nanoclaw-agent")));
-    tweak(&mut config);
-    let layout = nanoclaw::layout::Layout::new(root.path());
-    layout.create().expect("layout");
-    if let Some((uid, gid)) = sandbox::Identity::current().owner() {
-        layout.share_with_sandbox_user(uid, gid).expect("share");
-    }
-    let runner = Arc::new(SandboxRunner::new(
-        Arc::new(config.clone()),
-        sandbox::backend(kind, &config),
-    ));
-    start_daemon_with(runner, root, move |c| *c = config).await
+    support::start_sandboxed_daemon(kind, agent, Default::default(), tweak).await
 }
 
 fn run_logs(root: &std::path::Path, folder: &str) -> Vec<String> {
@@ -187,9 +173,9 @@ async fn an_agent_flooding_its_output_is_stopped_at_the_cap() {
     }
 }
 
-async fn the_real_agent_reports_its_error_to_the_user(kind: RuntimeKind) {
-    // No model API is reachable from this sandbox (no proxy runs in this test), so the
-    // agent fails after its retries, says why, and the user is told.
+/// With no credentials configured, the proxy refuses the agent's request, the agent
+/// reports a permanent error, and the user is told what to set, once (no retries).
+async fn missing_credentials_are_reported_once(kind: RuntimeKind) {
     let d = daemon_with_sandbox(kind, None, |c| {
         c.retry_base = Duration::from_millis(10);
         c.llm_attempts = 1;
@@ -201,28 +187,54 @@ async fn the_real_agent_reports_its_error_to_the_user(kind: RuntimeKind) {
         .expect("accepted");
     let texts = wait_bot_texts(&d.api, "web:main", 1).await;
     assert!(
-        texts[0].contains("could not answer") && texts[0].contains("the model API is unavailable"),
+        texts[0].contains("could not answer")
+            && texts[0].contains("no model credentials configured")
+            && texts[0].contains("ANTHROPIC_API_KEY"),
         "[{}] {texts:?}",
         kind.name()
     );
     let root = d.stop().await;
     let logs = run_logs(root.path(), "main");
-    assert_eq!(
-        logs.len(),
-        6,
-        "[{}] one run and five retries, each logged",
-        kind.name()
-    );
+    assert_eq!(logs.len(), 1, "[{}] not retried: {logs:?}", kind.name());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bwrap_runs_the_agent_binary_and_relays_its_error() {
-    the_real_agent_reports_its_error_to_the_user(RuntimeKind::Bwrap).await;
+    missing_credentials_are_reported_once(RuntimeKind::Bwrap).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_runs_the_image_agent_and_relays_its_error() {
-    the_real_agent_reports_its_error_to_the_user(RuntimeKind::Podman).await;
+    missing_credentials_are_reported_once(RuntimeKind::Podman).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_model_api_is_retried_then_reported() {
+    // The proxy holds a key but its upstream is down: a transient failure, so the run
+    // is retried with backoff (five times) and the user is told after the last one.
+    let secrets = nanoclaw::config::Secrets {
+        anthropic_api_key: Some(nanoclaw::config::Secret::new("sk-ant-unused")),
+        ..Default::default()
+    };
+    let closed = nanoclaw_test_support::free_port();
+    let d = support::start_sandboxed_daemon(RuntimeKind::Bwrap, None, secrets, |c| {
+        c.retry_base = Duration::from_millis(10);
+        c.llm_attempts = 1;
+        c.anthropic_base_url = format!("http://127.0.0.1:{closed}");
+    })
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "hi")
+        .await
+        .expect("accepted");
+    let texts = wait_bot_texts(&d.api, "web:main", 1).await;
+    assert!(
+        texts[0].contains("could not answer") && texts[0].contains("the model API is unavailable"),
+        "{texts:?}"
+    );
+    let root = d.stop().await;
+    let logs = run_logs(root.path(), "main");
+    assert_eq!(logs.len(), 6, "one run and five retries, each logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +247,11 @@ async fn podman_orphans_are_removed_and_the_image_knows_its_agent() {
         .create()
         .expect("layout");
     let backend = sandbox::backend(RuntimeKind::Podman, &config);
-    let runner = SandboxRunner::new(Arc::new(config.clone()), Arc::clone(&backend));
+    let runner = SandboxRunner::new(
+        Arc::new(config.clone()),
+        Arc::clone(&backend),
+        Default::default(),
+    );
     runner
         .prepare()
         .await

@@ -22,9 +22,15 @@ pub struct Anthropic {
 }
 
 impl Anthropic {
-    pub fn new(base_url: &str, api_key: &str, model: &str, retry: Retry) -> Anthropic {
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        api_key: &str,
+        model: &str,
+        retry: Retry,
+    ) -> Anthropic {
         Anthropic {
-            client: super::http_client().build().unwrap_or_default(),
+            client,
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key: api_key.to_string(),
             model: model.to_string(),
@@ -332,7 +338,8 @@ mod tests {
 
     #[test]
     fn cache_control_marks_the_stable_prefix_and_the_tail() {
-        let a = Anthropic::new("http://x", "k", "m", Retry::default());
+        let client = super::super::http_client().build().expect("client");
+        let a = Anthropic::new(client, "http://x", "k", "m", Retry::default());
         let messages = [json!({"role": "user", "content": [{"type": "text", "text": "hi"}]})];
         let tools = [json!({"name": "A"}), json!({"name": "B"})];
         let body = a.body(&ChatRequest {

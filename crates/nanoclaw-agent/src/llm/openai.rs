@@ -18,9 +18,15 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(base_url: &str, api_key: &str, model: &str, retry: Retry) -> OpenAi {
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        api_key: &str,
+        model: &str,
+        retry: Retry,
+    ) -> OpenAi {
         OpenAi {
-            client: super::http_client().build().unwrap_or_default(),
+            client,
             base_url: base_url
                 .trim_end_matches('/')
                 .trim_end_matches("/v1")

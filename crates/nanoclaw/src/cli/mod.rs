@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, Secrets};
 use crate::daemon::{self, DaemonOptions};
 use crate::layout::Layout;
+use crate::proxy::RunTokens;
 use crate::runner::{AgentRunner, UnavailableRunner};
 use crate::sandbox::runner::SandboxRunner;
 use crate::sandbox::{self, Identity};
@@ -170,9 +171,6 @@ fn run(config: Config, secrets: Secrets) -> Result<ExitCode> {
     std::fs::create_dir_all(&config.root)
         .with_context(|| format!("cannot create the root {}", config.root.display()))?;
     init_logging(&config)?;
-    // Secrets are read here and handed only to the parts that need them (the proxy and
-    // channels, as they are added); this build has neither, so they are dropped.
-    drop(secrets);
     let layout = Layout::new(&config.root);
     layout.create().context("creating the root layout")?;
     if let Some((uid, gid)) = Identity::current().owner() {
@@ -181,10 +179,15 @@ fn run(config: Config, secrets: Secrets) -> Result<ExitCode> {
             .context("giving the sandbox user its folders")?;
     }
     runtime()?.block_on(async move {
+        let tokens = Arc::new(RunTokens::default());
         let runner: Arc<dyn AgentRunner> = match sandbox::select(&config).await {
             Ok(backend) => {
                 tracing::info!(backend = backend.kind().name(), "sandbox backend selected");
-                let runner = Arc::new(SandboxRunner::new(Arc::new(config.clone()), backend));
+                let runner = Arc::new(SandboxRunner::new(
+                    Arc::new(config.clone()),
+                    backend,
+                    Arc::clone(&tokens),
+                ));
                 runner.remove_orphans().await;
                 let preparing = Arc::clone(&runner);
                 tokio::spawn(async move {
@@ -199,9 +202,12 @@ fn run(config: Config, secrets: Secrets) -> Result<ExitCode> {
                 Arc::new(UnavailableRunner::new(e))
             }
         };
+        // Secrets go to the credential proxy only.
         let daemon = daemon::start(DaemonOptions {
             config,
+            secrets,
             runner,
+            tokens,
             channels: vec![],
         })
         .await?;

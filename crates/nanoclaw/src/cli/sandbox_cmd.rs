@@ -116,7 +116,6 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
         let (spec, plan) = sandbox::group_spec(
             config,
             &layout,
-            backend.as_ref(),
             SpecRequest {
                 group: &group,
                 command,

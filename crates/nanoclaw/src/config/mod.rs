@@ -116,6 +116,8 @@ pub struct Config {
     pub llm_api: String,
     /// How many times the agent tries a model call (`NANOCLAW_LLM_ATTEMPTS`).
     pub llm_attempts: u32,
+    /// Upstream of the proxy in `openai` mode (`OPENAI_BASE_URL`, e.g. Ollama's).
+    pub openai_base_url: String,
 }
 
 /// A secret value. `Debug` and `Display` never show it.
@@ -346,6 +348,11 @@ impl Config {
                     ));
                 }
             },
+            openai_base_url: s
+                .string("OPENAI_BASE_URL", "http://127.0.0.1:11434")
+                .trim_end_matches('/')
+                .trim_end_matches("/v1")
+                .to_string(),
             llm_attempts: s.parsed(
                 "NANOCLAW_LLM_ATTEMPTS",
                 5u32,

@@ -140,6 +140,12 @@ pub fn plan(
     mounts.push(MountEntry::new(layout.global_dir(), GLOBAL, is_main));
     mounts.push(MountEntry::new(layout.sessions_dir(folder), SESSIONS, true));
     mounts.push(MountEntry::new(layout.ipc_dir(folder), IPC, true));
+    // The credential proxy's socket (the only way to the model API).
+    mounts.push(MountEntry::new(
+        crate::proxy::socket_dir(layout.root()),
+        crate::proxy::SANDBOX_SOCKET_DIR,
+        false,
+    ));
 
     let protected: Vec<PathBuf> = std::iter::once(layout.root().to_path_buf())
         .chain(
@@ -267,6 +273,7 @@ mod tests {
             ("/workspace/global", true),
             ("/home/node/.claude", true),
             ("/workspace/ipc", true),
+            ("/run/nanoclaw", false),
         ];
         assert_eq!(t, expect.map(|(a, b)| (a.to_string(), b)));
         assert_eq!(p.mounts[1].source, layout.empty_file());
@@ -328,6 +335,7 @@ mod tests {
                 ("/workspace/global".to_string(), false),
                 ("/home/node/.claude".to_string(), true),
                 ("/workspace/ipc".to_string(), true),
+                ("/run/nanoclaw".to_string(), false),
             ]
         );
         assert_eq!(p.mounts[0].source, layout.group_dir(&folder));

@@ -151,6 +151,8 @@ impl Bwrap {
         push(&["--perms", "0755", "--dir", "/home"]);
         push(&["--perms", "1777", "--tmpfs", "/home/node"]);
         push(&["--perms", "0755", "--dir", "/workspace"]);
+        // Parent of the credential proxy's socket directory.
+        push(&["--perms", "0755", "--dir", "/run"]);
         if spec
             .mounts
             .iter()
@@ -349,10 +351,6 @@ impl SandboxBackend for Bwrap {
             cmd,
             network.map(|n| Box::new(n) as Box<dyn super::AfterSpawn>),
         ))
-    }
-
-    fn proxy_host(&self) -> &'static str {
-        "127.0.0.1"
     }
 
     async fn stop(&self, _name: &str) {

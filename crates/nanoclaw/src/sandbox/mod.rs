@@ -120,9 +120,6 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// are the sandboxed command's, its exit status the command's.
     fn command(&self, spec: &SandboxSpec) -> Result<SandboxCommand, SandboxError>;
 
-    /// How the proxy at `port` on the host is reached from inside (full network).
-    fn proxy_host(&self) -> &'static str;
-
     /// Stops the sandbox `name` (after its process was killed, or to be sure).
     async fn stop(&self, name: &str);
 
@@ -283,7 +280,6 @@ pub struct SpecRequest<'a> {
 pub fn group_spec(
     config: &Config,
     layout: &Layout,
-    backend: &dyn SandboxBackend,
     request: SpecRequest<'_>,
 ) -> Result<(SandboxSpec, MountPlan), SandboxError> {
     let group = request.group;
@@ -316,11 +312,15 @@ pub fn group_spec(
             config.sender_allowlist_path(),
         ],
     );
-    let proxy = format!(
-        "http://{}:{}",
-        backend.proxy_host(),
-        config.credential_proxy_port
-    );
+    // The agent sends every model request over the proxy's Unix socket, mounted at
+    // /run/nanoclaw/; the host part of this URL is only a label (the sandbox may have
+    // no network at all). Port 0 means "pick any" on the host side, which is not a
+    // usable URL, so the label falls back to the default port.
+    let label_port = match config.credential_proxy_port {
+        0 => 3001,
+        p => p,
+    };
+    let proxy = format!("http://127.0.0.1:{label_port}");
     let env = vec![
         ("HOME".to_string(), "/home/node".to_string()),
         ("USER".to_string(), "node".to_string()),
@@ -337,6 +337,14 @@ pub fn group_spec(
         (
             "NANOCLAW_LLM_ATTEMPTS".to_string(),
             config.llm_attempts.to_string(),
+        ),
+        (
+            "NANOCLAW_PROXY_SOCKET".to_string(),
+            format!(
+                "{}/{}",
+                crate::proxy::SANDBOX_SOCKET_DIR,
+                crate::proxy::SOCKET_NAME
+            ),
         ),
     ];
     let spec = SandboxSpec {

@@ -283,13 +283,6 @@ impl SandboxBackend for Oci {
         Ok(super::SandboxCommand::new(cmd, None))
     }
 
-    fn proxy_host(&self) -> &'static str {
-        match self.flavor {
-            Flavor::Podman => "host.containers.internal",
-            Flavor::Docker => "host.docker.internal",
-        }
-    }
-
     async fn stop(&self, name: &str) {
         let Ok(program) = self.program() else { return };
         let args: Vec<&str> = match self.flavor {

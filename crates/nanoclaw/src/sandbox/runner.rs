@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 use super::{Identity, SandboxBackend, SpecRequest, group_spec};
 use crate::config::Config;
 use crate::layout::{GroupFolder, Layout, open_dir_beneath};
+use crate::proxy::{RunIdentity, RunTokens};
 use crate::runner::{AgentEvent, AgentRunner, RunError, RunInput, RunIo, RunRequest};
 
 /// The part of stderr kept for the run log.
@@ -33,17 +34,24 @@ pub struct SandboxRunner {
     config: Arc<Config>,
     layout: Layout,
     backend: Arc<dyn SandboxBackend>,
+    tokens: Arc<RunTokens>,
     /// Image built / runtime detected; retried on the next run after a failure.
     prepared: Mutex<bool>,
     follow_up_seq: AtomicU64,
 }
 
 impl SandboxRunner {
-    pub fn new(config: Arc<Config>, backend: Arc<dyn SandboxBackend>) -> SandboxRunner {
+    /// `tokens` are the credential proxy's: each run gets one for its lifetime.
+    pub fn new(
+        config: Arc<Config>,
+        backend: Arc<dyn SandboxBackend>,
+        tokens: Arc<RunTokens>,
+    ) -> SandboxRunner {
         SandboxRunner {
             layout: Layout::new(&config.root),
             config,
             backend,
+            tokens,
             prepared: Mutex::new(false),
             follow_up_seq: AtomicU64::new(0),
         }
@@ -131,6 +139,18 @@ fn clear_input(dir: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Revokes a run's proxy token however the run ends.
+struct RevokeOnDrop {
+    tokens: Arc<RunTokens>,
+    token: String,
+}
+
+impl Drop for RevokeOnDrop {
+    fn drop(&mut self) {
+        self.tokens.revoke(&self.token);
+    }
+}
+
 /// Removes the sandbox when a run is abandoned mid-way.
 struct StopOnDrop {
     backend: Option<Arc<dyn SandboxBackend>>,
@@ -173,12 +193,19 @@ impl AgentRunner for SandboxRunner {
             .group
             .folder()
             .map_err(|e| RunError::new(format!("the group's folder is invalid: {e}")))?;
-        let token = crate::ids::random_hex(24);
+        // The run's token for the credential proxy: valid exactly as long as this run.
+        let token = self.tokens.issue(RunIdentity {
+            group_folder: folder.as_str().to_string(),
+            run_id: request.run_id.clone(),
+        });
+        let _revoke = RevokeOnDrop {
+            tokens: Arc::clone(&self.tokens),
+            token: token.clone(),
+        };
         let (spec, plan) = {
-            let (config, layout, backend, group) = (
+            let (config, layout, group) = (
                 Arc::clone(&self.config),
                 self.layout.clone(),
-                Arc::clone(&self.backend),
                 request.group.clone(),
             );
             let token = token.clone();
@@ -186,7 +213,6 @@ impl AgentRunner for SandboxRunner {
                 group_spec(
                     &config,
                     &layout,
-                    backend.as_ref(),
                     SpecRequest {
                         group: &group,
                         command: vec!["nanoclaw-agent".into()],

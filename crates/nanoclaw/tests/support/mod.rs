@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use nanoclaw::config::Config;
+use nanoclaw::config::{Config, Secrets};
 use nanoclaw::daemon::{self, DaemonOptions, RunningDaemon};
+use nanoclaw::proxy::RunTokens;
 use nanoclaw::runner::{AgentEvent, AgentRunner, RunError, RunInput, RunIo, RunRequest};
 use nanoclaw_test_support::{Api, DEADLINE, wait_for};
 use tokio::sync::{Notify, Semaphore};
@@ -235,6 +236,7 @@ pub fn test_env(root: &Path) -> HashMap<String, String> {
 pub fn test_config(root: &Path) -> Config {
     let (mut config, _secrets) = Config::load(root, &test_env(root)).expect("test config loads");
     config.http_port = 0;
+    config.credential_proxy_port = 0;
     config
 }
 
@@ -247,13 +249,27 @@ pub async fn start_daemon_with(
     root: tempfile::TempDir,
     tweak: impl FnOnce(&mut Config),
 ) -> TestDaemon {
+    start_daemon_full(runner, Arc::default(), Secrets::default(), root, tweak).await
+}
+
+/// Starts a daemon whose credential proxy shares `tokens` with `runner` and holds
+/// `secrets`.
+pub async fn start_daemon_full(
+    runner: Arc<dyn AgentRunner>,
+    tokens: Arc<RunTokens>,
+    secrets: Secrets,
+    root: tempfile::TempDir,
+    tweak: impl FnOnce(&mut Config),
+) -> TestDaemon {
     let mut config = test_config(root.path());
     tweak(&mut config);
     let home = config.home.clone();
     std::fs::create_dir_all(home.join(".config/nanoclaw")).expect("create HOME");
     let daemon = daemon::start(DaemonOptions {
         config,
+        secrets,
         runner,
+        tokens,
         channels: vec![],
     })
     .await
@@ -268,6 +284,46 @@ pub async fn start_daemon_with(
         api,
         daemon: Some(daemon),
     }
+}
+
+/// Starts a daemon whose runs go into real `kind` sandboxes running `agent` (default:
+/// the nanoclaw-agent built next to the nanoclaw binary), with a credential proxy that
+/// holds `secrets` and shares its run tokens with the runner.
+pub async fn start_sandboxed_daemon(
+    kind: nanoclaw::config::RuntimeKind,
+    agent: Option<PathBuf>,
+    secrets: Secrets,
+    tweak: impl FnOnce(&mut Config),
+) -> TestDaemon {
+    let root = tempfile::tempdir().expect("temp dir");
+    start_sandboxed_daemon_in(root, kind, agent, secrets, tweak).await
+}
+
+/// [`start_sandboxed_daemon`] on an existing root (e.g. to restart a stopped daemon).
+pub async fn start_sandboxed_daemon_in(
+    root: tempfile::TempDir,
+    kind: nanoclaw::config::RuntimeKind,
+    agent: Option<PathBuf>,
+    secrets: Secrets,
+    tweak: impl FnOnce(&mut Config),
+) -> TestDaemon {
+    use nanoclaw::sandbox::{self, runner::SandboxRunner};
+    let mut config = test_config(root.path());
+    config.agent_bin =
+        agent.or_else(|| Some(PathBuf::from(nanoclaw_bin()).with_file_name("nanoclaw-agent")));
+    tweak(&mut config);
+    let layout = nanoclaw::layout::Layout::new(root.path());
+    layout.create().expect("layout");
+    if let Some((uid, gid)) = sandbox::Identity::current().owner() {
+        layout.share_with_sandbox_user(uid, gid).expect("share");
+    }
+    let tokens: Arc<RunTokens> = Arc::default();
+    let runner = Arc::new(SandboxRunner::new(
+        Arc::new(config.clone()),
+        sandbox::backend(kind, &config),
+        Arc::clone(&tokens),
+    ));
+    start_daemon_full(runner, tokens, secrets, root, move |c| *c = config).await
 }
 
 /// Registers a non-main web group through the store, as `nanoclaw groups add` does.

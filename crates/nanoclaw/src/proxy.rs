@@ -1,0 +1,439 @@
+//! The credential proxy (SPEC §11): the only way sandboxes reach the model API, and the
+//! only place the real credentials are used.
+//!
+//! Each run gets a random token as its `ANTHROPIC_API_KEY`; the proxy accepts only tokens
+//! of live runs (from `x-api-key` or `Authorization: Bearer`), strips them, injects the
+//! real credential (API key or OAuth token), and streams request and response bodies
+//! through without buffering. Only the API paths agents need are forwarded.
+//!
+//! It listens on `127.0.0.1:CREDENTIAL_PROXY_PORT` and on the Unix socket
+//! `data/proxy/proxy.sock`, which is mounted into every sandbox at `/run/nanoclaw/`. The
+//! agent sends its requests over that socket, so no sandbox needs a route to the host
+//! (a `network: none` sandbox still reaches the model) and nothing listens on other
+//! addresses. The socket is world-connectable on purpose: the token, not the socket's
+//! owner, authorises a request, and the sandbox user is not the daemon's.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::{Config, Secrets};
+
+/// The socket's name inside `data/proxy/` and inside the sandbox's `/run/nanoclaw/`.
+pub const SOCKET_NAME: &str = "proxy.sock";
+/// Where sandboxes find the socket.
+pub const SANDBOX_SOCKET_DIR: &str = "/run/nanoclaw";
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// Who a live run token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunIdentity {
+    pub group_folder: String,
+    pub run_id: String,
+}
+
+/// The tokens of live runs.
+#[derive(Default)]
+pub struct RunTokens {
+    live: Mutex<HashMap<String, RunIdentity>>,
+}
+
+impl RunTokens {
+    /// A new token for a run; valid until [`RunTokens::revoke`].
+    pub fn issue(&self, identity: RunIdentity) -> String {
+        let token = format!("nanoclaw-run-{}", crate::ids::random_hex(24));
+        self.lock().insert(token.clone(), identity);
+        token
+    }
+
+    pub fn revoke(&self, token: &str) {
+        self.lock().remove(token);
+    }
+
+    pub fn identify(&self, token: &str) -> Option<RunIdentity> {
+        self.lock().get(token).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunIdentity>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The real credential, as the upstream wants it.
+#[derive(Clone)]
+enum Credential {
+    ApiKey(String),
+    Bearer(String),
+    /// OpenAI-compatible local servers (Ollama, llama.cpp) usually take no key.
+    NoneNeeded,
+    /// Anthropic mode with no credential: every request is refused with this message.
+    Missing(String),
+}
+
+struct ProxyState {
+    upstream: String,
+    credential: Credential,
+    tokens: Arc<RunTokens>,
+    client: reqwest::Client,
+    openai: bool,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub tcp_addr: SocketAddr,
+    pub socket_path: PathBuf,
+    pub tokens: Arc<RunTokens>,
+}
+
+/// The folder holding the proxy socket (mounted into sandboxes).
+pub fn socket_dir(root: &Path) -> PathBuf {
+    root.join("data/proxy")
+}
+
+impl Proxy {
+    /// Starts listening; stops when `shutdown` turns true.
+    pub async fn start(
+        config: &Config,
+        secrets: &Secrets,
+        tokens: Arc<RunTokens>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Proxy> {
+        use anyhow::Context;
+        let openai = config.llm_api == "openai";
+        let credential = if openai {
+            secrets
+                .openai_api_key
+                .as_ref()
+                .map(|k| Credential::Bearer(k.expose().to_string()))
+                .unwrap_or(Credential::NoneNeeded)
+        } else if let Some(key) = &secrets.anthropic_api_key {
+            Credential::ApiKey(key.expose().to_string())
+        } else if let Some(token) = secrets
+            .claude_code_oauth_token
+            .as_ref()
+            .or(secrets.anthropic_auth_token.as_ref())
+        {
+            Credential::Bearer(token.expose().to_string())
+        } else {
+            Credential::Missing(format!(
+                "nanoclaw has no model credentials configured: set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) in {} and restart nanoclaw",
+                config.root.join(".env").display()
+            ))
+        };
+        let upstream = if openai {
+            config.openai_base_url.clone()
+        } else {
+            config.anthropic_base_url.clone()
+        };
+        let state = Arc::new(ProxyState {
+            upstream,
+            credential,
+            tokens: Arc::clone(&tokens),
+            client: crate::tls::client()
+                .connect_timeout(std::time::Duration::from_secs(15))
+                .build()
+                .context("cannot create the proxy's HTTP client")?,
+            openai,
+        });
+        let app = Router::new().fallback(forward).with_state(state);
+
+        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", config.credential_proxy_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "the credential proxy cannot listen on 127.0.0.1:{}; set CREDENTIAL_PROXY_PORT to a free port",
+                    config.credential_proxy_port
+                )
+            })?;
+        let tcp_addr = tcp.local_addr()?;
+        let dir = socket_dir(&config.root);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let socket_path = dir.join(SOCKET_NAME);
+        let _ = std::fs::remove_file(&socket_path);
+        let unix = tokio::net::UnixListener::bind(&socket_path)
+            .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+        // Any sandbox user may connect; the token is what authorises a request.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o666))?;
+        }
+        for (name, serve) in [
+            (
+                "tcp",
+                tokio::spawn(serve_until(axum::serve(tcp, app.clone()), shutdown.clone())),
+            ),
+            (
+                "unix",
+                tokio::spawn(serve_until(axum::serve(unix, app), shutdown)),
+            ),
+        ] {
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = serve.await {
+                    tracing::error!(listener = name, "credential proxy stopped: {e}");
+                }
+            });
+        }
+        tracing::info!(tcp = %tcp_addr, socket = %socket_path.display(), "credential proxy listening");
+        Ok(Proxy {
+            tcp_addr,
+            socket_path,
+            tokens,
+        })
+    }
+}
+
+async fn serve_until<L>(
+    serve: axum::serve::Serve<L, Router, Router>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    serve
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"type": "error", "error": {"type": kind, "message": message}}).to_string(),
+    )
+        .into_response()
+}
+
+/// The run token a client presented, from `x-api-key` or `Authorization: Bearer`.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+        })
+        .map(str::trim)
+}
+
+/// The headers worth forwarding: not hop-by-hop ones, not those the `Connection` header
+/// names, and not `content-length` (the body is re-framed).
+fn end_to_end_headers(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    headers.iter().filter(move |(name, _)| {
+        let name = name.as_str();
+        !HOP_BY_HOP.contains(&name) && name != "content-length" && !named.iter().any(|n| n == name)
+    })
+}
+
+/// Whether `method path` is one of the API calls agents need.
+fn allowed(method: &Method, path: &str, openai: bool) -> bool {
+    match (method, path) {
+        (&Method::POST, "/v1/messages" | "/v1/messages/count_tokens") => !openai,
+        (&Method::POST, "/v1/chat/completions") => openai,
+        // Claude Code's connectivity preflight and its OAuth API-key exchange.
+        (&Method::HEAD | &Method::GET, "/") => true,
+        (&Method::POST, "/api/oauth/claude_cli/create_api_key") => !openai,
+        _ => false,
+    }
+}
+
+async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(identity) = presented_token(&parts.headers).and_then(|t| state.tokens.identify(t))
+    else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "unknown or expired run token",
+        );
+    };
+    let path = parts.uri.path();
+    if !allowed(&parts.method, path, state.openai) {
+        tracing::warn!(group = %identity.group_folder, method = %parts.method, path, "credential proxy refused a path");
+        return error(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            &format!(
+                "{} {path} is not forwarded by the nanoclaw credential proxy",
+                parts.method
+            ),
+        );
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in end_to_end_headers(&parts.headers) {
+        if name != "x-api-key" && name != header::AUTHORIZATION {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    match &state.credential {
+        Credential::ApiKey(key) => {
+            if let Ok(v) = HeaderValue::from_str(key) {
+                headers.insert(HeaderName::from_static("x-api-key"), v);
+            }
+        }
+        Credential::Bearer(token) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+        }
+        Credential::NoneNeeded => {}
+        Credential::Missing(message) => {
+            return error(StatusCode::UNAUTHORIZED, "authentication_error", message);
+        }
+    }
+    let url = format!(
+        "{}{}",
+        state.upstream,
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or(path)
+    );
+    let body_stream = body.into_data_stream().map_err(std::io::Error::other);
+    let sent = state
+        .client
+        .request(parts.method.clone(), &url)
+        .headers(headers)
+        .body(reqwest::Body::wrap_stream(body_stream))
+        .send()
+        .await;
+    let upstream = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(group = %identity.group_folder, "the model API is unreachable: {e}");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "the credential proxy cannot reach the model API",
+            );
+        }
+    };
+    let mut response = Response::builder().status(upstream.status().as_u16());
+    if let Some(out) = response.headers_mut() {
+        for (name, value) in end_to_end_headers(upstream.headers()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    response
+        .body(Body::from_stream(upstream.bytes_stream()))
+        .unwrap_or_else(|_| {
+            error(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "unreadable upstream response",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_paths_agents_need_are_allowed() {
+        let cases = [
+            (Method::POST, "/v1/messages", false, true),
+            (Method::POST, "/v1/messages/count_tokens", false, true),
+            (Method::HEAD, "/", false, true),
+            (Method::GET, "/", false, true),
+            (
+                Method::POST,
+                "/api/oauth/claude_cli/create_api_key",
+                false,
+                true,
+            ),
+            (Method::GET, "/v1/models", false, false),
+            (Method::POST, "/v1/files", false, false),
+            (Method::DELETE, "/v1/messages", false, false),
+            (Method::POST, "/v1/chat/completions", false, false),
+            (Method::POST, "/v1/chat/completions", true, true),
+            (Method::POST, "/v1/messages", true, false),
+        ];
+        for (method, path, openai, want) in cases {
+            assert_eq!(
+                allowed(&method, path, openai),
+                want,
+                "{method} {path} openai={openai}"
+            );
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret-ish"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "12"),
+            ("host", "127.0.0.1:3001"),
+            ("anthropic-version", "2023-06-01"),
+            ("content-type", "application/json"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let kept: Vec<&str> = end_to_end_headers(&h).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(kept, ["anthropic-version", "content-type"]);
+    }
+
+    #[test]
+    fn tokens_are_accepted_from_either_header_only_while_live() {
+        let tokens = RunTokens::default();
+        let t = tokens.issue(RunIdentity {
+            group_folder: "main".into(),
+            run_id: "r1".into(),
+        });
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_str(&t).expect("header"));
+        assert_eq!(presented_token(&h), Some(t.as_str()));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).expect("header"),
+        );
+        assert_eq!(presented_token(&h), Some(t.as_str()));
+        assert!(tokens.identify(&t).is_some());
+        tokens.revoke(&t);
+        assert!(tokens.identify(&t).is_none());
+    }
+}

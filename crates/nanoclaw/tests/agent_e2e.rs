@@ -1,0 +1,254 @@
+//! End to end (issue 4 acceptance): a message posted to the web chat runs the real
+//! nanoclaw-agent in a real sandbox (bubblewrap and podman), which reaches a scripted
+//! fake of the model API only through the host's credential proxy (SPEC §11): the proxy
+//! swaps the run's token for the real key, the agent's `Bash` tool writes into the
+//! group's folder, and the model's answer lands in the chat. Sessions continue across
+//! messages, across runs and across a daemon restart.
+
+mod support;
+
+use std::time::Duration;
+
+use nanoclaw::config::{RuntimeKind, Secret, Secrets};
+use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Recorded, Reply};
+use nanoclaw_test_support::fake_openai::{FakeOpenAi, OpenAiReply};
+use serde_json::json;
+use support::{TestDaemon, wait_bot_texts};
+
+const REAL_KEY: &str = "sk-ant-real-key-that-stays-on-the-host";
+const REAL_OPENAI_KEY: &str = "sk-openai-real-key-that-stays-on-the-host";
+
+fn anthropic_secrets() -> Secrets {
+    Secrets {
+        anthropic_api_key: Some(Secret::new(REAL_KEY)),
+        ..Default::default()
+    }
+}
+
+async fn start(
+    root: tempfile::TempDir,
+    kind: RuntimeKind,
+    secrets: Secrets,
+    tweak: impl FnOnce(&mut nanoclaw::config::Config),
+) -> TestDaemon {
+    support::start_sandboxed_daemon_in(root, kind, None, secrets, |c| {
+        c.idle_timeout = Duration::from_secs(120);
+        c.retry_base = Duration::from_millis(50);
+        c.llm_attempts = 2;
+        tweak(c);
+    })
+    .await
+}
+
+fn run_log_count(root: &std::path::Path) -> usize {
+    std::fs::read_dir(root.join("groups/main/logs"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The proxy sent the real key, and nothing the sandbox had (its run token) left the host.
+fn assert_only_the_real_key(requests: &[Recorded]) {
+    for r in requests {
+        assert_eq!(r.header("x-api-key"), Some(REAL_KEY), "{:?}", r.headers);
+        assert!(r.header("authorization").is_none(), "{:?}", r.headers);
+        for (name, value) in &r.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(
+                !value.contains("nanoclaw-run-"),
+                "the run token leaked upstream in {name}"
+            );
+        }
+    }
+}
+
+fn user_texts(request: &Recorded) -> String {
+    request.body["messages"].to_string()
+}
+
+async fn end_to_end(kind: RuntimeKind) {
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool(
+            "Bash",
+            json!({"command": "echo written-inside-the-sandbox > note.txt && id -u"}),
+        ),
+        Reply::text("I wrote note.txt for you."),
+        Reply::text("Second answer, same run."),
+        Reply::text("Yes, you asked me to write a note."),
+    ])
+    .await;
+    let url = fake.url.clone();
+    let d = start(
+        tempfile::tempdir().expect("temp dir"),
+        kind,
+        anthropic_secrets(),
+        |c| c.anthropic_base_url = url,
+    )
+    .await;
+    let name = kind.name();
+
+    d.api
+        .send("web:main", "me", "Me", "please write a note")
+        .await
+        .expect("accepted");
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:main", 1).await,
+        ["I wrote note.txt for you."],
+        "[{name}]"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.root().join("groups/main/note.txt")).expect("note on host"),
+        "written-inside-the-sandbox\n",
+        "[{name}] the file the Bash tool wrote is in groups/main/"
+    );
+    let requests = fake.requests();
+    let tool_result = user_texts(&requests[1]);
+    assert!(
+        tool_result.contains("tool_result") && tool_result.contains("1000"),
+        "[{name}] Bash ran as the sandbox user: {tool_result}"
+    );
+
+    // The run is idle: the next message goes into the same sandbox.
+    d.api
+        .send("web:main", "me", "Me", "and one more thing")
+        .await
+        .expect("accepted");
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:main", 2).await[1],
+        "Second answer, same run.",
+        "[{name}]"
+    );
+    let third = &fake.wait_requests(3).await[2];
+    let seen = user_texts(third);
+    assert!(
+        seen.contains("please write a note")
+            && seen.contains("I wrote note.txt")
+            && seen.contains("and one more thing"),
+        "[{name}] the follow-up continues the conversation: {seen}"
+    );
+    assert_eq!(
+        run_log_count(d.root()),
+        0,
+        "[{name}] the first run is still alive"
+    );
+
+    // A restart ends the run; the next message starts a new sandbox that resumes the
+    // stored session.
+    let root = d.stop().await;
+    assert_eq!(run_log_count(root.path()), 1, "[{name}] one sandbox so far");
+    let url = fake.url.clone();
+    let d = start(root, kind, anthropic_secrets(), |c| {
+        c.anthropic_base_url = url
+    })
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "do you remember what I asked?")
+        .await
+        .expect("accepted");
+    let texts = wait_bot_texts(&d.api, "web:main", 3).await;
+    assert_eq!(texts[2], "Yes, you asked me to write a note.", "[{name}]");
+    let fourth = &fake.wait_requests(4).await[3];
+    let seen = user_texts(fourth);
+    assert!(
+        seen.contains("please write a note") && seen.contains("do you remember"),
+        "[{name}] the new run resumed the session: {seen}"
+    );
+    assert_only_the_real_key(&fake.requests());
+    let root = d.stop().await;
+    assert_eq!(
+        run_log_count(root.path()),
+        2,
+        "[{name}] two sandboxes in all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bwrap_end_to_end_through_the_credential_proxy() {
+    end_to_end(RuntimeKind::Bwrap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_end_to_end_through_the_credential_proxy() {
+    end_to_end(RuntimeKind::Podman).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_key_is_reported_to_the_chat_at_once_without_secrets() {
+    let fake = FakeAnthropic::start(vec![Reply::HttpError {
+        status: 401,
+        kind: "authentication_error".into(),
+        message: "invalid x-api-key".into(),
+        retry_after: None,
+    }])
+    .await;
+    let url = fake.url.clone();
+    let d = start(
+        tempfile::tempdir().expect("temp dir"),
+        RuntimeKind::Bwrap,
+        anthropic_secrets(),
+        |c| c.anthropic_base_url = url,
+    )
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "hello?")
+        .await
+        .expect("accepted");
+    let texts = wait_bot_texts(&d.api, "web:main", 1).await;
+    assert!(
+        texts[0].contains("rejected the credentials") && texts[0].contains("API key"),
+        "the user learns what is wrong and what to check: {texts:?}"
+    );
+    assert!(
+        !texts[0].contains(REAL_KEY) && !texts[0].contains("nanoclaw-run-"),
+        "no secret in the chat: {texts:?}"
+    );
+    let root = d.stop().await;
+    assert_eq!(run_log_count(root.path()), 1, "a 401 is not retried");
+    assert_eq!(fake.requests().len(), 1, "a 401 is not retried");
+    assert_only_the_real_key(&fake.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_compatible_mode_end_to_end() {
+    let fake = FakeOpenAi::start(vec![
+        OpenAiReply::ToolCall(
+            "Bash".into(),
+            json!({"command": "echo from-a-local-model > local.txt"}),
+        ),
+        OpenAiReply::Text("Done with a local model.".into()),
+    ])
+    .await;
+    let url = fake.url.clone();
+    let secrets = Secrets {
+        openai_api_key: Some(Secret::new(REAL_OPENAI_KEY)),
+        ..Default::default()
+    };
+    let d = start(
+        tempfile::tempdir().expect("temp dir"),
+        RuntimeKind::Bwrap,
+        secrets,
+        |c| {
+            c.llm_api = "openai".into();
+            c.openai_base_url = url;
+        },
+    )
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "use the local model")
+        .await
+        .expect("accepted");
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:main", 1).await,
+        ["Done with a local model."]
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.root().join("groups/main/local.txt")).expect("file on host"),
+        "from-a-local-model\n"
+    );
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    for (headers, _) in &requests {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+        assert_eq!(auth, Some(format!("Bearer {REAL_OPENAI_KEY}").as_str()));
+    }
+    d.stop().await;
+}
