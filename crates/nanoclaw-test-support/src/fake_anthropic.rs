@@ -69,6 +69,8 @@ impl Reply {
 pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Value,
+    /// When the request arrived (for latency benchmarks).
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -181,6 +183,7 @@ async fn handle(
         st.requests.push(Recorded {
             headers: headers.clone(),
             body: request.clone(),
+            at: std::time::Instant::now(),
         });
         st.ids += 1;
         (
