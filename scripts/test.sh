@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./scripts/test-tools.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 # Build exactly the binaries the tests use, then the image containing that agent.
 cargo test --workspace --locked --no-run

@@ -127,6 +127,10 @@ async fn idle_rss() -> (u64, u64) {
         .args(["run", "--root"])
         .arg(root.path())
         .env("NANOCLAW_HTTP_PORT", port.to_string())
+        .env(
+            "CREDENTIAL_PROXY_PORT",
+            nanoclaw_test_support::free_port().to_string(),
+        )
         .env("HOME", root.path())
         .env("TZ", "UTC")
         .env("NANOCLAW_LOG", "warn")

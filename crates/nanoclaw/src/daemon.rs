@@ -19,6 +19,7 @@ use crate::channels::{Channel, ChannelSet};
 use crate::config::{Config, Secrets};
 use crate::delivery::Delivery;
 use crate::http::{self, HttpState};
+use crate::ipc::IpcContext;
 use crate::layout::{GroupFolder, Layout};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, RunTokens};
@@ -55,6 +56,7 @@ pub struct RunningDaemon {
     delivery_stop_tx: watch::Sender<bool>,
     queue: Arc<GroupQueue>,
     http_task: JoinHandle<()>,
+    ipc_task: JoinHandle<()>,
     delivery_task: JoinHandle<()>,
     _lock: File,
 }
@@ -112,9 +114,15 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
     // Delivery stops last, after runs have closed, so their final replies go out.
     let (delivery_stop_tx, delivery_stop_rx) = watch::channel(false);
 
-    let proxy = Proxy::start(&config, &secrets, tokens, shutdown_rx.clone())
-        .await
-        .context("starting the credential proxy")?;
+    let proxy = Proxy::start(
+        &config,
+        &secrets,
+        tokens,
+        Some(Arc::clone(&store)),
+        shutdown_rx.clone(),
+    )
+    .await
+    .context("starting the credential proxy")?;
     drop(secrets);
     let delivery = Delivery::new(
         Arc::clone(&store),
@@ -122,15 +130,26 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         events_tx.clone(),
         Arc::clone(&metrics),
     );
-    let run_loop = RunLoop::new(
-        Arc::clone(&store),
-        Arc::clone(&runner),
-        Arc::clone(&senders),
-        Arc::clone(&delivery),
-        channels.clone(),
-        Arc::clone(&config),
-        Arc::clone(&metrics),
-    );
+    let ipc = Arc::new(IpcContext {
+        store: Arc::clone(&store),
+        layout: layout.clone(),
+        tz: config.zone.tz.clone(),
+        assistant_name: config.assistant_name.clone(),
+        channels: channels.clone(),
+        delivery: Some(Arc::clone(&delivery)),
+        tasks_changed: Arc::new(tokio::sync::Notify::new()),
+    });
+    let ipc_task = tokio::spawn(crate::ipc::watch(Arc::clone(&ipc), shutdown_rx.clone()));
+    let run_loop = RunLoop {
+        store: Arc::clone(&store),
+        runner: Arc::clone(&runner),
+        senders: Arc::clone(&senders),
+        delivery: Arc::clone(&delivery),
+        channels: channels.clone(),
+        config: Arc::clone(&config),
+        metrics: Arc::clone(&metrics),
+        ipc: Arc::clone(&ipc),
+    };
     let queue = GroupQueue::new(
         config.max_concurrent_containers,
         RetryPolicy::new(config.retry_base),
@@ -199,6 +218,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         delivery_stop_tx,
         queue,
         http_task,
+        ipc_task,
         delivery_task,
         _lock: lock,
     })
@@ -211,6 +231,8 @@ impl RunningDaemon {
         let _ = self.shutdown_tx.send(true);
         self.queue.shutdown(SHUTDOWN_GRACE).await;
         let _ = self.http_task.await;
+        // IPC files written after this are still on disk; the next start processes them.
+        let _ = self.ipc_task.await;
         let _ = self.delivery_stop_tx.send(true);
         let _ = self.delivery_task.await;
         let _ = std::fs::remove_file(self.layout.daemon_info_path());

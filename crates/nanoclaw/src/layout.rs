@@ -14,7 +14,7 @@ use thiserror::Error;
 /// The rule for group folder names, quoted in every rejection.
 pub const GROUP_FOLDER_RULE: &str = "group folder names must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$ \
      (start with a letter or digit; then up to 63 letters, digits, `_` or `-`) and must not be \
-     `global`";
+     `global` or `errors`";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("invalid group folder `{folder}`: {problem}; {rule}", rule = GROUP_FOLDER_RULE)]
@@ -41,6 +41,12 @@ impl GroupFolder {
         if name.eq_ignore_ascii_case("global") {
             return Err(fail(
                 "`global` is reserved for the shared memory folder".into(),
+            ));
+        }
+        if name.eq_ignore_ascii_case("errors") {
+            // data/ipc/errors holds every group's rejected IPC files.
+            return Err(fail(
+                "`errors` is reserved for rejected IPC files (data/ipc/errors)".into(),
             ));
         }
         if !first.is_ascii_alphanumeric() {

@@ -252,3 +252,96 @@ async fn openai_compatible_mode_end_to_end() {
     }
     d.stop().await;
 }
+
+/// Issue 5 end to end: inside a real sandbox the agent's environment holds no real
+/// credential; its IPC tools reach the host, which acts on them; usage is recorded.
+async fn ipc_credentials_and_usage(kind: RuntimeKind) {
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool(
+            "Bash",
+            json!({"command": "env; for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null; echo PROBE-DONE"}),
+        ),
+        Reply::tool("send_message", json!({"text": "Working on it..."})),
+        Reply::tool(
+            "schedule_task",
+            json!({"prompt": "water the plants", "schedule_type": "cron", "schedule_value": "0 9 * * *", "context_mode": "group"}),
+        ),
+        Reply::tool("list_tasks", json!({})),
+        Reply::text("All set."),
+    ])
+    .await;
+    let url = fake.url.clone();
+    let d = start(
+        tempfile::tempdir().expect("temp dir"),
+        kind,
+        anthropic_secrets(),
+        |c| c.anthropic_base_url = url,
+    )
+    .await;
+    let name = kind.name();
+    d.api
+        .send("web:main", "me", "Me", "remind me about the plants")
+        .await
+        .expect("accepted");
+    let texts = wait_bot_texts(&d.api, "web:main", 2).await;
+    assert_eq!(texts, ["Working on it...", "All set."], "[{name}]");
+
+    let requests = fake.requests();
+    let probe = user_texts(&requests[1]);
+    assert!(
+        probe.contains("PROBE-DONE") && probe.contains("ANTHROPIC_API_KEY=nanoclaw-run-"),
+        "[{name}] the probe ran and saw the run token: {probe}"
+    );
+    assert!(
+        !probe.contains(REAL_KEY),
+        "[{name}] no real key inside: {probe}"
+    );
+    let listed = user_texts(&requests[4]);
+    assert!(
+        listed.contains("water the plants"),
+        "[{name}] list_tasks sees the task the host stored moments ago: {listed}"
+    );
+    assert_only_the_real_key(&requests);
+
+    let (status, tasks) = d.api.get("/api/tasks").await.expect("tasks");
+    assert_eq!(status, 200);
+    let tasks = tasks.as_array().cloned().unwrap_or_default();
+    assert_eq!(tasks.len(), 1, "[{name}] {tasks:?}");
+    assert_eq!(tasks[0]["group_folder"], "main");
+    assert_eq!(tasks[0]["context_mode"], "group");
+    assert_eq!(tasks[0]["schedule_value"], "0 9 * * *");
+
+    // Five model responses, all recorded for main.
+    let root = d.root().to_path_buf();
+    let usage =
+        nanoclaw_test_support::wait_for("usage rows", nanoclaw_test_support::DEADLINE, || {
+            let root = root.clone();
+            async move {
+                let (ok, out, _) = support::cli(&root, &["usage", "--json"]).await;
+                let rows: serde_json::Value = serde_json::from_str(&out).ok()?;
+                (ok && rows[0]["responses"] == 5).then_some(rows)
+            }
+        })
+        .await;
+    assert_eq!(usage.as_array().map(Vec::len), Some(1), "[{name}] {usage}");
+    assert_eq!(usage[0]["group"], "main");
+    assert!(
+        usage[0]["input_tokens"].as_i64().unwrap_or(0) > 0,
+        "{usage}"
+    );
+    assert!(
+        usage[0]["output_tokens"].as_i64().unwrap_or(0) > 0,
+        "{usage}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bwrap_ipc_credentials_and_usage() {
+    ipc_credentials_and_usage(RuntimeKind::Bwrap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_ipc_credentials_and_usage() {
+    ipc_credentials_and_usage(RuntimeKind::Podman).await;
+}

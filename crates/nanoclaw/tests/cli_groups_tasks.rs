@@ -13,6 +13,7 @@ async fn groups_add_rejects_unsafe_folders_with_the_rule() {
         ("../x", "starts with `.`"),
         ("global", "reserved"),
         ("Global", "reserved"),
+        ("errors", "reserved for rejected IPC files"),
         (too_long.as_str(), "65 characters"),
         ("a/b", "contains `/`"),
         ("bad name", "contains ` `"),

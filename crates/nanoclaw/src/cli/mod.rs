@@ -6,6 +6,7 @@ mod groups;
 mod sandbox_cmd;
 mod status;
 mod tasks;
+mod usage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -81,6 +82,15 @@ enum Command {
         #[command(subcommand)]
         command: sandbox_cmd::ImageCommand,
     },
+    /// Model tokens used, per group and day
+    Usage {
+        /// How many days back, today included
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -115,6 +125,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Tasks { command } => tasks::run(&config, command),
         Command::Sandbox { command } => sandbox_cmd::sandbox(&config, command),
         Command::Image { command } => sandbox_cmd::image(&config, command),
+        Command::Usage { days, json } => usage::usage(&config, days, json),
     }
 }
 

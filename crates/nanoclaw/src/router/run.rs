@@ -20,6 +20,7 @@ use super::{MAX_PROMPT_MESSAGES, wants_run};
 use crate::channels::ChannelSet;
 use crate::config::Config;
 use crate::delivery::Delivery;
+use crate::ipc::IpcContext;
 use crate::metrics::Metrics;
 use crate::queue::{GroupProcessor, RunOutcome, RunSignal, RunSlot};
 use crate::runner::{AgentEvent, AgentRunner, RunInput, RunIo, RunRequest};
@@ -29,13 +30,14 @@ use crate::store::{RegisteredGroup, Store, StoreError, StoredMessage};
 const TYPING_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct RunLoop {
-    store: Arc<Store>,
-    runner: Arc<dyn AgentRunner>,
-    senders: Arc<SenderPolicy>,
-    delivery: Arc<Delivery>,
-    channels: ChannelSet,
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) runner: Arc<dyn AgentRunner>,
+    pub(crate) senders: Arc<SenderPolicy>,
+    pub(crate) delivery: Arc<Delivery>,
+    pub(crate) channels: ChannelSet,
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) ipc: Arc<IpcContext>,
 }
 
 /// What a run needs to start, read from the store in one go.
@@ -78,23 +80,19 @@ fn max_seq(messages: &[StoredMessage]) -> i64 {
 }
 
 impl RunLoop {
-    pub fn new(
-        store: Arc<Store>,
-        runner: Arc<dyn AgentRunner>,
-        senders: Arc<SenderPolicy>,
-        delivery: Arc<Delivery>,
-        channels: ChannelSet,
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-    ) -> RunLoop {
-        RunLoop {
-            store,
-            runner,
-            senders,
-            delivery,
-            channels,
-            config,
-            metrics,
+    /// Writes the group's `current_tasks.json` and `available_groups.json` (SPEC §10).
+    /// A failure is logged; the run goes ahead with whatever the agent finds.
+    async fn write_snapshots(&self, group: &RegisteredGroup) {
+        let ipc = Arc::clone(&self.ipc);
+        let (folder, is_main) = (group.folder.clone(), group.is_main);
+        let written = tokio::task::spawn_blocking(move || {
+            crate::ipc::snapshot::write_all(&ipc, &folder, is_main)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cannot write the IPC snapshots: {e}"),
+            Err(e) => tracing::warn!("cannot write the IPC snapshots: {e}"),
         }
     }
 
@@ -168,6 +166,7 @@ impl RunLoop {
         );
         Metrics::inc(&self.metrics.runs_started);
         self.typing(&chat_jid, true);
+        self.write_snapshots(&group).await;
 
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let (event_tx, mut event_rx) = mpsc::unbounded_channel();

@@ -1,4 +1,5 @@
-//! The SQLite store (SPEC §4): NanoClaw v1's tables plus our own (cursors, outbox).
+//! The SQLite store (SPEC §4): NanoClaw v1's tables plus our own (cursors, outbox,
+//! token usage).
 //!
 //! One connection behind a mutex. Methods are synchronous, which is what the CLI wants;
 //! the daemon calls them through [`Store::call`], which runs the closure on tokio's
@@ -9,6 +10,7 @@ mod messages;
 mod outbox;
 mod schema;
 mod tasks;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +24,7 @@ pub use messages::{ChatInfo, ChatMeta, Message, StoredMessage};
 pub use outbox::{CommittedReply, OutboxItem};
 pub use schema::LATEST_VERSION;
 pub use tasks::{ScheduledTask, TaskStatus};
+pub use usage::{Usage, UsageRow};
 
 #[derive(Debug, Error)]
 pub enum StoreError {

@@ -30,9 +30,14 @@ const MIGRATIONS: &[Migration] = &[
         name: "chat cursors and reply outbox",
         apply: cursors_and_outbox,
     },
+    Migration {
+        version: 3,
+        name: "token usage",
+        apply: token_usage,
+    },
 ];
 
-pub const LATEST_VERSION: i64 = 2;
+pub const LATEST_VERSION: i64 = 3;
 
 pub(super) fn migrate(conn: &mut Connection, ctx: &MigrationContext) -> Result<(), StoreError> {
     let current: i64 = conn
@@ -194,6 +199,28 @@ fn v1_tables(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<(), StoreEr
 ///
 /// `outbox.delivery_seq` numbers replies in the order they were delivered, for the event
 /// stream's ids (a reply held back by a failing channel is delivered after newer ones).
+/// One row per model response the credential proxy forwarded.
+fn token_usage(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "
+        CREATE TABLE token_usage (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            group_folder TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            model TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_token_usage_time ON token_usage(created_at);
+        CREATE INDEX idx_token_usage_run ON token_usage(run_id);
+        ",
+    )
+    .ctx("creating the token usage table")
+}
+
 fn cursors_and_outbox(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<(), StoreError> {
     tx.execute_batch(
         "

@@ -84,6 +84,77 @@ impl Store {
             .ctx("reading a task")
     }
 
+    /// The tasks of one group folder.
+    pub fn tasks_for_folder(&self, folder: &str) -> Result<Vec<ScheduledTask>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM scheduled_tasks WHERE group_folder = ?1 ORDER BY created_at DESC, id"
+            ))
+            .ctx("preparing the tasks query")?;
+        let rows = stmt
+            .query_map(params![folder], task)
+            .ctx("reading a group's tasks")?;
+        rows.collect::<Result<_, _>>()
+            .ctx("reading a group's tasks")
+    }
+
+    /// Stores a new task; refuses an id that is already taken.
+    pub fn insert_task(&self, t: &ScheduledTask) -> Result<(), StoreError> {
+        let inserted = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO scheduled_tasks (id, group_folder, chat_jid, prompt, schedule_type, schedule_value,
+                     context_mode, next_run, last_run, last_result, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    t.id,
+                    t.group_folder,
+                    t.chat_jid,
+                    t.prompt,
+                    t.schedule_type,
+                    t.schedule_value,
+                    t.context_mode,
+                    t.next_run,
+                    t.last_run,
+                    t.last_result,
+                    t.status,
+                    t.created_at
+                ],
+            )
+            .ctx("storing a task")?;
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "a task with id `{}` already exists; choose another id or leave it out",
+                t.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Replaces a task's prompt and schedule (and so its next run).
+    pub fn update_task_definition(
+        &self,
+        id: &str,
+        prompt: &str,
+        schedule_type: &str,
+        schedule_value: &str,
+        next_run: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE scheduled_tasks SET prompt = ?2, schedule_type = ?3, schedule_value = ?4, next_run = ?5
+                 WHERE id = ?1",
+                params![id, prompt, schedule_type, schedule_value, next_run],
+            )
+            .ctx("updating a task")?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("no task with id `{id}`")));
+        }
+        Ok(())
+    }
+
     /// Pauses, resumes or cancels a task, refusing transitions that make no sense
     /// (resuming a completed or cancelled task, touching an unknown id).
     pub fn set_task_status(&self, id: &str, to: TaskStatus) -> Result<ScheduledTask, StoreError> {

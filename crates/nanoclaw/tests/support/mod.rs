@@ -388,6 +388,10 @@ impl BinaryDaemon {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(test_env(root))
             .env("NANOCLAW_HTTP_PORT", port.to_string())
+            .env(
+                "CREDENTIAL_PROXY_PORT",
+                nanoclaw_test_support::free_port().to_string(),
+            )
             // bwrap sandboxes die with the daemon, even after kill -9.
             .env("CONTAINER_RUNTIME", "bwrap")
             .envs(extra_env.iter().copied())

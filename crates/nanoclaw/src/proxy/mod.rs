@@ -28,6 +28,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{Config, Secrets};
+use crate::store::Store;
+
+mod usage;
 
 /// The socket's name inside `data/proxy/` and inside the sandbox's `/run/nanoclaw/`.
 pub const SOCKET_NAME: &str = "proxy.sock";
@@ -98,6 +101,8 @@ struct ProxyState {
     tokens: Arc<RunTokens>,
     client: reqwest::Client,
     openai: bool,
+    /// Where token usage is recorded (absent: not recorded).
+    usage: Option<Arc<Store>>,
 }
 
 /// A running proxy.
@@ -118,6 +123,7 @@ impl Proxy {
         config: &Config,
         secrets: &Secrets,
         tokens: Arc<RunTokens>,
+        usage: Option<Arc<Store>>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Proxy> {
         use anyhow::Context;
@@ -156,6 +162,7 @@ impl Proxy {
                 .build()
                 .context("cannot create the proxy's HTTP client")?,
             openai,
+            usage,
         });
         let app = Router::new().fallback(forward).with_state(state);
 
@@ -353,15 +360,40 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
             out.append(name.clone(), value.clone());
         }
     }
-    response
-        .body(Body::from_stream(upstream.bytes_stream()))
-        .unwrap_or_else(|_| {
-            error(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                "unreadable upstream response",
-            )
-        })
+    let records_usage =
+        upstream.status().is_success() && matches!(path, "/v1/messages" | "/v1/chat/completions");
+    let recorder = match (&state.usage, records_usage) {
+        (Some(store), true) => {
+            let sse = upstream
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            Some(usage::UsageRecorder {
+                reader: Some(usage::UsageReader::new(sse)),
+                store: Arc::clone(store),
+                group_folder: identity.group_folder.clone(),
+                run_id: identity.run_id.clone(),
+            })
+        }
+        _ => None,
+    };
+    let body = upstream.bytes_stream().map_ok({
+        let mut recorder = recorder;
+        move |chunk| {
+            if let Some(reader) = recorder.as_mut().and_then(|r| r.reader.as_mut()) {
+                reader.feed(&chunk);
+            }
+            chunk
+        }
+    });
+    response.body(Body::from_stream(body)).unwrap_or_else(|_| {
+        error(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "unreadable upstream response",
+        )
+    })
 }
 
 #[cfg(test)]

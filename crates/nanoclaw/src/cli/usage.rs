@@ -1,0 +1,145 @@
+//! `nanoclaw usage`: model tokens per group and day (in `TZ`), from what the credential
+//! proxy recorded.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use jiff::{Timestamp, ToSpan};
+
+use super::{open_existing_store, print_table};
+use crate::config::Config;
+use crate::store::{Usage, UsageRow};
+
+/// Totals per (local day, group), days oldest first.
+pub fn totals(
+    rows: &[UsageRow],
+    tz: &jiff::tz::TimeZone,
+) -> BTreeMap<(String, String), (Usage, usize)> {
+    let mut out: BTreeMap<(String, String), (Usage, usize)> = BTreeMap::new();
+    for r in rows {
+        let day = r
+            .created_at
+            .parse::<Timestamp>()
+            .map(|ts| ts.to_zoned_datetime(tz.clone()).date().to_string())
+            .unwrap_or_else(|_| r.created_at.chars().take(10).collect());
+        let (t, responses) = out.entry((day, r.group_folder.clone())).or_default();
+        t.input_tokens += r.usage.input_tokens;
+        t.output_tokens += r.usage.output_tokens;
+        t.cache_read_tokens += r.usage.cache_read_tokens;
+        t.cache_write_tokens += r.usage.cache_write_tokens;
+        *responses += 1;
+    }
+    out
+}
+
+pub fn usage(config: &Config, days: u32, json: bool) -> Result<ExitCode> {
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
+    let store = open_existing_store(config)?;
+    let today = Timestamp::now()
+        .to_zoned_datetime(config.zone.tz.clone())
+        .date();
+    let first_day = today.checked_sub((days as i64 - 1).days())?;
+    let since = first_day
+        .to_zoned_datetime(config.zone.tz.clone())
+        .map(|z| crate::clock::format_utc(z.timestamp()))?;
+    let rows = store.usage_since(&since)?;
+    let totals = totals(&rows, &config.zone.tz);
+    if json {
+        let view: Vec<_> = totals
+            .iter()
+            .map(|((day, group), (u, responses))| {
+                serde_json::json!({
+                    "day": day, "group": group, "responses": responses,
+                    "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+                    "cache_read_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_tokens,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else if totals.is_empty() {
+        println!("No model usage recorded since {first_day}.");
+    } else {
+        let rows: Vec<Vec<String>> = totals
+            .iter()
+            .map(|((day, group), (u, responses))| {
+                vec![
+                    day.clone(),
+                    group.clone(),
+                    responses.to_string(),
+                    u.input_tokens.to_string(),
+                    u.output_tokens.to_string(),
+                    u.cache_read_tokens.to_string(),
+                    u.cache_write_tokens.to_string(),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "DAY",
+                "GROUP",
+                "RESPONSES",
+                "INPUT",
+                "OUTPUT",
+                "CACHE READ",
+                "CACHE WRITE",
+            ],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(group: &str, at: &str, input: i64, output: i64) -> UsageRow {
+        UsageRow {
+            group_folder: group.into(),
+            run_id: "r".into(),
+            model: None,
+            usage: Usage {
+                input_tokens: input,
+                output_tokens: output,
+                cache_read_tokens: 1,
+                cache_write_tokens: 2,
+            },
+            created_at: at.into(),
+        }
+    }
+
+    #[test]
+    fn totals_are_per_local_day_and_group() {
+        let berlin = jiff::tz::TimeZone::get("Europe/Berlin").expect("zone");
+        let rows = [
+            row("main", "2026-01-10T10:00:00.000Z", 10, 1),
+            row("main", "2026-01-10T22:30:00.000Z", 5, 1), // 23:30 in Berlin: same day
+            row("main", "2026-01-10T23:30:00.000Z", 7, 1), // 00:30 on the 11th in Berlin
+            row("team", "2026-01-10T10:00:00.000Z", 100, 9),
+        ];
+        let t = totals(&rows, &berlin);
+        let keys: Vec<_> = t.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                ("2026-01-10".to_string(), "main".to_string()),
+                ("2026-01-10".to_string(), "team".to_string()),
+                ("2026-01-11".to_string(), "main".to_string()),
+            ]
+        );
+        let (u, n) = &t[&("2026-01-10".to_string(), "main".to_string())];
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                *n
+            ),
+            (15, 2, 2, 4, 2)
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Carrying out one IPC request for a source group, after authorization.
+
+use jiff::Timestamp;
+use nanoclaw_protocol::ipc::IpcRequest;
+
+use super::authorize::{Source, Target, authorize};
+use super::{IpcContext, snapshot};
+use crate::layout::GroupFolder;
+use crate::schedule::Schedule;
+use crate::store::{RegisteredGroup, ScheduledTask, StoreError, TaskStatus};
+
+/// Why a request was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpcError {
+    /// Not allowed for this source (logged, file deleted).
+    Denied { reason: String, target: String },
+    /// Cannot be carried out as written (file moved to `data/ipc/errors/`).
+    Invalid(String),
+    /// The store failed; the file stays and is tried again later.
+    Retry(String),
+}
+
+impl From<StoreError> for IpcError {
+    fn from(e: StoreError) -> IpcError {
+        match e {
+            StoreError::Conflict(m) | StoreError::NotFound(m) => IpcError::Invalid(m),
+            other => IpcError::Retry(other.to_string()),
+        }
+    }
+}
+
+/// The operation's name, for logs.
+pub fn operation(request: &IpcRequest) -> &'static str {
+    match request {
+        IpcRequest::Message { .. } => "message",
+        IpcRequest::ScheduleTask { .. } => "schedule_task",
+        IpcRequest::PauseTask { .. } => "pause_task",
+        IpcRequest::ResumeTask { .. } => "resume_task",
+        IpcRequest::CancelTask { .. } => "cancel_task",
+        IpcRequest::UpdateTask { .. } => "update_task",
+        IpcRequest::RegisterGroup { .. } => "register_group",
+        IpcRequest::RefreshGroups => "refresh_groups",
+    }
+}
+
+fn check(source: &Source, target: Target<'_>, what: &str) -> Result<(), IpcError> {
+    authorize(source, target).map_err(|reason| IpcError::Denied {
+        reason: reason.to_string(),
+        target: what.to_string(),
+    })
+}
+
+fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, IpcError> {
+    let v = value.trim();
+    if v.is_empty() {
+        Err(IpcError::Invalid(format!("`{field}` must not be empty")))
+    } else {
+        Ok(v)
+    }
+}
+
+/// The folder of the group registered for `jid`, if any.
+fn folder_of(ctx: &IpcContext, jid: &str) -> Result<Option<String>, IpcError> {
+    Ok(ctx.store.registered_group(jid)?.map(|g| g.folder))
+}
+
+/// A task that exists and that `source` may manage.
+fn manageable_task(ctx: &IpcContext, source: &Source, id: &str) -> Result<ScheduledTask, IpcError> {
+    let Some(task) = ctx.store.task(id.trim())? else {
+        return Err(IpcError::Invalid(format!("no task with id `{id}`")));
+    };
+    check(
+        source,
+        Target::ManageTask {
+            task_folder: &task.group_folder,
+        },
+        &format!("task {id} of {}", task.group_folder),
+    )?;
+    Ok(task)
+}
+
+fn valid_task_id(id: &str) -> Result<(), IpcError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(IpcError::Invalid(format!(
+            "taskId `{id}` must be 1-64 letters, digits, - or _"
+        )))
+    }
+}
+
+/// Carries out `request` from `source`; returns what was done, for the log.
+pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result<String, IpcError> {
+    match request {
+        IpcRequest::Message { chat_jid, text, .. } => {
+            let jid = required(&chat_jid, "chatJid")?;
+            let chat_folder = folder_of(ctx, jid)?;
+            check(
+                source,
+                Target::Message {
+                    chat_folder: chat_folder.as_deref(),
+                },
+                jid,
+            )?;
+            if ctx.channels.for_jid(jid).is_none() {
+                return Err(IpcError::Invalid(format!(
+                    "no connected channel handles {jid}"
+                )));
+            }
+            let text = crate::router::prompt::strip_internal(&text);
+            if text.is_empty() {
+                return Ok(format!(
+                    "nothing to send to {jid} (empty or all <internal>)"
+                ));
+            }
+            ctx.store
+                .commit_reply(jid, &text, &ctx.assistant_name, None)?;
+            if let Some(delivery) = &ctx.delivery {
+                delivery.notify();
+            }
+            Ok(format!("message queued for {jid}"))
+        }
+        IpcRequest::ScheduleTask {
+            task_id,
+            prompt,
+            schedule_type,
+            schedule_value,
+            context_mode,
+            target_jid,
+        } => {
+            let jid = required(&target_jid, "targetJid")?;
+            let target = ctx.store.registered_group(jid)?;
+            check(
+                source,
+                Target::ScheduleTask {
+                    target_folder: target.as_ref().map(|g| g.folder.as_str()),
+                },
+                jid,
+            )?;
+            let Some(target) = target else {
+                return Err(IpcError::Invalid(format!("{jid} is not registered")));
+            };
+            target.folder().map_err(|e| {
+                IpcError::Invalid(format!("the group's folder cannot run tasks: {e}"))
+            })?;
+            let prompt = required(&prompt, "prompt")?;
+            let schedule = Schedule::parse(&schedule_type, &schedule_value, &ctx.tz)
+                .map_err(IpcError::Invalid)?;
+            let id = match task_id {
+                Some(id) => {
+                    valid_task_id(id.trim())?;
+                    id.trim().to_string()
+                }
+                None => format!(
+                    "task-{}-{}",
+                    crate::clock::millis_now(),
+                    crate::ids::random_hex(3)
+                ),
+            };
+            let context_mode = match context_mode.as_deref() {
+                Some("group") => "group",
+                _ => "isolated",
+            };
+            let next_run = schedule
+                .first_run(Timestamp::now(), &ctx.tz)
+                .map(crate::clock::format_utc);
+            ctx.store.insert_task(&ScheduledTask {
+                id: id.clone(),
+                group_folder: target.folder.clone(),
+                chat_jid: target.jid.clone(),
+                prompt: prompt.to_string(),
+                schedule_type: schedule_type.trim().to_string(),
+                schedule_value: schedule_value.trim().to_string(),
+                context_mode: context_mode.to_string(),
+                next_run: next_run.clone(),
+                last_run: None,
+                last_result: None,
+                status: "active".into(),
+                created_at: crate::clock::now(),
+            })?;
+            ctx.tasks_changed.notify_one();
+            Ok(format!(
+                "task {id} scheduled for {} ({context_mode}), next run {}",
+                target.folder,
+                next_run.as_deref().unwrap_or("never")
+            ))
+        }
+        IpcRequest::PauseTask { task_id } => set_status(ctx, source, &task_id, TaskStatus::Paused),
+        IpcRequest::ResumeTask { task_id } => set_status(ctx, source, &task_id, TaskStatus::Active),
+        IpcRequest::CancelTask { task_id } => {
+            set_status(ctx, source, &task_id, TaskStatus::Cancelled)
+        }
+        IpcRequest::UpdateTask {
+            task_id,
+            prompt,
+            schedule_type,
+            schedule_value,
+        } => {
+            let task = manageable_task(ctx, source, &task_id)?;
+            if prompt.is_none() && schedule_type.is_none() && schedule_value.is_none() {
+                return Err(IpcError::Invalid(
+                    "update_task needs a prompt, schedule_type or schedule_value".into(),
+                ));
+            }
+            let prompt = match &prompt {
+                Some(p) => required(p, "prompt")?.to_string(),
+                None => task.prompt.clone(),
+            };
+            let kind = schedule_type
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or(&task.schedule_type)
+                .to_string();
+            let value = schedule_value
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or(&task.schedule_value)
+                .to_string();
+            let next_run = if schedule_type.is_some() || schedule_value.is_some() {
+                let schedule =
+                    Schedule::parse(&kind, &value, &ctx.tz).map_err(IpcError::Invalid)?;
+                schedule
+                    .first_run(Timestamp::now(), &ctx.tz)
+                    .map(crate::clock::format_utc)
+            } else {
+                task.next_run.clone()
+            };
+            ctx.store.update_task_definition(
+                &task.id,
+                &prompt,
+                &kind,
+                &value,
+                next_run.as_deref(),
+            )?;
+            ctx.tasks_changed.notify_one();
+            Ok(format!("task {} updated", task.id))
+        }
+        IpcRequest::RegisterGroup {
+            jid,
+            name,
+            folder,
+            trigger,
+            requires_trigger,
+            container_config,
+        } => {
+            check(source, Target::Admin, &format!("register {jid}"))?;
+            let jid = required(&jid, "jid")?;
+            let name = required(&name, "name")?;
+            let trigger = required(&trigger, "trigger")?;
+            let folder =
+                GroupFolder::parse(folder.trim()).map_err(|e| IpcError::Invalid(e.to_string()))?;
+            let container_config = match container_config {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => {
+                    let raw = v.to_string();
+                    crate::mounts::ContainerConfig::parse(Some(&raw))
+                        .map_err(|e| IpcError::Invalid(format!("containerConfig: {e}")))?;
+                    Some(raw)
+                }
+            };
+            ctx.store.register_group(&RegisteredGroup {
+                jid: jid.to_string(),
+                name: name.to_string(),
+                folder: folder.as_str().to_string(),
+                trigger_pattern: trigger.to_string(),
+                added_at: crate::clock::now(),
+                container_config,
+                requires_trigger: requires_trigger.unwrap_or(true),
+                // Never: there is one main group, chosen by the user.
+                is_main: false,
+            })?;
+            ctx.layout
+                .create_group_dirs(&folder)
+                .map_err(|e| IpcError::Retry(format!("creating the group's folders: {e}")))?;
+            Ok(format!("registered {jid} as `{}`", folder.as_str()))
+        }
+        IpcRequest::RefreshGroups => {
+            check(source, Target::Admin, "groups")?;
+            snapshot::write_groups(ctx, &source.folder, true)
+                .map_err(|e| IpcError::Retry(format!("writing available_groups.json: {e}")))?;
+            Ok("available_groups.json refreshed".into())
+        }
+    }
+}
+
+fn set_status(
+    ctx: &IpcContext,
+    source: &Source,
+    task_id: &str,
+    to: TaskStatus,
+) -> Result<String, IpcError> {
+    let task = manageable_task(ctx, source, task_id)?;
+    ctx.store.set_task_status(&task.id, to)?;
+    ctx.tasks_changed.notify_one();
+    Ok(format!("task {} set to {}", task.id, to.as_str()))
+}

@@ -1,0 +1,518 @@
+//! The credential proxy (SPEC §11) between real clients and a fake upstream: tokens in,
+//! real credentials out, streaming without buffering, refusals, usage records. The
+//! official `anthropic` Python SDK and the Claude Code CLI are used as clients too
+//! (installed under `.tools/` by `scripts/setup.sh`).
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use nanoclaw::config::{Secret, Secrets};
+use nanoclaw::proxy::{Proxy, RunIdentity, RunTokens};
+use nanoclaw::store::Store;
+use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Recorded, Reply};
+use nanoclaw_test_support::{DEADLINE, http_client, wait_for};
+use tokio::sync::{Notify, watch};
+
+const REAL_KEY: &str = "sk-ant-api-real-key-on-the-host-only";
+const REAL_OAUTH: &str = "sk-ant-oat-real-oauth-token-on-the-host-only";
+
+struct Running {
+    proxy: Proxy,
+    tokens: Arc<RunTokens>,
+    store: Arc<Store>,
+    root: tempfile::TempDir,
+    _stop: watch::Sender<bool>,
+}
+
+impl Running {
+    fn url(&self) -> String {
+        format!("http://{}", self.proxy.tcp_addr)
+    }
+
+    fn token(&self, folder: &str) -> String {
+        self.tokens.issue(RunIdentity {
+            group_folder: folder.into(),
+            run_id: format!("run-{folder}"),
+        })
+    }
+}
+
+fn api_key() -> Secrets {
+    Secrets {
+        anthropic_api_key: Some(Secret::new(REAL_KEY)),
+        ..Default::default()
+    }
+}
+
+async fn start(upstream: &str, secrets: Secrets) -> Running {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut config = support::test_config(root.path());
+    config.anthropic_base_url = upstream.to_string();
+    let layout = nanoclaw::layout::Layout::new(root.path());
+    layout.create().expect("layout");
+    let store = Arc::new(Store::open(&layout.db_path(), "Andy").expect("store"));
+    let tokens: Arc<RunTokens> = Arc::default();
+    let (stop, stop_rx) = watch::channel(false);
+    let proxy = Proxy::start(
+        &config,
+        &secrets,
+        Arc::clone(&tokens),
+        Some(Arc::clone(&store)),
+        stop_rx,
+    )
+    .await
+    .expect("proxy starts");
+    Running {
+        proxy,
+        tokens,
+        store,
+        root,
+        _stop: stop,
+    }
+}
+
+fn message_body(stream: bool) -> String {
+    serde_json::json!({
+        "model": "claude-test", "max_tokens": 100, "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}]
+    })
+    .to_string()
+}
+
+async fn post(url: &str, headers: &[(&str, &str)], body: String) -> (u16, String) {
+    let mut request = http_client()
+        .post(format!("{url}/v1/messages"))
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("proxy answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// No trace of a run token in anything the upstream received.
+fn assert_no_token(requests: &[Recorded]) {
+    for r in requests {
+        for (name, value) in &r.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(!value.contains("nanoclaw-run-"), "token upstream in {name}");
+        }
+        assert!(!r.all_text().contains("nanoclaw-run-"));
+    }
+}
+
+#[tokio::test]
+async fn api_key_mode_swaps_either_token_header_for_the_real_key() {
+    let fake = FakeAnthropic::start(vec![Reply::text("one"), Reply::text("two")]).await;
+    let p = start(&fake.url, api_key()).await;
+    let token = p.token("team");
+    let bearer = format!("Bearer {token}");
+    for headers in [
+        vec![("x-api-key", token.as_str())],
+        vec![("authorization", bearer.as_str())],
+    ] {
+        let (status, body) = post(&p.url(), &headers, message_body(false)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        assert_eq!(r.header("x-api-key"), Some(REAL_KEY));
+        assert_eq!(r.header("authorization"), None);
+        assert_eq!(r.header("anthropic-version"), Some("2023-06-01"));
+    }
+    assert_no_token(&requests);
+}
+
+#[tokio::test]
+async fn oauth_mode_sends_the_real_token_as_bearer() {
+    for secrets in [
+        Secrets {
+            claude_code_oauth_token: Some(Secret::new(REAL_OAUTH)),
+            ..Default::default()
+        },
+        Secrets {
+            anthropic_auth_token: Some(Secret::new(REAL_OAUTH)),
+            ..Default::default()
+        },
+    ] {
+        let fake = FakeAnthropic::start(vec![]).await;
+        let p = start(&fake.url, secrets).await;
+        let token = p.token("main");
+        let (status, body) = post(&p.url(), &[("x-api-key", &token)], message_body(false)).await;
+        assert_eq!(status, 200, "{body}");
+        let requests = fake.requests();
+        assert_eq!(
+            requests[0].header("authorization"),
+            Some(format!("Bearer {REAL_OAUTH}").as_str())
+        );
+        assert_eq!(requests[0].header("x-api-key"), None);
+        assert_no_token(&requests);
+    }
+}
+
+#[tokio::test]
+async fn unknown_or_revoked_tokens_and_other_paths_are_refused() {
+    let fake = FakeAnthropic::start(vec![]).await;
+    let p = start(&fake.url, api_key()).await;
+    let (status, body) = post(&p.url(), &[("x-api-key", "made-up")], message_body(false)).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = post(&p.url(), &[], message_body(false)).await;
+    assert_eq!(status, 401, "no token at all");
+    let (status, _) = post(&p.url(), &[("x-api-key", REAL_KEY)], message_body(false)).await;
+    assert_eq!(status, 401, "the real key is not a token either");
+    let token = p.token("team");
+    p.tokens.revoke(&token);
+    let (status, _) = post(&p.url(), &[("x-api-key", &token)], message_body(false)).await;
+    assert_eq!(status, 401, "revoked when the run ended");
+
+    let token = p.token("team");
+    let client = http_client();
+    for (method, path) in [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/files"),
+        ("POST", "/v1/messages/batches"),
+        ("DELETE", "/v1/messages"),
+        ("POST", "/v1/complete"),
+        ("POST", "/v1/chat/completions"),
+    ] {
+        let response = client
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", p.url()),
+            )
+            .header("x-api-key", &token)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), 403, "{method} {path}");
+        let text = response.text().await.expect("body");
+        assert!(text.contains("not forwarded"), "{text}");
+    }
+    assert!(
+        fake.requests().is_empty(),
+        "nothing refused reached upstream"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    let closed = nanoclaw_test_support::free_port();
+    let p = start(&format!("http://127.0.0.1:{closed}"), api_key()).await;
+    let token = p.token("team");
+    let (status, body) = post(&p.url(), &[("x-api-key", &token)], message_body(false)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("cannot reach the model API"), "{body}");
+    assert!(!body.contains(REAL_KEY));
+}
+
+/// An upstream that records request headers and streams two SSE events, holding the
+/// second back until released.
+#[derive(Clone, Default)]
+struct HoldingUpstream {
+    headers: Arc<Mutex<Vec<HeaderMap>>>,
+    release: Arc<Notify>,
+    second_sent: Arc<Mutex<bool>>,
+}
+
+impl HoldingUpstream {
+    async fn start(&self) -> String {
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/v1/messages",
+            axum::routing::post(move |headers: HeaderMap| {
+                let me = me.clone();
+                async move { me.answer(headers) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    fn answer(&self, headers: HeaderMap) -> Response {
+        self.headers.lock().expect("lock").push(headers);
+        let (release, sent) = (Arc::clone(&self.release), Arc::clone(&self.second_sent));
+        let first = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n";
+        let second = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":22}}\n\n";
+        let stream = futures_util::stream::unfold(0, move |step| {
+            let (release, sent) = (Arc::clone(&release), Arc::clone(&sent));
+            async move {
+                match step {
+                    0 => Some((Ok::<_, std::io::Error>(first.to_string()), 1)),
+                    1 => {
+                        release.notified().await;
+                        *sent.lock().expect("lock") = true;
+                        Some((Ok(second.to_string()), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        let mut response = (StatusCode::OK, Body::from_stream(stream)).into_response();
+        let h = response.headers_mut();
+        h.insert("content-type", "text/event-stream".parse().expect("v"));
+        h.insert("connection", "x-upstream-private".parse().expect("v"));
+        h.insert("x-upstream-private", "1".parse().expect("v"));
+        h.insert("keep-alive", "timeout=5".parse().expect("v"));
+        h.insert("request-id", "req_123".parse().expect("v"));
+        response
+    }
+}
+
+#[tokio::test]
+async fn sse_streams_through_without_buffering() {
+    let upstream = HoldingUpstream::default();
+    let url = upstream.start().await;
+    let p = start(&url, api_key()).await;
+    let token = p.token("team");
+    let mut response = http_client()
+        .post(format!("{}/v1/messages", p.url()))
+        .header("x-api-key", &token)
+        .header("content-type", "application/json")
+        .body(message_body(true))
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req_123"),
+        "end-to-end headers pass"
+    );
+    for hop in ["x-upstream-private", "keep-alive"] {
+        assert!(response.headers().get(hop).is_none(), "{hop} dropped");
+    }
+    let mut seen = String::new();
+    tokio::time::timeout(DEADLINE, async {
+        while !seen.contains("message_start") {
+            let chunk = response.chunk().await.expect("chunk").expect("more");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the first event arrives while upstream holds the second");
+    assert!(
+        !*upstream.second_sent.lock().expect("lock"),
+        "the second event was still held back when the first arrived"
+    );
+    upstream.release.notify_one();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(chunk) = response.chunk().await.expect("chunk") {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert!(seen.contains("message_delta"), "{seen}");
+
+    // Usage from the stream was recorded for the token's group and run.
+    let store = Arc::clone(&p.store);
+    let rows = wait_for("a usage row", DEADLINE, || {
+        let store = Arc::clone(&store);
+        async move {
+            let rows = store.usage_since("").ok()?;
+            (!rows.is_empty()).then_some(rows)
+        }
+    })
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].group_folder, "team");
+    assert_eq!(rows[0].run_id, "run-team");
+    assert_eq!(
+        (rows[0].usage.input_tokens, rows[0].usage.output_tokens),
+        (11, 22)
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_dropped() {
+    let upstream = HoldingUpstream::default();
+    let url = upstream.start().await;
+    let p = start(&url, api_key()).await;
+    let token = p.token("team");
+    upstream.release.notify_one();
+    let response = http_client()
+        .post(format!("{}/v1/messages", p.url()))
+        .header("x-api-key", &token)
+        .header("connection", "x-client-private")
+        .header("x-client-private", "secret-ish")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic abc")
+        .header("x-request-marker", "kept")
+        .body(message_body(true))
+        .send()
+        .await
+        .expect("response");
+    let _ = response.text().await;
+    let headers = upstream.headers.lock().expect("lock")[0].clone();
+    for hop in [
+        "x-client-private",
+        "te",
+        "proxy-authorization",
+        "x-api-key-token",
+    ] {
+        assert!(headers.get(hop).is_none(), "{hop} must not reach upstream");
+    }
+    assert_eq!(
+        headers
+            .get("x-request-marker")
+            .and_then(|v| v.to_str().ok()),
+        Some("kept")
+    );
+    assert_eq!(
+        headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+        Some(REAL_KEY)
+    );
+}
+
+#[tokio::test]
+async fn requests_over_the_unix_socket_work_the_same() {
+    let fake = FakeAnthropic::start(vec![Reply::text("via the socket")]).await;
+    let p = start(&fake.url, api_key()).await;
+    let token = p.token("main");
+    let client = reqwest::Client::builder()
+        .unix_socket(p.proxy.socket_path.clone())
+        .build()
+        .expect("client");
+    let response = client
+        .post("http://nanoclaw-proxy/v1/messages")
+        .header("x-api-key", &token)
+        .header("anthropic-version", "2023-06-01")
+        .body(message_body(false))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    assert!(text.contains("via the socket"), "{text}");
+    assert_eq!(fake.requests()[0].header("x-api-key"), Some(REAL_KEY));
+    let meta = std::fs::metadata(&p.proxy.socket_path).expect("socket");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    let _ = &p.root;
+}
+
+/// `.tools/` in the workspace (see scripts/setup.sh).
+fn tool(path: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools")
+        .join(path);
+    assert!(
+        p.exists(),
+        "{} is missing: run ./scripts/setup.sh (it installs the anthropic SDK and Claude Code for these tests)",
+        p.display()
+    );
+    p
+}
+
+#[tokio::test]
+async fn the_official_python_sdk_works_through_the_proxy() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::text("hello from the fake"),
+        Reply::text("streamed from the fake"),
+        Reply::text("bearer from the fake"),
+    ])
+    .await;
+    let p = start(&fake.url, api_key()).await;
+    let token = p.token("team");
+    let script = r#"
+import os, anthropic
+base, token = os.environ["BASE"], os.environ["TOKEN"]
+client = anthropic.Anthropic(base_url=base, api_key=token, max_retries=0)
+m = client.messages.create(model="claude-test", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+print(m.content[0].text)
+with client.messages.stream(model="claude-test", max_tokens=64, messages=[{"role": "user", "content": "again"}]) as s:
+    print(s.get_final_text())
+bearer = anthropic.Anthropic(base_url=base, auth_token=token, max_retries=0)
+m = bearer.messages.create(model="claude-test", max_tokens=64, messages=[{"role": "user", "content": "bearer"}])
+print(m.content[0].text)
+"#;
+    let out = tokio::process::Command::new(tool("venv/bin/python"))
+        .arg("-c")
+        .arg(script)
+        .env_clear()
+        .env("BASE", p.url())
+        .env("TOKEN", &token)
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "hello from the fake",
+            "streamed from the fake",
+            "bearer from the fake"
+        ]
+    );
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3);
+    for r in &requests {
+        assert_eq!(r.header("x-api-key"), Some(REAL_KEY));
+        assert_eq!(r.header("authorization"), None);
+    }
+    assert_no_token(&requests);
+}
+
+#[tokio::test]
+async fn claude_code_works_through_the_proxy() {
+    let fake =
+        FakeAnthropic::start((0..20).map(|_| Reply::text("pong from the fake")).collect()).await;
+    let p = start(&fake.url, api_key()).await;
+    let token = p.token("main");
+    let home = p.root.path().join("claude-home");
+    std::fs::create_dir_all(&home).expect("home");
+    let out = tokio::process::Command::new(tool("node/node_modules/.bin/claude"))
+        .args(["-p", "ping", "--output-format", "text"])
+        .current_dir(&home)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("ANTHROPIC_BASE_URL", p.url())
+        .env("ANTHROPIC_API_KEY", &token)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_ERROR_REPORTING", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .expect("claude finishes")
+        .expect("claude runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("pong from the fake"),
+        "status {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests = fake.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(r.header("x-api-key"), Some(REAL_KEY));
+    }
+    assert_no_token(&requests);
+}
