@@ -57,6 +57,7 @@ pub struct RunningDaemon {
     queue: Arc<GroupQueue>,
     http_task: JoinHandle<()>,
     ipc_task: JoinHandle<()>,
+    scheduler_task: JoinHandle<()>,
     delivery_task: JoinHandle<()>,
     _lock: File,
 }
@@ -155,6 +156,14 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         RetryPolicy::new(config.retry_base),
         Arc::new(run_loop),
     );
+    let scheduler_task = tokio::spawn(
+        crate::scheduler::Scheduler {
+            store: Arc::clone(&store),
+            queue: Arc::clone(&queue),
+            changed: Arc::clone(&ipc.tasks_changed),
+        }
+        .run(shutdown_rx.clone()),
+    );
     let router = Arc::new(Router::new(
         Arc::clone(&store),
         Arc::clone(&senders),
@@ -185,6 +194,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         metrics,
         started: Instant::now(),
         shutdown: shutdown_rx.clone(),
+        tasks_changed: Arc::clone(&ipc.tasks_changed),
     }));
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = tokio::spawn(async move {
@@ -219,6 +229,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         queue,
         http_task,
         ipc_task,
+        scheduler_task,
         delivery_task,
         _lock: lock,
     })
@@ -233,6 +244,7 @@ impl RunningDaemon {
         let _ = self.http_task.await;
         // IPC files written after this are still on disk; the next start processes them.
         let _ = self.ipc_task.await;
+        let _ = self.scheduler_task.await;
         let _ = self.delivery_stop_tx.send(true);
         let _ = self.delivery_task.await;
         let _ = std::fs::remove_file(self.layout.daemon_info_path());

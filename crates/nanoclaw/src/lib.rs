@@ -22,5 +22,6 @@ pub mod router;
 pub mod runner;
 pub mod sandbox;
 pub mod schedule;
+pub mod scheduler;
 pub mod store;
 pub mod tls;

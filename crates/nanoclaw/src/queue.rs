@@ -1,6 +1,8 @@
 //! The group queue (SPEC §6): at most one run per group, at most `max_concurrent` runs in
 //! all, waiting groups served first come first served, new messages for a live run handed
-//! to it instead of starting another, failed runs retried with backoff.
+//! to it instead of starting another, failed runs retried with backoff. Scheduled tasks
+//! (SPEC §12) are queued per group too: a group's due tasks run before its messages, a
+//! task is never queued or run twice at once, and a due task closes its group's idle run.
 //!
 //! The queue decides *when* a group runs; the [`GroupProcessor`] (the router's run loop)
 //! decides *what* a run does. State lives behind a std mutex that is never held across an
@@ -54,7 +56,20 @@ impl RunSlot {
     pub fn set_idle(&self, idle: bool) {
         self.idle.store(idle, Ordering::Relaxed);
         if idle && let Some(queue) = self.queue.upgrade() {
-            queue.preempt_idle_locked(&mut queue.lock());
+            let mut st = queue.lock();
+            // A due task of this very group waits for this run: end it now.
+            for group in st.groups.values_mut() {
+                let has_tasks = !group.pending_tasks.is_empty();
+                if let Some(run) = group.run.as_mut()
+                    && Arc::ptr_eq(&run.idle, &self.idle)
+                    && has_tasks
+                    && !run.closing
+                {
+                    run.closing = true;
+                    let _ = run.signals.send(RunSignal::Close);
+                }
+            }
+            queue.preempt_idle_locked(&mut st);
         }
     }
 
@@ -72,6 +87,10 @@ pub trait GroupProcessor: Send + Sync + 'static {
 
     /// Every retry failed; the messages stay pending. Tell the user.
     async fn gave_up(&self, chat_jid: &str, reason: &str);
+
+    /// Runs scheduled task `task_id` in the group of `chat_jid`. Task runs are not
+    /// retried; the processor records their outcome.
+    async fn run_task(&self, chat_jid: &str, task_id: &str, slot: &mut RunSlot) -> RunOutcome;
 }
 
 /// SPEC §5.5: 5 s, doubling, at most 5 retries.
@@ -107,10 +126,13 @@ pub struct QueueSnapshot {
 pub struct ActiveRunInfo {
     pub chat_jid: String,
     pub idle: bool,
+    /// Set for a scheduled task's run.
+    pub task_id: Option<String>,
 }
 
 struct ActiveRun {
     signals: mpsc::UnboundedSender<RunSignal>,
+    task_id: Option<String>,
     idle: Arc<AtomicBool>,
     /// Asked to close to free its slot for a waiting group.
     closing: bool,
@@ -121,6 +143,8 @@ struct ActiveRun {
 struct GroupState {
     run: Option<ActiveRun>,
     pending_messages: bool,
+    /// Due tasks waiting for this group's next run, oldest first.
+    pending_tasks: VecDeque<String>,
     retries: u32,
     retry_timer: Option<JoinHandle<()>>,
 }
@@ -205,6 +229,56 @@ impl GroupQueue {
         }
     }
 
+    /// Queues scheduled task `task_id` for the group of `chat_jid`. Returns false if that
+    /// task is already waiting or running (a task never runs twice at once).
+    pub fn enqueue_task(&self, chat_jid: &str, task_id: &str) -> bool {
+        let mut st = self.lock();
+        if st.shutting_down {
+            return false;
+        }
+        let taken = st.groups.values().any(|g| {
+            g.pending_tasks.iter().any(|t| t == task_id)
+                || g.run.as_ref().and_then(|r| r.task_id.as_deref()) == Some(task_id)
+        });
+        if taken {
+            return false;
+        }
+        let group = st.groups.entry(chat_jid.to_string()).or_default();
+        group.pending_tasks.push_back(task_id.to_string());
+        if let Some(run) = group.run.as_mut() {
+            // The task runs when this run ends; an idle run is asked to end now.
+            if !run.closing && run.idle.load(Ordering::Relaxed) {
+                tracing::info!(chat_jid, task_id, "closing the idle run for a due task");
+                run.closing = true;
+                let _ = run.signals.send(RunSignal::Close);
+            }
+            return true;
+        }
+        if st.active >= self.max_concurrent {
+            if !st.waiting.iter().any(|j| j == chat_jid) {
+                st.waiting.push_back(chat_jid.to_string());
+            }
+            self.preempt_idle_locked(&mut st);
+            return true;
+        }
+        self.start_locked(&mut st, chat_jid);
+        true
+    }
+
+    /// Every task that is waiting or running.
+    pub fn queued_tasks(&self) -> std::collections::HashSet<String> {
+        let st = self.lock();
+        st.groups
+            .values()
+            .flat_map(|g| {
+                g.pending_tasks
+                    .iter()
+                    .cloned()
+                    .chain(g.run.as_ref().and_then(|r| r.task_id.clone()))
+            })
+            .collect()
+    }
+
     pub fn snapshot(&self) -> QueueSnapshot {
         let st = self.lock();
         let mut active: Vec<ActiveRunInfo> = st
@@ -214,6 +288,7 @@ impl GroupQueue {
                 g.run.as_ref().map(|r| ActiveRunInfo {
                     chat_jid: jid.clone(),
                     idle: r.idle.load(Ordering::Relaxed),
+                    task_id: r.task_id.clone(),
                 })
             })
             .collect();
@@ -231,9 +306,14 @@ impl GroupQueue {
         let idle = Arc::new(AtomicBool::new(false));
         st.active += 1;
         let group = st.groups.entry(chat_jid.to_string()).or_default();
-        group.pending_messages = false;
+        // Due tasks go before messages (which stay pending for the next run).
+        let task_id = group.pending_tasks.pop_front();
+        if task_id.is_none() {
+            group.pending_messages = false;
+        }
         let jid = chat_jid.to_string();
         let slot_idle = Arc::clone(&idle);
+        let run_task_id = task_id.clone();
         let task = tokio::spawn(async move {
             let mut slot = RunSlot {
                 signals: rx,
@@ -242,26 +322,36 @@ impl GroupQueue {
                 queue: Arc::downgrade(&me),
             };
             let processor = Arc::clone(&me.processor);
-            let outcome = AssertUnwindSafe(processor.process_messages(&jid, &mut slot))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::error!(chat_jid = %jid, "the run loop panicked; the messages will be retried");
-                    RunOutcome::Retry {
-                        reason: "an internal error interrupted the run".into(),
-                    }
-                });
-            me.finish(&jid, outcome, slot).await;
+            let outcome = match &run_task_id {
+                Some(task_id) => AssertUnwindSafe(processor.run_task(&jid, task_id, &mut slot))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::error!(chat_jid = %jid, task_id, "the task run panicked");
+                        RunOutcome::Done
+                    }),
+                None => AssertUnwindSafe(processor.process_messages(&jid, &mut slot))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::error!(chat_jid = %jid, "the run loop panicked; the messages will be retried");
+                        RunOutcome::Retry {
+                            reason: "an internal error interrupted the run".into(),
+                        }
+                    }),
+            };
+            me.finish(&jid, outcome, slot, run_task_id.is_some()).await;
         });
         group.run = Some(ActiveRun {
             signals: tx,
+            task_id,
             idle,
             closing: false,
             task: Some(task),
         });
     }
 
-    async fn finish(&self, chat_jid: &str, outcome: RunOutcome, mut slot: RunSlot) {
+    async fn finish(&self, chat_jid: &str, outcome: RunOutcome, mut slot: RunSlot, was_task: bool) {
         let mut gave_up = None;
         let mut backing_off = false;
         {
@@ -280,6 +370,8 @@ impl GroupQueue {
                 group.pending_messages = true;
             }
             match outcome {
+                // A task run says nothing about the group's messages.
+                _ if was_task => {}
                 RunOutcome::Done | RunOutcome::Failed => group.retries = 0,
                 RunOutcome::GiveUp { reason } => {
                     group.retries = 0;
@@ -314,7 +406,8 @@ impl GroupQueue {
             }
             // While backing off, the retry timer brings the group back (with whatever
             // arrived meanwhile); re-queueing it now would skip the backoff.
-            let pending = group.pending_messages && !backing_off;
+            let pending =
+                (group.pending_messages && !backing_off) || !group.pending_tasks.is_empty();
             if !shutting_down {
                 // Back of the line: groups already waiting go first.
                 if pending && !st.waiting.iter().any(|j| j == chat_jid) {
@@ -358,10 +451,9 @@ impl GroupQueue {
             let Some(jid) = st.waiting.pop_front() else {
                 break;
             };
-            let ready = st
-                .groups
-                .get(&jid)
-                .is_some_and(|g| g.run.is_none() && g.pending_messages);
+            let ready = st.groups.get(&jid).is_some_and(|g| {
+                g.run.is_none() && (g.pending_messages || !g.pending_tasks.is_empty())
+            });
             if ready {
                 self.start_locked(st, &jid);
             }
@@ -482,6 +574,11 @@ mod tests {
                 .expect("lock")
                 .push(chat_jid.to_string());
         }
+        async fn run_task(&self, chat_jid: &str, task_id: &str, slot: &mut RunSlot) -> RunOutcome {
+            // Recorded as `task:{id}@{group}`, blocking like a message run.
+            self.process_messages(&format!("task:{task_id}@{chat_jid}"), slot)
+                .await
+        }
     }
 
     async fn wait_started(gate: &Gate, n: usize) {
@@ -573,14 +670,36 @@ mod tests {
         );
     }
 
-    /// Goes idle at once and stays until closed.
+    /// Goes idle (at once, or once `hold` gives a permit) and stays until closed.
     struct IdleUntilClosed {
         closed: Mutex<Vec<String>>,
+        tasks_run: Mutex<Vec<String>>,
+        hold: Option<Semaphore>,
+    }
+
+    impl IdleUntilClosed {
+        fn new(hold: bool) -> Arc<IdleUntilClosed> {
+            Arc::new(IdleUntilClosed {
+                closed: Mutex::new(vec![]),
+                tasks_run: Mutex::new(vec![]),
+                hold: hold.then(|| Semaphore::new(0)),
+            })
+        }
     }
 
     #[async_trait]
     impl GroupProcessor for IdleUntilClosed {
+        async fn run_task(&self, chat_jid: &str, task_id: &str, _: &mut RunSlot) -> RunOutcome {
+            self.tasks_run
+                .lock()
+                .expect("lock")
+                .push(format!("{task_id}@{chat_jid}"));
+            RunOutcome::Done
+        }
         async fn process_messages(&self, chat_jid: &str, slot: &mut RunSlot) -> RunOutcome {
+            if let Some(hold) = &self.hold {
+                hold.acquire().await.expect("open").forget();
+            }
             slot.set_idle(true);
             while let Some(sig) = slot.signals.recv().await {
                 if sig == RunSignal::Close {
@@ -595,9 +714,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_run_yields_its_slot_to_a_waiting_group() {
-        let p = Arc::new(IdleUntilClosed {
-            closed: Mutex::new(vec![]),
-        });
+        let p = IdleUntilClosed::new(false);
         let q = GroupQueue::new(1, RetryPolicy::new(Duration::from_millis(10)), p.clone());
         q.enqueue_messages("g1");
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -622,6 +739,78 @@ mod tests {
         })
         .await
         .expect("g2 got the slot");
+        assert_eq!(*p.closed.lock().expect("lock"), ["g1"]);
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !check() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    }
+
+    #[tokio::test]
+    async fn a_task_is_never_queued_or_run_twice_and_goes_before_messages() {
+        let gate = Gate::new();
+        let q = GroupQueue::new(1, RetryPolicy::new(Duration::from_millis(10)), gate.clone());
+        q.enqueue_messages("g1");
+        wait_started(&gate, 1).await;
+        assert!(q.enqueue_task("g1", "t1"));
+        assert!(!q.enqueue_task("g1", "t1"), "already waiting");
+        assert!(
+            !q.enqueue_task("g2", "t1"),
+            "a task id is queued once, anywhere"
+        );
+        q.enqueue_messages("g1"); // signalled to the live run
+        assert_eq!(q.queued_tasks().len(), 1);
+        gate.release.add_permits(1);
+        wait_started(&gate, 2).await;
+        assert_eq!(gate.started()[1], "task:t1@g1", "the task runs next");
+        assert!(!q.enqueue_task("g1", "t1"), "already running");
+        assert_eq!(
+            q.snapshot().active[0].task_id.as_deref(),
+            Some("t1"),
+            "status shows the task run"
+        );
+        gate.release.add_permits(1);
+        until("the task run ended", || q.queued_tasks().is_empty()).await;
+        gate.release.add_permits(1);
+    }
+
+    #[tokio::test]
+    async fn a_due_task_closes_its_groups_idle_run() {
+        let p = IdleUntilClosed::new(false);
+        let q = GroupQueue::new(5, RetryPolicy::new(Duration::from_millis(10)), p.clone());
+        q.enqueue_messages("g1");
+        until("g1 idle", || q.snapshot().active.iter().any(|r| r.idle)).await;
+        assert!(q.enqueue_task("g1", "t1"));
+        until("the task ran", || {
+            !p.tasks_run.lock().expect("lock").is_empty()
+        })
+        .await;
+        assert_eq!(*p.closed.lock().expect("lock"), ["g1"]);
+        assert_eq!(*p.tasks_run.lock().expect("lock"), ["t1@g1"]);
+    }
+
+    #[tokio::test]
+    async fn a_busy_run_is_closed_for_a_due_task_once_it_goes_idle() {
+        let p = IdleUntilClosed::new(true);
+        let q = GroupQueue::new(5, RetryPolicy::new(Duration::from_millis(10)), p.clone());
+        q.enqueue_messages("g1");
+        until("g1 running", || !q.snapshot().active.is_empty()).await;
+        assert!(q.enqueue_task("g1", "t1"));
+        assert!(
+            p.closed.lock().expect("lock").is_empty(),
+            "a busy run is not interrupted"
+        );
+        p.hold.as_ref().expect("hold").add_permits(1);
+        until("the task ran", || {
+            !p.tasks_run.lock().expect("lock").is_empty()
+        })
+        .await;
         assert_eq!(*p.closed.lock().expect("lock"), ["g1"]);
     }
 

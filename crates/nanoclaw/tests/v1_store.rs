@@ -166,10 +166,20 @@ async fn nanoclaw_v1_databases_open_and_keep_everything() {
         // The daemon honours v1's cursors: only the message v1 never handled runs.
         let runner = ScriptedRunner::new(vec![]);
         let d = start_daemon_with(runner.clone(), root, |_| {}).await;
-        let runs = runner
-            .wait_runs("the unhandled main message", |r| !r.is_empty())
+        // Two runs: the message v1 never handled, and v1's overdue cron task (due
+        // while v1 was down), once.
+        let mut runs = runner
+            .wait_runs("the unhandled main message and the overdue task", |r| {
+                r.len() >= 2
+            })
             .await;
-        assert_eq!(runs.len(), 1, "early={early}: {runs:#?}");
+        assert_eq!(runs.len(), 2, "early={early}: {runs:#?}");
+        let task_at = runs
+            .iter()
+            .position(|r| r.prompt == "morning briefing")
+            .unwrap_or_else(|| panic!("the overdue v1 task ran: {runs:#?}"));
+        let task_run = runs.remove(task_at);
+        assert_eq!(task_run.folder, "main");
         assert_eq!(runs[0].chat_jid, MAIN);
         assert!(
             runs[0].prompt.contains("arrived while v1 was down"),
@@ -201,7 +211,17 @@ async fn nanoclaw_v1_databases_open_and_keep_everything() {
         // A chat's last activity time moves forward when the assistant replies in it, and
         // the run stores the session it continued in, both as in v1; every other value
         // must be exactly as it was.
-        let comparable = |cell: &String| !cell.starts_with("last_message_time=");
+        // A task that ran records its last and next run and its result, as in v1.
+        let comparable = |cell: &String| {
+            ![
+                "last_message_time=",
+                "next_run=",
+                "last_run=",
+                "last_result=",
+            ]
+            .iter()
+            .any(|p| cell.starts_with(p))
+        };
         for (table, row) in before.iter().filter(|(t, _)| t != "sessions") {
             let still = after.iter().any(|(t, r)| {
                 t == table

@@ -144,6 +144,37 @@ pub async fn tasks(State(state): State<Arc<HttpState>>) -> Result<impl IntoRespo
     Ok(Json(tasks))
 }
 
+/// `POST /api/tasks/{id}/pause|resume|cancel` (what `nanoclaw tasks` uses while the
+/// daemon runs, so the scheduler hears of it at once).
+pub async fn task_action(
+    State(state): State<Arc<HttpState>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    use crate::store::{StoreError, TaskStatus};
+    let to = match action.as_str() {
+        "pause" => TaskStatus::Paused,
+        "resume" => TaskStatus::Active,
+        "cancel" => TaskStatus::Cancelled,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown task action `{other}`; use pause, resume or cancel"),
+            ));
+        }
+    };
+    let task = state
+        .store
+        .call(move |s| s.set_task_status(&id, to))
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            other => ApiError::internal(other),
+        })?;
+    state.tasks_changed.notify_one();
+    Ok(Json(task))
+}
+
 pub async fn status(State(state): State<Arc<HttpState>>) -> Result<impl IntoResponse, ApiError> {
     let (groups, undelivered, messages) = state
         .store

@@ -45,6 +45,8 @@ pub struct HttpState {
     pub started: Instant,
     /// Turns true when the daemon stops; open event streams end then.
     pub shutdown: watch::Receiver<bool>,
+    /// Wakes the scheduler after a task change.
+    pub tasks_changed: Arc<tokio::sync::Notify>,
 }
 
 /// A JSON error: `{"error": "what went wrong and what to do"}`.
@@ -86,6 +88,7 @@ pub fn app(state: Arc<HttpState>) -> HttpRouter {
         .route("/api/events", get(events::stream))
         .route("/api/groups", get(api::groups))
         .route("/api/tasks", get(api::tasks))
+        .route("/api/tasks/{id}/{action}", post(api::task_action))
         .route("/api/status", get(api::status))
         .route("/metrics", get(api::metrics))
         .route_layer(middleware::from_fn_with_state(

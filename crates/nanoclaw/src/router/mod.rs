@@ -11,6 +11,7 @@
 pub mod prompt;
 pub mod run;
 pub mod sender_allowlist;
+mod task;
 pub mod trigger;
 
 use std::sync::Arc;

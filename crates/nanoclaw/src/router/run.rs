@@ -82,7 +82,7 @@ fn max_seq(messages: &[StoredMessage]) -> i64 {
 impl RunLoop {
     /// Writes the group's `current_tasks.json` and `available_groups.json` (SPEC §10).
     /// A failure is logged; the run goes ahead with whatever the agent finds.
-    async fn write_snapshots(&self, group: &RegisteredGroup) {
+    pub(super) async fn write_snapshots(&self, group: &RegisteredGroup) {
         let ipc = Arc::clone(&self.ipc);
         let (folder, is_main) = (group.folder.clone(), group.is_main);
         let written = tokio::task::spawn_blocking(move || {
@@ -402,6 +402,13 @@ impl GroupProcessor for RunLoop {
         };
         let span = tracing::info_span!("run", group = %plan.group.folder, chat_jid);
         self.run(plan, slot).instrument(span).await
+    }
+
+    async fn run_task(&self, chat_jid: &str, task_id: &str, slot: &mut RunSlot) -> RunOutcome {
+        let span = tracing::info_span!("task", task_id, chat_jid);
+        self.task_run(chat_jid, task_id, slot)
+            .instrument(span)
+            .await
     }
 
     async fn gave_up(&self, chat_jid: &str, reason: &str) {

@@ -23,7 +23,7 @@ pub use groups::RegisteredGroup;
 pub use messages::{ChatInfo, ChatMeta, Message, StoredMessage};
 pub use outbox::{CommittedReply, OutboxItem};
 pub use schema::LATEST_VERSION;
-pub use tasks::{ScheduledTask, TaskStatus};
+pub use tasks::{ScheduledTask, TaskRunRecord, TaskStatus};
 pub use usage::{Usage, UsageRow};
 
 #[derive(Debug, Error)]

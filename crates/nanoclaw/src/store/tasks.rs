@@ -1,11 +1,11 @@
 //! Scheduled tasks as stored (the scheduler that runs them lives in `scheduler`).
 
 use rusqlite::{OptionalExtension, Row, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, WithContext};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduledTask {
     pub id: String,
     pub group_folder: String,
@@ -19,6 +19,24 @@ pub struct ScheduledTask {
     pub last_result: Option<String>,
     pub status: String,
     pub created_at: String,
+}
+
+/// One run of a scheduled task (a `task_run_logs` row, plus what it changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskRunRecord {
+    pub task_id: String,
+    pub run_at: String,
+    pub duration_ms: i64,
+    /// `success` or `error`.
+    pub status: String,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    /// Shown in `tasks list`.
+    #[serde(skip)]
+    pub last_result: Option<String>,
+    /// `None`: the task is finished (`completed`).
+    #[serde(skip)]
+    pub next_run: Option<String>,
 }
 
 /// What `tasks pause|resume|cancel` may set. `cancelled` keeps the task and its run
@@ -153,6 +171,84 @@ impl Store {
             return Err(StoreError::NotFound(format!("no task with id `{id}`")));
         }
         Ok(())
+    }
+
+    /// Active tasks, with their next run (NULL sorts last).
+    pub fn active_tasks(&self) -> Result<Vec<ScheduledTask>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM scheduled_tasks WHERE COALESCE(status, 'active') = 'active'
+                 ORDER BY next_run IS NULL, next_run, id"
+            ))
+            .ctx("preparing the active tasks query")?;
+        let rows = stmt.query_map([], task).ctx("reading active tasks")?;
+        rows.collect::<Result<_, _>>().ctx("reading active tasks")
+    }
+
+    /// Records a finished task run: a `task_run_logs` row, and the task's last run, last
+    /// result and next run (a task with no next run is `completed`), in one transaction.
+    pub fn record_task_run(&self, run: &TaskRunRecord) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().ctx("starting to record a task run")?;
+        tx.execute(
+            "INSERT INTO task_run_logs (task_id, run_at, duration_ms, status, result, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                run.task_id,
+                run.run_at,
+                run.duration_ms,
+                run.status,
+                run.result,
+                run.error
+            ],
+        )
+        .ctx("logging a task run")?;
+        tx.execute(
+            "UPDATE scheduled_tasks SET last_run = ?2, last_result = ?3, next_run = ?4,
+                 status = CASE WHEN ?4 IS NULL AND status = 'active' THEN 'completed' ELSE status END
+             WHERE id = ?1",
+            params![run.task_id, run.run_at, run.last_result, run.next_run],
+        )
+        .ctx("updating a task after its run")?;
+        tx.commit().ctx("committing a task run")
+    }
+
+    /// Pauses a task the scheduler cannot run, saying why in its last result.
+    pub fn pause_task_because(&self, id: &str, reason: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE scheduled_tasks SET status = 'paused', last_result = ?2 WHERE id = ?1",
+                params![id, reason],
+            )
+            .ctx("pausing a task")?;
+        Ok(())
+    }
+
+    /// The run log of one task, newest first.
+    pub fn task_runs(&self, id: &str) -> Result<Vec<TaskRunRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT task_id, run_at, duration_ms, status, result, error FROM task_run_logs
+                 WHERE task_id = ?1 ORDER BY run_at DESC, id DESC",
+            )
+            .ctx("preparing the task runs query")?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok(TaskRunRecord {
+                    task_id: r.get(0)?,
+                    run_at: r.get(1)?,
+                    duration_ms: r.get(2)?,
+                    status: r.get(3)?,
+                    result: r.get(4)?,
+                    error: r.get(5)?,
+                    last_result: None,
+                    next_run: None,
+                })
+            })
+            .ctx("reading task runs")?;
+        rows.collect::<Result<_, _>>().ctx("reading task runs")
     }
 
     /// Pauses, resumes or cancels a task, refusing transitions that make no sense
