@@ -2,8 +2,10 @@
 //! HTTP API (including its event stream), and (as they are added) fakes of remote
 //! services that speak the real wire protocols.
 
+pub mod conformance;
 pub mod fake_anthropic;
 pub mod fake_openai;
+pub mod fake_telegram;
 
 use std::future::Future;
 use std::path::Path;

@@ -103,14 +103,15 @@ async fn through_the_host(kind: RuntimeKind) -> Result<Vec<Duration>, String> {
         anthropic_api_key: Some(Secret::new("sk-bench")),
         ..Default::default()
     };
-    let d = support::start_sandboxed_daemon_in(root, kind, Some(agent_bin()), secrets, |c| {
-        c.anthropic_base_url = url;
-        c.max_concurrent_containers = SAMPLES + 2;
-        c.idle_timeout = Duration::from_secs(600);
-        c.llm_attempts = 1;
-        c.retry_base = Duration::from_secs(3600);
-    })
-    .await;
+    let d =
+        support::start_sandboxed_daemon_in(root, kind, Some(agent_bin()), secrets, vec![], |c| {
+            c.anthropic_base_url = url;
+            c.max_concurrent_containers = SAMPLES + 2;
+            c.idle_timeout = Duration::from_secs(600);
+            c.llm_attempts = 1;
+            c.retry_base = Duration::from_secs(3600);
+        })
+        .await;
     let mut out = Vec::new();
     for i in 0..SAMPLES + 1 {
         let jid = format!("web:g{i}");

@@ -58,6 +58,7 @@ pub struct RunningDaemon {
     http_task: JoinHandle<()>,
     ipc_task: JoinHandle<()>,
     scheduler_task: JoinHandle<()>,
+    channel_tasks: Vec<JoinHandle<()>>,
     delivery_task: JoinHandle<()>,
     _lock: File,
 }
@@ -189,7 +190,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         queue: Arc::clone(&queue),
         senders,
         runner,
-        channels,
+        channels: channels.clone(),
         events: events_tx,
         metrics,
         started: Instant::now(),
@@ -208,6 +209,13 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         }
     });
     let delivery_task = tokio::spawn(Arc::clone(&delivery).run(delivery_stop_rx));
+    let channel_tasks: Vec<JoinHandle<()>> = channels
+        .iter()
+        .map(|channel| {
+            let host: Arc<dyn crate::channels::ChannelHost> = Arc::clone(&router) as _;
+            tokio::spawn(Arc::clone(channel).run(host, shutdown_rx.clone()))
+        })
+        .collect();
 
     write_daemon_info(&layout, http_addr)?;
     tracing::info!(http = %http_addr, root = %config.root.display(), assistant = %config.assistant_name, "nanoclaw is running");
@@ -230,6 +238,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         http_task,
         ipc_task,
         scheduler_task,
+        channel_tasks,
         delivery_task,
         _lock: lock,
     })
@@ -245,6 +254,9 @@ impl RunningDaemon {
         // IPC files written after this are still on disk; the next start processes them.
         let _ = self.ipc_task.await;
         let _ = self.scheduler_task.await;
+        for task in self.channel_tasks {
+            let _ = task.await;
+        }
         let _ = self.delivery_stop_tx.send(true);
         let _ = self.delivery_task.await;
         let _ = std::fs::remove_file(self.layout.daemon_info_path());

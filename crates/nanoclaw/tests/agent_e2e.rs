@@ -31,7 +31,7 @@ async fn start(
     secrets: Secrets,
     tweak: impl FnOnce(&mut nanoclaw::config::Config),
 ) -> TestDaemon {
-    support::start_sandboxed_daemon_in(root, kind, None, secrets, |c| {
+    support::start_sandboxed_daemon_in(root, kind, None, secrets, vec![], |c| {
         c.idle_timeout = Duration::from_secs(120);
         c.retry_base = Duration::from_millis(50);
         c.llm_attempts = 2;

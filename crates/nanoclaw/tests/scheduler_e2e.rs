@@ -23,7 +23,7 @@ fn secrets() -> Secrets {
 
 async fn start(root: tempfile::TempDir, fake: &FakeAnthropic) -> TestDaemon {
     let url = fake.url.clone();
-    support::start_sandboxed_daemon_in(root, RuntimeKind::Bwrap, None, secrets(), |c| {
+    support::start_sandboxed_daemon_in(root, RuntimeKind::Bwrap, None, secrets(), vec![], |c| {
         c.anthropic_base_url = url;
         // Far longer than any wait below: an idle run only ends early because of a task.
         c.idle_timeout = Duration::from_secs(120);

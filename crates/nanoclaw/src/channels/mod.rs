@@ -2,12 +2,34 @@
 //! sends outbound text for the JIDs it owns. Adding a channel is adding a file here that
 //! implements [`Channel`]; the core never matches on channel names.
 
+pub mod telegram;
+pub mod text;
 pub mod web;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::store::{ChatMeta, Message};
+
+/// What a channel hands its inbound traffic to (the router and the store).
+#[async_trait]
+pub trait ChannelHost: Send + Sync + 'static {
+    /// Stores a message (and its chat's metadata) and lets the router act on it. An
+    /// error means it was not stored: deliver it again later. Duplicates (same message
+    /// id in the same chat) are ignored.
+    async fn deliver(&self, chat: ChatMeta, message: Message) -> Result<(), String>;
+
+    /// Records chat metadata alone (e.g. a group's new name).
+    async fn chat_seen(&self, chat: ChatMeta) -> Result<(), String>;
+
+    /// The channel's persisted state under `key` (e.g. a polling offset).
+    async fn load_state(&self, key: &str) -> Result<Option<String>, String>;
+
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), String>;
+}
 
 /// A committed reply on its way to a chat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,6 +68,11 @@ pub trait Channel: Send + Sync + 'static {
     async fn set_typing(&self, _jid: &str, _typing: bool) -> Result<(), ChannelError> {
         Ok(())
     }
+
+    /// Runs the channel's connection until `shutdown` turns true: connects, hands inbound
+    /// messages to `host`, reconnects with backoff after any failure, and never panics or
+    /// ends the process. Channels without a connection of their own return at once.
+    async fn run(self: Arc<Self>, _host: Arc<dyn ChannelHost>, _shutdown: watch::Receiver<bool>) {}
 }
 
 /// The channels of this daemon.
@@ -66,4 +93,27 @@ impl ChannelSet {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Channel>> {
         self.channels.iter()
     }
+}
+
+/// The channels whose credentials are configured; the others are skipped with a warning
+/// saying what to set. (The web channel is always on and not listed here.)
+pub fn configured(
+    config: &crate::config::Config,
+    secrets: &crate::config::Secrets,
+) -> Vec<Arc<dyn Channel>> {
+    let mut channels: Vec<Arc<dyn Channel>> = Vec::new();
+    match &secrets.telegram_bot_token {
+        None => tracing::warn!(
+            "Telegram is off: set TELEGRAM_BOT_TOKEN (from @BotFather) in .env to turn it on"
+        ),
+        Some(token) => match telegram::Telegram::new(
+            &config.telegram_api_url,
+            token.expose(),
+            &config.assistant_name,
+        ) {
+            Ok(t) => channels.push(t),
+            Err(e) => tracing::error!("Telegram is off: {e}"),
+        },
+    }
+    channels
 }

@@ -213,13 +213,14 @@ fn run(config: Config, secrets: Secrets) -> Result<ExitCode> {
                 Arc::new(UnavailableRunner::new(e))
             }
         };
-        // Secrets go to the credential proxy only.
+        let channels = crate::channels::configured(&config, &secrets);
+        // Model credentials go to the credential proxy only.
         let daemon = daemon::start(DaemonOptions {
             config,
             secrets,
             runner,
             tokens,
-            channels: vec![],
+            channels,
         })
         .await?;
         wait_for_stop_signal().await?;

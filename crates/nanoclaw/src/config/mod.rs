@@ -118,6 +118,9 @@ pub struct Config {
     pub llm_attempts: u32,
     /// Upstream of the proxy in `openai` mode (`OPENAI_BASE_URL`, e.g. Ollama's).
     pub openai_base_url: String,
+    /// The Telegram Bot API (`TELEGRAM_API_URL`; a self-hosted Bot API server or a test
+    /// double).
+    pub telegram_api_url: String,
 }
 
 /// A secret value. `Debug` and `Display` never show it.
@@ -282,6 +285,18 @@ impl Config {
             ));
         }
 
+        let telegram_api_url = s
+            .string("TELEGRAM_API_URL", "https://api.telegram.org")
+            .trim_end_matches('/')
+            .to_string();
+        if !(telegram_api_url.starts_with("http://") || telegram_api_url.starts_with("https://")) {
+            return Err(invalid(
+                &s,
+                "TELEGRAM_API_URL",
+                "must start with http:// or https://",
+            ));
+        }
+
         let container_runtime = match s.get("CONTAINER_RUNTIME") {
             None => None,
             Some((raw, origin)) => Some(match raw.trim().to_ascii_lowercase().as_str() {
@@ -348,6 +363,7 @@ impl Config {
                     ));
                 }
             },
+            telegram_api_url,
             openai_base_url: s
                 .string("OPENAI_BASE_URL", "http://127.0.0.1:11434")
                 .trim_end_matches('/')

@@ -99,6 +99,11 @@ impl Router {
         Ok(accepted)
     }
 
+    /// Records chat metadata alone.
+    pub async fn chat_seen(&self, chat: ChatMeta) -> Result<(), StoreError> {
+        self.store.call(move |s| s.upsert_chat(&chat)).await
+    }
+
     /// Startup recovery: queue every registered chat with messages that need the agent
     /// (accepted before a crash, or left by runs that failed).
     pub async fn recover(&self) -> Result<(), StoreError> {
@@ -162,6 +167,38 @@ pub fn wants_run(
             && trigger.matches(&m.content)
             && (m.is_from_me || senders.may_trigger(&group.jid, &m.sender))
     })
+}
+
+#[async_trait::async_trait]
+impl crate::channels::ChannelHost for Router {
+    async fn deliver(&self, chat: ChatMeta, message: Message) -> Result<(), String> {
+        self.accept(chat, message)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn chat_seen(&self, chat: ChatMeta) -> Result<(), String> {
+        Router::chat_seen(self, chat)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn load_state(&self, key: &str) -> Result<Option<String>, String> {
+        let key = key.to_string();
+        self.store
+            .call(move |s| s.state(&key))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), String> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.store
+            .call(move |s| s.set_state(&key, &value))
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

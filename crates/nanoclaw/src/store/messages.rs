@@ -160,6 +160,29 @@ impl Store {
         rows.collect::<Result<_, _>>().ctx("reading chats")
     }
 
+    /// A value in `router_state` (channel offsets and similar).
+    pub fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM router_state WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading router state")
+    }
+
+    pub fn set_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO router_state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .ctx("saving router state")?;
+        Ok(())
+    }
+
     /// The `seq` of the last message the agent has handled in this chat (0: none).
     pub fn cursor(&self, chat_jid: &str) -> Result<i64, StoreError> {
         self.conn()

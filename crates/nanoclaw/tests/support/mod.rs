@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use nanoclaw::channels::Channel;
 use nanoclaw::config::{Config, Secrets};
 use nanoclaw::daemon::{self, DaemonOptions, RunningDaemon};
 use nanoclaw::proxy::RunTokens;
@@ -28,6 +29,8 @@ pub enum Step {
     /// Wait until a follow-up has been sent to the run, leave it unread, answer the
     /// first prompt only (`inputs: 0`), then crash: the follow-up must be retried.
     ReplyToFirstThenCrash(String),
+    /// Report a session, send these replies, go idle, and end the run at once.
+    ReplyAndEnd(Vec<String>),
 }
 
 pub fn reply(text: &str) -> Step {
@@ -74,6 +77,11 @@ impl ScriptedRunner {
             ..Default::default()
         });
         (runner, gate)
+    }
+
+    /// Adds a step to the end of the script.
+    pub fn push(&self, step: Step) {
+        self.script.lock().expect("lock").push_back(step);
     }
 
     pub fn runs(&self) -> Vec<RecordedRun> {
@@ -169,6 +177,13 @@ impl AgentRunner for ScriptedRunner {
                 send(AgentEvent::Result { text, inputs: 0 });
                 return Err(RunError::new("crashed"));
             }
+            Step::ReplyAndEnd(texts) => {
+                for text in texts {
+                    send(AgentEvent::Result { text, inputs: 0 });
+                }
+                send(AgentEvent::Idle { inputs: 0 });
+                return Ok(());
+            }
             Step::Reply(texts) => {
                 let n = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
                 send(AgentEvent::Session {
@@ -249,7 +264,15 @@ pub async fn start_daemon_with(
     root: tempfile::TempDir,
     tweak: impl FnOnce(&mut Config),
 ) -> TestDaemon {
-    start_daemon_full(runner, Arc::default(), Secrets::default(), root, tweak).await
+    start_daemon_full(
+        runner,
+        Arc::default(),
+        Secrets::default(),
+        vec![],
+        root,
+        tweak,
+    )
+    .await
 }
 
 /// Starts a daemon whose credential proxy shares `tokens` with `runner` and holds
@@ -258,6 +281,7 @@ pub async fn start_daemon_full(
     runner: Arc<dyn AgentRunner>,
     tokens: Arc<RunTokens>,
     secrets: Secrets,
+    channels: Vec<Arc<dyn Channel>>,
     root: tempfile::TempDir,
     tweak: impl FnOnce(&mut Config),
 ) -> TestDaemon {
@@ -270,7 +294,7 @@ pub async fn start_daemon_full(
         secrets,
         runner,
         tokens,
-        channels: vec![],
+        channels,
     })
     .await
     .expect("daemon starts");
@@ -296,7 +320,7 @@ pub async fn start_sandboxed_daemon(
     tweak: impl FnOnce(&mut Config),
 ) -> TestDaemon {
     let root = tempfile::tempdir().expect("temp dir");
-    start_sandboxed_daemon_in(root, kind, agent, secrets, tweak).await
+    start_sandboxed_daemon_in(root, kind, agent, secrets, vec![], tweak).await
 }
 
 /// [`start_sandboxed_daemon`] on an existing root (e.g. to restart a stopped daemon).
@@ -305,6 +329,7 @@ pub async fn start_sandboxed_daemon_in(
     kind: nanoclaw::config::RuntimeKind,
     agent: Option<PathBuf>,
     secrets: Secrets,
+    channels: Vec<Arc<dyn Channel>>,
     tweak: impl FnOnce(&mut Config),
 ) -> TestDaemon {
     use nanoclaw::sandbox::{self, runner::SandboxRunner};
@@ -323,7 +348,10 @@ pub async fn start_sandboxed_daemon_in(
         sandbox::backend(kind, &config),
         Arc::clone(&tokens),
     ));
-    start_daemon_full(runner, tokens, secrets, root, move |c| *c = config).await
+    start_daemon_full(runner, tokens, secrets, channels, root, move |c| {
+        *c = config
+    })
+    .await
 }
 
 /// Registers a non-main web group through the store, as `nanoclaw groups add` does.

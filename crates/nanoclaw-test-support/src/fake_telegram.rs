@@ -1,0 +1,458 @@
+//! A fake Telegram Bot API speaking the real HTTP/JSON shapes: `POST /bot{token}/{method}`
+//! with JSON bodies, `{"ok":true,"result":…}` answers and `{"ok":false,"error_code",
+//! "description","parameters":{"retry_after"}}` errors. `getUpdates` long-polls and
+//! confirms updates below `offset`, as the real API does. Tests inject platform traffic
+//! (user messages, the bot's own messages, malformed updates), failures (429 on send,
+//! 409 on poll), and dropped connections (every open TCP connection cut).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+pub const BOT_ID: i64 = 7_000_001;
+pub const BOT_USERNAME: &str = "nanoclaw_test_bot";
+/// Telegram's message limit in UTF-16 code units.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// A message the bot sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub chat_id: i64,
+    pub text: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    token: String,
+    next_update_id: i64,
+    next_message_id: i64,
+    /// Unconfirmed updates, oldest first.
+    updates: VecDeque<Value>,
+    sent: Vec<Sent>,
+    actions: Vec<(i64, String)>,
+    /// The next sends answer 429 with this retry_after.
+    send_429: VecDeque<u64>,
+    /// The next polls answer 409.
+    poll_409: usize,
+    /// Typing requests fail with 500.
+    typing_fails: bool,
+    /// Offsets seen by getUpdates.
+    poll_offsets: Vec<i64>,
+    /// Every update ever queued, for redelivery.
+    history: Vec<Value>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    changed: Notify,
+    /// A second handle on every accepted connection, to cut it from our side.
+    connections: Mutex<Vec<std::net::TcpStream>>,
+}
+
+pub struct FakeTelegram {
+    /// The API root to configure (`TELEGRAM_API_URL`).
+    pub url: String,
+    pub token: String,
+    shared: Arc<Shared>,
+    server: Mutex<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FakeTelegram {
+    fn drop(&mut self) {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort();
+    }
+}
+
+/// A chat as it appears in updates.
+#[derive(Debug, Clone)]
+pub struct Chat {
+    pub id: i64,
+    pub kind: &'static str,
+    pub title: Option<String>,
+}
+
+impl Chat {
+    pub fn group(id: i64, title: &str) -> Chat {
+        Chat {
+            id,
+            kind: "supergroup",
+            title: Some(title.into()),
+        }
+    }
+    pub fn private(id: i64) -> Chat {
+        Chat {
+            id,
+            kind: "private",
+            title: None,
+        }
+    }
+    fn json(&self) -> Value {
+        let mut v = json!({"id": self.id, "type": self.kind});
+        match &self.title {
+            Some(t) => v["title"] = json!(t),
+            None => v["first_name"] = json!("Jo"),
+        }
+        v
+    }
+}
+
+/// A user as it appears in updates.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub first_name: String,
+}
+
+impl User {
+    pub fn new(id: i64, first_name: &str) -> User {
+        User {
+            id,
+            first_name: first_name.into(),
+        }
+    }
+}
+
+impl FakeTelegram {
+    pub async fn start(token: &str) -> FakeTelegram {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                token: token.into(),
+                next_update_id: 500,
+                next_message_id: 1,
+                ..Default::default()
+            }),
+            changed: Notify::new(),
+            connections: Mutex::new(Vec::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("fake Telegram cannot listen: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("fake Telegram has no address: {e}"))
+            .port();
+        let server = serve(listener, Arc::clone(&shared));
+        FakeTelegram {
+            url: format!("http://127.0.0.1:{port}"),
+            token: token.into(),
+            shared,
+            server: Mutex::new(server),
+        }
+    }
+
+    /// Cuts every open connection, including long polls in flight (like a network
+    /// failure); the server keeps listening with the same state.
+    pub async fn drop_connections(&self) {
+        let connections: Vec<std::net::TcpStream> = std::mem::take(
+            &mut *self
+                .shared
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for c in connections {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.shared.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push_update(&self, update_body: Value) -> i64 {
+        let id = {
+            let mut st = self.lock();
+            st.next_update_id += 1;
+            let id = st.next_update_id;
+            let mut update = update_body;
+            update["update_id"] = json!(id);
+            st.history.push(update.clone());
+            st.updates.push_back(update);
+            id
+        };
+        self.shared.changed.notify_waiters();
+        id
+    }
+
+    fn message(&self, chat: &Chat, from: Value, text: &str) -> (i64, Value) {
+        let message_id = {
+            let mut st = self.lock();
+            st.next_message_id += 1;
+            st.next_message_id
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        (
+            message_id,
+            json!({"message": {"message_id": message_id, "date": now, "chat": chat.json(), "from": from, "text": text}}),
+        )
+    }
+
+    /// A user writes in a chat; returns the message id.
+    pub fn user_says(&self, chat: &Chat, user: &User, text: &str) -> i64 {
+        let (id, update) = self.message(
+            chat,
+            json!({"id": user.id, "is_bot": false, "first_name": user.first_name}),
+            text,
+        );
+        self.push_update(update);
+        id
+    }
+
+    /// The bot's own message comes back as an update (as with channel posts or a second
+    /// client of the same account).
+    pub fn bot_says(&self, chat: &Chat, text: &str) -> i64 {
+        let (id, update) = self.message(
+            chat,
+            json!({"id": BOT_ID, "is_bot": true, "first_name": "Andy", "username": BOT_USERNAME}),
+            text,
+        );
+        self.push_update(update);
+        id
+    }
+
+    /// Queues an update exactly as given (plus an update_id).
+    pub fn raw_update(&self, body: Value) -> i64 {
+        self.push_update(body)
+    }
+
+    /// Delivers the last queued update again under a new update_id (a redelivery).
+    pub fn redeliver_last(&self) {
+        let last = self.lock().history.last().cloned();
+        if let Some(mut update) = last
+            && let Some(map) = update.as_object_mut()
+        {
+            map.remove("update_id");
+            self.push_update(update);
+        }
+    }
+
+    pub fn fail_next_sends_with_429(&self, retry_after: u64, times: usize) {
+        let mut st = self.lock();
+        for _ in 0..times {
+            st.send_429.push_back(retry_after);
+        }
+    }
+
+    pub fn conflict_next_polls(&self, times: usize) {
+        self.lock().poll_409 = times;
+    }
+
+    pub fn fail_typing(&self, fail: bool) {
+        self.lock().typing_fails = fail;
+    }
+
+    pub fn sent(&self, chat_id: i64) -> Vec<String> {
+        self.lock()
+            .sent
+            .iter()
+            .filter(|s| s.chat_id == chat_id)
+            .map(|s| s.text.clone())
+            .collect()
+    }
+
+    pub fn typing_actions(&self, chat_id: i64) -> usize {
+        self.lock()
+            .actions
+            .iter()
+            .filter(|(c, a)| *c == chat_id && a == "typing")
+            .count()
+    }
+
+    pub fn poll_offsets(&self) -> Vec<i64> {
+        self.lock().poll_offsets.clone()
+    }
+
+    /// Unconfirmed updates (not yet acknowledged by a higher offset).
+    pub fn pending_updates(&self) -> usize {
+        self.lock().updates.len()
+    }
+
+    /// Waits until the bot has sent at least `n` messages to `chat_id`.
+    pub async fn wait_sent(&self, chat_id: i64, n: usize) -> Vec<String> {
+        tokio::time::timeout(crate::DEADLINE, async {
+            loop {
+                let notified = self.shared.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let sent = self.sent(chat_id);
+                if sent.len() >= n {
+                    return sent;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the bot did not send {n} messages to {chat_id} in time; sent: {:?}",
+                self.sent(chat_id)
+            )
+        })
+    }
+}
+
+fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    use axum::serve::ListenerExt;
+    use std::os::fd::AsFd;
+    let keep = Arc::clone(&shared);
+    let listener = listener.tap_io(move |tcp| {
+        if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
+            keep.connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(std::net::TcpStream::from(fd));
+        }
+    });
+    let app = Router::new()
+        .route("/{bot}/{method}", post(handle))
+        .with_state(shared);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+fn ok(result: Value) -> Response {
+    axum::Json(json!({"ok": true, "result": result})).into_response()
+}
+
+fn error(code: u16, description: &str, retry_after: Option<u64>) -> Response {
+    let mut body = json!({"ok": false, "error_code": code, "description": description});
+    if let Some(s) = retry_after {
+        body["parameters"] = json!({"retry_after": s});
+    }
+    (
+        axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::BAD_REQUEST),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    Path((bot, method)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let token_ok = {
+        let st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        bot.strip_prefix("bot") == Some(st.token.as_str())
+    };
+    if !token_ok {
+        return error(401, "Unauthorized", None);
+    }
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => return error(400, "Bad Request: can't parse JSON", None),
+        }
+    };
+    match method.as_str() {
+        "getMe" => ok(json!({
+            "id": BOT_ID, "is_bot": true, "first_name": "Andy", "username": BOT_USERNAME,
+            "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false
+        })),
+        "getUpdates" => get_updates(&shared, &body).await,
+        "sendMessage" => {
+            let Some(chat_id) = body["chat_id"].as_i64() else {
+                return error(400, "Bad Request: chat_id is empty", None);
+            };
+            let text = body["text"].as_str().unwrap_or("").to_string();
+            if text.is_empty() {
+                return error(400, "Bad Request: message text is empty", None);
+            }
+            if text.encode_utf16().count() > MAX_MESSAGE {
+                return error(400, "Bad Request: message is too long", None);
+            }
+            let result = {
+                let mut st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(retry_after) = st.send_429.pop_front() {
+                    drop(st);
+                    return error(
+                        429,
+                        &format!("Too Many Requests: retry after {retry_after}"),
+                        Some(retry_after),
+                    );
+                }
+                st.next_message_id += 1;
+                st.sent.push(Sent {
+                    chat_id,
+                    text: text.clone(),
+                });
+                json!({"message_id": st.next_message_id, "date": 0, "chat": {"id": chat_id, "type": "supergroup"},
+                       "from": {"id": BOT_ID, "is_bot": true, "first_name": "Andy", "username": BOT_USERNAME},
+                       "text": text})
+            };
+            shared.changed.notify_waiters();
+            ok(result)
+        }
+        "sendChatAction" => {
+            let mut st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if st.typing_fails {
+                return error(500, "Internal Server Error", None);
+            }
+            let chat_id = body["chat_id"].as_i64().unwrap_or(0);
+            let action = body["action"].as_str().unwrap_or("").to_string();
+            st.actions.push((chat_id, action));
+            drop(st);
+            shared.changed.notify_waiters();
+            ok(json!(true))
+        }
+        _ => error(404, "Not Found", None),
+    }
+}
+
+async fn get_updates(shared: &Arc<Shared>, body: &Value) -> Response {
+    let offset = body["offset"].as_i64().unwrap_or(0);
+    let timeout = body["timeout"].as_u64().unwrap_or(0).min(50);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    {
+        let mut st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        st.poll_offsets.push(offset);
+        if st.poll_409 > 0 {
+            st.poll_409 -= 1;
+            return error(
+                409,
+                "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+                None,
+            );
+        }
+    }
+    loop {
+        let notified = shared.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let ready: Vec<Value> = {
+            let mut st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+            // An offset confirms every update below it.
+            while st
+                .updates
+                .front()
+                .is_some_and(|u| u["update_id"].as_i64().unwrap_or(0) < offset)
+            {
+                st.updates.pop_front();
+            }
+            st.updates.iter().take(100).cloned().collect()
+        };
+        if !ready.is_empty() || tokio::time::Instant::now() >= deadline {
+            return ok(json!(ready));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return ok(json!([]));
+        }
+    }
+}

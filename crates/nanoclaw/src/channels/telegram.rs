@@ -1,0 +1,681 @@
+//! Telegram over the Bot API (SPEC §13): long polling with `getUpdates`, `sendMessage`,
+//! `sendChatAction`. JIDs are `tg:{chat_id}`.
+//!
+//! - The polling offset is persisted (`router_state`) only after the batch's messages are
+//!   stored, so a restart neither skips updates nor processes one twice (a redelivered
+//!   message has the same id and is ignored by the store).
+//! - `@botusername` mentions, and replies to the bot, become the assistant trigger.
+//! - Replies longer than 4096 UTF-16 units are split at word boundaries; a piece that was
+//!   sent is never sent again when a later one fails and the reply is retried.
+//! - 429 answers are honoured (`retry_after`); 401/409 and network failures back off and
+//!   retry forever. The bot token is part of every API URL, so no URL is ever logged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::text::{Units, split};
+use super::{Channel, ChannelError, ChannelHost, OutboundMessage};
+use crate::store::{ChatMeta, Message};
+
+pub const PREFIX: &str = "tg:";
+/// Telegram's limit for one message, in UTF-16 code units.
+pub const MAX_MESSAGE: usize = 4096;
+const OFFSET_KEY: &str = "telegram:update_offset";
+/// Long-poll duration asked of `getUpdates`.
+const POLL_SECONDS: u64 = 25;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Typing indicators last about 5 s; renewed this often while a run works.
+const TYPING_EVERY: Duration = Duration::from_millis(4500);
+/// A run's typing indicator is never renewed for longer than this.
+const TYPING_MAX: Duration = Duration::from_secs(600);
+
+/// Why a Bot API call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiFailure {
+    /// Could not talk to the API (connection, timeout, unreadable answer).
+    Network(String),
+    /// 429: wait this many seconds.
+    RetryAfter(u64),
+    /// 401/404: the token is wrong.
+    Unauthorized(String),
+    /// 409: another client polls with this token (or a webhook is set).
+    Conflict(String),
+    /// Any other refusal.
+    Api { code: i64, description: String },
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiFailure::Network(e) => write!(f, "cannot reach the Telegram Bot API: {e}"),
+            ApiFailure::RetryAfter(s) => write!(f, "rate limited by Telegram for {s} s"),
+            ApiFailure::Unauthorized(d) => write!(
+                f,
+                "Telegram rejected TELEGRAM_BOT_TOKEN ({d}); check the token from @BotFather"
+            ),
+            ApiFailure::Conflict(d) => write!(
+                f,
+                "another program is receiving this bot's updates ({d}); stop it or delete its webhook"
+            ),
+            ApiFailure::Api { code, description } => {
+                write!(f, "Telegram refused the request ({code}: {description})")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct BotIdentity {
+    id: i64,
+    username: String,
+}
+
+pub struct Telegram {
+    /// `{api}/bot{token}`: secret, never logged.
+    base: String,
+    client: reqwest::Client,
+    assistant_name: String,
+    me: Mutex<Option<BotIdentity>>,
+    connected: AtomicBool,
+    /// outbox id → pieces of that reply already sent.
+    sent_pieces: Mutex<HashMap<i64, usize>>,
+    typing: Mutex<HashMap<String, JoinHandle<()>>>,
+}
+
+impl Telegram {
+    /// `api_url` is the Bot API root (`https://api.telegram.org`).
+    pub fn new(api_url: &str, token: &str, assistant_name: &str) -> Result<Arc<Telegram>, String> {
+        let token = token.trim();
+        if token.is_empty()
+            || !token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == ':' || c == '_' || c == '-')
+        {
+            return Err(
+                "TELEGRAM_BOT_TOKEN does not look like a bot token (digits, `:`, then letters, digits, `_` or `-`); copy it again from @BotFather".into(),
+            );
+        }
+        let client = crate::tls::client()
+            .connect_timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| format!("cannot create the Telegram HTTP client: {e}"))?;
+        Ok(Arc::new(Telegram {
+            base: format!("{}/bot{token}", api_url.trim_end_matches('/')),
+            client,
+            assistant_name: assistant_name.to_string(),
+            me: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            sent_pieces: Mutex::new(HashMap::new()),
+            typing: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Calls a Bot API method with a JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, ApiFailure> {
+        let response = self
+            .client
+            .post(format!("{}/{method}", self.base))
+            .json(body)
+            .timeout(timeout)
+            .send()
+            .await
+            // The URL holds the token: never let it into an error message.
+            .map_err(|e| ApiFailure::Network(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.map_err(|e| {
+            ApiFailure::Network(format!(
+                "unreadable answer to {method} (HTTP {status}): {}",
+                e.without_url()
+            ))
+        })?;
+        if answer["ok"].as_bool() == Some(true) {
+            return Ok(answer["result"].clone());
+        }
+        let code = answer["error_code"].as_i64().unwrap_or(status as i64);
+        let description = answer["description"]
+            .as_str()
+            .unwrap_or("no description")
+            .chars()
+            .take(300)
+            .collect::<String>();
+        Err(match code {
+            429 => ApiFailure::RetryAfter(
+                answer["parameters"]["retry_after"]
+                    .as_u64()
+                    .unwrap_or(5)
+                    .clamp(1, 3600),
+            ),
+            401 | 404 => ApiFailure::Unauthorized(description),
+            409 => ApiFailure::Conflict(description),
+            _ => ApiFailure::Api { code, description },
+        })
+    }
+
+    fn chat_id(jid: &str) -> Result<Value, ChannelError> {
+        let raw = jid.strip_prefix(PREFIX).unwrap_or(jid);
+        match raw.parse::<i64>() {
+            Ok(id) => Ok(json!(id)),
+            Err(_) if raw.starts_with('@') && raw.len() > 1 => Ok(json!(raw)),
+            Err(_) => Err(ChannelError {
+                channel: "telegram",
+                message: format!("{jid} is not a Telegram chat (tg:<chat id>)"),
+            }),
+        }
+    }
+
+    fn identity(&self) -> Option<BotIdentity> {
+        self.me.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Turns one update into a chat and message to store; `None` for updates that carry
+    /// no message we keep (edits, service messages, other update kinds).
+    fn inbound(&self, update: &Value) -> Option<(ChatMeta, Option<Message>)> {
+        let msg = update
+            .get("message")
+            .or_else(|| update.get("channel_post"))?;
+        let chat = msg.get("chat")?;
+        let chat_id = chat["id"].as_i64()?;
+        let message_id = msg["message_id"].as_i64()?;
+        let jid = format!("{PREFIX}{chat_id}");
+        let kind = chat["type"].as_str().unwrap_or("private");
+        let person = |v: &Value| -> Option<String> {
+            let first = v["first_name"].as_str().unwrap_or("");
+            let last = v["last_name"].as_str().unwrap_or("");
+            let full = format!("{first} {last}").trim().to_string();
+            if !full.is_empty() {
+                Some(full)
+            } else {
+                v["username"].as_str().map(str::to_string)
+            }
+        };
+        let timestamp = jiff::Timestamp::from_second(msg["date"].as_i64().unwrap_or(0))
+            .ok()
+            .filter(|t| t.as_second() > 0)
+            .map(crate::clock::format_utc)
+            .unwrap_or_else(crate::clock::now);
+        let meta = ChatMeta {
+            jid: jid.clone(),
+            name: chat["title"]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| person(chat)),
+            timestamp: timestamp.clone(),
+            channel: Some("telegram".into()),
+            is_group: Some(kind != "private"),
+        };
+        let Some(mut content) = content_of(msg) else {
+            return Some((meta, None));
+        };
+        let from = msg.get("from").unwrap_or(chat);
+        let me = self.identity();
+        let from_me = me
+            .as_ref()
+            .is_some_and(|me| from["id"].as_i64() == Some(me.id));
+        if let Some(me) = &me
+            && !from_me
+            && addresses_bot(msg, &content, me)
+        {
+            let trigger = format!("@{}", self.assistant_name);
+            if !content.to_lowercase().starts_with(&trigger.to_lowercase()) {
+                content = format!("{trigger} {content}");
+            }
+        }
+        let message = Message {
+            id: message_id.to_string(),
+            chat_jid: jid,
+            sender: from["id"]
+                .as_i64()
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| chat_id.to_string()),
+            sender_name: person(from).unwrap_or_else(|| "Unknown".into()),
+            content,
+            timestamp,
+            is_from_me: from_me,
+            is_bot_message: from_me,
+        };
+        Some((meta, Some(message)))
+    }
+
+    async fn connect(&self) -> Result<BotIdentity, ApiFailure> {
+        let me = self
+            .call("getMe", &json!({}), Duration::from_secs(30))
+            .await?;
+        let id = me["id"]
+            .as_i64()
+            .ok_or_else(|| ApiFailure::Network("getMe answered without an id".into()))?;
+        let identity = BotIdentity {
+            id,
+            username: me["username"].as_str().unwrap_or("").to_string(),
+        };
+        *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.clone());
+        Ok(identity)
+    }
+
+    /// One `getUpdates` round: stores what arrived, then persists the new offset.
+    /// Returns how many updates came.
+    async fn poll_once(
+        &self,
+        host: &dyn ChannelHost,
+        offset: &mut i64,
+    ) -> Result<usize, ApiFailure> {
+        let body = json!({
+            "offset": *offset,
+            "timeout": POLL_SECONDS,
+            "allowed_updates": ["message", "channel_post"],
+        });
+        let updates = self
+            .call("getUpdates", &body, Duration::from_secs(POLL_SECONDS + 15))
+            .await?;
+        let Some(updates) = updates.as_array() else {
+            return Err(ApiFailure::Network(
+                "getUpdates did not answer a list".into(),
+            ));
+        };
+        let mut next = *offset;
+        for update in updates {
+            let Some(update_id) = update["update_id"].as_i64() else {
+                tracing::warn!("telegram: skipping an update without update_id");
+                continue;
+            };
+            match self.inbound(update) {
+                None => tracing::debug!(update_id, "telegram: update not kept"),
+                Some((chat, None)) => {
+                    if let Err(e) = host.chat_seen(chat).await {
+                        tracing::warn!("telegram: cannot record chat metadata: {e}");
+                    }
+                }
+                Some((chat, Some(message))) => {
+                    if let Err(e) = host.deliver(chat, message).await {
+                        // Not stored: keep the offset here, so it is fetched again.
+                        self.save_offset(host, next).await;
+                        *offset = next;
+                        return Err(ApiFailure::Network(format!("cannot store a message: {e}")));
+                    }
+                }
+            }
+            next = next.max(update_id + 1);
+        }
+        if next != *offset {
+            self.save_offset(host, next).await;
+            *offset = next;
+        }
+        Ok(updates.len())
+    }
+
+    async fn save_offset(&self, host: &dyn ChannelHost, offset: i64) {
+        if let Err(e) = host.save_state(OFFSET_KEY, &offset.to_string()).await {
+            tracing::warn!("telegram: cannot save the update offset: {e}");
+        }
+    }
+
+    async fn send_piece(&self, chat_id: &Value, text: &str) -> Result<(), ChannelError> {
+        let fail = |message: String| ChannelError {
+            channel: "telegram",
+            message,
+        };
+        for _ in 0..4 {
+            match self
+                .call(
+                    "sendMessage",
+                    &json!({"chat_id": chat_id, "text": text}),
+                    Duration::from_secs(30),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(ApiFailure::RetryAfter(seconds)) if seconds <= 60 => {
+                    tracing::info!(seconds, "telegram: rate limited; waiting before sending");
+                    tokio::time::sleep(Duration::from_secs(seconds)).await;
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        }
+        Err(fail("still rate limited after several waits".into()))
+    }
+}
+
+/// The text of a message, or a short placeholder for media; `None` for service messages.
+fn content_of(msg: &Value) -> Option<String> {
+    if let Some(text) = msg["text"].as_str() {
+        return Some(text.to_string());
+    }
+    let caption = msg["caption"]
+        .as_str()
+        .map(|c| format!(" {c}"))
+        .unwrap_or_default();
+    let label = if msg.get("photo").is_some() {
+        "[Photo]".to_string()
+    } else if msg.get("video").is_some() {
+        "[Video]".to_string()
+    } else if msg.get("voice").is_some() {
+        "[Voice message]".to_string()
+    } else if msg.get("audio").is_some() {
+        "[Audio]".to_string()
+    } else if let Some(doc) = msg.get("document") {
+        format!(
+            "[Document: {}]",
+            doc["file_name"].as_str().unwrap_or("file")
+        )
+    } else if let Some(sticker) = msg.get("sticker") {
+        format!("[Sticker {}]", sticker["emoji"].as_str().unwrap_or("")).replace(" ]", "]")
+    } else if msg.get("location").is_some() {
+        "[Location]".to_string()
+    } else if msg.get("contact").is_some() {
+        "[Contact]".to_string()
+    } else if msg.get("poll").is_some() {
+        "[Poll]".to_string()
+    } else {
+        return None;
+    };
+    Some(format!("{label}{caption}"))
+}
+
+/// Whether the message mentions the bot (`@username`) or replies to one of its messages.
+fn addresses_bot(msg: &Value, content: &str, me: &BotIdentity) -> bool {
+    let replied_to_bot = msg["reply_to_message"]["from"]["id"].as_i64() == Some(me.id);
+    if replied_to_bot || me.username.is_empty() {
+        return replied_to_bot;
+    }
+    let handle = format!("@{}", me.username.to_lowercase());
+    let lower = content.to_lowercase();
+    lower.match_indices(&handle).any(|(at, _)| {
+        // A whole handle, not a prefix of a longer one.
+        lower[at + handle.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    })
+}
+
+async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.wait_for(|s| *s) => true,
+    }
+}
+
+#[async_trait]
+impl Channel for Telegram {
+    fn name(&self) -> &'static str {
+        "telegram"
+    }
+
+    fn owns_jid(&self, jid: &str) -> bool {
+        jid.starts_with(PREFIX)
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError> {
+        let chat_id = Telegram::chat_id(&message.chat_jid)?;
+        let pieces = split(&message.text, MAX_MESSAGE, Units::Utf16);
+        let done = self
+            .sent_pieces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&message.outbox_id)
+            .copied()
+            .unwrap_or(0);
+        for (i, piece) in pieces.iter().enumerate().skip(done) {
+            self.send_piece(&chat_id, piece).await?;
+            self.sent_pieces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(message.outbox_id, i + 1);
+        }
+        self.sent_pieces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&message.outbox_id);
+        Ok(())
+    }
+
+    async fn set_typing(&self, jid: &str, typing: bool) -> Result<(), ChannelError> {
+        let mut tickers = self.typing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = tickers.remove(jid) {
+            old.abort();
+        }
+        if !typing {
+            return Ok(());
+        }
+        let chat_id = Telegram::chat_id(jid)?;
+        let (client, url) = (self.client.clone(), format!("{}/sendChatAction", self.base));
+        tickers.insert(
+            jid.to_string(),
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                while started.elapsed() < TYPING_MAX {
+                    let sent = client
+                        .post(&url)
+                        .json(&json!({"chat_id": chat_id, "action": "typing"}))
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    if let Err(e) = sent {
+                        tracing::debug!("telegram: typing indicator failed: {}", e.without_url());
+                    }
+                    tokio::time::sleep(TYPING_EVERY).await;
+                }
+            }),
+        );
+        Ok(())
+    }
+
+    async fn run(self: Arc<Self>, host: Arc<dyn ChannelHost>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        let mut offset: Option<i64> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if self.identity().is_none() {
+                match self.connect().await {
+                    Ok(me) => {
+                        tracing::info!(bot = %me.username, "telegram connected");
+                    }
+                    Err(e) => {
+                        self.connected.store(false, Ordering::Relaxed);
+                        tracing::warn!("telegram: {e}; retrying in {} s", backoff.as_secs());
+                        if sleep_or_stop(backoff, &mut shutdown).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+            let mut current = match offset {
+                Some(o) => o,
+                None => match host.load_state(OFFSET_KEY).await {
+                    Ok(saved) => saved.and_then(|v| v.parse().ok()).unwrap_or(0),
+                    Err(e) => {
+                        tracing::warn!("telegram: cannot read the saved offset: {e}");
+                        if sleep_or_stop(backoff, &mut shutdown).await {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let started = tokio::time::Instant::now();
+            let polled = tokio::select! {
+                r = self.poll_once(host.as_ref(), &mut current) => r,
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+            offset = Some(current);
+            let wait = match polled {
+                Ok(n) => {
+                    self.connected.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_secs(1);
+                    // A server that answers at once instead of long polling must not
+                    // be hammered.
+                    (n == 0 && started.elapsed() < Duration::from_secs(1))
+                        .then_some(Duration::from_millis(500))
+                }
+                Err(ApiFailure::RetryAfter(s)) => Some(Duration::from_secs(s)),
+                Err(e) => {
+                    self.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!("telegram: {e}; retrying in {} s", backoff.as_secs());
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Some(wait)
+                }
+            };
+            if let Some(wait) = wait
+                && sleep_or_stop(wait, &mut shutdown).await
+            {
+                break;
+            }
+        }
+        for (_, ticker) in self
+            .typing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            ticker.abort();
+        }
+        self.connected.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bot() -> Arc<Telegram> {
+        let t = Telegram::new("http://127.0.0.1:1", "123:abc", "Andy").expect("bot");
+        *t.me.lock().expect("lock") = Some(BotIdentity {
+            id: 42,
+            username: "andy_home_bot".into(),
+        });
+        t
+    }
+
+    fn update(msg: Value) -> Value {
+        json!({"update_id": 1, "message": msg})
+    }
+
+    #[test]
+    fn group_messages_map_to_jids_names_and_senders() {
+        let t = bot();
+        let (chat, msg) = t
+            .inbound(&update(json!({
+                "message_id": 7, "date": 1767225600,
+                "chat": {"id": -1001234, "type": "supergroup", "title": "Family"},
+                "from": {"id": 99, "first_name": "Jo", "last_name": "Doe", "is_bot": false},
+                "text": "hello"
+            })))
+            .expect("kept");
+        let msg = msg.expect("a message");
+        assert_eq!(chat.jid, "tg:-1001234");
+        assert_eq!(chat.name.as_deref(), Some("Family"));
+        assert_eq!(chat.is_group, Some(true));
+        assert_eq!(
+            (
+                msg.id.as_str(),
+                msg.sender.as_str(),
+                msg.sender_name.as_str()
+            ),
+            ("7", "99", "Jo Doe")
+        );
+        assert_eq!(msg.timestamp, "2026-01-01T00:00:00.000Z");
+        assert!(!msg.is_bot_message);
+    }
+
+    #[test]
+    fn mentions_and_replies_become_the_trigger() {
+        let t = bot();
+        let text_of = |msg: Value| {
+            t.inbound(&update(msg))
+                .and_then(|(_, m)| m)
+                .map(|m| m.content)
+        };
+        let base = |text: &str| {
+            json!({"message_id": 1, "date": 1, "chat": {"id": -5, "type": "group", "title": "G"},
+                                        "from": {"id": 9, "first_name": "A"}, "text": text})
+        };
+        assert_eq!(
+            text_of(base("hey @Andy_Home_Bot what's up")).as_deref(),
+            Some("@Andy hey @Andy_Home_Bot what's up")
+        );
+        assert_eq!(
+            text_of(base("@Andy hi @andy_home_bot")).as_deref(),
+            Some("@Andy hi @andy_home_bot"),
+            "already triggered"
+        );
+        assert_eq!(
+            text_of(base("ask @andy_home_bot_fan")).as_deref(),
+            Some("ask @andy_home_bot_fan"),
+            "another handle"
+        );
+        let mut reply = base("and tomorrow?");
+        reply["reply_to_message"] = json!({"message_id": 0, "from": {"id": 42, "is_bot": true}});
+        assert_eq!(text_of(reply).as_deref(), Some("@Andy and tomorrow?"));
+    }
+
+    #[test]
+    fn the_bots_own_messages_are_marked() {
+        let t = bot();
+        let (_, msg) = t
+            .inbound(&update(json!({"message_id": 2, "date": 1, "chat": {"id": 5, "type": "private", "first_name": "Jo"},
+                                    "from": {"id": 42, "is_bot": true, "first_name": "Andy"}, "text": "@andy_home_bot I said"})))
+            .expect("kept");
+        let msg = msg.expect("message");
+        assert!(msg.is_bot_message && msg.is_from_me);
+        assert_eq!(
+            msg.content, "@andy_home_bot I said",
+            "never turned into a trigger"
+        );
+    }
+
+    #[test]
+    fn media_get_placeholders_and_service_messages_only_metadata() {
+        let t = bot();
+        let base = json!({"message_id": 3, "date": 1, "chat": {"id": 5, "type": "private", "first_name": "Jo"}, "from": {"id": 9}});
+        let mut photo = base.clone();
+        photo["photo"] = json!([{"file_id": "x"}]);
+        photo["caption"] = json!("look");
+        assert_eq!(
+            t.inbound(&update(photo))
+                .and_then(|(_, m)| m)
+                .map(|m| m.content)
+                .as_deref(),
+            Some("[Photo] look")
+        );
+        let mut joined = base.clone();
+        joined["new_chat_members"] = json!([{"id": 1}]);
+        assert!(matches!(t.inbound(&update(joined)), Some((_, None))));
+        assert!(
+            t.inbound(&json!({"update_id": 4, "edited_message": base}))
+                .is_none()
+        );
+        assert!(
+            t.inbound(&json!({"update_id": 5, "message": {"chat": "nonsense"}}))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn tokens_are_checked_and_jids_parsed() {
+        assert!(Telegram::new("http://x", "12:ab/../x", "Andy").is_err());
+        assert!(Telegram::new("http://x", "", "Andy").is_err());
+        assert_eq!(Telegram::chat_id("tg:-100").expect("id"), json!(-100));
+        assert_eq!(Telegram::chat_id("tg:@news").expect("id"), json!("@news"));
+        assert!(Telegram::chat_id("tg:abc").is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! The channel conformance kit (test-support `conformance`) run against every channel:
+//! the web channel and Telegram (against the fake Bot API). The agent is scripted; the
+//! sandboxed end to end runs are in `telegram.rs`.
+
+mod support;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use nanoclaw::channels::telegram::Telegram;
+use nanoclaw_test_support::Api;
+use nanoclaw_test_support::conformance::{self, ChannelHarness, Units};
+use nanoclaw_test_support::fake_telegram::{Chat, FakeTelegram, User};
+use serde_json::json;
+use support::{ScriptedRunner, Step, TestDaemon};
+
+const TOKEN: &str = "123456:conformance-token";
+
+fn stored_is_group(root: &std::path::Path, jid: &str) -> Option<bool> {
+    let store = nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").ok()?;
+    store
+        .chats()
+        .ok()?
+        .into_iter()
+        .find(|c| c.jid == jid)
+        .map(|c| c.is_group)
+}
+
+struct WebHarness {
+    d: TestDaemon,
+    runner: Arc<ScriptedRunner>,
+}
+
+#[async_trait]
+impl ChannelHarness for WebHarness {
+    fn api(&self) -> &Api {
+        &self.d.api
+    }
+    fn chat_jid(&self) -> String {
+        "web:team".into()
+    }
+    fn trigger(&self) -> String {
+        "@Andy".into()
+    }
+    fn user(&self) -> (String, String) {
+        ("u-1".into(), "Una".into())
+    }
+    fn is_group(&self) -> bool {
+        false
+    }
+    async fn user_says(&self, text: &str) -> Result<()> {
+        self.d
+            .api
+            .send("web:team", "u-1", "Una", text)
+            .await
+            .map(|_| ())
+    }
+    async fn bot_says(&self, _: &str) -> Result<bool> {
+        Ok(false)
+    }
+    async fn redeliver_last(&self) -> Result<bool> {
+        Ok(false)
+    }
+    async fn delivered(&self) -> Vec<String> {
+        self.d.api.bot_texts("web:team").await.unwrap_or_default()
+    }
+    async fn typing_shown(&self) -> Option<usize> {
+        None
+    }
+    async fn fail_typing(&self, _: bool) -> bool {
+        false
+    }
+    fn max_message(&self) -> Option<(usize, Units)> {
+        None
+    }
+    async fn drop_connection(&self) -> bool {
+        false
+    }
+    async fn send_malformed(&self) -> Result<bool> {
+        let (status, body) = self
+            .d
+            .api
+            .post_raw("/api/messages", "{\"chat_jid\": ")
+            .await?;
+        assert_eq!(status, 400, "{body}");
+        Ok(true)
+    }
+    fn next_reply(&self, text: &str) {
+        self.runner.push(Step::ReplyAndEnd(vec![text.into()]));
+    }
+    async fn stored_is_group(&self) -> Option<bool> {
+        stored_is_group(self.d.root(), "web:team")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_channel_conforms() {
+    let runner = ScriptedRunner::new(vec![]);
+    let d = support::start_daemon(runner.clone()).await;
+    support::register(d.root(), "web:team", "team", true);
+    let h = WebHarness { d, runner };
+    conformance::run_all(&h).await;
+    h.d.stop().await;
+}
+
+struct TelegramHarness {
+    d: TestDaemon,
+    runner: Arc<ScriptedRunner>,
+    fake: FakeTelegram,
+    chat: Chat,
+    user: User,
+}
+
+#[async_trait]
+impl ChannelHarness for TelegramHarness {
+    fn api(&self) -> &Api {
+        &self.d.api
+    }
+    fn chat_jid(&self) -> String {
+        format!("tg:{}", self.chat.id)
+    }
+    fn trigger(&self) -> String {
+        "@Andy".into()
+    }
+    fn user(&self) -> (String, String) {
+        (self.user.id.to_string(), self.user.first_name.clone())
+    }
+    fn is_group(&self) -> bool {
+        true
+    }
+    async fn user_says(&self, text: &str) -> Result<()> {
+        self.fake.user_says(&self.chat, &self.user, text);
+        Ok(())
+    }
+    async fn bot_says(&self, text: &str) -> Result<bool> {
+        self.fake.bot_says(&self.chat, text);
+        Ok(true)
+    }
+    async fn redeliver_last(&self) -> Result<bool> {
+        self.fake.redeliver_last();
+        Ok(true)
+    }
+    async fn delivered(&self) -> Vec<String> {
+        self.fake.sent(self.chat.id)
+    }
+    async fn typing_shown(&self) -> Option<usize> {
+        Some(self.fake.typing_actions(self.chat.id))
+    }
+    async fn fail_typing(&self, fail: bool) -> bool {
+        self.fake.fail_typing(fail);
+        true
+    }
+    fn max_message(&self) -> Option<(usize, Units)> {
+        Some((4096, Units::Utf16))
+    }
+    async fn drop_connection(&self) -> bool {
+        self.fake.drop_connections().await;
+        true
+    }
+    async fn send_malformed(&self) -> Result<bool> {
+        self.fake
+            .raw_update(json!({"message": {"chat": "not an object", "text": 5}}));
+        self.fake
+            .raw_update(json!({"message": {"message_id": "x"}}));
+        self.fake.raw_update(json!({"something_new": {"id": 1}}));
+        Ok(true)
+    }
+    fn next_reply(&self, text: &str) {
+        self.runner.push(Step::ReplyAndEnd(vec![text.into()]));
+    }
+    async fn stored_is_group(&self) -> Option<bool> {
+        stored_is_group(self.d.root(), &self.chat_jid())
+    }
+}
+
+/// A daemon with the Telegram channel pointed at a fake Bot API.
+pub async fn telegram_daemon(
+    runner: Arc<ScriptedRunner>,
+    fake: &FakeTelegram,
+    root: tempfile::TempDir,
+) -> TestDaemon {
+    let telegram = Telegram::new(&fake.url, &fake.token, "Andy").expect("telegram");
+    support::start_daemon_full(
+        runner,
+        Arc::default(),
+        Default::default(),
+        vec![telegram],
+        root,
+        |_| {},
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_telegram_channel_conforms() {
+    let fake = FakeTelegram::start(TOKEN).await;
+    let runner = ScriptedRunner::new(vec![]);
+    let d = telegram_daemon(
+        runner.clone(),
+        &fake,
+        tempfile::tempdir().expect("temp dir"),
+    )
+    .await;
+    let chat = Chat::group(-100_500, "Team");
+    support::register(d.root(), "tg:-100500", "telegram_team", true);
+    let h = TelegramHarness {
+        d,
+        runner,
+        fake,
+        chat,
+        user: User::new(4242, "Jo"),
+    };
+    conformance::run_all(&h).await;
+    h.d.stop().await;
+}
