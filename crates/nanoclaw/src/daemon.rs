@@ -63,6 +63,24 @@ pub struct RunningDaemon {
     _lock: File,
 }
 
+/// Lifts the soft limit on open files to the hard limit: every proxied model stream, SSE
+/// client and sandbox pipe is a descriptor, and the usual soft limit of 1024 is below
+/// the proxy's connection cap. Sandboxes set their own, lower limit.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+        }
+    }
+    tracing::debug!(limit = ?getrlimit(Resource::Nofile).current, "open-file limit");
+}
+
 pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
     let DaemonOptions {
         config,
@@ -80,6 +98,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         )
     })?;
     let lock = acquire_lock(&layout)?;
+    raise_open_file_limit();
     for path in layout
         .tighten_env_files()
         .context("protecting the .env files")?

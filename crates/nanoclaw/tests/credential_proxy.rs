@@ -356,6 +356,7 @@ async fn hop_by_hop_request_headers_are_dropped() {
         .header("te", "trailers")
         .header("proxy-authorization", "Basic abc")
         .header("x-request-marker", "kept")
+        .header("accept-encoding", "gzip, br")
         .body(message_body(true))
         .send()
         .await
@@ -379,6 +380,122 @@ async fn hop_by_hop_request_headers_are_dropped() {
     assert_eq!(
         headers.get("x-api-key").and_then(|v| v.to_str().ok()),
         Some(REAL_KEY)
+    );
+    assert_eq!(
+        headers.get("accept-encoding").and_then(|v| v.to_str().ok()),
+        Some("identity"),
+        "usage is read from the passing body, so it must not be compressed"
+    );
+}
+
+#[tokio::test]
+async fn the_oauth_key_exchange_is_answered_with_the_run_token_never_a_real_key() {
+    let fake = FakeAnthropic::start(vec![Reply::text("after the exchange")]).await;
+    let p = start(
+        &fake.url,
+        Secrets {
+            claude_code_oauth_token: Some(Secret::new(REAL_OAUTH)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let token = p.token("main");
+    let response = http_client()
+        .post(format!("{}/api/oauth/claude_cli/create_api_key", p.url()))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    let key = body["raw_key"].as_str().expect("raw_key").to_string();
+    assert_eq!(key, token, "the sandbox gets its run token back as the key");
+    assert!(
+        fake.requests().is_empty(),
+        "the exchange never reaches upstream, so no real key is minted"
+    );
+    // The "key" works through the proxy for as long as the run lives.
+    let (status, text) = post(&p.url(), &[("x-api-key", &key)], message_body(false)).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        fake.requests()[0].header("authorization"),
+        Some(format!("Bearer {REAL_OAUTH}").as_str())
+    );
+    p.tokens.revoke(&token);
+    let (status, _) = post(&p.url(), &[("x-api-key", &key)], message_body(false)).await;
+    assert_eq!(status, 401, "and dies with the run");
+    // Without a live token there is no exchange either.
+    let response = http_client()
+        .post(format!("{}/api/oauth/claude_cli/create_api_key", p.url()))
+        .header("authorization", "Bearer made-up")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn upstream_refusals_of_the_real_credential_reach_the_agent_without_its_words() {
+    let fake = FakeAnthropic::start(vec![Reply::HttpError {
+        status: 401,
+        kind: "authentication_error".into(),
+        message: format!("Incorrect API key provided: {}", &REAL_KEY[..16]),
+        retry_after: None,
+    }])
+    .await;
+    let p = start(&fake.url, api_key()).await;
+    let token = p.token("team");
+    let (status, body) = post(&p.url(), &[("x-api-key", &token)], message_body(false)).await;
+    assert_eq!(status, 401);
+    assert!(!body.contains(&REAL_KEY[..16]), "{body}");
+    assert!(body.contains("refused nanoclaw's credentials"), "{body}");
+    assert!(
+        body.contains("ANTHROPIC_API_KEY"),
+        "says what to check: {body}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_redirects_are_not_followed_with_the_real_key() {
+    let elsewhere = FakeAnthropic::start(vec![]).await;
+    let target = format!("{}/v1/messages", elsewhere.url);
+    let app = axum::Router::new().route(
+        "/v1/messages",
+        axum::routing::post(move || {
+            let target = target.clone();
+            async move {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [("location", target)],
+                    "moved",
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let p = start(&format!("http://{addr}"), api_key()).await;
+    let token = p.token("team");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let response = client
+        .post(format!("{}/v1/messages", p.url()))
+        .header("x-api-key", &token)
+        .body(message_body(false))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 307, "the redirect is passed back as is");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the proxy did not carry the real key to the redirect target"
     );
 }
 

@@ -50,6 +50,16 @@ const HOP_BY_HOP: [&str; 9] = [
     "host",
 ];
 
+/// Claude Code's OAuth exchange of its OAuth token for an API key. Forwarded upstream it
+/// would mint a real, long-lived API key and hand it to the sandbox, so the proxy answers
+/// it itself with the run's own token, which works as a key only through this proxy and
+/// only while the run lives.
+const OAUTH_KEY_EXCHANGE: &str = "/api/oauth/claude_cli/create_api_key";
+
+/// How many connections the proxy serves at once (both listeners together). Beyond it,
+/// new connections wait in the kernel's backlog instead of taking file descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
+
 /// Who a live run token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunIdentity {
@@ -159,6 +169,8 @@ impl Proxy {
             tokens: Arc::clone(&tokens),
             client: crate::tls::client()
                 .connect_timeout(std::time::Duration::from_secs(15))
+                // A redirect would re-send the real credential to wherever it points.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .context("cannot create the proxy's HTTP client")?,
             openai,
@@ -188,6 +200,9 @@ impl Proxy {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
             std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o666))?;
         }
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let tcp = Capped::new(tcp, Arc::clone(&slots));
+        let unix = Capped::new(unix, slots);
         for (name, serve) in [
             (
                 "tcp",
@@ -226,6 +241,104 @@ where
             let _ = shutdown.wait_for(|s| *s).await;
         })
         .await
+}
+
+/// A listener that holds a connection slot for every connection it hands out; when all
+/// slots are taken it stops accepting until one is freed.
+struct Capped<L> {
+    inner: L,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl<L> Capped<L> {
+    fn new(inner: L, slots: Arc<tokio::sync::Semaphore>) -> Self {
+        Capped { inner, slots }
+    }
+}
+
+impl<L: axum::serve::Listener> axum::serve::Listener for Capped<L>
+where
+    L::Io: Unpin,
+{
+    type Io = SlotIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let slot = loop {
+            match Arc::clone(&self.slots).acquire_owned().await {
+                Ok(slot) => break slot,
+                // Never closed; if it were, keep serving uncapped rather than spin.
+                Err(_) => {
+                    let (io, addr) = self.inner.accept().await;
+                    return (SlotIo { io, _slot: None }, addr);
+                }
+            }
+        };
+        let (io, addr) = self.inner.accept().await;
+        (
+            SlotIo {
+                io,
+                _slot: Some(slot),
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection and the slot it occupies until it is dropped.
+struct SlotIo<T> {
+    io: T,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlotIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SlotIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {
@@ -275,9 +388,10 @@ fn allowed(method: &Method, path: &str, openai: bool) -> bool {
     match (method, path) {
         (&Method::POST, "/v1/messages" | "/v1/messages/count_tokens") => !openai,
         (&Method::POST, "/v1/chat/completions") => openai,
-        // Claude Code's connectivity preflight and its OAuth API-key exchange.
+        // Claude Code's connectivity preflight and its OAuth API-key exchange (the
+        // exchange is answered by the proxy itself, see `forward`).
         (&Method::HEAD | &Method::GET, "/") => true,
-        (&Method::POST, "/api/oauth/claude_cli/create_api_key") => !openai,
+        (&Method::POST, OAUTH_KEY_EXCHANGE) => !openai,
         _ => false,
     }
 }
@@ -294,7 +408,7 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
     };
     let path = parts.uri.path();
     if !allowed(&parts.method, path, state.openai) {
-        tracing::warn!(group = %identity.group_folder, method = %parts.method, path, "credential proxy refused a path");
+        tracing::warn!(group = ?identity.group_folder, method = %parts.method, path = ?path, "credential proxy refused a path");
         return error(
             StatusCode::FORBIDDEN,
             "permission_error",
@@ -304,12 +418,28 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
             ),
         );
     }
+    if path == OAUTH_KEY_EXCHANGE {
+        // The run token is the only key the sandbox ever gets (see OAUTH_KEY_EXCHANGE).
+        let token = presented_token(&parts.headers).unwrap_or_default();
+        tracing::info!(group = ?identity.group_folder, "answered an OAuth key exchange with the run token");
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({ "raw_key": token }).to_string(),
+        )
+            .into_response();
+    }
     let mut headers = reqwest::header::HeaderMap::new();
     for (name, value) in end_to_end_headers(&parts.headers) {
-        if name != "x-api-key" && name != header::AUTHORIZATION {
+        if name != "x-api-key" && name != header::AUTHORIZATION && name != header::ACCEPT_ENCODING {
             headers.append(name.clone(), value.clone());
         }
     }
+    // Usage is read from the response as it passes; a compressed body would hide it.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     match &state.credential {
         Credential::ApiKey(key) => {
             if let Ok(v) = HeaderValue::from_str(key) {
@@ -346,7 +476,7 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
     let upstream = match sent {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(group = %identity.group_folder, "the model API is unreachable: {e}");
+            tracing::warn!(group = ?identity.group_folder, "the model API is unreachable: {}", e.without_url());
             return error(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
@@ -354,6 +484,31 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
             );
         }
     };
+    if matches!(
+        upstream.status(),
+        reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+    ) {
+        // The upstream's words about the real credential (some servers quote part of a
+        // wrong key) stay on the host; the agent learns what the user must do.
+        let status = upstream.status().as_u16();
+        tracing::error!(group = ?identity.group_folder, status, "the model API refused nanoclaw's credentials");
+        return error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
+            if status == 401 {
+                "authentication_error"
+            } else {
+                "permission_error"
+            },
+            &format!(
+                "the model API refused nanoclaw's credentials (HTTP {status}); check {} in nanoclaw's .env",
+                if state.openai {
+                    "OPENAI_API_KEY"
+                } else {
+                    "ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"
+                }
+            ),
+        );
+    }
     let mut response = Response::builder().status(upstream.status().as_u16());
     if let Some(out) = response.headers_mut() {
         for (name, value) in end_to_end_headers(upstream.headers()) {
@@ -407,12 +562,8 @@ mod tests {
             (Method::POST, "/v1/messages/count_tokens", false, true),
             (Method::HEAD, "/", false, true),
             (Method::GET, "/", false, true),
-            (
-                Method::POST,
-                "/api/oauth/claude_cli/create_api_key",
-                false,
-                true,
-            ),
+            (Method::POST, OAUTH_KEY_EXCHANGE, false, true),
+            (Method::POST, OAUTH_KEY_EXCHANGE, true, false),
             (Method::GET, "/v1/models", false, false),
             (Method::POST, "/v1/files", false, false),
             (Method::DELETE, "/v1/messages", false, false),
@@ -427,6 +578,30 @@ mod tests {
                 "{method} {path} openai={openai}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_listener_stops_accepting_while_every_slot_is_taken() {
+        use axum::serve::Listener;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let mut capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(2)));
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let first = capped.accept().await;
+        let _second = capped.accept().await;
+        let short = std::time::Duration::from_millis(200);
+        assert!(
+            tokio::time::timeout(short, capped.accept()).await.is_err(),
+            "a third connection waits while both slots are held"
+        );
+        drop(first);
+        let third = tokio::time::timeout(std::time::Duration::from_secs(10), capped.accept()).await;
+        assert!(third.is_ok(), "a freed slot lets the next connection in");
     }
 
     #[test]
