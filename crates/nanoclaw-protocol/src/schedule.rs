@@ -54,6 +54,11 @@ fn field(
                 if step == 0 {
                     return Err("a step of 0 never matches".into());
                 }
+                if step > max {
+                    return Err(format!(
+                        "step {step} is larger than the field's maximum {max}"
+                    ));
+                }
                 (r, step)
             }
             None => (part, 1),
@@ -76,7 +81,10 @@ fn field(
         let mut v = lo;
         while v <= hi {
             bits |= 1 << v;
-            v += step;
+            match v.checked_add(step) {
+                Some(next) => v = next,
+                None => break,
+            }
         }
     }
     if bits == 0 {
@@ -170,6 +178,10 @@ mod tests {
             "5-1 * * * *",
             "x * * * *",
             "* * * 13 *",
+            "*/4294967295 * * * *",
+            "0 */4294967290 * * *",
+            "*/60 * * * *",
+            "5/4294967295 * * * *",
         ] {
             assert!(Cron::parse(bad).is_err(), "{bad}");
         }

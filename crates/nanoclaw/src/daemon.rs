@@ -159,6 +159,10 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         channels: channels.clone(),
         delivery: Some(Arc::clone(&delivery)),
         tasks_changed: Arc::new(tokio::sync::Notify::new()),
+        guard: crate::ipc::IpcGuard::new(crate::ipc::IpcLimits {
+            min_task_interval: config.min_task_interval,
+            ..Default::default()
+        }),
     });
     let ipc_task = tokio::spawn(crate::ipc::watch(Arc::clone(&ipc), shutdown_rx.clone()));
     let run_loop = RunLoop {

@@ -29,6 +29,8 @@ async fn start(root: tempfile::TempDir, fake: &FakeAnthropic) -> TestDaemon {
         c.idle_timeout = Duration::from_secs(120);
         c.llm_attempts = 1;
         c.retry_base = Duration::from_millis(50);
+        // The tasks below repeat every 1.5 s; real users get a one-minute minimum.
+        c.min_task_interval = Duration::from_secs(1);
     })
     .await
 }

@@ -103,6 +103,9 @@ pub struct Config {
     /// First delay of the run retry backoff (SPEC §5: 5 s, doubling, at most 5 tries).
     /// `NANOCLAW_RETRY_BASE_MS`; only tests and impatient people change it.
     pub retry_base: Duration,
+    /// The shortest interval a recurring task scheduled by an agent may have
+    /// (`NANOCLAW_MIN_TASK_INTERVAL_MS`, default one minute).
+    pub min_task_interval: Duration,
     /// `tracing` filter directive (`NANOCLAW_LOG`, else `RUST_LOG`, else `info`).
     pub log_filter: String,
     /// The `nanoclaw-agent` binary to put in sandboxes (`NANOCLAW_AGENT_BIN`); default:
@@ -341,6 +344,7 @@ impl Config {
             http_port: s.port("NANOCLAW_HTTP_PORT", 3002)?,
             zone: resolve_zone(s.get("TZ"))?,
             retry_base: s.millis("NANOCLAW_RETRY_BASE_MS", 5_000)?,
+            min_task_interval: s.millis("NANOCLAW_MIN_TASK_INTERVAL_MS", 60_000)?,
             log_filter: s
                 .get("NANOCLAW_LOG")
                 .or_else(|| s.get("RUST_LOG"))

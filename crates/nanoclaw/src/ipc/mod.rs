@@ -12,6 +12,10 @@
 //!   fails the file stays and is tried again.
 //! - inotify wakes the worker; a sweep every [`SWEEP_EVERY`] catches anything missed
 //!   (e.g. an inotify queue overflow).
+//! - Agents are not trusted to be polite: at most [`FILES_PER_PASS`] files of a folder
+//!   are handled per pass (the rest in the next pass, after the other folders), chat
+//!   messages are limited per group per minute, rejected files are copied (never moved:
+//!   the agent keeps no handle on anything under `errors/`) and capped per folder.
 
 pub mod authorize;
 pub mod process;
@@ -27,7 +31,7 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use nanoclaw_protocol::ipc::IpcRequest;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use tokio::sync::{Notify, watch};
 
@@ -43,7 +47,68 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// How often every folder is scanned regardless of inotify.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const KINDS: [&str; 2] = ["messages", "tasks"];
+/// Files of one folder and kind handled per pass; more wait for the next pass.
+pub const FILES_PER_PASS: usize = 50;
+/// Rejected files kept per folder in `data/ipc/errors/`; later ones are only logged.
+pub const MAX_ERRORS_PER_FOLDER: usize = 100;
+/// How much of a rejected file is kept for inspection.
+const MAX_ERROR_COPY_BYTES: usize = 64 * 1024;
 
+/// Limits on what one group's agent may ask for.
+#[derive(Debug, Clone)]
+pub struct IpcLimits {
+    /// Chat messages a group may send per minute; more are denied.
+    pub messages_per_minute: usize,
+    /// The shortest interval a recurring task may have.
+    pub min_task_interval: Duration,
+    /// Tasks (active or paused) a group may have at once.
+    pub max_tasks_per_group: usize,
+}
+
+impl Default for IpcLimits {
+    fn default() -> Self {
+        IpcLimits {
+            messages_per_minute: 30,
+            min_task_interval: Duration::from_secs(60),
+            max_tasks_per_group: 50,
+        }
+    }
+}
+
+/// The limits and the state needed to enforce them.
+#[derive(Default)]
+pub struct IpcGuard {
+    pub limits: IpcLimits,
+    /// When each group's recent chat messages were sent.
+    sent: std::sync::Mutex<HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
+}
+
+impl IpcGuard {
+    pub fn new(limits: IpcLimits) -> IpcGuard {
+        IpcGuard {
+            limits,
+            sent: Default::default(),
+        }
+    }
+
+    /// Counts one chat message from `folder`; false if it is over the per-minute limit.
+    pub fn allow_message(&self, folder: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let times = sent.entry(folder.to_string()).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            times.pop_front();
+        }
+        if times.len() >= self.limits.messages_per_minute {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+}
 /// What IPC processing needs from the daemon.
 pub struct IpcContext {
     pub store: Arc<Store>,
@@ -55,6 +120,7 @@ pub struct IpcContext {
     pub delivery: Option<Arc<Delivery>>,
     /// Woken whenever a task is created or changed (the scheduler listens).
     pub tasks_changed: Arc<Notify>,
+    pub guard: IpcGuard,
 }
 
 /// What became of one file.
@@ -85,11 +151,20 @@ impl IpcContext {
         })
     }
 
-    /// Processes every complete request file of every group folder.
+    /// Processes complete request files of every group folder (up to
+    /// [`FILES_PER_PASS`] per folder and kind).
     pub fn process_all(&self) -> Vec<(String, String, FileOutcome)> {
         let mut out = Vec::new();
+        for folder in self.group_folders() {
+            out.extend(self.process_folder(&folder));
+        }
+        out
+    }
+
+    /// The folders under `data/ipc/`, sorted.
+    fn group_folders(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.ipc_root()) else {
-            return out;
+            return Vec::new();
         };
         let mut folders: Vec<String> = entries
             .filter_map(Result::ok)
@@ -97,25 +172,29 @@ impl IpcContext {
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         folders.sort();
-        for folder in folders {
-            out.extend(self.process_folder(&folder));
-        }
-        out
+        folders
     }
 
     /// Processes the complete request files of one folder: messages first, then tasks,
-    /// each in name order (names start with a timestamp). Returns `(kind, name, outcome)`.
+    /// each in name order (names start with a timestamp), at most [`FILES_PER_PASS`] of
+    /// each. Returns `(kind, name, outcome)`.
     pub fn process_folder(&self, folder: &str) -> Vec<(String, String, FileOutcome)> {
+        self.process_folder_pass(folder).0
+    }
+
+    /// [`IpcContext::process_folder`], and whether files were left for another pass.
+    fn process_folder_pass(&self, folder: &str) -> (Vec<(String, String, FileOutcome)>, bool) {
         let mut out = Vec::new();
+        let mut more = false;
         if GroupFolder::parse(folder).is_err() {
             // Not a group (e.g. `errors`), or a name no group can have.
-            return out;
+            return (out, more);
         }
         let source = match self.source(folder) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(folder, "IPC: cannot tell who this folder is: {e:?}");
-                return out;
+                return (out, more);
             }
         };
         let mut tasks_touched = false;
@@ -128,7 +207,9 @@ impl IpcContext {
                     continue;
                 }
             };
-            for name in complete_files(&dir) {
+            let names = complete_files(&dir);
+            more |= names.len() > FILES_PER_PASS;
+            for name in names.into_iter().take(FILES_PER_PASS) {
                 let outcome = self.process_file(&dir, &source, kind, &name);
                 if kind == "tasks" && matches!(outcome, FileOutcome::Done(_)) {
                     tasks_touched = true;
@@ -139,7 +220,7 @@ impl IpcContext {
         if tasks_touched {
             self.refresh_task_snapshots(&source);
         }
-        out
+        (out, more)
     }
 
     /// Rewrites `current_tasks.json` for the source and for main after a task change, so
@@ -162,26 +243,25 @@ impl IpcContext {
 
     fn process_file(&self, dir: &OwnedFd, source: &Source, kind: &str, name: &str) -> FileOutcome {
         let folder = source.folder.as_str();
-        let reject = |reason: String| {
-            tracing::warn!(folder, kind, file = name, "IPC: rejected: {reason}");
-            match self.move_to_errors(dir, folder, name, &reason) {
-                Ok(()) => FileOutcome::Rejected(reason),
-                Err(e) => {
-                    tracing::error!(
-                        folder,
-                        file = name,
-                        "IPC: cannot move a rejected file to data/ipc/errors: {e}"
-                    );
-                    let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
-                    FileOutcome::Rejected(reason)
-                }
+        let reject = |reason: String, bytes: &[u8]| {
+            // Agent-written text is logged quoted (`?`) so it cannot forge log lines.
+            tracing::warn!(folder, kind, file = ?name, reason = ?reason, "IPC: rejected");
+            if let Err(e) = self.keep_rejected(folder, name, bytes, &reason) {
+                tracing::warn!(
+                    folder,
+                    file = ?name,
+                    "IPC: the rejected file is not kept in data/ipc/errors: {e}"
+                );
             }
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+            FileOutcome::Rejected(reason)
         };
         let bytes = match read_request_file(dir, name) {
             Ok(Some(b)) => b,
             Ok(None) => return FileOutcome::Kept("gone before it was read".into()),
-            Err(reason) => return reject(reason),
+            Err(reason) => return reject(reason, &[]),
         };
+        let reject = |reason: String| reject(reason, &bytes);
         let request: IpcRequest = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
             Err(e) => return reject(format!("not a valid IPC request: {e}")),
@@ -195,7 +275,7 @@ impl IpcContext {
         }
         match process::process(self, source, request) {
             Ok(what) => {
-                tracing::info!(source = folder, operation, "IPC: {what}");
+                tracing::info!(source = folder, operation, done = ?what, "IPC request carried out");
                 let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
                 FileOutcome::Done(what)
             }
@@ -203,8 +283,9 @@ impl IpcContext {
                 tracing::warn!(
                     source = folder,
                     operation,
-                    target,
-                    "IPC request denied: {reason}"
+                    target = ?target,
+                    reason = ?reason,
+                    "IPC request denied"
                 );
                 let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
                 FileOutcome::Denied(reason)
@@ -214,51 +295,70 @@ impl IpcContext {
                 tracing::error!(
                     source = folder,
                     operation,
-                    file = name,
-                    "IPC: will retry: {reason}"
+                    file = ?name,
+                    reason = ?reason,
+                    "IPC: will retry"
                 );
                 FileOutcome::Kept(reason)
             }
         }
     }
 
-    /// Moves `name` to `data/ipc/errors/{folder}-{name}` (never replacing an earlier
-    /// one) and writes the reason next to it.
-    fn move_to_errors(
+    /// Keeps a copy of a rejected file (its first [`MAX_ERROR_COPY_BYTES`]) as
+    /// `data/ipc/errors/{folder}-{name}` (never replacing an earlier one) with the reason
+    /// in a `.reason` file next to it. The agent's file itself is deleted by the caller:
+    /// moving it would give the agent a handle on a file outside its sandbox.
+    fn keep_rejected(
         &self,
-        dir: &OwnedFd,
         folder: &str,
         name: &str,
+        bytes: &[u8],
         reason: &str,
     ) -> std::io::Result<()> {
+        use std::io::Write;
         let errors = crate::layout::open_dir_beneath(&self.ipc_root(), &["errors"])?;
-        for n in 0..1000 {
+        let prefix = format!("{folder}-");
+        let kept = rustix::fs::Dir::read_from(&errors)?
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let n = e.file_name().to_bytes();
+                n.starts_with(prefix.as_bytes()) && !n.ends_with(b".reason")
+            })
+            .count();
+        if kept >= MAX_ERRORS_PER_FOLDER {
+            return Err(std::io::Error::other(format!(
+                "{kept} rejected files of this group are already kept; delete some from data/ipc/errors to keep more"
+            )));
+        }
+        let create = |target: &str| {
+            rustix::fs::openat(
+                &errors,
+                target,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        for n in 0..MAX_ERRORS_PER_FOLDER {
             let target = if n == 0 {
                 format!("{folder}-{name}")
             } else {
                 format!("{folder}-{name}.{n}")
             };
-            match rustix::fs::renameat_with(
-                dir,
-                name,
-                &errors,
-                target.as_str(),
-                RenameFlags::NOREPLACE,
-            ) {
-                Ok(()) => {
-                    let reason_file = format!("{target}.reason");
-                    if let Ok(fd) = rustix::fs::openat(
-                        &errors,
-                        reason_file.as_str(),
-                        OFlags::CREATE
-                            | OFlags::TRUNC
-                            | OFlags::WRONLY
-                            | OFlags::NOFOLLOW
-                            | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
-                    ) {
-                        use std::io::Write;
-                        let _ = std::fs::File::from(fd).write_all(format!("{reason}\n").as_bytes());
+            match create(&target) {
+                Ok(fd) => {
+                    let copied = &bytes[..bytes.len().min(MAX_ERROR_COPY_BYTES)];
+                    std::fs::File::from(fd).write_all(copied)?;
+                    let note = if copied.len() < bytes.len() {
+                        format!(
+                            "{reason}\n(only the first {} of {} bytes kept)\n",
+                            copied.len(),
+                            bytes.len()
+                        )
+                    } else {
+                        format!("{reason}\n")
+                    };
+                    if let Ok(fd) = create(&format!("{target}.reason")) {
+                        let _ = std::fs::File::from(fd).write_all(note.as_bytes());
                     }
                     return Ok(());
                 }
@@ -303,6 +403,14 @@ fn complete_files(dir: &OwnedFd) -> Vec<String> {
     };
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
+        // Directories and devices are never requests; they are left alone, not
+        // rejected again on every pass. (Unknown types are checked when opened.)
+        .filter(|e| {
+            matches!(
+                e.file_type(),
+                FileType::RegularFile | FileType::Symlink | FileType::Unknown
+            )
+        })
         .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
         .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
         .collect();
@@ -355,8 +463,15 @@ pub async fn watch(ctx: Arc<IpcContext>, mut shutdown: watch::Receiver<bool>) {
         }
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    // Folders with files left over from the last pass.
+    let mut pending: BTreeSet<String> = BTreeSet::new();
     loop {
         let wake = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = std::future::ready(()), if !pending.is_empty() => {
+                Wake::Folders(std::mem::take(&mut pending))
+            }
             _ = sweep.tick() => Wake::All,
             w = async {
                 match watcher.as_mut() {
@@ -364,23 +479,25 @@ pub async fn watch(ctx: Arc<IpcContext>, mut shutdown: watch::Receiver<bool>) {
                     None => std::future::pending().await,
                 }
             } => w,
-            _ = shutdown.wait_for(|s| *s) => return,
         };
         let ctx = Arc::clone(&ctx);
-        let done = tokio::task::spawn_blocking(move || match wake {
-            Wake::All => {
-                ctx.process_all();
-            }
-            Wake::Folders(folders) => {
-                for folder in folders {
-                    ctx.process_folder(&folder);
-                }
-            }
+        let done = tokio::task::spawn_blocking(move || {
+            let folders = match wake {
+                Wake::All => ctx.group_folders(),
+                Wake::Folders(folders) => folders.into_iter().collect(),
+            };
+            folders
+                .into_iter()
+                .filter(|folder| ctx.process_folder_pass(folder).1)
+                .collect::<BTreeSet<String>>()
         })
         .await;
-        if let Err(e) = done {
-            tracing::error!("IPC: processing failed: {e}");
+        match done {
+            Ok(more) => pending.extend(more),
+            Err(e) => tracing::error!("IPC: processing failed: {e}"),
         }
+        // Let the rest of the daemon run between passes over a flooded folder.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -401,6 +518,10 @@ struct Watcher {
     root: PathBuf,
     fd: tokio::io::unix::AsyncFd<OwnedFd>,
     watches: HashMap<i32, Watched>,
+    /// The watch of each watched path. An agent can rename its request folder away and
+    /// make a new one any number of times; the old folder's watch is removed when the
+    /// new one is added, so watches never pile up.
+    by_path: HashMap<PathBuf, i32>,
 }
 
 impl Watcher {
@@ -415,6 +536,7 @@ impl Watcher {
             root,
             fd,
             watches: HashMap::new(),
+            by_path: HashMap::new(),
         };
         w.add(PathBuf::new(), Watched::Root)?;
         let folders: Vec<String> = std::fs::read_dir(&w.root)?
@@ -434,8 +556,14 @@ impl Watcher {
             Watched::Requests(_) => WatchFlags::MOVED_TO | WatchFlags::CLOSE_WRITE,
         } | WatchFlags::ONLYDIR
             | WatchFlags::DONT_FOLLOW;
-        let wd = add_watch(self.fd.get_ref(), self.root.join(relative), flags)?;
+        let wd = add_watch(self.fd.get_ref(), self.root.join(&relative), flags)?;
         self.watches.insert(wd, what);
+        if let Some(old) = self.by_path.insert(relative, wd)
+            && old != wd
+        {
+            self.watches.remove(&old);
+            let _ = rustix::fs::inotify::remove_watch(self.fd.get_ref(), old);
+        }
         Ok(())
     }
 
@@ -479,7 +607,9 @@ impl Watcher {
                                     .into_owned()
                             });
                             if flags.contains(ReadFlags::IGNORED) {
-                                self.watches.remove(&event.wd());
+                                let wd = event.wd();
+                                self.watches.remove(&wd);
+                                self.by_path.retain(|_, w| *w != wd);
                                 continue;
                             }
                             match (self.watches.get(&event.wd()), name) {

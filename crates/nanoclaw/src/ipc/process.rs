@@ -107,6 +107,15 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
                 },
                 jid,
             )?;
+            if !ctx.guard.allow_message(&source.folder) {
+                return Err(IpcError::Denied {
+                    reason: format!(
+                        "more than {} chat messages in a minute",
+                        ctx.guard.limits.messages_per_minute
+                    ),
+                    target: jid.to_string(),
+                });
+            }
             if ctx.channels.for_jid(jid).is_none() {
                 return Err(IpcError::Invalid(format!(
                     "no connected channel handles {jid}"
@@ -151,6 +160,19 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
             let prompt = required(&prompt, "prompt")?;
             let schedule = Schedule::parse(&schedule_type, &schedule_value, &ctx.tz)
                 .map_err(IpcError::Invalid)?;
+            check_often(ctx, &schedule)?;
+            let kept = ctx
+                .store
+                .tasks_for_folder(&target.folder)?
+                .iter()
+                .filter(|t| matches!(t.status.as_str(), "active" | "paused"))
+                .count();
+            if kept >= ctx.guard.limits.max_tasks_per_group {
+                return Err(IpcError::Invalid(format!(
+                    "{} already has {kept} tasks, the most a group may have; cancel some first",
+                    target.folder
+                )));
+            }
             let id = match task_id {
                 Some(id) => {
                     valid_task_id(id.trim())?;
@@ -224,6 +246,7 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
             let next_run = if schedule_type.is_some() || schedule_value.is_some() {
                 let schedule =
                     Schedule::parse(&kind, &value, &ctx.tz).map_err(IpcError::Invalid)?;
+                check_often(ctx, &schedule)?;
                 schedule
                     .first_run(Timestamp::now(), &ctx.tz)
                     .map(crate::clock::format_utc)
@@ -285,6 +308,21 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
                 .map_err(|e| IpcError::Retry(format!("writing available_groups.json: {e}")))?;
             Ok("available_groups.json refreshed".into())
         }
+    }
+}
+
+/// Refuses recurring schedules shorter than the configured minimum: every run is a
+/// sandbox and model calls, paid by the user.
+fn check_often(ctx: &IpcContext, schedule: &Schedule) -> Result<(), IpcError> {
+    let min = ctx.guard.limits.min_task_interval;
+    match schedule {
+        Schedule::Interval(ms) if u128::from(*ms) < min.as_millis() => {
+            Err(IpcError::Invalid(format!(
+                "an interval of {ms} ms is shorter than the minimum of {} ms (NANOCLAW_MIN_TASK_INTERVAL_MS)",
+                min.as_millis()
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

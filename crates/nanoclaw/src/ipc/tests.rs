@@ -70,6 +70,7 @@ fn fixture() -> Fixture {
         ]),
         delivery: None,
         tasks_changed: Arc::new(Notify::new()),
+        guard: IpcGuard::default(),
     };
     Fixture { _dir: dir, ctx }
 }
@@ -400,12 +401,16 @@ fn invalid_schedules_and_missing_fields_are_rejected() {
             "cron, interval or once",
         ),
         (
-            json!({"type": "schedule_task", "prompt": "  ", "schedule_type": "interval", "schedule_value": "1000", "targetJid": "tg:team"}),
+            json!({"type": "schedule_task", "prompt": "  ", "schedule_type": "interval", "schedule_value": "3600000", "targetJid": "tg:team"}),
             "prompt",
         ),
         (
-            json!({"type": "schedule_task", "taskId": "../x", "prompt": "p", "schedule_type": "interval", "schedule_value": "1000", "targetJid": "tg:team"}),
+            json!({"type": "schedule_task", "taskId": "../x", "prompt": "p", "schedule_type": "interval", "schedule_value": "3600000", "targetJid": "tg:team"}),
             "taskId",
+        ),
+        (
+            json!({"type": "schedule_task", "prompt": "p", "schedule_type": "interval", "schedule_value": "1000", "targetJid": "tg:team"}),
+            "shorter than the minimum",
         ),
         (
             json!({"type": "schedule_task", "prompt": "p", "schedule_type": "interval", "targetJid": "tg:team"}),
@@ -692,6 +697,7 @@ async fn the_watcher_picks_up_files_in_new_and_existing_folders() {
         channels: f.ctx.channels.clone(),
         delivery: None,
         tasks_changed: Arc::clone(&f.ctx.tasks_changed),
+        guard: IpcGuard::default(),
     });
     // A file written before the watcher starts is processed by the first sweep.
     std::fs::write(
@@ -743,4 +749,162 @@ async fn the_watcher_picks_up_files_in_new_and_existing_folders() {
         .await
         .expect("the watcher stops")
         .expect("joined");
+}
+
+#[test]
+fn rejected_files_are_copied_not_moved_and_capped_per_group() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    let dir = f.ipc("team").join("messages");
+    std::fs::write(dir.join("1-bad.json"), b"{not json").expect("write");
+    // A second link keeps the agent's inode alive so it can be compared.
+    std::fs::hard_link(dir.join("1-bad.json"), dir.join("keep")).expect("link");
+    let agent_inode = std::fs::metadata(dir.join("keep")).expect("meta").ino();
+    f.ctx.process_folder("team");
+    let kept = f.ctx.layout.data_dir().join("ipc/errors/team-1-bad.json");
+    assert_eq!(std::fs::read(&kept).expect("kept"), b"{not json");
+    assert_ne!(
+        std::fs::metadata(&kept).expect("meta").ino(),
+        agent_inode,
+        "errors/ holds a copy the agent has no handle on"
+    );
+    assert!(!dir.join("1-bad.json").exists());
+
+    // A flood of bad files: each is deleted, at most MAX_ERRORS_PER_FOLDER are kept.
+    for i in 0..(MAX_ERRORS_PER_FOLDER + 20) {
+        std::fs::write(dir.join(format!("{i:04}-flood.json")), b"[]").expect("write");
+    }
+    while !f.ctx.process_folder("team").is_empty() {}
+    let kept = f
+        .errors()
+        .iter()
+        .filter(|n| n.starts_with("team-") && !n.ends_with(".reason"))
+        .count();
+    assert_eq!(kept, MAX_ERRORS_PER_FOLDER);
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        1,
+        "only the unrelated link is left"
+    );
+}
+
+#[test]
+fn directories_named_like_requests_are_left_alone() {
+    let f = fixture();
+    let dir = f.ipc("team").join("messages/1-dir.json");
+    std::fs::create_dir(&dir).expect("mkdir");
+    assert!(f.ctx.process_folder("team").is_empty());
+    assert!(dir.is_dir());
+    assert!(f.errors().is_empty());
+}
+
+#[test]
+fn a_flooded_folder_is_handled_a_slice_at_a_time() {
+    let f = fixture();
+    let dir = f.ipc("team").join("tasks");
+    let n = FILES_PER_PASS * 2 + 7;
+    for i in 0..n {
+        std::fs::write(
+            dir.join(format!("{i:04}.json")),
+            r#"{"type":"pause_task","taskId":"none"}"#,
+        )
+        .expect("write");
+    }
+    let (first, more) = f.ctx.process_folder_pass("team");
+    assert_eq!((first.len(), more), (FILES_PER_PASS, true));
+    let (second, more) = f.ctx.process_folder_pass("team");
+    assert_eq!((second.len(), more), (FILES_PER_PASS, true));
+    let (last, more) = f.ctx.process_folder_pass("team");
+    assert_eq!((last.len(), more), (7, false));
+    assert_eq!(first[0].1, "0000.json", "oldest first");
+}
+
+#[test]
+fn chat_messages_are_limited_per_group_per_minute() {
+    let f = fixture();
+    let limit = f.ctx.guard.limits.messages_per_minute;
+    let mut outcomes = Vec::new();
+    for i in 0..limit + 3 {
+        outcomes.push(f.send(
+            "team",
+            &json!({"type": "message", "chatJid": "tg:team", "text": format!("m{i}")}),
+        ));
+    }
+    assert!(
+        outcomes[..limit]
+            .iter()
+            .all(|o| matches!(o, FileOutcome::Done(_)))
+    );
+    for o in &outcomes[limit..] {
+        assert!(
+            matches!(o, FileOutcome::Denied(r) if r.contains("in a minute")),
+            "{o:?}"
+        );
+    }
+    assert_eq!(f.bot_messages("tg:team").len(), limit);
+    // Another group has its own budget.
+    let o = f.send(
+        "other",
+        &json!({"type": "message", "chatJid": "tg:other", "text": "hi"}),
+    );
+    assert!(matches!(o, FileOutcome::Done(_)), "{o:?}");
+}
+
+#[test]
+fn a_group_may_keep_only_so_many_tasks() {
+    let f = fixture();
+    let max = f.ctx.guard.limits.max_tasks_per_group;
+    for i in 0..max {
+        f.add_task(&format!("t{i}"), "team", "tg:team");
+    }
+    let o = f.send(
+        "team",
+        &json!({"type": "schedule_task", "prompt": "p", "schedule_type": "interval",
+                "schedule_value": "3600000", "targetJid": "tg:team"}),
+    );
+    assert!(
+        matches!(o, FileOutcome::Rejected(ref r) if r.contains("the most a group may have")),
+        "{o:?}"
+    );
+    // Cancelled tasks do not count.
+    f.ctx
+        .store
+        .set_task_status("t0", crate::store::TaskStatus::Cancelled)
+        .expect("cancel");
+    let o = f.send(
+        "team",
+        &json!({"type": "schedule_task", "prompt": "p", "schedule_type": "interval",
+                "schedule_value": "3600000", "targetJid": "tg:team"}),
+    );
+    assert!(matches!(o, FileOutcome::Done(_)), "{o:?}");
+    // Updating to a too-short interval is refused as well.
+    let o = f.send(
+        "team",
+        &json!({"type": "update_task", "taskId": "t1", "schedule_value": "10"}),
+    );
+    assert!(
+        matches!(o, FileOutcome::Rejected(ref r) if r.contains("shorter than the minimum")),
+        "{o:?}"
+    );
+}
+
+#[tokio::test]
+async fn replacing_a_request_folder_over_and_over_does_not_pile_up_watches() {
+    let f = fixture();
+    let mut watcher = Watcher::new(f.ctx.layout.data_dir().join("ipc")).expect("inotify");
+    let before = watcher.watches.len();
+    let team = f.ipc("team");
+    for i in 0..30 {
+        std::fs::rename(team.join("messages"), team.join(format!("old-{i}"))).expect("rename");
+        std::fs::create_dir(team.join("messages")).expect("mkdir");
+        tokio::time::timeout(nanoclaw_test_support::DEADLINE, watcher.next())
+            .await
+            .expect("the new folder is noticed");
+    }
+    assert_eq!(
+        watcher.watches.len(),
+        before,
+        "the moved-away folders' watches were removed"
+    );
+    assert_eq!(watcher.by_path.len(), before);
 }

@@ -264,24 +264,10 @@ where
     type Addr = L::Addr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let slot = loop {
-            match Arc::clone(&self.slots).acquire_owned().await {
-                Ok(slot) => break slot,
-                // Never closed; if it were, keep serving uncapped rather than spin.
-                Err(_) => {
-                    let (io, addr) = self.inner.accept().await;
-                    return (SlotIo { io, _slot: None }, addr);
-                }
-            }
-        };
+        // The semaphore is never closed; if it were, serve uncapped rather than spin.
+        let slot = Arc::clone(&self.slots).acquire_owned().await.ok();
         let (io, addr) = self.inner.accept().await;
-        (
-            SlotIo {
-                io,
-                _slot: Some(slot),
-            },
-            addr,
-        )
+        (SlotIo { io, _slot: slot }, addr)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
