@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the third-party clients the tests drive through the credential proxy, into
-# .tools/ (ignored by git): the official `anthropic` Python SDK in a virtualenv, and the
-# Claude Code CLI. Idempotent; needs only the package registries (PyPI, npm).
+# Installs the third-party programs the tests drive, into .tools/ (ignored by git): the
+# official `anthropic` Python SDK in a virtualenv and the Claude Code CLI (clients of the
+# credential proxy), and the telegram-test-api Bot API emulator. Idempotent; needs only
+# the package registries (PyPI, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLAUDE_CODE_VERSION=2.1.197
@@ -29,4 +30,10 @@ installed=$(node -e "try{console.log(require('./.tools/node/node_modules/@anthro
 if [ "$installed" != "$CLAUDE_CODE_VERSION" ]; then
     echo "test-tools: installing Claude Code $CLAUDE_CODE_VERSION into .tools/node" >&2
     npm install --silent --no-audit --no-fund --prefix .tools/node "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+fi
+TELEGRAM_TEST_API_VERSION=4.2.1
+installed=$(node -e "try{console.log(require('./.tools/node/node_modules/telegram-test-api/package.json').version)}catch(e){}" 2>/dev/null || true)
+if [ "$installed" != "$TELEGRAM_TEST_API_VERSION" ]; then
+    echo "test-tools: installing telegram-test-api $TELEGRAM_TEST_API_VERSION into .tools/node" >&2
+    npm install --silent --no-audit --no-fund --prefix .tools/node "telegram-test-api@$TELEGRAM_TEST_API_VERSION"
 fi

@@ -48,6 +48,8 @@ struct Inner {
     poll_offsets: Vec<i64>,
     /// Every update ever queued, for redelivery.
     history: Vec<Value>,
+    /// When each sendMessage arrived and the status it got.
+    send_attempts: Vec<(std::time::Instant, u16)>,
 }
 
 struct Shared {
@@ -272,6 +274,11 @@ impl FakeTelegram {
             .count()
     }
 
+    /// When each `sendMessage` call arrived, and whether it got 429 or 200.
+    pub fn send_attempts(&self) -> Vec<(std::time::Instant, u16)> {
+        self.lock().send_attempts.clone()
+    }
+
     pub fn poll_offsets(&self) -> Vec<i64> {
         self.lock().poll_offsets.clone()
     }
@@ -380,7 +387,9 @@ async fn handle(
             }
             let result = {
                 let mut st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let now = std::time::Instant::now();
                 if let Some(retry_after) = st.send_429.pop_front() {
+                    st.send_attempts.push((now, 429));
                     drop(st);
                     return error(
                         429,
@@ -388,6 +397,7 @@ async fn handle(
                         Some(retry_after),
                     );
                 }
+                st.send_attempts.push((now, 200));
                 st.next_message_id += 1;
                 st.sent.push(Sent {
                     chat_id,

@@ -228,7 +228,12 @@ impl Telegram {
             && addresses_bot(msg, &content, me)
         {
             let trigger = format!("@{}", self.assistant_name);
-            if !content.to_lowercase().starts_with(&trigger.to_lowercase()) {
+            // "@mybot do X" reads as "@Andy do X"; a mention elsewhere keeps the text
+            // whole behind the trigger.
+            let handle = format!("@{}", me.username);
+            if !me.username.is_empty() && starts_with_word(&content, &handle) {
+                content = format!("{trigger}{}", &content[handle.len()..]);
+            } else if !starts_with_word(&content, &trigger) {
                 content = format!("{trigger} {content}");
             }
         }
@@ -380,6 +385,16 @@ fn content_of(msg: &Value) -> Option<String> {
         return None;
     };
     Some(format!("{label}{caption}"))
+}
+
+/// Whether `text` starts with `word` (ASCII case-insensitive) as a whole word.
+fn starts_with_word(text: &str, word: &str) -> bool {
+    text.get(..word.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(word))
+        && text[word.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
 }
 
 /// Whether the message mentions the bot (`@username`) or replies to one of its messages.
@@ -617,6 +632,15 @@ mod tests {
             text_of(base("@Andy hi @andy_home_bot")).as_deref(),
             Some("@Andy hi @andy_home_bot"),
             "already triggered"
+        );
+        assert_eq!(
+            text_of(base("@andy_home_bot can you help?")).as_deref(),
+            Some("@Andy can you help?"),
+        );
+        assert_eq!(
+            text_of(base("@andy_home_botx hi @andy_home_bot")).as_deref(),
+            Some("@Andy @andy_home_botx hi @andy_home_bot"),
+            "a longer handle at the start is not the bot's"
         );
         assert_eq!(
             text_of(base("ask @andy_home_bot_fan")).as_deref(),

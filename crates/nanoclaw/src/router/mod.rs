@@ -44,6 +44,8 @@ pub struct Router {
     queue: Arc<GroupQueue>,
     default_trigger: String,
     metrics: Arc<Metrics>,
+    /// Unregistered chats already mentioned in the log.
+    unregistered_logged: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Router {
@@ -60,6 +62,7 @@ impl Router {
             queue,
             default_trigger,
             metrics,
+            unregistered_logged: Default::default(),
         }
     }
 
@@ -68,6 +71,7 @@ impl Router {
     /// message is durable.
     pub async fn accept(&self, chat: ChatMeta, message: Message) -> Result<Accepted, StoreError> {
         let senders = Arc::clone(&self.senders);
+        let (jid, name) = (chat.jid.clone(), chat.name.clone());
         let (accepted, group) = self
             .store
             .call(move |s| {
@@ -93,10 +97,32 @@ impl Router {
             Accepted::Dropped => Metrics::inc(&self.metrics.messages_dropped),
             Accepted::Duplicate => {}
         }
-        if let (Accepted::Stored { .. }, Some(group)) = (&accepted, group) {
-            self.check_group(group).await;
+        match (&accepted, group) {
+            (Accepted::Stored { .. }, Some(group)) => self.check_group(group).await,
+            (Accepted::Stored { .. }, None) => self.mention_unregistered(&jid, name.as_deref()),
+            _ => {}
         }
         Ok(accepted)
+    }
+
+    /// Tells the user, once per chat and process, how to let the assistant answer in a
+    /// chat it hears but is not registered for (where else would they find its JID?).
+    fn mention_unregistered(&self, jid: &str, name: Option<&str>) {
+        let first = {
+            let mut logged = self
+                .unregistered_logged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Bounded: a bot added to thousands of chats must not grow this forever.
+            logged.len() < 1000 && logged.insert(jid.to_string())
+        };
+        if first {
+            tracing::info!(
+                chat_jid = ?jid,
+                chat_name = ?name,
+                "message stored from a chat that is not registered; to have the assistant answer there: nanoclaw groups add --jid {jid:?} --name NAME --folder FOLDER"
+            );
+        }
     }
 
     /// Records chat metadata alone.

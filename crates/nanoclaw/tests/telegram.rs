@@ -1,0 +1,364 @@
+//! Telegram end to end (SPEC §13): the adapter against the fake Bot API with a real
+//! bubblewrap sandbox and the fake model API, a `kill -9` of the real binary in the middle
+//! of a stream of updates, 429 handling, and the third-party `telegram-test-api`
+//! emulator as a second opinion on the wire format.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nanoclaw::channels::telegram::Telegram;
+use nanoclaw::config::{RuntimeKind, Secret, Secrets};
+use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Reply};
+use nanoclaw_test_support::fake_telegram::{BOT_USERNAME, Chat, FakeTelegram, User};
+use nanoclaw_test_support::{DEADLINE, free_port, wait_for};
+use support::{BinaryDaemon, ScriptedRunner, Step, register};
+
+const TOKEN: &str = "123456:telegram-e2e-token";
+
+fn anthropic_secrets() -> Secrets {
+    Secrets {
+        anthropic_api_key: Some(Secret::new("sk-ant-real")),
+        ..Default::default()
+    }
+}
+
+/// Registers a chat on a root no daemon has used yet.
+fn register_new(root: &std::path::Path, jid: &str, folder: &str) {
+    nanoclaw::layout::Layout::new(root)
+        .create()
+        .expect("layout");
+    register(root, jid, folder, true);
+}
+
+/// The texts of user (non-bot) messages stored for a chat, in order.
+fn stored_user_texts(root: &std::path::Path, jid: &str) -> Vec<String> {
+    let store =
+        nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("open store");
+    store
+        .chat_messages(jid, None)
+        .expect("messages")
+        .into_iter()
+        .filter(|m| !m.message.is_bot_message)
+        .map(|m| m.message.content)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_mention_runs_a_sandboxed_agent_and_the_reply_goes_back_to_the_chat() {
+    let llm = FakeAnthropic::start(vec![
+        Reply::text("Hello from the sandbox."),
+        Reply::text("And hello again."),
+    ])
+    .await;
+    let tg = FakeTelegram::start(TOKEN).await;
+    let telegram = Telegram::new(&tg.url, TOKEN, "Andy").expect("telegram");
+    let root = tempfile::tempdir().expect("temp dir");
+    register_new(root.path(), "tg:-100777", "tg_family");
+    let url = llm.url.clone();
+    let d = support::start_sandboxed_daemon_in(
+        root,
+        RuntimeKind::Bwrap,
+        None,
+        anthropic_secrets(),
+        vec![telegram],
+        |c| {
+            c.anthropic_base_url = url;
+            c.llm_attempts = 1;
+            c.idle_timeout = Duration::from_millis(300);
+        },
+    )
+    .await;
+    let chat = Chat::group(-100_777, "Family");
+    let jo = User::new(31, "Jo");
+
+    // Chatter without the trigger is stored, and nothing runs.
+    tg.user_says(&chat, &jo, "who is bringing the cake on sunday?");
+    let stored = wait_for("the chatter stored", DEADLINE, || {
+        let root = d.root().to_path_buf();
+        async move {
+            let texts = stored_user_texts(&root, "tg:-100777");
+            (!texts.is_empty()).then_some(texts)
+        }
+    })
+    .await;
+    assert_eq!(stored, ["who is bringing the cake on sunday?"]);
+
+    // The bot's @username is the trigger.
+    tg.user_says(&chat, &jo, &format!("@{BOT_USERNAME} can you remind us?"));
+    let sent = tg.wait_sent(-100_777, 1).await;
+    assert_eq!(sent, ["Hello from the sandbox."]);
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 1, "one run for one trigger");
+    let prompt = requests[0].all_text();
+    assert!(
+        prompt.contains("who is bringing the cake on sunday?"),
+        "the earlier chatter is part of the prompt: {prompt}"
+    );
+    assert!(
+        prompt.contains("@Andy can you remind us?"),
+        "the mention became the assistant trigger: {prompt}"
+    );
+    assert!(
+        prompt.contains(r#"sender=\"Jo\""#),
+        "the sender's name is in the prompt: {prompt}"
+    );
+    assert!(
+        tg.typing_actions(-100_777) >= 1,
+        "typing shown during the run"
+    );
+
+    // `@Andy` works too, once the first run is over.
+    wait_for("the first run to end", DEADLINE, || {
+        let root = d.root().to_path_buf();
+        async move {
+            std::fs::read_dir(root.join("groups/tg_family/logs"))
+                .ok()
+                .and_then(|mut dir| dir.next())
+                .map(|_| ())
+        }
+    })
+    .await;
+    tg.user_says(&chat, &jo, "@Andy and the candles?");
+    let sent = tg.wait_sent(-100_777, 2).await;
+    assert_eq!(sent[1], "And hello again.");
+    assert_eq!(llm.requests().len(), 2);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_from_telegram_is_honoured_and_the_reply_arrives() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    let telegram = Telegram::new(&tg.url, TOKEN, "Andy").expect("telegram");
+    let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec!["Slow but sure.".into()])]);
+    let root = tempfile::tempdir().expect("temp dir");
+    register_new(root.path(), "tg:-100888", "tg_slow");
+    let d = support::start_daemon_full(
+        runner,
+        Arc::default(),
+        Default::default(),
+        vec![telegram],
+        root,
+        |_| {},
+    )
+    .await;
+    tg.fail_next_sends_with_429(2, 1);
+    let chat = Chat::group(-100_888, "Slow");
+    tg.user_says(&chat, &User::new(5, "Sam"), "@Andy hi");
+    let sent = tg.wait_sent(-100_888, 1).await;
+    assert_eq!(sent, ["Slow but sure."], "sent once, after the wait");
+    let attempts = tg.send_attempts();
+    assert_eq!(
+        attempts.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        [429, 200]
+    );
+    let waited = attempts[1].0.duration_since(attempts[0].0);
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the retry waited retry_after (2 s), not {waited:?}"
+    );
+    d.stop().await;
+}
+
+/// The real binary is killed with SIGKILL while updates keep coming; after a restart
+/// every message is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_of_a_stream_loses_and_repeats_nothing() {
+    const TOTAL: usize = 120;
+    let tg = FakeTelegram::start(TOKEN).await;
+    let root = tempfile::tempdir().expect("temp dir");
+    // Triggers are required, so nothing runs: this is about intake only.
+    register_new(root.path(), "tg:-100999", "tg_stream");
+    let env = [
+        ("TELEGRAM_BOT_TOKEN", TOKEN),
+        ("TELEGRAM_API_URL", tg.url.as_str()),
+    ];
+    let d = BinaryDaemon::spawn(root.path(), &env).await;
+    let chat = Chat::group(-100_999, "Stream");
+    let ana = User::new(77, "Ana");
+    let mut next = 0;
+    // A steady stream; the kill lands while the daemon is busy storing it.
+    while next < TOTAL / 2 {
+        tg.user_says(&chat, &ana, &format!("message {next:03}"));
+        next += 1;
+        if next % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    wait_for("some of the stream stored", DEADLINE, || {
+        let root = root.path().to_path_buf();
+        async move { (stored_user_texts(&root, "tg:-100999").len() >= 20).then_some(()) }
+    })
+    .await;
+    for _ in 0..10 {
+        tg.user_says(&chat, &ana, &format!("message {next:03}"));
+        next += 1;
+    }
+    let pushed_at_kill = next;
+    d.kill9().await;
+    let before_restart = stored_user_texts(root.path(), "tg:-100999").len();
+    while next < TOTAL {
+        tg.user_says(&chat, &ana, &format!("message {next:03}"));
+        next += 1;
+    }
+    let d = BinaryDaemon::spawn(root.path(), &env).await;
+    let texts = wait_for("the whole stream stored", DEADLINE, || {
+        let root = root.path().to_path_buf();
+        async move {
+            let texts = stored_user_texts(&root, "tg:-100999");
+            (texts.len() >= TOTAL).then_some(texts)
+        }
+    })
+    .await;
+    // Give a duplicate, if any, the chance to show up.
+    wait_for("the offset confirmed", DEADLINE, || async {
+        (tg.pending_updates() == 0).then_some(())
+    })
+    .await;
+    let texts_after = stored_user_texts(root.path(), "tg:-100999");
+    assert_eq!(texts_after.len(), TOTAL, "nothing stored twice");
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for t in &texts {
+        *counts.entry(t.as_str()).or_default() += 1;
+    }
+    for i in 0..TOTAL {
+        let text = format!("message {i:03}");
+        assert_eq!(counts.get(text.as_str()), Some(&1), "{text}");
+    }
+    eprintln!(
+        "{before_restart} of the {pushed_at_kill} messages sent before the kill were stored by then"
+    );
+    d.terminate().await;
+}
+
+/// `.tools/node/node_modules/telegram-test-api`, installed by scripts/test-tools.sh.
+fn emulator_script() -> std::path::PathBuf {
+    let tools = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/node");
+    assert!(
+        tools.join("node_modules/telegram-test-api").exists(),
+        "telegram-test-api is missing: run ./scripts/test-tools.sh"
+    );
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/telegram-test-api.js")
+}
+
+/// The third-party emulator in its own process.
+struct Emulator {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl Emulator {
+    async fn start() -> Emulator {
+        let port = free_port();
+        let tools = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/node");
+        let child = tokio::process::Command::new("node")
+            .arg(emulator_script())
+            .arg(port.to_string())
+            .env("NODE_PATH", tools.join("node_modules"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let url = format!("http://127.0.0.1:{port}");
+        let client = nanoclaw_test_support::http_client();
+        wait_for("telegram-test-api to listen", DEADLINE, || {
+            let (client, url) = (client.clone(), format!("{url}/bot1:x/getMe"));
+            async move { client.get(url).send().await.ok().map(|_| ()) }
+        })
+        .await;
+        Emulator { child, url }
+    }
+
+    /// A user message through the emulator's client API.
+    async fn user_says(&self, chat_id: i64, chat_type: &str, text: &str) {
+        let body = serde_json::json!({
+            "botToken": TOKEN,
+            "from": {"id": 42, "first_name": "Kim", "username": "kim", "is_bot": false},
+            "chat": {"id": chat_id, "title": "Club", "type": chat_type},
+            "date": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            "text": text,
+        });
+        let response = nanoclaw_test_support::http_client()
+            .post(format!("{}/sendMessage", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("emulator answers");
+        assert!(response.status().is_success(), "{response:?}");
+    }
+
+    /// The bot's messages to `chat_id` not yet fetched.
+    async fn bot_messages(&self, chat_id: i64) -> Vec<String> {
+        let response: serde_json::Value = nanoclaw_test_support::http_client()
+            .post(format!("{}/getUpdates", self.url))
+            .json(&serde_json::json!({"token": TOKEN, "chatId": chat_id}))
+            .send()
+            .await
+            .expect("emulator answers")
+            .json()
+            .await
+            .expect("json");
+        response["result"]
+            .as_array()
+            .map(|updates| {
+                updates
+                    .iter()
+                    .filter_map(|u| u["message"]["text"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adapter_works_against_the_telegram_test_api_emulator() {
+    let emulator = Emulator::start().await;
+    let telegram = Telegram::new(&emulator.url, TOKEN, "Andy").expect("telegram");
+    let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec!["Pong from Andy.".into()])]);
+    let root = tempfile::tempdir().expect("temp dir");
+    register_new(root.path(), "tg:-4242", "tg_club");
+    let d = support::start_daemon_full(
+        runner,
+        Arc::default(),
+        Default::default(),
+        vec![telegram],
+        root,
+        |_| {},
+    )
+    .await;
+    emulator.user_says(-4242, "group", "just chatting").await;
+    // The emulator's getMe names the bot TestNameBot.
+    emulator
+        .user_says(-4242, "group", "@TestNameBot ping")
+        .await;
+    let replies = wait_for("the reply in the emulator", DEADLINE, || async {
+        let got = emulator.bot_messages(-4242).await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(replies, ["Pong from Andy."]);
+    let texts = stored_user_texts(d.root(), "tg:-4242");
+    assert_eq!(texts, ["just chatting", "@Andy ping"]);
+    let store = nanoclaw::store::Store::open(&d.root().join("store/messages.db"), "Andy")
+        .expect("open store");
+    let chat = store
+        .chats()
+        .expect("chats")
+        .into_iter()
+        .find(|c| c.jid == "tg:-4242")
+        .expect("the chat is known");
+    assert_eq!(
+        chat.name.as_deref(),
+        Some("Club"),
+        "the chat title is the chat's name"
+    );
+    assert!(chat.is_group);
+    d.stop().await;
+    drop(emulator.child);
+}
