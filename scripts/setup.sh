@@ -20,6 +20,7 @@ want pgrep procps
 want tar tar
 want newuidmap uidmap
 want slirp4netns slirp4netns
+want chattr e2fsprogs
 [ -e /usr/share/zoneinfo/Europe/Berlin ] || need_apt+=(tzdata)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -35,6 +35,10 @@ fn value(text: &str, min: u32, max: u32, names: &[&str], names_from: u32) -> Res
     Ok(v)
 }
 
+/// The longest interval accepted: ten years (longer ones overflow time arithmetic and
+/// are never what was meant).
+pub const MAX_INTERVAL_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
+
 /// Parses one field into a bit set; also says whether it was `*` (unrestricted).
 fn field(
     text: &str,
@@ -129,6 +133,9 @@ pub fn validate(schedule_type: &str, value: &str) -> Result<(), String> {
     match schedule_type {
         "cron" => Cron::parse(value).map(|_| ()),
         "interval" => match value.trim().parse::<u64>() {
+            Ok(ms) if ms > MAX_INTERVAL_MS => Err(format!(
+                "an interval of {ms} ms is more than ten years; use a cron or once schedule"
+            )),
             Ok(ms) if ms > 0 => Ok(()),
             _ => Err(format!(
                 "interval must be a positive whole number of milliseconds, not `{value}`"
@@ -191,7 +198,14 @@ mod tests {
     fn schedule_validation() {
         assert!(validate("cron", "0 9 * * *").is_ok());
         assert!(validate("interval", "60000").is_ok());
-        for bad in ["0", "-5", "1.5", "soon"] {
+        for bad in [
+            "0",
+            "-5",
+            "1.5",
+            "soon",
+            "18446744073709551615",
+            "316224000001",
+        ] {
             assert!(validate("interval", bad).is_err(), "{bad}");
         }
         assert!(validate("once", "2026-02-01T09:00:00").is_ok());

@@ -63,6 +63,11 @@ pub struct IpcLimits {
     pub min_task_interval: Duration,
     /// Tasks (active or paused) a group may have at once.
     pub max_tasks_per_group: usize,
+    /// Tasks a group may create per hour (`once` tasks end, so the count above alone
+    /// would not stop a chain of them).
+    pub tasks_per_hour: usize,
+    /// The longest text an IPC chat message may have, in bytes.
+    pub max_message_bytes: usize,
 }
 
 impl Default for IpcLimits {
@@ -71,6 +76,8 @@ impl Default for IpcLimits {
             messages_per_minute: 30,
             min_task_interval: Duration::from_secs(60),
             max_tasks_per_group: 50,
+            tasks_per_hour: 30,
+            max_message_bytes: 16 * 1024,
         }
     }
 }
@@ -81,33 +88,81 @@ pub struct IpcGuard {
     pub limits: IpcLimits,
     /// When each group's recent chat messages were sent.
     sent: std::sync::Mutex<HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
+    /// When each group's recent tasks were created.
+    created: std::sync::Mutex<HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
+    /// Rejected files kept per group since start.
+    rejected: std::sync::Mutex<HashMap<String, usize>>,
+    /// Groups whose request folders could not be emptied (logged once).
+    stuck: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl IpcGuard {
     pub fn new(limits: IpcLimits) -> IpcGuard {
         IpcGuard {
             limits,
-            sent: Default::default(),
+            ..Default::default()
         }
     }
 
     /// Counts one chat message from `folder`; false if it is over the per-minute limit.
     pub fn allow_message(&self, folder: &str) -> bool {
-        let now = std::time::Instant::now();
-        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        let times = sent.entry(folder.to_string()).or_default();
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            times.pop_front();
-        }
-        if times.len() >= self.limits.messages_per_minute {
-            return false;
-        }
-        times.push_back(now);
-        true
+        within(
+            &self.sent,
+            folder,
+            Duration::from_secs(60),
+            self.limits.messages_per_minute,
+        )
     }
+
+    /// Counts one new task of `folder`; false if it is over the per-hour limit.
+    pub fn allow_task(&self, folder: &str) -> bool {
+        within(
+            &self.created,
+            folder,
+            Duration::from_secs(3600),
+            self.limits.tasks_per_hour,
+        )
+    }
+
+    /// Counts one kept rejected file of `folder`; false once the limit is reached.
+    fn count_rejected(&self, folder: &str) -> bool {
+        let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let n = rejected.entry(folder.to_string()).or_default();
+        *n += 1;
+        *n <= MAX_ERRORS_PER_FOLDER
+    }
+
+    /// True the first time `folder` is found stuck.
+    fn first_stuck(&self, folder: &str) -> bool {
+        self.stuck
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(folder.to_string())
+    }
+}
+
+/// A sliding-window counter: records one event for `key` unless `max` happened within
+/// `window`.
+fn within(
+    log: &std::sync::Mutex<HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
+    key: &str,
+    window: Duration,
+    max: usize,
+) -> bool {
+    let now = std::time::Instant::now();
+    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    let times = log.entry(key.to_string()).or_default();
+    while times
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= window)
+    {
+        times.pop_front();
+    }
+    if times.len() >= max {
+        return false;
+    }
+    times.push_back(now);
+    true
 }
 /// What IPC processing needs from the daemon.
 pub struct IpcContext {
@@ -208,14 +263,25 @@ impl IpcContext {
                 }
             };
             let names = complete_files(&dir);
-            more |= names.len() > FILES_PER_PASS;
+            let left_over = names.len() > FILES_PER_PASS;
+            let mut removed = 0;
             for name in names.into_iter().take(FILES_PER_PASS) {
                 let outcome = self.process_file(&dir, &source, kind, &name);
                 if kind == "tasks" && matches!(outcome, FileOutcome::Done(_)) {
                     tasks_touched = true;
                 }
+                let stop = matches!(outcome, FileOutcome::Kept(_));
+                if !stop {
+                    removed += 1;
+                }
                 out.push((kind.to_string(), name, outcome));
+                if stop {
+                    // The folder cannot be emptied or the store is failing: try again
+                    // at the next event or sweep, not in a tight loop.
+                    break;
+                }
             }
+            more |= left_over && removed == FILES_PER_PASS;
         }
         if tasks_touched {
             self.refresh_task_snapshots(&source);
@@ -241,8 +307,28 @@ impl IpcContext {
         }
     }
 
+    /// Reads one request file, deletes it, then carries it out. Deleting first means a
+    /// file the daemon cannot delete (an agent can make its folder read-only when it runs
+    /// as the daemon's own user) is never carried out twice; it is left alone instead.
     fn process_file(&self, dir: &OwnedFd, source: &Source, kind: &str, name: &str) -> FileOutcome {
         let folder = source.folder.as_str();
+        let bytes = read_request_file(dir, name);
+        if matches!(bytes, Ok(None)) {
+            return FileOutcome::Kept("gone before it was read".into());
+        }
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => {
+                if self.guard.first_stuck(folder) {
+                    tracing::error!(
+                        folder,
+                        kind,
+                        "IPC: cannot delete request files ({e}); this group's requests are ignored until its folder is writable again"
+                    );
+                }
+                return FileOutcome::Kept(format!("cannot delete it: {e}"));
+            }
+        }
         let reject = |reason: String, bytes: &[u8]| {
             // Agent-written text is logged quoted (`?`) so it cannot forge log lines.
             tracing::warn!(folder, kind, file = ?name, reason = ?reason, "IPC: rejected");
@@ -253,10 +339,9 @@ impl IpcContext {
                     "IPC: the rejected file is not kept in data/ipc/errors: {e}"
                 );
             }
-            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
             FileOutcome::Rejected(reason)
         };
-        let bytes = match read_request_file(dir, name) {
+        let bytes = match bytes {
             Ok(Some(b)) => b,
             Ok(None) => return FileOutcome::Kept("gone before it was read".into()),
             Err(reason) => return reject(reason, &[]),
@@ -276,7 +361,6 @@ impl IpcContext {
         match process::process(self, source, request) {
             Ok(what) => {
                 tracing::info!(source = folder, operation, done = ?what, "IPC request carried out");
-                let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
                 FileOutcome::Done(what)
             }
             Err(IpcError::Denied { reason, target }) => {
@@ -287,7 +371,6 @@ impl IpcContext {
                     reason = ?reason,
                     "IPC request denied"
                 );
-                let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
                 FileOutcome::Denied(reason)
             }
             Err(IpcError::Invalid(reason)) => reject(format!("{operation}: {reason}")),
@@ -299,6 +382,12 @@ impl IpcContext {
                     reason = ?reason,
                     "IPC: will retry"
                 );
+                // Put it back to be tried again; if even that fails, keep it for the user.
+                if let Err(e) = put_back(dir, name, &bytes) {
+                    return reject(format!(
+                        "{operation}: {reason}; and it could not be put back to retry: {e}"
+                    ));
+                }
                 FileOutcome::Kept(reason)
             }
         }
@@ -317,17 +406,9 @@ impl IpcContext {
     ) -> std::io::Result<()> {
         use std::io::Write;
         let errors = crate::layout::open_dir_beneath(&self.ipc_root(), &["errors"])?;
-        let prefix = format!("{folder}-");
-        let kept = rustix::fs::Dir::read_from(&errors)?
-            .filter_map(Result::ok)
-            .filter(|e| {
-                let n = e.file_name().to_bytes();
-                n.starts_with(prefix.as_bytes()) && !n.ends_with(b".reason")
-            })
-            .count();
-        if kept >= MAX_ERRORS_PER_FOLDER {
+        if !self.guard.count_rejected(folder) {
             return Err(std::io::Error::other(format!(
-                "{kept} rejected files of this group are already kept; delete some from data/ipc/errors to keep more"
+                "{MAX_ERRORS_PER_FOLDER} rejected files of this group were kept since nanoclaw started; later ones are only logged"
             )));
         }
         let create = |target: &str| {
@@ -370,6 +451,18 @@ impl IpcContext {
             "too many rejected files with this name",
         ))
     }
+}
+
+/// Writes a request back under its name (only if the agent has not reused the name).
+fn put_back(dir: &OwnedFd, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?;
+    std::fs::File::from(fd).write_all(bytes)
 }
 
 /// Opens `base/parts…` without creating anything or following symlinks; `None` if a
@@ -463,15 +556,14 @@ pub async fn watch(ctx: Arc<IpcContext>, mut shutdown: watch::Receiver<bool>) {
         }
     };
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    // Folders with files left over from the last pass.
-    let mut pending: BTreeSet<String> = BTreeSet::new();
+    // Files were left over in the last pass: the next one covers every folder (each
+    // takes at most FILES_PER_PASS files), so a flooded folder cannot starve the others.
+    let mut again = false;
     loop {
         let wake = tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => return,
-            _ = std::future::ready(()), if !pending.is_empty() => {
-                Wake::Folders(std::mem::take(&mut pending))
-            }
+            _ = tokio::time::sleep(Duration::from_millis(50)), if again => Wake::All,
             _ = sweep.tick() => Wake::All,
             w = async {
                 match watcher.as_mut() {
@@ -480,24 +572,27 @@ pub async fn watch(ctx: Arc<IpcContext>, mut shutdown: watch::Receiver<bool>) {
                 }
             } => w,
         };
+        let wake = if again { Wake::All } else { wake };
         let ctx = Arc::clone(&ctx);
         let done = tokio::task::spawn_blocking(move || {
             let folders = match wake {
                 Wake::All => ctx.group_folders(),
                 Wake::Folders(folders) => folders.into_iter().collect(),
             };
-            folders
-                .into_iter()
-                .filter(|folder| ctx.process_folder_pass(folder).1)
-                .collect::<BTreeSet<String>>()
+            let mut more = false;
+            for folder in folders {
+                more |= ctx.process_folder_pass(&folder).1;
+            }
+            more
         })
         .await;
-        match done {
-            Ok(more) => pending.extend(more),
-            Err(e) => tracing::error!("IPC: processing failed: {e}"),
-        }
-        // Let the rest of the daemon run between passes over a flooded folder.
-        tokio::task::yield_now().await;
+        again = match done {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::error!("IPC: processing failed: {e}");
+                false
+            }
+        };
     }
 }
 
@@ -560,6 +655,7 @@ impl Watcher {
         self.watches.insert(wd, what);
         if let Some(old) = self.by_path.insert(relative, wd)
             && old != wd
+            && !self.by_path.values().any(|w| *w == old)
         {
             self.watches.remove(&old);
             let _ = rustix::fs::inotify::remove_watch(self.fd.get_ref(), old);

@@ -121,6 +121,13 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
                     "no connected channel handles {jid}"
                 )));
             }
+            if text.len() > ctx.guard.limits.max_message_bytes {
+                return Err(IpcError::Invalid(format!(
+                    "the text is {} bytes; a message may have at most {}",
+                    text.len(),
+                    ctx.guard.limits.max_message_bytes
+                )));
+            }
             let text = crate::router::prompt::strip_internal(&text);
             if text.is_empty() {
                 return Ok(format!(
@@ -171,6 +178,12 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
                 return Err(IpcError::Invalid(format!(
                     "{} already has {kept} tasks, the most a group may have; cancel some first",
                     target.folder
+                )));
+            }
+            if !ctx.guard.allow_task(&target.folder) {
+                return Err(IpcError::Invalid(format!(
+                    "{} has had {} tasks created in the last hour, the most allowed",
+                    target.folder, ctx.guard.limits.tasks_per_hour
                 )));
             }
             let id = match task_id {
@@ -297,15 +310,21 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
                 // Never: there is one main group, chosen by the user.
                 is_main: false,
             })?;
-            ctx.layout
-                .create_group_dirs(&folder)
-                .map_err(|e| IpcError::Retry(format!("creating the group's folders: {e}")))?;
+            if let Err(e) = ctx.layout.create_group_dirs(&folder) {
+                // Not fatal: a run creates them too.
+                tracing::warn!(
+                    folder = folder.as_str(),
+                    "IPC: cannot create the new group's folders yet: {e}"
+                );
+            }
             Ok(format!("registered {jid} as `{}`", folder.as_str()))
         }
         IpcRequest::RefreshGroups => {
             check(source, Target::Admin, "groups")?;
+            // Invalid, not Retry: the agent controls that folder and could make the
+            // write fail forever.
             snapshot::write_groups(ctx, &source.folder, true)
-                .map_err(|e| IpcError::Retry(format!("writing available_groups.json: {e}")))?;
+                .map_err(|e| IpcError::Invalid(format!("writing available_groups.json: {e}")))?;
             Ok("available_groups.json refreshed".into())
         }
     }
@@ -315,12 +334,36 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
 /// sandbox and model calls, paid by the user.
 fn check_often(ctx: &IpcContext, schedule: &Schedule) -> Result<(), IpcError> {
     let min = ctx.guard.limits.min_task_interval;
+    let too_often = |gap_ms: u128, what: &str| {
+        Err(IpcError::Invalid(format!(
+            "{what} of {gap_ms} ms is shorter than the minimum of {} ms (NANOCLAW_MIN_TASK_INTERVAL_MS)",
+            min.as_millis()
+        )))
+    };
     match schedule {
         Schedule::Interval(ms) if u128::from(*ms) < min.as_millis() => {
-            Err(IpcError::Invalid(format!(
-                "an interval of {ms} ms is shorter than the minimum of {} ms (NANOCLAW_MIN_TASK_INTERVAL_MS)",
-                min.as_millis()
-            )))
+            too_often(u128::from(*ms), "an interval")
+        }
+        Schedule::Cron(_) => {
+            // The shortest gap among the next few runs (cron repeats at least daily, so
+            // a day's worth of runs shows it; 25 covers every-minute expressions).
+            let now = Timestamp::now();
+            let mut shortest: Option<u128> = None;
+            let mut prev = schedule.first_run(now, &ctx.tz);
+            for _ in 0..25 {
+                let Some(at) = prev else { break };
+                let Some(next) = schedule.next_after(at, at, &ctx.tz) else {
+                    break;
+                };
+                let gap = next.as_millisecond().saturating_sub(at.as_millisecond());
+                let gap = u128::try_from(gap).unwrap_or(0);
+                shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+                prev = Some(next);
+            }
+            match shortest {
+                Some(gap) if gap < min.as_millis() => too_often(gap, "a cron schedule with runs"),
+                _ => Ok(()),
+            }
         }
         _ => Ok(()),
     }

@@ -908,3 +908,182 @@ async fn replacing_a_request_folder_over_and_over_does_not_pile_up_watches() {
     );
     assert_eq!(watcher.by_path.len(), before);
 }
+
+/// `chattr +i` on a folder: even root cannot delete from it, as an agent running as the
+/// daemon's own user can arrange with `chmod`.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(dir: &std::path::Path) -> Immutable {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .expect("chattr runs (e2fsprogs)");
+        assert!(ok.success(), "chattr +i needs an ext4-like /tmp");
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn requests_that_cannot_be_deleted_are_never_carried_out() {
+    let f = fixture();
+    let dir = f.ipc("team").join("messages");
+    for i in 0..3 {
+        std::fs::write(
+            dir.join(format!("{i}.json")),
+            json!({"type": "message", "chatJid": "tg:team", "text": format!("m{i}")}).to_string(),
+        )
+        .expect("write");
+    }
+    let guard = Immutable::set(&dir);
+    for _ in 0..3 {
+        let (outcomes, more) = f.ctx.process_folder_pass("team");
+        assert_eq!(outcomes.len(), 1, "the pass stops at the first stuck file");
+        assert!(
+            matches!(outcomes[0].2, FileOutcome::Kept(_)),
+            "{outcomes:?}"
+        );
+        assert!(!more, "no busy loop over a stuck folder");
+    }
+    assert!(
+        f.bot_messages("tg:team").is_empty(),
+        "nothing was sent, let alone three times over"
+    );
+    drop(guard);
+    f.ctx.process_folder("team");
+    assert_eq!(
+        f.bot_messages("tg:team").len(),
+        3,
+        "handled once writable again"
+    );
+}
+
+#[tokio::test]
+async fn a_flooded_folder_does_not_starve_the_others() {
+    let f = Arc::new(fixture());
+    let flood = f.ipc("team").join("tasks");
+    let n = FILES_PER_PASS * 12;
+    for i in 0..n {
+        std::fs::write(flood.join(format!("{i:05}.json")), b"[]").expect("write");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(IpcContext {
+        store: Arc::clone(&f.ctx.store),
+        layout: f.ctx.layout.clone(),
+        tz: f.ctx.tz.clone(),
+        assistant_name: "Andy".into(),
+        channels: f.ctx.channels.clone(),
+        delivery: None,
+        tasks_changed: Arc::clone(&f.ctx.tasks_changed),
+        guard: IpcGuard::default(),
+    });
+    let task = tokio::spawn(watch(ctx, stop_rx));
+    // Wait until the flood is being worked through, then another group writes.
+    nanoclaw_test_support::wait_for(
+        "the flood to shrink",
+        nanoclaw_test_support::DEADLINE,
+        || {
+            let left = std::fs::read_dir(&flood).map(|d| d.count()).unwrap_or(n);
+            async move { (left < n).then_some(()) }
+        },
+    )
+    .await;
+    std::fs::write(
+        f.ipc("other").join("messages/1.json"),
+        r#"{"type":"message","chatJid":"tg:other","text":"not starved"}"#,
+    )
+    .expect("write");
+    let left_when_done = nanoclaw_test_support::wait_for(
+        "the other group's message",
+        nanoclaw_test_support::DEADLINE,
+        || {
+            let done = !f.bot_messages("tg:other").is_empty();
+            let left = std::fs::read_dir(&flood).map(|d| d.count()).unwrap_or(0);
+            async move { done.then_some(left) }
+        },
+    )
+    .await;
+    assert!(
+        left_when_done > 0,
+        "handled while the flood was still being worked through"
+    );
+    nanoclaw_test_support::wait_for(
+        "the flood to drain",
+        nanoclaw_test_support::DEADLINE,
+        || {
+            let left = std::fs::read_dir(&flood).map(|d| d.count()).unwrap_or(n);
+            async move { (left == 0).then_some(()) }
+        },
+    )
+    .await;
+    stop_tx.send(true).expect("stop");
+    tokio::time::timeout(nanoclaw_test_support::DEADLINE, task)
+        .await
+        .expect("the watcher stops")
+        .expect("joined");
+}
+
+#[test]
+fn cron_schedules_respect_the_minimum_interval_too() {
+    let mut f = fixture();
+    f.ctx.guard = IpcGuard::new(IpcLimits {
+        min_task_interval: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    });
+    let schedule = |value: &str| {
+        json!({"type": "schedule_task", "prompt": "p", "schedule_type": "cron",
+               "schedule_value": value, "targetJid": "tg:team"})
+    };
+    for too_often in ["* * * * *", "*/30 * * * *", "0,59 9 * * *"] {
+        let o = f.send("team", &schedule(too_often));
+        assert!(
+            matches!(o, FileOutcome::Rejected(ref r) if r.contains("shorter than the minimum")),
+            "{too_often}: {o:?}"
+        );
+    }
+    for fine in ["0 * * * *", "0 9 * * 1-5"] {
+        let o = f.send("team", &schedule(fine));
+        assert!(matches!(o, FileOutcome::Done(_)), "{fine}: {o:?}");
+    }
+}
+
+#[test]
+fn task_creation_and_message_size_are_limited() {
+    let mut f = fixture();
+    f.ctx.guard = IpcGuard::new(IpcLimits {
+        tasks_per_hour: 2,
+        ..Default::default()
+    });
+    let once = json!({"type": "schedule_task", "prompt": "p", "schedule_type": "once",
+                      "schedule_value": "2030-01-01T09:00:00", "targetJid": "tg:team"});
+    for _ in 0..2 {
+        let o = f.send("team", &once);
+        assert!(matches!(o, FileOutcome::Done(_)), "{o:?}");
+    }
+    let o = f.send("team", &once);
+    assert!(
+        matches!(o, FileOutcome::Rejected(ref r) if r.contains("in the last hour")),
+        "{o:?}"
+    );
+
+    let long = "x".repeat(f.ctx.guard.limits.max_message_bytes + 1);
+    let o = f.send(
+        "team",
+        &json!({"type": "message", "chatJid": "tg:team", "text": long}),
+    );
+    assert!(
+        matches!(o, FileOutcome::Rejected(ref r) if r.contains("at most")),
+        "{o:?}"
+    );
+    assert!(f.bot_messages("tg:team").is_empty());
+}
