@@ -29,6 +29,26 @@ pub struct Sent {
     pub text: String,
 }
 
+/// A refusal of `sendMessage`.
+#[derive(Debug, Clone)]
+pub struct SendFailure {
+    pub code: u16,
+    pub description: String,
+    pub retry_after: Option<u64>,
+    pub migrate_to_chat_id: Option<i64>,
+}
+
+impl SendFailure {
+    pub fn new(code: u16, description: &str) -> SendFailure {
+        SendFailure {
+            code,
+            description: description.into(),
+            retry_after: None,
+            migrate_to_chat_id: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     token: String,
@@ -38,8 +58,8 @@ struct Inner {
     updates: VecDeque<Value>,
     sent: Vec<Sent>,
     actions: Vec<(i64, String)>,
-    /// The next sends answer 429 with this retry_after.
-    send_429: VecDeque<u64>,
+    /// How the next sends fail.
+    send_failures: VecDeque<SendFailure>,
     /// The next polls answer 409.
     poll_409: usize,
     /// Typing requests fail with 500.
@@ -243,9 +263,20 @@ impl FakeTelegram {
     }
 
     pub fn fail_next_sends_with_429(&self, retry_after: u64, times: usize) {
+        let mut failure = SendFailure::new(
+            429,
+            &format!("Too Many Requests: retry after {retry_after}"),
+        );
+        failure.retry_after = Some(retry_after);
+        self.fail_next_sends(failure, times);
+    }
+
+    /// The next `times` sends are refused like this (a `200` lets them through, to fail
+    /// a later one).
+    pub fn fail_next_sends(&self, failure: SendFailure, times: usize) {
         let mut st = self.lock();
         for _ in 0..times {
-            st.send_429.push_back(retry_after);
+            st.send_failures.push_back(failure.clone());
         }
     }
 
@@ -348,6 +379,14 @@ fn error(code: u16, description: &str, retry_after: Option<u64>) -> Response {
         .into_response()
 }
 
+fn error_with(code: u16, description: &str, parameters: Value) -> Response {
+    (
+        axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::BAD_REQUEST),
+        axum::Json(json!({"ok": false, "error_code": code, "description": description, "parameters": parameters})),
+    )
+        .into_response()
+}
+
 async fn handle(
     State(shared): State<Arc<Shared>>,
     Path((bot, method)): Path<(String, String)>,
@@ -388,14 +427,16 @@ async fn handle(
             let result = {
                 let mut st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
                 let now = std::time::Instant::now();
-                if let Some(retry_after) = st.send_429.pop_front() {
-                    st.send_attempts.push((now, 429));
+                // A queued 200 lets that one send through.
+                if let Some(f) = st.send_failures.pop_front().filter(|f| f.code != 200) {
+                    st.send_attempts.push((now, f.code));
                     drop(st);
-                    return error(
-                        429,
-                        &format!("Too Many Requests: retry after {retry_after}"),
-                        Some(retry_after),
-                    );
+                    let mut response = error(f.code, &f.description, f.retry_after);
+                    if let Some(id) = f.migrate_to_chat_id {
+                        response =
+                            error_with(f.code, &f.description, json!({"migrate_to_chat_id": id}));
+                    }
+                    return response;
                 }
                 st.send_attempts.push((now, 200));
                 st.next_message_id += 1;

@@ -59,6 +59,7 @@ pub struct RunningDaemon {
     ipc_task: JoinHandle<()>,
     scheduler_task: JoinHandle<()>,
     channel_tasks: Vec<JoinHandle<()>>,
+    channel_stop_tx: watch::Sender<bool>,
     delivery_task: JoinHandle<()>,
     _lock: File,
 }
@@ -134,6 +135,8 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Delivery stops last, after runs have closed, so their final replies go out.
     let (delivery_stop_tx, delivery_stop_rx) = watch::channel(false);
+    // Channels stop after delivery's last pass, so they can still send its replies.
+    let (channel_stop_tx, channel_stop_rx) = watch::channel(false);
 
     let proxy = Proxy::start(
         &config,
@@ -236,7 +239,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         .iter()
         .map(|channel| {
             let host: Arc<dyn crate::channels::ChannelHost> = Arc::clone(&router) as _;
-            tokio::spawn(Arc::clone(channel).run(host, shutdown_rx.clone()))
+            tokio::spawn(Arc::clone(channel).run(host, channel_stop_rx.clone()))
         })
         .collect();
 
@@ -262,6 +265,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         ipc_task,
         scheduler_task,
         channel_tasks,
+        channel_stop_tx,
         delivery_task,
         _lock: lock,
     })
@@ -277,11 +281,12 @@ impl RunningDaemon {
         // IPC files written after this are still on disk; the next start processes them.
         let _ = self.ipc_task.await;
         let _ = self.scheduler_task.await;
+        let _ = self.delivery_stop_tx.send(true);
+        let _ = self.delivery_task.await;
+        let _ = self.channel_stop_tx.send(true);
         for task in self.channel_tasks {
             let _ = task.await;
         }
-        let _ = self.delivery_stop_tx.send(true);
-        let _ = self.delivery_task.await;
         let _ = std::fs::remove_file(self.layout.daemon_info_path());
         tracing::info!("stopped");
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 
-use crate::channels::{ChannelSet, OutboundMessage};
+use crate::channels::{ChannelSet, OutboundMessage, SendRetry};
 use crate::metrics::Metrics;
 use crate::store::{OutboxItem, Store};
 
@@ -20,6 +20,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Chats looked at per pass.
 const HEADS: usize = 500;
+/// A reply still undelivered this long after it was written is given up on (it would
+/// no longer make sense, and it holds back the chat's later replies).
+const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// The last pass at shutdown may take at most this long.
+const FINAL_PASS: Duration = Duration::from_secs(10);
 
 /// A delivered reply as the event stream shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -103,7 +108,7 @@ impl Delivery {
                 stopped = stop.wait_for(|s| *s) => stopped.is_ok(),
             };
             if stopping {
-                self.deliver_pending(&mut state).await;
+                let _ = tokio::time::timeout(FINAL_PASS, self.deliver_pending(&mut state)).await;
                 return;
             }
         }
@@ -133,19 +138,51 @@ impl Delivery {
                         state.retry_at.remove(&item.id);
                         progressed = true;
                     }
-                    Err(error) => {
+                    Err((error, retry)) => {
                         Metrics::inc(&self.metrics.delivery_failures);
-                        let backoff =
-                            Duration::from_secs(1u64 << item.attempts.clamp(0, 9)).min(MAX_BACKOFF);
-                        tracing::warn!(chat_jid = %item.chat_jid, outbox_id = item.id, attempt = item.attempts + 1,
-                            retry_in_s = backoff.as_secs(), "reply not delivered: {error}");
                         let id = item.id;
+                        if retry == SendRetry::Never || too_old(&item.created_at) {
+                            let why = if retry == SendRetry::Never {
+                                error
+                            } else {
+                                format!(
+                                    "still failing after {} h: {error}",
+                                    GIVE_UP_AFTER.as_secs() / 3600
+                                )
+                            };
+                            tracing::error!(chat_jid = %item.chat_jid, outbox_id = id,
+                                "reply given up, it cannot be delivered: {why}");
+                            let recorded = self
+                                .store
+                                .call(move |s| s.mark_undeliverable(id, &why))
+                                .await;
+                            match recorded {
+                                Ok(()) => {
+                                    state.retry_at.remove(&id);
+                                    progressed = true;
+                                }
+                                Err(e) => {
+                                    tracing::error!("cannot record an undeliverable reply: {e}");
+                                    let at = Instant::now() + Duration::from_secs(5);
+                                    state.retry_at.insert(id, at);
+                                    earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                                }
+                            }
+                            continue;
+                        }
+                        let wait = match retry {
+                            SendRetry::After(wait) => wait,
+                            _ => Duration::from_secs(1u64 << item.attempts.clamp(0, 9))
+                                .min(MAX_BACKOFF),
+                        };
+                        tracing::warn!(chat_jid = %item.chat_jid, outbox_id = id, attempt = item.attempts + 1,
+                            retry_in_s = wait.as_secs(), "reply not delivered: {error}");
                         let _ = self
                             .store
                             .call(move |s| s.record_delivery_failure(id, &error))
                             .await;
-                        let at = Instant::now() + backoff;
-                        state.retry_at.insert(item.id, at);
+                        let at = Instant::now() + wait;
+                        state.retry_at.insert(id, at);
                         earliest = Some(earliest.map_or(at, |e| e.min(at)));
                     }
                 }
@@ -157,13 +194,18 @@ impl Delivery {
         }
     }
 
-    async fn deliver_one(&self, item: &OutboxItem, state: &mut WorkerState) -> Result<(), String> {
+    async fn deliver_one(
+        &self,
+        item: &OutboxItem,
+        state: &mut WorkerState,
+    ) -> Result<(), (String, SendRetry)> {
+        let later = |message: String| (message, SendRetry::Later);
         if !state.unrecorded.contains(&item.id) {
             let channel = self
                 .channels
                 .for_jid(&item.chat_jid)
                 .filter(|c| c.is_connected())
-                .ok_or_else(|| format!("no connected channel handles {}", item.chat_jid))?;
+                .ok_or_else(|| later(format!("no connected channel handles {}", item.chat_jid)))?;
             let message = OutboundMessage {
                 outbox_id: item.id,
                 chat_jid: item.chat_jid.clone(),
@@ -172,13 +214,13 @@ impl Delivery {
             };
             match tokio::time::timeout(SEND_TIMEOUT, channel.send(&message)).await {
                 Err(_) => {
-                    return Err(format!(
+                    return Err(later(format!(
                         "{} did not answer within {}s",
                         channel.name(),
                         SEND_TIMEOUT.as_secs()
-                    ));
+                    )));
                 }
-                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Err(e)) => return Err((e.to_string(), e.retry)),
                 Ok(Ok(())) => {}
             }
             Metrics::inc(&self.metrics.replies_delivered);
@@ -193,8 +235,19 @@ impl Delivery {
             Err(e) => {
                 // Sent but not recorded: record it later, never send it twice.
                 state.unrecorded.insert(id);
-                Err(format!("delivered, but recording the delivery failed: {e}"))
+                Err(later(format!(
+                    "delivered, but recording the delivery failed: {e}"
+                )))
             }
         }
     }
+}
+
+/// Whether a reply written at `created_at` (RFC 3339) is past [`GIVE_UP_AFTER`].
+fn too_old(created_at: &str) -> bool {
+    created_at
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
+        .is_some_and(|age: Duration| age > GIVE_UP_AFTER)
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nanoclaw::channels::telegram::Telegram;
 use nanoclaw::config::{RuntimeKind, Secret, Secrets};
 use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Reply};
-use nanoclaw_test_support::fake_telegram::{BOT_USERNAME, Chat, FakeTelegram, User};
+use nanoclaw_test_support::fake_telegram::{BOT_USERNAME, Chat, FakeTelegram, SendFailure, User};
 use nanoclaw_test_support::{DEADLINE, free_port, wait_for};
 use support::{BinaryDaemon, ScriptedRunner, Step, register};
 
@@ -158,6 +158,123 @@ async fn retry_after_from_telegram_is_honoured_and_the_reply_arrives() {
     assert!(
         waited >= Duration::from_secs(2),
         "the retry waited retry_after (2 s), not {waited:?}"
+    );
+    d.stop().await;
+}
+
+async fn telegram_daemon(
+    runner: Arc<ScriptedRunner>,
+    tg: &FakeTelegram,
+    root: tempfile::TempDir,
+) -> support::TestDaemon {
+    let telegram = Telegram::new(&tg.url, TOKEN, "Andy").expect("telegram");
+    support::start_daemon_full(
+        runner,
+        Arc::default(),
+        Default::default(),
+        vec![telegram],
+        root,
+        |_| {},
+    )
+    .await
+}
+
+fn pending_replies(root: &std::path::Path) -> i64 {
+    nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy")
+        .expect("open store")
+        .count_pending_outbox()
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_telegram_refuses_for_good_does_not_block_the_chat() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    let runner = ScriptedRunner::new(vec![
+        Step::ReplyAndEnd(vec!["You blocked me.".into()]),
+        Step::ReplyAndEnd(vec!["Group moved.".into()]),
+        Step::ReplyAndEnd(vec!["Back again.".into()]),
+    ]);
+    let root = tempfile::tempdir().expect("temp dir");
+    register_new(root.path(), "tg:-100321", "tg_blocked");
+    let d = telegram_daemon(runner.clone(), &tg, root).await;
+    let chat = Chat::group(-100_321, "Blocked");
+    let sam = User::new(5, "Sam");
+
+    tg.fail_next_sends(
+        SendFailure::new(403, "Forbidden: bot was blocked by the user"),
+        1,
+    );
+    tg.user_says(&chat, &sam, "@Andy one");
+    let mut moved = SendFailure::new(
+        400,
+        "Bad Request: group chat was upgraded to a supergroup chat",
+    );
+    moved.migrate_to_chat_id = Some(-100_999_000);
+    wait_for("the first reply given up", DEADLINE, || async {
+        (tg.send_attempts().len() == 1 && pending_replies(d.root()) == 0).then_some(())
+    })
+    .await;
+    tg.fail_next_sends(moved, 1);
+    tg.user_says(&chat, &sam, "@Andy two");
+    wait_for("the second reply given up", DEADLINE, || async {
+        (tg.send_attempts().len() == 2 && pending_replies(d.root()) == 0).then_some(())
+    })
+    .await;
+    tg.user_says(&chat, &sam, "@Andy three");
+    let sent = tg.wait_sent(-100_321, 1).await;
+    assert_eq!(sent, ["Back again."], "later replies are not held back");
+    assert_eq!(
+        tg.send_attempts()
+            .iter()
+            .map(|(_, s)| *s)
+            .collect::<Vec<_>>(),
+        [403, 400, 200],
+        "refused replies are not retried"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_reply_cut_off_by_a_restart_resumes_without_repeating_pieces() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    let long: String = (0..3)
+        .map(|i| format!("{}\n\n", format!("part{i} ").repeat(700)))
+        .collect();
+    let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec![long.clone()])]);
+    let root = tempfile::tempdir().expect("temp dir");
+    register_new(root.path(), "tg:-100654", "tg_long");
+    let d = telegram_daemon(runner, &tg, root).await;
+    // The first piece goes out, the second fails (a Telegram outage), then we restart.
+    tg.fail_next_sends(SendFailure::new(200, "through"), 1);
+    tg.fail_next_sends(SendFailure::new(502, "Bad Gateway"), 1);
+    let chat = Chat::group(-100_654, "Long");
+    tg.user_says(&chat, &User::new(5, "Sam"), "@Andy tell me everything");
+    wait_for("the second piece to fail", DEADLINE, || async {
+        tg.send_attempts()
+            .iter()
+            .any(|(_, status)| *status == 502)
+            .then_some(())
+    })
+    .await;
+    let sent_before = tg.sent(-100_654);
+    let root = d.stop().await;
+    let d = telegram_daemon(ScriptedRunner::new(vec![]), &tg, root).await;
+    wait_for("the rest of the reply", DEADLINE, || async {
+        (pending_replies(d.root()) == 0).then_some(())
+    })
+    .await;
+    let sent = tg.sent(-100_654);
+    assert_eq!(sent_before.len(), 1, "one piece was out before the restart");
+    // Every word exactly once, in order: no piece was sent twice or skipped.
+    let words = |t: &str| t.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let got = words(&sent.join(" "));
+    let want = words(&long);
+    assert!(
+        got == want,
+        "{} words sent in {} pieces, {} in the reply",
+        got.len(),
+        sent.len(),
+        want.len()
     );
     d.stop().await;
 }

@@ -46,6 +46,36 @@ pub struct OutboundMessage {
 pub struct ChannelError {
     pub channel: &'static str,
     pub message: String,
+    /// Whether and when delivery should try again.
+    pub retry: SendRetry,
+}
+
+/// What delivery should do after a failed send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRetry {
+    /// Try again with backoff (network trouble, the platform is down).
+    Later,
+    /// The platform asked to wait this long (rate limits).
+    After(std::time::Duration),
+    /// It will never work (the bot was removed from the chat, the chat is gone): give
+    /// up on this reply so it does not hold back the chat's later ones.
+    Never,
+}
+
+impl ChannelError {
+    /// A failure worth retrying later.
+    pub fn new(channel: &'static str, message: impl Into<String>) -> ChannelError {
+        ChannelError {
+            channel,
+            message: message.into(),
+            retry: SendRetry::Later,
+        }
+    }
+
+    pub fn with_retry(mut self, retry: SendRetry) -> ChannelError {
+        self.retry = retry;
+        self
+    }
 }
 
 #[async_trait]

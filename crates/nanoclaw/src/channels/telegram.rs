@@ -21,13 +21,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::text::{Units, split};
-use super::{Channel, ChannelError, ChannelHost, OutboundMessage};
+use super::{Channel, ChannelError, ChannelHost, OutboundMessage, SendRetry};
 use crate::store::{ChatMeta, Message};
 
 pub const PREFIX: &str = "tg:";
 /// Telegram's limit for one message, in UTF-16 code units.
 pub const MAX_MESSAGE: usize = 4096;
 const OFFSET_KEY: &str = "telegram:update_offset";
+/// `{outbox id}:{pieces sent}` of a long reply being sent, so a restart resumes it.
+const PARTIAL_SEND_KEY: &str = "telegram:partial_send";
+/// How long one `sendMessage` may take (below delivery's own limit on a whole send).
+const SEND_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Long-poll duration asked of `getUpdates`.
 const POLL_SECONDS: u64 = 25;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -47,6 +51,8 @@ pub enum ApiFailure {
     Unauthorized(String),
     /// 409: another client polls with this token (or a webhook is set).
     Conflict(String),
+    /// The group became a supergroup with this new chat id.
+    Migrated(i64),
     /// Any other refusal.
     Api { code: i64, description: String },
 }
@@ -63,6 +69,10 @@ impl std::fmt::Display for ApiFailure {
             ApiFailure::Conflict(d) => write!(
                 f,
                 "another program is receiving this bot's updates ({d}); stop it or delete its webhook"
+            ),
+            ApiFailure::Migrated(id) => write!(
+                f,
+                "the group was upgraded and is now tg:{id}; register that chat instead (nanoclaw groups add --jid tg:{id} …) and remove the old one"
             ),
             ApiFailure::Api { code, description } => {
                 write!(f, "Telegram refused the request ({code}: {description})")
@@ -87,6 +97,8 @@ pub struct Telegram {
     /// outbox id → pieces of that reply already sent.
     sent_pieces: Mutex<HashMap<i64, usize>>,
     typing: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// The daemon, once `run` started (for state that must survive a restart).
+    host: Mutex<Option<Arc<dyn ChannelHost>>>,
 }
 
 impl Telegram {
@@ -114,6 +126,7 @@ impl Telegram {
             connected: AtomicBool::new(false),
             sent_pieces: Mutex::new(HashMap::new()),
             typing: Mutex::new(HashMap::new()),
+            host: Mutex::new(None),
         }))
     }
 
@@ -159,7 +172,10 @@ impl Telegram {
             ),
             401 | 404 => ApiFailure::Unauthorized(description),
             409 => ApiFailure::Conflict(description),
-            _ => ApiFailure::Api { code, description },
+            _ => match answer["parameters"]["migrate_to_chat_id"].as_i64() {
+                Some(id) => ApiFailure::Migrated(id),
+                None => ApiFailure::Api { code, description },
+            },
         })
     }
 
@@ -168,10 +184,11 @@ impl Telegram {
         match raw.parse::<i64>() {
             Ok(id) => Ok(json!(id)),
             Err(_) if raw.starts_with('@') && raw.len() > 1 => Ok(json!(raw)),
-            Err(_) => Err(ChannelError {
-                channel: "telegram",
-                message: format!("{jid} is not a Telegram chat (tg:<chat id>)"),
-            }),
+            Err(_) => Err(ChannelError::new(
+                "telegram",
+                format!("{jid} is not a Telegram chat (tg:<chat id>)"),
+            )
+            .with_retry(SendRetry::Never)),
         }
     }
 
@@ -197,7 +214,10 @@ impl Telegram {
             if !full.is_empty() {
                 Some(full)
             } else {
-                v["username"].as_str().map(str::to_string)
+                v["title"]
+                    .as_str()
+                    .or_else(|| v["username"].as_str())
+                    .map(str::to_string)
             }
         };
         let timestamp = jiff::Timestamp::from_second(msg["date"].as_i64().unwrap_or(0))
@@ -218,7 +238,13 @@ impl Telegram {
         let Some(mut content) = content_of(msg) else {
             return Some((meta, None));
         };
-        let from = msg.get("from").unwrap_or(chat);
+        // Anonymous admins and posts "as a channel" all share one placeholder `from`;
+        // the chat they post as (`sender_chat`) is the real sender.
+        let from = msg
+            .get("sender_chat")
+            .filter(|c| c["id"].as_i64().is_some())
+            .or_else(|| msg.get("from"))
+            .unwrap_or(chat);
         let me = self.identity();
         let from_me = me
             .as_ref()
@@ -325,29 +351,31 @@ impl Telegram {
         }
     }
 
+    /// Sends one piece. Rate limits are not waited out here: delivery gets the wait and
+    /// retries then, without holding up other chats.
     async fn send_piece(&self, chat_id: &Value, text: &str) -> Result<(), ChannelError> {
-        let fail = |message: String| ChannelError {
-            channel: "telegram",
-            message,
+        let failure = match self
+            .call(
+                "sendMessage",
+                &json!({"chat_id": chat_id, "text": text}),
+                SEND_CALL_TIMEOUT,
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
         };
-        for _ in 0..4 {
-            match self
-                .call(
-                    "sendMessage",
-                    &json!({"chat_id": chat_id, "text": text}),
-                    Duration::from_secs(30),
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(ApiFailure::RetryAfter(seconds)) if seconds <= 60 => {
-                    tracing::info!(seconds, "telegram: rate limited; waiting before sending");
-                    tokio::time::sleep(Duration::from_secs(seconds)).await;
-                }
-                Err(e) => return Err(fail(e.to_string())),
+        let retry = match &failure {
+            ApiFailure::RetryAfter(seconds) => SendRetry::After(Duration::from_secs(*seconds)),
+            // The bot was blocked, removed or never added, the chat is gone, or the
+            // request is one Telegram will never accept: retrying cannot help.
+            ApiFailure::Api {
+                code: 400 | 403, ..
             }
-        }
-        Err(fail("still rate limited after several waits".into()))
+            | ApiFailure::Migrated(_) => SendRetry::Never,
+            _ => SendRetry::Later,
+        };
+        Err(ChannelError::new("telegram", failure.to_string()).with_retry(retry))
     }
 }
 
@@ -403,14 +431,16 @@ fn addresses_bot(msg: &Value, content: &str, me: &BotIdentity) -> bool {
     if replied_to_bot || me.username.is_empty() {
         return replied_to_bot;
     }
-    let handle = format!("@{}", me.username.to_lowercase());
-    let lower = content.to_lowercase();
-    lower.match_indices(&handle).any(|(at, _)| {
-        // A whole handle, not a prefix of a longer one.
-        lower[at + handle.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    // Usernames are ASCII: compare ASCII-case-insensitively on the original text (a
+    // full lowercase could map other characters onto ASCII), as a whole word.
+    let handle = format!("@{}", me.username);
+    content.char_indices().any(|(at, c)| {
+        c == '@'
+            && content[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|p| !(p.is_alphanumeric() || p == '_'))
+            && starts_with_word(&content[at..], &handle)
     })
 }
 
@@ -438,19 +468,58 @@ impl Channel for Telegram {
     async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError> {
         let chat_id = Telegram::chat_id(&message.chat_jid)?;
         let pieces = split(&message.text, MAX_MESSAGE, Units::Utf16);
-        let done = self
+        let host = self.host.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut done = self
             .sent_pieces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&message.outbox_id)
             .copied()
             .unwrap_or(0);
+        if done == 0
+            && pieces.len() > 1
+            && let Some(host) = &host
+        {
+            // Pieces sent before a restart (delivery sends one reply at a time).
+            done = host
+                .load_state(PARTIAL_SEND_KEY)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| {
+                    let (id, n) = v.split_once(':')?;
+                    (id.parse::<i64>().ok()? == message.outbox_id).then(|| n.parse().ok())?
+                })
+                .unwrap_or(0);
+        }
         for (i, piece) in pieces.iter().enumerate().skip(done) {
-            self.send_piece(&chat_id, piece).await?;
+            if let Err(e) = self.send_piece(&chat_id, piece).await {
+                if e.retry == SendRetry::Never {
+                    self.sent_pieces
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&message.outbox_id);
+                }
+                return Err(e);
+            }
             self.sent_pieces
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(message.outbox_id, i + 1);
+            if pieces.len() > 1
+                && let Some(host) = &host
+            {
+                let progress = if i + 1 == pieces.len() {
+                    String::new()
+                } else {
+                    format!("{}:{}", message.outbox_id, i + 1)
+                };
+                if let Err(e) = host.save_state(PARTIAL_SEND_KEY, &progress).await {
+                    tracing::warn!(
+                        "telegram: cannot record how much of a long reply was sent: {e}"
+                    );
+                }
+            }
         }
         self.sent_pieces
             .lock()
@@ -480,8 +549,16 @@ impl Channel for Telegram {
                         .timeout(Duration::from_secs(10))
                         .send()
                         .await;
-                    if let Err(e) = sent {
-                        tracing::debug!("telegram: typing indicator failed: {}", e.without_url());
+                    match sent {
+                        Err(e) => {
+                            tracing::debug!(
+                                "telegram: typing indicator failed: {}",
+                                e.without_url()
+                            );
+                        }
+                        // Refused (blocked, removed, rate limited): stop asking.
+                        Ok(r) if r.status().is_client_error() => break,
+                        Ok(_) => {}
                     }
                     tokio::time::sleep(TYPING_EVERY).await;
                 }
@@ -491,6 +568,7 @@ impl Channel for Telegram {
     }
 
     async fn run(self: Arc<Self>, host: Arc<dyn ChannelHost>, mut shutdown: watch::Receiver<bool>) {
+        *self.host.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&host));
         let mut backoff = Duration::from_secs(1);
         let mut offset: Option<i64> = None;
         loop {
@@ -501,6 +579,8 @@ impl Channel for Telegram {
                 match self.connect().await {
                     Ok(me) => {
                         tracing::info!(bot = %me.username, "telegram connected");
+                        // Sending works from here on, before the first poll returns.
+                        self.connected.store(true, Ordering::Relaxed);
                     }
                     Err(e) => {
                         self.connected.store(false, Ordering::Relaxed);
@@ -527,6 +607,7 @@ impl Channel for Telegram {
                 },
             };
             let started = tokio::time::Instant::now();
+            let before = current;
             let polled = tokio::select! {
                 r = self.poll_once(host.as_ref(), &mut current) => r,
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -538,12 +619,16 @@ impl Channel for Telegram {
                     backoff = Duration::from_secs(1);
                     // A server that answers at once instead of long polling must not
                     // be hammered.
-                    (n == 0 && started.elapsed() < Duration::from_secs(1))
+                    // (nor one that keeps sending an update we cannot move past).
+                    ((n == 0 || current == before) && started.elapsed() < Duration::from_secs(1))
                         .then_some(Duration::from_millis(500))
                 }
                 Err(ApiFailure::RetryAfter(s)) => Some(Duration::from_secs(s)),
                 Err(e) => {
-                    self.connected.store(false, Ordering::Relaxed);
+                    // Another poller (409) does not stop us from sending.
+                    if !matches!(e, ApiFailure::Conflict(_)) {
+                        self.connected.store(false, Ordering::Relaxed);
+                    }
                     tracing::warn!("telegram: {e}; retrying in {} s", backoff.as_secs());
                     let wait = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -565,6 +650,8 @@ impl Channel for Telegram {
             ticker.abort();
         }
         self.connected.store(false, Ordering::Relaxed);
+        // The host holds the channels; do not keep it alive from here.
+        *self.host.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -646,6 +733,23 @@ mod tests {
             text_of(base("ask @andy_home_bot_fan")).as_deref(),
             Some("ask @andy_home_bot_fan"),
             "another handle"
+        );
+        assert_eq!(
+            text_of(base("mail x@andy_home_bot please")).as_deref(),
+            Some("mail x@andy_home_bot please"),
+            "part of an address, not a mention"
+        );
+        let mut anonymous = base("posted as the group");
+        anonymous["from"] = json!({"id": 1087968824, "is_bot": true, "first_name": "Group", "username": "GroupAnonymousBot"});
+        anonymous["sender_chat"] = json!({"id": -5, "type": "group", "title": "G"});
+        let stored = t
+            .inbound(&update(anonymous))
+            .and_then(|(_, m)| m)
+            .expect("stored");
+        assert_eq!(
+            (stored.sender.as_str(), stored.sender_name.as_str()),
+            ("-5", "G"),
+            "anonymous admins are told apart by the chat they post as"
         );
         let mut reply = base("and tomorrow?");
         reply["reply_to_message"] = json!({"message_id": 0, "from": {"id": 42, "is_bot": true}});

@@ -93,7 +93,8 @@ impl Store {
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {OUTBOX_COLUMNS} FROM outbox
-                 WHERE id IN (SELECT MIN(id) FROM outbox WHERE delivered_at IS NULL GROUP BY chat_jid)
+                 WHERE id IN (SELECT MIN(id) FROM outbox
+                              WHERE delivered_at IS NULL AND failed_at IS NULL GROUP BY chat_jid)
                  ORDER BY id LIMIT ?1"
             ))
             .ctx("preparing the outbox query")?;
@@ -165,10 +166,21 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up on a reply: it is never tried again and no longer holds back its chat.
+    pub fn mark_undeliverable(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, failed_at = ?3 WHERE id = ?1",
+                params![id, error, crate::clock::now()],
+            )
+            .ctx("giving up on a reply")?;
+        Ok(())
+    }
+
     pub fn count_pending_outbox(&self) -> Result<i64, StoreError> {
         self.conn()
             .query_row(
-                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL",
                 [],
                 |r| r.get(0),
             )

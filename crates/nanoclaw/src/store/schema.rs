@@ -35,9 +35,14 @@ const MIGRATIONS: &[Migration] = &[
         name: "token usage",
         apply: token_usage,
     },
+    Migration {
+        version: 4,
+        name: "undeliverable replies",
+        apply: undeliverable_replies,
+    },
 ];
 
-pub const LATEST_VERSION: i64 = 3;
+pub const LATEST_VERSION: i64 = 4;
 
 pub(super) fn migrate(conn: &mut Connection, ctx: &MigrationContext) -> Result<(), StoreError> {
     let current: i64 = conn
@@ -199,6 +204,20 @@ fn v1_tables(tx: &Transaction<'_>, ctx: &MigrationContext) -> Result<(), StoreEr
 ///
 /// `outbox.delivery_seq` numbers replies in the order they were delivered, for the event
 /// stream's ids (a reply held back by a failing channel is delivered after newer ones).
+/// `outbox.failed_at`: replies given up on (the platform refused them for good, or they
+/// kept failing for a day); they no longer hold back their chat's later replies.
+fn undeliverable_replies(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "
+        ALTER TABLE outbox ADD COLUMN failed_at TEXT;
+        DROP INDEX idx_outbox_pending;
+        CREATE INDEX idx_outbox_pending ON outbox(chat_jid, id)
+            WHERE delivered_at IS NULL AND failed_at IS NULL;
+        ",
+    )
+    .ctx("adding outbox.failed_at")
+}
+
 /// One row per model response the credential proxy forwarded.
 fn token_usage(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), StoreError> {
     tx.execute_batch(
