@@ -141,8 +141,14 @@ async fn main() {
     for n in [100usize, 500, 1000, 2000] {
         let started = Instant::now();
         let mut handles = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (via, token) = (via.clone(), token.clone());
+        for i in 0..n {
+            // One run per stream, as separate agents would be (a run may have at most
+            // MAX_REQUESTS_PER_RUN requests in flight).
+            let token = tokens.issue(RunIdentity {
+                group_folder: "bench".into(),
+                run_id: format!("r{i}"),
+            });
+            let via = via.clone();
             handles.push(tokio::spawn(async move {
                 // One connection per stream, as separate agents would have.
                 let client = nanoclaw::tls::client().build().expect("client");

@@ -633,3 +633,79 @@ async fn claude_code_works_through_the_proxy() {
     }
     assert_no_token(&requests);
 }
+
+#[tokio::test]
+async fn one_run_may_have_only_so_many_requests_in_flight() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Notify::new());
+    let app = axum::Router::new().route(
+        "/v1/messages",
+        axum::routing::post({
+            let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
+            move || {
+                let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
+                async move {
+                    let released = release.notified();
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    released.await;
+                    (StatusCode::OK, "{}")
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let p = start(&format!("http://{addr}"), api_key()).await;
+    let token = p.token("team");
+    let max = nanoclaw::proxy::MAX_REQUESTS_PER_RUN;
+    let mut held = Vec::new();
+    for _ in 0..max {
+        let (url, token) = (p.url(), token.clone());
+        held.push(tokio::spawn(async move {
+            post(&url, &[("x-api-key", &token)], message_body(false)).await
+        }));
+    }
+    wait_for("every allowed request upstream", DEADLINE, || {
+        let n = arrived.load(Ordering::SeqCst);
+        async move { (n == max).then_some(()) }
+    })
+    .await;
+    let (status, body) = post(&p.url(), &[("x-api-key", &token)], message_body(false)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("in flight"), "{body}");
+    // Another run is not affected.
+    let other = p.token("other");
+    let other_request = {
+        let url = p.url();
+        tokio::spawn(async move { post(&url, &[("x-api-key", &other)], message_body(false)).await })
+    };
+    wait_for("the other run's request upstream", DEADLINE, || {
+        let n = arrived.load(Ordering::SeqCst);
+        async move { (n == max + 1).then_some(()) }
+    })
+    .await;
+    release.notify_waiters();
+    for request in held {
+        let (status, _) = request.await.expect("joined");
+        assert_eq!(status, 200);
+    }
+    assert_eq!(other_request.await.expect("joined").0, 200);
+    // Finished requests no longer count.
+    let again = {
+        let (url, token) = (p.url(), token.clone());
+        tokio::spawn(async move { post(&url, &[("x-api-key", &token)], message_body(false)).await })
+    };
+    wait_for("a new request upstream", DEADLINE, || {
+        let n = arrived.load(Ordering::SeqCst);
+        async move { (n == max + 2).then_some(()) }
+    })
+    .await;
+    release.notify_waiters();
+    assert_eq!(again.await.expect("joined").0, 200);
+}

@@ -59,6 +59,14 @@ const OAUTH_KEY_EXCHANGE: &str = "/api/oauth/claude_cli/create_api_key";
 /// How many connections the proxy serves at once (both listeners together). Beyond it,
 /// new connections wait in the kernel's backlog instead of taking file descriptors.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections one sandbox (one PID namespace) may hold on the socket at once; more are
+/// closed at once, so one sandbox cannot take every slot.
+pub const MAX_CONNECTIONS_PER_SANDBOX: usize = 64;
+/// Requests one run token may have in flight; more get 429.
+pub const MAX_REQUESTS_PER_RUN: usize = 16;
+/// A connection that does not send a complete request head within this time (also
+/// between requests on a kept-alive connection) is closed.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Who a live run token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +79,31 @@ pub struct RunIdentity {
 #[derive(Default)]
 pub struct RunTokens {
     live: Mutex<HashMap<String, RunIdentity>>,
+    /// Requests in flight per token.
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+/// One request in flight for a token; counted until dropped (when the response body
+/// has been passed on or abandoned).
+struct InFlight {
+    tokens: Arc<RunTokens>,
+    token: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self
+            .tokens
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.token) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.token);
+            }
+        }
+    }
 }
 
 impl RunTokens {
@@ -87,6 +120,20 @@ impl RunTokens {
 
     pub fn identify(&self, token: &str) -> Option<RunIdentity> {
         self.lock().get(token).cloned()
+    }
+
+    /// Counts a request for `token`; `None` if it already has the most allowed.
+    fn start_request(self: &Arc<Self>, token: &str) -> Option<InFlight> {
+        let mut counts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(token.to_string()).or_default();
+        if *n >= MAX_REQUESTS_PER_RUN {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight {
+            tokens: Arc::clone(self),
+            token: token.to_string(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunIdentity>> {
@@ -201,24 +248,15 @@ impl Proxy {
             std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o666))?;
         }
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let tcp = Capped::new(tcp, Arc::clone(&slots));
-        let unix = Capped::new(unix, slots);
-        for (name, serve) in [
-            (
-                "tcp",
-                tokio::spawn(serve_until(axum::serve(tcp, app.clone()), shutdown.clone())),
-            ),
-            (
-                "unix",
-                tokio::spawn(serve_until(axum::serve(unix, app), shutdown)),
-            ),
-        ] {
-            tokio::spawn(async move {
-                if let Ok(Err(e)) = serve.await {
-                    tracing::error!(listener = name, "credential proxy stopped: {e}");
-                }
-            });
-        }
+        let tcp = Capped::new(tcp, Arc::clone(&slots), None);
+        let unix = Capped::new(unix, slots, Some(MAX_CONNECTIONS_PER_SANDBOX));
+        tokio::spawn(serve_connections(
+            tcp,
+            app.clone(),
+            shutdown.clone(),
+            HEADER_TIMEOUT,
+        ));
+        tokio::spawn(serve_connections(unix, app, shutdown, HEADER_TIMEOUT));
         tracing::info!(tcp = %tcp_addr, socket = %socket_path.display(), "credential proxy listening");
         Ok(Proxy {
             tcp_addr,
@@ -228,46 +266,134 @@ impl Proxy {
     }
 }
 
-async fn serve_until<L>(
-    serve: axum::serve::Serve<L, Router, Router>,
+/// Serves connections from `listener` until `shutdown` turns true, with a header-read
+/// timeout (axum's `serve` has no timer, so slow or silent clients would hold their
+/// connection forever).
+async fn serve_connections<L>(
+    mut listener: Capped<L>,
+    app: Router,
     mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()>
-where
+    header_timeout: std::time::Duration,
+) where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L::Io: Unpin + PeerKey,
 {
-    serve
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    loop {
+        let io = tokio::select! {
+            (io, _) = axum::serve::Listener::accept(&mut listener) => io,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let connection = builder.serve_connection(TokioIo::new(io), service.clone());
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                done = connection.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!("credential proxy connection ended: {e}");
+                    }
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+/// Which sandbox a connection comes from, for per-sandbox limits.
+trait PeerKey {
+    fn peer_key(&self) -> Option<u64>;
+}
+
+impl PeerKey for tokio::net::TcpStream {
+    /// Loopback TCP is for host-side clients; sandboxes use the socket.
+    fn peer_key(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl PeerKey for tokio::net::UnixStream {
+    /// The peer's PID namespace: every sandbox has its own. Unknown (no access to the
+    /// peer's `/proc` entry) counts under the global limit only.
+    fn peer_key(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let pid = self.peer_cred().ok()?.pid()?;
+        std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .ok()
+            .map(|m| m.ino())
+    }
 }
 
 /// A listener that holds a connection slot for every connection it hands out; when all
-/// slots are taken it stops accepting until one is freed.
+/// slots are taken it stops accepting until one is freed. With `per_peer`, a peer
+/// (sandbox) already holding that many connections has new ones closed at once.
 struct Capped<L> {
     inner: L,
     slots: Arc<tokio::sync::Semaphore>,
+    per_peer: Option<usize>,
+    peers: Arc<Mutex<HashMap<u64, usize>>>,
 }
 
 impl<L> Capped<L> {
-    fn new(inner: L, slots: Arc<tokio::sync::Semaphore>) -> Self {
-        Capped { inner, slots }
+    fn new(inner: L, slots: Arc<tokio::sync::Semaphore>, per_peer: Option<usize>) -> Self {
+        Capped {
+            inner,
+            slots,
+            per_peer,
+            peers: Arc::default(),
+        }
     }
 }
 
 impl<L: axum::serve::Listener> axum::serve::Listener for Capped<L>
 where
-    L::Io: Unpin,
+    L::Io: Unpin + PeerKey,
 {
     type Io = SlotIo<L::Io>;
     type Addr = L::Addr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // The semaphore is never closed; if it were, serve uncapped rather than spin.
-        let slot = Arc::clone(&self.slots).acquire_owned().await.ok();
-        let (io, addr) = self.inner.accept().await;
-        (SlotIo { io, _slot: slot }, addr)
+        loop {
+            // The semaphore is never closed; if it were, serve uncapped rather than spin.
+            let slot = Arc::clone(&self.slots).acquire_owned().await.ok();
+            let (io, addr) = self.inner.accept().await;
+            let peer = match (self.per_peer, io.peer_key()) {
+                (Some(max), Some(key)) => {
+                    let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+                    let held = peers.entry(key).or_default();
+                    if *held >= max {
+                        drop(peers);
+                        tracing::warn!(
+                            "credential proxy: a sandbox already holds {max} connections; closing another"
+                        );
+                        continue;
+                    }
+                    *held += 1;
+                    Some(PeerSlot {
+                        peers: Arc::clone(&self.peers),
+                        key,
+                    })
+                }
+                _ => None,
+            };
+            return (
+                SlotIo {
+                    io,
+                    _slot: slot,
+                    _peer: peer,
+                },
+                addr,
+            );
+        }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
@@ -275,10 +401,29 @@ where
     }
 }
 
+/// A peer's share of connections, given back when the connection is dropped.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<u64, usize>>>,
+    key: u64,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = peers.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                peers.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// A connection and the slot it occupies until it is dropped.
 struct SlotIo<T> {
     io: T,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    _peer: Option<PeerSlot>,
 }
 
 impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlotIo<T> {
@@ -390,6 +535,18 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "unknown or expired run token",
+        );
+    };
+    let Some(in_flight) =
+        presented_token(&parts.headers).and_then(|t| state.tokens.start_request(t))
+    else {
+        tracing::warn!(group = ?identity.group_folder, "credential proxy: too many requests in flight for one run");
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            &format!(
+                "a run may have at most {MAX_REQUESTS_PER_RUN} model requests in flight; wait for one to finish"
+            ),
         );
     };
     let path = parts.uri.path();
@@ -521,7 +678,10 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
     };
     let body = upstream.bytes_stream().map_ok({
         let mut recorder = recorder;
+        // Counted as in flight until the body has been passed on (or dropped).
+        let _in_flight = in_flight;
         move |chunk| {
+            let _ = &_in_flight;
             if let Some(reader) = recorder.as_mut().and_then(|r| r.reader.as_mut()) {
                 reader.feed(&chunk);
             }
@@ -573,7 +733,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = tcp.local_addr().expect("addr");
-        let mut capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(2)));
+        let mut capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(2)), None);
         let mut clients = Vec::new();
         for _ in 0..3 {
             clients.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
@@ -588,6 +748,105 @@ mod tests {
         drop(first);
         let third = tokio::time::timeout(std::time::Duration::from_secs(10), capped.accept()).await;
         assert!(third.is_ok(), "a freed slot lets the next connection in");
+    }
+
+    #[tokio::test]
+    async fn one_sandbox_cannot_take_every_connection() {
+        use axum::serve::Listener;
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.sock");
+        let unix = tokio::net::UnixListener::bind(&path).expect("bind");
+        let mut capped = Capped::new(unix, Arc::new(tokio::sync::Semaphore::new(100)), Some(2));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = capped.accept().await;
+                if tx.send(io).is_err() {
+                    return;
+                }
+            }
+        });
+        let short = std::time::Duration::from_millis(300);
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(
+                tokio::net::UnixStream::connect(&path)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let first = rx.recv().await.expect("first");
+        let _second = rx.recv().await.expect("second");
+        assert!(
+            tokio::time::timeout(short, rx.recv()).await.is_err(),
+            "the third connection from the same sandbox is not served"
+        );
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            clients[2].read(&mut buf),
+        )
+        .await
+        .expect("closed promptly");
+        assert_eq!(closed.expect("read"), 0, "it was closed");
+        drop(first);
+        let _again = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .is_ok(),
+            "a freed share lets the sandbox connect again"
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_and_idle_connections_are_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(10)), None);
+        let app = Router::new().fallback(|| async { "ok" });
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve_connections(
+            capped,
+            app,
+            stop_rx,
+            std::time::Duration::from_millis(300),
+        ));
+        let limit = std::time::Duration::from_secs(10);
+        // Says nothing at all.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(limit, silent.read(&mut buf))
+            .await
+            .expect("closed by the server")
+            .unwrap_or(0);
+        assert!(
+            !String::from_utf8_lossy(&buf[..n]).contains("200 OK"),
+            "no request, no answer"
+        );
+        // One request, then idle on a kept-alive connection.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut seen = Vec::new();
+        let ended = tokio::time::timeout(limit, async {
+            loop {
+                match idle.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "an idle kept-alive connection is closed");
+        assert!(String::from_utf8_lossy(&seen).contains("200 OK"));
     }
 
     #[test]
