@@ -177,6 +177,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         config: Arc::clone(&config),
         metrics: Arc::clone(&metrics),
         ipc: Arc::clone(&ipc),
+        typing_wanted: Arc::default(),
     };
     let queue = GroupQueue::new(
         config.max_concurrent_containers,

@@ -38,7 +38,15 @@ pub struct RunLoop {
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) ipc: Arc<IpcContext>,
+    /// The typing state each chat should end up in, and a lock that keeps one chat's
+    /// typing calls from overlapping. Calls run in their own tasks and may start in any
+    /// order; each applies the latest wish, not its own, so the last one wins.
+    pub(crate) typing_wanted: Arc<std::sync::Mutex<TypingWishes>>,
 }
+
+/// Per chat: whether it should show typing, and the lock its typing calls take.
+pub(crate) type TypingWishes =
+    std::collections::HashMap<String, (bool, Arc<tokio::sync::Mutex<()>>)>;
 
 /// What a run needs to start, read from the store in one go.
 struct Plan {
@@ -133,7 +141,20 @@ impl RunLoop {
             return;
         };
         let jid = chat_jid.to_string();
+        let chat_lock = {
+            let mut wishes = self.typing_wanted.lock().unwrap_or_else(|p| p.into_inner());
+            let wish = wishes.entry(jid.clone()).or_default();
+            wish.0 = typing;
+            Arc::clone(&wish.1)
+        };
+        let wanted = Arc::clone(&self.typing_wanted);
         tokio::spawn(async move {
+            let _one_at_a_time = chat_lock.lock().await;
+            let typing = wanted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&jid)
+                .is_some_and(|w| w.0);
             match tokio::time::timeout(TYPING_TIMEOUT, channel.set_typing(&jid, typing)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(chat_jid = %jid, "typing indicator failed: {e}"),
