@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use async_trait::async_trait;
-use nanoclaw::channels::telegram::Telegram;
 use nanoclaw_test_support::Api;
 use nanoclaw_test_support::conformance::{self, ChannelHarness, Units};
 use nanoclaw_test_support::fake_telegram::{Chat, FakeTelegram, User};
@@ -174,31 +173,14 @@ impl ChannelHarness for TelegramHarness {
     }
 }
 
-/// A daemon with the Telegram channel pointed at a fake Bot API.
-pub async fn telegram_daemon(
-    runner: Arc<ScriptedRunner>,
-    fake: &FakeTelegram,
-    root: tempfile::TempDir,
-) -> TestDaemon {
-    let telegram = Telegram::new(&fake.url, &fake.token, "Andy").expect("telegram");
-    support::start_daemon_full(
-        runner,
-        Arc::default(),
-        Default::default(),
-        vec![telegram],
-        root,
-        |_| {},
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_telegram_channel_conforms() {
     let fake = FakeTelegram::start(TOKEN).await;
     let runner = ScriptedRunner::new(vec![]);
-    let d = telegram_daemon(
+    let d = support::telegram_daemon(
         runner.clone(),
-        &fake,
+        &fake.url,
+        &fake.token,
         tempfile::tempdir().expect("temp dir"),
     )
     .await;

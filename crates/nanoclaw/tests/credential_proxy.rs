@@ -214,6 +214,18 @@ async fn an_unreachable_upstream_is_a_502() {
     assert!(!body.contains(REAL_KEY));
 }
 
+/// Serves `app` as a fake upstream on a free loopback port; returns its base URL.
+async fn serve_upstream(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
 /// An upstream that records request headers and streams two SSE events, holding the
 /// second back until released.
 #[derive(Clone, Default)]
@@ -233,14 +245,7 @@ impl HoldingUpstream {
                 async move { me.answer(headers) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        format!("http://{addr}")
+        serve_upstream(app).await
     }
 
     fn answer(&self, headers: HeaderMap) -> Response {
@@ -472,14 +477,7 @@ async fn upstream_redirects_are_not_followed_with_the_real_key() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let p = start(&format!("http://{addr}"), api_key()).await;
+    let p = start(&serve_upstream(app).await, api_key()).await;
     let token = p.token("team");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -654,14 +652,7 @@ async fn one_run_may_have_only_so_many_requests_in_flight() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let p = start(&format!("http://{addr}"), api_key()).await;
+    let p = start(&serve_upstream(app).await, api_key()).await;
     let token = p.token("team");
     let max = nanoclaw::proxy::MAX_REQUESTS_PER_RUN;
     let mut held = Vec::new();

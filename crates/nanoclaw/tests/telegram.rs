@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use nanoclaw::channels::telegram::Telegram;
@@ -131,19 +130,10 @@ async fn a_group_mention_runs_a_sandboxed_agent_and_the_reply_goes_back_to_the_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_from_telegram_is_honoured_and_the_reply_arrives() {
     let tg = FakeTelegram::start(TOKEN).await;
-    let telegram = Telegram::new(&tg.url, TOKEN, "Andy").expect("telegram");
     let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec!["Slow but sure.".into()])]);
     let root = tempfile::tempdir().expect("temp dir");
     register_new(root.path(), "tg:-100888", "tg_slow");
-    let d = support::start_daemon_full(
-        runner,
-        Arc::default(),
-        Default::default(),
-        vec![telegram],
-        root,
-        |_| {},
-    )
-    .await;
+    let d = support::telegram_daemon(runner, &tg.url, TOKEN, root).await;
     tg.fail_next_sends_with_429(2, 1);
     let chat = Chat::group(-100_888, "Slow");
     tg.user_says(&chat, &User::new(5, "Sam"), "@Andy hi");
@@ -160,23 +150,6 @@ async fn retry_after_from_telegram_is_honoured_and_the_reply_arrives() {
         "the retry waited retry_after (2 s), not {waited:?}"
     );
     d.stop().await;
-}
-
-async fn telegram_daemon(
-    runner: Arc<ScriptedRunner>,
-    tg: &FakeTelegram,
-    root: tempfile::TempDir,
-) -> support::TestDaemon {
-    let telegram = Telegram::new(&tg.url, TOKEN, "Andy").expect("telegram");
-    support::start_daemon_full(
-        runner,
-        Arc::default(),
-        Default::default(),
-        vec![telegram],
-        root,
-        |_| {},
-    )
-    .await
 }
 
 fn pending_replies(root: &std::path::Path) -> i64 {
@@ -196,7 +169,7 @@ async fn a_reply_telegram_refuses_for_good_does_not_block_the_chat() {
     ]);
     let root = tempfile::tempdir().expect("temp dir");
     register_new(root.path(), "tg:-100321", "tg_blocked");
-    let d = telegram_daemon(runner.clone(), &tg, root).await;
+    let d = support::telegram_daemon(runner.clone(), &tg.url, TOKEN, root).await;
     let chat = Chat::group(-100_321, "Blocked");
     let sam = User::new(5, "Sam");
 
@@ -243,7 +216,7 @@ async fn a_long_reply_cut_off_by_a_restart_resumes_without_repeating_pieces() {
     let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec![long.clone()])]);
     let root = tempfile::tempdir().expect("temp dir");
     register_new(root.path(), "tg:-100654", "tg_long");
-    let d = telegram_daemon(runner, &tg, root).await;
+    let d = support::telegram_daemon(runner, &tg.url, TOKEN, root).await;
     // The first piece goes out, the second fails (a Telegram outage), then we restart.
     tg.fail_next_sends(SendFailure::new(200, "through"), 1);
     tg.fail_next_sends(SendFailure::new(502, "Bad Gateway"), 1);
@@ -258,7 +231,7 @@ async fn a_long_reply_cut_off_by_a_restart_resumes_without_repeating_pieces() {
     .await;
     let sent_before = tg.sent(-100_654);
     let root = d.stop().await;
-    let d = telegram_daemon(ScriptedRunner::new(vec![]), &tg, root).await;
+    let d = support::telegram_daemon(ScriptedRunner::new(vec![]), &tg.url, TOKEN, root).await;
     wait_for("the rest of the reply", DEADLINE, || async {
         (pending_replies(d.root()) == 0).then_some(())
     })
@@ -436,19 +409,10 @@ impl Emulator {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_adapter_works_against_the_telegram_test_api_emulator() {
     let emulator = Emulator::start().await;
-    let telegram = Telegram::new(&emulator.url, TOKEN, "Andy").expect("telegram");
     let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec!["Pong from Andy.".into()])]);
     let root = tempfile::tempdir().expect("temp dir");
     register_new(root.path(), "tg:-4242", "tg_club");
-    let d = support::start_daemon_full(
-        runner,
-        Arc::default(),
-        Default::default(),
-        vec![telegram],
-        root,
-        |_| {},
-    )
-    .await;
+    let d = support::telegram_daemon(runner, &emulator.url, TOKEN, root).await;
     emulator.user_says(-4242, "group", "just chatting").await;
     // The emulator's getMe names the bot TestNameBot.
     emulator

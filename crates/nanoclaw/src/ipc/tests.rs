@@ -76,6 +76,20 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// A second context on the same store and folders, for a watcher task.
+    fn watcher_context(&self) -> Arc<IpcContext> {
+        Arc::new(IpcContext {
+            store: Arc::clone(&self.ctx.store),
+            layout: self.ctx.layout.clone(),
+            tz: self.ctx.tz.clone(),
+            assistant_name: "Andy".into(),
+            channels: self.ctx.channels.clone(),
+            delivery: None,
+            tasks_changed: Arc::clone(&self.ctx.tasks_changed),
+            guard: IpcGuard::default(),
+        })
+    }
+
     fn ipc(&self, folder: &str) -> PathBuf {
         self.ctx.layout.data_dir().join("ipc").join(folder)
     }
@@ -689,16 +703,7 @@ fn a_task_change_refreshes_the_task_snapshot() {
 async fn the_watcher_picks_up_files_in_new_and_existing_folders() {
     let f = Arc::new(fixture());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ctx = Arc::new(IpcContext {
-        store: Arc::clone(&f.ctx.store),
-        layout: f.ctx.layout.clone(),
-        tz: f.ctx.tz.clone(),
-        assistant_name: "Andy".into(),
-        channels: f.ctx.channels.clone(),
-        delivery: None,
-        tasks_changed: Arc::clone(&f.ctx.tasks_changed),
-        guard: IpcGuard::default(),
-    });
+    let ctx = f.watcher_context();
     // A file written before the watcher starts is processed by the first sweep.
     std::fs::write(
         f.ipc("team").join("messages/1-early.json"),
@@ -977,16 +982,7 @@ async fn a_flooded_folder_does_not_starve_the_others() {
         std::fs::write(flood.join(format!("{i:05}.json")), b"[]").expect("write");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ctx = Arc::new(IpcContext {
-        store: Arc::clone(&f.ctx.store),
-        layout: f.ctx.layout.clone(),
-        tz: f.ctx.tz.clone(),
-        assistant_name: "Andy".into(),
-        channels: f.ctx.channels.clone(),
-        delivery: None,
-        tasks_changed: Arc::clone(&f.ctx.tasks_changed),
-        guard: IpcGuard::default(),
-    });
+    let ctx = f.watcher_context();
     let task = tokio::spawn(watch(ctx, stop_rx));
     // Wait until the flood is being worked through, then another group writes.
     nanoclaw_test_support::wait_for(

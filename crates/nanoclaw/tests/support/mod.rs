@@ -354,6 +354,28 @@ pub async fn start_sandboxed_daemon_in(
     .await
 }
 
+/// A daemon with a scripted agent and the Telegram channel pointed at `api_url` (a fake
+/// Bot API or an emulator).
+#[allow(dead_code)]
+pub async fn telegram_daemon(
+    runner: Arc<ScriptedRunner>,
+    api_url: &str,
+    token: &str,
+    root: tempfile::TempDir,
+) -> TestDaemon {
+    let telegram =
+        nanoclaw::channels::telegram::Telegram::new(api_url, token, "Andy").expect("telegram");
+    start_daemon_full(
+        runner,
+        Arc::default(),
+        Default::default(),
+        vec![telegram],
+        root,
+        |_| {},
+    )
+    .await
+}
+
 /// Registers a non-main web group through the store, as `nanoclaw groups add` does.
 pub fn register(root: &Path, jid: &str, folder: &str, requires_trigger: bool) {
     let store =
