@@ -252,6 +252,45 @@ async fn a_long_reply_cut_off_by_a_restart_resumes_without_repeating_pieces() {
     d.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_starts_a_group_with_its_own_trigger() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec![
+        "Custom trigger works.".into(),
+    ])]);
+    let root = tempfile::tempdir().expect("temp dir");
+    nanoclaw::layout::Layout::new(root.path())
+        .create()
+        .expect("layout");
+    nanoclaw::store::Store::open(&root.path().join("store/messages.db"), "Andy")
+        .expect("open store")
+        .register_group(&nanoclaw::store::RegisteredGroup {
+            jid: "tg:-100432".into(),
+            name: "AI club".into(),
+            folder: "tg_ai".into(),
+            trigger_pattern: "!ai".into(),
+            added_at: nanoclaw::clock::now(),
+            container_config: None,
+            requires_trigger: true,
+            is_main: false,
+        })
+        .expect("register");
+    let d = support::telegram_daemon(runner, &tg.url, TOKEN, root).await;
+    let chat = Chat::group(-100_432, "AI club");
+    tg.user_says(
+        &chat,
+        &User::new(8, "Ada"),
+        &format!("@{BOT_USERNAME} summarise please"),
+    );
+    assert_eq!(tg.wait_sent(-100_432, 1).await, ["Custom trigger works."]);
+    assert_eq!(
+        stored_user_texts(d.root(), "tg:-100432"),
+        ["!ai summarise please"],
+        "the mention became this group's trigger"
+    );
+    d.stop().await;
+}
+
 /// The real binary is killed with SIGKILL while updates keep coming; after a restart
 /// every message is stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

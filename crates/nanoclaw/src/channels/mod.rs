@@ -29,6 +29,12 @@ pub trait ChannelHost: Send + Sync + 'static {
     async fn load_state(&self, key: &str) -> Result<Option<String>, String>;
 
     async fn save_state(&self, key: &str, value: &str) -> Result<(), String>;
+
+    /// The trigger text of the group registered for `jid` (so a channel can turn a
+    /// mention of the bot into that group's trigger); `None` if unknown.
+    async fn trigger_for(&self, _jid: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A committed reply on its way to a chat.

@@ -198,7 +198,18 @@ impl Telegram {
 
     /// Turns one update into a chat and message to store; `None` for updates that carry
     /// no message we keep (edits, service messages, other update kinds).
+    #[cfg(test)]
     fn inbound(&self, update: &Value) -> Option<(ChatMeta, Option<Message>)> {
+        self.inbound_with_trigger(update, &format!("@{}", self.assistant_name))
+    }
+
+    /// The chat and message of an update; a message addressing the bot starts with
+    /// `trigger` (the chat's group trigger).
+    fn inbound_with_trigger(
+        &self,
+        update: &Value,
+        trigger: &str,
+    ) -> Option<(ChatMeta, Option<Message>)> {
         let msg = update
             .get("message")
             .or_else(|| update.get("channel_post"))?;
@@ -253,13 +264,12 @@ impl Telegram {
             && !from_me
             && addresses_bot(msg, &content, me)
         {
-            let trigger = format!("@{}", self.assistant_name);
             // "@mybot do X" reads as "@Andy do X"; a mention elsewhere keeps the text
             // whole behind the trigger.
             let handle = format!("@{}", me.username);
             if !me.username.is_empty() && starts_with_word(&content, &handle) {
                 content = format!("{trigger}{}", &content[handle.len()..]);
-            } else if !starts_with_word(&content, &trigger) {
+            } else if !starts_with_word(&content, trigger) {
                 content = format!("{trigger} {content}");
             }
         }
@@ -320,7 +330,17 @@ impl Telegram {
                 tracing::warn!("telegram: skipping an update without update_id");
                 continue;
             };
-            match self.inbound(update) {
+            let chat_jid = update
+                .get("message")
+                .or_else(|| update.get("channel_post"))
+                .and_then(|m| m["chat"]["id"].as_i64())
+                .map(|id| format!("{PREFIX}{id}"));
+            let trigger = match &chat_jid {
+                Some(jid) => host.trigger_for(jid).await,
+                None => None,
+            }
+            .unwrap_or_else(|| format!("@{}", self.assistant_name));
+            match self.inbound_with_trigger(update, &trigger) {
                 None => tracing::debug!(update_id, "telegram: update not kept"),
                 Some((chat, None)) => {
                     if let Err(e) = host.chat_seen(chat).await {

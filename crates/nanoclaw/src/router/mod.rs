@@ -225,6 +225,20 @@ impl crate::channels::ChannelHost for Router {
             .await
             .map_err(|e| e.to_string())
     }
+
+    async fn trigger_for(&self, jid: &str) -> Option<String> {
+        let jid = jid.to_string();
+        let group = self
+            .store
+            .call(move |s| s.registered_group(&jid))
+            .await
+            .ok()
+            .flatten()?;
+        Some(match group.trigger_pattern.trim() {
+            "" => self.default_trigger.clone(),
+            t => t.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]
