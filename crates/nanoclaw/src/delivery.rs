@@ -23,6 +23,8 @@ const HEADS: usize = 500;
 /// A reply still undelivered this long after it was written is given up on (it would
 /// no longer make sense, and it holds back the chat's later replies).
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// How soon a reply waiting for its channel to (re)connect is looked at again.
+const NOT_CONNECTED_RETRY: Duration = Duration::from_secs(5);
 /// The last pass at shutdown may take at most this long.
 const FINAL_PASS: Duration = Duration::from_secs(10);
 
@@ -205,7 +207,14 @@ impl Delivery {
                 .channels
                 .for_jid(&item.chat_jid)
                 .filter(|c| c.is_connected())
-                .ok_or_else(|| later(format!("no connected channel handles {}", item.chat_jid)))?;
+                .ok_or_else(|| {
+                    // Channels reconnect on their own: look again soon, without the
+                    // growing backoff of a failed send.
+                    (
+                        format!("no connected channel handles {}", item.chat_jid),
+                        SendRetry::After(NOT_CONNECTED_RETRY),
+                    )
+                })?;
             let message = OutboundMessage {
                 outbox_id: item.id,
                 chat_jid: item.chat_jid.clone(),
