@@ -64,6 +64,8 @@ struct Inner {
     poll_409: usize,
     /// Typing requests fail with 500.
     typing_fails: bool,
+    /// The next getMe calls fail with 500.
+    get_me_failures: usize,
     /// Offsets seen by getUpdates.
     poll_offsets: Vec<i64>,
     /// Every update ever queued, for redelivery.
@@ -280,6 +282,11 @@ impl FakeTelegram {
         }
     }
 
+    /// The next `times` getMe calls fail (the Bot API is down at start-up).
+    pub fn fail_next_get_me(&self, times: usize) {
+        self.lock().get_me_failures = times;
+    }
+
     pub fn conflict_next_polls(&self, times: usize) {
         self.lock().poll_409 = times;
     }
@@ -408,6 +415,16 @@ async fn handle(
         }
     };
     match method.as_str() {
+        "getMe"
+            if {
+                let mut st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let fail = st.get_me_failures > 0;
+                st.get_me_failures = st.get_me_failures.saturating_sub(1);
+                fail
+            } =>
+        {
+            error(500, "Internal Server Error", None)
+        }
         "getMe" => ok(json!({
             "id": BOT_ID, "is_bot": true, "first_name": "Andy", "username": BOT_USERNAME,
             "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false

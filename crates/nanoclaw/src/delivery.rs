@@ -63,6 +63,14 @@ pub struct Delivery {
     wake: Notify,
 }
 
+/// Why a reply was not delivered this time.
+struct Failure {
+    message: String,
+    retry: SendRetry,
+    /// False when no send was tried (the channel is not connected).
+    attempted: bool,
+}
+
 /// What the worker remembers between passes.
 #[derive(Default)]
 struct WorkerState {
@@ -97,7 +105,7 @@ impl Delivery {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut state = WorkerState::default();
         loop {
-            let next = self.deliver_pending(&mut state).await;
+            let next = self.deliver_pending(&mut state, Some(&stop)).await;
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -110,7 +118,8 @@ impl Delivery {
                 stopped = stop.wait_for(|s| *s) => stopped.is_ok(),
             };
             if stopping {
-                let _ = tokio::time::timeout(FINAL_PASS, self.deliver_pending(&mut state)).await;
+                let _ =
+                    tokio::time::timeout(FINAL_PASS, self.deliver_pending(&mut state, None)).await;
                 return;
             }
         }
@@ -118,7 +127,14 @@ impl Delivery {
 
     /// Delivers everything deliverable now. Returns when the earliest postponed reply
     /// is due, if any.
-    async fn deliver_pending(&self, state: &mut WorkerState) -> Option<Instant> {
+    /// With `stop`, returns early once it turns true (the caller then makes its capped
+    /// final pass).
+    async fn deliver_pending(
+        &self,
+        state: &mut WorkerState,
+        stop: Option<&watch::Receiver<bool>>,
+    ) -> Option<Instant> {
+        let stopping = || stop.is_some_and(|s| *s.borrow());
         loop {
             let heads = match self.store.call(|s| s.pending_outbox_heads(HEADS)).await {
                 Ok(items) => items,
@@ -131,6 +147,9 @@ impl Delivery {
             let mut earliest: Option<Instant> = None;
             let mut progressed = false;
             for item in heads {
+                if stopping() {
+                    return Some(Instant::now());
+                }
                 if let Some(at) = state.retry_at.get(&item.id).copied().filter(|at| *at > now) {
                     earliest = Some(earliest.map_or(at, |e| e.min(at)));
                     continue;
@@ -140,10 +159,33 @@ impl Delivery {
                         state.retry_at.remove(&item.id);
                         progressed = true;
                     }
-                    Err((error, retry)) => {
+                    Err(Failure {
+                        message: error,
+                        retry,
+                        attempted: false,
+                    }) => {
+                        // Not tried (the channel is not connected): no attempt counted,
+                        // no give-up by age, just look again later.
+                        tracing::debug!(chat_jid = %item.chat_jid, outbox_id = item.id, "reply waits: {error}");
+                        let wait = match retry {
+                            SendRetry::After(wait) => wait,
+                            _ => NOT_CONNECTED_RETRY,
+                        };
+                        let at = Instant::now() + wait;
+                        state.retry_at.insert(item.id, at);
+                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                    }
+                    Err(Failure {
+                        message: error,
+                        retry,
+                        attempted: true,
+                    }) => {
                         Metrics::inc(&self.metrics.delivery_failures);
                         let id = item.id;
-                        if retry == SendRetry::Never || too_old(&item.created_at) {
+                        // A reply that was sent but not recorded is never given up.
+                        let give_up = !state.unrecorded.contains(&id)
+                            && (retry == SendRetry::Never || too_old(&item.created_at));
+                        if give_up {
                             let why = if retry == SendRetry::Never {
                                 error
                             } else {
@@ -196,24 +238,34 @@ impl Delivery {
         }
     }
 
-    async fn deliver_one(
-        &self,
-        item: &OutboxItem,
-        state: &mut WorkerState,
-    ) -> Result<(), (String, SendRetry)> {
-        let later = |message: String| (message, SendRetry::Later);
+    async fn deliver_one(&self, item: &OutboxItem, state: &mut WorkerState) -> Result<(), Failure> {
+        let later = |message: String| Failure {
+            message,
+            retry: SendRetry::Later,
+            attempted: true,
+        };
         if !state.unrecorded.contains(&item.id) {
             let channel = self
                 .channels
                 .for_jid(&item.chat_jid)
                 .filter(|c| c.is_connected())
                 .ok_or_else(|| {
-                    // Channels reconnect on their own: look again soon, without the
-                    // growing backoff of a failed send.
-                    (
-                        format!("no connected channel handles {}", item.chat_jid),
-                        SendRetry::After(NOT_CONNECTED_RETRY),
-                    )
+                    let owned = self.channels.for_jid(&item.chat_jid).is_some();
+                    Failure {
+                        message: if owned {
+                            format!("the channel of {} is not connected", item.chat_jid)
+                        } else {
+                            format!("no channel handles {}", item.chat_jid)
+                        },
+                        // Channels reconnect on their own: look again soon. A chat no
+                        // channel handles (not configured) only every few minutes.
+                        retry: SendRetry::After(if owned {
+                            NOT_CONNECTED_RETRY
+                        } else {
+                            MAX_BACKOFF
+                        }),
+                        attempted: false,
+                    }
                 })?;
             let message = OutboundMessage {
                 outbox_id: item.id,
@@ -229,7 +281,13 @@ impl Delivery {
                         SEND_TIMEOUT.as_secs()
                     )));
                 }
-                Ok(Err(e)) => return Err((e.to_string(), e.retry)),
+                Ok(Err(e)) => {
+                    return Err(Failure {
+                        message: e.to_string(),
+                        retry: e.retry,
+                        attempted: true,
+                    });
+                }
                 Ok(Ok(())) => {}
             }
             Metrics::inc(&self.metrics.replies_delivered);

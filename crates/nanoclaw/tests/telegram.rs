@@ -152,6 +152,10 @@ async fn retry_after_from_telegram_is_honoured_and_the_reply_arrives() {
     d.stop().await;
 }
 
+fn rusqlite_conn(root: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(root.join("store/messages.db")).expect("open the database")
+}
+
 fn pending_replies(root: &std::path::Path) -> i64 {
     nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy")
         .expect("open store")
@@ -203,6 +207,36 @@ async fn a_reply_telegram_refuses_for_good_does_not_block_the_chat() {
             .collect::<Vec<_>>(),
         [403, 400, 200],
         "refused replies are not retried"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_reply_waits_for_the_channel_instead_of_being_given_up() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    let root = tempfile::tempdir().expect("temp dir");
+    register_new(root.path(), "tg:-100246", "tg_weekend");
+    {
+        // Written before a long downtime, never sent.
+        let store = nanoclaw::store::Store::open(&root.path().join("store/messages.db"), "Andy")
+            .expect("open store");
+        store
+            .commit_reply("tg:-100246", "Sorry for the delay.", "Andy", None)
+            .expect("commit");
+        let conn = rusqlite_conn(root.path());
+        conn.execute(
+            "UPDATE outbox SET created_at = '2020-01-01T00:00:00.000Z'",
+            [],
+        )
+        .expect("age the reply");
+    }
+    // Telegram is unreachable for the first start-up attempts.
+    tg.fail_next_get_me(2);
+    let d = support::telegram_daemon(ScriptedRunner::new(vec![]), &tg.url, TOKEN, root).await;
+    assert_eq!(
+        tg.wait_sent(-100_246, 1).await,
+        ["Sorry for the delay."],
+        "sent once Telegram was reachable, not given up for its age"
     );
     d.stop().await;
 }

@@ -28,6 +28,7 @@ pub trait ChannelHost: Send + Sync + 'static {
     /// The channel's persisted state under `key` (e.g. a polling offset).
     async fn load_state(&self, key: &str) -> Result<Option<String>, String>;
 
+    /// Saves channel state; an empty value removes the key.
     async fn save_state(&self, key: &str, value: &str) -> Result<(), String>;
 
     /// The trigger text of the group registered for `jid` (so a channel can turn a

@@ -28,8 +28,8 @@ pub const PREFIX: &str = "tg:";
 /// Telegram's limit for one message, in UTF-16 code units.
 pub const MAX_MESSAGE: usize = 4096;
 const OFFSET_KEY: &str = "telegram:update_offset";
-/// `{outbox id}:{pieces sent}` of a long reply being sent, so a restart resumes it.
-const PARTIAL_SEND_KEY: &str = "telegram:partial_send";
+/// `…{outbox id}` → pieces of that long reply already sent, so a restart resumes it.
+const PARTIAL_SEND_PREFIX: &str = "telegram:partial_send:";
 /// How long one `sendMessage` may take (below delivery's own limit on a whole send).
 const SEND_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Long-poll duration asked of `getUpdates`.
@@ -496,22 +496,32 @@ impl Channel for Telegram {
             .get(&message.outbox_id)
             .copied()
             .unwrap_or(0);
+        let progress_key = format!("{PARTIAL_SEND_PREFIX}{}", message.outbox_id);
         if done == 0
             && pieces.len() > 1
             && let Some(host) = &host
         {
-            // Pieces sent before a restart (delivery sends one reply at a time).
+            // Pieces sent before a restart.
             done = host
-                .load_state(PARTIAL_SEND_KEY)
+                .load_state(&progress_key)
                 .await
                 .ok()
                 .flatten()
-                .and_then(|v| {
-                    let (id, n) = v.split_once(':')?;
-                    (id.parse::<i64>().ok()? == message.outbox_id).then(|| n.parse().ok())?
-                })
+                .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
         }
+        let save = |progress: String| {
+            let (host, key) = (host.clone(), progress_key.clone());
+            async move {
+                if let Some(host) = host
+                    && let Err(e) = host.save_state(&key, &progress).await
+                {
+                    tracing::warn!(
+                        "telegram: cannot record how much of a long reply was sent: {e}"
+                    );
+                }
+            }
+        };
         for (i, piece) in pieces.iter().enumerate().skip(done) {
             if let Err(e) = self.send_piece(&chat_id, piece).await {
                 if e.retry == SendRetry::Never {
@@ -519,6 +529,9 @@ impl Channel for Telegram {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&message.outbox_id);
+                    if pieces.len() > 1 {
+                        save(String::new()).await;
+                    }
                 }
                 return Err(e);
             }
@@ -526,19 +539,14 @@ impl Channel for Telegram {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(message.outbox_id, i + 1);
-            if pieces.len() > 1
-                && let Some(host) = &host
-            {
-                let progress = if i + 1 == pieces.len() {
+            if pieces.len() > 1 {
+                // Cleared once the whole reply is out.
+                save(if i + 1 == pieces.len() {
                     String::new()
                 } else {
-                    format!("{}:{}", message.outbox_id, i + 1)
-                };
-                if let Err(e) = host.save_state(PARTIAL_SEND_KEY, &progress).await {
-                    tracing::warn!(
-                        "telegram: cannot record how much of a long reply was sent: {e}"
-                    );
-                }
+                    (i + 1).to_string()
+                })
+                .await;
             }
         }
         self.sent_pieces
@@ -596,7 +604,11 @@ impl Channel for Telegram {
                 break;
             }
             if self.identity().is_none() {
-                match self.connect().await {
+                let connected = tokio::select! {
+                    c = self.connect() => c,
+                    _ = shutdown.wait_for(|s| *s) => break,
+                };
+                match connected {
                     Ok(me) => {
                         tracing::info!(bot = %me.username, "telegram connected");
                         // Sending works from here on, before the first poll returns.

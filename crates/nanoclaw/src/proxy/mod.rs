@@ -216,6 +216,9 @@ impl Proxy {
             tokens: Arc::clone(&tokens),
             client: crate::tls::client()
                 .connect_timeout(std::time::Duration::from_secs(15))
+                // An upstream that goes silent this long mid-response is given up (a
+                // non-streaming model call may think for minutes before answering).
+                .read_timeout(std::time::Duration::from_secs(600))
                 // A redirect would re-send the real credential to wherever it points.
                 .redirect(reqwest::redirect::Policy::none())
                 .build()

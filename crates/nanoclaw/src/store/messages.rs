@@ -172,7 +172,14 @@ impl Store {
             .ctx("reading router state")
     }
 
+    /// Saves `value` under `key`; an empty value removes the key.
     pub fn set_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        if value.is_empty() {
+            self.conn()
+                .execute("DELETE FROM router_state WHERE key = ?1", params![key])
+                .ctx("removing router state")?;
+            return Ok(());
+        }
         self.conn()
             .execute(
                 "INSERT INTO router_state (key, value) VALUES (?1, ?2)
