@@ -121,17 +121,9 @@ impl FakeAnthropic {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("fake Anthropic API cannot listen: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("fake Anthropic API has no address: {e}"));
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (url, server) = crate::serve_on_loopback(app, "fake Anthropic API").await;
         FakeAnthropic {
-            url: format!("http://{addr}"),
+            url,
             state,
             changed,
             server,

@@ -73,20 +73,8 @@ impl FakeOpenAi {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("fake OpenAI API cannot listen: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("fake OpenAI API has no address: {e}"));
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        FakeOpenAi {
-            url: format!("http://{addr}"),
-            state,
-            server,
-        }
+        let (url, server) = crate::serve_on_loopback(app, "fake OpenAI API").await;
+        FakeOpenAi { url, state, server }
     }
 
     pub fn requests(&self) -> Vec<(HeaderMap, Value)> {

@@ -202,3 +202,21 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
 }
+
+/// Serves `app` on a free loopback port; returns its base URL (`http://127.0.0.1:PORT`)
+/// and the server task. `what` names the server in a failure.
+pub async fn serve_on_loopback(
+    app: axum::Router,
+    what: &str,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{what} cannot listen: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{what} has no address: {e}"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), server)
+}

@@ -42,14 +42,9 @@ async fn upstream() -> String {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    nanoclaw_test_support::serve_on_loopback(app, "fake upstream")
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+        .0
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -216,14 +216,9 @@ async fn an_unreachable_upstream_is_a_502() {
 
 /// Serves `app` as a fake upstream on a free loopback port; returns its base URL.
 async fn serve_upstream(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    nanoclaw_test_support::serve_on_loopback(app, "fake upstream")
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+        .0
 }
 
 /// An upstream that records request headers and streams two SSE events, holding the
