@@ -124,7 +124,7 @@ impl Store {
     pub fn register_group(&self, g: &RegisteredGroup) -> Result<(), StoreError> {
         GroupFolder::parse(&g.folder).map_err(|e| StoreError::Conflict(e.to_string()))?;
         let mut conn = self.conn();
-        let tx = conn.transaction().ctx("starting to register a group")?;
+        let tx = Store::write_tx(&mut conn, "starting to register a group")?;
         let by_jid: Option<String> = tx
             .query_row(
                 "SELECT folder FROM registered_groups WHERE jid = ?1",
@@ -188,12 +188,17 @@ impl Store {
 
     /// Unregisters a group; its messages, folder and sessions are kept.
     pub fn remove_group(&self, jid: &str) -> Result<Option<RegisteredGroup>, StoreError> {
-        let existing = self.registered_group(jid)?;
-        if existing.is_some() {
-            self.conn()
-                .execute("DELETE FROM registered_groups WHERE jid = ?1", params![jid])
-                .ctx("removing a group")?;
-        }
+        let mut conn = self.conn();
+        let tx = Store::write_tx(&mut conn, "starting to remove a group")?;
+        let existing = tx
+            .query_row(
+                &format!("DELETE FROM registered_groups WHERE jid = ?1 RETURNING {GROUP_COLUMNS}"),
+                params![jid],
+                group,
+            )
+            .optional()
+            .ctx("removing a group")?;
+        tx.commit().ctx("committing a group removal")?;
         Ok(existing)
     }
 
@@ -221,7 +226,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::test_support::open_temp;
     use super::*;
 

@@ -82,7 +82,7 @@ impl Store {
         msg: &Message,
     ) -> Result<Option<i64>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().ctx("starting to store a message")?;
+        let tx = Store::write_tx(&mut conn, "starting to store a message")?;
         upsert_chat(&tx, meta)?;
         let inserted = insert_message(&tx, msg)?;
         tx.commit().ctx("committing a message")?;

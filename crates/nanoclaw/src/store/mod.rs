@@ -116,6 +116,18 @@ impl Store {
         }
     }
 
+    /// A write transaction that takes the write lock at `BEGIN` (waiting up to
+    /// `busy_timeout` for another connection to finish). A deferred transaction that
+    /// reads first and writes later gets `SQLITE_BUSY` at once when another connection
+    /// wrote in between, without waiting: every read-then-write goes through here.
+    fn write_tx<'c>(
+        conn: &'c mut Connection,
+        action: &'static str,
+    ) -> Result<rusqlite::Transaction<'c>, StoreError> {
+        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .ctx(action)
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions
         // roll back on drop), so a poisoned lock is safe to keep using.
@@ -165,6 +177,112 @@ mod tests {
         drop(Store::open(&path, "Andy").expect("first open"));
         let store = Store::open(&path, "Andy").expect("second open");
         assert_eq!(store.schema_version().expect("version"), LATEST_VERSION);
+    }
+
+    /// Another process (the CLI beside the daemon, or the daemon beside the CLI) holds
+    /// the write lock for 2 s: every read-then-write waits for it (`busy_timeout`)
+    /// instead of failing at once with "database is locked".
+    #[test]
+    fn read_then_write_operations_wait_for_a_concurrent_writer() {
+        use super::groups::tests::group;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("messages.db");
+        let store = Store::open(&path, "Andy").expect("open store");
+        store
+            .register_group(&group("web:main", "main", true))
+            .expect("main");
+        let reply = store
+            .commit_reply("web:main", "first", "Andy", None)
+            .expect("reply");
+        tasks::tests::insert(&store, "t1", "active");
+        let hold = |path: PathBuf| {
+            let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+            let holder = std::thread::spawn(move || {
+                let other = Connection::open(&path).expect("second connection");
+                other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+                other
+                    .execute("INSERT INTO router_state (key, value) VALUES ('x', 'y') ON CONFLICT(key) DO UPDATE SET value = 'z'", [])
+                    .expect("write");
+                locked_tx.send(()).expect("signal");
+                std::thread::sleep(Duration::from_secs(2));
+                other.execute_batch("COMMIT").expect("commit");
+            });
+            locked_rx.recv().expect("locked");
+            holder
+        };
+        type Op<'a> = (&'a str, Box<dyn Fn(&Store) -> Result<(), StoreError> + 'a>);
+        let ops: Vec<Op<'_>> = vec![
+            (
+                "register_group",
+                Box::new(|s| s.register_group(&group("tg:1", "team", false))),
+            ),
+            (
+                "mark_delivered",
+                Box::new(|s| s.mark_delivered(reply.outbox_id).map(|_| ())),
+            ),
+            (
+                "insert_message",
+                Box::new(|s| {
+                    s.insert_message(
+                        &ChatMeta {
+                            jid: "web:main".into(),
+                            timestamp: "2026-01-01T00:00:00.000Z".into(),
+                            ..Default::default()
+                        },
+                        &Message {
+                            id: "m1".into(),
+                            chat_jid: "web:main".into(),
+                            sender: "u".into(),
+                            sender_name: "U".into(),
+                            content: "hi".into(),
+                            timestamp: "2026-01-01T00:00:00.000Z".into(),
+                            is_from_me: false,
+                            is_bot_message: false,
+                        },
+                    )
+                    .map(|_| ())
+                }),
+            ),
+            (
+                "commit_reply",
+                Box::new(|s| {
+                    s.commit_reply("web:main", "second", "Andy", None)
+                        .map(|_| ())
+                }),
+            ),
+            (
+                "set_task_status",
+                Box::new(|s| s.set_task_status("t1", TaskStatus::Paused).map(|_| ())),
+            ),
+            (
+                "record_task_run",
+                Box::new(|s| {
+                    s.record_task_run(&TaskRunRecord {
+                        task_id: "t1".into(),
+                        run_at: "2026-01-01T00:00:00.000Z".into(),
+                        duration_ms: 1,
+                        status: "success".into(),
+                        result: Some("ok".into()),
+                        error: None,
+                        last_result: Some("ok".into()),
+                        next_run: None,
+                    })
+                }),
+            ),
+        ];
+        for (name, op) in ops {
+            let holder = hold(path.clone());
+            let started = std::time::Instant::now();
+            let result = op(&store);
+            holder.join().expect("holder");
+            if let Err(e) = result {
+                panic!("{name} failed while another connection wrote: {e}");
+            }
+            assert!(
+                started.elapsed() >= Duration::from_millis(1500),
+                "{name} waited for the lock"
+            );
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Store {
             is_bot_message: true,
         };
         let mut conn = self.conn();
-        let tx = conn.transaction().ctx("starting to commit a reply")?;
+        let tx = Store::write_tx(&mut conn, "starting to commit a reply")?;
         upsert_chat(
             &tx,
             &ChatMeta {
@@ -126,9 +126,7 @@ impl Store {
     /// Records a delivery; returns the reply's delivery number. Idempotent.
     pub fn mark_delivered(&self, id: i64) -> Result<i64, StoreError> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction()
-            .ctx("starting to mark a reply delivered")?;
+        let tx = Store::write_tx(&mut conn, "starting to mark a reply delivered")?;
         let existing: Option<i64> = tx
             .query_row(
                 "SELECT delivery_seq FROM outbox WHERE id = ?1",

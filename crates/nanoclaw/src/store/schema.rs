@@ -55,7 +55,9 @@ pub(super) fn migrate(conn: &mut Connection, ctx: &MigrationContext) -> Result<(
         });
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > current) {
-        let tx = conn.transaction().ctx("starting a migration")?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .ctx("starting a migration")?;
         (m.apply)(&tx, ctx)?;
         tx.pragma_update(None, "user_version", m.version)
             .ctx("recording the schema version")?;

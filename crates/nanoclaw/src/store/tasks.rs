@@ -190,7 +190,7 @@ impl Store {
     /// result and next run (a task with no next run is `completed`), in one transaction.
     pub fn record_task_run(&self, run: &TaskRunRecord) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().ctx("starting to record a task run")?;
+        let tx = Store::write_tx(&mut conn, "starting to record a task run")?;
         tx.execute(
             "INSERT INTO task_run_logs (task_id, run_at, duration_ms, status, result, error)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -254,7 +254,17 @@ impl Store {
     /// Pauses, resumes or cancels a task, refusing transitions that make no sense
     /// (resuming a completed or cancelled task, touching an unknown id).
     pub fn set_task_status(&self, id: &str, to: TaskStatus) -> Result<ScheduledTask, StoreError> {
-        let Some(current) = self.task(id)? else {
+        let mut conn = self.conn();
+        let tx = Store::write_tx(&mut conn, "starting to change a task's status")?;
+        let current = tx
+            .query_row(
+                &format!("SELECT {TASK_COLUMNS} FROM scheduled_tasks WHERE id = ?1"),
+                params![id],
+                task,
+            )
+            .optional()
+            .ctx("reading a task")?;
+        let Some(current) = current else {
             return Err(StoreError::NotFound(format!(
                 "no task with id `{id}`; `nanoclaw tasks list` shows the ids"
             )));
@@ -271,12 +281,12 @@ impl Store {
                 to.as_str()
             )));
         }
-        self.conn()
-            .execute(
-                "UPDATE scheduled_tasks SET status = ?2 WHERE id = ?1",
-                params![id, to.as_str()],
-            )
-            .ctx("updating a task's status")?;
+        tx.execute(
+            "UPDATE scheduled_tasks SET status = ?2 WHERE id = ?1",
+            params![id, to.as_str()],
+        )
+        .ctx("updating a task's status")?;
+        tx.commit().ctx("committing a task's status")?;
         Ok(ScheduledTask {
             status: to.as_str().to_string(),
             ..current
@@ -285,11 +295,11 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::test_support::open_temp;
     use super::*;
 
-    fn insert(store: &Store, id: &str, status: &str) {
+    pub(crate) fn insert(store: &Store, id: &str, status: &str) {
         store
             .conn()
             .execute(
