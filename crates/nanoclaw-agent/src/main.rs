@@ -7,6 +7,7 @@
 //! OpenAI-compatible chat-completions API.
 
 mod agent;
+mod sandbox_init;
 mod inbox;
 mod llm;
 mod prompt;
@@ -49,6 +50,12 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    match args.next() {
+        Some(a) if a == "sandbox-init" => return sandbox_init::run(args.collect()),
+        Some(a) if a == "egress-bridge-serve" => return sandbox_init::serve(args.collect()),
+        _ => {}
+    }
     let mut raw = String::new();
     if let Err(e) = std::io::stdin().take(MAX_INPUT).read_to_string(&mut raw) {
         return fail(

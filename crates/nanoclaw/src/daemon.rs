@@ -293,6 +293,22 @@ impl RunningDaemon {
     }
 }
 
+/// The descriptor holding the single-instance lock, for [`close_lock_in_child`].
+static LOCK_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Closes the single-instance lock in a child between fork and exec. A child keeps its
+/// copy until exec even with close-on-exec, and one that is slow there (joining a
+/// cgroup while the daemon is being killed can take a while) would hold the lock past
+/// the daemon's death and make a restart fail. Async-signal-safe (one `close`).
+pub fn close_lock_in_child() {
+    let fd = LOCK_FD.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: in a forked child, the lock descriptor is used by nothing else; closing
+        // it only drops this process's reference to the lock.
+        unsafe { rustix::io::close(fd) };
+    }
+}
+
 /// One daemon per root: two would process every message twice.
 fn acquire_lock(layout: &Layout) -> Result<File> {
     let path = layout.daemon_lock_path();
@@ -303,7 +319,11 @@ fn acquire_lock(layout: &Layout) -> Result<File> {
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            use std::os::fd::AsRawFd;
+            LOCK_FD.store(file.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+            Ok(file)
+        }
         Err(std::fs::TryLockError::WouldBlock) => {
             let who = std::fs::read_to_string(layout.daemon_info_path()).unwrap_or_default();
             Err(anyhow!(

@@ -152,6 +152,10 @@ impl Layout {
     pub fn empty_file(&self) -> PathBuf {
         self.sandbox_support_dir().join("empty-file")
     }
+    /// The seccomp profile podman and docker sandboxes get (`sandbox/seccomp.rs`).
+    pub fn seccomp_profile(&self) -> PathBuf {
+        self.sandbox_support_dir().join("seccomp.json")
+    }
     /// An empty read-only directory, mounted over directories a sandbox must not read.
     pub fn empty_dir(&self) -> PathBuf {
         self.sandbox_support_dir().join("empty-dir")
@@ -174,8 +178,9 @@ impl Layout {
         ] {
             fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
         }
-        // Sandboxes connect to the proxy socket in here (the token authorises requests).
-        set_mode(&self.data_dir().join("proxy"), 0o755)?;
+        // Each sandbox's own socket folder in here is mounted into that sandbox only;
+        // nobody else needs to reach it.
+        set_mode(&self.data_dir().join("proxy"), 0o700)?;
         for private in [
             self.store_dir(),
             self.groups_dir(),
@@ -197,6 +202,10 @@ impl Layout {
         )?;
         // DNS inside bwrap sandboxes with their own network (slirp4netns's resolver).
         write_if_changed(&support.join("resolv.conf"), b"nameserver 10.0.2.3\n")?;
+        if let Some(profile) = crate::sandbox::seccomp::oci_profile() {
+            write_if_changed(&self.seccomp_profile(), profile.as_bytes())?;
+            set_mode(&self.seccomp_profile(), 0o444)?;
+        }
         // Readable by the sandbox user, writable by nobody.
         set_mode(&support, 0o755)?;
         set_mode(&self.empty_dir(), 0o555)?;
@@ -234,16 +243,17 @@ impl Layout {
         Ok(tightened)
     }
 
-    /// When the daemon runs as root, sandboxes run as a dedicated unprivileged user
-    /// (`uid`:`gid`, 1000:1000), not as root. That user must own what sandboxes write
-    /// (group folders, sessions, IPC, global memory) and, for main's read-only project
-    /// view, be able to read the root through its group: the root, `store/`, `groups/`
-    /// and `data/` become group `gid` with `g+rx` (setgid, so new files stay in the
-    /// group), while host-only parts (`logs/`, `store/auth/`, `data/http-token`,
-    /// `data/ipc/errors/`) stay root-only. Ownership changes never follow symlinks.
+    /// When the daemon runs as root, sandboxes run as unprivileged host ids, never as
+    /// root (each group its own, see `sandbox::Identity`). Main's id (`uid`:`gid`) reads
+    /// the read-only project view through its group: the root, `store/`, `groups/` and
+    /// `data/` become group `gid` with `g+rx` (setgid, so new files stay in the group),
+    /// while host-only parts (`logs/`, `store/auth/`, `data/http-token`,
+    /// `data/ipc/errors/`, `data/proxy/`) stay root-only. Global memory belongs to main and
+    /// is readable by all (other groups' sandboxes see it read-only). Ownership changes
+    /// never follow symlinks.
     pub fn share_with_sandbox_user(&self, uid: u32, gid: u32) -> io::Result<()> {
         let root_owned = |path: &Path, mode: u32| -> io::Result<()> {
-            chown_no_follow(path, None, Some(gid))?;
+            chown_no_follow(path, Some(0), Some(gid))?;
             set_mode(path, mode)
         };
         root_owned(self.root(), 0o750)?;
@@ -262,7 +272,12 @@ impl Layout {
                 root_owned(&path, 0o640)?;
             }
         }
-        for private in [self.logs_dir(), self.auth_dir(), self.ipc_errors_dir()] {
+        for private in [
+            self.logs_dir(),
+            self.auth_dir(),
+            self.ipc_errors_dir(),
+            self.data_dir().join("proxy"),
+        ] {
             chown_no_follow(&private, Some(0), Some(0))?;
             set_mode(&private, 0o700)?;
         }
@@ -270,11 +285,13 @@ impl Layout {
             chown_no_follow(&self.http_token_path(), Some(0), Some(0))?;
             set_mode(&self.http_token_path(), 0o600)?;
         }
-        chown_tree_beneath(&self.groups_dir(), "global", uid, gid)
+        chown_tree_beneath(&self.groups_dir(), "global", uid, gid, Readable::ByAll)
     }
 
-    /// Gives a group's writable folders to the sandbox user (see
-    /// [`Layout::share_with_sandbox_user`]), recursively, never following symlinks.
+    /// Gives a group's writable folders to its sandbox id, recursively, never following
+    /// symlinks: its group folder (readable, like everything under `groups/`, through
+    /// main's project view: `groups/` itself is closed to everyone else), and its
+    /// sessions and IPC folders (owner-only: no other group, main included, may read them).
     pub fn share_group_with_sandbox_user(
         &self,
         folder: &GroupFolder,
@@ -282,9 +299,13 @@ impl Layout {
         gid: u32,
     ) -> io::Result<()> {
         self.create_group_dirs(folder)?;
-        chown_tree_beneath(&self.groups_dir(), folder.as_str(), uid, gid)?;
-        chown_tree_beneath(&self.data_dir().join("sessions"), folder.as_str(), uid, gid)?;
-        chown_tree_beneath(&self.data_dir().join("ipc"), folder.as_str(), uid, gid)
+        chown_tree_beneath(&self.groups_dir(), folder.as_str(), uid, gid, Readable::AsIs)?;
+        set_mode(&self.group_dir(folder), 0o755)?;
+        for base in [self.data_dir().join("sessions"), self.data_dir().join("ipc")] {
+            chown_tree_beneath(&base, folder.as_str(), uid, gid, Readable::AsIs)?;
+            set_mode(&base.join(folder.as_str()), 0o700)?;
+        }
+        Ok(())
     }
 
     /// Creates a group's folders: `groups/{f}/logs`, its sessions dir and IPC namespace,
@@ -401,9 +422,23 @@ fn chown_no_follow(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Resul
         .map_err(|e| with_path(e.into(), path))
 }
 
+/// Whether [`chown_tree_beneath`] also opens a tree for reading by everyone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Readable {
+    AsIs,
+    /// Directories `o+rx`, regular files `o+r` (symlinks and others untouched).
+    ByAll,
+}
+
 /// `chown -R uid:gid base/name` without following any symlink: an agent may have
 /// planted a symlink to `/etc/shadow` in its folder, and root must not hand that over.
-fn chown_tree_beneath(base: &Path, name: &str, uid: u32, gid: u32) -> io::Result<()> {
+fn chown_tree_beneath(
+    base: &Path,
+    name: &str,
+    uid: u32,
+    gid: u32,
+    readable: Readable,
+) -> io::Result<()> {
     use rustix::fs::{AtFlags, Gid, Uid, chownat};
     let dir = open_dir_beneath(base, &[name])?;
     chownat(
@@ -414,10 +449,28 @@ fn chown_tree_beneath(base: &Path, name: &str, uid: u32, gid: u32) -> io::Result
         AtFlags::EMPTY_PATH,
     )
     .map_err(|e| with_path(e.into(), &base.join(name)))?;
-    chown_children(dir, &base.join(name), uid, gid, 0)
+    if readable == Readable::ByAll {
+        add_mode(&dir, 0o005).map_err(|e| with_path(e, &base.join(name)))?;
+    }
+    chown_children(dir, &base.join(name), uid, gid, readable, 0)
 }
 
-fn chown_children(dir: OwnedFd, path: &Path, uid: u32, gid: u32, depth: usize) -> io::Result<()> {
+/// Adds `bits` to the mode of the file open as `fd`.
+fn add_mode(fd: &OwnedFd, bits: u32) -> io::Result<()> {
+    let st = rustix::fs::fstat(fd)?;
+    let mode = (st.st_mode & 0o7777) | bits;
+    rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(mode))?;
+    Ok(())
+}
+
+fn chown_children(
+    dir: OwnedFd,
+    path: &Path,
+    uid: u32,
+    gid: u32,
+    readable: Readable,
+    depth: usize,
+) -> io::Result<()> {
     use rustix::fs::{AtFlags, Dir, FileType, Gid, Mode, OFlags, Uid, chownat, openat};
     const MAX_DEPTH: usize = 64;
     if depth > MAX_DEPTH {
@@ -458,7 +511,21 @@ fn chown_children(dir: OwnedFd, path: &Path, uid: u32, gid: u32, depth: usize) -
             )
             .map_err(|e| with_path(e.into(), path))?;
             let child_path = path.join(String::from_utf8_lossy(bytes).as_ref());
-            chown_children(child, &child_path, uid, gid, depth + 1)?;
+            if readable == Readable::ByAll {
+                add_mode(&child, 0o005).map_err(|e| with_path(e, &child_path))?;
+            }
+            chown_children(child, &child_path, uid, gid, readable, depth + 1)?;
+        } else if readable == Readable::ByAll
+            && let Ok(file) = openat(
+                &dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            && rustix::fs::fstat(&file)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+        {
+            add_mode(&file, 0o004).map_err(|e| with_path(e, path))?;
         }
     }
     Ok(())

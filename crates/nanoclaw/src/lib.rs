@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod egress;
 pub mod http;
 pub mod ids;
 pub mod ipc;

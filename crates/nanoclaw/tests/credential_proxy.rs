@@ -492,31 +492,48 @@ async fn upstream_redirects_are_not_followed_with_the_real_key() {
     );
 }
 
+/// Each run's own socket serves that run's token, and no other.
 #[tokio::test]
-async fn requests_over_the_unix_socket_work_the_same() {
+async fn requests_over_a_runs_socket_work_the_same() {
     let fake = FakeAnthropic::start(vec![Reply::text("via the socket")]).await;
     let p = start(&fake.url, api_key()).await;
-    let token = p.token("main");
+    let socket = p.root.path().join("run.sock");
+    let access = p
+        .tokens
+        .open_run(
+            RunIdentity {
+                group_folder: "main".into(),
+                run_id: "r1".into(),
+            },
+            &socket,
+        )
+        .expect("run socket");
     let client = reqwest::Client::builder()
-        .unix_socket(p.proxy.socket_path.clone())
+        .unix_socket(socket.clone())
         .build()
         .expect("client");
-    let response = client
-        .post("http://nanoclaw-proxy/v1/messages")
-        .header("x-api-key", &token)
-        .header("anthropic-version", "2023-06-01")
-        .body(message_body(false))
-        .send()
-        .await
-        .expect("answer");
+    let send = |token: String| {
+        client
+            .post("http://nanoclaw-proxy/v1/messages")
+            .header("x-api-key", token)
+            .header("anthropic-version", "2023-06-01")
+            .body(message_body(false))
+            .send()
+    };
+    let response = send(access.token.clone()).await.expect("answer");
     assert_eq!(response.status(), 200);
     let text = response.text().await.expect("body");
     assert!(text.contains("via the socket"), "{text}");
     assert_eq!(fake.requests()[0].header("x-api-key"), Some(REAL_KEY));
-    let meta = std::fs::metadata(&p.proxy.socket_path).expect("socket");
+    let other = p.token("team");
+    let response = send(other).await.expect("answer");
+    assert_eq!(response.status(), 401, "another live run's token on this socket");
+    assert_eq!(fake.requests().len(), 1, "nothing forwarded");
+    let meta = std::fs::metadata(&socket).expect("socket");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o666);
-    let _ = &p.root;
+    drop(access);
+    assert!(!socket.exists(), "removed with the run");
 }
 
 /// `.tools/` in the workspace (see scripts/setup.sh).

@@ -50,10 +50,6 @@ fn setup() -> Root {
         std::fs::create_dir_all(home.join(d)).expect("mkdir");
     }
     std::os::unix::fs::symlink(home.join(".ssh"), home.join("projects/sneaky")).expect("symlink");
-    if let Some((uid, gid)) = nanoclaw::sandbox::Identity::current().owner() {
-        // As root, sandboxes run as uid 1000: a folder they may write must be theirs.
-        std::os::unix::fs::chown(home.join("projects/rw"), Some(uid), Some(gid)).expect("chown");
-    }
     std::fs::write(home.join(".ssh/id_ed25519"), "marker-ssh-key").expect("ssh key");
     std::fs::write(
         home.join(".config/nanoclaw/mount-allowlist.json"),
@@ -70,6 +66,14 @@ fn setup() -> Root {
 
     std::fs::create_dir_all(root.join("store")).expect("store dir");
     let store = Store::open(&root.join("store/messages.db"), "Andy").expect("store");
+    if nanoclaw::sandbox::Identity::daemon_is_root() {
+        // As root, main's sandboxes run as main's own host id: a folder they may write
+        // must be theirs.
+        let id = store
+            .sandbox_host_id("main", support::SANDBOX_ID_BASE)
+            .expect("main's id");
+        std::os::unix::fs::chown(home.join("projects/rw"), Some(id), Some(id)).expect("chown");
+    }
     let extra = |mounts: &str| format!(r#"{{"additionalMounts": {mounts}}}"#);
     let main_mounts = extra(
         r#"[{"hostPath": "~/projects/rw", "readonly": false},
@@ -202,8 +206,8 @@ fn check_no_real_key(r: &Root, runtime: &str, group: &str) {
         "[{runtime}/{group}] key visible: {out} {err}"
     );
     assert_eq!(
-        counts[3], "48",
-        "[{runtime}/{group}] a per-run token (48 hex) stands in for the key"
+        counts[3], "61",
+        "[{runtime}/{group}] a per-run token (nanoclaw-run- and 48 hex) stands in for the key"
     );
     assert_eq!(
         counts[4], "0",
@@ -351,7 +355,8 @@ fn run_isolation_suite(runtime: &str) {
         "[{runtime}] nonMainReadOnly: {out}"
     );
 
-    // Network policy: `none` leaves only the loopback interface; `full` (the default) has more.
+    // Network policy: `none` and `internet` (the non-main default) leave only the
+    // loopback interface; `full` (main's default) has more.
     let interfaces = |group: &str| -> Vec<String> {
         ok(
             &r,
@@ -364,24 +369,27 @@ fn run_isolation_suite(runtime: &str) {
         .collect()
     };
     assert_eq!(interfaces("offline"), ["lo"], "[{runtime}] network none");
+    assert_eq!(interfaces("team"), ["lo"], "[{runtime}] network internet");
     assert!(
-        interfaces("team").iter().any(|i| i != "lo"),
+        interfaces("main").iter().any(|i| i != "lo"),
         "[{runtime}] network full"
     );
-    // `full` is not the host's network: services on the host's loopback stay out of reach.
+    // Neither is the host's network: services on the host's loopback stay out of reach.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
     let port = listener.local_addr().expect("addr").port();
-    let reach = ok(
-        &r,
-        runtime,
-        "team",
-        &format!("curl -s -m 5 -o /dev/null http://127.0.0.1:{port}/; echo $?"),
-    );
-    assert_eq!(
-        reach.trim(),
-        "7",
-        "[{runtime}] connecting to the host's loopback must fail"
-    );
+    for group in ["main", "team"] {
+        let reach = ok(
+            &r,
+            runtime,
+            group,
+            &format!("curl -s -m 5 -o /dev/null http://127.0.0.1:{port}/; echo $?"),
+        );
+        assert_eq!(
+            reach.trim(),
+            "7",
+            "[{runtime}/{group}] connecting to the host's loopback must fail"
+        );
+    }
     drop(listener);
 
     // Without a valid allowlist, every additional mount is refused.
@@ -432,7 +440,7 @@ fn bwrap_sandboxes_of_an_ordinary_user() {
     require("bwrap");
     require("setpriv");
     assert!(
-        nanoclaw::sandbox::Identity::current() != nanoclaw::sandbox::Identity::SameAsDaemon,
+        nanoclaw::sandbox::Identity::daemon_is_root(),
         "this test switches to an unprivileged user, so it runs as root (as CI does)"
     );
     let dir = tempfile::tempdir().expect("temp dir");

@@ -96,7 +96,7 @@ enum Command {
 pub fn main() -> ExitCode {
     // Everything nanoclaw creates (store, logs, memory, sessions) is private to its user;
     // as root, the group keeps read access (see `Layout::share_with_sandbox_user`).
-    let umask = if Identity::current().owner().is_some() {
+    let umask = if Identity::daemon_is_root() {
         0o027
     } else {
         0o077
@@ -184,11 +184,6 @@ fn run(config: Config, secrets: Secrets) -> Result<ExitCode> {
     init_logging(&config)?;
     let layout = Layout::new(&config.root);
     layout.create().context("creating the root layout")?;
-    if let Some((uid, gid)) = Identity::current().owner() {
-        layout
-            .share_with_sandbox_user(uid, gid)
-            .context("giving the sandbox user its folders")?;
-    }
     runtime()?.block_on(async move {
         let tokens = Arc::new(RunTokens::default());
         let runner: Arc<dyn AgentRunner> = match sandbox::select(&config).await {

@@ -12,7 +12,7 @@ use crate::config::{Config, RuntimeKind};
 use crate::layout::Layout;
 use crate::sandbox::image::ImageState;
 use crate::sandbox::oci::{Flavor, Oci};
-use crate::sandbox::{self, Identity, SandboxBackend, SpecRequest};
+use crate::sandbox::{self, SandboxBackend};
 
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
@@ -104,29 +104,41 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
     })?;
     let layout = Layout::new(&config.root);
     layout.create().context("preparing the root layout")?;
-    if let Some((uid, gid)) = Identity::current().owner() {
-        layout
-            .share_with_sandbox_user(uid, gid)
-            .context("sharing the root with the sandbox user")?;
-    }
     runtime()?.block_on(async move {
         let backend = choose_backend(config, runtime_kind).await?;
         ensure_image(config, backend.kind(), false).await?;
-        let token = crate::ids::random_hex(24);
+        let prepared = sandbox::prepare(&layout, &group, backend.kind(), |f| {
+            store
+                .sandbox_host_id(f, config.sandbox_id_base)
+                .map_err(|e| e.to_string())
+        })?;
+        // The same sockets an agent run gets; the credential proxy of this process
+        // answers every model request with a 401 (no agent runs here).
+        let tokens = Arc::new(crate::proxy::RunTokens::default());
+        let (running_tx, running_rx) = tokio::sync::watch::channel(false);
+        crate::proxy::serve_without_model(&tokens, running_rx.clone());
+        let services = sandbox::services::RunServices::open(
+            &layout,
+            &prepared,
+            &tokens,
+            "sandbox-exec",
+            running_rx,
+        )
+        .map_err(|e| anyhow!(e))?;
         let (spec, plan) = sandbox::group_spec(
             config,
             &layout,
-            SpecRequest {
-                group: &group,
-                command,
-                run_token: &token,
-                tty: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
-            },
-        )?;
+            &prepared,
+            &services.dir,
+            services.token(),
+            command,
+            std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        );
         for rejection in &plan.rejected {
             eprintln!("warning: {rejection}");
         }
-        let mut sandbox = backend.command(&spec)?;
+        eprintln!("nanoclaw: {}", prepared.describe(backend.kind()));
+        let mut sandbox = backend.command(&spec).await?;
         sandbox.command.kill_on_drop(true);
         let mut running = sandbox
             .spawn()
@@ -150,7 +162,16 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
                 130
             }
         };
+        if running.oom_killed() {
+            eprintln!(
+                "nanoclaw: the sandbox ran out of its {} MiB of memory and a process in it was killed",
+                prepared.limits.memory_bytes >> 20
+            );
+        }
         backend.stop(&spec.name).await;
+        drop(running);
+        drop(services);
+        drop(running_tx);
         Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
     })
 }

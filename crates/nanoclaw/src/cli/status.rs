@@ -72,6 +72,7 @@ pub fn status(config: &Config, as_json: bool) -> Result<ExitCode> {
             "  senders:    {}",
             s(&live["sender_allowlist"]["description"])
         );
+        print_disk(config);
         return Ok(ExitCode::SUCCESS);
     }
     let store = open_existing_store(config)?;
@@ -97,12 +98,20 @@ pub fn status(config: &Config, as_json: bool) -> Result<ExitCode> {
             "  start it with: nanoclaw run --root {}",
             config.root.display()
         );
+        print_disk(config);
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_disk(config: &Config) {
+    match disk_check(config) {
+        Verdict::Ok(text) => println!("  disk:       {text}"),
+        Verdict::Warn(text) | Verdict::Fail(text) => println!("  WARNING:    {text}"),
+    }
+}
+
 /// One check's verdict.
-enum Verdict {
+pub(crate) enum Verdict {
     Ok(String),
     Warn(String),
     Fail(String),
@@ -173,19 +182,8 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
         },
     ));
 
-    if let Some((uid, _)) = crate::sandbox::Identity::current().owner()
-        && let Some(account) = account_with_uid(uid)
-    {
-        checks.push((
-            "sandbox uid",
-            Verdict::Warn(format!(
-                "nanoclaw runs as root, so sandboxes run as uid {uid}, which on this host is the account `{account}`: \
-                 that account can read and write what the sandboxes can (chats in the store, group folders). \
-                 Make sure it is yours, or run nanoclaw as an ordinary user"
-            )),
-        ));
-    }
-
+    checks.push(("disk", disk_check(config)));
+    checks.extend(identity_checks(config));
     checks.extend(sandbox_checks(config));
 
     checks.push((
@@ -197,13 +195,14 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
     ));
 
     let mut failed = false;
+    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
     for (name, verdict) in &checks {
         let (tag, text) = match verdict {
-            Verdict::Ok(t) => ("ok  ", t),
-            Verdict::Warn(t) => ("warn", t),
+            Verdict::Ok(t) => ("ok  ".to_string(), t),
+            Verdict::Warn(t) => (paint(color, "33", "warn"), t),
             Verdict::Fail(t) => {
                 failed = true;
-                ("FAIL", t)
+                (paint(color, "31", "FAIL"), t)
             }
         };
         println!("{tag}  {name:<11} {text}");
@@ -213,6 +212,122 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn paint(color: bool, code: &str, text: &str) -> String {
+    if color {
+        format!("\x1b[1;{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Free space under the root, against `NANOCLAW_MIN_FREE_DISK_MB`.
+pub(crate) fn disk_check(config: &Config) -> Verdict {
+    match crate::sandbox::disk::free_bytes(&config.root) {
+        Err(e) => Verdict::Warn(format!("cannot tell the free space under {}: {e}", config.root.display())),
+        Ok(free) if free < config.min_free_disk_bytes => Verdict::Fail(format!(
+            "only {} MiB free under {}, below the {} MiB kept for the store (NANOCLAW_MIN_FREE_DISK_MB): \
+             agent runs are refused until you free some space",
+            free >> 20,
+            config.root.display(),
+            config.min_free_disk_bytes >> 20
+        )),
+        Ok(free) => Verdict::Ok(format!(
+            "{} MiB free under {} (runs stop below {} MiB)",
+            free >> 20,
+            config.root.display(),
+            config.min_free_disk_bytes >> 20
+        )),
+    }
+}
+
+/// Who sandboxes run as on the host, and whether anything else on it shares that id.
+fn identity_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
+    use crate::config::RuntimeKind;
+    if !crate::sandbox::Identity::daemon_is_root() {
+        return vec![(
+            "sandbox ids",
+            Verdict::Ok(
+                "nanoclaw runs as an ordinary user: sandboxes are that user inside user namespaces, \
+                 and the root's folders are private to it (0700)"
+                    .into(),
+            ),
+        )];
+    }
+    let mut checks = Vec::new();
+    let docker = config.container_runtime == Some(RuntimeKind::Docker)
+        || (config.container_runtime.is_none() && crate::sandbox::which("docker").is_some());
+    if docker {
+        let account = account_with_uid(crate::sandbox::SANDBOX_UID)
+            .map(|a| format!(", which on this host is the account `{a}`"))
+            .unwrap_or_default();
+        checks.push((
+            "sandbox ids",
+            Verdict::Fail(format!(
+                "docker runs every group's sandboxes as the same real uid 1000{account}: that uid (and anything \
+                 running as it) can read and write every group's folders and IPC requests. \
+                 Use podman or bwrap (CONTAINER_RUNTIME=podman), which give each group its own host uid, \
+                 or run nanoclaw as an ordinary user"
+            )),
+        ));
+    }
+    let ids = open_existing_store(config)
+        .and_then(|s| Ok(s.sandbox_host_ids()?))
+        .unwrap_or_default();
+    let clashes: Vec<String> = ids
+        .iter()
+        .filter_map(|(folder, id)| host_use_of_id(*id).map(|what| format!("{folder} ({id}): {what}")))
+        .collect();
+    checks.push((
+        "sandbox ids",
+        if clashes.is_empty() {
+            Verdict::Ok(format!(
+                "as root, each group's sandboxes run as a host uid of its own from {} ({} allocated), \
+                 used by no account or subordinate-id range",
+                config.sandbox_id_base,
+                ids.len()
+            ))
+        } else {
+            Verdict::Fail(format!(
+                "sandbox ids are also used elsewhere on this host, so those accounts or containers could reach \
+                 the groups' folders: {}. Set NANOCLAW_SANDBOX_ID_BASE to an unused range and remove the \
+                 sandbox_ids rows of those folders",
+                clashes.join("; ")
+            ))
+        },
+    ));
+    checks
+}
+
+/// What else on this host uses uid/gid `id`, if anything: an account, a group, or a
+/// subordinate id range (another user's containers).
+fn host_use_of_id(id: u32) -> Option<String> {
+    let in_table = |path: &str| -> Option<String> {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let n: u32 = fields.nth(1)?.parse().ok()?;
+            (n == id).then(|| format!("{name} in {path}"))
+        })
+    };
+    let in_ranges = |path: &str| -> Option<String> {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let start: u64 = fields.next()?.parse().ok()?;
+            let count: u64 = fields.next()?.parse().ok()?;
+            (start..start + count)
+                .contains(&u64::from(id))
+                .then(|| format!("{name}'s range in {path}"))
+        })
+    };
+    in_table("/etc/passwd")
+        .or_else(|| in_table("/etc/group"))
+        .or_else(|| in_ranges("/etc/subuid"))
+        .or_else(|| in_ranges("/etc/subgid"))
 }
 
 /// One line per backend (works, or why not), and which one `run` would use.
@@ -230,11 +345,15 @@ fn sandbox_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
         let mut working = Vec::new();
         for kind in [RuntimeKind::Docker, RuntimeKind::Podman, RuntimeKind::Bwrap] {
             let name = kind.name();
-            match sandbox::backend(kind, config).probe().await {
+            let backend = sandbox::backend(kind, config);
+            match backend.probe().await {
                 Ok(detail) => {
                     working.push(kind);
                     let image = image_note(config, kind).await;
                     checks.push((name, Verdict::Ok(format!("{detail}{image}"))));
+                    for mechanism in backend.mechanisms() {
+                        checks.push(("", Verdict::Ok(format!("  {mechanism}"))));
+                    }
                 }
                 Err(why) => checks.push((name, Verdict::Warn(why))),
             }

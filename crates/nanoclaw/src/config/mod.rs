@@ -124,6 +124,14 @@ pub struct Config {
     /// The Telegram Bot API (`TELEGRAM_API_URL`; a self-hosted Bot API server or a test
     /// double).
     pub telegram_api_url: String,
+    /// Runs are refused, and running ones stopped, when the disk holding the root has
+    /// less free than this (`NANOCLAW_MIN_FREE_DISK_MB`, default 1024 MiB), so the store
+    /// always has room.
+    pub min_free_disk_bytes: u64,
+    /// As root, each group's sandboxes run as a host uid of their own, allocated upwards
+    /// from this (`NANOCLAW_SANDBOX_ID_BASE`, default 1900000000; no account or other
+    /// subordinate-id range may use those ids).
+    pub sandbox_id_base: u32,
 }
 
 /// A secret value. `Debug` and `Display` never show it.
@@ -378,6 +386,19 @@ impl Config {
                 5u32,
                 "a whole number from 1 to 20",
                 |v| (1..=20).contains(v),
+            )?,
+            min_free_disk_bytes: s.parsed(
+                "NANOCLAW_MIN_FREE_DISK_MB",
+                1024u64,
+                "a whole number of MiB",
+                |_| true,
+            )?
+            .saturating_mul(1 << 20),
+            sandbox_id_base: s.parsed(
+                "NANOCLAW_SANDBOX_ID_BASE",
+                1_900_000_000u32,
+                "a whole number from 100000 to 4000000000 (an unused range of host ids)",
+                |v| (100_000..=4_000_000_000).contains(v),
             )?,
         };
 

@@ -38,37 +38,86 @@ impl MountEntry {
     }
 }
 
-/// Network policy of a group (`container_config.network`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Network policy of a group (`container_config.network`, SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkPolicy {
-    /// Like NanoClaw: the sandbox can reach the network.
-    #[default]
+    /// The public internet only, through the host's egress proxy (the default for
+    /// non-main groups): nothing on the host, the LAN or other sandboxes.
+    Internet,
+    /// What NanoClaw gives every group: the sandbox's own network, NATed outwards (the
+    /// default for main).
     Full,
     /// No network at all; only the credential proxy is reachable.
     None,
+}
+
+impl NetworkPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkPolicy::Internet => "internet",
+            NetworkPolicy::Full => "full",
+            NetworkPolicy::None => "none",
+        }
+    }
+}
+
+/// Per-group resource limits (`container_config.limits`), each within bounds; unset
+/// ones take the defaults of `sandbox::Limits`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupLimits {
+    /// Memory of the whole sandbox, MiB.
+    pub memory_mb: Option<u64>,
+    /// Processes and threads in the sandbox.
+    pub pids: Option<u64>,
+    /// Disk the group's folders may use (group folder, sessions, IPC), MiB.
+    pub disk_mb: Option<u64>,
+}
+
+impl GroupLimits {
+    fn check(&self) -> Result<(), String> {
+        let within = |name: &str, value: Option<u64>, min: u64, max: u64| match value {
+            Some(v) if !(min..=max).contains(&v) => Err(format!(
+                "container_config.limits.{name} is {v}; it must be from {min} to {max}"
+            )),
+            _ => Ok(()),
+        };
+        within("memoryMb", self.memory_mb, 64, 1 << 20)?;
+        within("pids", self.pids, 16, 65_536)?;
+        within("diskMb", self.disk_mb, 16, 1 << 30)
+    }
 }
 
 /// A group's `container_config` JSON, as far as the sandbox is concerned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerConfig {
     pub additional_mounts: Vec<AdditionalMount>,
-    pub network: NetworkPolicy,
+    /// `None`: the group's default ([`ContainerConfig::network_for`]).
+    pub network: Option<NetworkPolicy>,
+    /// Narrows `internet` to these names.
+    pub allowed_domains: Option<Vec<crate::egress::DomainPattern>>,
+    pub limits: GroupLimits,
 }
 
 impl ContainerConfig {
     /// Parses the stored JSON. A config that cannot be understood is an error, not
     /// "no config": guessing could give a group more network or mounts than intended.
+    /// Unknown keys are refused for the same reason (SPEC §9.1).
     pub fn parse(raw: Option<&str>) -> Result<ContainerConfig, String> {
         let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty() && *r != "null") else {
             return Ok(ContainerConfig::default());
         };
         #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
         struct Raw {
             #[serde(default)]
             additional_mounts: Option<Vec<AdditionalMount>>,
             #[serde(default)]
             network: Option<String>,
+            #[serde(default)]
+            allowed_domains: Option<Vec<String>>,
+            #[serde(default)]
+            limits: Option<GroupLimits>,
             // NanoClaw v1 kept a per-group timeout here; accepted and ignored.
             #[serde(default)]
             #[allow(dead_code)]
@@ -77,18 +126,53 @@ impl ContainerConfig {
         let parsed: Raw =
             serde_json::from_str(raw).map_err(|e| format!("container_config is not valid: {e}"))?;
         let network = match parsed.network.as_deref() {
-            None | Some("full") => NetworkPolicy::Full,
-            Some("none") => NetworkPolicy::None,
+            None => None,
+            Some("internet") => Some(NetworkPolicy::Internet),
+            Some("full") => Some(NetworkPolicy::Full),
+            Some("none") => Some(NetworkPolicy::None),
             Some(other) => {
                 return Err(format!(
-                    "container_config.network is {other:?}; it must be \"full\" or \"none\""
+                    "container_config.network is {other:?}; it must be \"internet\", \"full\" or \"none\""
                 ));
             }
         };
+        let allowed_domains = match parsed.allowed_domains {
+            None => None,
+            Some(list) => {
+                if !matches!(network, None | Some(NetworkPolicy::Internet)) {
+                    return Err(
+                        "container_config.allowedDomains narrows the \"internet\" network policy; \
+                         remove it or set \"network\": \"internet\""
+                            .into(),
+                    );
+                }
+                Some(
+                    list.iter()
+                        .map(|d| crate::egress::DomainPattern::parse(d))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("container_config.{e}"))?,
+                )
+            }
+        };
+        let limits = parsed.limits.unwrap_or_default();
+        limits.check()?;
         Ok(ContainerConfig {
             additional_mounts: parsed.additional_mounts.unwrap_or_default(),
             network,
+            allowed_domains,
+            limits,
         })
+    }
+
+    /// The group's network policy: as configured, else `full` for main and `internet`
+    /// for everyone else. `allowedDomains` implies `internet`.
+    pub fn network_for(&self, is_main: bool) -> NetworkPolicy {
+        match (self.network, &self.allowed_domains) {
+            (Some(policy), _) => policy,
+            (None, Some(_)) => NetworkPolicy::Internet,
+            (None, None) if is_main => NetworkPolicy::Full,
+            (None, None) => NetworkPolicy::Internet,
+        }
     }
 }
 
@@ -110,11 +194,15 @@ pub const EXTRA: &str = "/workspace/extra";
 /// read-only project view are covered by empty placeholders.
 ///
 /// `config_files` are the allowlist files: hidden if the root contains them, and their
-/// folder, like the root itself, can never be an additional mount.
+/// folder, like the root itself, can never be an additional mount. `run_dir` is this
+/// sandbox's own folder of host sockets (credential proxy, egress), seen at
+/// `/run/nanoclaw/`.
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     layout: &Layout,
     folder: &GroupFolder,
     is_main: bool,
+    run_dir: &Path,
     extra: &[AdditionalMount],
     allowlist: &AllowlistFile,
     home: &Path,
@@ -140,9 +228,10 @@ pub fn plan(
     mounts.push(MountEntry::new(layout.global_dir(), GLOBAL, is_main));
     mounts.push(MountEntry::new(layout.sessions_dir(folder), SESSIONS, true));
     mounts.push(MountEntry::new(layout.ipc_dir(folder), IPC, true));
-    // The credential proxy's socket (the only way to the model API).
+    // This sandbox's own sockets: the only way to the model API (and, under
+    // `internet`, to the network).
     mounts.push(MountEntry::new(
-        crate::proxy::socket_dir(layout.root()),
+        run_dir.to_path_buf(),
         crate::proxy::SANDBOX_SOCKET_DIR,
         false,
     ));
@@ -257,6 +346,7 @@ mod tests {
             &layout,
             &folder,
             true,
+            Path::new("/run-dir"),
             &[],
             &none,
             Path::new("/home/x"),
@@ -293,6 +383,7 @@ mod tests {
             &layout,
             &folder,
             true,
+            Path::new("/run-dir"),
             &[],
             &none,
             Path::new("/home/x"),
@@ -323,6 +414,7 @@ mod tests {
             &layout,
             &folder,
             false,
+            Path::new("/run-dir"),
             &[],
             &none,
             Path::new("/home/x"),
@@ -362,6 +454,7 @@ mod tests {
                 &layout,
                 &folder,
                 true,
+                Path::new("/run-dir"),
                 &extra,
                 &list,
                 Path::new("/home/x"),
@@ -387,14 +480,31 @@ mod tests {
             r#"{"additionalMounts":[{"hostPath":"~/p","readonly":false}],"network":"none","timeout":300000}"#,
         ))
         .expect("valid");
-        assert_eq!(c.network, NetworkPolicy::None);
+        assert_eq!(c.network, Some(NetworkPolicy::None));
+        assert_eq!(c.network_for(false), NetworkPolicy::None);
         assert_eq!(c.additional_mounts[0].readonly, Some(false));
-        for bad in [
-            r#"{"network":"some"}"#,
-            "not json",
-            r#"{"additionalMounts":"x"}"#,
+        let defaults = ContainerConfig::default();
+        assert_eq!(defaults.network_for(true), NetworkPolicy::Full);
+        assert_eq!(defaults.network_for(false), NetworkPolicy::Internet);
+        let c = ContainerConfig::parse(Some(
+            r#"{"allowedDomains":["example.com","*.github.com"],"limits":{"memoryMb":512,"pids":64,"diskMb":100}}"#,
+        ))
+        .expect("valid");
+        assert_eq!(c.network_for(true), NetworkPolicy::Internet);
+        assert_eq!(c.allowed_domains.as_ref().map(Vec::len), Some(2));
+        assert_eq!(c.limits.disk_mb, Some(100));
+        for (bad, needle) in [
+            (r#"{"network":"some"}"#, "must be \"internet\""),
+            ("not json", "not valid"),
+            (r#"{"additionalMounts":"x"}"#, "not valid"),
+            (r#"{"mcpservers":{}}"#, "unknown field `mcpservers`"),
+            (r#"{"network":"full","allowedDomains":["a.com"]}"#, "narrows"),
+            (r#"{"allowedDomains":["10.0.0.1"]}"#, "allowedDomains"),
+            (r#"{"limits":{"pids":1}}"#, "limits.pids is 1"),
+            (r#"{"limits":{"disk":1}}"#, "unknown field `disk`"),
         ] {
-            assert!(ContainerConfig::parse(Some(bad)).is_err(), "{bad}");
+            let e = ContainerConfig::parse(Some(bad)).expect_err(bad);
+            assert!(e.contains(needle), "{bad}: {e}");
         }
     }
 }

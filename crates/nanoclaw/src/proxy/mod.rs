@@ -6,12 +6,13 @@
 //! real credential (API key or OAuth token), and streams request and response bodies
 //! through without buffering. Only the API paths agents need are forwarded.
 //!
-//! It listens on `127.0.0.1:CREDENTIAL_PROXY_PORT` and on the Unix socket
-//! `data/proxy/proxy.sock`, which is mounted into every sandbox at `/run/nanoclaw/`. The
-//! agent sends its requests over that socket, so no sandbox needs a route to the host
-//! (a `network: none` sandbox still reaches the model) and nothing listens on other
-//! addresses. The socket is world-connectable on purpose: the token, not the socket's
-//! owner, authorises a request, and the sandbox user is not the daemon's.
+//! Every sandbox reaches it over a Unix socket of its own, `data/proxy/runs/{sandbox}/
+//! proxy.sock`, mounted at `/run/nanoclaw/` in that sandbox only ([`RunTokens::open_run`]).
+//! The listener itself says which run a connection comes from, so a sandbox can neither
+//! pose as another nor take another's connections: each socket has its own cap, and a
+//! request on it must carry that run's token. No sandbox needs a route to the host (a
+//! `network: none` sandbox still reaches the model). `127.0.0.1:CREDENTIAL_PROXY_PORT`
+//! serves host-side clients, with a pool of its own that sandbox traffic never uses.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,9 +33,9 @@ use crate::store::Store;
 
 mod usage;
 
-/// The socket's name inside `data/proxy/` and inside the sandbox's `/run/nanoclaw/`.
+/// The socket's name in a sandbox's run folder and in its `/run/nanoclaw/`.
 pub const SOCKET_NAME: &str = "proxy.sock";
-/// Where sandboxes find the socket.
+/// Where sandboxes find their run folder (the proxy and egress sockets).
 pub const SANDBOX_SOCKET_DIR: &str = "/run/nanoclaw";
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
@@ -56,12 +57,12 @@ const HOP_BY_HOP: [&str; 9] = [
 /// only while the run lives.
 const OAUTH_KEY_EXCHANGE: &str = "/api/oauth/claude_cli/create_api_key";
 
-/// How many connections the proxy serves at once (both listeners together). Beyond it,
-/// new connections wait in the kernel's backlog instead of taking file descriptors.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// Connections one sandbox (one PID namespace) may hold on the socket at once; more are
-/// closed at once, so one sandbox cannot take every slot.
-pub const MAX_CONNECTIONS_PER_SANDBOX: usize = 64;
+/// Connections the loopback TCP listener (host-side clients) serves at once; beyond it,
+/// new ones wait in the kernel's backlog.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
+/// Connections one run may hold on its socket at once; more are closed at once. Each
+/// run has its own share, so no run can take another's.
+pub const MAX_CONNECTIONS_PER_RUN: usize = 64;
 /// Requests one run token may have in flight; more get 429.
 pub const MAX_REQUESTS_PER_RUN: usize = 16;
 /// A connection that does not send a complete request head within this time (also
@@ -75,12 +76,41 @@ pub struct RunIdentity {
     pub run_id: String,
 }
 
-/// The tokens of live runs.
+/// The live runs: their tokens, and (through [`RunTokens::open_run`]) their sockets.
 #[derive(Default)]
 pub struct RunTokens {
     live: Mutex<HashMap<String, RunIdentity>>,
     /// Requests in flight per token.
     in_flight: Mutex<HashMap<String, usize>>,
+    /// What serves run sockets, once a proxy runs in this process.
+    service: Mutex<Option<RunService>>,
+}
+
+#[derive(Clone)]
+struct RunService {
+    app: Router,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The run a socket belongs to: a request on it must present this run's token.
+#[derive(Clone)]
+struct SocketOwner(String);
+
+/// A live run's access to the proxy: its token, and its own socket, served until this
+/// is dropped (then the token is revoked and the socket removed).
+pub struct RunAccess {
+    pub token: String,
+    tokens: Arc<RunTokens>,
+    server: tokio::task::JoinHandle<()>,
+    socket: PathBuf,
+}
+
+impl Drop for RunAccess {
+    fn drop(&mut self) {
+        self.tokens.revoke(&self.token);
+        self.server.abort();
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
 
 /// One request in flight for a token; counted until dropped (when the response body
@@ -120,6 +150,62 @@ impl RunTokens {
 
     pub fn identify(&self, token: &str) -> Option<RunIdentity> {
         self.lock().get(token).cloned()
+    }
+
+    /// Starts a run: a new token for `identity`, and a socket at `socket` (a path in a
+    /// folder only that run's sandbox sees) that serves requests with that token only,
+    /// at most [`MAX_CONNECTIONS_PER_RUN`] connections at once. Needs a proxy started
+    /// in this process ([`Proxy::start`] or [`serve_without_model`]).
+    pub fn open_run(
+        self: &Arc<Self>,
+        identity: RunIdentity,
+        socket: &Path,
+    ) -> Result<RunAccess, String> {
+        let Some(service) = self
+            .service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Err("the credential proxy is not running".into());
+        };
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket)
+            .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+        {
+            // The sandbox user is not the daemon's; the socket is mounted into that
+            // sandbox only, and the token authorises each request.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+                .map_err(|e| format!("cannot open {} to the sandbox: {e}", socket.display()))?;
+        }
+        let group = identity.group_folder.clone();
+        let token = self.issue(identity);
+        let app = service
+            .app
+            .layer(axum::Extension(SocketOwner(token.clone())));
+        let listener = Capped::new(
+            listener,
+            Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_RUN)),
+            Overflow::Close { group },
+        );
+        let server = tokio::spawn(serve_connections(
+            listener,
+            app,
+            service.shutdown,
+            HEADER_TIMEOUT,
+        ));
+        Ok(RunAccess {
+            token,
+            tokens: Arc::clone(self),
+            server,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    fn attach(&self, app: Router, shutdown: watch::Receiver<bool>) {
+        *self.service.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(RunService { app, shutdown });
     }
 
     /// Counts a request for `token`; `None` if it already has the most allowed.
@@ -165,13 +251,25 @@ struct ProxyState {
 /// A running proxy.
 pub struct Proxy {
     pub tcp_addr: SocketAddr,
-    pub socket_path: PathBuf,
     pub tokens: Arc<RunTokens>,
 }
 
-/// The folder holding the proxy socket (mounted into sandboxes).
-pub fn socket_dir(root: &Path) -> PathBuf {
-    root.join("data/proxy")
+/// The folder holding the per-run socket folders (`runs/{sandbox}/`).
+pub fn runs_dir(root: &Path) -> PathBuf {
+    root.join("data/proxy/runs")
+}
+
+/// For a process that runs sandboxes but no proxy (`nanoclaw sandbox exec`): run sockets
+/// answer every request with a 401 that says so.
+pub fn serve_without_model(tokens: &RunTokens, shutdown: watch::Receiver<bool>) {
+    let app = Router::new().fallback(|| async {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "this sandbox was started by `nanoclaw sandbox exec`, which gives no model access; agent runs of `nanoclaw run` have it",
+        )
+    });
+    tokens.attach(app, shutdown);
 }
 
 impl Proxy {
@@ -237,35 +335,15 @@ impl Proxy {
                 )
             })?;
         let tcp_addr = tcp.local_addr()?;
-        let dir = socket_dir(&config.root);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let socket_path = dir.join(SOCKET_NAME);
-        let _ = std::fs::remove_file(&socket_path);
-        let unix = tokio::net::UnixListener::bind(&socket_path)
-            .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
-        // Any sandbox user may connect; the token is what authorises a request.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-            std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o666))?;
-        }
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let tcp = Capped::new(tcp, Arc::clone(&slots), None);
-        let unix = Capped::new(unix, slots, Some(MAX_CONNECTIONS_PER_SANDBOX));
-        tokio::spawn(serve_connections(
+        tokens.attach(app.clone(), shutdown.clone());
+        let tcp = Capped::new(
             tcp,
-            app.clone(),
-            shutdown.clone(),
-            HEADER_TIMEOUT,
-        ));
-        tokio::spawn(serve_connections(unix, app, shutdown, HEADER_TIMEOUT));
-        tracing::info!(tcp = %tcp_addr, socket = %socket_path.display(), "credential proxy listening");
-        Ok(Proxy {
-            tcp_addr,
-            socket_path,
-            tokens,
-        })
+            Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS)),
+            Overflow::Wait,
+        );
+        tokio::spawn(serve_connections(tcp, app, shutdown, HEADER_TIMEOUT));
+        tracing::info!(tcp = %tcp_addr, "credential proxy listening (and on one socket per run)");
+        Ok(Proxy { tcp_addr, tokens })
     }
 }
 
@@ -279,7 +357,7 @@ async fn serve_connections<L>(
     header_timeout: std::time::Duration,
 ) where
     L: axum::serve::Listener,
-    L::Io: Unpin + PeerKey,
+    L::Io: Unpin,
 {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -312,90 +390,64 @@ async fn serve_connections<L>(
     }
 }
 
-/// Which sandbox a connection comes from, for per-sandbox limits.
-trait PeerKey {
-    fn peer_key(&self) -> Option<u64>;
+/// What a listener does with a connection when all its slots are taken.
+enum Overflow {
+    /// Stop accepting until a slot is free (host-side clients: they can wait).
+    Wait,
+    /// Close it at once (one run's socket: its share is all it gets).
+    Close { group: String },
 }
 
-impl PeerKey for tokio::net::TcpStream {
-    /// Loopback TCP is for host-side clients; sandboxes use the socket.
-    fn peer_key(&self) -> Option<u64> {
-        None
-    }
-}
-
-impl PeerKey for tokio::net::UnixStream {
-    /// The peer's PID namespace: every sandbox has its own. Unknown (no access to the
-    /// peer's `/proc` entry) counts under the global limit only.
-    fn peer_key(&self) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt;
-        let pid = self.peer_cred().ok()?.pid()?;
-        std::fs::metadata(format!("/proc/{pid}/ns/pid"))
-            .ok()
-            .map(|m| m.ino())
-    }
-}
-
-/// A listener that holds a connection slot for every connection it hands out; when all
-/// slots are taken it stops accepting until one is freed. With `per_peer`, a peer
-/// (sandbox) already holding that many connections has new ones closed at once.
+/// A listener that holds a connection slot for every connection it hands out.
 struct Capped<L> {
     inner: L,
     slots: Arc<tokio::sync::Semaphore>,
-    per_peer: Option<usize>,
-    peers: Arc<Mutex<HashMap<u64, usize>>>,
+    overflow: Overflow,
 }
 
 impl<L> Capped<L> {
-    fn new(inner: L, slots: Arc<tokio::sync::Semaphore>, per_peer: Option<usize>) -> Self {
+    fn new(inner: L, slots: Arc<tokio::sync::Semaphore>, overflow: Overflow) -> Self {
         Capped {
             inner,
             slots,
-            per_peer,
-            peers: Arc::default(),
+            overflow,
         }
     }
 }
 
 impl<L: axum::serve::Listener> axum::serve::Listener for Capped<L>
 where
-    L::Io: Unpin + PeerKey,
+    L::Io: Unpin,
 {
     type Io = SlotIo<L::Io>;
     type Addr = L::Addr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let mut warned = false;
         loop {
-            // The semaphore is never closed; if it were, serve uncapped rather than spin.
-            let slot = Arc::clone(&self.slots).acquire_owned().await.ok();
+            let slot = match &self.overflow {
+                // The semaphore is never closed; if it were, serve uncapped rather than spin.
+                Overflow::Wait => Arc::clone(&self.slots).acquire_owned().await.ok(),
+                Overflow::Close { .. } => None,
+            };
             let (io, addr) = self.inner.accept().await;
-            let peer = match (self.per_peer, io.peer_key()) {
-                (Some(max), Some(key)) => {
-                    let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-                    let held = peers.entry(key).or_default();
-                    if *held >= max {
-                        drop(peers);
-                        tracing::warn!(
-                            "credential proxy: a sandbox already holds {max} connections; closing another"
-                        );
+            let slot = match (&self.overflow, slot) {
+                (Overflow::Close { group }, _) => match Arc::clone(&self.slots).try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => {
+                        if !warned {
+                            tracing::warn!(
+                                group = %group,
+                                "credential proxy: the run already holds {MAX_CONNECTIONS_PER_RUN} connections; closing more"
+                            );
+                            warned = true;
+                        }
                         continue;
                     }
-                    *held += 1;
-                    Some(PeerSlot {
-                        peers: Arc::clone(&self.peers),
-                        key,
-                    })
-                }
-                _ => None,
-            };
-            return (
-                SlotIo {
-                    io,
-                    _slot: slot,
-                    _peer: peer,
                 },
-                addr,
-            );
+                (Overflow::Wait, slot) => slot,
+            };
+            return (SlotIo { io, _slot: slot }, addr);
         }
     }
 
@@ -404,29 +456,10 @@ where
     }
 }
 
-/// A peer's share of connections, given back when the connection is dropped.
-struct PeerSlot {
-    peers: Arc<Mutex<HashMap<u64, usize>>>,
-    key: u64,
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = peers.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                peers.remove(&self.key);
-            }
-        }
-    }
-}
-
 /// A connection and the slot it occupies until it is dropped.
 struct SlotIo<T> {
     io: T,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    _peer: Option<PeerSlot>,
 }
 
 impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlotIo<T> {
@@ -530,8 +563,21 @@ fn allowed(method: &Method, path: &str, openai: bool) -> bool {
     }
 }
 
-async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+async fn forward(
+    State(state): State<Arc<ProxyState>>,
+    owner: Option<axum::Extension<SocketOwner>>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
+    if let Some(axum::Extension(SocketOwner(token))) = &owner
+        && presented_token(&parts.headers) != Some(token.as_str())
+    {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "this socket serves only its own run's token",
+        );
+    }
     let Some(identity) = presented_token(&parts.headers).and_then(|t| state.tokens.identify(t))
     else {
         return error(
@@ -736,7 +782,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = tcp.local_addr().expect("addr");
-        let mut capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(2)), None);
+        let mut capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(2)), Overflow::Wait);
         let mut clients = Vec::new();
         for _ in 0..3 {
             clients.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
@@ -753,56 +799,85 @@ mod tests {
         assert!(third.is_ok(), "a freed slot lets the next connection in");
     }
 
+    /// A run holds every connection its socket allows, and more: the extra ones are
+    /// closed, and another run's socket serves as usual. A token is good only on its
+    /// own run's socket.
     #[tokio::test]
-    async fn one_sandbox_cannot_take_every_connection() {
-        use axum::serve::Listener;
-        use tokio::io::AsyncReadExt;
+    async fn one_run_cannot_take_another_runs_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("s.sock");
-        let unix = tokio::net::UnixListener::bind(&path).expect("bind");
-        let mut capped = Capped::new(unix, Arc::new(tokio::sync::Semaphore::new(100)), Some(2));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let (io, _) = capped.accept().await;
-                if tx.send(io).is_err() {
-                    return;
+        let tokens = Arc::new(RunTokens::default());
+        let (_stop, stop_rx) = watch::channel(false);
+        let app = Router::new().fallback(
+            |owner: Option<axum::Extension<SocketOwner>>, headers: HeaderMap| async move {
+                match owner {
+                    Some(axum::Extension(SocketOwner(t)))
+                        if presented_token(&headers) == Some(t.as_str()) =>
+                    {
+                        "ok"
+                    }
+                    _ => "wrong token",
                 }
-            }
-        });
-        let short = std::time::Duration::from_millis(300);
-        let mut clients = Vec::new();
-        for _ in 0..3 {
-            clients.push(
-                tokio::net::UnixStream::connect(&path)
+            },
+        );
+        tokens.attach(app, stop_rx);
+        let run = |group: &str| RunIdentity {
+            group_folder: group.into(),
+            run_id: format!("r-{group}"),
+        };
+        let greedy = tokens
+            .open_run(run("greedy"), &dir.path().join("greedy.sock"))
+            .expect("open");
+        let other = tokens
+            .open_run(run("other"), &dir.path().join("other.sock"))
+            .expect("open");
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS_PER_RUN + 20 {
+            held.push(
+                tokio::net::UnixStream::connect(&greedy.socket)
                     .await
                     .expect("connect"),
             );
         }
-        let first = rx.recv().await.expect("first");
-        let _second = rx.recv().await.expect("second");
-        assert!(
-            tokio::time::timeout(short, rx.recv()).await.is_err(),
-            "the third connection from the same sandbox is not served"
-        );
+        // The last ones were closed by the proxy (read returns end-of-file).
         let mut buf = [0u8; 1];
-        let closed = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            clients[2].read(&mut buf),
-        )
-        .await
-        .expect("closed promptly");
-        assert_eq!(closed.expect("read"), 0, "it was closed");
-        drop(first);
-        let _again = tokio::net::UnixStream::connect(&path)
+        let extra = held.last_mut().expect("held");
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), extra.read(&mut buf))
             .await
-            .expect("connect");
-        assert!(
-            tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .expect("closed promptly");
+        assert_eq!(closed.expect("read"), 0, "beyond its share, closed");
+
+        let ask = |socket: PathBuf, token: String| async move {
+            let mut c = tokio::net::UnixStream::connect(&socket)
                 .await
-                .is_ok(),
-            "a freed share lets the sandbox connect again"
+                .expect("connect");
+            c.write_all(
+                format!("GET / HTTP/1.1\r\nhost: x\r\nx-api-key: {token}\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("write");
+            let mut answer = String::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                c.read_to_string(&mut answer),
+            )
+            .await;
+            answer
+        };
+        let answer = ask(other.socket.clone(), other.token.clone()).await;
+        assert!(answer.ends_with("ok"), "the other run is served: {answer}");
+        let answer = ask(other.socket.clone(), greedy.token.clone()).await;
+        assert!(
+            answer.ends_with("wrong token"),
+            "a token on another run's socket: {answer}"
         );
+        drop(held);
+        let token = greedy.token.clone();
+        let path = greedy.socket.clone();
+        drop(greedy);
+        assert!(tokens.identify(&token).is_none(), "revoked with its access");
+        assert!(!path.exists(), "socket removed");
     }
 
     #[tokio::test]
@@ -812,7 +887,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = tcp.local_addr().expect("addr");
-        let capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(10)), None);
+        let capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(10)), Overflow::Wait);
         let app = Router::new().fallback(|| async { "ok" });
         let (_stop, stop_rx) = watch::channel(false);
         tokio::spawn(serve_connections(

@@ -88,6 +88,19 @@ fn max_seq(messages: &[StoredMessage]) -> i64 {
 }
 
 impl RunLoop {
+    /// Sends the user a message from the assistant about its own state (not an answer).
+    async fn tell(&self, chat_jid: &str, text: String) {
+        let (jid, name) = (chat_jid.to_string(), self.config.assistant_name.clone());
+        match self
+            .store
+            .call(move |s| s.commit_reply(&jid, &text, &name, None))
+            .await
+        {
+            Ok(_) => self.delivery.notify(),
+            Err(e) => tracing::error!(chat_jid, "cannot tell the user that the run failed: {e}"),
+        }
+    }
+
     /// Writes the group's `current_tasks.json` and `available_groups.json` (SPEC §10).
     /// A failure is logged; the run goes ahead with whatever the agent finds.
     pub(super) async fn write_snapshots(&self, group: &RegisteredGroup) {
@@ -270,6 +283,14 @@ impl RunLoop {
                 tracing::warn!(%reason, "agent run failed before answering; the messages will be retried");
                 RunOutcome::Retry { reason }
             }
+            (Some(reason), false) if permanent => {
+                // Its messages were answered, but the user must know why it stopped (a
+                // disk quota or memory limit hit, say) before asking for more.
+                Metrics::inc(&self.metrics.runs_failed);
+                tracing::warn!(%reason, "agent run stopped after its reply was sent; telling the user");
+                self.tell(&chat_jid, format!("I had to stop: {reason}.")).await;
+                RunOutcome::Failed
+            }
             (Some(reason), false) => {
                 Metrics::inc(&self.metrics.runs_failed);
                 tracing::warn!(%reason, "agent run failed after its reply was sent; not retrying, to avoid a duplicate reply");
@@ -437,14 +458,6 @@ impl GroupProcessor for RunLoop {
             "Sorry, I could not answer your last message: {reason}. I will try again when the next message \
              arrives or when I restart."
         );
-        let (jid, name) = (chat_jid.to_string(), self.config.assistant_name.clone());
-        match self
-            .store
-            .call(move |s| s.commit_reply(&jid, &text, &name, None))
-            .await
-        {
-            Ok(_) => self.delivery.notify(),
-            Err(e) => tracing::error!(chat_jid, "cannot tell the user that the run failed: {e}"),
-        }
+        self.tell(chat_jid, text).await;
     }
 }

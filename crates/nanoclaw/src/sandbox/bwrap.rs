@@ -1,11 +1,14 @@
 //! The bubblewrap backend: no image; the host's `/usr` read-only, a few `/etc` files,
-//! fresh `/tmp`, `/proc`, `/dev`, new pid/ipc/uts/cgroup (and, for `network: none`, net)
-//! namespaces, and exactly the mounts of the spec.
+//! sized `/tmp` and home tmpfs, `/proc`, `/dev`, new pid/ipc/uts/cgroup (and, unless the
+//! policy is `full` for an ordinary user, net) namespaces, and exactly the mounts of the
+//! spec; a cgroup of its own where the host has them (`cgroup.rs`).
 //!
 //! As an ordinary user, bwrap runs unprivileged in a user namespace where uid 1000 is the
-//! user. As root, bwrap sets up the mounts with root's rights and then `setpriv` drops
-//! the sandboxed command to the real uid 1000 with no capabilities at all, so nothing in
-//! the sandbox ever runs as root.
+//! user. As root, the sandbox gets a user namespace made here, in which uid and gid 1000
+//! are the group's own host id (`Identity::Mapped`) and 0 is root: bwrap sets the mounts
+//! up with root's rights and then `setpriv` drops the command to uid 1000 with no
+//! capabilities at all, so nothing in the sandbox ever runs as root and no two groups
+//! share a host uid.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,6 +25,9 @@ use super::{
 use crate::config::{Config, RuntimeKind};
 use crate::layout::Layout;
 use crate::mounts::NetworkPolicy;
+
+/// The environment variable that marks bwrap processes of a root (its label).
+const ORPHAN_MARK: &str = "NANOCLAW_SANDBOX_OF";
 
 /// `/etc` entries programs need (TLS roots, name resolution, the dynamic linker).
 const ETC_ENTRIES: [&str; 13] = [
@@ -66,11 +72,17 @@ impl Bwrap {
         }
     }
 
-    fn args(&self, spec: &SandboxSpec) -> Result<Vec<OsString>, SandboxError> {
+    /// bwrap's arguments; `userns` is the descriptor of the sandbox's user namespace
+    /// when this process made it (root).
+    fn args(
+        &self,
+        spec: &SandboxSpec,
+        userns: Option<i32>,
+    ) -> Result<Vec<OsString>, SandboxError> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-        match spec.identity {
-            Identity::SameAsDaemon => {
+        match (spec.identity, userns) {
+            (Identity::SameAsDaemon, _) => {
                 let (uid, gid) = (SANDBOX_UID.to_string(), SANDBOX_GID.to_string());
                 push(&[
                     "--unshare-user",
@@ -81,7 +93,8 @@ impl Bwrap {
                     &gid,
                 ]);
             }
-            Identity::Dedicated { .. } => {}
+            (_, Some(fd)) => push(&["--userns", &fd.to_string()]),
+            (_, None) => {}
         }
         push(&[
             "--unshare-pid",
@@ -147,9 +160,14 @@ impl Bwrap {
         }
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
         push(&["--proc", "/proc", "--dev", "/dev"]);
-        push(&["--perms", "1777", "--tmpfs", "/tmp"]);
+        // Sized: a tmpfs is memory, and an unsized one may take half the host's RAM.
+        let (tmp, home) = (
+            spec.limits.tmp_bytes.to_string(),
+            spec.limits.home_bytes.to_string(),
+        );
+        push(&["--perms", "1777", "--size", &tmp, "--tmpfs", "/tmp"]);
         push(&["--perms", "0755", "--dir", "/home"]);
-        push(&["--perms", "1777", "--tmpfs", "/home/node"]);
+        push(&["--perms", "1777", "--size", &home, "--tmpfs", "/home/node"]);
         push(&["--perms", "0755", "--dir", "/workspace"]);
         // Parent of the credential proxy's socket directory.
         push(&["--perms", "0755", "--dir", "/run"]);
@@ -178,7 +196,10 @@ impl Bwrap {
             Identity::SameAsDaemon => {
                 a.extend(["--cap-drop", "ALL", "--"].map(OsString::from));
             }
-            Identity::Dedicated { uid, gid } => {
+            Identity::Mapped { .. } | Identity::Shared { .. } => {
+                // In the sandbox's user namespace uid 1000 is the group's host id; with no
+                // namespace of ours (Shared), it is the real uid 1000.
+                let (uid, gid) = (SANDBOX_UID, SANDBOX_GID);
                 if self.setpriv.is_none() {
                     return Err(Bwrap::unavailable(
                         "setpriv (util-linux) is needed to drop root privileges inside the sandbox; install util-linux",
@@ -211,17 +232,80 @@ impl Bwrap {
                 );
             }
         }
-        a.extend(spec.command.iter().map(OsString::from));
+        // As an ordinary user, RLIMIT_NPROC set out here would count every process of the
+        // user; set inside the sandbox's user namespace it counts the sandbox's only.
+        let nproc_inside = (spec.identity == Identity::SameAsDaemon).then_some(spec.limits.pids);
+        let agent = format!("{AGENT_DIR_IN_SANDBOX}/nanoclaw-agent");
+        a.extend(
+            spec.command_with_init(&agent, nproc_inside)
+                .into_iter()
+                .map(OsString::from),
+        );
         Ok(a)
     }
 }
 
-/// Whether the sandbox gets a network namespace of its own. Always for `none`; for
-/// `full` when nanoclaw runs as root (slirp4netns connects it). As an ordinary user,
-/// slirp4netns cannot join the namespace bwrap creates (it is refused by the kernel), so a
-/// `full` sandbox shares the user's network, loopback included (docs/decisions.md).
+/// Whether the sandbox gets a network namespace of its own. Always for `none` and
+/// `internet` (which reach the host only through their sockets); for `full` when
+/// nanoclaw runs as root (slirp4netns connects it). As an ordinary user, slirp4netns
+/// cannot join the namespace bwrap creates (it is refused by the kernel), so a `full`
+/// sandbox shares the user's network, loopback included (docs/decisions.md).
 fn private_network(spec: &SandboxSpec) -> bool {
-    spec.network == NetworkPolicy::None || spec.identity != Identity::SameAsDaemon
+    spec.network != NetworkPolicy::Full || spec.identity != Identity::SameAsDaemon
+}
+
+/// A user namespace for a sandbox of root's in which `uid`:`gid` 1000 is the group's
+/// host id and 0 is root (so bwrap can still set up mounts), other low ids mapped to
+/// themselves, and the host's real uid 1000 not mapped at all. Made by a short-lived
+/// child that unshares it; its `/proc/{pid}/ns/user`, open, keeps it alive for bwrap's
+/// `--userns`.
+fn mapped_user_namespace(host_uid: u32, host_gid: u32) -> Result<OwnedFd, SandboxError> {
+    let failed = |what: String| {
+        Bwrap::unavailable(format!("cannot create the sandbox's user namespace: {what}"))
+    };
+    let mut holder = std::process::Command::new("/bin/sh");
+    holder
+        .args(["-c", "read _"])
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only the close and unshare system calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut holder, || {
+            crate::daemon::close_lock_in_child();
+            rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = holder
+        .spawn()
+        .map_err(|e| failed(format!("cannot start a helper: {e}")))?;
+    let pid = child.id();
+    let map = |host: u32| {
+        let after = SANDBOX_UID + 1;
+        format!(
+            "0 0 {SANDBOX_UID}\n{SANDBOX_UID} {host} 1\n{after} {after} {}\n",
+            65536 - after
+        )
+    };
+    let result = std::fs::write(format!("/proc/{pid}/uid_map"), map(host_uid))
+        .map_err(|e| failed(format!("uid_map: {e}")))
+        .and_then(|()| {
+            std::fs::write(format!("/proc/{pid}/gid_map"), map(host_gid))
+                .map_err(|e| failed(format!("gid_map: {e}")))
+        })
+        .and_then(|()| {
+            rustix::fs::open(
+                format!("/proc/{pid}/ns/user"),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| failed(format!("cannot open it: {e}")))
+        });
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// A pipe holding `bytes`, for a child to read: the read end, close-on-exec until the
@@ -248,17 +332,27 @@ impl SandboxBackend for Bwrap {
         RuntimeKind::Bwrap
     }
 
-    fn command(&self, spec: &SandboxSpec) -> Result<SandboxCommand, SandboxError> {
+    async fn command(&self, spec: &SandboxSpec) -> Result<SandboxCommand, SandboxError> {
         let program = self.program.as_ref().ok_or_else(|| {
             Bwrap::unavailable(
                 "bwrap is not installed; install bubblewrap (`apt install bubblewrap`)",
             )
         })?;
-        let mut args = self.args(spec)?;
-        // Data reaches bwrap through inherited pipes: the seccomp program, and all the
-        // arguments (`--args`), so neither the per-run token nor host paths show up in
-        // any command line (`ps`, or `/proc/1/cmdline` inside the sandbox).
+        // Data reaches bwrap through inherited descriptors: the user namespace, the
+        // seccomp program, and all the arguments (`--args`), so neither the per-run token
+        // nor host paths show up in any command line (`ps`, or `/proc/1/cmdline` inside
+        // the sandbox).
         let mut inherited: Vec<OwnedFd> = Vec::new();
+        let userns = match spec.identity {
+            Identity::Mapped { uid, gid } => {
+                let fd = mapped_user_namespace(uid, gid)?;
+                let raw = fd.as_raw_fd();
+                inherited.push(fd);
+                Some(raw)
+            }
+            _ => None,
+        };
+        let mut args = self.args(spec, userns)?;
         let network = if spec.network == NetworkPolicy::Full && private_network(spec) {
             let slirp = self.slirp.clone().ok_or_else(|| {
                 Bwrap::unavailable(
@@ -287,7 +381,8 @@ impl SandboxBackend for Bwrap {
             Some(PrivateNetwork {
                 info: info_read,
                 release: block_write,
-                userns: spec.identity == Identity::SameAsDaemon,
+                // slirp4netns joins the sandbox's own user namespace, where there is one.
+                userns: !matches!(spec.identity, Identity::Shared { .. }),
                 slirp,
             })
         } else {
@@ -317,18 +412,38 @@ impl SandboxBackend for Bwrap {
         cmd.arg("--args")
             .arg(args_fd.as_raw_fd().to_string())
             .args(command)
-            .env_clear();
+            .env_clear()
+            // bwrap's own processes carry it (the sandboxed command starts with a clean
+            // environment), so leftovers of a killed daemon can be found (`remove_orphans`).
+            .env(ORPHAN_MARK, &spec.root_label);
         inherited.push(args_fd);
         let limits = spec.limits;
-        let dedicated = matches!(spec.identity, Identity::Dedicated { .. });
-        // SAFETY: the closure runs in the forked child before exec and only makes fcntl
-        // and setrlimit system calls, which are async-signal-safe. It owns the pipes, so
-        // the descriptors stay open until the command is spawned.
+        // As root the count is per (user namespace, uid): the sandbox's own. As an
+        // ordinary user it is set inside instead (see `args`).
+        let nproc_outside = spec.identity != Identity::SameAsDaemon;
+        let cgroup = super::cgroup::SandboxCgroup::create(&spec.name, &limits)
+            .map_err(|e| Bwrap::unavailable(format!("cannot limit the sandbox: {e}")))?;
+        let cgroup_procs: Vec<OwnedFd> = match &cgroup {
+            Some(c) => c
+                .procs_fds()
+                .iter()
+                .map(|fd| fd.try_clone())
+                .collect::<Result<_, _>>()
+                .map_err(|e| Bwrap::unavailable(format!("cannot pass the cgroup on: {e}")))?,
+            None => Vec::new(),
+        };
+        // SAFETY: the closure runs in the forked child before exec and only makes close, write,
+        // fcntl, umask and setrlimit system calls, which are async-signal-safe. It owns
+        // the descriptors, so they stay open until the command is spawned.
         unsafe {
             cmd.pre_exec(move || {
+                crate::daemon::close_lock_in_child();
+                // First, so every process of the sandbox is in its cgroup from the start.
+                super::cgroup::SandboxCgroup::join_in_child(&cgroup_procs)?;
                 for fd in &inherited {
                     rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
                 }
+                rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
                 use rustix::process::{Resource, Rlimit, setrlimit};
                 let set = |resource, value: u64| {
                     let limit = Rlimit {
@@ -340,8 +455,8 @@ impl SandboxBackend for Bwrap {
                 set(Resource::Core, 0)?;
                 set(Resource::Nofile, limits.open_files)?;
                 set(Resource::Data, limits.memory_bytes)?;
-                if dedicated {
-                    // Counted per uid: shared by every sandbox of the dedicated user.
+                set(Resource::Fsize, limits.disk_bytes)?;
+                if nproc_outside {
                     set(Resource::Nproc, limits.pids)?;
                 }
                 Ok(())
@@ -350,16 +465,70 @@ impl SandboxBackend for Bwrap {
         Ok(SandboxCommand::new(
             cmd,
             network.map(|n| Box::new(n) as Box<dyn super::AfterSpawn>),
-        ))
+        )
+        .with_cgroup(cgroup))
+    }
+
+    fn mechanisms(&self) -> Vec<String> {
+        let root = Identity::daemon_is_root();
+        vec![
+            if root {
+                "runs as root: each group's sandboxes are its own host uid (a user namespace maps it to 1000)".into()
+            } else {
+                "runs as an ordinary user: sandboxes are this user, in a user namespace".into()
+            },
+            super::cgroup::describe(),
+            "sized /tmp and home tmpfs; RLIMIT_DATA, RLIMIT_FSIZE (the disk quota), RLIMIT_NPROC per sandbox".into(),
+            if super::seccomp::filter().is_some() {
+                "seccomp filter refusing namespaces, mounts, io_uring, BPF, keyrings".into()
+            } else {
+                "no seccomp filter on this architecture".into()
+            },
+            format!(
+                "network: internet and none have no interface but loopback (internet goes through the egress proxy); full {}",
+                if root {
+                    "has its own namespace with slirp4netns"
+                } else {
+                    "shares the user's network (no slirp4netns for unprivileged bwrap; prefer podman or set internet)"
+                }
+            ),
+        ]
     }
 
     async fn stop(&self, _name: &str) {
         // Killing the bwrap process ends the sandbox: its pid namespace dies with it.
     }
 
-    async fn remove_orphans(&self, _root_label: &str) -> usize {
-        // `--die-with-parent`: sandboxes die with the daemon, so none can be left over.
-        0
+    async fn remove_orphans(&self, root_label: &str) -> usize {
+        // `--die-with-parent` ends sandboxes with the daemon, but a bwrap whose parent
+        // died while it was still setting the sandbox up can be left waiting forever,
+        // parented to init. Such leftovers of this root are killed.
+        let mark = format!("{ORPHAN_MARK}={root_label}");
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let mut killed = 0;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            let orphaned = std::fs::read_to_string(entry.path().join("status"))
+                .is_ok_and(|st| st.lines().any(|l| l.split_whitespace().eq(["PPid:", "1"])));
+            let ours = std::fs::read(entry.path().join("environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == mark.as_bytes()));
+            if orphaned
+                && ours
+                && rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
+            {
+                killed += 1;
+            }
+        }
+        killed
     }
 
     async fn probe(&self) -> Result<String, String> {
@@ -380,20 +549,27 @@ impl SandboxBackend for Bwrap {
             env: vec![],
             workdir: "/".into(),
             command: vec!["/bin/true".into()],
-            network: NetworkPolicy::Full,
+            network: NetworkPolicy::None,
             limits: super::Limits::default(),
-            identity: Identity::current(),
+            identity: if Identity::daemon_is_root() {
+                Identity::Mapped {
+                    uid: super::PROBE_ID,
+                    gid: super::PROBE_ID,
+                }
+            } else {
+                Identity::SameAsDaemon
+            },
             tty: false,
             root_label: String::new(),
             group_folder: String::new(),
         };
-        if self.slirp.is_none() && Identity::current() != Identity::SameAsDaemon {
+        if self.slirp.is_none() && Identity::daemon_is_root() {
             return Err(
                 "slirp4netns is not installed; it gives bwrap sandboxes their own network (`apt install slirp4netns`)"
                     .into(),
             );
         }
-        let mut sandbox = self.command(&spec).map_err(|e| e.to_string())?;
+        let mut sandbox = self.command(&spec).await.map_err(|e| e.to_string())?;
         sandbox
             .command
             .stdin(std::process::Stdio::null())

@@ -3,14 +3,18 @@
 //! [`SandboxBackend`] turns it into a process: `bwrap` (bubblewrap, no image) or an OCI
 //! CLI (`podman`, `docker`; one implementation, the binary being the difference).
 //!
-//! Specs for a group are built in one place, [`group_spec`], so agent runs and
-//! `nanoclaw sandbox exec` are identical.
+//! Specs for a group are built in one place, [`prepare`] then [`group_spec`], so agent
+//! runs and `nanoclaw sandbox exec` are identical; [`services::RunServices`] is what the
+//! host serves each sandbox (its proxy sockets).
 
 pub mod bwrap;
+pub mod cgroup;
+pub mod disk;
 pub mod image;
 pub mod oci;
 pub mod runner;
-mod seccomp;
+pub(crate) mod seccomp;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, RuntimeKind};
 use crate::layout::{GroupFolder, Layout};
-use crate::mounts::{self, ContainerConfig, MountEntry, MountPlan, NetworkPolicy};
+use crate::mounts::{self, ContainerConfig, GroupLimits, MountEntry, MountPlan, NetworkPolicy};
 use crate::store::RegisteredGroup;
 
 /// The uid/gid agents run as inside every sandbox (`HOME=/home/node`).
@@ -37,47 +41,176 @@ pub enum Identity {
     /// The daemon is an ordinary user: uid 1000 inside is that user outside (a user
     /// namespace), so the sandbox has exactly the user's access to what is mounted.
     SameAsDaemon,
-    /// The daemon is root: sandboxes run as the real, unprivileged uid 1000, never as
-    /// root; the host gives that user its folders (see `Layout::share_with_sandbox_user`).
-    Dedicated { uid: u32, gid: u32 },
+    /// The daemon is root: uid and gid 1000 inside are this group's own host id, from
+    /// nanoclaw's range, mapped by a user namespace of the sandbox's own. No account
+    /// and no other group has it, so no other process on the host can read or write
+    /// the group's folders (see `Layout::share_group_with_sandbox_user`).
+    Mapped { uid: u32, gid: u32 },
+    /// The daemon is root and the backend cannot map ids per container (docker): every
+    /// sandbox is the real uid 1000. `nanoclaw doctor` warns.
+    Shared { uid: u32, gid: u32 },
 }
 
 impl Identity {
-    pub fn current() -> Identity {
-        if rustix::process::geteuid().is_root() {
-            Identity::Dedicated {
+    pub fn daemon_is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    /// The identity of `folder`'s sandboxes on backend `kind`; `allocate` returns the
+    /// folder's stored host id (`Store::sandbox_host_id`) and is only called as root.
+    pub fn for_group(
+        kind: RuntimeKind,
+        folder: &GroupFolder,
+        allocate: impl FnOnce(&str) -> Result<u32, String>,
+    ) -> Result<Identity, String> {
+        if !Self::daemon_is_root() {
+            return Ok(Identity::SameAsDaemon);
+        }
+        if kind == RuntimeKind::Docker {
+            return Ok(Identity::Shared {
                 uid: SANDBOX_UID,
                 gid: SANDBOX_GID,
-            }
-        } else {
-            Identity::SameAsDaemon
+            });
         }
+        let id = allocate(folder.as_str())?;
+        Ok(Identity::Mapped { uid: id, gid: id })
     }
 
     /// The owner files written for the sandbox should get, if it must be changed.
     pub fn owner(self) -> Option<(u32, u32)> {
         match self {
             Identity::SameAsDaemon => None,
-            Identity::Dedicated { uid, gid } => Some((uid, gid)),
+            Identity::Mapped { uid, gid } | Identity::Shared { uid, gid } => Some((uid, gid)),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Identity::SameAsDaemon => "the daemon's own user (user namespace)".into(),
+            Identity::Mapped { uid, .. } => format!("host uid {uid}, this group's own"),
+            Identity::Shared { uid, .. } => format!("host uid {uid}, shared by every group"),
         }
     }
 }
 
-/// Resource limits, applied as far as each backend can.
+/// An id no group is given, for test sandboxes (`probe`).
+pub const PROBE_ID: u32 = 4_294_000_000;
+
+/// The host ids of group folders (root only), from the store, remembered once read.
+#[derive(Clone)]
+pub struct SandboxIds {
+    db: PathBuf,
+    assistant_name: String,
+    base: u32,
+    known: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+impl SandboxIds {
+    pub fn new(config: &Config) -> SandboxIds {
+        SandboxIds {
+            db: Layout::new(&config.root).db_path(),
+            assistant_name: config.assistant_name.clone(),
+            base: config.sandbox_id_base,
+            known: Arc::default(),
+        }
+    }
+
+    /// `folder`'s host id, allocated on first use (blocking: SQLite).
+    pub fn host_id(&self, folder: &str) -> Result<u32, String> {
+        let key = folder.to_ascii_lowercase();
+        if let Some(id) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(*id);
+        }
+        let store = crate::store::Store::open(&self.db, &self.assistant_name)
+            .map_err(|e| format!("cannot read the sandbox ids: {e}"))?;
+        let id = store
+            .sandbox_host_id(folder, self.base)
+            .map_err(|e| format!("cannot allocate a sandbox id: {e}"))?;
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, id);
+        Ok(id)
+    }
+}
+
+/// Resource limits of one sandbox, applied as far as each backend can (see
+/// `nanoclaw doctor` for which mechanism this host has).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// The whole sandbox (cgroup), and each process (`RLIMIT_DATA`).
     pub memory_bytes: u64,
+    /// Processes and threads: a pids cgroup, and `RLIMIT_NPROC` in the sandbox's own
+    /// user namespace.
     pub pids: u64,
     pub open_files: u64,
+    /// Size of the `/tmp` tmpfs (memory, so it also counts against `memory_bytes`).
+    pub tmp_bytes: u64,
+    /// Size of the `/home/node` tmpfs.
+    pub home_bytes: u64,
+    /// Disk the group's folders may use (watched during runs), and the largest file
+    /// (`RLIMIT_FSIZE`).
+    pub disk_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
+        Limits::for_group(&GroupLimits::default())
+    }
+}
+
+impl Limits {
+    pub const DEFAULT_MEMORY_MB: u64 = 4096;
+    pub const DEFAULT_PIDS: u64 = 1024;
+    pub const DEFAULT_DISK_MB: u64 = 4096;
+
+    /// The defaults, with a group's `container_config.limits` applied.
+    pub fn for_group(group: &GroupLimits) -> Limits {
+        let memory_bytes = group.memory_mb.unwrap_or(Self::DEFAULT_MEMORY_MB) << 20;
         Limits {
-            memory_bytes: 4 << 30,
-            pids: 1024,
+            memory_bytes,
+            pids: group.pids.unwrap_or(Self::DEFAULT_PIDS),
             open_files: 4096,
+            tmp_bytes: memory_bytes / 4,
+            home_bytes: memory_bytes / 8,
+            disk_bytes: group.disk_mb.unwrap_or(Self::DEFAULT_DISK_MB) << 20,
         }
+    }
+
+    pub fn describe(&self) -> String {
+        let mib = |b: u64| b >> 20;
+        format!(
+            "memory {} MiB, {} processes, /tmp {} MiB, home {} MiB, disk {} MiB, {} open files",
+            mib(self.memory_bytes),
+            self.pids,
+            mib(self.tmp_bytes),
+            mib(self.home_bytes),
+            mib(self.disk_bytes),
+            self.open_files
+        )
+    }
+}
+
+impl SandboxSpec {
+    /// The command the backend starts: `command`, behind `nanoclaw-agent sandbox-init`
+    /// (`agent`: its path in the sandbox)
+    /// when something must be set up from inside (the egress bridge under `internet`;
+    /// `nproc`, a process limit only the sandbox's own user namespace can scope).
+    pub fn command_with_init(&self, agent: &str, nproc: Option<u64>) -> Vec<String> {
+        let egress = self.network == NetworkPolicy::Internet;
+        if !egress && nproc.is_none() {
+            return self.command.clone();
+        }
+        let mut command: Vec<String> = vec![agent.into(), "sandbox-init".into()];
+        if let Some(n) = nproc {
+            command.extend(["--nproc".into(), n.to_string()]);
+        }
+        if egress {
+            command.push("--egress".into());
+        }
+        command.push("--".into());
+        command.extend(self.command.iter().cloned());
+        command
     }
 }
 
@@ -118,7 +251,10 @@ pub trait SandboxBackend: Send + Sync + 'static {
 
     /// The process that runs `spec.command` in the sandbox: its stdin, stdout and stderr
     /// are the sandboxed command's, its exit status the command's.
-    fn command(&self, spec: &SandboxSpec) -> Result<SandboxCommand, SandboxError>;
+    async fn command(&self, spec: &SandboxSpec) -> Result<SandboxCommand, SandboxError>;
+
+    /// How this backend enforces isolation on this host (for `nanoclaw doctor`).
+    fn mechanisms(&self) -> Vec<String>;
 
     /// Stops the sandbox `name` (after its process was killed, or to be sure).
     async fn stop(&self, name: &str);
@@ -141,6 +277,7 @@ pub(crate) trait AfterSpawn: Send {
 pub struct SandboxCommand {
     pub command: tokio::process::Command,
     after_spawn: Option<Box<dyn AfterSpawn>>,
+    cgroup: Option<cgroup::SandboxCgroup>,
 }
 
 impl SandboxCommand {
@@ -151,7 +288,14 @@ impl SandboxCommand {
         SandboxCommand {
             command,
             after_spawn,
+            cgroup: None,
         }
+    }
+
+    /// The cgroup the sandbox process joins before it starts; kept with the sandbox.
+    pub(crate) fn with_cgroup(mut self, cgroup: Option<cgroup::SandboxCgroup>) -> Self {
+        self.cgroup = cgroup;
+        self
     }
 
     /// Starts the sandbox (and whatever it needs alongside).
@@ -159,6 +303,7 @@ impl SandboxCommand {
         let SandboxCommand {
             mut command,
             after_spawn,
+            cgroup,
         } = self;
         let mut child = command
             .spawn()
@@ -179,15 +324,27 @@ impl SandboxCommand {
         Ok(SandboxChild {
             child,
             _helper: helper,
+            cgroup,
         })
     }
 }
 
-/// A running sandbox. Dropping it kills helpers; the sandbox process itself is killed
-/// on drop if its command asked for `kill_on_drop`.
+/// A running sandbox. Dropping it kills helpers and removes its cgroup; the sandbox
+/// process itself is killed on drop if its command asked for `kill_on_drop`.
 pub struct SandboxChild {
     pub child: tokio::process::Child,
     _helper: Option<tokio::process::Child>,
+    cgroup: Option<cgroup::SandboxCgroup>,
+}
+
+impl SandboxChild {
+    /// Whether the kernel killed one of its processes for using more than its memory
+    /// limit (known where the sandbox has a cgroup of nanoclaw's).
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup
+            .as_ref()
+            .is_some_and(cgroup::SandboxCgroup::oom_killed)
+    }
 }
 
 /// A short, stable label for a root directory.
@@ -266,45 +423,105 @@ pub fn agent_binary(config: &Config) -> Result<PathBuf, String> {
     ))
 }
 
-/// Parameters of [`group_spec`] that differ between agent runs and `sandbox exec`.
-pub struct SpecRequest<'a> {
-    pub group: &'a RegisteredGroup,
-    pub command: Vec<String>,
-    /// The per-run token the agent presents to the credential proxy.
-    pub run_token: &'a str,
-    pub tty: bool,
+/// A group's sandbox settings, read and checked before anything is started.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub folder: GroupFolder,
+    pub is_main: bool,
+    pub jid: String,
+    pub container: ContainerConfig,
+    pub network: NetworkPolicy,
+    pub identity: Identity,
+    pub limits: Limits,
+    /// The new sandbox's name (`nanoclaw-{folder}-{millis}`).
+    pub name: String,
+}
+
+impl Prepared {
+    /// The egress policy of an `internet` sandbox.
+    pub fn egress_policy(&self) -> crate::egress::EgressPolicy {
+        crate::egress::EgressPolicy {
+            allowed_domains: self.container.allowed_domains.clone(),
+        }
+    }
+
+    /// One line about what the sandbox will enforce (for `sandbox exec` and run logs).
+    pub fn describe(&self, backend: RuntimeKind) -> String {
+        let network = match self.network {
+            NetworkPolicy::Internet => format!(
+                "internet ({}, through the host's egress proxy)",
+                self.egress_policy().describe()
+            ),
+            NetworkPolicy::Full => "full (its own network namespace, NATed outwards)".into(),
+            NetworkPolicy::None => "none (only the credential proxy)".into(),
+        };
+        format!(
+            "{} sandbox for {}: runs as {}; {}; network {network}",
+            backend.name(),
+            self.folder,
+            self.identity.describe(),
+            self.limits.describe()
+        )
+    }
+}
+
+/// Reads `group`'s settings and identity, and prepares its folders for the sandbox user.
+/// `allocate` gives the folder's host id when running as root (see
+/// [`Identity::for_group`]).
+pub fn prepare(
+    layout: &Layout,
+    group: &RegisteredGroup,
+    kind: RuntimeKind,
+    allocate: impl FnOnce(&str) -> Result<u32, String>,
+) -> Result<Prepared, SandboxError> {
+    let invalid = |e: String| SandboxError::Invalid(format!("group {}: {e}", group.jid));
+    let folder = group.folder().map_err(|e| invalid(e.to_string()))?;
+    let container = ContainerConfig::parse(group.container_config.as_deref()).map_err(invalid)?;
+    let identity = Identity::for_group(kind, &folder, allocate).map_err(invalid)?;
+    let prepared_dirs = match identity.owner() {
+        Some((uid, gid)) => layout
+            .share_group_with_sandbox_user(&folder, uid, gid)
+            .and_then(|()| {
+                if group.is_main {
+                    layout.share_with_sandbox_user(uid, gid)
+                } else {
+                    Ok(())
+                }
+            }),
+        None => layout.create_group_dirs(&folder),
+    };
+    prepared_dirs.map_err(|e| invalid(format!("cannot prepare its folders: {e}")))?;
+    Ok(Prepared {
+        network: container.network_for(group.is_main),
+        limits: Limits::for_group(&container.limits),
+        name: sandbox_name(&folder),
+        folder,
+        is_main: group.is_main,
+        jid: group.jid.clone(),
+        container,
+        identity,
+    })
 }
 
 /// A group's sandbox, exactly as its agent runs get it, plus the additional mounts that
-/// were refused (each to be logged with its reason).
+/// were refused (each to be logged with its reason). `run_dir` holds this sandbox's host
+/// sockets ([`services::RunServices`]); `token` is the run's credential-proxy token.
 pub fn group_spec(
     config: &Config,
     layout: &Layout,
-    request: SpecRequest<'_>,
-) -> Result<(SandboxSpec, MountPlan), SandboxError> {
-    let group = request.group;
-    let folder = group
-        .folder()
-        .map_err(|e| SandboxError::Invalid(format!("group {}: {e}", group.jid)))?;
-    let container = ContainerConfig::parse(group.container_config.as_deref())
-        .map_err(|e| SandboxError::Invalid(format!("group {}: {e}", group.jid)))?;
+    prepared: &Prepared,
+    run_dir: &Path,
+    token: &str,
+    command: Vec<String>,
+    tty: bool,
+) -> (SandboxSpec, MountPlan) {
     let allowlist = mounts::allowlist::load(&config.mount_allowlist_path(), &config.home);
-    let identity = Identity::current();
-    match identity.owner() {
-        Some((uid, gid)) => layout.share_group_with_sandbox_user(&folder, uid, gid),
-        None => layout.create_group_dirs(&folder),
-    }
-    .map_err(|e| {
-        SandboxError::Invalid(format!(
-            "cannot prepare the folders of group {}: {e}",
-            group.jid
-        ))
-    })?;
     let plan = mounts::plan(
         layout,
-        &folder,
-        group.is_main,
-        &container.additional_mounts,
+        &prepared.folder,
+        prepared.is_main,
+        run_dir,
+        &prepared.container.additional_mounts,
         &allowlist,
         &config.home,
         &[
@@ -321,17 +538,14 @@ pub fn group_spec(
         p => p,
     };
     let proxy = format!("http://127.0.0.1:{label_port}");
-    let env = vec![
+    let mut env = vec![
         ("HOME".to_string(), "/home/node".to_string()),
         ("USER".to_string(), "node".to_string()),
         ("LANG".to_string(), "C.UTF-8".to_string()),
         ("PATH".to_string(), SANDBOX_PATH.to_string()),
         ("TZ".to_string(), config.zone.name.clone()),
         ("ANTHROPIC_BASE_URL".to_string(), proxy),
-        (
-            "ANTHROPIC_API_KEY".to_string(),
-            request.run_token.to_string(),
-        ),
+        ("ANTHROPIC_API_KEY".to_string(), token.to_string()),
         ("NANOCLAW_MODEL".to_string(), config.model.clone()),
         ("NANOCLAW_LLM_API".to_string(), config.llm_api.clone()),
         (
@@ -346,21 +560,41 @@ pub fn group_spec(
                 crate::proxy::SOCKET_NAME
             ),
         ),
+        (
+            "NANOCLAW_NETWORK".to_string(),
+            prepared.network.name().to_string(),
+        ),
     ];
+    if prepared.network == NetworkPolicy::Internet {
+        // The sandbox has no network; the bridge offers the egress socket on loopback
+        // and the usual variables point every tool at it.
+        let http = format!("http://{}", crate::egress::SANDBOX_PROXY_ADDR);
+        let socks = format!("socks5h://{}", crate::egress::SANDBOX_PROXY_ADDR);
+        let no_proxy = "localhost,127.0.0.1,::1".to_string();
+        for (name, value) in [
+            ("HTTP_PROXY", &http),
+            ("HTTPS_PROXY", &http),
+            ("ALL_PROXY", &socks),
+            ("NO_PROXY", &no_proxy),
+        ] {
+            env.push((name.to_string(), value.clone()));
+            env.push((name.to_ascii_lowercase(), value.clone()));
+        }
+    }
     let spec = SandboxSpec {
-        name: sandbox_name(&folder),
+        name: prepared.name.clone(),
         mounts: plan.mounts.clone(),
         env,
         workdir: mounts::GROUP.to_string(),
-        command: request.command,
-        network: container.network,
-        limits: Limits::default(),
-        identity,
-        tty: request.tty,
+        command,
+        network: prepared.network,
+        limits: prepared.limits,
+        identity: prepared.identity,
+        tty,
         root_label: root_label(layout.root()),
-        group_folder: folder.as_str().to_string(),
+        group_folder: prepared.folder.as_str().to_string(),
     };
-    Ok((spec, plan))
+    (spec, plan)
 }
 
 /// The environment a backend's own CLI process gets: enough to work, no secrets.

@@ -1,7 +1,18 @@
 //! The OCI CLI backend: `podman` or `docker` (same flags; the binary and a few host
 //! details differ). Containers are ephemeral (`--rm`), named `nanoclaw-{folder}-{millis}`,
 //! labelled with the root they belong to (for orphan cleanup), with all capabilities
-//! dropped, no-new-privileges, pids/memory/ulimit limits, and only the spec's mounts.
+//! dropped, no-new-privileges, our seccomp profile (the same refusals as bubblewrap's
+//! filter), pids/memory/ulimit limits, a read-only root filesystem with sized tmpfs for
+//! `/tmp` and the home, and only the spec's mounts.
+//!
+//! Networks: `internet` and `none` get `--network=none` (`internet` reaches out through
+//! the egress socket); `full` gets a slirp4netns network of its own (podman), never the
+//! shared bridge, where one container could reach the others.
+//!
+//! As root, podman maps the container's uid 1000 to the group's own host id
+//! (`--uidmap`); its overlay storage cannot id-map image layers on every kernel, so the
+//! image is mounted once (`podman image mount`) and used as the root filesystem
+//! (`--rootfs …:O`, a throw-away overlay). Docker has no per-container id mapping.
 //!
 //! Ulimits are always passed explicitly and kept within this process's hard limits:
 //! runtimes otherwise apply defaults above them and fail to start the container. The OCI
@@ -37,6 +48,8 @@ impl Flavor {
 }
 
 pub const ROOT_LABEL: &str = "org.nanoclaw.root";
+/// Where `container/Containerfile` puts the agent.
+const AGENT_IN_IMAGE: &str = "/usr/local/bin/nanoclaw-agent";
 pub const GROUP_LABEL: &str = "org.nanoclaw.group";
 
 pub struct Oci {
@@ -45,6 +58,9 @@ pub struct Oci {
     image: String,
     /// `Some(None)`: the default runtime works; `Some(Some(r))`: use `--runtime r`.
     runtime: Mutex<Option<Option<String>>>,
+    seccomp: Option<PathBuf>,
+    /// The image id and where it is mounted (root podman's id-mapped containers).
+    rootfs: Mutex<Option<(String, PathBuf)>>,
 }
 
 /// This process's hard limit for `resource`, capped at `want`.
@@ -61,7 +77,46 @@ impl Oci {
             program: which(flavor.binary()),
             image: config.container_image.clone(),
             runtime: Mutex::new(None),
+            seccomp: crate::sandbox::seccomp::oci_profile()
+                .map(|_| crate::layout::Layout::new(&config.root).seccomp_profile()),
+            rootfs: Mutex::new(None),
         }
+    }
+
+    /// The mounted image for `--rootfs` (root podman): mounted once per image id.
+    async fn mounted_image(&self) -> Result<PathBuf, SandboxError> {
+        let failed = |e: String| SandboxError::Unavailable {
+            backend: "podman",
+            reason: format!("cannot mount the agent image {}: {e}", self.image),
+        };
+        let program = self.program().map_err(failed)?;
+        let id = run_tool(
+            program,
+            &["image", "inspect", "--format", "{{.Id}}", &self.image],
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(failed)?
+        .trim()
+        .to_string();
+        let cached = self.rootfs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((cached_id, path)) = cached
+            && cached_id == id
+            && path.join("usr").is_dir()
+        {
+            return Ok(path);
+        }
+        let path = PathBuf::from(
+            run_tool(program, &["image", "mount", &id], Duration::from_secs(60))
+                .await
+                .map_err(failed)?
+                .trim(),
+        );
+        if !path.join("usr").is_dir() {
+            return Err(failed(format!("podman mounted it at {}, which holds no /usr", path.display())));
+        }
+        *self.rootfs.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, path.clone()));
+        Ok(path)
     }
 
     pub fn flavor(&self) -> Flavor {
@@ -93,6 +148,7 @@ impl Oci {
         &self,
         spec: &SandboxSpec,
         runtime: Option<&str>,
+        rootfs: Option<&std::path::Path>,
     ) -> Result<Vec<OsString>, SandboxError> {
         let mut a: Vec<String> = vec![
             "run".into(),
@@ -114,7 +170,23 @@ impl Oci {
             a.extend(["--runtime".into(), r.to_string()]);
         }
         match (spec.identity, self.flavor) {
-            (Identity::Dedicated { uid, gid }, _) => {
+            (Identity::Mapped { uid, gid }, _) => {
+                // uid/gid 1000 inside is the group's host id; other low ids map to
+                // themselves, the host's real uid 1000 not at all.
+                let after = SANDBOX_UID + 1;
+                for (flag, host) in [("--uidmap", uid), ("--gidmap", gid)] {
+                    a.extend([
+                        format!("{flag}=0:0:{SANDBOX_UID}"),
+                        format!("{flag}={SANDBOX_UID}:{host}:1"),
+                        format!("{flag}={after}:{after}:{}", 65536 - after),
+                    ]);
+                }
+                a.extend([
+                    "--user".into(),
+                    format!("{SANDBOX_UID}:{SANDBOX_GID}"),
+                ]);
+            }
+            (Identity::Shared { uid, gid }, _) => {
                 a.extend(["--user".into(), format!("{uid}:{gid}")])
             }
             (Identity::SameAsDaemon, Flavor::Podman) => a.extend([
@@ -132,28 +204,51 @@ impl Oci {
                 ),
             ]),
         }
-        let nofile = within_hard_limit(rustix::process::Resource::Nofile, spec.limits.open_files);
-        let nproc = within_hard_limit(rustix::process::Resource::Nproc, spec.limits.pids * 4);
+        let limits = &spec.limits;
+        let nofile = within_hard_limit(rustix::process::Resource::Nofile, limits.open_files);
+        // Every container has a user namespace of its own but docker's as root (Shared),
+        // where RLIMIT_NPROC would count all sandboxes together; the pids cgroup counts.
+        let nproc = within_hard_limit(rustix::process::Resource::Nproc, limits.pids);
+        let fsize = within_hard_limit(rustix::process::Resource::Fsize, limits.disk_bytes);
+        let data = within_hard_limit(rustix::process::Resource::Data, limits.memory_bytes);
         a.extend([
             "--cap-drop=ALL".into(),
             "--security-opt=no-new-privileges".into(),
             "--pids-limit".into(),
-            spec.limits.pids.to_string(),
+            limits.pids.to_string(),
             "--memory".into(),
-            spec.limits.memory_bytes.to_string(),
+            limits.memory_bytes.to_string(),
+            "--memory-swap".into(),
+            limits.memory_bytes.to_string(),
             "--ulimit".into(),
             format!("nofile={nofile}:{nofile}"),
             "--ulimit".into(),
             format!("nproc={nproc}:{nproc}"),
             "--ulimit".into(),
+            format!("fsize={fsize}:{fsize}"),
+            "--ulimit".into(),
+            format!("data={data}:{data}"),
+            "--ulimit".into(),
             "core=0:0".into(),
+            // Nothing but the mounts and these tmpfs is writable: the image's own
+            // layer would be disk outside every quota.
+            "--read-only".into(),
+            "--tmpfs".into(),
+            format!("/tmp:rw,nosuid,nodev,size={},mode=1777", limits.tmp_bytes),
+            "--tmpfs".into(),
+            // `U`: owned by the container's user (podman ignores `mode` here).
+            format!("/home/node:rw,nosuid,nodev,size={},U", limits.home_bytes),
         ]);
+        if let Some(profile) = &self.seccomp {
+            a.push(format!("--security-opt=seccomp={}", profile.display()));
+        }
         match (spec.network, self.flavor) {
-            (NetworkPolicy::None, _) => a.push("--network=none".into()),
-            (NetworkPolicy::Full, Flavor::Docker) => {
-                a.push("--add-host=host.docker.internal:host-gateway".into())
+            (NetworkPolicy::None | NetworkPolicy::Internet, _) => a.push("--network=none".into()),
+            // A network of its own, never the bridge other containers share.
+            (NetworkPolicy::Full, Flavor::Podman) => {
+                a.push("--network=slirp4netns:allow_host_loopback=false".into())
             }
-            (NetworkPolicy::Full, Flavor::Podman) => {}
+            (NetworkPolicy::Full, Flavor::Docker) => {}
         }
         // Names only: the values come from the client's environment (see `command`),
         // so the per-run token is not on any command line.
@@ -182,8 +277,13 @@ impl Oci {
                 ),
             ]);
         }
-        a.extend(["--workdir".into(), spec.workdir.clone(), self.image.clone()]);
-        a.extend(spec.command.iter().cloned());
+        a.extend(["--workdir".into(), spec.workdir.clone()]);
+        match rootfs {
+            // `--rootfs` takes the directory where the image would stand.
+            Some(path) => a.extend(["--rootfs".into(), format!("{}:O", path.display())]),
+            None => a.push(self.image.clone()),
+        }
+        a.extend(spec.command_with_init(AGENT_IN_IMAGE, None));
         Ok(a.into_iter().map(OsString::from).collect())
     }
 
@@ -269,18 +369,52 @@ impl SandboxBackend for Oci {
         }
     }
 
-    fn command(&self, spec: &SandboxSpec) -> Result<super::SandboxCommand, SandboxError> {
+    async fn command(&self, spec: &SandboxSpec) -> Result<super::SandboxCommand, SandboxError> {
         let program = self.program().map_err(|reason| SandboxError::Unavailable {
             backend: self.flavor.binary(),
             reason,
         })?;
-        let args = self.run_args(spec, self.runtime_flag().as_deref())?;
+        let rootfs = match spec.identity {
+            Identity::Mapped { .. } => Some(self.mounted_image().await?),
+            _ => None,
+        };
+        let args = self.run_args(spec, self.runtime_flag().as_deref(), rootfs.as_deref())?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
             .envs(super::host_tool_env())
             .envs(spec.env.iter().map(|(k, v)| (k, v)));
         Ok(super::SandboxCommand::new(cmd, None))
+    }
+
+    fn mechanisms(&self) -> Vec<String> {
+        let root = Identity::daemon_is_root();
+        let who = match (root, self.flavor) {
+            (true, Flavor::Podman) => "runs as root: each group's containers are its own host uid (--uidmap)",
+            (true, Flavor::Docker) => "runs as root: every container is the real uid 1000 (docker cannot map ids per container; see doctor's warning)",
+            (false, _) => "rootless: containers are this user (keep-id user namespace)",
+        };
+        let cgroups = match (root, crate::sandbox::cgroup::support()) {
+            (true, _) => "memory, pids and swap limits by the runtime's cgroups".to_string(),
+            (false, crate::sandbox::cgroup::Support::V2 { .. }) => {
+                "memory and pids limits by the runtime's cgroups (delegated cgroup v2)".to_string()
+            }
+            (false, _) => "no cgroups for rootless containers here (podman ignores --memory and --pids-limit on cgroup v1): memory is bounded per process (RLIMIT_DATA) and by the sized tmpfs, processes by RLIMIT_NPROC in each container's user namespace".to_string(),
+        };
+        vec![
+            who.into(),
+            cgroups,
+            "read-only root, sized /tmp and home tmpfs; RLIMIT_DATA, RLIMIT_FSIZE (the disk quota), RLIMIT_NPROC".into(),
+            if self.seccomp.is_some() {
+                "nanoclaw's seccomp profile (namespaces, mounts, io_uring, BPF, keyrings refused)".into()
+            } else {
+                "the runtime's default seccomp profile (no nanoclaw profile on this architecture)".into()
+            },
+            match self.flavor {
+                Flavor::Podman => "network: internet and none have no interface but loopback (internet goes through the egress proxy); full gets its own slirp4netns".into(),
+                Flavor::Docker => "network: internet and none have no interface but loopback; full uses docker's bridge".into(),
+            },
+        ]
     }
 
     async fn stop(&self, name: &str) {

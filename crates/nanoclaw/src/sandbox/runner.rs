@@ -19,10 +19,12 @@ use nanoclaw_protocol::{AgentInput, CLOSE_SENTINEL, FollowUp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use super::{Identity, SandboxBackend, SpecRequest, group_spec};
+use super::disk::DiskLimits;
+use super::services::RunServices;
+use super::{SandboxBackend, SandboxIds, group_spec};
 use crate::config::Config;
 use crate::layout::{GroupFolder, Layout, open_dir_beneath};
-use crate::proxy::{RunIdentity, RunTokens};
+use crate::proxy::RunTokens;
 use crate::runner::{AgentEvent, AgentRunner, RunError, RunInput, RunIo, RunRequest};
 
 /// The part of stderr kept for the run log.
@@ -35,6 +37,9 @@ pub struct SandboxRunner {
     layout: Layout,
     backend: Arc<dyn SandboxBackend>,
     tokens: Arc<RunTokens>,
+    ids: SandboxIds,
+    /// Kept so the per-run egress listeners never see their shutdown channel close.
+    egress_running: tokio::sync::watch::Sender<bool>,
     /// Image built / runtime detected; retried on the next run after a failure.
     prepared: Mutex<bool>,
     follow_up_seq: AtomicU64,
@@ -49,6 +54,8 @@ impl SandboxRunner {
     ) -> SandboxRunner {
         SandboxRunner {
             layout: Layout::new(&config.root),
+            ids: SandboxIds::new(&config),
+            egress_running: tokio::sync::watch::channel(false).0,
             config,
             backend,
             tokens,
@@ -61,12 +68,19 @@ impl SandboxRunner {
         &self.backend
     }
 
-    /// Stops sandboxes a crashed daemon left behind (call once at start).
+    /// Stops sandboxes a crashed daemon left behind, and removes their socket folders
+    /// and cgroups (call once at start).
     pub async fn remove_orphans(&self) {
-        let removed = self
+        let mut removed = self
             .backend
             .remove_orphans(&super::root_label(self.layout.root()))
             .await;
+        let layout = self.layout.clone();
+        removed += tokio::task::spawn_blocking(move || {
+            RunServices::remove_leftovers(&layout) + super::cgroup::remove_leftovers()
+        })
+        .await
+        .unwrap_or(0);
         if removed > 0 {
             tracing::info!(
                 removed,
@@ -139,18 +153,6 @@ fn clear_input(dir: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Revokes a run's proxy token however the run ends.
-struct RevokeOnDrop {
-    tokens: Arc<RunTokens>,
-    token: String,
-}
-
-impl Drop for RevokeOnDrop {
-    fn drop(&mut self) {
-        self.tokens.revoke(&self.token);
-    }
-}
-
 /// Removes the sandbox when a run is abandoned mid-way.
 struct StopOnDrop {
     backend: Option<Arc<dyn SandboxBackend>>,
@@ -189,46 +191,60 @@ impl AgentRunner for SandboxRunner {
                 self.backend.kind().name()
             ))
         })?;
-        let folder = request
-            .group
-            .folder()
-            .map_err(|e| RunError::new(format!("the group's folder is invalid: {e}")))?;
-        // The run's token for the credential proxy: valid exactly as long as this run.
-        let token = self.tokens.issue(RunIdentity {
-            group_folder: folder.as_str().to_string(),
-            run_id: request.run_id.clone(),
-        });
-        let _revoke = RevokeOnDrop {
-            tokens: Arc::clone(&self.tokens),
-            token: token.clone(),
-        };
-        let (spec, plan) = {
-            let (config, layout, group) = (
-                Arc::clone(&self.config),
+        let prepared = {
+            let (layout, group, kind) = (
                 self.layout.clone(),
                 request.group.clone(),
+                self.backend.kind(),
             );
-            let token = token.clone();
+            let ids = self.ids.clone();
             tokio::task::spawn_blocking(move || {
-                group_spec(
-                    &config,
-                    &layout,
-                    SpecRequest {
-                        group: &group,
-                        command: vec!["nanoclaw-agent".into()],
-                        run_token: &token,
-                        tty: false,
-                    },
-                )
+                super::prepare(&layout, &group, kind, |folder| ids.host_id(folder))
             })
             .await
             .map_err(|e| RunError::new(format!("preparing the sandbox failed: {e}")))?
             .map_err(|e| RunError::new(e.to_string()))?
         };
+        let folder = prepared.folder.clone();
+        let disk = DiskLimits {
+            folders: vec![
+                self.layout.group_dir(&folder),
+                self.layout.data_dir().join("sessions").join(folder.as_str()),
+                self.layout.ipc_dir(&folder),
+            ],
+            quota_bytes: prepared.limits.disk_bytes,
+            root: self.layout.root().to_path_buf(),
+            min_free_bytes: self.config.min_free_disk_bytes,
+        };
+        {
+            let disk = disk.clone();
+            if let Ok(Some(why)) = tokio::task::spawn_blocking(move || disk.refuse_start()).await {
+                tracing::warn!(group = %folder, "{why}");
+                return Err(RunError::permanent(why));
+            }
+        }
+        // The run's token and sockets: valid exactly as long as this run.
+        let services = RunServices::open(
+            &self.layout,
+            &prepared,
+            &self.tokens,
+            &request.run_id,
+            self.egress_running.subscribe(),
+        )
+        .map_err(|e| RunError::new(format!("cannot open the sandbox's proxy sockets: {e}")))?;
+        let (spec, plan) = group_spec(
+            &self.config,
+            &self.layout,
+            &prepared,
+            &services.dir,
+            services.token(),
+            vec!["nanoclaw-agent".into()],
+            false,
+        );
         for rejection in &plan.rejected {
             tracing::warn!(group = %folder, "{rejection}");
         }
-        let owner = Identity::current().owner();
+        let owner = prepared.identity.owner();
         let input_dir = open_dir_beneath(
             &self.layout.data_dir().join("ipc"),
             &[folder.as_str(), "input"],
@@ -253,6 +269,7 @@ impl AgentRunner for SandboxRunner {
         let mut sandbox = self
             .backend
             .command(&spec)
+            .await
             .map_err(|e| RunError::new(e.to_string()))?;
         sandbox
             .command
@@ -301,6 +318,10 @@ impl AgentRunner for SandboxRunner {
         let cap = self.config.container_max_output_size;
         let mut deadline = tokio::time::Instant::now() + timeout;
         let mut input_open = true;
+        let disk_watch = disk.watch();
+        tokio::pin!(disk_watch);
+        // Stops that retrying cannot cure (the user must act), told to the chat.
+        let mut stopped_for_good = false;
 
         let failure: Option<String> = loop {
             tokio::select! {
@@ -370,6 +391,11 @@ impl AgentRunner for SandboxRunner {
                     }
                     None => input_open = false,
                 },
+                why = &mut disk_watch => {
+                    tracing::warn!(sandbox = %spec.name, group = %folder, "stopping the run: {why}");
+                    stopped_for_good = true;
+                    break Some(why);
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     break Some(format!(
                         "the agent produced no output for {} s (CONTAINER_TIMEOUT)",
@@ -392,6 +418,19 @@ impl AgentRunner for SandboxRunner {
             let _ = child.start_kill();
         }
         let _ = child.wait().await;
+        let failure = match failure {
+            Some(_) | None if running.oom_killed() => {
+                stopped_for_good = true;
+                let why = format!(
+                    "the sandbox ran out of its {} MiB of memory and a process in it was killed \
+                     (container_config.limits.memoryMb raises it)",
+                    prepared.limits.memory_bytes >> 20
+                );
+                tracing::warn!(sandbox = %spec.name, group = %folder, "{why}");
+                Some(why)
+            }
+            other => other,
+        };
         writer.abort();
         guard.backend = None;
         self.backend.stop(&spec.name).await;
@@ -419,9 +458,12 @@ impl AgentRunner for SandboxRunner {
             }
         })
         .await;
+        drop(services);
         match failure {
             None => Ok(()),
-            Some(reason) if record.permanent => Err(RunError::permanent(reason)),
+            Some(reason) if record.permanent || stopped_for_good => {
+                Err(RunError::permanent(reason))
+            }
             Some(reason) => Err(RunError::new(reason)),
         }
     }
@@ -454,7 +496,9 @@ fn run_log(
     let _ = writeln!(log, "events: {}", record.events);
     let _ = writeln!(log, "output_bytes: {}", record.output_bytes);
     let _ = writeln!(log, "outcome: {outcome}");
-    let _ = writeln!(log, "network: {:?}", spec.network);
+    let _ = writeln!(log, "network: {}", spec.network.name());
+    let _ = writeln!(log, "limits: {}", spec.limits.describe());
+    let _ = writeln!(log, "identity: {}", spec.identity.describe());
     let _ = writeln!(log, "mounts:");
     for m in &spec.mounts {
         let _ = writeln!(

@@ -1,11 +1,14 @@
-//! A seccomp filter for bubblewrap sandboxes (podman and docker apply their own default
-//! profile). It refuses system calls an agent never needs and that mostly serve to widen
-//! the kernel's attack surface: creating namespaces (notably user namespaces, which would
-//! hand the agent a full capability set over its own namespace), the new mount API,
-//! io_uring, BPF, keyrings, userfaultfd, perf events, module and kexec loading.
+//! The seccomp filter of every sandbox. It refuses system calls an agent never needs and
+//! that mostly serve to widen the kernel's attack surface: creating namespaces (notably
+//! user namespaces, which would hand the agent a full capability set over its own
+//! namespace), the new mount API, io_uring, BPF, keyrings, userfaultfd, perf events,
+//! module and kexec loading.
 //!
-//! Classic BPF, built by hand for x86-64 (the only architecture it has been tested on);
-//! elsewhere no filter is installed and `nanoclaw doctor` says so.
+//! One list, two forms: classic BPF built by hand for bubblewrap's `--seccomp`
+//! ([`filter`]), and an OCI profile for podman and docker's `--security-opt seccomp=`
+//! ([`oci_profile`]), so both backends refuse exactly the same. x86-64 only (the only
+//! architecture it has been tested on); elsewhere no filter is installed (podman and
+//! docker then keep their default profiles) and `nanoclaw doctor` says so.
 
 /// `EPERM`: the refused call fails like one the sandbox lacks the right to make.
 const EPERM: u32 = 1;
@@ -131,9 +134,61 @@ pub fn filter() -> Option<Vec<u8>> {
     Some(prog.concat())
 }
 
+/// The same refusals as an OCI seccomp profile (JSON), or `None` where [`filter`] is.
+///
+/// Everything else is allowed, as under bubblewrap: with every capability dropped and
+/// no-new-privileges set, the calls the runtimes' default profiles add are refused by
+/// the kernel anyway. Other ABIs than x86-64 (x32, i386) are not in `architectures` and
+/// so are refused by the runtime.
+pub fn oci_profile() -> Option<String> {
+    filter()?;
+    let names: Vec<&str> = X86_64_REFUSED.iter().map(|(_, name)| *name).collect();
+    let mut syscalls = vec![
+        serde_json::json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM}),
+        serde_json::json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}),
+    ];
+    // libseccomp has no "masked not equal": one rule per namespace flag, any one refuses.
+    for bit in 0..32 {
+        let flag = 1u32 << bit;
+        if CLONE_NAMESPACE_FLAGS & flag != 0 {
+            syscalls.push(serde_json::json!({
+                "names": ["clone"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": EPERM,
+                "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
+            }));
+        }
+    }
+    Some(
+        serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": syscalls,
+        })
+        .to_string(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_oci_profile_refuses_the_same_calls() {
+        let profile: serde_json::Value =
+            serde_json::from_str(&oci_profile().expect("x86-64 has one")).expect("json");
+        let refused = profile["syscalls"][0]["names"].as_array().expect("names");
+        assert_eq!(refused.len(), X86_64_REFUSED.len());
+        assert!(refused.iter().any(|n| n == "unshare") && refused.iter().any(|n| n == "setns"));
+        let clone_rules = profile["syscalls"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .filter(|r| r["names"][0] == "clone")
+            .count();
+        assert_eq!(clone_rules, CLONE_NAMESPACE_FLAGS.count_ones() as usize);
+    }
 
     #[test]
     #[cfg(target_arch = "x86_64")]

@@ -202,6 +202,59 @@ impl Store {
         Ok(existing)
     }
 
+    /// The host id (uid and gid) of `folder`'s sandboxes: the one allocated before, else
+    /// the next free one from `base` (the highest allocated + 1), stored for good.
+    pub fn sandbox_host_id(&self, folder: &str, base: u32) -> Result<u32, StoreError> {
+        let mut conn = self.conn();
+        let tx = Store::write_tx(&mut conn, "starting to allocate a sandbox id")?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT host_id FROM sandbox_ids WHERE folder = ?1",
+                params![folder],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading a sandbox id")?;
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let next: i64 = tx
+                    .query_row(
+                        "SELECT MAX(COALESCE(MAX(host_id) + 1, ?1), ?1) FROM sandbox_ids",
+                        params![i64::from(base)],
+                        |r| r.get(0),
+                    )
+                    .ctx("choosing a sandbox id")?;
+                tx.execute(
+                    "INSERT INTO sandbox_ids (folder, host_id, created_at) VALUES (?1, ?2, ?3)",
+                    params![folder, next, crate::clock::now()],
+                )
+                .ctx("storing a sandbox id")?;
+                next
+            }
+        };
+        tx.commit().ctx("committing a sandbox id")?;
+        u32::try_from(id).map_err(|_| {
+            StoreError::Conflict(format!(
+                "the sandbox id {id} of folder `{folder}` is out of range; set NANOCLAW_SANDBOX_ID_BASE lower"
+            ))
+        })
+    }
+
+    /// Every allocated sandbox host id, by folder.
+    pub fn sandbox_host_ids(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT folder, host_id FROM sandbox_ids ORDER BY host_id")
+            .ctx("reading sandbox ids")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX)))
+            })
+            .ctx("reading sandbox ids")?;
+        rows.collect::<Result<_, _>>().ctx("reading sandbox ids")
+    }
+
     pub fn session(&self, folder: &str) -> Result<Option<String>, StoreError> {
         self.conn()
             .query_row(
@@ -280,6 +333,20 @@ pub(crate) mod tests {
             assert!(e.contains(needle), "{}: {e}", g.jid);
         }
         assert_eq!(store.registered_groups().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn sandbox_ids_are_stable_and_never_shared() {
+        let (_d, store) = open_temp();
+        let a = store.sandbox_host_id("main", 1_900_000_000).expect("a");
+        let b = store.sandbox_host_id("team", 1_900_000_000).expect("b");
+        assert_eq!(a, 1_900_000_000);
+        assert_eq!(b, 1_900_000_001);
+        assert_eq!(store.sandbox_host_id("TEAM", 1_900_000_000).expect("again"), b);
+        // A higher base later starts above it; earlier ids stay.
+        assert_eq!(store.sandbox_host_id("x", 2_000_000_000).expect("x"), 2_000_000_000);
+        assert_eq!(store.sandbox_host_id("main", 2_000_000_000).expect("a"), a);
+        assert_eq!(store.sandbox_host_id("y", 1_000).expect("y"), 2_000_000_001);
     }
 
     #[test]

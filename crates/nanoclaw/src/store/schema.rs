@@ -40,9 +40,14 @@ const MIGRATIONS: &[Migration] = &[
         name: "undeliverable replies",
         apply: undeliverable_replies,
     },
+    Migration {
+        version: 5,
+        name: "sandbox host ids",
+        apply: sandbox_ids,
+    },
 ];
 
-pub const LATEST_VERSION: i64 = 4;
+pub const LATEST_VERSION: i64 = 5;
 
 pub(super) fn migrate(conn: &mut Connection, ctx: &MigrationContext) -> Result<(), StoreError> {
     let current: i64 = conn
@@ -218,6 +223,21 @@ fn undeliverable_replies(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Resul
         ",
     )
     .ctx("adding outbox.failed_at")
+}
+
+/// The host uid (= gid) each group folder's sandboxes run as when nanoclaw runs as root:
+/// allocated once, never reused by another folder.
+fn sandbox_ids(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "
+        CREATE TABLE sandbox_ids (
+            folder TEXT PRIMARY KEY COLLATE NOCASE,
+            host_id INTEGER NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        );
+        ",
+    )
+    .ctx("creating sandbox_ids")
 }
 
 /// One row per model response the credential proxy forwarded.
