@@ -7,10 +7,10 @@
 //! OpenAI-compatible chat-completions API.
 
 mod agent;
-mod sandbox_init;
 mod inbox;
 mod llm;
 mod prompt;
+mod sandbox_init;
 mod session;
 mod tools;
 

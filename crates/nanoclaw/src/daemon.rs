@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -55,6 +56,7 @@ pub struct RunningDaemon {
     shutdown_tx: watch::Sender<bool>,
     delivery_stop_tx: watch::Sender<bool>,
     queue: Arc<GroupQueue>,
+    runner: Arc<dyn AgentRunner>,
     http_task: JoinHandle<()>,
     ipc_task: JoinHandle<()>,
     scheduler_task: JoinHandle<()>,
@@ -216,7 +218,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         router: Arc::clone(&router),
         queue: Arc::clone(&queue),
         senders,
-        runner,
+        runner: Arc::clone(&runner),
         channels: channels.clone(),
         events: events_tx,
         metrics,
@@ -262,6 +264,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         shutdown_tx,
         delivery_stop_tx,
         queue,
+        runner,
         http_task,
         ipc_task,
         scheduler_task,
@@ -278,6 +281,7 @@ impl RunningDaemon {
         tracing::info!("shutting down");
         let _ = self.shutdown_tx.send(true);
         self.queue.shutdown(SHUTDOWN_GRACE).await;
+        self.runner.finish().await;
         let _ = self.http_task.await;
         // IPC files written after this are still on disk; the next start processes them.
         let _ = self.ipc_task.await;
@@ -293,18 +297,31 @@ impl RunningDaemon {
     }
 }
 
-/// The descriptor holding the single-instance lock, for [`close_lock_in_child`].
-static LOCK_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// The descriptor holding the single-instance lock, and the lock file's device and
+/// inode (a descriptor number is reused once closed), for [`close_lock_in_child`].
+static LOCK_FD: AtomicI32 = AtomicI32::new(-1);
+static LOCK_DEV: AtomicU64 = AtomicU64::new(0);
+static LOCK_INO: AtomicU64 = AtomicU64::new(0);
 
 /// Closes the single-instance lock in a child between fork and exec. A child keeps its
 /// copy until exec even with close-on-exec, and one that is slow there (joining a
 /// cgroup while the daemon is being killed can take a while) would hold the lock past
-/// the daemon's death and make a restart fail. Async-signal-safe (one `close`).
+/// the daemon's death and make a restart fail. Only `fstat` and `close`, both
+/// async-signal-safe; a descriptor that is not the lock file (any more) is left alone.
 pub fn close_lock_in_child() {
-    let fd = LOCK_FD.load(std::sync::atomic::Ordering::Relaxed);
-    if fd >= 0 {
-        // SAFETY: in a forked child, the lock descriptor is used by nothing else; closing
-        // it only drops this process's reference to the lock.
+    let fd = LOCK_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the number is only borrowed for the fstat; it is closed below only if it
+    // is still the lock file, which nothing else in the forked child uses.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let is_lock = rustix::fs::fstat(borrowed).is_ok_and(|st| {
+        st.st_dev == LOCK_DEV.load(Ordering::Relaxed)
+            && st.st_ino == LOCK_INO.load(Ordering::Relaxed)
+    });
+    if is_lock {
+        // SAFETY: see above.
         unsafe { rustix::io::close(fd) };
     }
 }
@@ -321,7 +338,12 @@ fn acquire_lock(layout: &Layout) -> Result<File> {
     match file.try_lock() {
         Ok(()) => {
             use std::os::fd::AsRawFd;
-            LOCK_FD.store(file.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(meta) = file.metadata() {
+                LOCK_DEV.store(meta.dev(), Ordering::Relaxed);
+                LOCK_INO.store(meta.ino(), Ordering::Relaxed);
+                LOCK_FD.store(file.as_raw_fd(), Ordering::Relaxed);
+            }
             Ok(file)
         }
         Err(std::fs::TryLockError::WouldBlock) => {

@@ -299,9 +299,18 @@ impl Layout {
         gid: u32,
     ) -> io::Result<()> {
         self.create_group_dirs(folder)?;
-        chown_tree_beneath(&self.groups_dir(), folder.as_str(), uid, gid, Readable::AsIs)?;
+        chown_tree_beneath(
+            &self.groups_dir(),
+            folder.as_str(),
+            uid,
+            gid,
+            Readable::AsIs,
+        )?;
         set_mode(&self.group_dir(folder), 0o755)?;
-        for base in [self.data_dir().join("sessions"), self.data_dir().join("ipc")] {
+        for base in [
+            self.data_dir().join("sessions"),
+            self.data_dir().join("ipc"),
+        ] {
             chown_tree_beneath(&base, folder.as_str(), uid, gid, Readable::AsIs)?;
             set_mode(&base.join(folder.as_str()), 0o700)?;
         }

@@ -78,6 +78,10 @@ pub trait AgentRunner: Send + Sync + 'static {
     fn is_available(&self) -> bool {
         true
     }
+
+    /// Waits (boundedly) for the clean-up of runs that were stopped (sandboxes being
+    /// removed), so nothing outlives the daemon's shutdown.
+    async fn finish(&self) {}
 }
 
 /// The runner used when no sandbox backend is available. It never pretends: every run

@@ -527,7 +527,11 @@ async fn requests_over_a_runs_socket_work_the_same() {
     assert_eq!(fake.requests()[0].header("x-api-key"), Some(REAL_KEY));
     let other = p.token("team");
     let response = send(other).await.expect("answer");
-    assert_eq!(response.status(), 401, "another live run's token on this socket");
+    assert_eq!(
+        response.status(),
+        401,
+        "another live run's token on this socket"
+    );
     assert_eq!(fake.requests().len(), 1, "nothing forwarded");
     let meta = std::fs::metadata(&socket).expect("socket");
     use std::os::unix::fs::PermissionsExt;

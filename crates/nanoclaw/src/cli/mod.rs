@@ -235,6 +235,23 @@ async fn wait_for_stop_signal() -> Result<()> {
     Ok(())
 }
 
+/// Logs of a short-lived command: stderr only, `NANOCLAW_LOG` if set, else `default`.
+pub(crate) fn init_stderr_logging(config: &Config, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let explicit = std::env::var("NANOCLAW_LOG").is_ok() || std::env::var("RUST_LOG").is_ok();
+    let filter = EnvFilter::try_new(if explicit {
+        &config.log_filter
+    } else {
+        default
+    })
+    .unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
 /// Logs go to stderr and to `logs/nanoclaw.log` (appended).
 fn init_logging(config: &Config) -> Result<()> {
     use tracing_subscriber::EnvFilter;

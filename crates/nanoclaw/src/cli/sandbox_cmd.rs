@@ -98,6 +98,8 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
         runtime: runtime_kind,
         command,
     } = command;
+    // Denials (egress, proxy limits) are logged like the daemon's, on stderr.
+    super::init_stderr_logging(config, "warn");
     let store = open_existing_store(config)?;
     let group = store.registered_group_by_folder(&folder)?.ok_or_else(|| {
         anyhow!("no registered group uses folder `{folder}`; `nanoclaw groups list` shows them")
@@ -156,10 +158,14 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
                     }
                 }
             }
-            // Ctrl-C ends the sandbox too, not just its client process.
+            // Ctrl-C or SIGTERM ends the sandbox too, not just its client process.
             _ = tokio::signal::ctrl_c() => {
                 let _ = child.start_kill();
                 130
+            }
+            _ = terminated() => {
+                let _ = child.start_kill();
+                143
             }
         };
         if running.oom_killed() {
@@ -174,6 +180,16 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
         drop(running_tx);
         Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
     })
+}
+
+/// Resolves on SIGTERM (never, if it cannot be watched).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            term.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
 }
 
 pub fn image(config: &Config, command: ImageCommand) -> Result<ExitCode> {

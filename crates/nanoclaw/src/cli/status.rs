@@ -225,7 +225,10 @@ fn paint(color: bool, code: &str, text: &str) -> String {
 /// Free space under the root, against `NANOCLAW_MIN_FREE_DISK_MB`.
 pub(crate) fn disk_check(config: &Config) -> Verdict {
     match crate::sandbox::disk::free_bytes(&config.root) {
-        Err(e) => Verdict::Warn(format!("cannot tell the free space under {}: {e}", config.root.display())),
+        Err(e) => Verdict::Warn(format!(
+            "cannot tell the free space under {}: {e}",
+            config.root.display()
+        )),
         Ok(free) if free < config.min_free_disk_bytes => Verdict::Fail(format!(
             "only {} MiB free under {}, below the {} MiB kept for the store (NANOCLAW_MIN_FREE_DISK_MB): \
              agent runs are refused until you free some space",
@@ -277,7 +280,9 @@ fn identity_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
         .unwrap_or_default();
     let clashes: Vec<String> = ids
         .iter()
-        .filter_map(|(folder, id)| host_use_of_id(*id).map(|what| format!("{folder} ({id}): {what}")))
+        .filter_map(|(folder, id)| {
+            host_use_of_id(*id).map(|what| format!("{folder} ({id}): {what}"))
+        })
         .collect();
     checks.push((
         "sandbox ids",

@@ -387,13 +387,14 @@ impl Config {
                 "a whole number from 1 to 20",
                 |v| (1..=20).contains(v),
             )?,
-            min_free_disk_bytes: s.parsed(
-                "NANOCLAW_MIN_FREE_DISK_MB",
-                1024u64,
-                "a whole number of MiB",
-                |_| true,
-            )?
-            .saturating_mul(1 << 20),
+            min_free_disk_bytes: s
+                .parsed(
+                    "NANOCLAW_MIN_FREE_DISK_MB",
+                    1024u64,
+                    "a whole number of MiB",
+                    |_| true,
+                )?
+                .saturating_mul(1 << 20),
             sandbox_id_base: s.parsed(
                 "NANOCLAW_SANDBOX_ID_BASE",
                 1_900_000_000u32,

@@ -294,10 +294,20 @@ async fn http(mut client: UnixStream, first: u8, gate: &Gate) -> io::Result<()> 
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     if !matches!(request.parse(&head), Ok(httparse::Status::Complete(_))) {
-        return respond(&mut client, 400, "the egress proxy could not read this request").await;
+        return respond(
+            &mut client,
+            400,
+            "the egress proxy could not read this request",
+        )
+        .await;
     }
     let (Some(method), Some(target)) = (request.method, request.path) else {
-        return respond(&mut client, 400, "the egress proxy could not read this request").await;
+        return respond(
+            &mut client,
+            400,
+            "the egress proxy could not read this request",
+        )
+        .await;
     };
     if method.eq_ignore_ascii_case("CONNECT") {
         let Some((host, port)) = split_authority(target, None) else {
@@ -403,7 +413,12 @@ async fn refuse_http(client: &mut UnixStream, e: ConnectError) -> io::Result<()>
     match e {
         ConnectError::Refused(r) => respond(client, 403, &r.to_string()).await,
         ConnectError::Failed(e) => {
-            respond(client, 502, &format!("the egress proxy could not connect: {e}")).await
+            respond(
+                client,
+                502,
+                &format!("the egress proxy could not connect: {e}"),
+            )
+            .await
         }
     }
 }
@@ -416,7 +431,9 @@ async fn socks5(mut client: UnixStream, gate: &Gate) -> io::Result<()> {
         client.read_exact(&mut methods).await?;
         if !methods.contains(&0) {
             client.write_all(&[5, 0xff]).await?;
-            return Err(io::Error::other("the client offers no method without authentication"));
+            return Err(io::Error::other(
+                "the client offers no method without authentication",
+            ));
         }
         client.write_all(&[5, 0]).await?;
         let mut header = [0u8; 4];
@@ -482,7 +499,10 @@ async fn socks5(mut client: UnixStream, gate: &Gate) -> io::Result<()> {
     Ok(())
 }
 
-async fn reply_socks<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, code: u8) -> io::Result<()> {
+async fn reply_socks<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    code: u8,
+) -> io::Result<()> {
     client.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await
 }
 
@@ -535,20 +555,37 @@ mod tests {
     #[tokio::test]
     async fn names_are_judged_by_every_address_they_resolve_to() {
         let g = gate(None);
-        let e = g.admit(&host("rebind.example"), 80).await.expect_err("loopback");
+        let e = g
+            .admit(&host("rebind.example"), 80)
+            .await
+            .expect_err("loopback");
         assert!(e.reason.contains("127.0.0.1, a loopback"), "{e}");
-        let e = g.admit(&host("mapped.example"), 80).await.expect_err("mapped");
+        let e = g
+            .admit(&host("mapped.example"), 80)
+            .await
+            .expect_err("mapped");
         assert!(e.reason.contains("loopback"), "{e}");
-        let e = g.admit(&host("lan.example"), 80).await.expect_err("private");
+        let e = g
+            .admit(&host("lan.example"), 80)
+            .await
+            .expect_err("private");
         assert!(e.reason.contains("private"), "{e}");
         assert_eq!(
-            g.admit(&host("mixed.example"), 443).await.expect("public part"),
+            g.admit(&host("mixed.example"), 443)
+                .await
+                .expect("public part"),
             vec!["93.184.215.14:443".parse::<SocketAddr>().expect("addr")],
             "only the public address is used"
         );
-        let e = g.admit(&host("unknown.example"), 80).await.expect_err("nxdomain");
+        let e = g
+            .admit(&host("unknown.example"), 80)
+            .await
+            .expect_err("nxdomain");
         assert!(e.reason.contains("no address"), "{e}");
-        let e = g.admit(&host("169.254.169.254"), 80).await.expect_err("metadata");
+        let e = g
+            .admit(&host("169.254.169.254"), 80)
+            .await
+            .expect_err("metadata");
         assert!(e.reason.contains("link-local"), "{e}");
         assert!(g.admit(&host("93.184.215.14"), 80).await.is_ok());
         assert!(g.admit(&host("93.184.215.14"), 0).await.is_err());
@@ -569,9 +606,15 @@ mod tests {
     async fn allowed_domains_narrow_the_policy() {
         let g = gate(Some(&["public.example"]));
         assert!(g.admit(&host("public.example"), 443).await.is_ok());
-        let e = g.admit(&host("mixed.example"), 443).await.expect_err("not listed");
+        let e = g
+            .admit(&host("mixed.example"), 443)
+            .await
+            .expect_err("not listed");
         assert!(e.reason.contains("allowedDomains"), "{e}");
-        let e = g.admit(&host("93.184.215.14"), 443).await.expect_err("literal");
+        let e = g
+            .admit(&host("93.184.215.14"), 443)
+            .await
+            .expect_err("literal");
         assert!(e.reason.contains("address"), "{e}");
     }
 
@@ -587,11 +630,7 @@ mod tests {
         ];
         for (text, default, want) in cases {
             let got = split_authority(text, default).map(|(h, p)| (h.to_string(), p));
-            assert_eq!(
-                got,
-                want.map(|(h, p)| (h.to_string(), p)),
-                "{text}"
-            );
+            assert_eq!(got, want.map(|(h, p)| (h.to_string(), p)), "{text}");
         }
     }
 

@@ -134,9 +134,12 @@ pub fn normalise_host(raw: &str) -> Option<String> {
     let host = raw.trim_end_matches('.').to_ascii_lowercase();
     let ok = !host.is_empty()
         && host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
     ok.then_some(host)
 }
 
@@ -295,7 +298,16 @@ mod tests {
         assert!(wild.matches("a.b.github.com"));
         assert!(!wild.matches("github.com"));
         assert!(!wild.matches("evilgithub.com"));
-        for bad in ["", "*", "*.", "exa mple.com", "10.0.0.1", "localhost", "-a.com", "a..b"] {
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "exa mple.com",
+            "10.0.0.1",
+            "localhost",
+            "-a.com",
+            "a..b",
+        ] {
             assert!(DomainPattern::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -308,18 +320,30 @@ mod tests {
                 DomainPattern::parse("*.github.com").expect("valid"),
             ]),
         };
-        assert!(policy.admits_name(&Host::parse("example.com").expect("host")).is_ok());
-        assert!(policy.admits_name(&Host::parse("api.GitHub.com.").expect("host")).is_ok());
+        assert!(
+            policy
+                .admits_name(&Host::parse("example.com").expect("host"))
+                .is_ok()
+        );
+        assert!(
+            policy
+                .admits_name(&Host::parse("api.GitHub.com.").expect("host"))
+                .is_ok()
+        );
         let e = policy
             .admits_name(&Host::parse("evil.com").expect("host"))
             .expect_err("not listed");
         assert!(e.contains("allowedDomains"), "{e}");
-        assert!(policy
-            .admits_name(&Host::parse("93.184.215.14").expect("host"))
-            .is_err());
-        assert!(EgressPolicy::default()
-            .admits_name(&Host::parse("93.184.215.14").expect("host"))
-            .is_ok());
+        assert!(
+            policy
+                .admits_name(&Host::parse("93.184.215.14").expect("host"))
+                .is_err()
+        );
+        assert!(
+            EgressPolicy::default()
+                .admits_name(&Host::parse("93.184.215.14").expect("host"))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -498,7 +498,10 @@ mod tests {
             ("not json", "not valid"),
             (r#"{"additionalMounts":"x"}"#, "not valid"),
             (r#"{"mcpservers":{}}"#, "unknown field `mcpservers`"),
-            (r#"{"network":"full","allowedDomains":["a.com"]}"#, "narrows"),
+            (
+                r#"{"network":"full","allowedDomains":["a.com"]}"#,
+                "narrows",
+            ),
             (r#"{"allowedDomains":["10.0.0.1"]}"#, "allowedDomains"),
             (r#"{"limits":{"pids":1}}"#, "limits.pids is 1"),
             (r#"{"limits":{"disk":1}}"#, "unknown field `disk`"),

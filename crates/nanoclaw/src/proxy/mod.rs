@@ -432,7 +432,8 @@ where
             };
             let (io, addr) = self.inner.accept().await;
             let slot = match (&self.overflow, slot) {
-                (Overflow::Close { group }, _) => match Arc::clone(&self.slots).try_acquire_owned() {
+                (Overflow::Close { group }, _) => match Arc::clone(&self.slots).try_acquire_owned()
+                {
                     Ok(slot) => Some(slot),
                     Err(_) => {
                         if !warned {
@@ -782,7 +783,11 @@ mod tests {
             .await
             .expect("bind");
         let addr = tcp.local_addr().expect("addr");
-        let mut capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(2)), Overflow::Wait);
+        let mut capped = Capped::new(
+            tcp,
+            Arc::new(tokio::sync::Semaphore::new(2)),
+            Overflow::Wait,
+        );
         let mut clients = Vec::new();
         for _ in 0..3 {
             clients.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
@@ -852,8 +857,10 @@ mod tests {
                 .await
                 .expect("connect");
             c.write_all(
-                format!("GET / HTTP/1.1\r\nhost: x\r\nx-api-key: {token}\r\nconnection: close\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "GET / HTTP/1.1\r\nhost: x\r\nx-api-key: {token}\r\nconnection: close\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .await
             .expect("write");
@@ -887,7 +894,11 @@ mod tests {
             .await
             .expect("bind");
         let addr = tcp.local_addr().expect("addr");
-        let capped = Capped::new(tcp, Arc::new(tokio::sync::Semaphore::new(10)), Overflow::Wait);
+        let capped = Capped::new(
+            tcp,
+            Arc::new(tokio::sync::Semaphore::new(10)),
+            Overflow::Wait,
+        );
         let app = Router::new().fallback(|| async { "ok" });
         let (_stop, stop_rx) = watch::channel(false);
         tokio::spawn(serve_connections(

@@ -288,7 +288,8 @@ impl RunLoop {
                 // disk quota or memory limit hit, say) before asking for more.
                 Metrics::inc(&self.metrics.runs_failed);
                 tracing::warn!(%reason, "agent run stopped after its reply was sent; telling the user");
-                self.tell(&chat_jid, format!("I had to stop: {reason}.")).await;
+                self.tell(&chat_jid, format!("I had to stop: {reason}."))
+                    .await;
                 RunOutcome::Failed
             }
             (Some(reason), false) => {

@@ -74,11 +74,7 @@ impl Bwrap {
 
     /// bwrap's arguments; `userns` is the descriptor of the sandbox's user namespace
     /// when this process made it (root).
-    fn args(
-        &self,
-        spec: &SandboxSpec,
-        userns: Option<i32>,
-    ) -> Result<Vec<OsString>, SandboxError> {
+    fn args(&self, spec: &SandboxSpec, userns: Option<i32>) -> Result<Vec<OsString>, SandboxError> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
         match (spec.identity, userns) {
@@ -261,7 +257,9 @@ fn private_network(spec: &SandboxSpec) -> bool {
 /// `--userns`.
 fn mapped_user_namespace(host_uid: u32, host_gid: u32) -> Result<OwnedFd, SandboxError> {
     let failed = |what: String| {
-        Bwrap::unavailable(format!("cannot create the sandbox's user namespace: {what}"))
+        Bwrap::unavailable(format!(
+            "cannot create the sandbox's user namespace: {what}"
+        ))
     };
     let mut holder = std::process::Command::new("/bin/sh");
     holder

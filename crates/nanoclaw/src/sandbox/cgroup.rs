@@ -103,7 +103,8 @@ fn own_dir(proc_cgroup: &str, mountinfo: &str, controller: Option<&str>) -> Opti
 /// Whether we may create children in `dir` (tried, not guessed).
 fn can_create_in(dir: &Path) -> Result<(), String> {
     let probe = dir.join(format!("nanoclaw-probe-{}", std::process::id()));
-    fs::create_dir(&probe).map_err(|e| format!("cannot create cgroups in {}: {e}", dir.display()))?;
+    fs::create_dir(&probe)
+        .map_err(|e| format!("cannot create cgroups in {}: {e}", dir.display()))?;
     let _ = fs::remove_dir(&probe);
     Ok(())
 }
@@ -120,7 +121,9 @@ fn detect(proc_cgroup: &str, mountinfo: &str, pid: u32) -> Support {
         };
     }
     let Some(own) = own_dir(proc_cgroup, mountinfo, None) else {
-        return Support::Unavailable("no cgroup hierarchy with the memory and pids controllers is mounted".into());
+        return Support::Unavailable(
+            "no cgroup hierarchy with the memory and pids controllers is mounted".into(),
+        );
     };
     delegate_v2(&own, pid)
 }
@@ -134,7 +137,11 @@ fn delegate_v2(own: &Path, pid: u32) -> Support {
         return Support::Unavailable(format!(
             "the memory and pids controllers are not delegated to {} (it offers: {})",
             own.display(),
-            if available.trim().is_empty() { "none" } else { available.trim() }
+            if available.trim().is_empty() {
+                "none"
+            } else {
+                available.trim()
+            }
         ));
     }
     let enabled = read("cgroup.subtree_control");
@@ -142,17 +149,27 @@ fn delegate_v2(own: &Path, pid: u32) -> Support {
         // Only a cgroup without processes (or the root) hands controllers down; if the
         // daemon sits in one, its children are ours to create.
         return match can_create_in(own) {
-            Ok(()) => Support::V2 { parent: own.to_path_buf() },
+            Ok(()) => Support::V2 {
+                parent: own.to_path_buf(),
+            },
             Err(why) => Support::Unavailable(why),
         };
     }
     let leaf = own.join("nanoclaw-daemon");
     let moved = fs::create_dir(&leaf)
-        .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+        .or_else(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
         .and_then(|()| fs::write(leaf.join("cgroup.procs"), pid.to_string()))
         .and_then(|()| fs::write(own.join("cgroup.subtree_control"), "+memory +pids"));
     match moved {
-        Ok(()) => Support::V2 { parent: own.to_path_buf() },
+        Ok(()) => Support::V2 {
+            parent: own.to_path_buf(),
+        },
         Err(e) => Support::Unavailable(format!(
             "cannot take over {} for sandboxes ({e}); other processes may share it",
             own.display()
@@ -224,7 +241,11 @@ impl SandboxCgroup {
 
     /// Whether the kernel killed a process of this sandbox for exceeding its memory.
     pub fn oom_killed(&self) -> bool {
-        let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
         fs::read_to_string(self.memory_dir.join(file))
             .ok()
             .and_then(|text| {
@@ -317,7 +338,7 @@ fn kill_members(dir: &Path) {
 
 fn remove_all(dirs: &[PathBuf]) -> bool {
     dirs.iter()
-        .all(|d| matches!(fs::remove_dir(d), Ok(()) ) || !d.exists())
+        .all(|d| matches!(fs::remove_dir(d), Ok(())) || !d.exists())
 }
 
 /// Removes sandbox cgroups a crashed daemon left behind; returns how many. Their
@@ -331,7 +352,9 @@ pub fn remove_leftovers() -> usize {
     };
     let mut leftovers: Vec<PathBuf> = Vec::new();
     for parent in parents {
-        let Ok(entries) = fs::read_dir(parent) else { continue };
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             if name.to_string_lossy().starts_with("nanoclaw-nanoclaw-") {
@@ -411,7 +434,12 @@ mod tests {
         fs::write(own.join("cgroup.controllers"), "cpu memory pids\n").expect("write");
         fs::write(own.join("cgroup.subtree_control"), "").expect("write");
         let support = delegate_v2(&own, 4242);
-        assert_eq!(support, Support::V2 { parent: own.clone() });
+        assert_eq!(
+            support,
+            Support::V2 {
+                parent: own.clone()
+            }
+        );
         assert_eq!(
             fs::read_to_string(own.join("nanoclaw-daemon/cgroup.procs")).expect("moved"),
             "4242"
@@ -425,12 +453,28 @@ mod tests {
         assert_eq!(
             files,
             vec![
-                (own.join("nanoclaw-s1/memory.max"), limits.memory_bytes.to_string(), true),
-                (own.join("nanoclaw-s1/memory.swap.max"), "0".to_string(), false),
-                (own.join("nanoclaw-s1/pids.max"), limits.pids.to_string(), true),
+                (
+                    own.join("nanoclaw-s1/memory.max"),
+                    limits.memory_bytes.to_string(),
+                    true
+                ),
+                (
+                    own.join("nanoclaw-s1/memory.swap.max"),
+                    "0".to_string(),
+                    false
+                ),
+                (
+                    own.join("nanoclaw-s1/pids.max"),
+                    limits.pids.to_string(),
+                    true
+                ),
             ]
         );
-        let v1 = limit_files(false, &[PathBuf::from("/m/x"), PathBuf::from("/p/x")], &limits);
+        let v1 = limit_files(
+            false,
+            &[PathBuf::from("/m/x"), PathBuf::from("/p/x")],
+            &limits,
+        );
         assert_eq!(v1[0].0, PathBuf::from("/m/x/memory.limit_in_bytes"));
         assert_eq!(v1[2].0, PathBuf::from("/p/x/pids.max"));
     }

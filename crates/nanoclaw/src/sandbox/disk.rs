@@ -137,9 +137,12 @@ mod tests {
         std::os::unix::fs::symlink("/usr", a.join("usr")).expect("symlink");
         let sparse = std::fs::File::create(a.join("sparse")).expect("create");
         sparse.set_len(1 << 30).expect("sparse");
-        let used = usage(&[a.clone()]);
+        let used = usage(std::slice::from_ref(&a));
         assert!(used >= 1 << 20, "{used}");
-        assert!(used < 2 << 20, "the hard link, symlink target and holes are not counted: {used}");
+        assert!(
+            used < 2 << 20,
+            "the hard link, symlink target and holes are not counted: {used}"
+        );
         assert!(free_bytes(dir.path()).expect("statvfs") > 0);
     }
 

@@ -118,7 +118,12 @@ impl SandboxIds {
     /// `folder`'s host id, allocated on first use (blocking: SQLite).
     pub fn host_id(&self, folder: &str) -> Result<u32, String> {
         let key = folder.to_ascii_lowercase();
-        if let Some(id) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(id) = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(*id);
         }
         let store = crate::store::Store::open(&self.db, &self.assistant_name)

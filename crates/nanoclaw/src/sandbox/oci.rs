@@ -99,7 +99,11 @@ impl Oci {
         .map_err(failed)?
         .trim()
         .to_string();
-        let cached = self.rootfs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cached = self
+            .rootfs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some((cached_id, path)) = cached
             && cached_id == id
             && path.join("usr").is_dir()
@@ -113,7 +117,10 @@ impl Oci {
                 .trim(),
         );
         if !path.join("usr").is_dir() {
-            return Err(failed(format!("podman mounted it at {}, which holds no /usr", path.display())));
+            return Err(failed(format!(
+                "podman mounted it at {}, which holds no /usr",
+                path.display()
+            )));
         }
         *self.rootfs.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, path.clone()));
         Ok(path)
@@ -181,10 +188,7 @@ impl Oci {
                         format!("{flag}={after}:{after}:{}", 65536 - after),
                     ]);
                 }
-                a.extend([
-                    "--user".into(),
-                    format!("{SANDBOX_UID}:{SANDBOX_GID}"),
-                ]);
+                a.extend(["--user".into(), format!("{SANDBOX_UID}:{SANDBOX_GID}")]);
             }
             (Identity::Shared { uid, gid }, _) => {
                 a.extend(["--user".into(), format!("{uid}:{gid}")])
@@ -390,8 +394,12 @@ impl SandboxBackend for Oci {
     fn mechanisms(&self) -> Vec<String> {
         let root = Identity::daemon_is_root();
         let who = match (root, self.flavor) {
-            (true, Flavor::Podman) => "runs as root: each group's containers are its own host uid (--uidmap)",
-            (true, Flavor::Docker) => "runs as root: every container is the real uid 1000 (docker cannot map ids per container; see doctor's warning)",
+            (true, Flavor::Podman) => {
+                "runs as root: each group's containers are its own host uid (--uidmap)"
+            }
+            (true, Flavor::Docker) => {
+                "runs as root: every container is the real uid 1000 (docker cannot map ids per container; see doctor's warning)"
+            }
             (false, _) => "rootless: containers are this user (keep-id user namespace)",
         };
         let cgroups = match (root, crate::sandbox::cgroup::support()) {

@@ -38,6 +38,8 @@ pub struct SandboxRunner {
     backend: Arc<dyn SandboxBackend>,
     tokens: Arc<RunTokens>,
     ids: SandboxIds,
+    /// Removals of sandboxes whose runs were abandoned (see [`StopOnDrop`]).
+    stopping: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Kept so the per-run egress listeners never see their shutdown channel close.
     egress_running: tokio::sync::watch::Sender<bool>,
     /// Image built / runtime detected; retried on the next run after a failure.
@@ -55,6 +57,7 @@ impl SandboxRunner {
         SandboxRunner {
             layout: Layout::new(&config.root),
             ids: SandboxIds::new(&config),
+            stopping: Arc::default(),
             egress_running: tokio::sync::watch::channel(false).0,
             config,
             backend,
@@ -153,10 +156,12 @@ fn clear_input(dir: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Removes the sandbox when a run is abandoned mid-way.
+/// Removes the sandbox when a run is abandoned mid-way (the removal is awaited by
+/// [`AgentRunner::finish`] at shutdown: killing podman's client leaves its container).
 struct StopOnDrop {
     backend: Option<Arc<dyn SandboxBackend>>,
     name: String,
+    stopping: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Drop for StopOnDrop {
@@ -165,7 +170,10 @@ impl Drop for StopOnDrop {
             (self.backend.take(), tokio::runtime::Handle::try_current())
         {
             let name = std::mem::take(&mut self.name);
-            runtime.spawn(async move { backend.stop(&name).await });
+            let task = runtime.spawn(async move { backend.stop(&name).await });
+            let mut stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+            stopping.retain(|t| !t.is_finished());
+            stopping.push(task);
         }
     }
 }
@@ -209,7 +217,10 @@ impl AgentRunner for SandboxRunner {
         let disk = DiskLimits {
             folders: vec![
                 self.layout.group_dir(&folder),
-                self.layout.data_dir().join("sessions").join(folder.as_str()),
+                self.layout
+                    .data_dir()
+                    .join("sessions")
+                    .join(folder.as_str()),
                 self.layout.ipc_dir(&folder),
             ],
             quota_bytes: prepared.limits.disk_bytes,
@@ -299,6 +310,7 @@ impl AgentRunner for SandboxRunner {
         let mut guard = StopOnDrop {
             backend: Some(Arc::clone(&self.backend)),
             name: spec.name.clone(),
+            stopping: Arc::clone(&self.stopping),
         };
         let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -473,6 +485,17 @@ impl AgentRunner for SandboxRunner {
             "{} sandboxes running nanoclaw-agent",
             self.backend.kind().name()
         )
+    }
+
+    async fn finish(&self) {
+        let tasks = std::mem::take(&mut *self.stopping.lock().unwrap_or_else(|p| p.into_inner()));
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(std::time::Duration::from_secs(30), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sandboxes were still being removed at shutdown");
+        }
     }
 }
 

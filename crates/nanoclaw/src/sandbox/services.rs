@@ -92,7 +92,8 @@ impl RunServices {
         let mut removed = 0;
         for entry in entries.flatten() {
             let path = entry.path();
-            let live = std::os::unix::net::UnixStream::connect(path.join(proxy::SOCKET_NAME)).is_ok();
+            let live =
+                std::os::unix::net::UnixStream::connect(path.join(proxy::SOCKET_NAME)).is_ok();
             if !live && std::fs::remove_dir_all(&path).is_ok() {
                 removed += 1;
             }

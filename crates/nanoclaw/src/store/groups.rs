@@ -249,7 +249,10 @@ impl Store {
             .ctx("reading sandbox ids")?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX)))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX),
+                ))
             })
             .ctx("reading sandbox ids")?;
         rows.collect::<Result<_, _>>().ctx("reading sandbox ids")
@@ -342,9 +345,15 @@ pub(crate) mod tests {
         let b = store.sandbox_host_id("team", 1_900_000_000).expect("b");
         assert_eq!(a, 1_900_000_000);
         assert_eq!(b, 1_900_000_001);
-        assert_eq!(store.sandbox_host_id("TEAM", 1_900_000_000).expect("again"), b);
+        assert_eq!(
+            store.sandbox_host_id("TEAM", 1_900_000_000).expect("again"),
+            b
+        );
         // A higher base later starts above it; earlier ids stay.
-        assert_eq!(store.sandbox_host_id("x", 2_000_000_000).expect("x"), 2_000_000_000);
+        assert_eq!(
+            store.sandbox_host_id("x", 2_000_000_000).expect("x"),
+            2_000_000_000
+        );
         assert_eq!(store.sandbox_host_id("main", 2_000_000_000).expect("a"), a);
         assert_eq!(store.sandbox_host_id("y", 1_000).expect("y"), 2_000_000_001);
     }

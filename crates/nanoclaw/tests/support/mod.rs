@@ -249,6 +249,12 @@ pub fn test_env(root: &Path) -> HashMap<String, String> {
 }
 
 pub fn test_config(root: &Path) -> Config {
+    if let Ok(filter) = std::env::var("NANOCLAW_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let (mut config, _secrets) = Config::load(root, &test_env(root)).expect("test config loads");
     config.http_port = 0;
     config.credential_proxy_port = 0;
@@ -353,7 +359,6 @@ pub async fn start_sandboxed_daemon_in(
 
 /// A daemon with a scripted agent and the Telegram channel pointed at `api_url` (a fake
 /// Bot API or an emulator).
-#[allow(dead_code)]
 pub async fn telegram_daemon(
     runner: Arc<ScriptedRunner>,
     api_url: &str,
@@ -405,7 +410,6 @@ pub async fn wait_bot_texts(api: &Api, chat_jid: &str, n: usize) -> Vec<String> 
 }
 
 /// `NANOCLAW_SANDBOX_ID_BASE`'s default: where root's per-group sandbox ids start.
-#[allow(dead_code)]
 pub const SANDBOX_ID_BASE: u32 = 1_900_000_000;
 
 pub fn nanoclaw_bin() -> &'static str {
@@ -430,9 +434,38 @@ pub struct BinaryDaemon {
 
 impl BinaryDaemon {
     pub async fn spawn(root: &Path, extra_env: &[(&str, &str)]) -> BinaryDaemon {
+        Self::spawn_as(None, root, extra_env).await
+    }
+
+    /// [`BinaryDaemon::spawn`] as the ordinary user `uid` (through `setpriv`), when set;
+    /// `root`'s parent must be theirs.
+    pub async fn spawn_as(
+        uid: Option<u32>,
+        root: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> BinaryDaemon {
         let port = nanoclaw_test_support::free_port();
         std::fs::create_dir_all(root.join("home")).expect("create HOME");
-        let mut cmd = tokio::process::Command::new(nanoclaw_bin());
+        let mut cmd = match uid {
+            Some(uid) => {
+                let status = std::process::Command::new("chown")
+                    .args(["-R", &format!("{uid}:{uid}")])
+                    .arg(root)
+                    .status()
+                    .expect("chown");
+                assert!(status.success());
+                let mut c = tokio::process::Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "--",
+                    nanoclaw_bin(),
+                ]);
+                c
+            }
+            None => tokio::process::Command::new(nanoclaw_bin()),
+        };
         cmd.args(["run", "--root"])
             .arg(root)
             .env_clear()
@@ -512,4 +545,327 @@ pub async fn cli(root: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The unprivileged account sandbox tests switch to when they run nanoclaw "as an
+/// ordinary user" (the tests themselves run as root, as CI does).
+pub const ORDINARY_UID: u32 = 65534;
+
+/// A root for `nanoclaw sandbox exec` tests, run either as this process's user (root in
+/// CI) or as [`ORDINARY_UID`].
+pub struct SandboxRoot {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub home: PathBuf,
+    /// `Some(uid)`: nanoclaw runs as that ordinary user.
+    pub user: Option<u32>,
+}
+
+impl SandboxRoot {
+    pub fn new(user: Option<u32>) -> SandboxRoot {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".config/nanoclaw")).expect("home");
+        std::fs::create_dir_all(root.join("store")).expect("root");
+        drop(nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("store"));
+        let r = SandboxRoot {
+            _dir: dir,
+            root,
+            home,
+            user,
+        };
+        r.give_to_user();
+        r
+    }
+
+    fn give_to_user(&self) {
+        if let Some(uid) = self.user {
+            let base = self.root.parent().expect("parent");
+            std::fs::set_permissions(base, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod");
+            let status = std::process::Command::new("chown")
+                .args(["-R", &format!("{uid}:{uid}")])
+                .arg(base)
+                .status()
+                .expect("chown runs");
+            assert!(status.success(), "chown the test root to {uid}");
+        }
+    }
+
+    /// Registers a group (through the store, as `groups add` or main's IPC would).
+    pub fn register(&self, jid: &str, folder: &str, main: bool, container_config: Option<&str>) {
+        let store = nanoclaw::store::Store::open(&self.root.join("store/messages.db"), "Andy")
+            .expect("store");
+        store
+            .register_group(&nanoclaw::store::RegisteredGroup {
+                jid: jid.into(),
+                name: folder.into(),
+                folder: folder.into(),
+                trigger_pattern: "@Andy".into(),
+                added_at: nanoclaw::clock::now(),
+                container_config: container_config.map(str::to_string),
+                requires_trigger: !main,
+                is_main: main,
+            })
+            .expect("register");
+        drop(store);
+        self.give_to_user();
+    }
+
+    /// The host id of a group's sandboxes when nanoclaw runs as root.
+    pub fn host_id(&self, folder: &str) -> u32 {
+        let store = nanoclaw::store::Store::open(&self.root.join("store/messages.db"), "Andy")
+            .expect("store");
+        store
+            .sandbox_host_id(folder, SANDBOX_ID_BASE)
+            .expect("host id")
+    }
+
+    /// `nanoclaw ARGS --root ROOT` as the test's user, with `env` added.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+        let mut cmd = match self.user {
+            Some(uid) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "--",
+                    nanoclaw_bin(),
+                ]);
+                c
+            }
+            None => std::process::Command::new(nanoclaw_bin()),
+        };
+        cmd.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOME", &self.home)
+            .env("TZ", "UTC")
+            .envs(env.iter().copied());
+        cmd
+    }
+
+    /// `sandbox exec` of `script` (`sh -c`) in `group`; (exit code, stdout, stderr).
+    pub fn exec(&self, runtime: &str, group: &str, script: &str) -> (i32, String, String) {
+        let out = self
+            .command(
+                &[
+                    "sandbox",
+                    "exec",
+                    "--group",
+                    group,
+                    "--runtime",
+                    runtime,
+                    "--",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+                &[],
+            )
+            .output()
+            .expect("nanoclaw sandbox exec runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// [`SandboxRoot::exec`] that must succeed; its stdout.
+    pub fn exec_ok(&self, runtime: &str, group: &str, script: &str) -> String {
+        let (code, out, err) = self.exec(runtime, group, script);
+        assert_eq!(
+            code, 0,
+            "[{runtime}/{group}] `{script}` failed:\n{out}\n{err}"
+        );
+        out
+    }
+
+    /// `sandbox exec` in the background (killed when dropped).
+    pub fn spawn_exec(&self, runtime: &str, group: &str, script: &str) -> KillOnDrop {
+        let child = self
+            .command(
+                &[
+                    "sandbox",
+                    "exec",
+                    "--group",
+                    group,
+                    "--runtime",
+                    runtime,
+                    "--",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+                &[],
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nanoclaw sandbox exec starts");
+        KillOnDrop(Some(child))
+    }
+}
+
+/// A child process ended when dropped: SIGTERM (so `nanoclaw sandbox exec` removes its
+/// sandbox), then SIGKILL if it is still there after 20 s.
+pub struct KillOnDrop(pub Option<std::process::Child>);
+
+impl KillOnDrop {
+    pub fn wait_output(mut self) -> std::process::Output {
+        self.0
+            .take()
+            .expect("child")
+            .wait_with_output()
+            .expect("wait")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A web server at a public address that lives in a network namespace of the test's
+/// own: traffic to it never leaves this machine. Reached from the host through a /32
+/// route over a veth pair, removed with the namespace. Needs root and `ip`.
+pub struct PublicHost {
+    pub addr: std::net::Ipv4Addr,
+    pub port: u16,
+    netns: String,
+    server: Option<std::process::Child>,
+}
+
+impl PublicHost {
+    /// What the server answers `GET /` with.
+    pub const BODY: &'static str = "hello from the public internet";
+
+    pub fn start() -> PublicHost {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let id = (std::process::id() % 10_000) * 10 + n % 10;
+        // 100.128.0.0/9 is public unicast (just past carrier-grade NAT).
+        let addr = std::net::Ipv4Addr::new(100, 128 + (id % 100) as u8, (n % 250) as u8, 14);
+        let netns = format!("ncpub{id}");
+        let (host_if, ns_if) = (format!("ncv{id}h"), format!("ncv{id}n"));
+        let link = format!("10.{}.{}", 200 + (id % 50), n % 250);
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("this test needs `ip` (iproute2; scripts/setup.sh installs it)");
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &netns])
+            .output();
+        run(&["netns", "add", &netns]);
+        run(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        run(&["link", "set", &ns_if, "netns", &netns]);
+        run(&["addr", "add", &format!("{link}.1/30"), "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        let ns = |args: &[&str]| {
+            let mut full = vec!["netns", "exec", netns.as_str(), "ip"];
+            full.extend_from_slice(args);
+            run(&full);
+        };
+        ns(&["addr", "add", &format!("{link}.2/30"), "dev", &ns_if]);
+        ns(&["addr", "add", &format!("{addr}/32"), "dev", &ns_if]);
+        ns(&["link", "set", &ns_if, "up"]);
+        ns(&["link", "set", "lo", "up"]);
+        ns(&["route", "add", "default", "via", &format!("{link}.1")]);
+        run(&[
+            "route",
+            "add",
+            &format!("{addr}/32"),
+            "via",
+            &format!("{link}.2"),
+        ]);
+        let port = 8080;
+        let script = format!(
+            "import http.server\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def do_GET(self):\n\
+             \x20       b = b'{}'\n\
+             \x20       self.send_response(200); self.send_header('content-length', str(len(b))); self.end_headers(); self.wfile.write(b)\n\
+             \x20   def log_message(self, *a): pass\n\
+             http.server.ThreadingHTTPServer(('{addr}', {port}), H).serve_forever()\n",
+            Self::BODY
+        );
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        let host = PublicHost {
+            addr,
+            port,
+            netns,
+            server: Some(server),
+        };
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((addr, port)),
+            std::time::Duration::from_millis(200),
+        )
+        .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the public host did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        host
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}:{}/", self.addr, self.port)
+    }
+}
+
+impl Drop for PublicHost {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        // Deleting the namespace deletes the veth pair, and the route with it.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
 }
