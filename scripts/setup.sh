@@ -21,6 +21,8 @@ want tar tar
 want newuidmap uidmap
 want slirp4netns slirp4netns
 want chattr e2fsprogs
+# The isolation tests make network namespaces with a "public" host in them.
+want ip iproute2
 [ -e /usr/share/zoneinfo/Europe/Berlin ] || need_apt+=(tzdata)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

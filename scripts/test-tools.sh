@@ -37,3 +37,24 @@ if [ "$installed" != "$TELEGRAM_TEST_API_VERSION" ]; then
     echo "test-tools: installing telegram-test-api $TELEGRAM_TEST_API_VERSION into .tools/node" >&2
     npm install --silent --no-audit --no-fund --prefix .tools/node "telegram-test-api@$TELEGRAM_TEST_API_VERSION"
 fi
+
+# An ordinary account for the rootless podman tests (tests/group_isolation.rs), with
+# subordinate ids for its containers' user namespaces. Only root can make it.
+ROOTLESS_USER=nanoclaw-rootless
+if [ "$(id -u)" -eq 0 ] && ! id "$ROOTLESS_USER" >/dev/null 2>&1; then
+    echo "test-tools: creating the account $ROOTLESS_USER for rootless podman tests" >&2
+    useradd --create-home --shell /usr/sbin/nologin "$ROOTLESS_USER"
+fi
+if [ "$(id -u)" -eq 0 ] && ! grep -q "^$ROOTLESS_USER:" /etc/subuid 2>/dev/null; then
+    usermod --add-subuids 300000-365535 --add-subgids 300000-365535 "$ROOTLESS_USER"
+fi
+# Its podman on the kernel's own overlay: without fuse-overlayfs podman falls back to
+# vfs, which copies the whole image for every container (about 10 s each here).
+if [ "$(id -u)" -eq 0 ]; then
+    rootless_home=$(getent passwd "$ROOTLESS_USER" | cut -d: -f6)
+    if [ ! -f "$rootless_home/.config/containers/storage.conf" ]; then
+        install -d -o "$ROOTLESS_USER" -g "$ROOTLESS_USER" "$rootless_home/.config" "$rootless_home/.config/containers"
+        printf '[storage]\ndriver = "overlay"\n' > "$rootless_home/.config/containers/storage.conf"
+        chown "$ROOTLESS_USER:" "$rootless_home/.config/containers/storage.conf"
+    fi
+fi

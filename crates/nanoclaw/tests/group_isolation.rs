@@ -113,17 +113,18 @@ fn flood_script() -> Vec<Reply> {
     ]
 }
 
-/// Main answers once; `evil` then floods the proxy from its sandbox while `bystander`
-/// starts a new run and main answers a follow-up, both at their usual pace.
-async fn flood_scenario(api: &nanoclaw_test_support::Api, root: &std::path::Path, label: &str) {
+/// `steady` (main, or another chat) answers once; `evil` then floods the proxy from its
+/// sandbox while `bystander` starts a new run and `steady` answers a follow-up, both at
+/// their usual pace.
+async fn flood_scenario(
+    api: &nanoclaw_test_support::Api,
+    root: &std::path::Path,
+    label: &str,
+    steady: &str,
+) {
     let started = Instant::now();
-    api.send("web:main", "me", "Me", "hello")
-        .await
-        .expect("202");
-    assert_eq!(
-        wait_bot_texts(api, "web:main", 1).await,
-        ["baseline answer"]
-    );
+    api.send(steady, "me", "Me", "hello").await.expect("202");
+    assert_eq!(wait_bot_texts(api, steady, 1).await, ["baseline answer"]);
     let baseline = started.elapsed();
 
     api.send("web:evil", "mallory", "Mallory", "run this script")
@@ -151,10 +152,10 @@ async fn flood_scenario(api: &nanoclaw_test_support::Api, root: &std::path::Path
     assert_eq!(fresh, ["a fresh run during the attack"]);
     let fresh_run = started.elapsed();
     let started = Instant::now();
-    api.send("web:main", "me", "Me", "are you still there?")
+    api.send(steady, "me", "Me", "are you still there?")
         .await
         .expect("202");
-    let during = tokio::time::timeout(Duration::from_secs(60), wait_bot_texts(api, "web:main", 2))
+    let during = tokio::time::timeout(Duration::from_secs(60), wait_bot_texts(api, steady, 2))
         .await
         .expect("main is answered while another group floods the proxy");
     let under_attack = started.elapsed();
@@ -199,7 +200,7 @@ async fn flood_does_not_slow_other_groups(kind: RuntimeKind) {
     .await;
     support::register(d.root(), "web:evil", "evil", false);
     support::register(d.root(), "web:bystander", "bystander", false);
-    flood_scenario(&d.api, d.root(), runtime_name(kind)).await;
+    flood_scenario(&d.api, d.root(), runtime_name(kind), "web:main").await;
     d.stop().await;
 }
 
@@ -215,11 +216,9 @@ async fn podman_a_proxy_flood_does_not_slow_other_groups() {
     flood_does_not_slow_other_groups(RuntimeKind::Podman).await;
 }
 
-/// The same with `nanoclaw run` as an ordinary user (bubblewrap: user namespaces).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bwrap_a_proxy_flood_does_not_slow_other_groups_for_an_ordinary_user() {
-    require("bwrap");
-    require_root();
+/// The flood with `nanoclaw run` as an ordinary user: `uid` runs the daemon with
+/// `runtime`, `home` as its HOME.
+async fn flood_as_ordinary_user(runtime: &str, uid: u32, home: Option<&std::path::Path>) {
     let fake = FakeAnthropic::start(flood_script()).await;
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::set_permissions(
@@ -229,21 +228,30 @@ async fn bwrap_a_proxy_flood_does_not_slow_other_groups_for_an_ordinary_user() {
     .expect("chmod");
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).expect("root");
+    let home = home.map_or_else(|| root.join("home"), std::path::Path::to_path_buf);
+    let home_text = home.display().to_string();
     let d = support::BinaryDaemon::spawn_as(
-        Some(ORDINARY_UID),
+        Some(uid),
         &root,
         &[
             ("ANTHROPIC_BASE_URL", fake.url.as_str()),
             ("ANTHROPIC_API_KEY", "sk-test"),
             ("IDLE_TIMEOUT", "300000"),
+            ("CONTAINER_RUNTIME", runtime),
+            ("HOME", home_text.as_str()),
         ],
     )
     .await;
-    for (jid, folder) in [("web:evil", "evil"), ("web:bystander", "bystander")] {
+    let groups = [
+        ("web:evil", "evil"),
+        ("web:bystander", "bystander"),
+        ("web:steady", "steady"),
+    ];
+    for (jid, folder) in groups {
         let out = std::process::Command::new("setpriv")
             .args([
-                &format!("--reuid={ORDINARY_UID}"),
-                &format!("--regid={ORDINARY_UID}"),
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
                 "--clear-groups",
                 "--",
                 support::nanoclaw_bin(),
@@ -262,8 +270,9 @@ async fn bwrap_a_proxy_flood_does_not_slow_other_groups_for_an_ordinary_user() {
                 "--no-trigger",
             ])
             .env_clear()
-            .env("HOME", root.join("home"))
+            .env("HOME", &home)
             .env("PATH", "/usr/bin:/bin")
+            .current_dir("/")
             .output()
             .expect("groups add");
         assert!(
@@ -272,8 +281,31 @@ async fn bwrap_a_proxy_flood_does_not_slow_other_groups_for_an_ordinary_user() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    flood_scenario(&d.api, &root, "bwrap, ordinary user").await;
+    // Not main: its default `full` network needs /dev/net/tun for rootless podman,
+    // which some hosts (this CI machine) do not open to ordinary users.
+    flood_scenario(
+        &d.api,
+        &root,
+        &format!("{runtime}, ordinary user"),
+        "web:steady",
+    )
+    .await;
     d.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bwrap_a_proxy_flood_does_not_slow_other_groups_for_an_ordinary_user() {
+    require("bwrap");
+    require_root();
+    flood_as_ordinary_user("bwrap", ORDINARY_UID, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_a_proxy_flood_does_not_slow_other_groups_for_an_ordinary_user() {
+    require("podman");
+    require_root();
+    let (uid, home) = support::rootless_podman_account();
+    flood_as_ordinary_user("podman", uid, Some(&home)).await;
 }
 
 // ---------------------------------------------------------------------------------
@@ -370,10 +402,14 @@ EOF";
     let marker = r.root.join("groups/forker/forks");
     let deadline = Instant::now() + DEADLINE;
     while std::fs::read_to_string(&marker).map_or(true, |t| t.is_empty()) {
-        assert!(
-            Instant::now() < deadline,
-            "[{runtime}] the fork loop did not finish"
-        );
+        if Instant::now() > deadline {
+            let out = attacker.wait_output_after_term();
+            panic!(
+                "[{runtime}] the fork loop did not finish: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let forked: u64 = std::fs::read_to_string(&marker)
@@ -419,6 +455,15 @@ fn bwrap_memory_and_processes_are_per_sandbox_for_an_ordinary_user() {
     resource_suite("bwrap", Some(ORDINARY_UID));
 }
 
+#[test]
+fn podman_memory_and_processes_are_per_sandbox_for_an_ordinary_user() {
+    require("podman");
+    require_root();
+    let r = SandboxRoot::rootless_podman();
+    memory_is_bounded(&r, "podman");
+    processes_do_not_add_up(&r, "podman");
+}
+
 // ---------------------------------------------------------------------------------
 // Item 3: disk.
 
@@ -444,7 +489,9 @@ fn bwrap_one_file_cannot_outgrow_the_disk_quota() {
 #[test]
 fn podman_one_file_cannot_outgrow_the_disk_quota() {
     require("podman");
+    require_root();
     a_file_cannot_outgrow_the_quota(&SandboxRoot::new(None), "podman");
+    a_file_cannot_outgrow_the_quota(&SandboxRoot::rootless_podman(), "podman");
 }
 
 /// An agent that writes past its group's quota in many files is stopped and the chat is
@@ -668,6 +715,7 @@ fn podman_internet_reaches_only_the_public_internet() {
     require_root();
     let public = PublicHost::start();
     internet_policy(&SandboxRoot::new(None), "podman", &public);
+    internet_policy(&SandboxRoot::rootless_podman(), "podman", &public);
 }
 
 /// Two groups' sandboxes, both on `full`: one listens on every address it has, the
@@ -737,7 +785,9 @@ fn no_user_namespaces(r: &SandboxRoot, runtime: &str) {
 #[test]
 fn podman_sandboxes_cannot_create_user_namespaces() {
     require("podman");
+    require_root();
     no_user_namespaces(&SandboxRoot::new(None), "podman");
+    no_user_namespaces(&SandboxRoot::rootless_podman(), "podman");
 }
 
 #[test]

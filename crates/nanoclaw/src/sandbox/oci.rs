@@ -48,6 +48,8 @@ impl Flavor {
 }
 
 pub const ROOT_LABEL: &str = "org.nanoclaw.root";
+/// Sandbox variables passed by name, their values only in the client's environment.
+const BY_NAME: [&str; 1] = ["ANTHROPIC_API_KEY"];
 /// Where `container/Containerfile` puts the agent.
 const AGENT_IN_IMAGE: &str = "/usr/local/bin/nanoclaw-agent";
 pub const GROUP_LABEL: &str = "org.nanoclaw.group";
@@ -254,10 +256,16 @@ impl Oci {
             }
             (NetworkPolicy::Full, Flavor::Docker) => {}
         }
-        // Names only: the values come from the client's environment (see `command`),
-        // so the per-run token is not on any command line.
-        for (k, _) in &spec.env {
-            a.extend(["--env".into(), k.clone()]);
+        // The run token by name only: its value comes from the client's environment (see
+        // `command`), so it is on no command line. The rest (nothing secret) by value,
+        // so the client's own HOME, PATH and USER stay its own (rootless podman keeps
+        // its storage under HOME).
+        for (k, v) in &spec.env {
+            if BY_NAME.contains(&k.as_str()) {
+                a.extend(["--env".into(), k.clone()]);
+            } else {
+                a.extend(["--env".into(), format!("{k}={v}")]);
+            }
         }
         for m in &spec.mounts {
             let source = m.source.to_str().ok_or_else(|| {
@@ -383,11 +391,18 @@ impl SandboxBackend for Oci {
             _ => None,
         };
         let args = self.run_args(spec, self.runtime_flag().as_deref(), rootfs.as_deref())?;
+        // Names of environment variables only: their values are not on the command line.
+        tracing::debug!(sandbox = %spec.name, ?args, "{} run", self.flavor.binary());
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
             .envs(super::host_tool_env())
-            .envs(spec.env.iter().map(|(k, v)| (k, v)));
+            .envs(
+                spec.env
+                    .iter()
+                    .filter(|(k, _)| BY_NAME.contains(&k.as_str()))
+                    .map(|(k, v)| (k, v)),
+            );
         Ok(super::SandboxCommand::new(cmd, None))
     }
 
@@ -491,6 +506,33 @@ impl SandboxBackend for Oci {
             }),
         }?;
         let version = version.trim().lines().last().unwrap_or("").to_string();
+        let mut version = version;
+        if self.flavor == Flavor::Podman && !Identity::daemon_is_root() {
+            let driver = run_tool(
+                program,
+                &["info", "--format", "{{.Store.GraphDriverName}}"],
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_default();
+            let tun = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun");
+            if let Err(e) = tun {
+                version.push_str(&format!(
+                    " (network \"full\" cannot work here: rootless podman needs /dev/net/tun, which this \
+                     user cannot open ({e}); `chmod 0666 /dev/net/tun` as root, or keep such groups on \
+                     \"internet\")"
+                ));
+            }
+            if driver.trim() == "vfs" {
+                version.push_str(
+                    " (storage driver vfs: every sandbox copies the whole image, seconds per run; \
+                     set driver = \"overlay\" in ~/.config/containers/storage.conf or install fuse-overlayfs)",
+                );
+            }
+        }
         if self.image_exists().await? {
             let runtime = self.detect_runtime().await?;
             Ok(format!(

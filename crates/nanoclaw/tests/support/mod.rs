@@ -562,6 +562,15 @@ pub struct SandboxRoot {
 }
 
 impl SandboxRoot {
+    /// A root whose commands run as the rootless podman account, with its own HOME
+    /// (where its podman keeps the image, loaded here if it is not current).
+    pub fn rootless_podman() -> SandboxRoot {
+        let (uid, home) = rootless_podman_account();
+        let mut r = SandboxRoot::new(Some(uid));
+        r.home = home;
+        r
+    }
+
     pub fn new(user: Option<u32>) -> SandboxRoot {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("root");
@@ -649,6 +658,9 @@ impl SandboxRoot {
             .env("HOME", &self.home)
             .env("TZ", "UTC")
             .envs(env.iter().copied());
+        if self.user.is_some() {
+            cmd.current_dir("/");
+        }
         cmd
     }
 
@@ -716,11 +728,92 @@ impl SandboxRoot {
     }
 }
 
+/// The account the rootless podman tests run as (made by scripts/test-tools.sh), and its
+/// home; its podman gets the current agent image (`podman save | podman load`) unless it
+/// has it already.
+pub fn rootless_podman_account() -> (u32, PathBuf) {
+    const ACCOUNT: &str = "nanoclaw-rootless";
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let entry = passwd
+        .lines()
+        .find(|l| l.starts_with(&format!("{ACCOUNT}:")))
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs the account {ACCOUNT} (scripts/test-tools.sh creates it, as root)"
+            )
+        });
+    let fields: Vec<&str> = entry.split(':').collect();
+    let uid: u32 = fields[2].parse().expect("uid");
+    let home = PathBuf::from(fields[5]);
+    static LOADED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if !*loaded {
+        let label = |as_user: bool| -> String {
+            let mut cmd = if as_user {
+                let mut c = std::process::Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--init-groups",
+                    "--",
+                    "podman",
+                ]);
+                c.env_clear()
+                    .env("HOME", &home)
+                    .env("PATH", "/usr/bin:/bin")
+                    .current_dir("/");
+                c
+            } else {
+                std::process::Command::new("podman")
+            };
+            let out = cmd
+                .args([
+                    "image",
+                    "inspect",
+                    "--format",
+                    "{{index .Config.Labels \"org.nanoclaw.agent-build\"}}",
+                    "localhost/nanoclaw-agent:latest",
+                ])
+                .output()
+                .expect("podman runs");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let want = label(false);
+        assert!(
+            !want.is_empty(),
+            "the agent image is built (scripts/test.sh builds it)"
+        );
+        if label(true) != want {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "podman save localhost/nanoclaw-agent:latest | setpriv --reuid={uid} --regid={uid} --init-groups -- env -i HOME={} PATH=/usr/bin:/bin podman load -q",
+                    home.display()
+                ))
+                .current_dir("/")
+                .status()
+                .expect("podman load");
+            assert!(status.success(), "loading the agent image for {ACCOUNT}");
+        }
+        *loaded = true;
+    }
+    (uid, home)
+}
+
 /// A child process ended when dropped: SIGTERM (so `nanoclaw sandbox exec` removes its
 /// sandbox), then SIGKILL if it is still there after 20 s.
 pub struct KillOnDrop(pub Option<std::process::Child>);
 
 impl KillOnDrop {
+    /// SIGTERM, then everything it printed.
+    pub fn wait_output_after_term(mut self) -> std::process::Output {
+        let child = self.0.take().expect("child");
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait_with_output().expect("wait")
+    }
+
     pub fn wait_output(mut self) -> std::process::Output {
         self.0
             .take()
