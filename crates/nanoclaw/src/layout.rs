@@ -317,6 +317,14 @@ impl Layout {
         Ok(())
     }
 
+    /// Removes Unix sockets and FIFOs from global memory, never following symlinks:
+    /// global memory is mounted into every sandbox, and a socket there (read-only mounts
+    /// do not stop `connect`) would be a channel between groups' sandboxes.
+    pub fn remove_special_files_in_global(&self) -> io::Result<usize> {
+        let dir = open_dir_beneath(&self.groups_dir(), &["global"])?;
+        remove_special_files(dir, &self.global_dir(), 0)
+    }
+
     /// Creates a group's folders: `groups/{f}/logs`, its sessions dir and IPC namespace,
     /// without following symlinks (see [`open_dir_beneath`]).
     pub fn create_group_dirs(&self, folder: &GroupFolder) -> io::Result<()> {
@@ -481,12 +489,12 @@ fn chown_children(
     depth: usize,
 ) -> io::Result<()> {
     use rustix::fs::{AtFlags, Dir, FileType, Gid, Mode, OFlags, Uid, chownat, openat};
-    const MAX_DEPTH: usize = 64;
+    // Deeper entries were made by the sandbox itself, and so already belong to it: an
+    // agent that nests folders absurdly deep must not make its group unrunnable.
+    const MAX_DEPTH: usize = 128;
     if depth > MAX_DEPTH {
-        return Err(io::Error::other(format!(
-            "{} is nested too deeply",
-            path.display()
-        )));
+        tracing::warn!(path = %path.display(), "folders nested more than {MAX_DEPTH} deep are left as they are");
+        return Ok(());
     }
     let entries = Dir::read_from(&dir).map_err(|e| with_path(e.into(), path))?;
     for entry in entries {
@@ -538,6 +546,47 @@ fn chown_children(
         }
     }
     Ok(())
+}
+
+fn remove_special_files(dir: OwnedFd, path: &Path, depth: usize) -> io::Result<usize> {
+    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, openat, statat, unlinkat};
+    if depth > 128 {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    let entries = Dir::read_from(&dir).map_err(|e| with_path(e.into(), path))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| with_path(e.into(), path))?;
+        let name = entry.file_name();
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            FileType::Unknown => statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| FileType::from_raw_mode(st.st_mode))
+                .map_err(|e| with_path(e.into(), path))?,
+            known => known,
+        };
+        match kind {
+            FileType::Socket | FileType::Fifo => {
+                unlinkat(&dir, name, AtFlags::empty()).map_err(|e| with_path(e.into(), path))?;
+                removed += 1;
+            }
+            FileType::Directory => {
+                let child = openat(
+                    &dir,
+                    name,
+                    OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| with_path(e.into(), path))?;
+                let child_path = path.join(String::from_utf8_lossy(name.to_bytes()).as_ref());
+                removed += remove_special_files(child, &child_path, depth + 1)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(removed)
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {

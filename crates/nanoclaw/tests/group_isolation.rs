@@ -766,7 +766,7 @@ fn bwrap_sandboxes_share_no_network() {
 }
 
 // ---------------------------------------------------------------------------------
-// Item 7: no user namespaces inside sandboxes.
+// Item 7: no user namespaces inside sandboxes (nor vsock, found by the security review).
 
 fn no_user_namespaces(r: &SandboxRoot, runtime: &str) {
     r.register("web:ns", "ns", false, None);
@@ -774,11 +774,14 @@ fn no_user_namespaces(r: &SandboxRoot, runtime: &str) {
         runtime,
         "ns",
         "unshare -Ur true 2>/dev/null && echo UNSHARE; unshare -Urp true 2>/dev/null && echo PIDNS; \
-         python3 -c 'import os; os.unshare(os.CLONE_NEWUSER); print(\"PYTHON\")' 2>/dev/null; true",
+         python3 -c 'import os; os.unshare(os.CLONE_NEWUSER); print(\"PYTHON\")' 2>/dev/null; \
+         python3 -c 'import socket; socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); print(\"VSOCK\")' 2>/dev/null; \
+         python3 -c 'import socket; socket.socket(socket.AF_INET6); socket.socket(socket.AF_UNIX); print(\"usual-ok\")'",
     );
-    assert!(
-        out.trim().is_empty(),
-        "[{runtime}] a namespace was created: {out}"
+    assert_eq!(
+        out.trim(),
+        "usual-ok",
+        "[{runtime}] only the usual socket families, and no namespace: {out}"
     );
 }
 
@@ -910,5 +913,135 @@ fn sandbox_exec_and_doctor_show_the_limits_and_mechanisms() {
         "free under",
     ] {
         assert!(text.contains(needle), "doctor mentions {needle}: {text}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Found by the security review (an attacker inside real sandboxes).
+
+/// A mount checked and then mounted by path can be swapped for a symlink in between by
+/// whoever can write its parent: a group's mount inside another group's writable mount
+/// is refused, whatever the backend.
+fn nested_mounts_are_refused(runtime: &str) {
+    let r = SandboxRoot::new(None);
+    for d in ["projects/shared/sub", "secret"] {
+        std::fs::create_dir_all(r.home.join(d)).expect("mkdir");
+    }
+    std::fs::write(r.home.join("secret/key"), "not for team").expect("secret");
+    std::fs::write(
+        r.home.join(".config/nanoclaw/mount-allowlist.json"),
+        r#"{"allowedRoots": [{"path": "~/projects", "allowReadWrite": true}], "nonMainReadOnly": false}"#,
+    )
+    .expect("allowlist");
+    r.register(
+        "web:main",
+        "main",
+        true,
+        Some(r#"{"additionalMounts": [{"hostPath": "~/projects/shared", "readonly": false}]}"#),
+    );
+    r.register(
+        "web:team",
+        "team",
+        false,
+        Some(r#"{"additionalMounts": [{"hostPath": "~/projects/shared/sub"}]}"#),
+    );
+    let (code, out, err) = r.exec(runtime, "team", "ls /workspace/extra 2>/dev/null | wc -l");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "0", "[{runtime}] no extra mount: {out}");
+    assert!(
+        err.contains("which a group's sandboxes may write"),
+        "[{runtime}] says why: {err}"
+    );
+    let out = r.exec_ok(runtime, "main", "ls /workspace/extra");
+    assert_eq!(
+        out.trim(),
+        "shared",
+        "[{runtime}] main keeps its own mount: {out}"
+    );
+}
+
+#[test]
+fn bwrap_a_mount_inside_another_groups_writable_mount_is_refused() {
+    require("bwrap");
+    nested_mounts_are_refused("bwrap");
+}
+
+#[test]
+fn podman_a_mount_inside_another_groups_writable_mount_is_refused() {
+    require("podman");
+    nested_mounts_are_refused("podman");
+}
+
+/// Global memory is mounted into every sandbox; a socket main leaves there (read-only
+/// mounts do not stop `connect`) is removed before any sandbox starts.
+#[test]
+fn no_socket_in_global_memory_links_two_sandboxes() {
+    require("bwrap");
+    let r = SandboxRoot::new(None);
+    r.register("web:main", "main", true, None);
+    r.register("web:team", "team", false, None);
+    r.exec_ok(
+        "bwrap",
+        "main",
+        "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.bind(\"/workspace/global/relay.sock\")'; mkfifo /workspace/global/pipe; ls /workspace/global",
+    );
+    let out = r.exec_ok("bwrap", "team", "ls -A /workspace/global");
+    assert!(
+        !out.contains("relay.sock") && !out.contains("pipe"),
+        "removed before team's sandbox started: {out}"
+    );
+}
+
+/// Killing `sandbox exec` (no clean-up at all) ends the slirp4netns of a `full` sandbox
+/// too: it exits when the daemon's end of its exit pipe closes.
+#[test]
+fn slirp4netns_dies_with_the_process_that_started_it() {
+    require("bwrap");
+    require("slirp4netns");
+    require_root();
+    let r = SandboxRoot::new(None);
+    r.register("web:main", "main", true, None);
+    let exec = r.spawn_exec("bwrap", "main", "echo up > /workspace/group/up; sleep 60");
+    let pid = exec.0.as_ref().expect("child").id();
+    let deadline = Instant::now() + DEADLINE;
+    while !r.root.join("groups/main/up").exists() {
+        assert!(Instant::now() < deadline, "the sandbox did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let slirps = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let comm_ok = stat.contains("(slirp4netns)");
+                let ppid = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    .and_then(|n| n.parse::<u32>().ok());
+                comm_ok && ppid == Some(pid)
+            })
+            .collect()
+    };
+    let mine = slirps();
+    assert_eq!(mine.len(), 1, "one slirp4netns for the sandbox");
+    let mut child = exec;
+    if let Some(c) = child.0.as_mut() {
+        c.kill().expect("SIGKILL");
+        let _ = c.wait();
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while std::path::Path::new(&format!("/proc/{}", mine[0])).exists() {
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", mine[0])).unwrap_or_default();
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slirp4netns outlived the killed exec"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -238,13 +238,12 @@ async fn wait_for_stop_signal() -> Result<()> {
 /// Logs of a short-lived command: stderr only, `NANOCLAW_LOG` if set, else `default`.
 pub(crate) fn init_stderr_logging(config: &Config, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let explicit = std::env::var("NANOCLAW_LOG").is_ok() || std::env::var("RUST_LOG").is_ok();
-    let filter = EnvFilter::try_new(if explicit {
-        &config.log_filter
+    let chosen = if config.log_filter_set {
+        config.log_filter.as_str()
     } else {
         default
-    })
-    .unwrap_or_else(|_| EnvFilter::new(default));
+    };
+    let filter = EnvFilter::try_new(chosen).unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -109,7 +109,8 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         let backend = choose_backend(config, runtime_kind).await?;
         ensure_image(config, backend.kind(), false).await?;
-        let prepared = sandbox::prepare(&layout, &group, backend.kind(), |f| {
+        let all_groups = store.registered_groups()?;
+        let prepared = sandbox::prepare(&layout, &group, &all_groups, backend.kind(), |f| {
             store
                 .sandbox_host_id(f, config.sandbox_id_base)
                 .map_err(|e| e.to_string())

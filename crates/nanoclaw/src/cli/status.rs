@@ -182,6 +182,32 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
         },
     ));
 
+    if let Ok(store) = open_existing_store(config)
+        && let Ok(groups) = store.registered_groups()
+    {
+        let bad: Vec<String> = groups
+            .iter()
+            .filter_map(|g| {
+                crate::mounts::ContainerConfig::parse(g.container_config.as_deref())
+                    .err()
+                    .map(|e| format!("{} ({}): {e}", g.jid, g.folder))
+            })
+            .collect();
+        checks.push((
+            "groups",
+            if bad.is_empty() {
+                Verdict::Ok(format!(
+                    "{} registered, every container_config valid",
+                    groups.len()
+                ))
+            } else {
+                Verdict::Fail(format!(
+                    "these groups' runs fail until their container_config is fixed: {}",
+                    bad.join("; ")
+                ))
+            },
+        ));
+    }
     checks.push(("disk", disk_check(config)));
     checks.extend(identity_checks(config));
     checks.extend(sandbox_checks(config));

@@ -108,6 +108,9 @@ pub struct Config {
     pub min_task_interval: Duration,
     /// `tracing` filter directive (`NANOCLAW_LOG`, else `RUST_LOG`, else `info`).
     pub log_filter: String,
+    /// Whether `NANOCLAW_LOG` or `RUST_LOG` was set (short-lived commands log less
+    /// unless asked).
+    pub log_filter_set: bool,
     /// The `nanoclaw-agent` binary to put in sandboxes (`NANOCLAW_AGENT_BIN`); default:
     /// next to the `nanoclaw` executable.
     pub agent_bin: Option<PathBuf>,
@@ -353,6 +356,10 @@ impl Config {
             zone: resolve_zone(s.get("TZ"))?,
             retry_base: s.millis("NANOCLAW_RETRY_BASE_MS", 5_000)?,
             min_task_interval: s.millis("NANOCLAW_MIN_TASK_INTERVAL_MS", 60_000)?,
+            log_filter_set: s
+                .get("NANOCLAW_LOG")
+                .or_else(|| s.get("RUST_LOG"))
+                .is_some(),
             log_filter: s
                 .get("NANOCLAW_LOG")
                 .or_else(|| s.get("RUST_LOG"))

@@ -196,7 +196,9 @@ pub const EXTRA: &str = "/workspace/extra";
 /// `config_files` are the allowlist files: hidden if the root contains them, and their
 /// folder, like the root itself, can never be an additional mount. `run_dir` is this
 /// sandbox's own folder of host sockets (credential proxy, egress), seen at
-/// `/run/nanoclaw/`.
+/// `/run/nanoclaw/`. `all_groups` are every registered group's additional mounts (with
+/// whether it is main): a mount inside one that any group may write is refused (see
+/// [`writable_by_sandboxes`]).
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     layout: &Layout,
@@ -207,6 +209,7 @@ pub fn plan(
     allowlist: &AllowlistFile,
     home: &Path,
     config_files: &[PathBuf],
+    all_groups: &[(bool, Vec<AdditionalMount>)],
 ) -> MountPlan {
     let mut mounts = Vec::new();
     if is_main {
@@ -244,6 +247,10 @@ pub fn plan(
         )
         .filter_map(|p| std::fs::canonicalize(&p).ok().or(Some(p)))
         .collect();
+    let writable = match allowlist {
+        AllowlistFile::Valid(list) => writable_by_sandboxes(list, all_groups, home, &protected),
+        _ => Vec::new(),
+    };
     let mut rejected = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for request in extra {
@@ -254,6 +261,22 @@ pub fn plan(
                 reason: other.describe(),
             }),
         };
+        let result = result.and_then(|v| match writable
+            .iter()
+            .find(|w| v.host_path != **w && v.host_path.starts_with(w))
+        {
+            Some(w) => Err(Rejection {
+                host_path: request.host_path.clone(),
+                reason: format!(
+                    "it lies inside {}, which a group's sandboxes may write (a read-write additional mount): \
+                     one of them could swap a symlink in between the check and the mount; mount {} itself, \
+                     or make that mount read-only",
+                    w.display(),
+                    w.display()
+                ),
+            }),
+            None => Ok(v),
+        });
         match result {
             Ok(v) if names.contains(&v.name) => rejected.push(Rejection {
                 host_path: request.host_path.clone(),
@@ -271,6 +294,29 @@ pub fn plan(
         }
     }
     MountPlan { mounts, rejected }
+}
+
+/// The host folders some group's sandboxes may write through a read-write additional
+/// mount. A mount is checked (symlinks resolved) and then mounted by path; a sandbox that
+/// can write an ancestor of another mount's path could swap in a symlink between the
+/// two and get any folder mounted, the allowlist's own included. So no mount may lie
+/// strictly inside one of these.
+fn writable_by_sandboxes(
+    list: &allowlist::MountAllowlist,
+    all_groups: &[(bool, Vec<AdditionalMount>)],
+    home: &Path,
+    protected: &[PathBuf],
+) -> Vec<PathBuf> {
+    all_groups
+        .iter()
+        .flat_map(|(is_main, mounts)| {
+            mounts
+                .iter()
+                .filter_map(move |m| list.validate(m, *is_main, home, protected).ok())
+        })
+        .filter(|v| v.writable)
+        .map(|v| v.host_path)
+        .collect()
 }
 
 /// Paths under the root that main's read-only project view must not show, relative to
@@ -351,6 +397,7 @@ mod tests {
             &none,
             Path::new("/home/x"),
             &[],
+            &[],
         );
         let t: Vec<(String, bool)> = targets(&p);
         let expect = [
@@ -388,6 +435,7 @@ mod tests {
             &none,
             Path::new("/home/x"),
             &[],
+            &[],
         );
         let t = targets(&p);
         assert!(
@@ -419,6 +467,7 @@ mod tests {
             &none,
             Path::new("/home/x"),
             &[],
+            &[],
         );
         assert_eq!(
             targets(&p),
@@ -433,6 +482,74 @@ mod tests {
         assert_eq!(p.mounts[0].source, layout.group_dir(&folder));
         assert_eq!(p.mounts[2].source, layout.sessions_dir(&folder));
         assert_eq!(p.mounts[3].source, layout.ipc_dir(&folder));
+    }
+
+    /// Main may write ~/projects/shared; team asks for ~/projects/shared/sub. Main's
+    /// sandbox could swap `sub` for a symlink between team's check and its mount, so
+    /// team's mount is refused; the writable one itself, and unrelated ones, are kept.
+    #[test]
+    fn a_mount_inside_a_folder_some_sandbox_can_write_is_refused() {
+        let (_d, layout, folder) = setup();
+        let home = tempfile::tempdir().expect("home");
+        for d in ["projects/shared/sub", "projects/other", ".config/nanoclaw"] {
+            std::fs::create_dir_all(home.path().join(d)).expect("mkdir");
+        }
+        let list_path = home.path().join(".config/nanoclaw/mount-allowlist.json");
+        std::fs::write(
+            &list_path,
+            r#"{"allowedRoots": [{"path": "~/projects", "allowReadWrite": true}], "nonMainReadOnly": false}"#,
+        )
+        .expect("allowlist");
+        let list = allowlist::load(&list_path, home.path());
+        let mount = |path: &str, readonly: bool| AdditionalMount {
+            host_path: path.into(),
+            container_path: None,
+            readonly: Some(readonly),
+        };
+        let all = [
+            (true, vec![mount("~/projects/shared", false)]),
+            (
+                false,
+                vec![
+                    mount("~/projects/shared/sub", true),
+                    mount("~/projects/other", true),
+                ],
+            ),
+        ];
+        let team = plan(
+            &layout,
+            &folder,
+            false,
+            Path::new("/run-dir"),
+            &all[1].1,
+            &list,
+            home.path(),
+            &[],
+            &all,
+        );
+        assert_eq!(team.rejected.len(), 1, "{:?}", team.rejected);
+        assert!(
+            team.rejected[0].reason.contains("may write"),
+            "{}",
+            team.rejected[0]
+        );
+        assert!(
+            team.mounts
+                .iter()
+                .any(|m| m.target == "/workspace/extra/other")
+        );
+        let main = plan(
+            &layout,
+            &folder,
+            true,
+            Path::new("/run-dir"),
+            &all[0].1,
+            &list,
+            home.path(),
+            &[],
+            &all,
+        );
+        assert!(main.rejected.is_empty(), "{:?}", main.rejected);
     }
 
     #[test]
@@ -458,6 +575,7 @@ mod tests {
                 &extra,
                 &list,
                 Path::new("/home/x"),
+                &[],
                 &[],
             );
             assert_eq!(p.rejected.len(), 1);

@@ -620,7 +620,9 @@ const NETWORK_SETUP: Duration = Duration::from_secs(10);
 
 #[async_trait]
 impl super::AfterSpawn for PrivateNetwork {
-    async fn start(self: Box<Self>) -> Result<tokio::process::Child, SandboxError> {
+    async fn start(
+        self: Box<Self>,
+    ) -> Result<(tokio::process::Child, Option<OwnedFd>), SandboxError> {
         let PrivateNetwork {
             info,
             release,
@@ -650,9 +652,14 @@ impl super::AfterSpawn for PrivateNetwork {
         let (ready_read, ready_write) =
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                 .map_err(|e| failed(format!("cannot create a pipe: {e}")))?;
+        // slirp4netns exits when the other end closes: when the sandbox is dropped, and
+        // also when this process dies without dropping it.
+        let (exit_read, exit_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| failed(format!("cannot create a pipe: {e}")))?;
         let mut cmd = tokio::process::Command::new(&slirp);
         cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback"])
-            .arg(format!("--ready-fd={}", ready_write.as_raw_fd()));
+            .arg(format!("--ready-fd={}", ready_write.as_raw_fd()))
+            .arg(format!("--exit-fd={}", exit_read.as_raw_fd()));
         if userns {
             cmd.arg(format!("--userns-path=/proc/{pid}/ns/user"));
         }
@@ -663,10 +670,12 @@ impl super::AfterSpawn for PrivateNetwork {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true);
-        // SAFETY: only an fcntl call between fork and exec.
+        // SAFETY: only close and fcntl calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                crate::daemon::close_lock_in_child();
                 rustix::io::fcntl_setfd(&ready_write, rustix::io::FdFlags::empty())?;
+                rustix::io::fcntl_setfd(&exit_read, rustix::io::FdFlags::empty())?;
                 Ok(())
             });
         }
@@ -685,7 +694,7 @@ impl super::AfterSpawn for PrivateNetwork {
         let mut release = std::fs::File::from(release);
         std::io::Write::write_all(&mut release, b"1")
             .map_err(|e| failed(format!("cannot release the sandbox: {e}")))?;
-        Ok(helper)
+        Ok((helper, Some(exit_write)))
     }
 }
 

@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 const FREE_SPACE_EVERY: Duration = Duration::from_secs(1);
 /// How often the group's usage is measured (longer when measuring is slow).
 const USAGE_EVERY: Duration = Duration::from_secs(3);
-/// Directories deeper than this are not descended into (counted as they are).
-const MAX_DEPTH: usize = 256;
 
 /// Bytes available to unprivileged users on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
@@ -31,8 +29,10 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 pub fn usage(roots: &[PathBuf]) -> u64 {
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut total = 0u64;
-    let mut stack: Vec<(PathBuf, usize)> = roots.iter().map(|r| (r.clone(), 0)).collect();
-    while let Some((path, depth)) = stack.pop() {
+    // An explicit stack, not recursion: any depth is counted (a deep tree must not
+    // hide files from the quota).
+    let mut stack: Vec<PathBuf> = roots.to_vec();
+    while let Some(path) = stack.pop() {
         use std::os::unix::fs::MetadataExt;
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
@@ -42,10 +42,9 @@ pub fn usage(roots: &[PathBuf]) -> u64 {
         }
         total = total.saturating_add(meta.blocks().saturating_mul(512));
         if meta.is_dir()
-            && depth < MAX_DEPTH
             && let Ok(entries) = std::fs::read_dir(&path)
         {
-            stack.extend(entries.flatten().map(|e| (e.path(), depth + 1)));
+            stack.extend(entries.flatten().map(|e| e.path()));
         }
     }
     total
@@ -137,10 +136,19 @@ mod tests {
         std::os::unix::fs::symlink("/usr", a.join("usr")).expect("symlink");
         let sparse = std::fs::File::create(a.join("sparse")).expect("create");
         sparse.set_len(1 << 30).expect("sparse");
+        let mut deep = a.join("d");
+        for _ in 0..300 {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).expect("deep");
+        std::fs::write(deep.join("hidden"), vec![1u8; 1 << 20]).expect("write deep");
         let used = usage(std::slice::from_ref(&a));
-        assert!(used >= 1 << 20, "{used}");
         assert!(
-            used < 2 << 20,
+            used >= 2 << 20,
+            "the file 300 folders deep counts too: {used}"
+        );
+        assert!(
+            used < 4 << 20,
             "the hard link, symlink target and holes are not counted: {used}"
         );
         assert!(free_bytes(dir.path()).expect("statvfs") > 0);

@@ -16,6 +16,7 @@ pub mod runner;
 pub(crate) mod seccomp;
 pub mod services;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -113,6 +114,13 @@ impl SandboxIds {
             base: config.sandbox_id_base,
             known: Arc::default(),
         }
+    }
+
+    /// The registered groups (blocking: SQLite).
+    pub fn registered_groups(&self) -> Result<Vec<RegisteredGroup>, String> {
+        crate::store::Store::open(&self.db, &self.assistant_name)
+            .and_then(|s| s.registered_groups())
+            .map_err(|e| format!("cannot read the registered groups: {e}"))
     }
 
     /// `folder`'s host id, allocated on first use (blocking: SQLite).
@@ -274,8 +282,11 @@ pub trait SandboxBackend: Send + Sync + 'static {
 /// Work a backend must do once the sandbox process exists (e.g. connect its network).
 #[async_trait]
 pub(crate) trait AfterSpawn: Send {
-    /// Returns a helper process that lives as long as the sandbox.
-    async fn start(self: Box<Self>) -> Result<tokio::process::Child, SandboxError>;
+    /// Returns a helper process that lives as long as the sandbox, and a descriptor to
+    /// hold while it should (the helper exits when it closes, even if this process dies).
+    async fn start(
+        self: Box<Self>,
+    ) -> Result<(tokio::process::Child, Option<OwnedFd>), SandboxError>;
 }
 
 /// A sandbox ready to start: set stdio and `kill_on_drop` on `command`, then `spawn`.
@@ -338,7 +349,7 @@ impl SandboxCommand {
 /// process itself is killed on drop if its command asked for `kill_on_drop`.
 pub struct SandboxChild {
     pub child: tokio::process::Child,
-    _helper: Option<tokio::process::Child>,
+    _helper: Option<(tokio::process::Child, Option<OwnedFd>)>,
     cgroup: Option<cgroup::SandboxCgroup>,
 }
 
@@ -440,6 +451,9 @@ pub struct Prepared {
     pub limits: Limits,
     /// The new sandbox's name (`nanoclaw-{folder}-{millis}`).
     pub name: String,
+    /// Every registered group's additional mounts, with whether it is main (see
+    /// `mounts::plan`).
+    pub all_mounts: Vec<(bool, Vec<mounts::allowlist::AdditionalMount>)>,
 }
 
 impl Prepared {
@@ -472,10 +486,11 @@ impl Prepared {
 
 /// Reads `group`'s settings and identity, and prepares its folders for the sandbox user.
 /// `allocate` gives the folder's host id when running as root (see
-/// [`Identity::for_group`]).
+/// [`Identity::for_group`]); `all_groups` are the registered groups (for their mounts).
 pub fn prepare(
     layout: &Layout,
     group: &RegisteredGroup,
+    all_groups: &[RegisteredGroup],
     kind: RuntimeKind,
     allocate: impl FnOnce(&str) -> Result<u32, String>,
 ) -> Result<Prepared, SandboxError> {
@@ -496,7 +511,26 @@ pub fn prepare(
         None => layout.create_group_dirs(&folder),
     };
     prepared_dirs.map_err(|e| invalid(format!("cannot prepare its folders: {e}")))?;
+    match layout.remove_special_files_in_global() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            removed = n,
+            "removed sockets and FIFOs from global memory (a channel between sandboxes)"
+        ),
+        Err(e) => return Err(invalid(format!("cannot check global memory: {e}"))),
+    }
+    // A group whose config cannot be read mounts nothing, so it counts with none.
+    let all_mounts = all_groups
+        .iter()
+        .map(|g| {
+            let mounts = ContainerConfig::parse(g.container_config.as_deref())
+                .map(|c| c.additional_mounts)
+                .unwrap_or_default();
+            (g.is_main, mounts)
+        })
+        .collect();
     Ok(Prepared {
+        all_mounts,
         network: container.network_for(group.is_main),
         limits: Limits::for_group(&container.limits),
         name: sandbox_name(&folder),
@@ -533,6 +567,7 @@ pub fn group_spec(
             config.mount_allowlist_path(),
             config.sender_allowlist_path(),
         ],
+        &prepared.all_mounts,
     );
     // The agent sends every model request over the proxy's Unix socket, mounted at
     // /run/nanoclaw/; the host part of this URL is only a label (the sandbox may have

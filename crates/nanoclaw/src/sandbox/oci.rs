@@ -242,6 +242,15 @@ impl Oci {
             "--tmpfs".into(),
             format!("/tmp:rw,nosuid,nodev,size={},mode=1777", limits.tmp_bytes),
             "--tmpfs".into(),
+            format!(
+                "/var/tmp:rw,nosuid,nodev,size={},mode=1777",
+                limits.home_bytes
+            ),
+            format!("--shm-size={}", limits.home_bytes),
+            // The runtime's own log of the container's output would be disk outside any
+            // quota; the host reads the output itself (and caps it).
+            "--log-driver=none".into(),
+            "--tmpfs".into(),
             // `U`: owned by the container's user (podman ignores `mode` here).
             format!("/home/node:rw,nosuid,nodev,size={},U", limits.home_bytes),
         ]);

@@ -207,22 +207,30 @@ impl AgentRunner for SandboxRunner {
             );
             let ids = self.ids.clone();
             tokio::task::spawn_blocking(move || {
-                super::prepare(&layout, &group, kind, |folder| ids.host_id(folder))
+                let all = ids
+                    .registered_groups()
+                    .map_err(super::SandboxError::Invalid)?;
+                super::prepare(&layout, &group, &all, kind, |folder| ids.host_id(folder))
             })
             .await
             .map_err(|e| RunError::new(format!("preparing the sandbox failed: {e}")))?
             .map_err(|e| RunError::new(e.to_string()))?
         };
         let folder = prepared.folder.clone();
+        let mut folders = vec![
+            self.layout.group_dir(&folder),
+            self.layout
+                .data_dir()
+                .join("sessions")
+                .join(folder.as_str()),
+            self.layout.ipc_dir(&folder),
+        ];
+        if prepared.is_main {
+            // Main also writes global memory.
+            folders.push(self.layout.global_dir());
+        }
         let disk = DiskLimits {
-            folders: vec![
-                self.layout.group_dir(&folder),
-                self.layout
-                    .data_dir()
-                    .join("sessions")
-                    .join(folder.as_str()),
-                self.layout.ipc_dir(&folder),
-            ],
+            folders,
             quota_bytes: prepared.limits.disk_bytes,
             root: self.layout.root().to_path_buf(),
             min_free_bytes: self.config.min_free_disk_bytes,

@@ -2,7 +2,8 @@
 //! that mostly serve to widen the kernel's attack surface: creating namespaces (notably
 //! user namespaces, which would hand the agent a full capability set over its own
 //! namespace), the new mount API, io_uring, BPF, keyrings, userfaultfd, perf events,
-//! module and kexec loading.
+//! module and kexec loading, and socket families other than Unix, IP and netlink
+//! (vsock, for one, reaches the hypervisor whatever the network namespace).
 //!
 //! One list, two forms: classic BPF built by hand for bubblewrap's `--seccomp`
 //! ([`filter`]), and an OCI profile for podman and docker's `--security-opt seccomp=`
@@ -46,6 +47,12 @@ const CLONE_NAMESPACE_FLAGS: u32 = 0x0002_0000 // NEWNS
     | 0x0000_0080; // NEWTIME
 
 const X86_64_CLONE: u32 = 56;
+const X86_64_SOCKET: u32 = 41;
+const X86_64_SOCKETPAIR: u32 = 53;
+/// `EAFNOSUPPORT`: a refused socket family looks like one the kernel lacks.
+const EAFNOSUPPORT: u32 = 97;
+/// The socket families a sandbox may use: AF_UNIX, AF_INET, AF_INET6, AF_NETLINK.
+const SOCKET_FAMILIES: [u32; 4] = [1, 2, 10, 16];
 const X86_64_CLONE3: u32 = 435;
 
 /// x86-64 system calls refused with `EPERM`.
@@ -125,6 +132,18 @@ pub fn filter() -> Option<Vec<u8>> {
     }
     prog.push(jump(BPF_JMP_JEQ_K, X86_64_CLONE3, 0, 1));
     prog.push(stmt(BPF_RET_K, SECCOMP_RET_ERRNO | ENOSYS));
+    // socket/socketpair: only the families in SOCKET_FAMILIES (arg0). vsock, for one,
+    // belongs to no network namespace and reaches the hypervisor.
+    prog.push(jump(BPF_JMP_JEQ_K, X86_64_SOCKET, 1, 0));
+    prog.push(jump(BPF_JMP_JEQ_K, X86_64_SOCKETPAIR, 0, 7));
+    prog.push(stmt(BPF_LD_W_ABS, OFFSET_ARG0_LOW));
+    let [unix, inet, inet6, netlink] = SOCKET_FAMILIES;
+    prog.push(jump(BPF_JMP_JEQ_K, unix, 3, 0));
+    prog.push(jump(BPF_JMP_JEQ_K, inet, 2, 0));
+    prog.push(jump(BPF_JMP_JEQ_K, inet6, 1, 0));
+    prog.push(jump(BPF_JMP_JEQ_K, netlink, 0, 1));
+    prog.push(stmt(BPF_RET_K, SECCOMP_RET_ALLOW));
+    prog.push(stmt(BPF_RET_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT));
     // clone: allowed (fork, threads) unless it asks for a new namespace.
     prog.push(jump(BPF_JMP_JEQ_K, X86_64_CLONE, 0, 3));
     prog.push(stmt(BPF_LD_W_ABS, OFFSET_ARG0_LOW));
@@ -147,6 +166,21 @@ pub fn oci_profile() -> Option<String> {
         serde_json::json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM}),
         serde_json::json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}),
     ];
+    // Socket families: refuse every value but SOCKET_FAMILIES (rules are alternatives,
+    // so: above the highest allowed one, and each other value below it).
+    let highest = SOCKET_FAMILIES.iter().copied().max().unwrap_or(0);
+    for name in ["socket", "socketpair"] {
+        let above = serde_json::json!({"index": 0, "value": highest, "op": "SCMP_CMP_GT"});
+        syscalls.push(serde_json::json!({
+            "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": EAFNOSUPPORT, "args": [above],
+        }));
+        for family in (0..highest).filter(|f| !SOCKET_FAMILIES.contains(f)) {
+            let equal = serde_json::json!({"index": 0, "value": family, "op": "SCMP_CMP_EQ"});
+            syscalls.push(serde_json::json!({
+                "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": EAFNOSUPPORT, "args": [equal],
+            }));
+        }
+    }
     // libseccomp has no "masked not equal": one rule per namespace flag, any one refuses.
     for bit in 0..32 {
         let flag = 1u32 << bit;
