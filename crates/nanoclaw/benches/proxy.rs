@@ -1,10 +1,11 @@
 //! Credential proxy numbers: `cargo bench -p nanoclaw --bench proxy`.
 //!
-//! 1. Added latency: the same small Messages request sent directly to a local upstream
-//!    and through the proxy (keep-alive clients on both paths), 1000 each, interleaved.
-//! 2. Concurrent SSE streams: N clients each hold a stream open through the proxy while
-//!    the upstream sends an event to every stream every 100 ms for 2 s; a level passes
-//!    when every client receives all its events.
+//! 1. Added latency: the same small Messages request sent directly to a local upstream,
+//!    through the proxy's loopback listener, and through a run's own Unix socket (the
+//!    agent's path), keep-alive clients on every path, 1000 each, interleaved.
+//! 2. Concurrent SSE streams: N runs (each its own socket, as separate agents) each hold
+//!    a stream open through the proxy while the upstream sends an event to every stream
+//!    every 100 ms for 2 s; a level passes when every client receives all its events.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,14 +97,24 @@ async fn main() {
         .await
         .expect("proxy");
     let via = format!("http://{}", proxy.tcp_addr);
-    let token = tokens.issue(RunIdentity {
-        group_folder: "bench".into(),
-        run_id: "r".into(),
-    });
+    let sockets = tempfile::tempdir().expect("socket dir");
+    let run = tokens
+        .open_run(
+            RunIdentity {
+                group_folder: "bench".into(),
+                run_id: "r".into(),
+            },
+            &sockets.path().join("latency.sock"),
+        )
+        .expect("run socket");
 
     // 1. Added latency.
     let client = nanoclaw::tls::client().build().expect("client");
-    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let over_socket = nanoclaw::tls::client()
+        .unix_socket(sockets.path().join("latency.sock"))
+        .build()
+        .expect("client");
+    let (mut direct, mut tcp, mut socket) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..1050 {
         let t = Instant::now();
         let _ = send(&client, &upstream, "sk-real", false)
@@ -112,42 +123,57 @@ async fn main() {
             .await;
         let d = t.elapsed();
         let t = Instant::now();
-        let _ = send(&client, &via, &token, false).await.bytes().await;
+        let _ = send(&client, &via, &run.token, false).await.bytes().await;
         let p = t.elapsed();
+        let t = Instant::now();
+        let _ = send(&over_socket, "http://proxy", &run.token, false)
+            .await
+            .bytes()
+            .await;
+        let u = t.elapsed();
         if i >= 50 {
             direct.push(d);
-            proxied.push(p);
+            tcp.push(p);
+            socket.push(u);
         }
     }
     direct.sort();
-    proxied.sort();
-    println!(
-        "request latency ({} each): direct median {:.3} ms p99 {:.3} ms; via proxy median {:.3} ms p99 {:.3} ms; added median {:.3} ms, p99 {:.3} ms",
-        direct.len(),
-        ms(percentile(&direct, 0.5)),
-        ms(percentile(&direct, 0.99)),
-        ms(percentile(&proxied, 0.5)),
-        ms(percentile(&proxied, 0.99)),
-        ms(percentile(&proxied, 0.5).saturating_sub(percentile(&direct, 0.5))),
-        ms(percentile(&proxied, 0.99).saturating_sub(percentile(&direct, 0.99))),
-    );
+    for (name, proxied) in [("loopback TCP", &mut tcp), ("a run's socket", &mut socket)] {
+        proxied.sort();
+        println!(
+            "request latency ({} each): direct median {:.3} ms p99 {:.3} ms; via {name} median {:.3} ms p99 {:.3} ms; added median {:.3} ms, p99 {:.3} ms",
+            direct.len(),
+            ms(percentile(&direct, 0.5)),
+            ms(percentile(&direct, 0.99)),
+            ms(percentile(proxied, 0.5)),
+            ms(percentile(proxied, 0.99)),
+            ms(percentile(proxied, 0.5).saturating_sub(percentile(&direct, 0.5))),
+            ms(percentile(proxied, 0.99).saturating_sub(percentile(&direct, 0.99))),
+        );
+    }
 
     // 2. Concurrent SSE streams.
     for n in [100usize, 500, 1000, 2000] {
         let started = Instant::now();
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
-            // One run per stream, as separate agents would be (a run may have at most
-            // MAX_REQUESTS_PER_RUN requests in flight).
-            let token = tokens.issue(RunIdentity {
-                group_folder: "bench".into(),
-                run_id: format!("r{i}"),
-            });
-            let via = via.clone();
+            // One run per stream, each with its own socket, as separate agents would be.
+            let path = sockets.path().join(format!("s{n}-{i}.sock"));
+            let run = tokens
+                .open_run(
+                    RunIdentity {
+                        group_folder: "bench".into(),
+                        run_id: format!("r{i}"),
+                    },
+                    &path,
+                )
+                .expect("run socket");
             handles.push(tokio::spawn(async move {
-                // One connection per stream, as separate agents would have.
-                let client = nanoclaw::tls::client().build().expect("client");
-                let mut response = send(&client, &via, &token, true).await;
+                let client = nanoclaw::tls::client()
+                    .unix_socket(path)
+                    .build()
+                    .expect("client");
+                let mut response = send(&client, "http://proxy", &run.token, true).await;
                 let mut text = String::new();
                 while let Ok(Some(chunk)) = response.chunk().await {
                     text.push_str(&String::from_utf8_lossy(&chunk));
