@@ -512,21 +512,8 @@ fn chown_children(
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(|e| with_path(e.into(), path))?;
-        let is_dir = match entry.file_type() {
-            FileType::Directory => true,
-            FileType::Unknown => rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
-                .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
-                .map_err(|e| with_path(e.into(), path))?,
-            _ => false,
-        };
-        if is_dir {
-            let child = openat(
-                &dir,
-                name,
-                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| with_path(e.into(), path))?;
+        if entry_kind(&dir, &entry, path)? == FileType::Directory {
+            let child = open_child_dir(&dir, name, path)?;
             let child_path = path.join(String::from_utf8_lossy(bytes).as_ref());
             if readable == Readable::ByAll {
                 add_mode(&child, 0o005).map_err(|e| with_path(e, &child_path))?;
@@ -548,8 +535,36 @@ fn chown_children(
     Ok(())
 }
 
+/// What a directory entry is, asking the filesystem (without following a symlink) when
+/// the listing does not say.
+fn entry_kind(
+    dir: &OwnedFd,
+    entry: &rustix::fs::DirEntry,
+    path: &Path,
+) -> io::Result<rustix::fs::FileType> {
+    use rustix::fs::{AtFlags, FileType, statat};
+    match entry.file_type() {
+        FileType::Unknown => statat(dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| FileType::from_raw_mode(st.st_mode))
+            .map_err(|e| with_path(e.into(), path)),
+        known => Ok(known),
+    }
+}
+
+/// Opens the subdirectory `name` of `dir`, refusing a symlink.
+fn open_child_dir(dir: &OwnedFd, name: &std::ffi::CStr, path: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags, openat};
+    openat(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| with_path(e.into(), path))
+}
+
 fn remove_special_files(dir: OwnedFd, path: &Path, depth: usize) -> io::Result<usize> {
-    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, openat, statat, unlinkat};
+    use rustix::fs::{AtFlags, Dir, FileType, unlinkat};
     if depth > 128 {
         return Ok(0);
     }
@@ -561,25 +576,13 @@ fn remove_special_files(dir: OwnedFd, path: &Path, depth: usize) -> io::Result<u
         if matches!(name.to_bytes(), b"." | b"..") {
             continue;
         }
-        let kind = match entry.file_type() {
-            FileType::Unknown => statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
-                .map(|st| FileType::from_raw_mode(st.st_mode))
-                .map_err(|e| with_path(e.into(), path))?,
-            known => known,
-        };
-        match kind {
+        match entry_kind(&dir, &entry, path)? {
             FileType::Socket | FileType::Fifo => {
                 unlinkat(&dir, name, AtFlags::empty()).map_err(|e| with_path(e.into(), path))?;
                 removed += 1;
             }
             FileType::Directory => {
-                let child = openat(
-                    &dir,
-                    name,
-                    OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| with_path(e.into(), path))?;
+                let child = open_child_dir(&dir, name, path)?;
                 let child_path = path.join(String::from_utf8_lossy(name.to_bytes()).as_ref());
                 removed += remove_special_files(child, &child_path, depth + 1)?;
             }

@@ -31,6 +31,14 @@ fn require_root() {
     );
 }
 
+/// A model key for the fake API (it accepts any).
+fn test_secrets() -> Secrets {
+    Secrets {
+        anthropic_api_key: Some(Secret::new("sk-test")),
+        ..Default::default()
+    }
+}
+
 fn runtime_name(kind: RuntimeKind) -> &'static str {
     kind.name()
 }
@@ -189,10 +197,7 @@ async fn flood_scenario(
 async fn flood_does_not_slow_other_groups(kind: RuntimeKind) {
     let fake = FakeAnthropic::start(flood_script()).await;
     let url = fake.url.clone();
-    let secrets = Secrets {
-        anthropic_api_key: Some(Secret::new("sk-test")),
-        ..Default::default()
-    };
+    let secrets = test_secrets();
     let d = support::start_sandboxed_daemon(kind, None, secrets, move |c| {
         c.anthropic_base_url = url;
         c.idle_timeout = Duration::from_secs(300);
@@ -504,10 +509,7 @@ async fn quota_stops_a_run(kind: RuntimeKind) {
     ])
     .await;
     let url = fake.url.clone();
-    let secrets = Secrets {
-        anthropic_api_key: Some(Secret::new("sk-test")),
-        ..Default::default()
-    };
+    let secrets = test_secrets();
     let d = support::start_sandboxed_daemon(kind, None, secrets, move |c| {
         c.anthropic_base_url = url;
     })
@@ -568,10 +570,7 @@ async fn runs_are_refused_when_the_disk_is_nearly_full() {
     require("bwrap");
     let fake = FakeAnthropic::start(vec![Reply::text("never sent")]).await;
     let url = fake.url.clone();
-    let secrets = Secrets {
-        anthropic_api_key: Some(Secret::new("sk-test")),
-        ..Default::default()
-    };
+    let secrets = test_secrets();
     let d = support::start_sandboxed_daemon(RuntimeKind::Bwrap, None, secrets, move |c| {
         c.anthropic_base_url = url;
         // More than any disk has free.

@@ -664,24 +664,27 @@ impl SandboxRoot {
         cmd
     }
 
+    /// `nanoclaw sandbox exec` of `script` (`sh -c`) in `group`, not started yet.
+    fn exec_command(&self, runtime: &str, group: &str, script: &str) -> std::process::Command {
+        let args = [
+            "sandbox",
+            "exec",
+            "--group",
+            group,
+            "--runtime",
+            runtime,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ];
+        self.command(&args, &[])
+    }
+
     /// `sandbox exec` of `script` (`sh -c`) in `group`; (exit code, stdout, stderr).
     pub fn exec(&self, runtime: &str, group: &str, script: &str) -> (i32, String, String) {
         let out = self
-            .command(
-                &[
-                    "sandbox",
-                    "exec",
-                    "--group",
-                    group,
-                    "--runtime",
-                    runtime,
-                    "--",
-                    "sh",
-                    "-c",
-                    script,
-                ],
-                &[],
-            )
+            .exec_command(runtime, group, script)
             .output()
             .expect("nanoclaw sandbox exec runs");
         (
@@ -704,21 +707,7 @@ impl SandboxRoot {
     /// `sandbox exec` in the background (killed when dropped).
     pub fn spawn_exec(&self, runtime: &str, group: &str, script: &str) -> KillOnDrop {
         let child = self
-            .command(
-                &[
-                    "sandbox",
-                    "exec",
-                    "--group",
-                    group,
-                    "--runtime",
-                    runtime,
-                    "--",
-                    "sh",
-                    "-c",
-                    script,
-                ],
-                &[],
-            )
+            .exec_command(runtime, group, script)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
