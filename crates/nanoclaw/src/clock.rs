@@ -4,10 +4,7 @@
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-/// Now, in the store's timestamp format.
-pub fn now() -> String {
-    format_utc(Timestamp::now())
-}
+pub use nanoclaw_channel::time::{format_utc, now};
 
 /// Milliseconds since the Unix epoch (for file names that sort by time).
 pub fn millis_now() -> i64 {
@@ -17,10 +14,6 @@ pub fn millis_now() -> i64 {
 /// `20260131-143200` in UTC, for log file names.
 pub fn compact_now() -> String {
     Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string()
-}
-
-pub fn format_utc(ts: Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 /// A stored timestamp shown in the user's zone, as in SPEC §5: `Jan 31, 2026, 2:32 PM`.

@@ -1,11 +1,4 @@
-//! HTTP clients: reqwest with rustls on the ring provider (installed once), so https
-//! works without OpenSSL and without a C toolchain beyond what SQLite needs.
+//! HTTP clients with TLS ready (rustls on the ring provider): the channel contract's,
+//! so every part of nanoclaw builds them the same way.
 
-/// A client builder with TLS ready.
-pub fn client() -> reqwest::ClientBuilder {
-    static PROVIDER: std::sync::Once = std::sync::Once::new();
-    PROVIDER.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-    reqwest::Client::builder()
-}
+pub use nanoclaw_channel::http::client;

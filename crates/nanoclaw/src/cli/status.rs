@@ -72,6 +72,12 @@ pub fn status(config: &Config, as_json: bool) -> Result<ExitCode> {
             "  senders:    {}",
             s(&live["sender_allowlist"]["description"])
         );
+        for (name, verdict) in channel_checks(&live) {
+            let text = match verdict {
+                Verdict::Ok(t) | Verdict::Warn(t) | Verdict::Fail(t) => t,
+            };
+            println!("  {name:<11} {text}");
+        }
         print_disk(config);
         return Ok(ExitCode::SUCCESS);
     }
@@ -212,13 +218,16 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
     checks.extend(identity_checks(config));
     checks.extend(sandbox_checks(config));
 
-    checks.push((
-        "daemon",
-        match daemon_status(config) {
-            Some(live) => Verdict::Ok(format!("running, pid {}", live["pid"])),
-            None => Verdict::Warn("not running".into()),
-        },
-    ));
+    match daemon_status(config) {
+        Some(live) => {
+            checks.push((
+                "daemon",
+                Verdict::Ok(format!("running, pid {}", live["pid"])),
+            ));
+            checks.extend(channel_checks(&live));
+        }
+        None => checks.push(("daemon", Verdict::Warn("not running".into()))),
+    }
 
     let mut failed = false;
     let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -238,6 +247,31 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One line per channel of a running daemon, from its `/api/status`.
+fn channel_checks(live: &Value) -> Vec<(&'static str, Verdict)> {
+    let Some(channels) = live["channels"].as_array() else {
+        return Vec::new();
+    };
+    channels
+        .iter()
+        .filter(|c| c["name"] != "web")
+        .map(|c| {
+            let name = c["name"].as_str().unwrap_or("channel");
+            let condition = &c["condition"];
+            let text = |key: &str| condition[key].as_str().unwrap_or("").to_string();
+            let verdict = match condition["state"].as_str() {
+                Some("connected") => Verdict::Ok(format!("{name}: connected {}", text("detail"))),
+                Some("needs_attention") => Verdict::Fail(format!("{name}: {}", text("reason"))),
+                Some("reconnecting") => {
+                    Verdict::Warn(format!("{name}: reconnecting ({})", text("reason")))
+                }
+                _ => Verdict::Warn(format!("{name}: connecting")),
+            };
+            ("channel", verdict)
+        })
+        .collect()
 }
 
 fn paint(color: bool, code: &str, text: &str) -> String {

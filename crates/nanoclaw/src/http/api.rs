@@ -196,7 +196,7 @@ pub async fn status(State(state): State<Arc<HttpState>>) -> Result<impl IntoResp
     let channels: Vec<Value> = state
         .channels
         .iter()
-        .map(|c| json!({ "name": c.name(), "connected": c.is_connected() }))
+        .map(|c| json!({ "name": c.name(), "connected": c.is_connected(), "condition": c.condition() }))
         .collect();
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),

@@ -5,21 +5,7 @@ use serde::Serialize;
 
 use super::{Store, StoreError, WithContext};
 
-/// A message as channels deliver it and as `messages` stores it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Message {
-    pub id: String,
-    pub chat_jid: String,
-    /// Platform id of the sender (what the sender allowlist matches).
-    pub sender: String,
-    /// Display name of the sender (what the agent sees).
-    pub sender_name: String,
-    pub content: String,
-    /// RFC 3339 UTC, see [`crate::clock`].
-    pub timestamp: String,
-    pub is_from_me: bool,
-    pub is_bot_message: bool,
-}
+pub use nanoclaw_channel::{ChatMeta, Message};
 
 /// A stored message with its arrival order (`seq`), which the cursor follows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,16 +13,6 @@ pub struct StoredMessage {
     pub seq: i64,
     #[serde(flatten)]
     pub message: Message,
-}
-
-/// Chat metadata a channel reports along with messages.
-#[derive(Debug, Clone, Default)]
-pub struct ChatMeta {
-    pub jid: String,
-    pub name: Option<String>,
-    pub timestamp: String,
-    pub channel: Option<String>,
-    pub is_group: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -20,9 +20,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::text::{Units, split};
-use super::{Channel, ChannelError, ChannelHost, OutboundMessage, SendRetry};
-use crate::store::{ChatMeta, Message};
+use nanoclaw_channel::text::{Units, split};
+use nanoclaw_channel::{
+    Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage, SendRetry,
+};
 
 pub const PREFIX: &str = "tg:";
 /// Telegram's limit for one message, in UTF-16 code units.
@@ -114,7 +115,7 @@ impl Telegram {
                 "TELEGRAM_BOT_TOKEN does not look like a bot token (digits, `:`, then letters, digits, `_` or `-`); copy it again from @BotFather".into(),
             );
         }
-        let client = crate::tls::client()
+        let client = nanoclaw_channel::http::client()
             .connect_timeout(Duration::from_secs(15))
             .build()
             .map_err(|e| format!("cannot create the Telegram HTTP client: {e}"))?;
@@ -231,11 +232,11 @@ impl Telegram {
                     .map(str::to_string)
             }
         };
-        let timestamp = jiff::Timestamp::from_second(msg["date"].as_i64().unwrap_or(0))
-            .ok()
-            .filter(|t| t.as_second() > 0)
-            .map(crate::clock::format_utc)
-            .unwrap_or_else(crate::clock::now);
+        let timestamp = msg["date"]
+            .as_i64()
+            .filter(|s| *s > 0)
+            .and_then(nanoclaw_channel::time::from_unix_seconds)
+            .unwrap_or_else(nanoclaw_channel::time::now);
         let meta = ChatMeta {
             jid: jid.clone(),
             name: chat["title"]

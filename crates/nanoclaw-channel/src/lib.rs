@@ -1,0 +1,242 @@
+//! The channel contract (SPEC §13): what a chat platform adapter and the NanoClaw host
+//! exchange, and nothing else. A channel crate depends on this and on its platform's
+//! protocol libraries; it never sees the host's store, router or queue, only a
+//! [`ChannelHost`]. The host enables each channel crate through a cargo feature.
+//!
+//! Also here, because every channel needs them the same way: splitting long replies
+//! ([`text`]), the store's timestamp format ([`time`]), an HTTP client with TLS ready
+//! ([`http`]) and reconnect backoff with jitter ([`Backoff`]).
+
+pub mod http;
+pub mod text;
+pub mod time;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// A message as a channel delivers it (and as the store keeps it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// The platform's id of the message, unique within the chat (redeliveries repeat it).
+    pub id: String,
+    pub chat_jid: String,
+    /// Platform id of the sender (what the sender allowlist matches).
+    pub sender: String,
+    /// Display name of the sender (what the agent sees).
+    pub sender_name: String,
+    pub content: String,
+    /// RFC 3339 UTC, see [`time`].
+    pub timestamp: String,
+    /// Sent from the account the assistant uses.
+    pub is_from_me: bool,
+    /// Written by the assistant itself: stored, never a trigger, never fed back.
+    pub is_bot_message: bool,
+}
+
+/// Chat metadata a channel reports along with messages.
+#[derive(Debug, Clone, Default)]
+pub struct ChatMeta {
+    pub jid: String,
+    pub name: Option<String>,
+    pub timestamp: String,
+    pub channel: Option<String>,
+    pub is_group: Option<bool>,
+}
+
+/// What a channel hands its inbound traffic to (the host's router and store).
+#[async_trait]
+pub trait ChannelHost: Send + Sync + 'static {
+    /// Stores a message (and its chat's metadata) and lets the router act on it. An
+    /// error means it was not stored: deliver it again later. Duplicates (same message
+    /// id in the same chat) are ignored.
+    async fn deliver(&self, chat: ChatMeta, message: Message) -> Result<(), String>;
+
+    /// Records chat metadata alone (e.g. a group's new name).
+    async fn chat_seen(&self, chat: ChatMeta) -> Result<(), String>;
+
+    /// The channel's persisted state under `key` (e.g. a polling offset).
+    async fn load_state(&self, key: &str) -> Result<Option<String>, String>;
+
+    /// Saves channel state; an empty value removes the key.
+    async fn save_state(&self, key: &str, value: &str) -> Result<(), String>;
+
+    /// The trigger text of the group registered for `jid` (so a channel can turn a
+    /// mention of the bot into that group's trigger); `None` if unknown.
+    async fn trigger_for(&self, _jid: &str) -> Option<String> {
+        None
+    }
+}
+
+/// How a channel is doing, as `status` and `doctor` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ChannelCondition {
+    Connecting,
+    Connected {
+        detail: String,
+    },
+    /// Retrying after a failure that may pass.
+    Reconnecting {
+        reason: String,
+    },
+    /// Stopped until the user acts (bad token, missing permission): `reason` says what.
+    NeedsAttention {
+        reason: String,
+    },
+}
+
+/// A committed reply on its way to a chat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboundMessage {
+    /// The outbox row id: unique and increasing, usable for de-duplication.
+    pub outbox_id: i64,
+    pub chat_jid: String,
+    pub text: String,
+    pub timestamp: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{channel}: {message}")]
+pub struct ChannelError {
+    pub channel: &'static str,
+    pub message: String,
+    /// Whether and when delivery should try again.
+    pub retry: SendRetry,
+}
+
+/// What delivery should do after a failed send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRetry {
+    /// Try again with backoff (network trouble, the platform is down).
+    Later,
+    /// The platform asked to wait this long (rate limits).
+    After(Duration),
+    /// It will never work (the bot was removed from the chat, the chat is gone): give
+    /// up on this reply so it does not hold back the chat's later ones.
+    Never,
+}
+
+impl ChannelError {
+    /// A failure worth retrying later.
+    pub fn new(channel: &'static str, message: impl Into<String>) -> ChannelError {
+        ChannelError {
+            channel,
+            message: message.into(),
+            retry: SendRetry::Later,
+        }
+    }
+
+    pub fn with_retry(mut self, retry: SendRetry) -> ChannelError {
+        self.retry = retry;
+        self
+    }
+}
+
+#[async_trait]
+pub trait Channel: Send + Sync + 'static {
+    /// Short lowercase name (`web`, `telegram`, …), also stored as `chats.channel`.
+    fn name(&self) -> &'static str;
+
+    /// Whether `jid` belongs to this channel (by prefix or suffix).
+    fn owns_jid(&self, jid: &str) -> bool;
+
+    /// Whether the channel can deliver right now.
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    /// How the channel is doing, for `status` and `doctor`: connected, or why not and
+    /// what to do about it.
+    fn condition(&self) -> ChannelCondition {
+        if self.is_connected() {
+            ChannelCondition::Connected {
+                detail: String::new(),
+            }
+        } else {
+            ChannelCondition::Connecting
+        }
+    }
+
+    /// Sends a reply. An error leaves the reply in the outbox for a later attempt.
+    async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError>;
+
+    /// Shows or hides a typing indicator. Best effort: failures are logged, never fatal.
+    async fn set_typing(&self, _jid: &str, _typing: bool) -> Result<(), ChannelError> {
+        Ok(())
+    }
+
+    /// Runs the channel's connection until `shutdown` turns true: connects, hands inbound
+    /// messages to `host`, reconnects with backoff after any failure, and never panics or
+    /// ends the process. Channels without a connection of their own return at once.
+    async fn run(self: Arc<Self>, _host: Arc<dyn ChannelHost>, _shutdown: watch::Receiver<bool>) {}
+}
+
+/// Reconnect delays: doubling from `base` up to `max`, each with up to a quarter of
+/// random jitter (so many clients do not come back in step), reset after a success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The delay before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        let plain = self.base.saturating_mul(factor).min(self.max);
+        let mut byte = [0u8; 1];
+        let jitter = if getrandom::fill(&mut byte).is_ok() {
+            plain.mul_f64(f64::from(byte[0]) / 255.0 / 4.0)
+        } else {
+            Duration::ZERO
+        };
+        plain + jitter
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Waits `delay`, or less if `shutdown` turns true; returns whether to go on.
+pub async fn sleep_unless_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = shutdown.wait_for(|s| *s) => true,
+    };
+    !stopped && !*shutdown.borrow()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        for (d, plain) in delays.iter().zip([100u64, 200, 400, 800, 1000, 1000]) {
+            let plain = Duration::from_millis(plain);
+            assert!(
+                *d >= plain && *d <= plain + plain / 4,
+                "{d:?} for {plain:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(125));
+    }
+}
