@@ -221,6 +221,93 @@ pub async fn sleep_unless_shutdown(delay: Duration, shutdown: &mut watch::Receiv
     !stopped && !*shutdown.borrow()
 }
 
+/// Sends a long reply piece by piece and remembers how far it got (in memory, and in
+/// the host's state under `{prefix}{outbox id}` so a restart does not repeat pieces
+/// either): a reply retried after a failure resumes at the first piece not yet sent.
+pub struct PieceLedger {
+    prefix: &'static str,
+    channel: &'static str,
+    sent: std::sync::Mutex<std::collections::HashMap<i64, usize>>,
+}
+
+impl PieceLedger {
+    /// `prefix`, e.g. `discord:partial_send:`, names the state keys.
+    pub fn new(channel: &'static str, prefix: &'static str) -> PieceLedger {
+        PieceLedger {
+            prefix,
+            channel,
+            sent: std::sync::Mutex::default(),
+        }
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, usize>> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `pieces` of `message` with `send_piece`, skipping those already sent.
+    pub async fn send<F, Fut>(
+        &self,
+        host: Option<&Arc<dyn ChannelHost>>,
+        message: &OutboundMessage,
+        pieces: &[String],
+        mut send_piece: F,
+    ) -> Result<(), ChannelError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ChannelError>>,
+    {
+        let id = message.outbox_id;
+        let key = format!("{}{id}", self.prefix);
+        let many = pieces.len() > 1;
+        let mut done = self.memory().get(&id).copied().unwrap_or(0);
+        if done == 0
+            && many
+            && let Some(host) = host
+        {
+            // Pieces sent before a restart.
+            done = host
+                .load_state(&key)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+        let save = |progress: String| {
+            let key = key.clone();
+            async move {
+                if let Some(host) = host
+                    && let Err(e) = host.save_state(&key, &progress).await
+                {
+                    tracing::warn!(
+                        "{}: cannot record how much of a long reply was sent: {e}",
+                        self.channel
+                    );
+                }
+            }
+        };
+        for (i, piece) in pieces.iter().enumerate().skip(done) {
+            if let Err(e) = send_piece(piece.clone()).await {
+                if e.retry == SendRetry::Never {
+                    self.memory().remove(&id);
+                    if many {
+                        save(String::new()).await;
+                    }
+                }
+                return Err(e);
+            }
+            self.memory().insert(id, i + 1);
+            if many {
+                // Cleared once the whole reply is out.
+                let last = i + 1 == pieces.len();
+                save(if last { String::new() } else { (i + 1).to_string() }).await;
+            }
+        }
+        self.memory().remove(&id);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use nanoclaw_channel::text::{Units, split};
 use nanoclaw_channel::{
-    Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage, SendRetry,
+    Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage, PieceLedger, SendRetry,
 };
 
 pub const PREFIX: &str = "tg:";
@@ -96,7 +96,7 @@ pub struct Telegram {
     me: Mutex<Option<BotIdentity>>,
     connected: AtomicBool,
     /// outbox id → pieces of that reply already sent.
-    sent_pieces: Mutex<HashMap<i64, usize>>,
+    sent_pieces: PieceLedger,
     typing: Mutex<HashMap<String, JoinHandle<()>>>,
     /// The daemon, once `run` started (for state that must survive a restart).
     host: Mutex<Option<Arc<dyn ChannelHost>>>,
@@ -125,7 +125,7 @@ impl Telegram {
             assistant_name: assistant_name.to_string(),
             me: Mutex::new(None),
             connected: AtomicBool::new(false),
-            sent_pieces: Mutex::new(HashMap::new()),
+            sent_pieces: PieceLedger::new("telegram", PARTIAL_SEND_PREFIX),
             typing: Mutex::new(HashMap::new()),
             host: Mutex::new(None),
         }))
@@ -490,71 +490,12 @@ impl Channel for Telegram {
         let chat_id = Telegram::chat_id(&message.chat_jid)?;
         let pieces = split(&message.text, MAX_MESSAGE, Units::Utf16);
         let host = self.host.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut done = self
-            .sent_pieces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&message.outbox_id)
-            .copied()
-            .unwrap_or(0);
-        let progress_key = format!("{PARTIAL_SEND_PREFIX}{}", message.outbox_id);
-        if done == 0
-            && pieces.len() > 1
-            && let Some(host) = &host
-        {
-            // Pieces sent before a restart.
-            done = host
-                .load_state(&progress_key)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-        }
-        let save = |progress: String| {
-            let (host, key) = (host.clone(), progress_key.clone());
-            async move {
-                if let Some(host) = host
-                    && let Err(e) = host.save_state(&key, &progress).await
-                {
-                    tracing::warn!(
-                        "telegram: cannot record how much of a long reply was sent: {e}"
-                    );
-                }
-            }
-        };
-        for (i, piece) in pieces.iter().enumerate().skip(done) {
-            if let Err(e) = self.send_piece(&chat_id, piece).await {
-                if e.retry == SendRetry::Never {
-                    self.sent_pieces
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&message.outbox_id);
-                    if pieces.len() > 1 {
-                        save(String::new()).await;
-                    }
-                }
-                return Err(e);
-            }
-            self.sent_pieces
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(message.outbox_id, i + 1);
-            if pieces.len() > 1 {
-                // Cleared once the whole reply is out.
-                save(if i + 1 == pieces.len() {
-                    String::new()
-                } else {
-                    (i + 1).to_string()
-                })
-                .await;
-            }
-        }
         self.sent_pieces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&message.outbox_id);
-        Ok(())
+            .send(host.as_ref(), message, &pieces, |piece| {
+                let chat_id = chat_id.clone();
+                async move { self.send_piece(&chat_id, &piece).await }
+            })
+            .await
     }
 
     async fn set_typing(&self, jid: &str, typing: bool) -> Result<(), ChannelError> {
