@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the third-party programs the tests drive, into .tools/ (ignored by git): the
 # official `anthropic` Python SDK in a virtualenv and the Claude Code CLI (clients of the
-# credential proxy), and the telegram-test-api Bot API emulator. Idempotent; needs only
-# the package registries (PyPI, npm).
+# credential proxy), the telegram-test-api Bot API emulator, and the Discord and Slack
+# client libraries. Idempotent; needs only the package registries (PyPI, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLAUDE_CODE_VERSION=2.1.197
@@ -31,12 +31,18 @@ if [ "$installed" != "$CLAUDE_CODE_VERSION" ]; then
     echo "test-tools: installing Claude Code $CLAUDE_CODE_VERSION into .tools/node" >&2
     npm install --silent --no-audit --no-fund --prefix .tools/node "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
 fi
-TELEGRAM_TEST_API_VERSION=4.2.1
-installed=$(node -e "try{console.log(require('./.tools/node/node_modules/telegram-test-api/package.json').version)}catch(e){}" 2>/dev/null || true)
-if [ "$installed" != "$TELEGRAM_TEST_API_VERSION" ]; then
-    echo "test-tools: installing telegram-test-api $TELEGRAM_TEST_API_VERSION into .tools/node" >&2
-    npm install --silent --no-audit --no-fund --prefix .tools/node "telegram-test-api@$TELEGRAM_TEST_API_VERSION"
-fi
+# The platforms' own client libraries, the judges of our fakes (tests/discord.rs,
+# tests/slack.rs), and the telegram-test-api emulator.
+for package in telegram-test-api@4.2.1 @discordjs/ws@2.0.4 @discordjs/rest@2.6.3 \
+    @slack/socket-mode@3.1.0 @slack/web-api@8.2.0; do
+    name=${package%@*}
+    version=${package##*@}
+    installed=$(node -e "try{console.log(require('./.tools/node/node_modules/$name/package.json').version)}catch(e){}" 2>/dev/null || true)
+    if [ "$installed" != "$version" ]; then
+        echo "test-tools: installing $name $version into .tools/node" >&2
+        npm install --silent --no-audit --no-fund --prefix .tools/node "$package"
+    fi
+done
 
 # An ordinary account for the rootless podman tests (tests/group_isolation.rs), with
 # subordinate ids for its containers' user namespaces. Only root can make it.

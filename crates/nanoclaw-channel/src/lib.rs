@@ -198,17 +198,20 @@ impl Backoff {
         let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
         self.attempt = self.attempt.saturating_add(1);
         let plain = self.base.saturating_mul(factor).min(self.max);
-        let mut byte = [0u8; 1];
-        let jitter = if getrandom::fill(&mut byte).is_ok() {
-            plain.mul_f64(f64::from(byte[0]) / 255.0 / 4.0)
-        } else {
-            Duration::ZERO
-        };
-        plain + jitter
+        plain + jitter(plain / 4)
     }
 
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+/// A random duration from zero to `max`.
+pub fn jitter(max: Duration) -> Duration {
+    let mut bytes = [0u8; 2];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => max.mul_f64(f64::from(u16::from_ne_bytes(bytes)) / f64::from(u16::MAX)),
+        Err(_) => max / 2,
     }
 }
 
@@ -244,7 +247,8 @@ impl PieceLedger {
         self.sent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `pieces` of `message` with `send_piece`, skipping those already sent.
+    /// Sends `pieces` of `message` with `send_piece(index, piece)`, skipping those
+    /// already sent.
     pub async fn send<F, Fut>(
         &self,
         host: Option<&Arc<dyn ChannelHost>>,
@@ -253,7 +257,7 @@ impl PieceLedger {
         mut send_piece: F,
     ) -> Result<(), ChannelError>
     where
-        F: FnMut(String) -> Fut,
+        F: FnMut(usize, String) -> Fut,
         Fut: std::future::Future<Output = Result<(), ChannelError>>,
     {
         let id = message.outbox_id;
@@ -287,7 +291,7 @@ impl PieceLedger {
             }
         };
         for (i, piece) in pieces.iter().enumerate().skip(done) {
-            if let Err(e) = send_piece(piece.clone()).await {
+            if let Err(e) = send_piece(i, piece.clone()).await {
                 if e.retry == SendRetry::Never {
                     self.memory().remove(&id);
                     if many {
@@ -300,11 +304,71 @@ impl PieceLedger {
             if many {
                 // Cleared once the whole reply is out.
                 let last = i + 1 == pieces.len();
-                save(if last { String::new() } else { (i + 1).to_string() }).await;
+                save(if last {
+                    String::new()
+                } else {
+                    (i + 1).to_string()
+                })
+                .await;
             }
         }
         self.memory().remove(&id);
         Ok(())
+    }
+}
+
+/// Typing indicators that a platform shows for a few seconds per call: while a chat
+/// wants one, `tick` is called every `every`, for at most `max`; a refused call ends it.
+pub struct TypingTickers {
+    every: Duration,
+    max: Duration,
+    tasks: std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl TypingTickers {
+    pub fn new(every: Duration, max: Duration) -> TypingTickers {
+        TypingTickers {
+            every,
+            max,
+            tasks: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Stops every indicator (the channel is shutting down).
+    pub fn stop_all(&self) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, task) in tasks.drain() {
+            task.abort();
+        }
+    }
+
+    /// Starts (replacing any) or stops the indicator of `jid`. `tick` returns `false`
+    /// when the platform refused it for good.
+    pub fn set<F, Fut>(&self, jid: &str, typing: bool, tick: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = tasks.remove(jid) {
+            old.abort();
+        }
+        if !typing {
+            return;
+        }
+        let (every, max) = (self.every, self.max);
+        tasks.insert(
+            jid.to_string(),
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                while started.elapsed() < max {
+                    if !tick().await {
+                        break;
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            }),
+        );
     }
 }
 

@@ -10,7 +10,6 @@
 //! - 429 answers are honoured (`retry_after`); 401/409 and network failures back off and
 //!   retry forever. The bot token is part of every API URL, so no URL is ever logged.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,11 +17,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use nanoclaw_channel::text::{Units, split};
 use nanoclaw_channel::{
     Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage, PieceLedger, SendRetry,
+    TypingTickers,
 };
 
 pub const PREFIX: &str = "tg:";
@@ -97,7 +96,7 @@ pub struct Telegram {
     connected: AtomicBool,
     /// outbox id → pieces of that reply already sent.
     sent_pieces: PieceLedger,
-    typing: Mutex<HashMap<String, JoinHandle<()>>>,
+    typing: TypingTickers,
     /// The daemon, once `run` started (for state that must survive a restart).
     host: Mutex<Option<Arc<dyn ChannelHost>>>,
 }
@@ -126,7 +125,7 @@ impl Telegram {
             me: Mutex::new(None),
             connected: AtomicBool::new(false),
             sent_pieces: PieceLedger::new("telegram", PARTIAL_SEND_PREFIX),
-            typing: Mutex::new(HashMap::new()),
+            typing: TypingTickers::new(TYPING_EVERY, TYPING_MAX),
             host: Mutex::new(None),
         }))
     }
@@ -491,7 +490,7 @@ impl Channel for Telegram {
         let pieces = split(&message.text, MAX_MESSAGE, Units::Utf16);
         let host = self.host.lock().unwrap_or_else(|p| p.into_inner()).clone();
         self.sent_pieces
-            .send(host.as_ref(), message, &pieces, |piece| {
+            .send(host.as_ref(), message, &pieces, |_, piece| {
                 let chat_id = chat_id.clone();
                 async move { self.send_piece(&chat_id, &piece).await }
             })
@@ -499,41 +498,27 @@ impl Channel for Telegram {
     }
 
     async fn set_typing(&self, jid: &str, typing: bool) -> Result<(), ChannelError> {
-        let mut tickers = self.typing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = tickers.remove(jid) {
-            old.abort();
-        }
-        if !typing {
-            return Ok(());
-        }
         let chat_id = Telegram::chat_id(jid)?;
         let (client, url) = (self.client.clone(), format!("{}/sendChatAction", self.base));
-        tickers.insert(
-            jid.to_string(),
-            tokio::spawn(async move {
-                let started = tokio::time::Instant::now();
-                while started.elapsed() < TYPING_MAX {
-                    let sent = client
-                        .post(&url)
-                        .json(&json!({"chat_id": chat_id, "action": "typing"}))
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await;
-                    match sent {
-                        Err(e) => {
-                            tracing::debug!(
-                                "telegram: typing indicator failed: {}",
-                                e.without_url()
-                            );
-                        }
-                        // Refused (blocked, removed, rate limited): stop asking.
-                        Ok(r) if r.status().is_client_error() => break,
-                        Ok(_) => {}
+        self.typing.set(jid, typing, move || {
+            let (client, url, chat_id) = (client.clone(), url.clone(), chat_id.clone());
+            async move {
+                let sent = client
+                    .post(&url)
+                    .json(&json!({"chat_id": chat_id, "action": "typing"}))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match sent {
+                    Err(e) => {
+                        tracing::debug!("telegram: typing indicator failed: {}", e.without_url());
+                        true
                     }
-                    tokio::time::sleep(TYPING_EVERY).await;
+                    // Refused (blocked, removed, rate limited): stop asking.
+                    Ok(r) => !r.status().is_client_error(),
                 }
-            }),
-        );
+            }
+        });
         Ok(())
     }
 
@@ -615,14 +600,7 @@ impl Channel for Telegram {
                 break;
             }
         }
-        for (_, ticker) in self
-            .typing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-        {
-            ticker.abort();
-        }
+        self.typing.stop_all();
         self.connected.store(false, Ordering::Relaxed);
         // The host holds the channels; do not keep it alive from here.
         *self.host.lock().unwrap_or_else(|p| p.into_inner()) = None;

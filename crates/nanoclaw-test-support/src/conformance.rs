@@ -12,6 +12,18 @@ use async_trait::async_trait;
 
 use crate::{Api, DEADLINE, wait_for};
 
+/// What happens to a message the bot itself wrote, seen on the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BotEcho {
+    /// The platform never shows a bot its own messages.
+    NeverShown,
+    /// The adapter stores it, marked as the bot's.
+    StoredAsBot,
+    /// The adapter drops it: the host already stored the reply when it committed it,
+    /// so the platform's echo would be a second copy.
+    Ignored,
+}
+
 /// How a platform measures message length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Units {
@@ -44,9 +56,9 @@ pub trait ChannelHarness: Send + Sync {
     fn is_group(&self) -> bool;
     /// Makes the platform deliver a user's message to the chat.
     async fn user_says(&self, text: &str) -> Result<()>;
-    /// Makes the platform deliver a message the bot itself wrote; `false` if the
-    /// platform never shows a bot its own messages.
-    async fn bot_says(&self, text: &str) -> Result<bool>;
+    /// Makes the platform deliver a message the bot itself wrote, and says what the
+    /// adapter is meant to do with it.
+    async fn bot_says(&self, text: &str) -> Result<BotEcho>;
     /// Makes the platform deliver the last message again; `false` if it never redelivers.
     async fn redeliver_last(&self) -> Result<bool>;
     /// What the platform received from the bot in the chat, in order.
@@ -182,18 +194,34 @@ pub async fn untriggered_chatter_is_stored_without_a_run(h: &dyn ChannelHarness)
 
 pub async fn bot_messages_are_marked_and_never_trigger(h: &dyn ChannelHarness) {
     let text = format!("{} this is the bot talking {}", h.trigger(), nonce());
-    if !h
+    match h
         .bot_says(&text)
         .await
         .expect("platform accepts the message")
     {
-        return skip(
+        BotEcho::NeverShown => skip(
             "bot messages",
             "the platform never shows the bot its own messages",
-        );
+        ),
+        BotEcho::StoredAsBot => {
+            let (_, _, _, is_bot, _) = wait_stored(h, &text).await;
+            assert!(is_bot, "the bot's own message is marked is_bot_message");
+        }
+        BotEcho::Ignored => {
+            // A message after it: once that is stored, the echo was processed.
+            let marker = format!("after the echo {}", nonce());
+            h.user_says(&marker)
+                .await
+                .expect("platform accepts the message");
+            wait_stored(h, &marker).await;
+            let copies = stored(h)
+                .await
+                .iter()
+                .filter(|m| m.0.contains(&text))
+                .count();
+            assert_eq!(copies, 0, "the bot's echo is not stored again");
+        }
     }
-    let (_, _, _, is_bot, _) = wait_stored(h, &text).await;
-    assert!(is_bot, "the bot's own message is marked is_bot_message");
     assert_idle(h, "the bot's own message never triggers").await;
 }
 

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod fake_anthropic;
+pub mod fake_discord;
 pub mod fake_openai;
 pub mod fake_telegram;
 

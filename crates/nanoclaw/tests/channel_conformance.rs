@@ -1,6 +1,7 @@
 //! The channel conformance kit (test-support `conformance`) run against every channel:
-//! the web channel and Telegram (against the fake Bot API). The agent is scripted; the
-//! sandboxed end to end runs are in `telegram.rs`.
+//! the web channel, Telegram (against the fake Bot API) and Discord (against the fake
+//! gateway and REST API). The agent is scripted; the sandboxed end to end runs are in
+//! `telegram.rs` and `discord.rs`.
 
 mod support;
 
@@ -9,7 +10,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use async_trait::async_trait;
 use nanoclaw_test_support::Api;
-use nanoclaw_test_support::conformance::{self, ChannelHarness, Units};
+use nanoclaw_test_support::conformance::{self, BotEcho, ChannelHarness, Units};
+use nanoclaw_test_support::fake_discord::{self, FakeDiscord};
 use nanoclaw_test_support::fake_telegram::{Chat, FakeTelegram, User};
 use serde_json::json;
 use support::{ScriptedRunner, Step, TestDaemon};
@@ -55,8 +57,8 @@ impl ChannelHarness for WebHarness {
             .await
             .map(|_| ())
     }
-    async fn bot_says(&self, _: &str) -> Result<bool> {
-        Ok(false)
+    async fn bot_says(&self, _: &str) -> Result<BotEcho> {
+        Ok(BotEcho::NeverShown)
     }
     async fn redeliver_last(&self) -> Result<bool> {
         Ok(false)
@@ -132,9 +134,9 @@ impl ChannelHarness for TelegramHarness {
         self.fake.user_says(&self.chat, &self.user, text);
         Ok(())
     }
-    async fn bot_says(&self, text: &str) -> Result<bool> {
+    async fn bot_says(&self, text: &str) -> Result<BotEcho> {
         self.fake.bot_says(&self.chat, text);
-        Ok(true)
+        Ok(BotEcho::StoredAsBot)
     }
     async fn redeliver_last(&self) -> Result<bool> {
         self.fake.redeliver_last();
@@ -193,6 +195,105 @@ async fn the_telegram_channel_conforms() {
         chat,
         user: User::new(4242, "Jo"),
     };
+    conformance::run_all(&h).await;
+    h.d.stop().await;
+}
+
+struct DiscordHarness {
+    d: TestDaemon,
+    runner: Arc<ScriptedRunner>,
+    fake: FakeDiscord,
+}
+
+#[async_trait]
+impl ChannelHarness for DiscordHarness {
+    fn api(&self) -> &Api {
+        &self.d.api
+    }
+    fn chat_jid(&self) -> String {
+        format!("dc:{}", fake_discord::CHANNEL_ID)
+    }
+    fn trigger(&self) -> String {
+        "@Andy".into()
+    }
+    fn user(&self) -> (String, String) {
+        (fake_discord::USER_ID.into(), "Bob".into())
+    }
+    fn is_group(&self) -> bool {
+        true
+    }
+    async fn user_says(&self, text: &str) -> Result<()> {
+        self.fake.user_says(fake_discord::CHANNEL_ID, text);
+        Ok(())
+    }
+    async fn bot_says(&self, text: &str) -> Result<BotEcho> {
+        self.fake.bot_says(fake_discord::CHANNEL_ID, text);
+        Ok(BotEcho::Ignored)
+    }
+    async fn redeliver_last(&self) -> Result<bool> {
+        self.fake.redeliver_last();
+        Ok(true)
+    }
+    async fn delivered(&self) -> Vec<String> {
+        self.fake
+            .sent()
+            .into_iter()
+            .filter(|s| s.channel_id == fake_discord::CHANNEL_ID)
+            .map(|s| s.content)
+            .collect()
+    }
+    async fn typing_shown(&self) -> Option<usize> {
+        Some(self.fake.typing_count(fake_discord::CHANNEL_ID))
+    }
+    async fn fail_typing(&self, fail: bool) -> bool {
+        self.fake.fail_typing(fail);
+        true
+    }
+    fn max_message(&self) -> Option<(usize, Units)> {
+        Some((2000, Units::Chars))
+    }
+    async fn drop_connection(&self) -> bool {
+        self.fake.drop_connection();
+        true
+    }
+    async fn send_malformed(&self) -> Result<bool> {
+        self.fake.send_raw("this is not JSON");
+        self.fake
+            .send_raw(r#"{"op": 0, "t": "MESSAGE_CREATE", "s": 9000, "d": "not an object"}"#);
+        self.fake.send_raw(
+            r#"{"op": 0, "t": "MESSAGE_CREATE", "d": {"id": 5, "channel_id": null, "author": []}}"#,
+        );
+        self.fake
+            .send_raw(r#"{"op": 0, "t": "SOMETHING_NEW", "d": {"id": "1"}}"#);
+        self.fake.send_raw(r#"[1, 2, 3]"#);
+        Ok(true)
+    }
+    fn next_reply(&self, text: &str) {
+        self.runner.push(Step::ReplyAndEnd(vec![text.into()]));
+    }
+    async fn stored_is_group(&self) -> Option<bool> {
+        stored_is_group(self.d.root(), &self.chat_jid())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_discord_channel_conforms() {
+    let fake = FakeDiscord::start("conformance.discord.token").await;
+    let runner = ScriptedRunner::new(vec![]);
+    let d = support::channel_daemon(
+        runner.clone(),
+        vec![support::discord(&fake, "conformance.discord.token")],
+        tempfile::tempdir().expect("temp dir"),
+    )
+    .await;
+    support::register(
+        d.root(),
+        &format!("dc:{}", fake_discord::CHANNEL_ID),
+        "discord_team",
+        true,
+    );
+    fake.wait_connected("the bot connected").await;
+    let h = DiscordHarness { d, runner, fake };
     conformance::run_all(&h).await;
     h.d.stop().await;
 }

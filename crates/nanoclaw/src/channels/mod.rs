@@ -11,6 +11,8 @@ use std::sync::Arc;
 pub use nanoclaw_channel::{
     Backoff, Channel, ChannelCondition, ChannelError, ChannelHost, OutboundMessage, SendRetry, text,
 };
+#[cfg(feature = "discord")]
+pub use nanoclaw_discord as discord;
 #[cfg(feature = "telegram")]
 pub use nanoclaw_telegram as telegram;
 
@@ -40,6 +42,7 @@ pub fn configured(
     config: &crate::config::Config,
     secrets: &crate::config::Secrets,
 ) -> Vec<Arc<dyn Channel>> {
+    #[allow(unused_mut)] // with every channel feature off
     let mut channels: Vec<Arc<dyn Channel>> = Vec::new();
     #[cfg(feature = "telegram")]
     match &secrets.telegram_bot_token {
@@ -53,6 +56,23 @@ pub fn configured(
         ) {
             Ok(t) => channels.push(t),
             Err(e) => tracing::error!("Telegram is off: {e}"),
+        },
+    }
+    #[cfg(feature = "discord")]
+    match &secrets.discord_bot_token {
+        None => tracing::warn!(
+            "Discord is off: set DISCORD_BOT_TOKEN (Developer Portal → your application → Bot) in .env to turn it on"
+        ),
+        Some(token) => match discord::Discord::new(
+            discord::DiscordConfig {
+                api_url: config.discord_api_url.clone(),
+                gateway_url: config.discord_gateway_url.clone(),
+                assistant_name: config.assistant_name.clone(),
+            },
+            token.expose(),
+        ) {
+            Ok(d) => channels.push(d),
+            Err(e) => tracing::error!("Discord is off: {e}"),
         },
     }
     let _ = (config, secrets);

@@ -127,6 +127,10 @@ pub struct Config {
     /// The Telegram Bot API (`TELEGRAM_API_URL`; a self-hosted Bot API server or a test
     /// double).
     pub telegram_api_url: String,
+    /// Discord's REST root (`DISCORD_API_URL`, scheme + host + port).
+    pub discord_api_url: String,
+    /// `DISCORD_GATEWAY_URL`: the gateway, else what `GET /gateway/bot` says.
+    pub discord_gateway_url: Option<String>,
     /// Runs are refused, and running ones stopped, when the disk holding the root has
     /// less free than this (`NANOCLAW_MIN_FREE_DISK_MB`, default 1024 MiB), so the store
     /// always has room.
@@ -165,16 +169,18 @@ pub struct Secrets {
     pub anthropic_auth_token: Option<Secret>,
     pub openai_api_key: Option<Secret>,
     pub telegram_bot_token: Option<Secret>,
+    pub discord_bot_token: Option<Secret>,
 }
 
 impl Secrets {
     /// Names of every variable treated as a secret.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "ANTHROPIC_API_KEY",
         "CLAUDE_CODE_OAUTH_TOKEN",
         "ANTHROPIC_AUTH_TOKEN",
         "OPENAI_API_KEY",
         "TELEGRAM_BOT_TOKEN",
+        "DISCORD_BOT_TOKEN",
     ];
 }
 
@@ -383,6 +389,11 @@ impl Config {
                 }
             },
             telegram_api_url,
+            discord_api_url: url_setting(&s, "DISCORD_API_URL", "https://discord.com")?,
+            discord_gateway_url: match s.get("DISCORD_GATEWAY_URL") {
+                None => None,
+                Some(_) => Some(url_setting(&s, "DISCORD_GATEWAY_URL", "")?),
+            },
             openai_base_url: s
                 .string("OPENAI_BASE_URL", "http://127.0.0.1:11434")
                 .trim_end_matches('/')
@@ -416,6 +427,7 @@ impl Config {
             anthropic_auth_token: s.secret("ANTHROPIC_AUTH_TOKEN"),
             openai_api_key: s.secret("OPENAI_API_KEY"),
             telegram_bot_token: s.secret("TELEGRAM_BOT_TOKEN"),
+            discord_bot_token: s.secret("DISCORD_BOT_TOKEN"),
         };
         Ok((config, secrets))
     }
@@ -431,6 +443,25 @@ impl Config {
 
     pub fn sender_allowlist_path(&self) -> PathBuf {
         self.home.join(".config/nanoclaw/sender-allowlist.json")
+    }
+}
+
+/// A URL setting without its trailing slash; it must have a scheme the client speaks.
+fn url_setting(s: &Settings, name: &'static str, default: &str) -> Result<String, ConfigError> {
+    let value = s
+        .string(name, default)
+        .trim()
+        .trim_end_matches('/')
+        .to_string();
+    let schemes = ["http://", "https://", "ws://", "wss://"];
+    if schemes.iter().any(|p| value.starts_with(p)) {
+        Ok(value)
+    } else {
+        Err(invalid(
+            s,
+            name,
+            "must be a URL starting with http://, https://, ws:// or wss://",
+        ))
     }
 }
 

@@ -378,6 +378,39 @@ pub async fn telegram_daemon(
     .await
 }
 
+/// The Discord channel pointed at a fake (its gateway found through `GET /gateway/bot`).
+pub fn discord(
+    fake: &nanoclaw_test_support::fake_discord::FakeDiscord,
+    token: &str,
+) -> Arc<nanoclaw::channels::discord::Discord> {
+    nanoclaw::channels::discord::Discord::new(
+        nanoclaw::channels::discord::DiscordConfig {
+            api_url: fake.api_url.clone(),
+            gateway_url: None,
+            assistant_name: "Andy".into(),
+        },
+        token,
+    )
+    .expect("discord")
+}
+
+/// A daemon with a scripted agent and these channels.
+pub async fn channel_daemon(
+    runner: Arc<dyn AgentRunner>,
+    channels: Vec<Arc<dyn Channel>>,
+    root: tempfile::TempDir,
+) -> TestDaemon {
+    start_daemon_full(
+        runner,
+        Arc::default(),
+        Default::default(),
+        channels,
+        root,
+        |_| {},
+    )
+    .await
+}
+
 /// Registers a non-main web group through the store, as `nanoclaw groups add` does.
 pub fn register(root: &Path, jid: &str, folder: &str, requires_trigger: bool) {
     let store =
