@@ -17,6 +17,11 @@ pub fn from_unix_seconds(seconds: i64) -> Option<String> {
     Timestamp::from_second(seconds).ok().map(format_utc)
 }
 
+/// A Unix time in milliseconds, in the store's format (`None` if out of range).
+pub fn from_unix_millis(millis: i64) -> Option<String> {
+    Timestamp::from_millisecond(millis).ok().map(format_utc)
+}
+
 /// An RFC 3339 timestamp from a platform (`2026-01-31T13:32:00.123000+00:00`) in the
 /// store's format (`None` if it cannot be read).
 pub fn from_rfc3339(text: &str) -> Option<String> {
@@ -35,6 +40,10 @@ mod tests {
         assert_eq!(
             super::from_unix_seconds(1_769_866_320).as_deref(),
             Some("2026-01-31T13:32:00.000Z")
+        );
+        assert_eq!(
+            super::from_unix_millis(1_769_866_320_123).as_deref(),
+            Some("2026-01-31T13:32:00.123Z")
         );
     }
 }

@@ -65,6 +65,10 @@ pub(crate) fn read(d: &Value, me: Option<&BotUser>, chat_name: Option<String>) -
                 format!("@{}", display_name(user, user.get("member")))
             };
             for t in &tokens {
+                if is_me {
+                    // The mention and one space after it: "<@bot> hi" is "hi".
+                    content = content.replace(&format!("{t} "), "");
+                }
                 content = content.replace(t.as_str(), &replacement);
             }
         }
@@ -74,7 +78,8 @@ pub(crate) fn read(d: &Value, me: Option<&BotUser>, chat_name: Option<String>) -
     {
         addresses_bot = true;
     }
-    let mut content = content.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Line breaks and indentation are the writer's (code, lists): only the ends trimmed.
+    let mut content = content.trim().to_string();
     if let Some(files) = d["attachments"].as_array() {
         let names: Vec<String> = files
             .iter()
@@ -145,10 +150,10 @@ mod tests {
 
     #[test]
     fn mentions_of_the_bot_address_it_and_others_become_names() {
-        let d = message("<@900> ask <@!6> about <#77>");
+        let d = message("<@900> ask <@!6> about <#77>\n  - and <@900> this");
         let got = read(&d, Some(&me()), Some("Guild #general".into())).expect("read");
         assert!(got.addresses_bot);
-        assert_eq!(got.message.content, "ask @carol about <#77>");
+        assert_eq!(got.message.content, "ask @carol about <#77>\n  - and this");
         assert_eq!(got.message.sender, "5");
         assert_eq!(got.message.sender_name, "Bobby");
         assert_eq!(got.message.chat_jid, "dc:42");

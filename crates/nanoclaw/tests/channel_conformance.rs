@@ -1,7 +1,8 @@
 //! The channel conformance kit (test-support `conformance`) run against every channel:
-//! the web channel, Telegram (against the fake Bot API) and Discord (against the fake
-//! gateway and REST API). The agent is scripted; the sandboxed end to end runs are in
-//! `telegram.rs` and `discord.rs`.
+//! the web channel, Telegram (against the fake Bot API), Discord (against the fake
+//! gateway and REST API) and Slack (against the fake Web API and Socket Mode). The agent
+//! is scripted; the sandboxed end to end runs are in `telegram.rs`, `discord.rs` and
+//! `slack.rs`.
 
 mod support;
 
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 use nanoclaw_test_support::Api;
 use nanoclaw_test_support::conformance::{self, BotEcho, ChannelHarness, Units};
 use nanoclaw_test_support::fake_discord::{self, FakeDiscord};
+use nanoclaw_test_support::fake_slack::{self, FakeSlack};
 use nanoclaw_test_support::fake_telegram::{Chat, FakeTelegram, User};
 use serde_json::json;
 use support::{ScriptedRunner, Step, TestDaemon};
@@ -295,5 +297,124 @@ async fn the_discord_channel_conforms() {
     fake.wait_connected("the bot connected").await;
     let h = DiscordHarness { d, runner, fake };
     conformance::run_all(&h).await;
+    h.d.stop().await;
+}
+
+const SLACK_APP: &str = "xapp-1-A0NANOCLAW-conformance";
+const SLACK_BOT: &str = "xoxb-conformance-bot";
+
+struct SlackHarness {
+    d: TestDaemon,
+    runner: Arc<ScriptedRunner>,
+    fake: FakeSlack,
+}
+
+#[async_trait]
+impl ChannelHarness for SlackHarness {
+    fn api(&self) -> &Api {
+        &self.d.api
+    }
+    fn chat_jid(&self) -> String {
+        format!("slack:{}", fake_slack::CHANNEL_ID)
+    }
+    fn trigger(&self) -> String {
+        "@Andy".into()
+    }
+    fn user(&self) -> (String, String) {
+        (
+            fake_slack::USER_ID.into(),
+            fake_slack::USER_DISPLAY_NAME.into(),
+        )
+    }
+    fn is_group(&self) -> bool {
+        true
+    }
+    async fn user_says(&self, text: &str) -> Result<()> {
+        // Slack escapes what people type.
+        let escaped = text
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        self.fake.user_says(fake_slack::CHANNEL_ID, &escaped);
+        Ok(())
+    }
+    async fn bot_says(&self, text: &str) -> Result<BotEcho> {
+        self.fake.bot_says(fake_slack::CHANNEL_ID, text);
+        Ok(BotEcho::Ignored)
+    }
+    async fn redeliver_last(&self) -> Result<bool> {
+        self.fake.redeliver_last();
+        Ok(true)
+    }
+    async fn delivered(&self) -> Vec<String> {
+        self.fake.posted(fake_slack::CHANNEL_ID)
+    }
+    async fn typing_shown(&self) -> Option<usize> {
+        // Slack has no typing indicator for bots: a reaction stands in.
+        Some(self.fake.reactions_added(fake_slack::CHANNEL_ID))
+    }
+    async fn fail_typing(&self, fail: bool) -> bool {
+        self.fake.fail_reactions(fail.then_some("internal_error"));
+        true
+    }
+    fn max_message(&self) -> Option<(usize, Units)> {
+        Some((4000, Units::Chars))
+    }
+    async fn drop_connection(&self) -> bool {
+        self.fake.drop_connection();
+        true
+    }
+    async fn send_malformed(&self) -> Result<bool> {
+        self.fake.send_raw("this is not JSON");
+        self.fake
+            .send_raw(r#"{"type": "events_api", "payload": {"event": {}}}"#);
+        self.fake.send_raw(
+            r#"{"envelope_id": "e-1", "type": "events_api", "payload": "not an object"}"#,
+        );
+        self.fake
+            .send_event(serde_json::json!({"type": "message", "text": 5}));
+        self.fake.send_event(
+            serde_json::json!({"type": "message", "channel": "C0GENERAL1",
+            "user": "U0BOB00001", "ts": "oops", "text": "strange ts"}),
+        );
+        self.fake
+            .send_raw(r#"{"envelope_id": "e-2", "type": "slash_commands", "payload": {}}"#);
+        Ok(true)
+    }
+    fn next_reply(&self, text: &str) {
+        self.runner.push(Step::ReplyAndEnd(vec![text.into()]));
+    }
+    async fn stored_is_group(&self) -> Option<bool> {
+        stored_is_group(self.d.root(), &self.chat_jid())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slack_channel_conforms() {
+    let fake = FakeSlack::start(SLACK_APP, SLACK_BOT).await;
+    let runner = ScriptedRunner::new(vec![]);
+    let d = support::channel_daemon(
+        runner.clone(),
+        vec![support::slack(&fake, SLACK_APP, SLACK_BOT)],
+        tempfile::tempdir().expect("temp dir"),
+    )
+    .await;
+    support::register(
+        d.root(),
+        &format!("slack:{}", fake_slack::CHANNEL_ID),
+        "slack_team",
+        true,
+    );
+    fake.wait_connected("the app connected").await;
+    let h = SlackHarness { d, runner, fake };
+    conformance::run_all(&h).await;
+    // Every envelope was acknowledged, each within Slack's 3 seconds.
+    let acks = h.fake.acks();
+    assert!(acks.len() > 20, "{} acknowledgements", acks.len());
+    assert!(
+        acks.iter()
+            .all(|(_, took)| *took < std::time::Duration::from_secs(3)),
+        "{acks:?}"
+    );
     h.d.stop().await;
 }

@@ -1,6 +1,6 @@
 //! Channel adapters (SPEC §13). The contract (the `Channel` and `ChannelHost` traits and
 //! the types they exchange) is the `nanoclaw-channel` crate; each platform is a crate of
-//! its own (`nanoclaw-telegram`, …) turned on by a cargo feature of this crate. Only the
+//! its own (`nanoclaw-telegram`, `nanoclaw-discord`, `nanoclaw-slack`) turned on by a cargo feature of this crate. Only the
 //! built-in web channel lives here, with the set of channels a daemon runs and
 //! [`configured`], which starts the ones whose credentials are set.
 
@@ -13,6 +13,8 @@ pub use nanoclaw_channel::{
 };
 #[cfg(feature = "discord")]
 pub use nanoclaw_discord as discord;
+#[cfg(feature = "slack")]
+pub use nanoclaw_slack as slack;
 #[cfg(feature = "telegram")]
 pub use nanoclaw_telegram as telegram;
 
@@ -36,45 +38,97 @@ impl ChannelSet {
     }
 }
 
-/// The channels whose credentials are configured; the others are skipped with a warning
-/// saying what to set. (The web channel is always on and not listed here.)
-pub fn configured(
-    config: &crate::config::Config,
-    secrets: &crate::config::Secrets,
-) -> Vec<Arc<dyn Channel>> {
-    #[allow(unused_mut)] // with every channel feature off
-    let mut channels: Vec<Arc<dyn Channel>> = Vec::new();
+/// Why a channel is not among those [`configured`] built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelOff {
+    /// No credentials: what to set to turn it on.
+    NotConfigured(String),
+    /// Credentials set but unusable: what is wrong and how to fix it.
+    Invalid(String),
+}
+
+/// The channels whose credentials are configured, and for each other channel compiled
+/// in, why it is off. (The web channel is always on and not listed.)
+pub struct Configured {
+    pub channels: Vec<Arc<dyn Channel>>,
+    pub off: Vec<(&'static str, ChannelOff)>,
+}
+
+/// Builds every channel whose credentials are set (nothing connects yet).
+pub fn configured(config: &crate::config::Config, secrets: &crate::config::Secrets) -> Configured {
+    let mut built = Configured {
+        channels: Vec::new(),
+        off: Vec::new(),
+    };
+    #[allow(unused_mut, unused_variables)] // with every channel feature off
+    let mut add = |name: &'static str, made: Result<Arc<dyn Channel>, ChannelOff>| match made {
+        Ok(c) => built.channels.push(c),
+        Err(off) => built.off.push((name, off)),
+    };
     #[cfg(feature = "telegram")]
-    match &secrets.telegram_bot_token {
-        None => tracing::warn!(
-            "Telegram is off: set TELEGRAM_BOT_TOKEN (from @BotFather) in .env to turn it on"
-        ),
-        Some(token) => match telegram::Telegram::new(
-            &config.telegram_api_url,
-            token.expose(),
-            &config.assistant_name,
-        ) {
-            Ok(t) => channels.push(t),
-            Err(e) => tracing::error!("Telegram is off: {e}"),
+    add(
+        "telegram",
+        match &secrets.telegram_bot_token {
+            None => Err(ChannelOff::NotConfigured(
+                "set TELEGRAM_BOT_TOKEN (from @BotFather) in .env to turn it on".into(),
+            )),
+            Some(token) => telegram::Telegram::new(
+                &config.telegram_api_url,
+                token.expose(),
+                &config.assistant_name,
+            )
+            .map(|t| t as Arc<dyn Channel>)
+            .map_err(ChannelOff::Invalid),
         },
-    }
+    );
     #[cfg(feature = "discord")]
-    match &secrets.discord_bot_token {
-        None => tracing::warn!(
-            "Discord is off: set DISCORD_BOT_TOKEN (Developer Portal → your application → Bot) in .env to turn it on"
-        ),
-        Some(token) => match discord::Discord::new(
-            discord::DiscordConfig {
-                api_url: config.discord_api_url.clone(),
-                gateway_url: config.discord_gateway_url.clone(),
-                assistant_name: config.assistant_name.clone(),
-            },
-            token.expose(),
-        ) {
-            Ok(d) => channels.push(d),
-            Err(e) => tracing::error!("Discord is off: {e}"),
+    add(
+        "discord",
+        match &secrets.discord_bot_token {
+            None => Err(ChannelOff::NotConfigured(
+                "set DISCORD_BOT_TOKEN (Developer Portal → your application → Bot) in .env to turn it on"
+                    .into(),
+            )),
+            Some(token) => discord::Discord::new(
+                discord::DiscordConfig {
+                    api_url: config.discord_api_url.clone(),
+                    gateway_url: config.discord_gateway_url.clone(),
+                    assistant_name: config.assistant_name.clone(),
+                },
+                token.expose(),
+            )
+            .map(|d| d as Arc<dyn Channel>)
+            .map_err(ChannelOff::Invalid),
         },
-    }
+    );
+    #[cfg(feature = "slack")]
+    add(
+        "slack",
+        match (&secrets.slack_app_token, &secrets.slack_bot_token) {
+            (None, None) => Err(ChannelOff::NotConfigured(
+                "set SLACK_APP_TOKEN (xapp-…) and SLACK_BOT_TOKEN (xoxb-…) in .env to turn it on"
+                    .into(),
+            )),
+            (Some(app), Some(bot)) => slack::Slack::new(
+                slack::SlackConfig {
+                    api_url: config.slack_api_url.clone(),
+                    assistant_name: config.assistant_name.clone(),
+                },
+                app.expose(),
+                bot.expose(),
+            )
+            .map(|s| s as Arc<dyn Channel>)
+            .map_err(ChannelOff::Invalid),
+            (Some(_), None) => Err(ChannelOff::Invalid(
+                "SLACK_APP_TOKEN is set but SLACK_BOT_TOKEN is not (xoxb-…, your app's page → OAuth & Permissions)"
+                    .into(),
+            )),
+            (None, Some(_)) => Err(ChannelOff::Invalid(
+                "SLACK_BOT_TOKEN is set but SLACK_APP_TOKEN is not (xapp-…, your app's page → Basic Information → App-Level Tokens)"
+                    .into(),
+            )),
+        },
+    );
     let _ = (config, secrets);
-    channels
+    built
 }

@@ -120,7 +120,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run => run(config, secrets),
         Command::Status { json } => status::status(&config, json),
         Command::Chat { jid, name } => chat::chat(&config, jid, name),
-        Command::Doctor => status::doctor(&config),
+        Command::Doctor => status::doctor(&config, &secrets),
         Command::Groups { command } => groups::run(&config, command),
         Command::Tasks { command } => tasks::run(&config, command),
         Command::Sandbox { command } => sandbox_cmd::sandbox(&config, command),
@@ -208,7 +208,18 @@ fn run(config: Config, secrets: Secrets) -> Result<ExitCode> {
                 Arc::new(UnavailableRunner::new(e))
             }
         };
-        let channels = crate::channels::configured(&config, &secrets);
+        let configured = crate::channels::configured(&config, &secrets);
+        for (name, off) in &configured.off {
+            match off {
+                crate::channels::ChannelOff::NotConfigured(hint) => {
+                    tracing::warn!("{name} is off: {hint}")
+                }
+                crate::channels::ChannelOff::Invalid(why) => {
+                    tracing::error!("{name} is off: {why}")
+                }
+            }
+        }
+        let channels = configured.channels;
         // Model credentials go to the credential proxy only.
         let daemon = daemon::start(DaemonOptions {
             config,

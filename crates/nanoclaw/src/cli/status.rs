@@ -123,7 +123,7 @@ pub(crate) enum Verdict {
     Fail(String),
 }
 
-pub fn doctor(config: &Config) -> Result<ExitCode> {
+pub fn doctor(config: &Config, secrets: &crate::config::Secrets) -> Result<ExitCode> {
     let layout = Layout::new(&config.root);
     let mut checks: Vec<(&str, Verdict)> = vec![(
         "config",
@@ -218,6 +218,21 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
     checks.extend(identity_checks(config));
     checks.extend(sandbox_checks(config));
 
+    // Channels whose settings keep them off, running or not.
+    let configured = crate::channels::configured(config, secrets);
+    for (name, off) in &configured.off {
+        checks.push((
+            "channel",
+            match off {
+                crate::channels::ChannelOff::NotConfigured(hint) => {
+                    Verdict::Ok(format!("{name}: off ({hint})"))
+                }
+                crate::channels::ChannelOff::Invalid(why) => {
+                    Verdict::Fail(format!("{name}: off: {why}"))
+                }
+            },
+        ));
+    }
     match daemon_status(config) {
         Some(live) => {
             checks.push((
@@ -226,7 +241,18 @@ pub fn doctor(config: &Config) -> Result<ExitCode> {
             ));
             checks.extend(channel_checks(&live));
         }
-        None => checks.push(("daemon", Verdict::Warn("not running".into()))),
+        None => {
+            checks.push(("daemon", Verdict::Warn("not running".into())));
+            for c in &configured.channels {
+                checks.push((
+                    "channel",
+                    Verdict::Ok(format!(
+                        "{}: configured (connects when nanoclaw runs)",
+                        c.name()
+                    )),
+                ));
+            }
+        }
     }
 
     let mut failed = false;

@@ -131,6 +131,8 @@ pub struct Config {
     pub discord_api_url: String,
     /// `DISCORD_GATEWAY_URL`: the gateway, else what `GET /gateway/bot` says.
     pub discord_gateway_url: Option<String>,
+    /// Slack's Web API (`SLACK_API_URL`; methods are `POST {url}/{method}`).
+    pub slack_api_url: String,
     /// Runs are refused, and running ones stopped, when the disk holding the root has
     /// less free than this (`NANOCLAW_MIN_FREE_DISK_MB`, default 1024 MiB), so the store
     /// always has room.
@@ -170,17 +172,21 @@ pub struct Secrets {
     pub openai_api_key: Option<Secret>,
     pub telegram_bot_token: Option<Secret>,
     pub discord_bot_token: Option<Secret>,
+    pub slack_app_token: Option<Secret>,
+    pub slack_bot_token: Option<Secret>,
 }
 
 impl Secrets {
     /// Names of every variable treated as a secret.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 8] = [
         "ANTHROPIC_API_KEY",
         "CLAUDE_CODE_OAUTH_TOKEN",
         "ANTHROPIC_AUTH_TOKEN",
         "OPENAI_API_KEY",
         "TELEGRAM_BOT_TOKEN",
         "DISCORD_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "SLACK_BOT_TOKEN",
     ];
 }
 
@@ -389,11 +395,25 @@ impl Config {
                 }
             },
             telegram_api_url,
-            discord_api_url: url_setting(&s, "DISCORD_API_URL", "https://discord.com")?,
+            discord_api_url: {
+                let url = url_setting(&s, "DISCORD_API_URL", "https://discord.com")?;
+                if url
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| rest.contains('/'))
+                {
+                    return Err(invalid(
+                        &s,
+                        "DISCORD_API_URL",
+                        "must be a scheme, host and port without a path, like https://discord.com",
+                    ));
+                }
+                url
+            },
             discord_gateway_url: match s.get("DISCORD_GATEWAY_URL") {
                 None => None,
                 Some(_) => Some(url_setting(&s, "DISCORD_GATEWAY_URL", "")?),
             },
+            slack_api_url: url_setting(&s, "SLACK_API_URL", "https://slack.com/api")?,
             openai_base_url: s
                 .string("OPENAI_BASE_URL", "http://127.0.0.1:11434")
                 .trim_end_matches('/')
@@ -428,6 +448,8 @@ impl Config {
             openai_api_key: s.secret("OPENAI_API_KEY"),
             telegram_bot_token: s.secret("TELEGRAM_BOT_TOKEN"),
             discord_bot_token: s.secret("DISCORD_BOT_TOKEN"),
+            slack_app_token: s.secret("SLACK_APP_TOKEN"),
+            slack_bot_token: s.secret("SLACK_BOT_TOKEN"),
         };
         Ok((config, secrets))
     }
@@ -557,6 +579,42 @@ mod tests {
         assert_eq!(c.zone.name, "UTC");
         assert_eq!(c.retry_base, Duration::from_secs(5));
         assert!(s.anthropic_api_key.is_none());
+    }
+
+    #[test]
+    fn channel_endpoints_default_to_the_platforms_and_are_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (c, _) = Config::load(dir.path(), &env(&[("TZ", "UTC")])).expect("loads");
+        assert_eq!(c.discord_api_url, "https://discord.com");
+        assert_eq!(c.discord_gateway_url, None);
+        assert_eq!(c.slack_api_url, "https://slack.com/api");
+        let (c, s) = Config::load(
+            dir.path(),
+            &env(&[
+                ("TZ", "UTC"),
+                ("SLACK_API_URL", "http://127.0.0.1:9/api/"),
+                ("SLACK_BOT_TOKEN", "xoxb-1"),
+                ("DISCORD_GATEWAY_URL", "ws://127.0.0.1:9"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.slack_api_url, "http://127.0.0.1:9/api");
+        assert_eq!(c.discord_gateway_url.as_deref(), Some("ws://127.0.0.1:9"));
+        assert_eq!(
+            s.slack_bot_token.as_ref().map(Secret::expose),
+            Some("xoxb-1")
+        );
+        for (name, value) in [
+            ("DISCORD_API_URL", "https://discord.com/api/v10"),
+            ("DISCORD_API_URL", "discord.com"),
+            ("SLACK_API_URL", "slack.com/api"),
+        ] {
+            let err = Config::load(dir.path(), &env(&[("TZ", "UTC"), (name, value)]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(name), "{name}={value}: {err}");
+        }
     }
 
     #[test]

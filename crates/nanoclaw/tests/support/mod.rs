@@ -394,6 +394,23 @@ pub fn discord(
     .expect("discord")
 }
 
+/// The Slack channel pointed at a fake.
+pub fn slack(
+    fake: &nanoclaw_test_support::fake_slack::FakeSlack,
+    app_token: &str,
+    bot_token: &str,
+) -> Arc<nanoclaw::channels::slack::Slack> {
+    nanoclaw::channels::slack::Slack::new(
+        nanoclaw::channels::slack::SlackConfig {
+            api_url: fake.api_url.clone(),
+            assistant_name: "Andy".into(),
+        },
+        app_token,
+        bot_token,
+    )
+    .expect("slack")
+}
+
 /// A daemon with a scripted agent and these channels.
 pub async fn channel_daemon(
     runner: Arc<dyn AgentRunner>,

@@ -1,0 +1,110 @@
+//! Slack's Web API: `POST {SLACK_API_URL}/{method}`, form-encoded (every method takes
+//! that, read methods take nothing else), the token in the `Authorization` header only.
+//! Slack answers HTTP 200 with `{"ok": false, "error": "…"}` for most refusals and 429
+//! with `Retry-After` when rate limited.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// One call may take this long.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApiError {
+    /// HTTP 429: wait this long.
+    RateLimited(Duration),
+    /// `ok: false` with Slack's error code (`not_in_channel`, `invalid_auth`, …).
+    Slack(String),
+    /// Any other HTTP failure, or no answer.
+    Transport(String),
+}
+
+impl ApiError {
+    /// Codes that mean the token itself is wrong, revoked or of the wrong kind.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ApiError::Slack(code) if matches!(code.as_str(),
+            "invalid_auth" | "not_authed" | "account_inactive" | "token_revoked"
+            | "token_expired" | "not_allowed_token_type" | "no_permission"))
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::RateLimited(d) => write!(f, "rate limited for {:.1} s", d.as_secs_f64()),
+            ApiError::Slack(code) => write!(f, "Slack answered {code}"),
+            ApiError::Transport(e) => f.write_str(e),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Api {
+    /// `SLACK_API_URL`, without a trailing slash.
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Result<Api, String> {
+        let client = nanoclaw_channel::http::client()
+            .timeout(CALL_TIMEOUT)
+            .build()
+            .map_err(|e| format!("cannot create the Slack HTTP client: {e}"))?;
+        Ok(Api {
+            base: base.trim_end_matches('/').to_string(),
+            client,
+        })
+    }
+
+    /// Calls `method` with `token` and form `params`; the answer when `ok` is true.
+    pub async fn call(
+        &self,
+        method: &str,
+        token: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Value, ApiError> {
+        let response = self
+            .client
+            .post(format!("{}/{method}", self.base))
+            .bearer_auth(token)
+            .form(params)
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(format!("cannot reach Slack: {}", e.without_url())))?;
+        let status = response.status().as_u16();
+        if status == 429 {
+            let after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(1.0);
+            return Err(ApiError::RateLimited(Duration::from_secs_f64(
+                after.clamp(0.0, 3600.0),
+            )));
+        }
+        if !(200..300).contains(&status) {
+            return Err(ApiError::Transport(format!(
+                "Slack answered HTTP {status} to {method}"
+            )));
+        }
+        let body: Value = response.json().await.map_err(|e| {
+            ApiError::Transport(format!(
+                "unreadable answer to {method}: {}",
+                e.without_url()
+            ))
+        })?;
+        if body["ok"].as_bool() == Some(true) {
+            Ok(body)
+        } else {
+            Err(ApiError::Slack(
+                body["error"]
+                    .as_str()
+                    .unwrap_or("unknown_error")
+                    .to_string(),
+            ))
+        }
+    }
+}

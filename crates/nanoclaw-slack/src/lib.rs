@@ -1,0 +1,504 @@
+//! Slack (SPEC §13.3) over Socket Mode: no public URL. `auth.test` says who the bot is,
+//! `apps.connections.open` (with the app-level token) gives a WebSocket URL, and events
+//! arrive on it as envelopes, each acknowledged with its `envelope_id` as soon as the
+//! message is stored, before any run (see docs/decisions.md). Replies go out with
+//! `chat.postMessage`. JIDs are `slack:{channel_id}`.
+//!
+//! - Messages in channels, private channels, DMs and group DMs; edits, joins and bot
+//!   messages (ours included) are not user input. One message arriving as both
+//!   `message` and `app_mention`, or redelivered, has the same `ts`, its id in the
+//!   store, so it is stored and answered once.
+//! - Slack's text format is decoded into plain text before storing; replies are
+//!   escaped (`& < >`) and split at 4000 characters, resumably. Each piece is recorded
+//!   as in flight before it is posted: after a crash or an unanswered request the
+//!   channel's history says whether it went out, so a reply is posted once.
+//! - 429 `Retry-After` goes back to delivery; `not_in_channel`, `channel_not_found`,
+//!   `is_archived` and other refusals are given up so they don't block the chat.
+//! - Bots have no typing indicator on Slack: while a run works, the message that started
+//!   it carries an ⏳ reaction (`reactions:write`), removed when the run ends.
+//!
+//! Own client, not slack-morphism: see docs/decisions.md.
+
+mod api;
+mod inbound;
+mod socket;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use nanoclaw_channel::text::{Units, split};
+use nanoclaw_channel::{
+    Channel, ChannelCondition, ChannelError, ChannelHost, OutboundMessage, PieceLedger, SendRetry,
+};
+use tokio::sync::watch;
+
+use api::{Api, ApiError};
+
+pub const PREFIX: &str = "slack:";
+/// Slack asks for messages of at most 4000 characters (it truncates at 40 000).
+pub const MAX_MESSAGE: usize = 4000;
+const PARTIAL_SEND_PREFIX: &str = "slack:partial_send:";
+/// `…{outbox id}:{piece}` → the Unix time before that piece was first posted.
+const IN_FLIGHT_PREFIX: &str = "slack:in_flight:";
+/// What shows that the assistant is working on a message.
+const WORKING_REACTION: &str = "hourglass_flowing_sand";
+/// How far before our clock Slack's may be, when searching for a piece we posted.
+const CLOCK_SLACK_SECONDS: u64 = 120;
+
+/// Where the channel connects (SPEC §13.3).
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    /// `SLACK_API_URL`: `https://slack.com/api`; methods are `POST {api_url}/{method}`.
+    pub api_url: String,
+    pub assistant_name: String,
+}
+
+/// The bot, from `auth.test`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BotUser {
+    pub user_id: String,
+    pub bot_id: Option<String>,
+    pub name: String,
+    pub team: Option<String>,
+}
+
+/// What `conversations.info` said of a channel.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Conversation {
+    pub name: Option<String>,
+    pub is_im: bool,
+}
+
+pub struct Slack {
+    config: SlackConfig,
+    api: Api,
+    /// `xapp-…`: only for `apps.connections.open`.
+    app_token: String,
+    /// `xoxb-…`: every other method.
+    bot_token: String,
+    me: Mutex<Option<BotUser>>,
+    /// user id → display name.
+    users: Mutex<HashMap<String, String>>,
+    conversations: Mutex<HashMap<String, Conversation>>,
+    condition: Mutex<ChannelCondition>,
+    pieces: PieceLedger,
+    /// channel → `ts` of the latest message a person wrote there.
+    latest: Mutex<HashMap<String, String>>,
+    /// channel → `ts` of the message carrying our working reaction.
+    reacted: Mutex<HashMap<String, String>>,
+    /// Off once Slack refused a reaction for good (no `reactions:write`).
+    reactions: AtomicBool,
+    host: Mutex<Option<Arc<dyn ChannelHost>>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn check_token(name: &str, token: &str, prefix: &str, where_: &str) -> Result<String, String> {
+    let token = token.trim();
+    if !token.starts_with(prefix) || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{name} must be the token starting with {prefix} (Slack app page → {where_})"
+        ));
+    }
+    Ok(token.to_string())
+}
+
+impl Slack {
+    /// `app_token` is `SLACK_APP_TOKEN`, `bot_token` is `SLACK_BOT_TOKEN` (secrets: sent
+    /// only in the Authorization header).
+    pub fn new(
+        config: SlackConfig,
+        app_token: &str,
+        bot_token: &str,
+    ) -> Result<Arc<Slack>, String> {
+        let app_token = check_token(
+            "SLACK_APP_TOKEN",
+            app_token,
+            "xapp-",
+            "Basic Information → App-Level Tokens, with the connections:write scope",
+        )?;
+        let bot_token = check_token(
+            "SLACK_BOT_TOKEN",
+            bot_token,
+            "xoxb-",
+            "OAuth & Permissions → Bot User OAuth Token",
+        )?;
+        let api_url = config.api_url.trim_end_matches('/').to_string();
+        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+            return Err(format!(
+                "SLACK_API_URL is {api_url:?}; it must be a URL like https://slack.com/api"
+            ));
+        }
+        Ok(Arc::new(Slack {
+            api: Api::new(&api_url)?,
+            config: SlackConfig { api_url, ..config },
+            app_token,
+            bot_token,
+            me: Mutex::default(),
+            users: Mutex::default(),
+            conversations: Mutex::default(),
+            condition: Mutex::new(ChannelCondition::Connecting),
+            pieces: PieceLedger::new("slack", PARTIAL_SEND_PREFIX),
+            latest: Mutex::default(),
+            reacted: Mutex::default(),
+            reactions: AtomicBool::new(true),
+            host: Mutex::default(),
+        }))
+    }
+
+    fn channel_id(jid: &str) -> Result<&str, ChannelError> {
+        jid.strip_prefix(PREFIX)
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .ok_or_else(|| ChannelError::new("slack", format!("{jid} is not a Slack chat")))
+    }
+
+    pub(crate) fn set_condition(&self, condition: ChannelCondition) {
+        *lock(&self.condition) = condition;
+    }
+
+    pub(crate) fn me(&self) -> Option<BotUser> {
+        lock(&self.me).clone()
+    }
+
+    /// A user's display name (`users.info`, cached; the id if Slack will not say).
+    pub(crate) async fn user_name(&self, id: &str) -> String {
+        if let Some(name) = lock(&self.users).get(id) {
+            return name.clone();
+        }
+        let name = match self
+            .api
+            .call("users.info", &self.bot_token, &[("user", id)])
+            .await
+        {
+            Ok(v) => {
+                let user = &v["user"];
+                [
+                    &user["profile"]["display_name"],
+                    &user["profile"]["real_name"],
+                    &user["real_name"],
+                    &user["name"],
+                ]
+                .into_iter()
+                .filter_map(|n| n.as_str())
+                .find(|n| !n.trim().is_empty())
+                .unwrap_or(id)
+                .to_string()
+            }
+            Err(e) => {
+                tracing::debug!("slack: users.info failed: {e}");
+                id.to_string()
+            }
+        };
+        lock(&self.users).insert(id.to_string(), name.clone());
+        name
+    }
+
+    /// What Slack says of a channel (`conversations.info`, cached).
+    pub(crate) async fn conversation(&self, id: &str) -> Conversation {
+        if let Some(c) = lock(&self.conversations).get(id) {
+            return c.clone();
+        }
+        let c = match self
+            .api
+            .call("conversations.info", &self.bot_token, &[("channel", id)])
+            .await
+        {
+            Ok(v) => {
+                let ch = &v["channel"];
+                Conversation {
+                    name: ch["name"].as_str().map(str::to_string),
+                    is_im: ch["is_im"].as_bool() == Some(true),
+                }
+            }
+            Err(e) => {
+                tracing::debug!("slack: conversations.info failed: {e}");
+                Conversation::default()
+            }
+        };
+        lock(&self.conversations).insert(id.to_string(), c.clone());
+        c
+    }
+
+    /// Posts one piece, once: recorded as in flight first, and if an earlier attempt may
+    /// have gone out, the channel's history is asked before posting again.
+    async fn post_piece(
+        &self,
+        host: Option<&Arc<dyn ChannelHost>>,
+        message: &OutboundMessage,
+        channel: &str,
+        index: usize,
+        piece: &str,
+    ) -> Result<(), ChannelError> {
+        let key = format!("{IN_FLIGHT_PREFIX}{}:{index}", message.outbox_id);
+        if let Some(host) = host {
+            match host.load_state(&key).await {
+                Ok(Some(since)) if !since.is_empty() => {
+                    if self.already_posted(channel, &since, piece).await {
+                        tracing::info!(
+                            "slack: a piece of reply {} was posted before; not posting it again",
+                            message.outbox_id
+                        );
+                        let _ = host.save_state(&key, "").await;
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    let since = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs().saturating_sub(CLOCK_SLACK_SECONDS))
+                        .unwrap_or(0);
+                    if let Err(e) = host.save_state(&key, &since.to_string()).await {
+                        tracing::warn!("slack: cannot record a reply piece as in flight: {e}");
+                    }
+                }
+            }
+        }
+        let escaped = inbound::escape(piece);
+        let result = self
+            .api
+            .call(
+                "chat.postMessage",
+                &self.bot_token,
+                &[("channel", channel), ("text", &escaped)],
+            )
+            .await;
+        let outcome = send_outcome(result);
+        let settled = match &outcome {
+            Ok(()) => true,
+            Err(e) => e.retry == SendRetry::Never,
+        };
+        if settled && let Some(host) = host {
+            let _ = host.save_state(&key, "").await;
+        }
+        outcome
+    }
+
+    /// Whether the bot posted `piece` in `channel` since the Unix time `since`.
+    async fn already_posted(&self, channel: &str, since: &str, piece: &str) -> bool {
+        let Some(me) = self.me() else {
+            return false;
+        };
+        let history = match self
+            .api
+            .call(
+                "conversations.history",
+                &self.bot_token,
+                &[("channel", channel), ("oldest", since), ("limit", "200")],
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(
+                    "slack: cannot tell whether a reply went out before ({e}); posting it"
+                );
+                return false;
+            }
+        };
+        let want = piece.trim();
+        history["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| {
+                let ours = m["user"].as_str() == Some(me.user_id.as_str())
+                    || (me.bot_id.is_some() && m["bot_id"].as_str() == me.bot_id.as_deref());
+                ours && inbound::decode(m["text"].as_str().unwrap_or(""), &HashMap::new(), "").text
+                    == want
+            })
+    }
+
+    async fn react(&self, method: &str, channel: &str, ts: &str) {
+        if !self.reactions.load(Ordering::Relaxed) {
+            return;
+        }
+        let result = self
+            .api
+            .call(
+                method,
+                &self.bot_token,
+                &[
+                    ("channel", channel),
+                    ("timestamp", ts),
+                    ("name", WORKING_REACTION),
+                ],
+            )
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(ApiError::Slack(code)) if code == "already_reacted" || code == "no_reaction" => {}
+            Err(ApiError::Slack(code))
+                if code == "missing_scope" || code == "not_allowed_token_type" =>
+            {
+                tracing::warn!(
+                    "slack: cannot show that the assistant is working ({code}): add the \
+                     reactions:write scope (OAuth & Permissions) and reinstall the app"
+                );
+                self.reactions.store(false, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!("slack: {method} failed: {e}"),
+        }
+    }
+
+    /// Notes the latest message a person wrote in `channel`.
+    pub(crate) fn saw_message(&self, channel: &str, ts: &str) {
+        lock(&self.latest).insert(channel.to_string(), ts.to_string());
+    }
+}
+
+/// What delivery should do with a `chat.postMessage` answer.
+fn send_outcome(result: Result<serde_json::Value, ApiError>) -> Result<(), ChannelError> {
+    let error = match result {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let message = error.to_string();
+    Err(match error {
+        ApiError::RateLimited(after) => {
+            ChannelError::new("slack", message).with_retry(SendRetry::After(after))
+        }
+        ApiError::Transport(_) => ChannelError::new("slack", message),
+        e if e.is_auth() => ChannelError::new(
+            "slack",
+            format!(
+                "{message}: SLACK_BOT_TOKEN was refused; copy the Bot User OAuth Token again \
+                 (OAuth & Permissions) and restart nanoclaw"
+            ),
+        ),
+        ApiError::Slack(code)
+            if matches!(
+                code.as_str(),
+                "ratelimited"
+                    | "internal_error"
+                    | "fatal_error"
+                    | "service_unavailable"
+                    | "request_timeout"
+                    | "team_added_to_org"
+            ) =>
+        {
+            ChannelError::new("slack", message)
+        }
+        // not_in_channel, channel_not_found, is_archived, msg_too_long, restricted_action,
+        // …: the same request will be refused again.
+        ApiError::Slack(code) => ChannelError::new(
+            "slack",
+            match code.as_str() {
+                "not_in_channel" => format!(
+                    "{message}: invite the app to the channel (/invite @yourapp) to reply there"
+                ),
+                _ => message,
+            },
+        )
+        .with_retry(SendRetry::Never),
+    })
+}
+
+#[async_trait]
+impl Channel for Slack {
+    fn name(&self) -> &'static str {
+        "slack"
+    }
+
+    fn owns_jid(&self, jid: &str) -> bool {
+        jid.starts_with(PREFIX)
+    }
+
+    fn is_connected(&self) -> bool {
+        matches!(*lock(&self.condition), ChannelCondition::Connected { .. })
+    }
+
+    fn condition(&self) -> ChannelCondition {
+        lock(&self.condition).clone()
+    }
+
+    async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError> {
+        let channel = Slack::channel_id(&message.chat_jid)?.to_string();
+        let pieces = split(&message.text, MAX_MESSAGE, Units::Chars);
+        let host = lock(&self.host).clone();
+        self.pieces
+            .send(host.as_ref(), message, &pieces, |i, piece| {
+                let (channel, host) = (channel.clone(), host.clone());
+                async move {
+                    self.post_piece(host.as_ref(), message, &channel, i, &piece)
+                        .await
+                }
+            })
+            .await
+    }
+
+    /// Slack has no typing indicator for bots: the message being worked on gets a
+    /// reaction instead, removed when the run ends.
+    async fn set_typing(&self, jid: &str, typing: bool) -> Result<(), ChannelError> {
+        let channel = Slack::channel_id(jid)?.to_string();
+        if typing {
+            let Some(ts) = lock(&self.latest).get(&channel).cloned() else {
+                return Ok(());
+            };
+            let previous = lock(&self.reacted).insert(channel.clone(), ts.clone());
+            if previous.as_deref() == Some(ts.as_str()) {
+                return Ok(());
+            }
+            if let Some(old) = previous {
+                self.react("reactions.remove", &channel, &old).await;
+            }
+            self.react("reactions.add", &channel, &ts).await;
+        } else {
+            let reacted = lock(&self.reacted).remove(&channel);
+            if let Some(ts) = reacted {
+                self.react("reactions.remove", &channel, &ts).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(self: Arc<Self>, host: Arc<dyn ChannelHost>, shutdown: watch::Receiver<bool>) {
+        *lock(&self.host) = Some(Arc::clone(&host));
+        socket::run(&self, &host, shutdown).await;
+        // The host holds the channels; do not keep it alive from here.
+        *lock(&self.host) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_for_their_kind() {
+        let config = SlackConfig {
+            api_url: "https://slack.com/api".into(),
+            assistant_name: "Andy".into(),
+        };
+        assert!(Slack::new(config.clone(), "xapp-1-A", "xoxb-1").is_ok());
+        let swapped = Slack::new(config.clone(), "xoxb-1", "xapp-1-A")
+            .err()
+            .unwrap_or_default();
+        assert!(swapped.contains("SLACK_APP_TOKEN") && swapped.contains("App-Level Tokens"));
+        assert!(Slack::new(config, "xapp-1 A", "xoxb-1").is_err());
+    }
+
+    #[test]
+    fn refusals_for_good_are_given_up_and_limits_waited_out() {
+        let never = |code: &str| {
+            send_outcome(Err(ApiError::Slack(code.into())))
+                .err()
+                .map(|e| e.retry)
+        };
+        for code in ["not_in_channel", "channel_not_found", "is_archived"] {
+            assert_eq!(never(code), Some(SendRetry::Never), "{code}");
+        }
+        assert_ne!(never("internal_error"), Some(SendRetry::Never));
+        assert_ne!(never("invalid_auth"), Some(SendRetry::Never));
+        let limited = send_outcome(Err(ApiError::RateLimited(std::time::Duration::from_secs(
+            3,
+        ))));
+        assert_eq!(
+            limited.err().map(|e| e.retry),
+            Some(SendRetry::After(std::time::Duration::from_secs(3)))
+        );
+    }
+}
