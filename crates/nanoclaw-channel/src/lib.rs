@@ -7,6 +7,7 @@
 //! ([`text`]), the store's timestamp format ([`time`]), an HTTP client with TLS ready
 //! ([`http`]) and reconnect backoff with jitter ([`Backoff`]).
 
+pub mod catch_up;
 pub mod http;
 pub mod text;
 pub mod time;
@@ -206,6 +207,83 @@ impl Backoff {
     }
 }
 
+/// How one connection to a platform ended, for [`Reconnects`].
+#[derive(Debug)]
+pub enum Outcome {
+    Shutdown,
+    /// Connect again at once (the platform asked), unless the connection was too short
+    /// to trust that.
+    Reconnect(String),
+    /// Connect again after a backoff.
+    Retry(String),
+    /// Connect again after this long (the platform said when).
+    Wait(Duration, String),
+    /// Only the user can fix this: stop until restarted.
+    Fatal(String),
+}
+
+/// The reconnect policy every connected channel follows: at once when the platform asks
+/// (after a connection that lasted), with a growing backoff after failures and after
+/// connections that did not last (so nothing loops tightly), the backoff starting over
+/// only once a connection stayed up, and never again after a fatal error.
+pub struct Reconnects {
+    channel: &'static str,
+    backoff: Backoff,
+}
+
+impl Reconnects {
+    /// A connection that lasted this long was healthy: the backoff starts over.
+    pub const HEALTHY: Duration = Duration::from_secs(60);
+    /// A reconnect asked for sooner than this after connecting backs off like a failure.
+    pub const QUICK: Duration = Duration::from_secs(10);
+
+    pub fn new(channel: &'static str) -> Reconnects {
+        Reconnects {
+            channel,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        }
+    }
+
+    /// Acts on how a connection that `lasted` ended: says so through `condition`, waits
+    /// as the policy says; `false` when the channel should stop.
+    pub async fn after(
+        &mut self,
+        outcome: Outcome,
+        lasted: Duration,
+        condition: impl Fn(ChannelCondition),
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let channel = self.channel;
+        if lasted >= Self::HEALTHY {
+            self.backoff.reset();
+        }
+        let (delay, reason) = match outcome {
+            Outcome::Shutdown => return false,
+            Outcome::Fatal(reason) => {
+                tracing::error!("{channel}: {reason}");
+                condition(ChannelCondition::NeedsAttention { reason });
+                let _ = shutdown.wait_for(|s| *s).await;
+                return false;
+            }
+            Outcome::Reconnect(reason) if lasted >= Self::QUICK => {
+                tracing::info!("{channel}: reconnecting: {reason}");
+                condition(ChannelCondition::Reconnecting { reason });
+                return !*shutdown.borrow();
+            }
+            Outcome::Wait(delay, reason) => (delay, reason),
+            Outcome::Reconnect(reason) | Outcome::Retry(reason) => {
+                (self.backoff.next_delay(), reason)
+            }
+        };
+        tracing::warn!(
+            "{channel}: {reason}; trying again in {:.1} s",
+            delay.as_secs_f64()
+        );
+        condition(ChannelCondition::Reconnecting { reason });
+        sleep_unless_shutdown(delay, shutdown).await
+    }
+}
+
 /// A random duration from zero to `max`.
 pub fn jitter(max: Duration) -> Duration {
     let mut bytes = [0u8; 2];
@@ -222,6 +300,23 @@ pub async fn sleep_unless_shutdown(delay: Duration, shutdown: &mut watch::Receiv
         _ = shutdown.wait_for(|s| *s) => true,
     };
     !stopped && !*shutdown.borrow()
+}
+
+/// A key naming piece `i` of a reply, the same on every attempt and across restarts
+/// and builds (FNV-1a of the outbox id, its time, the chat and the index): for
+/// platforms that deduplicate by a client key (Discord's `nonce`), or to find a piece
+/// in a chat's history (Slack). 18 characters.
+pub fn piece_key(message: &OutboundMessage, i: usize) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let identity = format!(
+        "{}|{}|{}|{i}",
+        message.outbox_id, message.timestamp, message.chat_jid
+    );
+    for byte in identity.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("nc{hash:016x}")
 }
 
 /// Sends a long reply piece by piece and remembers how far it got (in memory, and in
@@ -374,6 +469,50 @@ impl TypingTickers {
 
 #[cfg(test)]
 mod tests {
+    use super::{ChannelCondition, Outcome, Reconnects};
+    use std::time::Duration;
+
+    /// The policy's waits, on a paused clock: `(outcome, how long the connection
+    /// lasted)` → how long it waited before the next attempt.
+    async fn waits(steps: Vec<(Outcome, Duration)>) -> Vec<Duration> {
+        let (_tx, mut shutdown) = tokio::sync::watch::channel(false);
+        let mut r = Reconnects::new("test");
+        let mut waited = Vec::new();
+        for (outcome, lasted) in steps {
+            let start = tokio::time::Instant::now();
+            assert!(
+                r.after(outcome, lasted, |_: ChannelCondition| {}, &mut shutdown)
+                    .await
+            );
+            waited.push(start.elapsed());
+        }
+        waited
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnects_never_loop_tightly() {
+        let s = Duration::from_secs;
+        let w = waits(vec![
+            // Asked to reconnect after a long healthy connection: at once.
+            (Outcome::Reconnect("asked".into()), s(600)),
+            // Asked again right after connecting: that backs off, and keeps growing.
+            (Outcome::Reconnect("asked".into()), s(1)),
+            (Outcome::Reconnect("asked".into()), s(1)),
+            (Outcome::Retry("failed".into()), s(1)),
+            // The platform said when.
+            (Outcome::Wait(s(30), "later".into()), s(1)),
+            // A connection that stayed up starts the backoff over.
+            (Outcome::Retry("failed".into()), s(120)),
+        ])
+        .await;
+        assert_eq!(w[0], Duration::ZERO);
+        assert!(w[1] >= s(1) && w[1] <= Duration::from_millis(1250), "{w:?}");
+        assert!(w[2] >= s(2), "{w:?}");
+        assert!(w[3] >= s(4), "{w:?}");
+        assert_eq!(w[4], s(30));
+        assert!(w[5] <= Duration::from_millis(1250), "{w:?}");
+    }
+
     use super::*;
 
     #[test]

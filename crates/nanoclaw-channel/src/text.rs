@@ -27,6 +27,27 @@ impl Units {
     }
 }
 
+/// Whether `text` starts with `word` (ASCII case ignored) followed by something that
+/// cannot continue a word: `@Andy,` does, `@Andyman` does not.
+pub fn starts_with_word(text: &str, word: &str) -> bool {
+    text.get(..word.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(word))
+        && text[word.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+}
+
+/// `content` starting with `trigger`: a message that addressed the bot (a mention, a
+/// reply) becomes the group's trigger, so the trigger rule applies unchanged.
+pub fn with_trigger(content: &str, trigger: &str) -> String {
+    if starts_with_word(content, trigger) {
+        content.to_string()
+    } else {
+        format!("{trigger} {content}").trim_end().to_string()
+    }
+}
+
 /// Splits `text` into pieces of at most `max` units each, trimming whitespace at the
 /// cuts. Text within the limit comes back as one piece.
 pub fn split(text: &str, max: usize, units: Units) -> Vec<String> {
@@ -72,6 +93,16 @@ pub fn split(text: &str, max: usize, units: Units) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn triggers_are_whole_words() {
+        assert_eq!(with_trigger("@andy hi", "@Andy"), "@andy hi");
+        assert_eq!(with_trigger("@Andyman hi", "@Andy"), "@Andy @Andyman hi");
+        assert_eq!(with_trigger("", "@Andy"), "@Andy");
+        assert!(starts_with_word("@Andy, hi", "@Andy"));
+        assert!(!starts_with_word("@An", "@Andy"));
+        assert!(!starts_with_word("é@Andy", "@Andy"));
+    }
 
     #[test]
     fn short_text_is_one_piece() {

@@ -1,15 +1,18 @@
-//! The gateway connection: hello, identify or resume, heartbeats, dispatches, and the
-//! reconnect policy (resume after a drop, identify after an invalid session, stop for
-//! good on close codes only the user can fix).
+//! The gateway connection: hello, identify or resume, heartbeats, dispatches, catching
+//! up after a new session, and the reconnect policy (resume after a drop, identify after
+//! an invalid session within Discord's session budget, back off whenever connections do
+//! not last, stop for good on close codes only the user can fix).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
-use nanoclaw_channel::{Backoff, ChannelCondition, ChannelHost};
+use nanoclaw_channel::catch_up::{self, Cursors, HistoryError, Page};
+use nanoclaw_channel::{ChannelCondition, ChannelHost, Outcome, Reconnects};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -22,11 +25,6 @@ use crate::{BotUser, ChannelInfo, Discord, INTENTS, lock};
 const SESSION_KEY: &str = "discord:session";
 /// Connecting and the first hello may take this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How many chats' last message ids the session keeps, for catching up after a new
-/// session (the most recently active ones).
-const MAX_CURSORS: usize = 50;
-/// Pages of 100 messages fetched per chat when catching up.
-const CATCH_UP_PAGES: usize = 5;
 /// Closing with a code other than 1000/1001 keeps the session resumable (Discord ends
 /// sessions closed normally), so a restart picks up where it stopped.
 const RESUMABLE_CLOSE: u16 = 4900;
@@ -40,9 +38,9 @@ struct Session {
     seq: Option<u64>,
     /// Who we are: a resume gets no READY to say it again.
     me: Option<BotUser>,
-    /// Channel id → the last message id stored from it, kept across sessions: what a new
-    /// session (after an invalid one, or a long outage) fetches the missed messages from.
-    last: BTreeMap<String, String>,
+    /// Where each registered chat's stored messages stop, kept across sessions: what a
+    /// new session (which replays nothing) fetches the missed messages from.
+    cursors: Cursors,
 }
 
 impl Session {
@@ -51,7 +49,7 @@ impl Session {
             "session_id": self.id, "resume_url": self.resume_url, "seq": self.seq,
             "bot_id": self.me.as_ref().map(|m| &m.id),
             "bot_name": self.me.as_ref().map(|m| &m.name),
-            "last": self.last,
+            "cursors": self.cursors,
         })
         .to_string()
     }
@@ -60,7 +58,11 @@ impl Session {
         let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
         Session {
             id: v["session_id"].as_str().map(str::to_string),
-            resume_url: v["resume_url"].as_str().map(str::to_string),
+            // The token goes with a RESUME: never to a plain-text address elsewhere.
+            resume_url: v["resume_url"]
+                .as_str()
+                .filter(|u| nanoclaw_channel::http::check_endpoint("resume_gateway_url", u).is_ok())
+                .map(str::to_string),
             seq: v["seq"].as_u64(),
             me: match (v["bot_id"].as_str(), v["bot_name"].as_str()) {
                 (Some(id), Some(name)) => Some(BotUser {
@@ -69,14 +71,7 @@ impl Session {
                 }),
                 _ => None,
             },
-            last: v["last"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            cursors: serde_json::from_value(v["cursors"].clone()).unwrap_or_default(),
         }
     }
 
@@ -85,29 +80,6 @@ impl Session {
         self.id = None;
         self.resume_url = None;
         self.seq = None;
-    }
-
-    /// Notes that `message_id` of `channel` was stored.
-    fn stored(&mut self, channel: &str, message_id: &str) {
-        let newer = self
-            .last
-            .get(channel)
-            .is_none_or(|old| snowflake_order(message_id, old).is_gt());
-        if newer {
-            self.last
-                .insert(channel.to_string(), message_id.to_string());
-        }
-        while self.last.len() > MAX_CURSORS {
-            let oldest = self
-                .last
-                .iter()
-                .min_by(|a, b| snowflake_order(a.1, b.1))
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => self.last.remove(&k),
-                None => break,
-            };
-        }
     }
 
     fn resumable(&self) -> bool {
@@ -119,14 +91,17 @@ impl Session {
 #[derive(Debug)]
 enum Ended {
     Shutdown,
-    /// Connect again at once (resuming if the session allows).
+    /// Connect again at once (resuming if the session allows), unless the connection
+    /// was too short to trust that.
     Reconnect(String),
     /// Connect again after a backoff.
     Retry(String),
-    /// Only the user can fix this: stop until restarted.
-    Fatal(String),
+    /// Connect again after this long (Discord said when).
+    Wait(Duration, String),
     /// The session is gone: identify anew (after a backoff).
     Reidentify(String),
+    /// Only the user can fix this: stop until restarted.
+    Fatal(String),
 }
 
 pub(crate) async fn run(
@@ -141,35 +116,29 @@ pub(crate) async fn run(
     if let Some(me) = &session.me {
         *lock(&discord.me) = Some(me.clone());
     }
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut reconnects = Reconnects::new("discord");
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let ended = connect_once(discord, host, &mut session, &mut backoff, &mut shutdown).await;
-        match ended {
-            Ended::Shutdown => return,
-            Ended::Fatal(reason) => {
-                tracing::error!("discord: {reason}");
-                discord.set_condition(ChannelCondition::NeedsAttention { reason });
-                let _ = shutdown.wait_for(|s| *s).await;
-                return;
-            }
-            Ended::Reconnect(reason) => {
-                tracing::info!("discord: reconnecting: {reason}");
-                discord.set_condition(ChannelCondition::Reconnecting { reason });
-            }
-            Ended::Retry(reason) | Ended::Reidentify(reason) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    "discord: {reason}; trying again in {:.1} s",
-                    delay.as_secs_f64()
-                );
-                discord.set_condition(ChannelCondition::Reconnecting { reason });
-                if !nanoclaw_channel::sleep_unless_shutdown(delay, &mut shutdown).await {
-                    return;
-                }
-            }
+        let started = Instant::now();
+        let outcome = match connect_once(discord, host, &mut session, &mut shutdown).await {
+            Ended::Shutdown => Outcome::Shutdown,
+            Ended::Reconnect(r) => Outcome::Reconnect(r),
+            Ended::Retry(r) | Ended::Reidentify(r) => Outcome::Retry(r),
+            Ended::Wait(d, r) => Outcome::Wait(d, r),
+            Ended::Fatal(r) => Outcome::Fatal(r),
+        };
+        let go_on = reconnects
+            .after(
+                outcome,
+                started.elapsed(),
+                |c| discord.set_condition(c),
+                &mut shutdown,
+            )
+            .await;
+        if !go_on {
+            return;
         }
     }
 }
@@ -183,28 +152,40 @@ async fn send_json(ws: &mut Socket, value: Value) -> Result<(), String> {
         .map_err(|e| format!("cannot write to the gateway: {e}"))
 }
 
+/// Where to connect: the session's resume URL, or (for a new session, after asking
+/// Discord how many it still allows today) the bot's gateway.
+async fn gateway_for(discord: &Discord, session: &Session) -> Result<String, Ended> {
+    let configured = discord.config.gateway_url.clone();
+    if session.resumable() {
+        // An explicit gateway (a test double, a proxy) is where resumes go too.
+        return Ok(configured.unwrap_or_else(|| session.resume_url.clone().unwrap_or_default()));
+    }
+    match discord.rest.gateway_bot().await {
+        Ok(bot) => {
+            if bot.remaining == Some(0) {
+                let wait = bot.reset_after.unwrap_or(Duration::from_secs(60));
+                return Err(Ended::Wait(
+                    wait,
+                    "Discord allows this bot no more new sessions for now (session_start_limit)"
+                        .into(),
+                ));
+            }
+            Ok(configured.unwrap_or(bot.url))
+        }
+        Err(GatewayLookup::BadToken) => Err(Ended::Fatal(bad_token("401 from GET /gateway/bot"))),
+        Err(GatewayLookup::Failed(e)) => configured.ok_or(Ended::Retry(e)),
+    }
+}
+
 async fn connect_once(
     discord: &Arc<Discord>,
     host: &Arc<dyn ChannelHost>,
     session: &mut Session,
-    backoff: &mut Backoff,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
-    let base = match (&discord.config.gateway_url, session.resumable()) {
-        (_, true) => session.resume_url.clone().unwrap_or_default(),
-        (Some(url), false) => url.clone(),
-        (None, false) => match discord.rest.gateway_url().await {
-            Ok(url) => url,
-            Err(GatewayLookup::BadToken) => {
-                return Ended::Fatal(bad_token("401 from GET /gateway/bot"));
-            }
-            Err(GatewayLookup::Failed(e)) => return Ended::Retry(e),
-        },
-    };
-    // An explicit gateway (a test double, a proxy) is where resumes go too.
-    let base = match (&discord.config.gateway_url, session.resumable()) {
-        (Some(url), true) => url.clone(),
-        _ => base,
+    let base = match gateway_for(discord, session).await {
+        Ok(base) => base,
+        Err(ended) => return ended,
     };
     let url = format!("{}/?v=10&encoding=json", base.trim_end_matches('/'));
     nanoclaw_channel::http::install_tls_provider();
@@ -223,7 +204,10 @@ async fn connect_once(
             hello["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250)
         }
         Ok(Ok(other)) => {
-            return Ended::Retry(format!("the gateway did not say hello first ({other})"));
+            return Ended::Retry(format!(
+                "the gateway did not say hello first (op {})",
+                other["op"]
+            ));
         }
         Ok(Err(ended)) => return ended,
         Err(_) => return Ended::Retry("the gateway said nothing after connecting".into()),
@@ -246,20 +230,26 @@ async fn connect_once(
     }
     // The first heartbeat after a random part of the interval (as Discord asks).
     let every = Duration::from_millis(interval.max(100));
-    let mut beat = tokio::time::interval_at(
-        tokio::time::Instant::now() + nanoclaw_channel::jitter(every),
-        every,
-    );
+    let mut beat =
+        tokio::time::interval_at(Instant::now() + nanoclaw_channel::jitter(every), every);
+    // A stall (a slow store) must not fire two beats back to back and so look like a
+    // missed acknowledgement.
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut acked = true;
+    // Catching up runs beside the connection, so heartbeats never wait for it.
+    let (caught_tx, mut caught_rx) = mpsc::unbounded_channel();
+    let mut _catching: Option<catch_up::Task> = None;
     enum Step {
         Stop,
         Beat,
+        Caught(catch_up::Event),
         Payload(Result<Value, Ended>),
     }
     loop {
         let step = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => Step::Stop,
             _ = beat.tick() => Step::Beat,
+            Some(event) = caught_rx.recv() => Step::Caught(event),
             payload = next_json(&mut ws) => Step::Payload(payload),
         };
         let payload = match step {
@@ -284,11 +274,18 @@ async fn connect_once(
                 }
                 continue;
             }
+            Step::Caught(event) => {
+                session.cursors.apply(&event);
+                if matches!(event, catch_up::Event::Done { .. }) {
+                    save_session(host, session).await;
+                }
+                continue;
+            }
             Step::Payload(Ok(p)) => p,
             Step::Payload(Err(Ended::Reidentify(reason))) => {
                 session.forget();
                 save_session(host, session).await;
-                return Ended::Retry(reason);
+                return Ended::Reidentify(reason);
             }
             Step::Payload(Err(ended)) => return ended,
         };
@@ -297,14 +294,37 @@ async fn connect_once(
                 let seq = payload["s"].as_u64();
                 // Not stored: resume from the last sequence handled, so Discord sends it
                 // again.
-                if let Err(e) = handle_dispatch(discord, host, session, &payload).await {
-                    return Ended::Retry(e);
-                }
+                let started = match handle_dispatch(discord, host, session, &payload).await {
+                    Ok(s) => s,
+                    Err(e) => return Ended::Retry(e),
+                };
                 if seq.is_some() {
                     session.seq = seq;
                 }
-                if matches!(payload["t"].as_str(), Some("READY" | "RESUMED")) {
-                    backoff.reset();
+                let todo: Vec<(String, String)> = match started {
+                    Started::Nothing => Vec::new(),
+                    // A new session replays nothing of the old one.
+                    Started::NewSession => session.cursors.begin(),
+                    // One cut short by a drop goes on.
+                    Started::Resumed => session
+                        .cursors
+                        .pending
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                };
+                if !todo.is_empty() {
+                    save_session(host, session).await;
+                    let history = Arc::new(DiscordHistory {
+                        discord: Arc::clone(discord),
+                        host: Arc::clone(host),
+                    });
+                    _catching = Some(catch_up::Task(tokio::spawn(catch_up::run(
+                        "discord",
+                        history,
+                        todo,
+                        caught_tx.clone(),
+                    ))));
                 }
             }
             Some(1) => {
@@ -312,18 +332,23 @@ async fn connect_once(
                     return Ended::Retry(e);
                 }
             }
-            Some(7) => return Ended::Reconnect("the gateway asked to reconnect".into()),
+            Some(7) if session.resumable() => {
+                return Ended::Reconnect("the gateway asked to reconnect".into());
+            }
+            Some(7) => return Ended::Retry("the gateway asked to reconnect before READY".into()),
             Some(9) => {
                 if payload["d"].as_bool() != Some(true) {
                     session.forget();
                     save_session(host, session).await;
                 }
-                // Discord asks for a 1–5 s pause before identifying again.
-                if !nanoclaw_channel::sleep_unless_shutdown(Duration::from_secs(2), shutdown).await
-                {
+                // Discord asks for a random 1–5 s pause before identifying again; the
+                // backoff adds more if it keeps happening.
+                let pause =
+                    Duration::from_secs(1) + nanoclaw_channel::jitter(Duration::from_secs(4));
+                if !nanoclaw_channel::sleep_unless_shutdown(pause, shutdown).await {
                     return Ended::Shutdown;
                 }
-                return Ended::Reconnect("the gateway invalidated the session".into());
+                return Ended::Retry("the gateway invalidated the session".into());
             }
             Some(11) => acked = true,
             _ => {}
@@ -385,12 +410,19 @@ fn closed(frame: Option<CloseFrame>) -> Ended {
     }
 }
 
+/// What a dispatch started.
+enum Started {
+    Nothing,
+    NewSession,
+    Resumed,
+}
+
 async fn handle_dispatch(
     discord: &Arc<Discord>,
     host: &Arc<dyn ChannelHost>,
     session: &mut Session,
     payload: &Value,
-) -> Result<(), String> {
+) -> Result<Started, String> {
     let d = &payload["d"];
     match payload["t"].as_str() {
         Some("READY") => {
@@ -400,7 +432,10 @@ async fn handle_dispatch(
                 name: user["username"].as_str().unwrap_or("bot").to_string(),
             };
             session.id = d["session_id"].as_str().map(str::to_string);
-            session.resume_url = d["resume_gateway_url"].as_str().map(str::to_string);
+            session.resume_url = d["resume_gateway_url"]
+                .as_str()
+                .filter(|u| nanoclaw_channel::http::check_endpoint("resume_gateway_url", u).is_ok())
+                .map(str::to_string);
             session.seq = payload["s"].as_u64();
             session.me = Some(me.clone());
             tracing::info!(bot = %me.name, "discord connected");
@@ -409,7 +444,7 @@ async fn handle_dispatch(
             });
             *lock(&discord.me) = Some(me);
             save_session(host, session).await;
-            catch_up(discord, host, session).await;
+            return Ok(Started::NewSession);
         }
         Some("RESUMED") => {
             tracing::info!("discord: session resumed");
@@ -417,56 +452,67 @@ async fn handle_dispatch(
             discord.set_condition(ChannelCondition::Connected {
                 detail: format!("as {name}"),
             });
+            return Ok(Started::Resumed);
         }
         Some("GUILD_CREATE" | "GUILD_UPDATE") => learn_guild(discord, host, d).await,
         Some("CHANNEL_CREATE" | "CHANNEL_UPDATE" | "THREAD_CREATE" | "THREAD_UPDATE") => {
             learn_channel(discord, d, d["guild_id"].as_str());
         }
         Some("MESSAGE_CREATE") => {
-            let stored = deliver_message(discord, host, session, d).await?;
-            if stored {
+            if let Some((channel, id)) = deliver_message(discord, host, d).await? {
+                session.cursors.stored(&channel, &id);
                 session.seq = payload["s"].as_u64().or(session.seq);
                 save_session(host, session).await;
             }
         }
         _ => {}
     }
-    Ok(())
+    Ok(Started::Nothing)
 }
 
-/// Stores a message (from the gateway or fetched when catching up); `true` if it was
-/// one to store.
+/// Snowflakes: decimal, at most 20 digits.
+fn is_snowflake(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Stores a message (from the gateway or fetched when catching up). Returns its channel
+/// and id when it was stored in a registered chat (whose cursor is kept).
 async fn deliver_message(
     discord: &Arc<Discord>,
     host: &Arc<dyn ChannelHost>,
-    session: &mut Session,
     d: &Value,
-) -> Result<bool, String> {
+) -> Result<Option<(String, String)>, String> {
     let (Some(id), Some(channel), true) = (
-        d["id"].as_str(),
-        d["channel_id"].as_str(),
+        d["id"].as_str().filter(|s| is_snowflake(s)),
+        d["channel_id"].as_str().filter(|s| is_snowflake(s)),
         d["author"]["id"].is_string(),
     ) else {
         // Not its content: logs hold no chat text.
-        tracing::warn!("discord: skipping a message without an id, channel or author");
-        return Ok(false);
+        tracing::warn!("discord: skipping a message without a valid id, channel or author");
+        return Ok(None);
     };
     let (id, channel) = (id.to_string(), channel.to_string());
     let known = lock(&discord.channels).contains_key(&channel);
-    // A guild channel first seen in a message (a thread, a channel made since), or a
-    // message fetched over REST, which says nothing of its guild: ask once.
     if !known {
-        // Asked once: a failure leaves what the message said.
+        // Asked once (a thread, a channel made since, a message fetched over REST, which
+        // says nothing of its guild); a failure leaves what the message said.
         let info = discord
             .rest
             .channel(&channel)
             .await
-            .unwrap_or_else(|| serde_json::json!({"id": channel}));
+            .unwrap_or_else(|| json!({"id": channel}));
         learn_channel(discord, &info, d["guild_id"].as_str());
     }
     let guild = lock(&discord.channels)
         .get(&channel)
         .and_then(|c| c.guild_id.clone());
+    if let Some(guild) = &guild
+        && !lock(&discord.guilds).contains_key(guild)
+    {
+        // After a resume no GUILD_CREATE says the guild's name.
+        let name = discord.rest.guild_name(guild).await.unwrap_or_default();
+        lock(&discord.guilds).insert(guild.clone(), name);
+    }
     let with_guild;
     let d = match guild {
         Some(guild) if !d["guild_id"].is_string() => {
@@ -479,69 +525,48 @@ async fn deliver_message(
     };
     let Some(mut inbound) = inbound::read(d, discord.me().as_ref(), discord.chat_name(&channel))
     else {
-        return Ok(false);
+        return Ok(None);
     };
+    let jid = inbound.message.chat_jid.clone();
+    let trigger = host.trigger_for(&jid).await;
     if inbound.addresses_bot {
-        let trigger = host
-            .trigger_for(&inbound.message.chat_jid)
-            .await
+        let trigger = trigger
+            .clone()
             .unwrap_or_else(|| format!("@{}", discord.config.assistant_name));
-        let content = &inbound.message.content;
-        if !content.to_lowercase().starts_with(&trigger.to_lowercase()) {
-            inbound.message.content = format!("{trigger} {content}").trim_end().to_string();
-        }
+        inbound.message.content =
+            nanoclaw_channel::text::with_trigger(&inbound.message.content, &trigger);
     }
     host.deliver(inbound.chat, inbound.message).await?;
-    session.stored(&channel, &id);
-    Ok(true)
+    Ok(trigger.map(|_| (channel, id)))
 }
 
-/// A new session replays nothing of the old one: fetch what each chat got since its last
-/// stored message (the store ignores any it already has).
-async fn catch_up(discord: &Arc<Discord>, host: &Arc<dyn ChannelHost>, session: &mut Session) {
-    let cursors: Vec<(String, String)> = session
-        .last
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut caught = 0usize;
-    for (channel, mut after) in cursors {
-        for _ in 0..CATCH_UP_PAGES {
-            let page = match discord.rest.messages_after(&channel, &after).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!("discord: cannot fetch the messages missed in {channel}: {e}");
-                    break;
-                }
-            };
-            let full = page.len() >= crate::rest::PAGE;
-            for m in &page {
-                if let Some(id) = m["id"].as_str() {
-                    after = id.to_string();
-                }
-                match deliver_message(discord, host, session, m).await {
-                    Ok(true) => caught += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!("discord: cannot store a missed message: {e}");
-                        return;
-                    }
-                }
-            }
-            if !full {
-                break;
-            }
-        }
-    }
-    if caught > 0 {
-        tracing::info!("discord: fetched {caught} messages sent while disconnected");
-        save_session(host, session).await;
-    }
+/// Discord's message history, for catching up.
+struct DiscordHistory {
+    discord: Arc<Discord>,
+    host: Arc<dyn ChannelHost>,
 }
 
-/// Snowflakes are decimal numbers that grow with time.
-pub(crate) fn snowflake_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+#[async_trait]
+impl catch_up::History for DiscordHistory {
+    type Item = Value;
+
+    async fn page(&self, chat: &str, after: &str) -> Result<Page<Value>, HistoryError> {
+        let messages = self.discord.rest.messages_after(chat, after).await?;
+        let more = messages.len() >= crate::rest::PAGE;
+        Ok(Page {
+            items: messages
+                .into_iter()
+                .filter_map(|m| Some((m["id"].as_str()?.to_string(), m)))
+                .collect(),
+            more,
+        })
+    }
+
+    async fn store(&self, _chat: &str, item: &Value) -> Result<(), String> {
+        deliver_message(&self.discord, &self.host, item)
+            .await
+            .map(|_| ())
+    }
 }
 
 async fn save_session(host: &Arc<dyn ChannelHost>, session: &Session) {
@@ -564,7 +589,7 @@ async fn learn_guild(discord: &Discord, host: &Arc<dyn ChannelHost>, d: &Value) 
             learn_channel(discord, channel, Some(guild_id));
             // Text channels, announcement channels and threads take messages.
             if matches!(channel["type"].as_u64(), Some(0 | 5 | 10 | 11 | 12))
-                && let Some(id) = channel["id"].as_str()
+                && let Some(id) = channel["id"].as_str().filter(|s| is_snowflake(s))
             {
                 let chat = nanoclaw_channel::ChatMeta {
                     jid: format!("{}{id}", crate::PREFIX),
@@ -601,7 +626,7 @@ mod tests {
 
     #[test]
     fn sessions_survive_the_state_round_trip() {
-        let s = Session {
+        let mut s = Session {
             id: Some("abc".into()),
             resume_url: Some("wss://resume".into()),
             seq: Some(42),
@@ -609,36 +634,24 @@ mod tests {
                 id: "900".into(),
                 name: "andy-bot".into(),
             }),
-            last: BTreeMap::from([("42".to_string(), "1001".to_string())]),
+            cursors: Cursors::default(),
         };
+        s.cursors.stored("42", "1001");
+        s.cursors.begin();
         assert_eq!(Session::from_state(&s.to_state()), s);
         assert!(s.resumable());
         assert_eq!(Session::from_state("garbage"), Session::default());
-    }
-
-    #[test]
-    fn a_new_session_keeps_where_each_chat_stopped() {
-        let mut s = Session {
-            id: Some("abc".into()),
-            resume_url: Some("wss://resume".into()),
-            seq: Some(42),
-            ..Session::default()
-        };
-        s.stored("42", "999");
-        s.stored("42", "1000");
-        s.stored("42", "998");
-        assert_eq!(s.last["42"], "1000", "only ever forward, by number");
         s.forget();
         assert!(!s.resumable() && s.seq.is_none());
-        assert_eq!(s.last["42"], "1000");
-        for i in 0..MAX_CURSORS + 5 {
-            s.stored(&format!("c{i}"), &format!("{}", 2000 + i));
-        }
-        assert_eq!(s.last.len(), MAX_CURSORS);
-        assert!(
-            !s.last.contains_key("42"),
-            "the least recently active chat goes first"
+        assert_eq!(
+            s.cursors.last["42"], "1001",
+            "where each chat stopped stays"
         );
+        // A resume URL that would send the token in clear text is not used.
+        let mut plain = Session::from_state(&s.to_state());
+        plain.resume_url = Some("ws://gateway.example".into());
+        plain.id = Some("abc".into());
+        assert!(!Session::from_state(&plain.to_state()).resumable());
     }
 
     #[test]
@@ -657,7 +670,9 @@ mod tests {
             Ended::Fatal(r) => assert!(r.contains("MESSAGE CONTENT INTENT"), "{r}"),
             other => panic!("{other:?}"),
         }
+        assert!(matches!(closed(frame(4009)), Ended::Reidentify(_)));
         assert!(matches!(closed(frame(4000)), Ended::Retry(_)));
         assert!(matches!(closed(None), Ended::Retry(_)));
+        assert!(is_snowflake("200000000000000001") && !is_snowflake("2:1") && !is_snowflake(""));
     }
 }

@@ -96,10 +96,9 @@ impl Discord {
             );
         }
         let api_url = config.api_url.trim_end_matches('/').to_string();
-        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-            return Err(format!(
-                "DISCORD_API_URL is {api_url:?}; it must be a URL like https://discord.com"
-            ));
+        nanoclaw_channel::http::check_endpoint("DISCORD_API_URL", &api_url)?;
+        if let Some(gateway) = &config.gateway_url {
+            nanoclaw_channel::http::check_endpoint("DISCORD_GATEWAY_URL", gateway)?;
         }
         Ok(Arc::new(Discord {
             rest: rest::Rest::new(&api_url, token)?,
@@ -147,23 +146,6 @@ impl Discord {
     }
 }
 
-/// The `nonce` of piece `i` of a reply: the same on every attempt, so Discord
-/// (`enforce_nonce`) creates the message once even when a crash between its answer and
-/// our record makes us send it again. At most 25 characters; FNV-1a of what identifies
-/// the piece, so it stays the same across restarts and builds.
-fn nonce(message: &OutboundMessage, i: usize) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let identity = format!(
-        "{}|{}|{}|{i}",
-        message.outbox_id, message.timestamp, message.chat_jid
-    );
-    for byte in identity.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("nc{hash:016x}")
-}
-
 #[async_trait]
 impl Channel for Discord {
     fn name(&self) -> &'static str {
@@ -189,7 +171,10 @@ impl Channel for Discord {
         self.pieces
             .send(host.as_ref(), message, &pieces, |i, piece| {
                 let channel = channel.clone();
-                let nonce = nonce(message, i);
+                // The same on every attempt: with `enforce_nonce`, Discord creates the
+                // piece once even when a crash between its answer and our record makes
+                // us send it again.
+                let nonce = nanoclaw_channel::piece_key(message, i);
                 async move { self.rest.send_message(&channel, &piece, &nonce).await }
             })
             .await

@@ -28,10 +28,23 @@ const NEVER_CODES: [i64; 6] = [
 pub(crate) struct Rest {
     /// `{api_url}/api/v10`.
     base: String,
-    authorization: String,
+    token: String,
+    authorization: reqwest::header::HeaderValue,
     client: reqwest::Client,
     /// route → not before (from `X-RateLimit-Remaining: 0` and `Reset-After`).
     routes: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// `GET /gateway/bot`: where to connect and how many new sessions Discord still allows.
+pub(crate) struct GatewayBot {
+    pub url: String,
+    pub remaining: Option<u64>,
+    pub reset_after: Option<Duration>,
+}
+
+/// A duration from a platform's seconds, if it is one (not negative, NaN or huge).
+pub(crate) fn seconds(v: f64) -> Option<Duration> {
+    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v.min(3600.0)))
 }
 
 /// Why asking for the gateway failed.
@@ -51,26 +64,31 @@ impl Rest {
             .timeout(CALL_TIMEOUT)
             .build()
             .map_err(|e| format!("cannot create the Discord HTTP client: {e}"))?;
+        let mut authorization = reqwest::header::HeaderValue::from_str(&format!("Bot {token}"))
+            .map_err(|_| "DISCORD_BOT_TOKEN has characters no token has".to_string())?;
+        // Never shown by reqwest's Debug output.
+        authorization.set_sensitive(true);
         Ok(Rest {
             base: format!("{api_url}/api/v10"),
-            authorization: format!("Bot {token}"),
+            token: token.to_string(),
+            authorization,
             client,
             routes: Arc::default(),
         })
     }
 
     pub fn token(&self) -> &str {
-        self.authorization.strip_prefix("Bot ").unwrap_or("")
+        &self.token
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.base))
-            .header("authorization", &self.authorization)
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
     }
 
-    /// The gateway URL for this bot (`GET /gateway/bot`).
-    pub async fn gateway_url(&self) -> Result<String, GatewayLookup> {
+    /// The gateway URL for this bot and its session budget (`GET /gateway/bot`).
+    pub async fn gateway_bot(&self) -> Result<GatewayBot, GatewayLookup> {
         let response = self
             .request(reqwest::Method::GET, "/gateway/bot")
             .send()
@@ -79,7 +97,7 @@ impl Rest {
                 GatewayLookup::Failed(format!("cannot reach Discord: {}", e.without_url()))
             })?;
         match response.status().as_u16() {
-            401 | 403 => return Err(GatewayLookup::BadToken),
+            401 => return Err(GatewayLookup::BadToken),
             s if !(200..300).contains(&s) => {
                 return Err(GatewayLookup::Failed(format!(
                     "Discord answered {s} to GET /gateway/bot"
@@ -90,23 +108,29 @@ impl Rest {
         let body: Value = response.json().await.map_err(|e| {
             GatewayLookup::Failed(format!("unreadable gateway answer: {}", e.without_url()))
         })?;
-        body["url"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| GatewayLookup::Failed("the gateway answer has no url".into()))
+        let limit = &body["session_start_limit"];
+        Ok(GatewayBot {
+            url: body["url"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| GatewayLookup::Failed("the gateway answer has no url".into()))?,
+            remaining: limit["remaining"].as_u64(),
+            reset_after: limit["reset_after"]
+                .as_f64()
+                .and_then(|ms| seconds(ms / 1000.0)),
+        })
     }
 
-    /// Waits until `route` may be called again.
-    async fn wait_for_route(&self, route: &str) {
+    /// How long `route` is held by its rate limit, if it is.
+    fn route_hold(&self, route: &str) -> Option<Duration> {
         let not_before = self
             .routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(route)
-            .copied();
-        if let Some(at) = not_before {
-            tokio::time::sleep_until(at).await;
-        }
+            .copied()?;
+        let now = Instant::now();
+        (not_before > now).then(|| not_before - now)
     }
 
     /// Remembers the route's bucket state from a response's headers.
@@ -118,12 +142,12 @@ impl Rest {
                 .and_then(|v| v.parse::<f64>().ok())
         };
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        match (get("x-ratelimit-remaining"), get("x-ratelimit-reset-after")) {
-            (Some(remaining), Some(after)) if remaining <= 0.0 && after > 0.0 => {
-                routes.insert(
-                    route.to_string(),
-                    Instant::now() + Duration::from_secs_f64(after.min(3600.0)),
-                );
+        match (
+            get("x-ratelimit-remaining"),
+            get("x-ratelimit-reset-after").and_then(seconds),
+        ) {
+            (Some(remaining), Some(after)) if remaining <= 0.0 && !after.is_zero() => {
+                routes.insert(route.to_string(), Instant::now() + after);
             }
             _ => {
                 routes.remove(route);
@@ -140,7 +164,19 @@ impl Rest {
         nonce: &str,
     ) -> Result<(), ChannelError> {
         let route = format!("POST /channels/{channel}/messages");
-        self.wait_for_route(&route).await;
+        // A short hold is waited out; a long one goes back to delivery, which meanwhile
+        // sends other chats' replies.
+        match self.route_hold(&route) {
+            Some(hold) if hold > Duration::from_secs(1) => {
+                return Err(ChannelError::new(
+                    "discord",
+                    format!("rate limited by Discord for {:.1} s", hold.as_secs_f64()),
+                )
+                .with_retry(SendRetry::After(hold)));
+            }
+            Some(hold) => tokio::time::sleep(hold).await,
+            None => {}
+        }
         let sent = self
             .request(
                 reqwest::Method::POST,
@@ -152,6 +188,9 @@ impl Rest {
                 "allowed_mentions": {"parse": []},
                 "nonce": nonce,
                 "enforce_nonce": true,
+                // SUPPRESS_EMBEDS: Discord's servers would fetch every link in a reply
+                // to preview it, a way out for an agent whose network is limited.
+                "flags": 4,
             }))
             .send()
             .await
@@ -170,7 +209,8 @@ impl Rest {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<f64>().ok());
+            .and_then(|v| v.parse::<f64>().ok())
+            .and_then(seconds);
         let body: Value = sent.json().await.unwrap_or(Value::Null);
         let described = format!(
             "Discord refused the message ({status}{}{})",
@@ -185,14 +225,16 @@ impl Rest {
         );
         Err(match status {
             429 => {
-                let after = body["retry_after"].as_f64().or(retry_header).unwrap_or(1.0);
+                let after = body["retry_after"]
+                    .as_f64()
+                    .and_then(seconds)
+                    .or(retry_header)
+                    .unwrap_or(Duration::from_secs(1));
                 ChannelError::new(
                     "discord",
-                    format!("rate limited by Discord for {after:.1} s"),
+                    format!("rate limited by Discord for {:.1} s", after.as_secs_f64()),
                 )
-                .with_retry(SendRetry::After(Duration::from_secs_f64(
-                    after.clamp(0.0, 3600.0),
-                )))
+                .with_retry(SendRetry::After(after))
             }
             401 => ChannelError::new(
                 "discord",
@@ -211,9 +253,16 @@ impl Rest {
     }
 
     /// Up to [`PAGE`] messages of `channel` after the message `after`, oldest first.
-    pub async fn messages_after(&self, channel: &str, after: &str) -> Result<Vec<Value>, String> {
+    pub async fn messages_after(
+        &self,
+        channel: &str,
+        after: &str,
+    ) -> Result<Vec<Value>, nanoclaw_channel::catch_up::HistoryError> {
+        use nanoclaw_channel::catch_up::HistoryError;
         let route = format!("GET /channels/{channel}/messages");
-        self.wait_for_route(&route).await;
+        if let Some(hold) = self.route_hold(&route) {
+            tokio::time::sleep(hold).await;
+        }
         let response = self
             .request(
                 reqwest::Method::GET,
@@ -221,25 +270,44 @@ impl Rest {
             )
             .send()
             .await
-            .map_err(|e| format!("cannot reach Discord: {}", e.without_url()))?;
+            .map_err(|e| {
+                HistoryError::Failed(format!("cannot reach Discord: {}", e.without_url()))
+            })?;
         self.note_limits(&route, response.headers());
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!(
-                "Discord answered {status} (the bot needs Read Message History there)"
-            ));
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => {}
+            403 | 404 => {
+                return Err(HistoryError::Gone(format!(
+                    "Discord answered {status} (the bot needs View Channel and Read Message History there)"
+                )));
+            }
+            _ => return Err(HistoryError::Failed(format!("Discord answered {status}"))),
         }
-        let mut page: Vec<Value> = response
-            .json()
-            .await
-            .map_err(|e| format!("unreadable message list: {}", e.without_url()))?;
+        let mut page: Vec<Value> = response.json().await.map_err(|e| {
+            HistoryError::Failed(format!("unreadable message list: {}", e.without_url()))
+        })?;
         page.sort_by(|a, b| {
-            crate::gateway::snowflake_order(
+            nanoclaw_channel::catch_up::id_order(
                 a["id"].as_str().unwrap_or(""),
                 b["id"].as_str().unwrap_or(""),
             )
         });
         Ok(page)
+    }
+
+    /// A guild's name (`GET /guilds/{id}`).
+    pub async fn guild_name(&self, guild: &str) -> Option<String> {
+        let r = self
+            .request(reqwest::Method::GET, &format!("/guilds/{guild}"))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let v: Value = r.json().await.ok()?;
+        v["name"].as_str().map(str::to_string)
     }
 
     /// Shows the typing indicator once; `false` when Discord refuses it (stop asking).

@@ -21,6 +21,28 @@ pub(crate) enum ApiError {
 }
 
 impl ApiError {
+    /// Slack answered, and did not do what was asked (a refusal or a rate limit), as
+    /// opposed to no answer, where it may have.
+    pub fn answered(&self) -> bool {
+        matches!(self, ApiError::RateLimited(_) | ApiError::Slack(_))
+    }
+
+    /// Worth asking again later: no answer, a rate limit, Slack's own trouble.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::RateLimited(_) | ApiError::Transport(_) => true,
+            ApiError::Slack(code) => matches!(
+                code.as_str(),
+                "ratelimited"
+                    | "internal_error"
+                    | "fatal_error"
+                    | "service_unavailable"
+                    | "request_timeout"
+                    | "team_added_to_org"
+            ),
+        }
+    }
+
     /// Codes that mean the token itself is wrong, revoked or of the wrong kind.
     pub fn is_auth(&self) -> bool {
         matches!(self, ApiError::Slack(code) if matches!(code.as_str(),
@@ -80,9 +102,10 @@ impl Api {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
                 .unwrap_or(1.0);
             return Err(ApiError::RateLimited(Duration::from_secs_f64(
-                after.clamp(0.0, 3600.0),
+                after.min(3600.0),
             )));
         }
         if !(200..300).contains(&status) {

@@ -59,6 +59,16 @@ pub(crate) fn read(event: &Value, bot_user: &str) -> Read {
     if user == bot_user {
         return Read::NotInput("our own message");
     }
+    // Ids become JIDs and API parameters: Slack's are upper-case letters and digits.
+    let id_like = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 32
+            && s.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    };
+    if !id_like(channel) || !id_like(user) {
+        return Read::Malformed("a message whose channel or user is not a Slack id");
+    }
     if timestamp(ts).is_none() {
         return Read::Malformed("a message whose ts is not a Slack timestamp");
     }
@@ -90,7 +100,7 @@ pub(crate) fn timestamp(ts: &str) -> Option<String> {
     let millis: i64 = format!("{:0<3}", fraction.get(..3).unwrap_or(fraction))
         .parse()
         .ok()?;
-    nanoclaw_channel::time::from_unix_millis(seconds.checked_mul(1000)? + millis)
+    nanoclaw_channel::time::from_unix_millis(seconds.checked_mul(1000)?.checked_add(millis)?)
 }
 
 fn unescape(s: &str) -> String {
@@ -284,6 +294,11 @@ mod tests {
             read(&message(json!({"ts": "oops"})), "UBOT"),
             Read::Malformed(_)
         ));
+        assert!(matches!(
+            read(&message(json!({"channel": "C1:../x"})), "UBOT"),
+            Read::Malformed(_)
+        ));
+        assert_eq!(timestamp("9223372036854775.999"), None, "no overflow");
         assert_eq!(
             timestamp("1769866320.123456").as_deref(),
             Some("2026-01-31T13:32:00.123Z")

@@ -40,12 +40,19 @@ pub const PREFIX: &str = "slack:";
 /// Slack asks for messages of at most 4000 characters (it truncates at 40 000).
 pub const MAX_MESSAGE: usize = 4000;
 const PARTIAL_SEND_PREFIX: &str = "slack:partial_send:";
-/// `…{outbox id}:{piece}` → the Unix time before that piece was first posted.
+/// `…{channel}` → the chat's latest piece (its key) and the Unix time before it was
+/// first posted.
 const IN_FLIGHT_PREFIX: &str = "slack:in_flight:";
 /// What shows that the assistant is working on a message.
 const WORKING_REACTION: &str = "hourglass_flowing_sand";
 /// How far before our clock Slack's may be, when searching for a piece we posted.
 const CLOCK_SLACK_SECONDS: u64 = 120;
+/// The metadata event type replies carry (with their piece key), to be found again.
+const METADATA_EVENT: &str = "nanoclaw_reply";
+/// History pages searched for a piece at most.
+const HISTORY_PAGES: usize = 5;
+/// Names cached at most (then the cache starts over).
+const MAX_NAMES: usize = 10_000;
 
 /// Where the channel connects (SPEC §13.3).
 #[derive(Debug, Clone)]
@@ -90,6 +97,8 @@ pub struct Slack {
     reacted: Mutex<HashMap<String, String>>,
     /// Off once Slack refused a reaction for good (no `reactions:write`).
     reactions: AtomicBool,
+    /// Where each registered chat's stored messages stop (persisted).
+    cursors: Mutex<nanoclaw_channel::catch_up::Cursors>,
     host: Mutex<Option<Arc<dyn ChannelHost>>>,
 }
 
@@ -128,11 +137,7 @@ impl Slack {
             "OAuth & Permissions → Bot User OAuth Token",
         )?;
         let api_url = config.api_url.trim_end_matches('/').to_string();
-        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-            return Err(format!(
-                "SLACK_API_URL is {api_url:?}; it must be a URL like https://slack.com/api"
-            ));
-        }
+        nanoclaw_channel::http::check_endpoint("SLACK_API_URL", &api_url)?;
         Ok(Arc::new(Slack {
             api: Api::new(&api_url)?,
             config: SlackConfig { api_url, ..config },
@@ -146,6 +151,7 @@ impl Slack {
             latest: Mutex::default(),
             reacted: Mutex::default(),
             reactions: AtomicBool::new(true),
+            cursors: Mutex::default(),
             host: Mutex::default(),
         }))
     }
@@ -190,10 +196,18 @@ impl Slack {
             }
             Err(e) => {
                 tracing::debug!("slack: users.info failed: {e}");
+                if e.is_transient() {
+                    // Asked again next time.
+                    return id.to_string();
+                }
                 id.to_string()
             }
         };
-        lock(&self.users).insert(id.to_string(), name.clone());
+        let mut users = lock(&self.users);
+        if users.len() >= MAX_NAMES {
+            users.clear();
+        }
+        users.insert(id.to_string(), name.clone());
         name
     }
 
@@ -216,15 +230,30 @@ impl Slack {
             }
             Err(e) => {
                 tracing::debug!("slack: conversations.info failed: {e}");
+                if e.is_transient() {
+                    // Asked again next time.
+                    return Conversation::default();
+                }
                 Conversation::default()
             }
         };
-        lock(&self.conversations).insert(id.to_string(), c.clone());
+        let mut conversations = lock(&self.conversations);
+        if conversations.len() >= MAX_NAMES {
+            conversations.clear();
+        }
+        conversations.insert(id.to_string(), c.clone());
         c
     }
 
-    /// Posts one piece, once: recorded as in flight first, and if an earlier attempt may
-    /// have gone out, the channel's history is asked before posting again.
+    /// Posts one piece, once. It carries its [`piece_key`] as message metadata, and the
+    /// chat's in-flight record names it before it is posted. The record stays after
+    /// Slack posted it (until the chat's next piece replaces it: delivery goes in order
+    /// per chat, so by then this one is settled), and is cleared when Slack refused it.
+    /// Finding the record naming this very piece means an earlier attempt may have gone
+    /// out (a crash before delivery noted it, an answer lost on the way back): the
+    /// channel's history is asked for its key before posting again.
+    ///
+    /// [`piece_key`]: nanoclaw_channel::piece_key
     async fn post_piece(
         &self,
         host: Option<&Arc<dyn ChannelHost>>,
@@ -233,83 +262,113 @@ impl Slack {
         index: usize,
         piece: &str,
     ) -> Result<(), ChannelError> {
-        let key = format!("{IN_FLIGHT_PREFIX}{}:{index}", message.outbox_id);
+        let marker = nanoclaw_channel::piece_key(message, index);
+        let record_key = format!("{IN_FLIGHT_PREFIX}{channel}");
         if let Some(host) = host {
-            match host.load_state(&key).await {
-                Ok(Some(since)) if !since.is_empty() => {
-                    if self.already_posted(channel, &since, piece).await {
-                        tracing::info!(
-                            "slack: a piece of reply {} was posted before; not posting it again",
-                            message.outbox_id
-                        );
-                        let _ = host.save_state(&key, "").await;
-                        return Ok(());
-                    }
+            let record: serde_json::Value = host
+                .load_state(&record_key)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            if record["piece"] == marker.as_str() {
+                let since = record["since"].as_u64().unwrap_or(0).to_string();
+                if self.already_posted(channel, &since, &marker).await {
+                    tracing::info!(
+                        "slack: a piece of reply {} was posted before; not posting it again",
+                        message.outbox_id
+                    );
+                    return Ok(());
                 }
-                _ => {
-                    let since = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs().saturating_sub(CLOCK_SLACK_SECONDS))
-                        .unwrap_or(0);
-                    if let Err(e) = host.save_state(&key, &since.to_string()).await {
-                        tracing::warn!("slack: cannot record a reply piece as in flight: {e}");
-                    }
+            } else {
+                let since = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs().saturating_sub(CLOCK_SLACK_SECONDS))
+                    .unwrap_or(0);
+                let record = serde_json::json!({"piece": marker, "since": since}).to_string();
+                if let Err(e) = host.save_state(&record_key, &record).await {
+                    tracing::warn!("slack: cannot record a reply piece as in flight: {e}");
                 }
             }
         }
         let escaped = inbound::escape(piece);
+        let metadata = serde_json::json!({
+            "event_type": METADATA_EVENT,
+            "event_payload": {"piece": marker},
+        })
+        .to_string();
         let result = self
             .api
             .call(
                 "chat.postMessage",
                 &self.bot_token,
-                &[("channel", channel), ("text", &escaped)],
+                &[
+                    ("channel", channel),
+                    ("text", &escaped),
+                    ("metadata", &metadata),
+                    // Slack's servers would fetch every link in a reply to preview it,
+                    // a way out for an agent whose network is limited.
+                    ("unfurl_links", "false"),
+                    ("unfurl_media", "false"),
+                ],
             )
             .await;
-        let outcome = send_outcome(result);
-        let settled = match &outcome {
-            Ok(()) => true,
-            Err(e) => e.retry == SendRetry::Never,
-        };
-        if settled && let Some(host) = host {
-            let _ = host.save_state(&key, "").await;
+        // Refused (a 429, an `ok: false`): nothing was posted, nothing is in doubt.
+        if let (Err(e), Some(host)) = (&result, host)
+            && e.answered()
+        {
+            let _ = host.save_state(&record_key, "").await;
         }
-        outcome
+        send_outcome(result)
     }
 
-    /// Whether the bot posted `piece` in `channel` since the Unix time `since`.
-    async fn already_posted(&self, channel: &str, since: &str, piece: &str) -> bool {
-        let Some(me) = self.me() else {
-            return false;
-        };
-        let history = match self
-            .api
-            .call(
-                "conversations.history",
-                &self.bot_token,
-                &[("channel", channel), ("oldest", since), ("limit", "200")],
-            )
-            .await
-        {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(
-                    "slack: cannot tell whether a reply went out before ({e}); posting it"
-                );
-                return false;
+    /// Whether the bot posted the piece `marker` in `channel` since the Unix time
+    /// `since`.
+    async fn already_posted(&self, channel: &str, since: &str, marker: &str) -> bool {
+        let mut cursor = String::new();
+        for _ in 0..HISTORY_PAGES {
+            let mut params = vec![
+                ("channel", channel),
+                ("oldest", since),
+                ("limit", "200"),
+                ("include_all_metadata", "true"),
+            ];
+            if !cursor.is_empty() {
+                params.push(("cursor", cursor.as_str()));
             }
-        };
-        let want = piece.trim();
-        history["messages"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|m| {
-                let ours = m["user"].as_str() == Some(me.user_id.as_str())
-                    || (me.bot_id.is_some() && m["bot_id"].as_str() == me.bot_id.as_deref());
-                ours && inbound::decode(m["text"].as_str().unwrap_or(""), &HashMap::new(), "").text
-                    == want
-            })
+            let history = match self
+                .api
+                .call("conversations.history", &self.bot_token, &params)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(
+                        "slack: cannot tell whether a reply went out before ({e}); posting it"
+                    );
+                    return false;
+                }
+            };
+            let found = history["messages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| {
+                    m["metadata"]["event_type"] == METADATA_EVENT
+                        && m["metadata"]["event_payload"]["piece"] == marker
+                });
+            if found {
+                return true;
+            }
+            match history["response_metadata"]["next_cursor"].as_str() {
+                Some(next) if !next.is_empty() && history["has_more"] == true => {
+                    cursor = next.to_string();
+                }
+                _ => return false,
+            }
+        }
+        false
     }
 
     async fn react(&self, method: &str, channel: &str, ts: &str) {
@@ -369,19 +428,7 @@ fn send_outcome(result: Result<serde_json::Value, ApiError>) -> Result<(), Chann
                  (OAuth & Permissions) and restart nanoclaw"
             ),
         ),
-        ApiError::Slack(code)
-            if matches!(
-                code.as_str(),
-                "ratelimited"
-                    | "internal_error"
-                    | "fatal_error"
-                    | "service_unavailable"
-                    | "request_timeout"
-                    | "team_added_to_org"
-            ) =>
-        {
-            ChannelError::new("slack", message)
-        }
+        e if e.is_transient() => ChannelError::new("slack", message),
         // not_in_channel, channel_not_found, is_archived, msg_too_long, restricted_action,
         // …: the same request will be refused again.
         ApiError::Slack(code) => ChannelError::new(

@@ -1,17 +1,20 @@
 //! The Socket Mode connection: `auth.test`, `apps.connections.open`, the WebSocket with
 //! its `hello`, envelopes (each acknowledged once its message is stored), `disconnect`
-//! messages, pings to notice a dead connection, and the reconnect policy (at once after
-//! a requested refresh, with backoff after failures, never for tokens only the user can
-//! fix).
+//! messages, pings to notice a dead connection, catching up on each registered chat's
+//! history after a gap, and the reconnect policy of [`Reconnects`] (at once after a
+//! requested refresh, with backoff after failures, never for what only the user can fix).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
-use nanoclaw_channel::{Backoff, ChannelCondition, ChannelHost, ChatMeta, Message};
+use nanoclaw_channel::catch_up::{self, HistoryError, Page};
+use nanoclaw_channel::{ChannelCondition, ChannelHost, ChatMeta, Message, Outcome, Reconnects};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use crate::api::ApiError;
@@ -25,51 +28,38 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 /// Looking up the names in one message may take this long before the ids stand in
 /// (the envelope must be acknowledged within 3 s).
 const NAME_BUDGET: Duration = Duration::from_millis(1500);
-
-#[derive(Debug)]
-enum Ended {
-    Shutdown,
-    /// Connect again at once (Slack asked for a refresh).
-    Reconnect(String),
-    /// Connect again after a backoff.
-    Retry(String),
-    /// Only the user can fix this: stop until restarted.
-    Fatal(String),
-}
+/// Mentions looked up per message at most (the rest show as ids).
+const MAX_LOOKUPS: usize = 10;
+/// Where each registered chat's stored messages stop (`router_state`).
+pub(crate) const CURSORS_KEY: &str = "slack:cursors";
+/// History pages (of 200) fetched per chat when catching up.
+const CATCH_UP_PAGES: usize = 5;
 
 pub(crate) async fn run(
     slack: &Arc<Slack>,
     host: &Arc<dyn ChannelHost>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    if let Ok(Some(text)) = host.load_state(CURSORS_KEY).await {
+        *lock(&slack.cursors) = serde_json::from_str(&text).unwrap_or_default();
+    }
+    let mut reconnects = Reconnects::new("slack");
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match connect_once(slack, host, &mut backoff, &mut shutdown).await {
-            Ended::Shutdown => return,
-            Ended::Fatal(reason) => {
-                tracing::error!("slack: {reason}");
-                slack.set_condition(ChannelCondition::NeedsAttention { reason });
-                let _ = shutdown.wait_for(|s| *s).await;
-                return;
-            }
-            Ended::Reconnect(reason) => {
-                tracing::info!("slack: reconnecting: {reason}");
-                slack.set_condition(ChannelCondition::Reconnecting { reason });
-            }
-            Ended::Retry(reason) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    "slack: {reason}; trying again in {:.1} s",
-                    delay.as_secs_f64()
-                );
-                slack.set_condition(ChannelCondition::Reconnecting { reason });
-                if !nanoclaw_channel::sleep_unless_shutdown(delay, &mut shutdown).await {
-                    return;
-                }
-            }
+        let started = Instant::now();
+        let outcome = connect_once(slack, host, &mut shutdown).await;
+        let go_on = reconnects
+            .after(
+                outcome,
+                started.elapsed(),
+                |c| slack.set_condition(c),
+                &mut shutdown,
+            )
+            .await;
+        if !go_on {
+            return;
         }
     }
 }
@@ -89,20 +79,35 @@ fn app_token_refused(e: &ApiError) -> String {
     )
 }
 
+/// What a failed call before connecting means for the connection.
+fn failed(what: &str, e: ApiError, refused: fn(&ApiError) -> String) -> Outcome {
+    match e {
+        e if e.is_auth() => Outcome::Fatal(refused(&e)),
+        ApiError::RateLimited(wait) => Outcome::Wait(wait, format!("{what} is rate limited")),
+        e => Outcome::Retry(format!("{what} failed: {e}")),
+    }
+}
+
+async fn save_cursors(slack: &Slack, host: &Arc<dyn ChannelHost>) {
+    let text = serde_json::to_string(&*lock(&slack.cursors)).unwrap_or_default();
+    if let Err(e) = host.save_state(CURSORS_KEY, &text).await {
+        tracing::warn!("slack: cannot save where each chat stopped: {e}");
+    }
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect_once(
     slack: &Arc<Slack>,
     host: &Arc<dyn ChannelHost>,
-    backoff: &mut Backoff,
     shutdown: &mut watch::Receiver<bool>,
-) -> Ended {
+) -> Outcome {
     if slack.me().is_none() {
         match slack.api.call("auth.test", &slack.bot_token, &[]).await {
             Ok(v) => {
                 let Some(user_id) = v["user_id"].as_str() else {
-                    return Ended::Retry("auth.test did not say who the bot is".into());
+                    return Outcome::Retry("auth.test did not say who the bot is".into());
                 };
                 *lock(&slack.me) = Some(BotUser {
                     user_id: user_id.to_string(),
@@ -111,8 +116,7 @@ async fn connect_once(
                     team: v["team"].as_str().map(str::to_string),
                 });
             }
-            Err(e) if e.is_auth() => return Ended::Fatal(bot_token_refused(&e)),
-            Err(e) => return Ended::Retry(format!("auth.test failed: {e}")),
+            Err(e) => return failed("auth.test", e, bot_token_refused),
         }
     }
     let url = match slack
@@ -122,10 +126,9 @@ async fn connect_once(
     {
         Ok(v) => match v["url"].as_str() {
             Some(url) => url.to_string(),
-            None => return Ended::Retry("apps.connections.open gave no URL".into()),
+            None => return Outcome::Retry("apps.connections.open gave no URL".into()),
         },
-        Err(e) if e.is_auth() => return Ended::Fatal(app_token_refused(&e)),
-        Err(e) => return Ended::Retry(format!("apps.connections.open failed: {e}")),
+        Err(e) => return failed("apps.connections.open", e, app_token_refused),
     };
     nanoclaw_channel::http::install_tls_provider();
     let mut ws = match tokio::time::timeout(
@@ -136,18 +139,25 @@ async fn connect_once(
     {
         // The URL carries a one-time ticket: never logged.
         Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => return Ended::Retry(format!("cannot open the Socket Mode connection: {e}")),
-        Err(_) => return Ended::Retry("opening the Socket Mode connection timed out".into()),
+        Ok(Err(e)) => {
+            return Outcome::Retry(format!("cannot open the Socket Mode connection: {e}"));
+        }
+        Err(_) => return Outcome::Retry("opening the Socket Mode connection timed out".into()),
     };
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = true;
     let mut said_hello = false;
     let hello_by = tokio::time::sleep(HANDSHAKE_TIMEOUT);
     tokio::pin!(hello_by);
+    // Catching up runs beside the connection, so envelopes are acknowledged meanwhile.
+    let (caught_tx, mut caught_rx) = mpsc::unbounded_channel();
+    let mut _catching: Option<catch_up::Task> = None;
     enum Step {
         Stop,
         NoHello,
         Ping,
+        Caught(catch_up::Event),
         Frame(Option<Result<Frame, tokio_tungstenite::tungstenite::Error>>),
     }
     loop {
@@ -155,23 +165,32 @@ async fn connect_once(
             _ = shutdown.wait_for(|s| *s) => Step::Stop,
             _ = &mut hello_by, if !said_hello => Step::NoHello,
             _ = ping.tick() => Step::Ping,
+            Some(event) = caught_rx.recv() => Step::Caught(event),
             frame = ws.next() => Step::Frame(frame),
         };
         let frame = match step {
             Step::Stop => {
                 let _ = ws.close(None).await;
-                return Ended::Shutdown;
+                return Outcome::Shutdown;
             }
-            Step::NoHello => return Ended::Retry("Slack said no hello after connecting".into()),
+            Step::NoHello => return Outcome::Retry("Slack said no hello after connecting".into()),
             Step::Ping => {
                 if !heard {
-                    return Ended::Reconnect(
+                    return Outcome::Reconnect(
                         "nothing heard from Slack (the connection is dead)".into(),
                     );
                 }
                 heard = false;
                 if let Err(e) = ws.send(Frame::Ping(Vec::new().into())).await {
-                    return Ended::Retry(format!("cannot write to Slack: {e}"));
+                    return Outcome::Retry(format!("cannot write to Slack: {e}"));
+                }
+                continue;
+            }
+            Step::Caught(event) => {
+                let done = matches!(event, catch_up::Event::Done { .. });
+                lock(&slack.cursors).apply(&event);
+                if done {
+                    save_cursors(slack, host).await;
                 }
                 continue;
             }
@@ -179,11 +198,13 @@ async fn connect_once(
         };
         heard = true;
         let text = match frame {
-            None => return Ended::Retry("Slack closed the connection".into()),
-            Some(Err(e)) => return Ended::Retry(format!("the Socket Mode connection failed: {e}")),
+            None => return Outcome::Retry("Slack closed the connection".into()),
+            Some(Err(e)) => {
+                return Outcome::Retry(format!("the Socket Mode connection failed: {e}"));
+            }
             Some(Ok(Frame::Text(text))) => text,
             Some(Ok(Frame::Close(frame))) => {
-                return Ended::Retry(format!(
+                return Outcome::Retry(format!(
                     "Slack closed the connection ({})",
                     frame
                         .map(|f| format!("{}: {}", u16::from(f.code), f.reason))
@@ -203,9 +224,7 @@ async fn connect_once(
         match v["type"].as_str() {
             Some("hello") => {
                 said_hello = true;
-                backoff.reset();
-                let me = slack.me();
-                let detail = match me {
+                let detail = match slack.me() {
                     Some(BotUser {
                         name,
                         team: Some(team),
@@ -216,6 +235,21 @@ async fn connect_once(
                 };
                 tracing::info!("slack connected {detail}");
                 slack.set_condition(ChannelCondition::Connected { detail });
+                // Whatever Slack gave up redelivering while we were away.
+                let todo = lock(&slack.cursors).begin();
+                if !todo.is_empty() {
+                    save_cursors(slack, host).await;
+                    let history = Arc::new(SlackHistory {
+                        slack: Arc::clone(slack),
+                        host: Arc::clone(host),
+                    });
+                    _catching = Some(catch_up::Task(tokio::spawn(catch_up::run(
+                        "slack",
+                        history,
+                        todo,
+                        caught_tx.clone(),
+                    ))));
+                }
                 continue;
             }
             Some("disconnect") => {
@@ -225,15 +259,27 @@ async fn connect_once(
                     "warning" => continue,
                     "link_disabled" => {
                         let _ = ws.close(None).await;
-                        return Ended::Fatal(
+                        return Outcome::Fatal(
                             "Slack turned Socket Mode off for this app (link_disabled): on your \
                              app's page → Socket Mode, enable it, then restart nanoclaw"
                                 .into(),
                         );
                     }
-                    _ => {
+                    "refresh_requested" => {
                         let _ = ws.close(None).await;
-                        return Ended::Reconnect(format!("Slack asked to reconnect ({reason})"));
+                        return Outcome::Reconnect("Slack asked for a refresh".into());
+                    }
+                    "too_many_websockets" => {
+                        let _ = ws.close(None).await;
+                        return Outcome::Retry(
+                            "Slack refused another connection (too_many_websockets): is another \
+                             program using this app's Socket Mode?"
+                                .into(),
+                        );
+                    }
+                    other => {
+                        let _ = ws.close(None).await;
+                        return Outcome::Retry(format!("Slack disconnected ({other})"));
                     }
                 }
             }
@@ -253,7 +299,7 @@ async fn connect_once(
         match handled {
             Ok(()) => {
                 if let Err(e) = send_ack(&mut ws, &envelope_id).await {
-                    return Ended::Retry(e);
+                    return Outcome::Retry(e);
                 }
             }
             // Not acknowledged: Slack delivers it again.
@@ -280,29 +326,44 @@ async fn handle_event(
         tracing::debug!("slack: skipping a payload that is not an event_callback");
         return Ok(());
     }
+    if let Some((chat, ts)) = store_message(slack, host, &payload["event"]).await? {
+        lock(&slack.cursors).stored(&chat, &ts);
+        save_cursors(slack, host).await;
+    }
+    Ok(())
+}
+
+/// Stores a message event (live, or from the history when catching up). Returns its
+/// channel and ts when it was stored in a registered chat (whose cursor is kept).
+async fn store_message(
+    slack: &Arc<Slack>,
+    host: &Arc<dyn ChannelHost>,
+    event: &Value,
+) -> Result<Option<(String, String)>, String> {
     let Some(me) = slack.me() else {
         return Err("the bot is not known yet".into());
     };
-    let event = &payload["event"];
     let e = match inbound::read(event, &me.user_id) {
         Read::Message(e) => e,
         Read::NotInput(why) => {
             tracing::debug!("slack: not user input: {why}");
-            return Ok(());
+            return Ok(None);
         }
         Read::Malformed(why) => {
             // Not its content: logs hold no chat text.
             tracing::warn!("slack: skipping {why}");
-            return Ok(());
+            return Ok(None);
         }
     };
     let lookups = async {
         let mut names = HashMap::new();
-        for id in inbound::mentioned_users(&e.text) {
-            if id != me.user_id {
-                let name = slack.user_name(&id).await;
-                names.insert(id, name);
-            }
+        for id in inbound::mentioned_users(&e.text)
+            .into_iter()
+            .filter(|id| *id != me.user_id)
+            .take(MAX_LOOKUPS)
+        {
+            let name = slack.user_name(&id).await;
+            names.insert(id, name);
         }
         let sender = slack.user_name(&e.user).await;
         let conversation = slack.conversation(&e.channel).await;
@@ -324,14 +385,12 @@ async fn handle_event(
             .join(" ");
     }
     let jid = format!("{}{}", crate::PREFIX, e.channel);
+    let trigger = host.trigger_for(&jid).await;
     if decoded.addresses_bot {
-        let trigger = host
-            .trigger_for(&jid)
-            .await
+        let trigger = trigger
+            .clone()
             .unwrap_or_else(|| format!("@{}", slack.config.assistant_name));
-        if !content.to_lowercase().starts_with(&trigger.to_lowercase()) {
-            content = format!("{trigger} {content}").trim_end().to_string();
-        }
+        content = nanoclaw_channel::text::with_trigger(&content, &trigger);
     }
     let is_im = match e.channel_type.as_deref() {
         Some(t) => t == "im",
@@ -365,5 +424,80 @@ async fn handle_event(
     };
     host.deliver(chat, message).await?;
     slack.saw_message(&e.channel, &e.ts);
-    Ok(())
+    Ok(trigger.map(|_| (e.channel, e.ts)))
+}
+
+/// A channel's history (`conversations.history`), for catching up.
+struct SlackHistory {
+    slack: Arc<Slack>,
+    host: Arc<dyn ChannelHost>,
+}
+
+#[async_trait]
+impl catch_up::History for SlackHistory {
+    type Item = Value;
+
+    /// Everything after `after` (Slack pages from the newest back, so all pages are
+    /// read, then given oldest first).
+    async fn page(&self, chat: &str, after: &str) -> Result<Page<Value>, HistoryError> {
+        let mut messages: Vec<Value> = Vec::new();
+        let mut cursor = String::new();
+        let mut more = false;
+        for _ in 0..CATCH_UP_PAGES {
+            let mut params = vec![("channel", chat), ("oldest", after), ("limit", "200")];
+            if !cursor.is_empty() {
+                params.push(("cursor", cursor.as_str()));
+            }
+            let v = match self
+                .slack
+                .api
+                .call("conversations.history", &self.slack.bot_token, &params)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if e.is_transient() => return Err(HistoryError::Failed(e.to_string())),
+                Err(e) => {
+                    return Err(HistoryError::Gone(format!(
+                        "{e} (the app needs the *:history scopes and to be in the channel)"
+                    )));
+                }
+            };
+            messages.extend(v["messages"].as_array().cloned().unwrap_or_default());
+            more = v["has_more"] == true;
+            match v["response_metadata"]["next_cursor"].as_str() {
+                Some(next) if more && !next.is_empty() => cursor = next.to_string(),
+                _ => break,
+            }
+        }
+        if more {
+            tracing::warn!(
+                "slack: more than {} messages were missed in {chat}; the oldest are not fetched",
+                CATCH_UP_PAGES * 200
+            );
+        }
+        messages.sort_by(|a, b| {
+            catch_up::id_order(
+                a["ts"].as_str().unwrap_or(""),
+                b["ts"].as_str().unwrap_or(""),
+            )
+        });
+        Ok(Page {
+            items: messages
+                .into_iter()
+                .filter_map(|mut m| {
+                    let ts = m["ts"].as_str()?.to_string();
+                    // History entries do not name their channel.
+                    m["channel"] = Value::String(chat.to_string());
+                    Some((ts, m))
+                })
+                .collect(),
+            more: false,
+        })
+    }
+
+    async fn store(&self, _chat: &str, item: &Value) -> Result<(), String> {
+        store_message(&self.slack, &self.host, item)
+            .await
+            .map(|_| ())
+    }
 }

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use nanoclaw_channel::text::{Units, split};
+use nanoclaw_channel::text::{Units, split, starts_with_word};
 use nanoclaw_channel::{
     Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage, PieceLedger, SendRetry,
     TypingTickers,
@@ -114,6 +114,8 @@ impl Telegram {
                 "TELEGRAM_BOT_TOKEN does not look like a bot token (digits, `:`, then letters, digits, `_` or `-`); copy it again from @BotFather".into(),
             );
         }
+        // The token is part of every URL: never over plain http to another machine.
+        nanoclaw_channel::http::check_endpoint("TELEGRAM_API_URL", api_url)?;
         let client = nanoclaw_channel::http::client()
             .connect_timeout(Duration::from_secs(15))
             .build()
@@ -436,15 +438,6 @@ fn content_of(msg: &Value) -> Option<String> {
 }
 
 /// Whether `text` starts with `word` (ASCII case-insensitive) as a whole word.
-fn starts_with_word(text: &str, word: &str) -> bool {
-    text.get(..word.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(word))
-        && text[word.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
-}
-
 /// Whether the message mentions the bot (`@username`) or replies to one of its messages.
 fn addresses_bot(msg: &Value, content: &str, me: &BotIdentity) -> bool {
     let replied_to_bot = msg["reply_to_message"]["from"]["id"].as_i64() == Some(me.id);

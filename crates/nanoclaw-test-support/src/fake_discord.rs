@@ -38,6 +38,8 @@ pub const USER_NAME: &str = "bob";
 pub struct Sent {
     pub channel_id: String,
     pub content: String,
+    /// The message flags asked for (4: no embeds).
+    pub flags: u64,
 }
 
 enum Command {
@@ -79,9 +81,27 @@ struct Inner {
     /// channel → its messages, oldest first (`GET /channels/{id}/messages`).
     history: HashMap<String, Vec<Value>>,
     history_requests: usize,
+    history_failures: usize,
+    /// The next message post says the route's bucket is empty for this many seconds.
+    exhaust_bucket: Option<f64>,
+    gateway_bot_fails: bool,
+    sessions_remaining: u64,
+    /// IDENTIFYs still to answer with op 9 (as Discord does when it cannot start one).
+    invalid_identifies: usize,
 }
 
 impl Inner {
+    /// When the latest message was written: a millisecond after the one before.
+    fn timestamp(&self) -> String {
+        let n = self.next_id;
+        format!(
+            "2026-01-31T13:{:02}:{:02}.{:03}000+00:00",
+            32 + n / 60_000,
+            (n / 1000) % 60,
+            n % 1000
+        )
+    }
+
     fn snowflake(&mut self) -> String {
         self.next_id += 1;
         format!("{}", 500_000_000_000_000_000u64 + self.next_id)
@@ -174,6 +194,11 @@ impl FakeDiscord {
             send_attempts: Vec::new(),
             history: HashMap::new(),
             history_requests: 0,
+            history_failures: 0,
+            exhaust_bucket: None,
+            gateway_bot_fails: false,
+            sessions_remaining: 999,
+            invalid_identifies: 0,
         }));
         let changed = Arc::new(Notify::new());
         let gateway = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -200,6 +225,7 @@ impl FakeDiscord {
                 post(create_message).get(list_messages),
             )
             .route("/api/v10/channels/{id}/typing", post(typing))
+            .route("/api/v10/guilds/{id}", get(get_guild))
             .with_state(shared.clone());
         let (api_url, rest) = crate::serve_on_loopback(app, "the fake Discord REST API").await;
         let gateway_task = tokio::spawn(accept_gateway(gateway, shared));
@@ -277,7 +303,7 @@ impl FakeDiscord {
             .collect();
         let mut d = json!({
             "id": id, "channel_id": channel_id, "author": author, "content": content,
-            "timestamp": "2026-01-31T13:32:00.000000+00:00", "type": if referenced.is_some() { 19 } else { 0 },
+            "timestamp": inner.timestamp(), "type": if referenced.is_some() { 19 } else { 0 },
             "mentions": mentions, "attachments": [], "embeds": [], "tts": false,
             "mention_everyone": false, "mention_roles": [], "pinned": false,
         });
@@ -390,6 +416,31 @@ impl FakeDiscord {
         self.lock().gateway_bot_requests
     }
 
+    /// The next message post answers with an empty rate-limit bucket for `secs`.
+    pub fn exhaust_bucket(&self, secs: f64) {
+        self.lock().exhaust_bucket = Some(secs);
+    }
+
+    /// Makes `GET /gateway/bot` answer 502 (or work again).
+    pub fn fail_gateway_bot(&self, fail: bool) {
+        self.lock().gateway_bot_fails = fail;
+    }
+
+    /// What `session_start_limit.remaining` says (new sessions left today).
+    pub fn set_sessions_remaining(&self, n: u64) {
+        self.lock().sessions_remaining = n;
+    }
+
+    /// The next `n` IDENTIFYs get op 9 (`d: false`) instead of READY.
+    pub fn refuse_identifies(&self, n: usize) {
+        self.lock().invalid_identifies = n;
+    }
+
+    /// The next `n` `GET /channels/{id}/messages` answer 500.
+    pub fn fail_history(&self, n: usize) {
+        self.lock().history_failures = n;
+    }
+
     /// Forgets every session (as after a long outage): a RESUME gets op 9, `false`.
     pub fn invalidate_sessions(&self) {
         let mut inner = self.lock();
@@ -449,13 +500,20 @@ async fn gateway_bot(State((inner, _, url)): State<Shared>, headers: HeaderMap) 
     {
         let mut state = inner.lock().unwrap_or_else(|p| p.into_inner());
         state.gateway_bot_requests += 1;
+        if state.gateway_bot_fails {
+            return error(502, 0, "502: Bad Gateway");
+        }
         if !authorized(&state, &headers) {
             return error(401, 0, "401: Unauthorized");
         }
     }
+    let remaining = inner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sessions_remaining;
     let body = json!({
         "url": url, "shards": 1,
-        "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1},
+        "session_start_limit": {"total": 1000, "remaining": remaining, "reset_after": 2_000, "max_concurrency": 1},
     });
     ([("content-type", "application/json")], body.to_string()).into_response()
 }
@@ -485,6 +543,25 @@ async fn get_channel(
     (
         [("content-type", "application/json")],
         channel_json(&id).to_string(),
+    )
+        .into_response()
+}
+
+async fn get_guild(
+    State((inner, _, _)): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&inner.lock().unwrap_or_else(|p| p.into_inner()), &headers) {
+        return error(401, 0, "401: Unauthorized");
+    }
+    if id != GUILD_ID {
+        return error(404, 10004, "Unknown Guild");
+    }
+    (
+        [("content-type", "application/json")],
+        json!({"id": GUILD_ID, "name": GUILD_NAME, "roles": [], "emojis": [], "features": []})
+            .to_string(),
     )
         .into_response()
 }
@@ -560,7 +637,9 @@ async fn create_message(
     state.sent.push(Sent {
         channel_id: id.clone(),
         content: content.to_string(),
+        flags: request["flags"].as_u64().unwrap_or(0),
     });
+    let exhausted = state.exhaust_bucket.take();
     let mut message = json!({
         "id": message_id, "channel_id": id, "author": bot_user(), "content": content,
         "timestamp": "2026-01-31T13:33:00.000000+00:00", "type": 0, "mentions": [],
@@ -588,11 +667,15 @@ async fn create_message(
     let mut response =
         ([("content-type", "application/json")], message.to_string()).into_response();
     let h = response.headers_mut();
+    let (remaining, reset_after) = match exhausted {
+        Some(secs) => ("0".to_string(), format!("{secs:.3}")),
+        None => ("4".to_string(), "1.000".to_string()),
+    };
     for (k, v) in [
-        ("x-ratelimit-limit", "5"),
-        ("x-ratelimit-remaining", "4"),
-        ("x-ratelimit-reset-after", "1.000"),
-        ("x-ratelimit-bucket", "fake-bucket"),
+        ("x-ratelimit-limit", "5".to_string()),
+        ("x-ratelimit-remaining", remaining),
+        ("x-ratelimit-reset-after", reset_after),
+        ("x-ratelimit-bucket", "fake-bucket".to_string()),
     ] {
         h.insert(k, v.parse().expect("header"));
     }
@@ -612,6 +695,10 @@ async fn list_messages(
         return error(401, 0, "401: Unauthorized");
     }
     state.history_requests += 1;
+    if state.history_failures > 0 {
+        state.history_failures -= 1;
+        return error(500, 0, "500: Internal Server Error");
+    }
     if id != CHANNEL_ID && id != DM_CHANNEL_ID {
         return error(404, 10003, "Unknown Channel");
     }
@@ -741,6 +828,11 @@ async fn serve_gateway(
                         let intents = d["intents"].as_u64().unwrap_or(0);
                         if intents & (1 << 15) != 0 && !state.message_content {
                             let _ = tx.send(Command::Close(4014, "Disallowed intent(s).".into()));
+                            continue;
+                        }
+                        if state.invalid_identifies > 0 {
+                            state.invalid_identifies -= 1;
+                            let _ = tx.send(Command::Text(json!({"op": 9, "d": false}).to_string()));
                             continue;
                         }
                         state.identifies += 1;

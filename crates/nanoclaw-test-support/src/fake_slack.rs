@@ -88,6 +88,9 @@ struct Inner {
     fail_reactions: Option<String>,
     post_failures: VecDeque<PostFailure>,
     post_attempts: Vec<String>,
+    /// (`unfurl_links`, `unfurl_media`) of every post.
+    unfurls: Vec<(String, String)>,
+    history_failures: usize,
     calls: Vec<String>,
     opens: usize,
     connects: usize,
@@ -200,6 +203,8 @@ impl FakeSlack {
             fail_reactions: None,
             post_failures: VecDeque::new(),
             post_attempts: Vec::new(),
+            unfurls: Vec::new(),
+            history_failures: 0,
             calls: Vec::new(),
             opens: 0,
             connects: 0,
@@ -322,6 +327,25 @@ impl FakeSlack {
         if let Some(tx) = self.lock().current.take() {
             let _ = tx.send(Command::Drop);
         }
+    }
+
+    /// Slack stops retrying what it could not deliver: envelopes waiting for a
+    /// connection are dropped.
+    pub fn expire_pending(&self) {
+        let mut inner = self.lock();
+        inner.pending.clear();
+        inner.unacked.clear();
+        inner.sent.clear();
+    }
+
+    /// The next `n` `conversations.history` calls answer `internal_error`.
+    pub fn fail_history(&self, n: usize) {
+        self.lock().history_failures = n;
+    }
+
+    /// (`unfurl_links`, `unfurl_media`) of every post.
+    pub fn unfurls(&self) -> Vec<(String, String)> {
+        self.lock().unfurls.clone()
     }
 
     pub fn fail_next_post(&self, failure: PostFailure) {
@@ -569,7 +593,14 @@ async fn web_api(
                         text: unescape(&text),
                         ts: ts.clone(),
                     });
-                    let message = bot_message(&channel, &text, &ts);
+                    let mut message = bot_message(&channel, &text, &ts);
+                    if let Ok(metadata) = serde_json::from_str::<Value>(get("metadata")) {
+                        message["metadata"] = metadata;
+                    }
+                    state.unfurls.push((
+                        get("unfurl_links").to_string(),
+                        get("unfurl_media").to_string(),
+                    ));
                     state
                         .history
                         .entry(channel.clone())
@@ -627,8 +658,18 @@ async fn web_api(
             if !known_channel(channel) {
                 return refuse("channel_not_found");
             }
+            if state.history_failures > 0 {
+                state.history_failures -= 1;
+                return refuse("internal_error");
+            }
+            // Newest first, `limit` at a time, older pages through `cursor`.
             let oldest: f64 = get("oldest").parse().unwrap_or(0.0);
             let limit: usize = get("limit").parse().unwrap_or(100).clamp(1, 999);
+            let offset: usize = get("cursor")
+                .strip_prefix("off:")
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0);
+            let with_metadata = get("include_all_metadata") == "true";
             let mut messages: Vec<Value> = state
                 .history
                 .get(channel)
@@ -640,12 +681,30 @@ async fn web_api(
                         .and_then(|t| t.parse::<f64>().ok())
                         .is_some_and(|t| t > oldest)
                 })
-                .cloned()
+                .map(|m| {
+                    let mut m = m.clone();
+                    if let Some(o) = m.as_object_mut() {
+                        // History entries do not name their channel.
+                        o.remove("channel");
+                        o.remove("channel_type");
+                        if !with_metadata {
+                            o.remove("metadata");
+                        }
+                    }
+                    m
+                })
                 .collect();
             messages.reverse();
-            let has_more = messages.len() > limit;
-            messages.truncate(limit);
-            ok(json!({"messages": messages, "has_more": has_more}))
+            let rest: Vec<Value> = messages.into_iter().skip(offset).collect();
+            let has_more = rest.len() > limit;
+            let page: Vec<Value> = rest.into_iter().take(limit).collect();
+            let next = if has_more {
+                format!("off:{}", offset + limit)
+            } else {
+                String::new()
+            };
+            ok(json!({"messages": page, "has_more": has_more,
+                      "response_metadata": {"next_cursor": next}}))
         }
         "reactions.add" | "reactions.remove" => {
             if let Some(code) = state.fail_reactions.clone() {

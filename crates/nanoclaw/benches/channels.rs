@@ -224,7 +224,7 @@ async fn idle_rss_with_three_channels() -> (u64, u64) {
     let pid = child.id().expect("pid");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let fresh = rss_kib(pid);
-    let chat = Chat::group(-100_1, "Bench");
+    let chat = Chat::group(-1001, "Bench");
     let user = User::new(1, "Ann");
     for i in 0..100 {
         telegram.user_says(&chat, &user, &format!("telegram {i}"));

@@ -364,6 +364,8 @@ async fn an_invalidated_session_is_identified_again() {
     fake.user_says(CHANNEL_ID, "before");
     wait_stored(d.root(), JID, 1).await;
     fake.invalidate_sessions();
+    // The first history request fails: catching up tries again.
+    fake.fail_history(1);
     fake.drop_connection();
     fake.user_says(CHANNEL_ID, "missed one");
     fake.user_says(CHANNEL_ID, &format!("<@{BOT_ID}> missed two"));
@@ -376,7 +378,7 @@ async fn an_invalidated_session_is_identified_again() {
         wait_stored(d.root(), JID, 4).await,
         ["before", "missed one", "@Andy missed two", "after"]
     );
-    assert!(fake.history_requests() >= 1);
+    assert!(fake.history_requests() >= 2, "tried again after a failure");
     let chat = open_store(d.root())
         .chats()
         .expect("chats")
@@ -460,6 +462,10 @@ async fn a_piece_sent_again_is_created_once() {
     };
     discord.send(&other).await.expect("another reply");
     assert_eq!(fake.send_attempts(), [200, 200, 200]);
+    assert!(
+        fake.sent().iter().all(|s| s.flags == 4),
+        "link previews are off: Discord must not fetch what an agent links to"
+    );
     assert_eq!(
         fake.sent()
             .iter()
@@ -499,8 +505,10 @@ async fn bad_tokens_and_a_missing_intent_say_what_to_fix_without_retrying() {
     assert_eq!(fake.gateway_bot_requests(), 1, "no retry loop");
     d.stop().await;
 
-    // A wrong token on an explicit gateway: close code 4004.
+    // A wrong token on an explicit gateway, with the REST lookup failing for another
+    // reason: close code 4004.
     let fake = FakeDiscord::start(TOKEN).await;
+    fake.fail_gateway_bot(true);
     let discord = Discord::new(
         DiscordConfig {
             api_url: fake.api_url.clone(),
@@ -660,10 +668,89 @@ async fn kill_9_during_a_burst_loses_and_repeats_nothing() {
     assert_eq!(sent, committed, "each committed reply sent once");
     let unique: std::collections::HashSet<&String> = sent.iter().collect();
     assert_eq!(unique.len(), sent.len(), "no reply sent twice: {sent:?}");
+    let chat = open_store(root.path())
+        .chats()
+        .expect("chats")
+        .into_iter()
+        .find(|c| c.jid == JID)
+        .expect("the chat is known");
+    assert_eq!(
+        chat.name.as_deref(),
+        Some("Family #general"),
+        "named after its guild even after a resume"
+    );
     eprintln!(
         "{before_restart} of the {} messages sent before the kill were stored by then; {} replies",
         TOTAL / 2 + 5,
         sent.len()
     );
     d.terminate().await;
+}
+
+/// A long rate-limit hold goes back to delivery at once instead of blocking it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_rate_limit_hold_goes_back_to_delivery() {
+    let fake = FakeDiscord::start(TOKEN).await;
+    let discord = support::discord(&fake, TOKEN);
+    let message = |outbox_id| nanoclaw::channels::OutboundMessage {
+        outbox_id,
+        chat_jid: JID.into(),
+        text: format!("reply {outbox_id}"),
+        timestamp: "2026-01-31T13:32:00.000Z".into(),
+    };
+    fake.exhaust_bucket(30.0);
+    discord.send(&message(1)).await.expect("sent");
+    let started = std::time::Instant::now();
+    let held = discord.send(&message(2)).await.expect_err("held");
+    assert!(started.elapsed() < Duration::from_secs(1), "not slept on");
+    match held.retry {
+        nanoclaw::channels::SendRetry::After(d) => {
+            assert!(d > Duration::from_secs(25), "{d:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.send_attempts(), [200], "not even tried while held");
+}
+
+/// New sessions stay within Discord's budget (`session_start_limit`), and IDENTIFYs
+/// Discord refuses with op 9 are retried with a growing pause, not in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_respect_discords_budget_and_refusals() {
+    let fake = FakeDiscord::start(TOKEN).await;
+    fake.set_sessions_remaining(0);
+    let started = std::time::Instant::now();
+    let d = support::channel_daemon(
+        ScriptedRunner::new(vec![]),
+        vec![support::discord(&fake, TOKEN)],
+        tempfile::tempdir().expect("temp dir"),
+    )
+    .await;
+    let c = wait_for("the budget noticed", DEADLINE, || async {
+        let c = condition(&d.api).await;
+        (c["state"] == "reconnecting").then_some(c)
+    })
+    .await;
+    assert!(
+        c["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("session_start_limit"),
+        "{c}"
+    );
+    assert_eq!(fake.identify_attempts(), 0, "no IDENTIFY over budget");
+    fake.set_sessions_remaining(999);
+    fake.refuse_identifies(2);
+    fake.wait_connected("connected once the budget reset").await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited reset_after (2 s)"
+    );
+    assert_eq!(fake.identify_attempts(), 3, "two refused, one accepted");
+    assert_eq!(fake.identifies(), 1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2 + 2 + 3),
+        "each refusal paused (1–5 s) and backed off (1 s, then 2 s): {:?}",
+        started.elapsed()
+    );
+    d.stop().await;
 }

@@ -364,6 +364,7 @@ async fn rate_limits_refusals_and_lost_answers_on_send() {
         Step::ReplyAndEnd(vec!["Nobody will see this.".into()]),
         Step::ReplyAndEnd(vec!["Posted once.".into()]),
         Step::ReplyAndEnd(vec!["Back again.".into()]),
+        Step::ReplyAndEnd(vec!["Back again.".into()]),
     ]);
     let root = tempfile::tempdir().expect("temp dir");
     register_new(root.path(), JID, "slack_limits");
@@ -399,14 +400,39 @@ async fn rate_limits_refusals_and_lost_answers_on_send() {
     assert!(fake.calls().iter().any(|c| c == "conversations.history"));
     fake.user_says(CHANNEL_ID, &format!("<@{BOT_USER_ID}> four"));
     fake.wait_posted("the next reply", |p| p.len() >= 3).await;
+    // The same text again, rate limited first: a refusal is no sign it went out.
+    fake.fail_next_post(PostFailure::RateLimited(1));
+    fake.user_says(CHANNEL_ID, &format!("<@{BOT_USER_ID}> five"));
+    fake.wait_posted("the same text again", |p| p.len() >= 4)
+        .await;
     assert_eq!(
         fake.posted(CHANNEL_ID),
-        ["Slow but sure.", "Posted once.", "Back again."]
+        [
+            "Slow but sure.",
+            "Posted once.",
+            "Back again.",
+            "Back again."
+        ]
     );
     assert_eq!(
         fake.post_attempts(),
-        ["ratelimited", "ok", "not_in_channel", "ok", "ok"],
+        [
+            "ratelimited",
+            "ok",
+            "not_in_channel",
+            "ok",
+            "ok",
+            "ratelimited",
+            "ok"
+        ],
         "nothing posted twice, nothing refused retried"
+    );
+    assert!(
+        fake.unfurls()
+            .iter()
+            .all(|u| u == &("false".to_string(), "false".to_string())),
+        "link previews are off: Slack must not fetch what an agent links to: {:?}",
+        fake.unfurls()
     );
     d.stop().await;
 }
@@ -653,4 +679,86 @@ async fn doctor_names_a_half_configured_channel() {
         "{stdout}"
     );
     assert!(!stdout.contains("xapp-1-A0-only"), "tokens are never shown");
+}
+
+/// Messages Slack gave up redelivering while the daemon was down are fetched from each
+/// registered channel's history on the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_slack_gave_up_on_are_fetched_from_the_history() {
+    let fake = FakeSlack::start(APP, BOT).await;
+    let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec!["Caught up.".into()])]);
+    let root = tempfile::tempdir().expect("temp dir");
+    register_new(root.path(), JID, "slack_gap");
+    let d =
+        support::channel_daemon(runner.clone(), vec![support::slack(&fake, APP, BOT)], root).await;
+    fake.wait_connected("connected").await;
+    fake.user_says(CHANNEL_ID, "before the gap");
+    wait_stored(d.root(), JID, 1).await;
+    let root = d.stop().await;
+    wait_for("the connection closed", DEADLINE, || async {
+        (!fake.connected()).then_some(())
+    })
+    .await;
+    fake.user_says(CHANNEL_ID, "while down &amp; away");
+    fake.user_says(CHANNEL_ID, &format!("<@{BOT_USER_ID}> did you miss this?"));
+    fake.expire_pending();
+    fake.fail_history(1);
+    let d =
+        support::channel_daemon(runner.clone(), vec![support::slack(&fake, APP, BOT)], root).await;
+    assert_eq!(
+        wait_stored(d.root(), JID, 3).await,
+        [
+            "before the gap",
+            "while down & away",
+            "@Andy did you miss this?"
+        ]
+    );
+    fake.wait_posted("the reply to the missed mention", |p| !p.is_empty())
+        .await;
+    assert_eq!(fake.posted(CHANNEL_ID), ["Caught up."]);
+    assert!(
+        fake.calls()
+            .iter()
+            .filter(|c| *c == "conversations.history")
+            .count()
+            >= 2,
+        "tried again after a failure"
+    );
+    d.stop().await;
+}
+
+/// A reply Slack posted but delivery never noted (a crash right after, or a send that
+/// timed out at our end) is not posted again when delivery retries it; another reply
+/// with the same text is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_sent_again_is_posted_once() {
+    let fake = FakeSlack::start(APP, BOT).await;
+    let slack = support::slack(&fake, APP, BOT);
+    let d = support::channel_daemon(
+        ScriptedRunner::new(vec![]),
+        vec![slack.clone()],
+        tempfile::tempdir().expect("temp dir"),
+    )
+    .await;
+    fake.wait_connected("connected").await;
+    let message = nanoclaw::channels::OutboundMessage {
+        outbox_id: 7,
+        chat_jid: JID.into(),
+        text: "Done.".into(),
+        timestamp: "2026-01-31T13:32:00.000Z".into(),
+    };
+    slack.send(&message).await.expect("sent");
+    slack.send(&message).await.expect("sent again");
+    let other = nanoclaw::channels::OutboundMessage {
+        outbox_id: 8,
+        ..message.clone()
+    };
+    slack.send(&other).await.expect("another reply");
+    assert_eq!(fake.posted(CHANNEL_ID), ["Done.", "Done."]);
+    assert_eq!(
+        fake.post_attempts(),
+        ["ok", "ok"],
+        "the repeat was not posted"
+    );
+    d.stop().await;
 }
