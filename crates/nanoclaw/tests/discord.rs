@@ -19,58 +19,13 @@ use nanoclaw_test_support::fake_discord::{
 };
 use nanoclaw_test_support::{DEADLINE, wait_for};
 use serde_json::json;
-use support::{BinaryDaemon, ScriptedRunner, Step, register};
+use support::{
+    BinaryDaemon, ScriptedRunner, Step, channel_condition, open_store, pending_replies,
+    register_new, stored_user_texts, wait_stored,
+};
 
 const TOKEN: &str = "MTIzNDU2Nzg5MDEyMzQ1Njc4.discord-e2e.token";
 const JID: &str = "dc:200000000000000001";
-
-fn register_new(root: &std::path::Path, jid: &str, folder: &str) {
-    nanoclaw::layout::Layout::new(root)
-        .create()
-        .expect("layout");
-    register(root, jid, folder, true);
-}
-
-fn open_store(root: &std::path::Path) -> nanoclaw::store::Store {
-    nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("open store")
-}
-
-/// The texts of user (non-bot) messages stored for a chat, in order.
-fn stored_user_texts(root: &std::path::Path, jid: &str) -> Vec<String> {
-    open_store(root)
-        .chat_messages(jid, None)
-        .expect("messages")
-        .into_iter()
-        .filter(|m| !m.message.is_bot_message)
-        .map(|m| m.message.content)
-        .collect()
-}
-
-fn pending_replies(root: &std::path::Path) -> i64 {
-    open_store(root).count_pending_outbox().expect("count")
-}
-
-async fn wait_stored(root: &std::path::Path, jid: &str, n: usize) -> Vec<String> {
-    wait_for(
-        &format!("{n} user messages stored in {jid}"),
-        DEADLINE,
-        || async {
-            let texts = stored_user_texts(root, jid);
-            (texts.len() >= n).then_some(texts)
-        },
-    )
-    .await
-}
-
-/// The discord entry of `/api/status`.
-async fn condition(api: &nanoclaw_test_support::Api) -> serde_json::Value {
-    let (_, status) = api.get("/api/status").await.expect("status");
-    status["channels"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["name"] == "discord").cloned())
-        .map(|c| c["condition"].clone())
-        .unwrap_or_default()
-}
 
 fn node_modules() -> std::path::PathBuf {
     let modules =
@@ -391,10 +346,10 @@ async fn an_invalidated_session_is_identified_again() {
     );
     assert_eq!(chat.name.as_deref(), Some("Family #general"));
     assert_eq!(
-        condition(&d.api).await["state"],
+        channel_condition(&d.api, "discord").await["state"],
         "connected",
         "{}",
-        condition(&d.api).await
+        channel_condition(&d.api, "discord").await
     );
     d.stop().await;
 }
@@ -489,7 +444,7 @@ async fn bad_tokens_and_a_missing_intent_say_what_to_fix_without_retrying() {
     )
     .await;
     let c = wait_for("the bad token noticed", DEADLINE, || async {
-        let c = condition(&d.api).await;
+        let c = channel_condition(&d.api, "discord").await;
         (c["state"] == "needs_attention").then_some(c)
     })
     .await;
@@ -525,7 +480,7 @@ async fn bad_tokens_and_a_missing_intent_say_what_to_fix_without_retrying() {
     )
     .await;
     let c = wait_for("close code 4004 noticed", DEADLINE, || async {
-        let c = condition(&d.api).await;
+        let c = channel_condition(&d.api, "discord").await;
         (c["state"] == "needs_attention").then_some(c)
     })
     .await;
@@ -548,7 +503,7 @@ async fn a_missing_message_content_intent_is_named_in_status_and_doctor() {
     ];
     let d = BinaryDaemon::spawn(root.path(), &env).await;
     wait_for("close code 4014 noticed", DEADLINE, || async {
-        (condition(&d.api).await["state"] == "needs_attention").then_some(())
+        (channel_condition(&d.api, "discord").await["state"] == "needs_attention").then_some(())
     })
     .await;
     for command in ["status", "doctor"] {
@@ -586,20 +541,9 @@ async fn kill_9_during_a_burst_loses_and_repeats_nothing() {
     ];
     let d = BinaryDaemon::spawn(root.path(), &env).await;
     fake.wait_connected("connected").await;
-    let text = |i: usize| {
-        if i % 10 == 9 {
-            format!("<@{BOT_ID}> question {i:03}")
-        } else {
-            format!("message {i:03}")
-        }
-    };
-    let stored_text = |i: usize| {
-        if i % 10 == 9 {
-            format!("@Andy question {i:03}")
-        } else {
-            format!("message {i:03}")
-        }
-    };
+    let mention = format!("<@{BOT_ID}>");
+    let text = |i: usize| support::burst_message(i, &mention);
+    let stored_text = |i: usize| support::burst_message(i, "@Andy");
     let mut next = 0;
     while next < TOTAL / 2 {
         fake.user_says(CHANNEL_ID, &text(next));
@@ -726,7 +670,7 @@ async fn new_sessions_respect_discords_budget_and_refusals() {
     )
     .await;
     let c = wait_for("the budget noticed", DEADLINE, || async {
-        let c = condition(&d.api).await;
+        let c = channel_condition(&d.api, "discord").await;
         (c["state"] == "reconnecting").then_some(c)
     })
     .await;

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use nanoclaw::config::{RuntimeKind, Secret, Secrets};
-use nanoclaw::store::{ScheduledTask, Store};
+use nanoclaw::store::ScheduledTask;
 use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Recorded, Reply};
 use nanoclaw_test_support::{DEADLINE, wait_for};
 use serde_json::json;
-use support::{TestDaemon, wait_bot_texts};
+use support::{TestDaemon, open_store, wait_bot_texts};
 
 fn secrets() -> Secrets {
     Secrets {
@@ -43,10 +43,6 @@ fn run_logs(root: &std::path::Path) -> usize {
     std::fs::read_dir(root.join("groups/main/logs"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-fn open_store(root: &std::path::Path) -> Store {
-    Store::open(&root.join("store/messages.db"), "Andy").expect("store")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,57 +18,14 @@ use nanoclaw_test_support::fake_slack::{
 };
 use nanoclaw_test_support::{DEADLINE, wait_for};
 use serde_json::json;
-use support::{BinaryDaemon, ScriptedRunner, Step, register};
+use support::{
+    BinaryDaemon, ScriptedRunner, Step, channel_condition, open_store, pending_replies,
+    register_new, stored_user_texts, wait_stored,
+};
 
 const APP: &str = "xapp-1-A0NANOCLAW-e2e";
 const BOT: &str = "xoxb-1234-e2e-bot";
 const JID: &str = "slack:C0GENERAL1";
-
-fn register_new(root: &std::path::Path, jid: &str, folder: &str) {
-    nanoclaw::layout::Layout::new(root)
-        .create()
-        .expect("layout");
-    register(root, jid, folder, true);
-}
-
-fn open_store(root: &std::path::Path) -> nanoclaw::store::Store {
-    nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("open store")
-}
-
-fn stored_user_texts(root: &std::path::Path, jid: &str) -> Vec<String> {
-    open_store(root)
-        .chat_messages(jid, None)
-        .expect("messages")
-        .into_iter()
-        .filter(|m| !m.message.is_bot_message)
-        .map(|m| m.message.content)
-        .collect()
-}
-
-fn pending_replies(root: &std::path::Path) -> i64 {
-    open_store(root).count_pending_outbox().expect("count")
-}
-
-async fn wait_stored(root: &std::path::Path, jid: &str, n: usize) -> Vec<String> {
-    wait_for(
-        &format!("{n} user messages stored in {jid}"),
-        DEADLINE,
-        || async {
-            let texts = stored_user_texts(root, jid);
-            (texts.len() >= n).then_some(texts)
-        },
-    )
-    .await
-}
-
-async fn condition(api: &nanoclaw_test_support::Api) -> serde_json::Value {
-    let (_, status) = api.get("/api/status").await.expect("status");
-    status["channels"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["name"] == "slack").cloned())
-        .map(|c| c["condition"].clone())
-        .unwrap_or_default()
-}
 
 fn chat(root: &std::path::Path, jid: &str) -> nanoclaw::store::ChatInfo {
     open_store(root)
@@ -459,7 +416,7 @@ async fn bad_tokens_say_what_to_fix_without_retrying() {
         )
         .await;
         let c = wait_for("the bad token noticed", DEADLINE, || async {
-            let c = condition(&d.api).await;
+            let c = channel_condition(&d.api, "slack").await;
             (c["state"] == "needs_attention").then_some(c)
         })
         .await;
@@ -486,7 +443,7 @@ async fn bad_tokens_say_what_to_fix_without_retrying() {
     fake.wait_connected("connected").await;
     fake.disconnect("link_disabled");
     let c = wait_for("link_disabled noticed", DEADLINE, || async {
-        let c = condition(&d.api).await;
+        let c = channel_condition(&d.api, "slack").await;
         (c["state"] == "needs_attention").then_some(c)
     })
     .await;
@@ -536,20 +493,9 @@ async fn kill_9_during_a_burst_loses_and_repeats_nothing() {
     ];
     let d = BinaryDaemon::spawn(root.path(), &env).await;
     fake.wait_connected("connected").await;
-    let text = |i: usize| {
-        if i % 10 == 9 {
-            format!("<@{BOT_USER_ID}> question {i:03}")
-        } else {
-            format!("message {i:03}")
-        }
-    };
-    let stored_text = |i: usize| {
-        if i % 10 == 9 {
-            format!("@Andy question {i:03}")
-        } else {
-            format!("message {i:03}")
-        }
-    };
+    let mention = format!("<@{BOT_USER_ID}>");
+    let text = |i: usize| support::burst_message(i, &mention);
+    let stored_text = |i: usize| support::burst_message(i, "@Andy");
     let mut next = 0;
     while next < TOTAL / 2 {
         fake.user_says(CHANNEL_ID, &text(next));

@@ -13,7 +13,9 @@ use nanoclaw::config::{RuntimeKind, Secret, Secrets};
 use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Reply};
 use nanoclaw_test_support::fake_telegram::{BOT_USERNAME, Chat, FakeTelegram, SendFailure, User};
 use nanoclaw_test_support::{DEADLINE, free_port, wait_for};
-use support::{BinaryDaemon, ScriptedRunner, Step, register};
+use support::{
+    BinaryDaemon, ScriptedRunner, Step, pending_replies, register_new, stored_user_texts,
+};
 
 const TOKEN: &str = "123456:telegram-e2e-token";
 
@@ -22,27 +24,6 @@ fn anthropic_secrets() -> Secrets {
         anthropic_api_key: Some(Secret::new("sk-ant-real")),
         ..Default::default()
     }
-}
-
-/// Registers a chat on a root no daemon has used yet.
-fn register_new(root: &std::path::Path, jid: &str, folder: &str) {
-    nanoclaw::layout::Layout::new(root)
-        .create()
-        .expect("layout");
-    register(root, jid, folder, true);
-}
-
-/// The texts of user (non-bot) messages stored for a chat, in order.
-fn stored_user_texts(root: &std::path::Path, jid: &str) -> Vec<String> {
-    let store =
-        nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("open store");
-    store
-        .chat_messages(jid, None)
-        .expect("messages")
-        .into_iter()
-        .filter(|m| !m.message.is_bot_message)
-        .map(|m| m.message.content)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,13 +135,6 @@ async fn retry_after_from_telegram_is_honoured_and_the_reply_arrives() {
 
 fn rusqlite_conn(root: &std::path::Path) -> rusqlite::Connection {
     rusqlite::Connection::open(root.join("store/messages.db")).expect("open the database")
-}
-
-fn pending_replies(root: &std::path::Path) -> i64 {
-    nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy")
-        .expect("open store")
-        .count_pending_outbox()
-        .expect("count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

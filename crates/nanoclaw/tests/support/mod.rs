@@ -430,9 +430,7 @@ pub async fn channel_daemon(
 
 /// Registers a non-main web group through the store, as `nanoclaw groups add` does.
 pub fn register(root: &Path, jid: &str, folder: &str, requires_trigger: bool) {
-    let store =
-        nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("open store");
-    store
+    open_store(root)
         .register_group(&nanoclaw::store::RegisteredGroup {
             jid: jid.into(),
             name: folder.into(),
@@ -444,6 +442,67 @@ pub fn register(root: &Path, jid: &str, folder: &str, requires_trigger: bool) {
             is_main: false,
         })
         .expect("register group");
+}
+
+/// Opens the test root's store, as the daemon does.
+pub fn open_store(root: &Path) -> nanoclaw::store::Store {
+    nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("open store")
+}
+
+/// Creates the root's layout and registers `jid` as a group that needs its trigger.
+pub fn register_new(root: &Path, jid: &str, folder: &str) {
+    nanoclaw::layout::Layout::new(root)
+        .create()
+        .expect("layout");
+    register(root, jid, folder, true);
+}
+
+/// The texts of user (non-bot) messages stored for a chat, in order.
+pub fn stored_user_texts(root: &Path, jid: &str) -> Vec<String> {
+    open_store(root)
+        .chat_messages(jid, None)
+        .expect("messages")
+        .into_iter()
+        .filter(|m| !m.message.is_bot_message)
+        .map(|m| m.message.content)
+        .collect()
+}
+
+/// Replies in the outbox not yet delivered or given up.
+pub fn pending_replies(root: &Path) -> i64 {
+    open_store(root).count_pending_outbox().expect("count")
+}
+
+/// Waits until `n` user messages are stored for the chat; returns their texts.
+pub async fn wait_stored(root: &Path, jid: &str, n: usize) -> Vec<String> {
+    wait_for(
+        &format!("{n} user messages stored in {jid}"),
+        DEADLINE,
+        || async {
+            let texts = stored_user_texts(root, jid);
+            (texts.len() >= n).then_some(texts)
+        },
+    )
+    .await
+}
+
+/// Message `i` of a burst: every tenth starts with `mention` (and so asks for a run).
+pub fn burst_message(i: usize, mention: &str) -> String {
+    if i % 10 == 9 {
+        format!("{mention} question {i:03}")
+    } else {
+        format!("message {i:03}")
+    }
+}
+
+/// The condition `/api/status` shows for the channel `name`.
+pub async fn channel_condition(api: &Api, name: &str) -> serde_json::Value {
+    let (_, status) = api.get("/api/status").await.expect("status");
+    status["channels"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name).cloned())
+        .map(|c| c["condition"].clone())
+        .unwrap_or_default()
 }
 
 /// Waits until the chat shows `n` assistant messages; returns their texts.
