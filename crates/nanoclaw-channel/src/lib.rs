@@ -36,6 +36,11 @@ pub struct Message {
     pub is_from_me: bool,
     /// Written by the assistant itself: stored, never a trigger, never fed back.
     pub is_bot_message: bool,
+    /// Why the message must never reach an agent (mail whose sender could not be
+    /// authenticated, a bounce, an auto-reply): stored and shown in the chat, but never
+    /// a trigger and never part of a prompt. `None` for ordinary messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flagged: Option<String>,
 }
 
 /// Chat metadata a channel reports along with messages.
@@ -69,6 +74,19 @@ pub trait ChannelHost: Send + Sync + 'static {
     /// mention of the bot into that group's trigger); `None` if unknown.
     async fn trigger_for(&self, _jid: &str) -> Option<String> {
         None
+    }
+
+    /// Saves a file a user sent (an attachment) into the working folder of the group
+    /// registered for `jid`, under `inbox/`, with a safe name derived from `name`;
+    /// returns the path the agent sees (`/workspace/group/inbox/…`). `Ok(None)` when no
+    /// group is registered for the chat (nothing is saved).
+    async fn save_file(
+        &self,
+        _jid: &str,
+        _name: &str,
+        _bytes: &[u8],
+    ) -> Result<Option<String>, String> {
+        Ok(None)
     }
 }
 

@@ -121,6 +121,7 @@ pub(crate) fn read(d: &Value, me: Option<&BotUser>, chat_name: Option<String>) -
             timestamp,
             is_from_me: false,
             is_bot_message: false,
+            flagged: None,
         },
         addresses_bot,
     })

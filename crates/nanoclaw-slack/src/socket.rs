@@ -421,6 +421,7 @@ async fn store_message(
         timestamp,
         is_from_me: false,
         is_bot_message: false,
+        flagged: None,
     };
     host.deliver(chat, message).await?;
     slack.saw_message(&e.channel, &e.ts);

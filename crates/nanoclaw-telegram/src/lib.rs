@@ -287,6 +287,7 @@ impl Telegram {
             timestamp,
             is_from_me: from_me,
             is_bot_message: from_me,
+            flagged: None,
         };
         Some((meta, Some(message)))
     }

@@ -194,13 +194,16 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         }
         .run(shutdown_rx.clone()),
     );
-    let router = Arc::new(Router::new(
-        Arc::clone(&store),
-        Arc::clone(&senders),
-        Arc::clone(&queue),
-        config.default_trigger(),
-        Arc::clone(&metrics),
-    ));
+    let router = Arc::new(
+        Router::new(
+            Arc::clone(&store),
+            Arc::clone(&senders),
+            Arc::clone(&queue),
+            config.default_trigger(),
+            Arc::clone(&metrics),
+        )
+        .with_groups_dir(layout.groups_dir()),
+    );
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.http_port))
         .await

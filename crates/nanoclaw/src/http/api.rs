@@ -93,6 +93,7 @@ pub async fn post_message(
         timestamp,
         is_from_me: false,
         is_bot_message: false,
+        flagged: None,
     };
     match state.router.accept(chat, message).await {
         Ok(Accepted::Stored { .. }) | Ok(Accepted::Duplicate) => {

@@ -8,6 +8,7 @@
 //! run that fails, is killed, or dies with the daemon (`kill -9`) leaves its messages
 //! pending and they run again; a run that already answered is never repeated.
 
+mod inbox;
 pub mod prompt;
 pub mod run;
 pub mod sender_allowlist;
@@ -46,6 +47,8 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// Unregistered chats already mentioned in the log.
     unregistered_logged: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// `groups/`, where files users send are saved (`None`: they are not).
+    groups_dir: Option<std::path::PathBuf>,
 }
 
 impl Router {
@@ -63,7 +66,14 @@ impl Router {
             default_trigger,
             metrics,
             unregistered_logged: Default::default(),
+            groups_dir: None,
         }
+    }
+
+    /// Saves files users send (attachments) into the groups' folders under `groups_dir`.
+    pub fn with_groups_dir(mut self, groups_dir: std::path::PathBuf) -> Router {
+        self.groups_dir = Some(groups_dir);
+        self
     }
 
     /// Stores an inbound message (unless the sender allowlist drops it) and, for a
@@ -239,6 +249,33 @@ impl crate::channels::ChannelHost for Router {
             t => t.to_string(),
         })
     }
+
+    async fn save_file(
+        &self,
+        jid: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Option<String>, String> {
+        let Some(groups_dir) = self.groups_dir.clone() else {
+            return Ok(None);
+        };
+        let key = jid.to_string();
+        let group = self
+            .store
+            .call(move |s| s.registered_group(&key))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(group) = group else { return Ok(None) };
+        let folder = group.folder().map_err(|e| e.to_string())?;
+        let (name, bytes) = (name.to_string(), bytes.to_vec());
+        tokio::task::spawn_blocking(move || {
+            inbox::save(&groups_dir, folder.as_str(), &name, &bytes)
+        })
+        .await
+        .map_err(|e| format!("saving a file: {e}"))?
+        .map(Some)
+        .map_err(|e| format!("cannot save a file into {}'s inbox: {e}", group.folder))
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +307,7 @@ mod tests {
                 timestamp: String::new(),
                 is_from_me: from_me,
                 is_bot_message: false,
+                flagged: None,
             },
         }
     }

@@ -85,6 +85,7 @@ mod tests {
                 timestamp: ts.into(),
                 is_from_me: false,
                 is_bot_message: false,
+                flagged: None,
             },
         }
     }

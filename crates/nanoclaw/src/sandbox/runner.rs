@@ -117,7 +117,7 @@ impl SandboxRunner {
 /// Writes `content` as `name` in `dir` without following symlinks: to a fresh temporary
 /// name first (`O_EXCL | O_NOFOLLOW`), then renamed, so readers never see half a file and
 /// an agent cannot redirect the write. Owned by the sandbox user when that differs.
-fn write_beneath(
+pub(crate) fn write_beneath(
     dir: &OwnedFd,
     name: &str,
     content: &[u8],

@@ -24,8 +24,8 @@ pub struct ChatInfo {
     pub is_group: bool,
 }
 
-const MESSAGE_COLUMNS: &str =
-    "seq, id, chat_jid, sender, sender_name, content, timestamp, is_from_me, is_bot_message";
+const MESSAGE_COLUMNS: &str = "seq, id, chat_jid, sender, sender_name, content, timestamp, is_from_me, is_bot_message,
+     (SELECT reason FROM message_flags f WHERE f.chat_jid = messages.chat_jid AND f.id = messages.id)";
 
 fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
@@ -39,6 +39,7 @@ fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
             timestamp: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
             is_from_me: row.get::<_, Option<bool>>(7)?.unwrap_or(false),
             is_bot_message: row.get::<_, Option<bool>>(8)?.unwrap_or(false),
+            flagged: row.get(9)?,
         },
     })
 }
@@ -66,7 +67,7 @@ impl Store {
     }
 
     /// Messages of `chat_jid` after `after_seq` that the agent should see: not the
-    /// assistant's own, not empty. At most `limit` (the most recent), oldest first.
+    /// assistant's own, not empty, not flagged. At most `limit` (the most recent), oldest first.
     pub fn pending_messages(
         &self,
         chat_jid: &str,
@@ -81,6 +82,8 @@ impl Store {
                    WHERE chat_jid = ?1 AND seq > ?2
                      AND COALESCE(is_bot_message, 0) = 0
                      AND content IS NOT NULL AND content <> ''
+                     AND NOT EXISTS (SELECT 1 FROM message_flags f
+                                     WHERE f.chat_jid = messages.chat_jid AND f.id = messages.id)
                    ORDER BY seq DESC LIMIT ?3
                  ) ORDER BY timestamp, seq"
             ))
@@ -240,6 +243,13 @@ pub(super) fn insert_message(
     if changed != 1 {
         return Ok(None);
     }
+    if let Some(reason) = &msg.flagged {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO message_flags (chat_jid, id, reason) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![msg.chat_jid, msg.id, reason]))
+        .ctx("flagging a message")?;
+    }
     // `seq` is assigned by the `messages_seq` trigger (see schema.rs).
     conn.query_row(
         "SELECT seq FROM messages WHERE rowid = ?1",
@@ -281,6 +291,7 @@ mod tests {
             timestamp: ts.into(),
             is_from_me: false,
             is_bot_message: false,
+            flagged: None,
         }
     }
 
@@ -355,6 +366,47 @@ mod tests {
             r2.iter().map(|s| s.message.id.as_str()).collect::<Vec<_>>(),
             ["4"]
         );
+    }
+
+    #[test]
+    fn flagged_messages_are_stored_and_shown_but_never_pending() {
+        let (_dir, store) = open_temp();
+        let m = meta("mail:a@b.test");
+        let mut forged = msg(
+            "f1",
+            "mail:a@b.test",
+            "wire money",
+            "2026-01-01T00:00:05.000Z",
+        );
+        forged.flagged = Some("untrusted: dmarc=fail".into());
+        store.insert_message(&m, &forged).expect("insert");
+        store
+            .insert_message(
+                &m,
+                &msg("ok", "mail:a@b.test", "hello", "2026-01-01T00:00:06.000Z"),
+            )
+            .expect("insert");
+        // A redelivery of the flagged mail without the flag does not clear it.
+        let mut again = forged.clone();
+        again.flagged = None;
+        assert_eq!(store.insert_message(&m, &again).expect("insert"), None);
+        let pending = store
+            .pending_messages("mail:a@b.test", 0, 100)
+            .expect("pending");
+        assert_eq!(
+            pending
+                .iter()
+                .map(|s| s.message.id.as_str())
+                .collect::<Vec<_>>(),
+            ["ok"]
+        );
+        let all = store.chat_messages("mail:a@b.test", None).expect("all");
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            all[0].message.flagged.as_deref(),
+            Some("untrusted: dmarc=fail")
+        );
+        assert_eq!(all[1].message.flagged, None);
     }
 
     #[test]

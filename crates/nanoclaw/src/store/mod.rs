@@ -238,6 +238,7 @@ mod tests {
                             timestamp: "2026-01-01T00:00:00.000Z".into(),
                             is_from_me: false,
                             is_bot_message: false,
+                            flagged: None,
                         },
                     )
                     .map(|_| ())

@@ -61,6 +61,7 @@ impl Store {
             timestamp: now.clone(),
             is_from_me: true,
             is_bot_message: true,
+            flagged: None,
         };
         let mut conn = self.conn();
         let tx = Store::write_tx(&mut conn, "starting to commit a reply")?;

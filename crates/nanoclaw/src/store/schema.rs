@@ -45,9 +45,14 @@ const MIGRATIONS: &[Migration] = &[
         name: "sandbox host ids",
         apply: sandbox_ids,
     },
+    Migration {
+        version: 6,
+        name: "flagged messages",
+        apply: message_flags,
+    },
 ];
 
-pub const LATEST_VERSION: i64 = 5;
+pub const LATEST_VERSION: i64 = 6;
 
 pub(super) fn migrate(conn: &mut Connection, ctx: &MigrationContext) -> Result<(), StoreError> {
     let current: i64 = conn
@@ -238,6 +243,23 @@ fn sandbox_ids(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), Stor
         ",
     )
     .ctx("creating sandbox_ids")
+}
+
+/// Messages stored but never for an agent (SPEC §13.5: mail that failed the trust rule,
+/// bounces, auto-replies), with the reason. A table of its own, so v1's `messages` keeps
+/// its columns.
+fn message_flags(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "
+        CREATE TABLE message_flags (
+            chat_jid TEXT NOT NULL,
+            id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (chat_jid, id)
+        );
+        ",
+    )
+    .ctx("creating message_flags")
 }
 
 /// One row per model response the credential proxy forwarded.
