@@ -20,6 +20,29 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# Real mail servers for the email channel's tests (tests/email.rs, started per test by
+# scripts/mail-servers.sh): Debian's dovecot and postfix, without letting the packages
+# start system-wide instances (policy-rc.d forbids it while they install).
+mail_packages=(dovecot-imapd dovecot-lmtpd postfix openssl procps)
+if [ "$(id -u)" -eq 0 ] && ! dpkg-query -W -f='${Status}\n' "${mail_packages[@]}" 2>/dev/null \
+    | awk '$3 != "installed" {bad=1} END {exit bad || NR != '"${#mail_packages[@]}"'}'; then
+    echo "test-tools: installing ${mail_packages[*]} (for the email tests)" >&2
+    created_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${mail_packages[@]}" >/dev/null
+    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    # Should a package have started one anyway, stop it by its own pid file.
+    if ! /usr/lib/postfix/sbin/master -t 2>/dev/null; then postfix stop >/dev/null 2>&1 || true; fi
+    if [ -s /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then
+        kill "$(cat /run/dovecot/master.pid)" || true
+    fi
+fi
+
 mkdir -p .tools
 if ! .tools/venv/bin/python -c 'import anthropic' >/dev/null 2>&1; then
     echo "test-tools: installing the anthropic Python SDK into .tools/venv" >&2

@@ -8,6 +8,7 @@ pub mod fake_discord;
 pub mod fake_openai;
 pub mod fake_slack;
 pub mod fake_telegram;
+pub mod mail_servers;
 
 use std::future::Future;
 use std::path::Path;

@@ -424,3 +424,147 @@ async fn the_slack_channel_conforms() {
     );
     h.d.stop().await;
 }
+
+struct EmailHarness {
+    d: TestDaemon,
+    runner: Arc<ScriptedRunner>,
+    servers: nanoclaw_test_support::mail_servers::MailServers,
+    sent: std::sync::Mutex<(usize, Option<(String, String)>)>,
+}
+
+const ASSISTANT_MAIL: &str = "assistant@nanoclaw.test";
+const ALICE_MAIL: &str = "alice@trusted.test";
+
+impl EmailHarness {
+    /// Sends a mail (envelope and From `from`) into the MX; remembers it for redelivery.
+    fn mail(&self, from: &str, text: &str) {
+        let raw = {
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            sent.0 += 1;
+            let from_header = if from == ALICE_MAIL {
+                format!("Alice <{ALICE_MAIL}>")
+            } else {
+                from.to_string()
+            };
+            let raw = format!(
+                "From: {from_header}\nTo: Alice <{ALICE_MAIL}>, {ASSISTANT_MAIL}\nMessage-ID: <conf-{}-{}@trusted.test>\n\n{text}\n",
+                sent.0,
+                std::process::id()
+            );
+            sent.1 = Some((from.to_string(), raw.clone()));
+            raw
+        };
+        self.servers.deliver(from, ASSISTANT_MAIL, &raw);
+    }
+}
+
+#[async_trait]
+impl ChannelHarness for EmailHarness {
+    fn api(&self) -> &Api {
+        &self.d.api
+    }
+    fn chat_jid(&self) -> String {
+        format!("mail:{ALICE_MAIL}")
+    }
+    fn trigger(&self) -> String {
+        "@Andy".into()
+    }
+    fn user(&self) -> (String, String) {
+        (ALICE_MAIL.into(), "Alice".into())
+    }
+    fn is_group(&self) -> bool {
+        false
+    }
+    async fn user_says(&self, text: &str) -> Result<()> {
+        self.mail(ALICE_MAIL, text);
+        Ok(())
+    }
+    async fn bot_says(&self, text: &str) -> Result<BotEcho> {
+        // Mail from the assistant's own address (a copy of what it sent, say).
+        self.mail(ASSISTANT_MAIL, text);
+        Ok(BotEcho::StoredAsBot)
+    }
+    async fn redeliver_last(&self) -> Result<bool> {
+        let last = self
+            .sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        if let Some((from, raw)) = last {
+            // The same mail (same Message-ID) arrives a second time.
+            self.servers.deliver(&from, ASSISTANT_MAIL, &raw);
+        }
+        Ok(true)
+    }
+    async fn delivered(&self) -> Vec<String> {
+        self.servers
+            .mailbox(ALICE_MAIL)
+            .await
+            .iter()
+            .map(|raw| {
+                let raw = raw.replace("\r\n", "\n");
+                raw.split_once("\n\n")
+                    .map(|(_, body)| body.trim().to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+    async fn typing_shown(&self) -> Option<usize> {
+        None
+    }
+    async fn fail_typing(&self, _fail: bool) -> bool {
+        false
+    }
+    fn max_message(&self) -> Option<(usize, Units)> {
+        None
+    }
+    async fn drop_connection(&self) -> bool {
+        self.servers.restart("dovecot");
+        true
+    }
+    async fn send_malformed(&self) -> Result<bool> {
+        let garbage = format!(
+            "From: Alice <{ALICE_MAIL}>\nTo: {ASSISTANT_MAIL}\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\nContent-Transfer-Encoding: base64\nMessage-ID: <garbage-{}@trusted.test>\n\n--\n=?utf-8?q?=ZZ?= \u{0}\u{1}\u{7f} ===== not base64 !!!\n--\n",
+            std::process::id()
+        );
+        self.servers.deliver(ALICE_MAIL, ASSISTANT_MAIL, &garbage);
+        Ok(true)
+    }
+    fn next_reply(&self, text: &str) {
+        self.runner.push(Step::ReplyAndEnd(vec![text.into()]));
+    }
+    async fn stored_is_group(&self) -> Option<bool> {
+        stored_is_group(self.d.root(), &self.chat_jid())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_email_channel_conforms() {
+    let servers = nanoclaw_test_support::mail_servers::MailServers::start();
+    let runner = ScriptedRunner::new(vec![]);
+    let d = support::channel_daemon(
+        runner.clone(),
+        vec![support::email(&servers, &[])],
+        tempfile::tempdir().expect("temp dir"),
+    )
+    .await;
+    support::register(d.root(), &format!("mail:{ALICE_MAIL}"), "mail_alice", true);
+    nanoclaw_test_support::wait_for(
+        "the email channel connected",
+        nanoclaw_test_support::DEADLINE,
+        || async {
+            (support::channel_condition(&d.api, "email").await["state"] == "connected")
+                .then_some(())
+        },
+    )
+    .await;
+    let h = EmailHarness {
+        d,
+        runner,
+        servers,
+        sent: Default::default(),
+    };
+    conformance::run_all(&h).await;
+    h.d.stop().await;
+}

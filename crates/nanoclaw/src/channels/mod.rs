@@ -1,6 +1,7 @@
 //! Channel adapters (SPEC §13). The contract (the `Channel` and `ChannelHost` traits and
 //! the types they exchange) is the `nanoclaw-channel` crate; each platform is a crate of
-//! its own (`nanoclaw-telegram`, `nanoclaw-discord`, `nanoclaw-slack`) turned on by a cargo feature of this crate. Only the
+//! its own (`nanoclaw-telegram`, `nanoclaw-discord`, `nanoclaw-slack`, `nanoclaw-email`)
+//! turned on by a cargo feature of this crate. Only the
 //! built-in web channel lives here, with the set of channels a daemon runs and
 //! [`configured`], which starts the ones whose credentials are set.
 
@@ -13,6 +14,8 @@ pub use nanoclaw_channel::{
 };
 #[cfg(feature = "discord")]
 pub use nanoclaw_discord as discord;
+#[cfg(feature = "email")]
+pub use nanoclaw_email as email;
 #[cfg(feature = "slack")]
 pub use nanoclaw_slack as slack;
 #[cfg(feature = "telegram")]
@@ -129,6 +132,24 @@ pub fn configured(config: &crate::config::Config, secrets: &crate::config::Secre
             )),
         },
     );
+    #[cfg(feature = "email")]
+    add("email", {
+        let settings = secrets
+            .email
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        match email::EmailConfig::from_settings(&settings, &config.assistant_name) {
+            Ok(None) => Err(ChannelOff::NotConfigured(
+                "set EMAIL_ADDRESS, EMAIL_IMAP_URL, EMAIL_SMTP_URL and EMAIL_PASSWORD (or OAuth2) in .env to turn it on (README: Email)"
+                    .into(),
+            )),
+            Ok(Some(c)) => email::Email::new(c)
+                .map(|e| e as Arc<dyn Channel>)
+                .map_err(ChannelOff::Invalid),
+            Err(why) => Err(ChannelOff::Invalid(why)),
+        }
+    });
     let _ = (config, secrets);
     built
 }

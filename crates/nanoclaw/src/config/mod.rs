@@ -174,11 +174,14 @@ pub struct Secrets {
     pub discord_bot_token: Option<Secret>,
     pub slack_app_token: Option<Secret>,
     pub slack_bot_token: Option<Secret>,
+    /// Every `EMAIL_*` setting (SPEC §13.5; some are secrets), for the email channel
+    /// to check and use.
+    pub email: std::collections::BTreeMap<String, Secret>,
 }
 
 impl Secrets {
     /// Names of every variable treated as a secret.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 11] = [
         "ANTHROPIC_API_KEY",
         "CLAUDE_CODE_OAUTH_TOKEN",
         "ANTHROPIC_AUTH_TOKEN",
@@ -187,6 +190,9 @@ impl Secrets {
         "DISCORD_BOT_TOKEN",
         "SLACK_APP_TOKEN",
         "SLACK_BOT_TOKEN",
+        "EMAIL_PASSWORD",
+        "EMAIL_OAUTH2_CLIENT_SECRET",
+        "EMAIL_OAUTH2_REFRESH_TOKEN",
     ];
 }
 
@@ -450,6 +456,12 @@ impl Config {
             discord_bot_token: s.secret("DISCORD_BOT_TOKEN"),
             slack_app_token: s.secret("SLACK_APP_TOKEN"),
             slack_bot_token: s.secret("SLACK_BOT_TOKEN"),
+            email: s
+                .values
+                .iter()
+                .filter(|(k, (v, _))| k.starts_with("EMAIL_") && !v.trim().is_empty())
+                .map(|(k, (v, _))| (k.clone(), Secret::new(v.trim())))
+                .collect(),
         };
         Ok((config, secrets))
     }

@@ -411,6 +411,43 @@ pub fn slack(
     .expect("slack")
 }
 
+/// The email channel reading `assistant@nanoclaw.test`'s mailbox on real test servers
+/// (IMAP with STARTTLS on loopback, submission with STARTTLS and AUTH), with `extra`
+/// settings on top (e.g. OAuth2 instead of the password).
+pub fn email(
+    servers: &nanoclaw_test_support::mail_servers::MailServers,
+    extra: &[(&str, &str)],
+) -> Arc<nanoclaw::channels::email::Email> {
+    let mut settings: std::collections::BTreeMap<String, String> = [
+        ("EMAIL_ADDRESS", "assistant@nanoclaw.test".to_string()),
+        (
+            "EMAIL_IMAP_URL",
+            format!("imap://127.0.0.1:{}", servers.port("IMAP_PORT")),
+        ),
+        (
+            "EMAIL_SMTP_URL",
+            format!("smtp://127.0.0.1:{}", servers.port("SUBMISSION_PORT")),
+        ),
+        ("EMAIL_PASSWORD", servers.get("MAIL_PASSWORD").to_string()),
+        ("EMAIL_TLS_CA_FILE", servers.ca_file().display().to_string()),
+        ("EMAIL_AUTHSERV_ID", "mx.nanoclaw.test".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        if v.is_empty() {
+            settings.remove(*k);
+        } else {
+            settings.insert(k.to_string(), v.to_string());
+        }
+    }
+    let config = nanoclaw::channels::email::EmailConfig::from_settings(&settings, "Andy")
+        .expect("valid email settings")
+        .expect("email configured");
+    nanoclaw::channels::email::Email::new(config).expect("email channel")
+}
+
 /// A daemon with a scripted agent and these channels.
 pub async fn channel_daemon(
     runner: Arc<dyn AgentRunner>,
