@@ -5,9 +5,12 @@
 //!    invoked: the real adapter, store, router and queue (in-process daemon, a runner
 //!    that records the moment it is called and answers at once). Every message runs (the
 //!    chat needs no trigger).
+//!    For email, from postfix accepting a mail (its 250 after the data) to the runner
+//!    being invoked: real dovecot and postfix (`scripts/mail-servers.sh`, as root), the
+//!    IDLE push, the fetch, the store (dovecot 2.3 delays IDLE pushes by 0.5 s itself).
 //! 2. Resident memory (VmRSS) of an idle `nanoclaw run` (the release binary built for
-//!    this bench) with Telegram, Discord and Slack connected to fakes, after start-up
-//!    and after 100 messages on each.
+//!    this bench) with Telegram, Discord, Slack and email connected (fakes, and the real
+//!    mail servers), after start-up and after 100 messages on each.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +23,7 @@ use nanoclaw::runner::{AgentEvent, AgentRunner, RunError, RunIo, RunRequest};
 use nanoclaw_test_support::fake_discord::{self, FakeDiscord};
 use nanoclaw_test_support::fake_slack::{self, FakeSlack};
 use nanoclaw_test_support::fake_telegram::{Chat, FakeTelegram, User};
+use nanoclaw_test_support::mail_servers::MailServers;
 use tokio::sync::mpsc;
 
 const DISCORD_TOKEN: &str = "bench.discord.token";
@@ -75,7 +79,7 @@ async fn to_runner_latency(
     channel: Arc<dyn Channel>,
     jid: &str,
     samples: usize,
-    mut say: impl FnMut(usize),
+    mut say: impl FnMut(usize) -> Instant,
 ) -> Vec<Duration> {
     let root = tempfile::tempdir().expect("temp dir");
     register(root.path(), jid, "bench");
@@ -108,8 +112,7 @@ async fn to_runner_latency(
     let status_url = format!("http://{}/api/status", d.http_addr);
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..samples + 10 {
-        let start = Instant::now();
-        say(i);
+        let start = say(i);
         let invoked = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("runner invoked")
@@ -160,7 +163,46 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-async fn idle_rss_with_three_channels() -> (u64, u64) {
+const ASSISTANT: &str = "assistant@nanoclaw.test";
+const ALICE: &str = "alice@trusted.test";
+
+fn mail(i: usize) -> String {
+    format!(
+        "From: Alice <{ALICE}>\nTo: {ASSISTANT}\nSubject: bench {i}\nMessage-ID: <bench-{i}-{}@trusted.test>\n\nmessage {i}\n",
+        std::process::id()
+    )
+}
+
+fn email_settings(servers: &MailServers) -> Vec<(&'static str, String)> {
+    vec![
+        ("EMAIL_ADDRESS", ASSISTANT.to_string()),
+        (
+            "EMAIL_IMAP_URL",
+            format!("imap://127.0.0.1:{}", servers.port("IMAP_PORT")),
+        ),
+        (
+            "EMAIL_SMTP_URL",
+            format!("smtp://127.0.0.1:{}", servers.port("SUBMISSION_PORT")),
+        ),
+        ("EMAIL_PASSWORD", servers.get("MAIL_PASSWORD").to_string()),
+        ("EMAIL_TLS_CA_FILE", servers.ca_file().display().to_string()),
+        ("EMAIL_AUTHSERV_ID", "mx.nanoclaw.test".to_string()),
+    ]
+}
+
+fn email_channel(servers: &MailServers) -> Arc<dyn Channel> {
+    let settings = email_settings(servers)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let config = nanoclaw::channels::email::EmailConfig::from_settings(&settings, "Andy")
+        .expect("email settings")
+        .expect("email on");
+    nanoclaw::channels::email::Email::new(config).expect("email")
+}
+
+async fn idle_rss_with_four_channels() -> (u64, u64) {
+    let servers = MailServers::start();
     let telegram = FakeTelegram::start(TELEGRAM_TOKEN).await;
     let discord = FakeDiscord::start(DISCORD_TOKEN).await;
     let slack = FakeSlack::start(SLACK_APP, SLACK_BOT).await;
@@ -189,6 +231,7 @@ async fn idle_rss_with_three_channels() -> (u64, u64) {
         .env("SLACK_APP_TOKEN", SLACK_APP)
         .env("SLACK_BOT_TOKEN", SLACK_BOT)
         .env("SLACK_API_URL", &slack.api_url)
+        .envs(email_settings(&servers))
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -215,8 +258,8 @@ async fn idle_rss_with_three_channels() -> (u64, u64) {
                 .unwrap_or(0),
             Err(_) => 0,
         };
-        // web, telegram, discord, slack
-        if connected == 4 {
+        // web, telegram, discord, slack, email
+        if connected == 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -230,6 +273,7 @@ async fn idle_rss_with_three_channels() -> (u64, u64) {
         telegram.user_says(&chat, &user, &format!("telegram {i}"));
         discord.user_says(fake_discord::CHANNEL_ID, &format!("discord {i}"));
         slack.user_says(fake_slack::CHANNEL_ID, &format!("slack {i}"));
+        servers.deliver(ALICE, ASSISTANT, &mail(1000 + i));
     }
     let db = root.path().join("store/messages.db");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -238,7 +282,7 @@ async fn idle_rss_with_three_channels() -> (u64, u64) {
         let stored: i64 = rusqlite::Connection::open(&db)
             .and_then(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)))
             .unwrap_or(0);
-        if stored >= 300 {
+        if stored >= 400 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -268,7 +312,9 @@ fn main() {
         .expect("discord");
         let jid = format!("dc:{}", fake_discord::CHANNEL_ID);
         let latencies = to_runner_latency(discord, &jid, samples, |i| {
+            let start = Instant::now();
             fake.user_says(fake_discord::CHANNEL_ID, &format!("message {i}"));
+            start
         })
         .await;
         report("Discord MESSAGE_CREATE", latencies);
@@ -285,14 +331,26 @@ fn main() {
         .expect("slack");
         let jid = format!("slack:{}", fake_slack::CHANNEL_ID);
         let latencies = to_runner_latency(slack, &jid, samples, |i| {
+            let start = Instant::now();
             fake.user_says(fake_slack::CHANNEL_ID, &format!("message {i}"));
+            start
         })
         .await;
         report("Slack events_api envelope", latencies);
+
+        let servers = MailServers::start();
+        let email = email_channel(&servers);
+        let latencies = to_runner_latency(email, "mail:alice@trusted.test", 50, |i| {
+            servers.deliver(ALICE, ASSISTANT, &mail(i));
+            // postfix has said 250: the mail is accepted.
+            Instant::now()
+        })
+        .await;
+        report("email accepted by postfix", latencies);
     });
-    let (fresh, after) = rt.block_on(idle_rss_with_three_channels());
+    let (fresh, after) = rt.block_on(idle_rss_with_four_channels());
     println!(
-        "idle RSS of `nanoclaw run` with Telegram, Discord and Slack connected to fakes: \
-         {fresh} KiB after start, {after} KiB after 100 messages on each"
+        "idle RSS of `nanoclaw run` with Telegram, Discord, Slack (fakes) and email (dovecot) \
+         connected: {fresh} KiB after start, {after} KiB after 100 messages on each"
     );
 }
