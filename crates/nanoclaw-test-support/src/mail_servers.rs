@@ -154,23 +154,27 @@ impl MailServers {
         self.mailbox_of(user, "INBOX").await
     }
 
-    /// Every mail in a folder of `user`, raw.
-    pub async fn mailbox_of(&self, user: &str, folder: &str) -> Vec<String> {
-        use futures_util::TryStreamExt;
+    async fn session(&self, user: &str) -> async_imap::Session<tokio::net::TcpStream> {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port("IMAP_PORT")))
             .await
             .expect("connect to dovecot");
         let mut client = async_imap::Client::new(tcp);
         client.read_response().await.expect("greeting");
-        let mut session = client
+        client
             .login(user, self.get("MAIL_PASSWORD"))
             .await
             .map_err(|(e, _)| e)
-            .expect("log in to dovecot");
+            .expect("log in to dovecot")
+    }
+
+    /// Every mail in a folder of `user`: `(raw, seen)`, oldest first.
+    async fn fetch_all(&self, user: &str, folder: &str) -> Vec<(String, bool)> {
+        use futures_util::TryStreamExt;
+        let mut session = self.session(user).await;
         session.select(folder).await.expect("select");
-        let mut mails: Vec<(u32, String)> = {
+        let mut mails: Vec<(u32, String, bool)> = {
             let fetched: Vec<_> = session
-                .uid_fetch("1:*", "(UID BODY.PEEK[])")
+                .uid_fetch("1:*", "(UID FLAGS BODY.PEEK[])")
                 .await
                 .expect("fetch")
                 .try_collect()
@@ -178,12 +182,63 @@ impl MailServers {
                 .expect("fetch");
             fetched
                 .iter()
-                .filter_map(|f| Some((f.uid?, String::from_utf8_lossy(f.body()?).into_owned())))
+                .filter_map(|f| {
+                    let seen = f.flags().any(|fl| fl == async_imap::types::Flag::Seen);
+                    Some((
+                        f.uid?,
+                        String::from_utf8_lossy(f.body()?).into_owned(),
+                        seen,
+                    ))
+                })
                 .collect()
         };
         let _ = session.logout().await;
-        mails.sort_by_key(|(uid, _)| *uid);
-        mails.into_iter().map(|(_, m)| m).collect()
+        mails.sort_by_key(|(uid, _, _)| *uid);
+        mails.into_iter().map(|(_, m, seen)| (m, seen)).collect()
+    }
+
+    /// Every mail in a folder of `user`, raw.
+    pub async fn mailbox_of(&self, user: &str, folder: &str) -> Vec<String> {
+        self.fetch_all(user, folder)
+            .await
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect()
+    }
+
+    /// Whether each mail in `user`'s INBOX carries `\Seen`, oldest first.
+    pub async fn seen(&self, user: &str) -> Vec<bool> {
+        self.fetch_all(user, "INBOX")
+            .await
+            .into_iter()
+            .map(|(_, seen)| seen)
+            .collect()
+    }
+
+    /// Puts `raw` straight into `user`'s INBOX over IMAP (no MX, so no
+    /// `Authentication-Results` of the receiving server).
+    pub async fn append(&self, user: &str, raw: &str) {
+        let mut session = self.session(user).await;
+        session
+            .append(
+                "INBOX",
+                None,
+                None,
+                raw.replace("\r\n", "\n").replace('\n', "\r\n"),
+            )
+            .await
+            .expect("append");
+        let _ = session.logout().await;
+    }
+
+    /// `user`'s Maildir on disk.
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        let (local, domain) = user.split_once('@').expect("an address");
+        Path::new(self.get("MAIL_DIR"))
+            .join("mail")
+            .join(domain)
+            .join(local)
+            .join("Maildir")
     }
 
     /// Waits until `user`'s INBOX holds `n` mails; returns them.

@@ -357,9 +357,14 @@ async fn xoauth2_tokens_are_refreshed_and_a_revoked_refresh_token_is_reported() 
     let root = tempfile::tempdir().expect("temp dir");
     prepare(root.path());
     register(root.path(), ALICE_JID, "mail_alice", false);
+    // TLS from the first byte this time (imaps, smtps), trusting the servers' own CA.
+    let imaps = format!("imaps://127.0.0.1:{}", servers.port("IMAPS_PORT"));
+    let smtps = format!("smtps://127.0.0.1:{}", servers.port("SMTPS_PORT"));
     let email = support::email(
         &servers,
         &[
+            ("EMAIL_IMAP_URL", &imaps),
+            ("EMAIL_SMTP_URL", &smtps),
             ("EMAIL_PASSWORD", ""),
             ("EMAIL_OAUTH2_TOKEN_URL", servers.get("OAUTH_TOKEN_URL")),
             ("EMAIL_OAUTH2_CLIENT_ID", servers.get("OAUTH_CLIENT_ID")),
@@ -428,6 +433,102 @@ async fn xoauth2_tokens_are_refreshed_and_a_revoked_refresh_token_is_reported() 
     assert!(
         doctor.to_string().contains("refresh token was refused"),
         "{doctor}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_is_marked_seen_unvouched_mail_is_flagged_and_a_new_uidvalidity_repeats_nothing() {
+    let servers = MailServers::start();
+    let root = tempfile::tempdir().expect("temp dir");
+    prepare(root.path());
+    let d = support::channel_daemon(
+        ScriptedRunner::new(vec![]),
+        vec![support::email(&servers, &[])],
+        root,
+    )
+    .await;
+    wait_connected(&d.api).await;
+    // Mail that never passed the receiving server carries none of its headers.
+    servers
+        .append(
+            ASSISTANT,
+            &plain(ALICE, "direct", "direct-1@trusted.test", "no header here"),
+        )
+        .await;
+    let stored = wait_messages(&d.api, ALICE_JID, 1).await;
+    assert!(
+        stored[0]["flagged"]
+            .as_str()
+            .is_some_and(|f| f.contains("no Authentication-Results header from mx.nanoclaw.test")),
+        "{stored:?}"
+    );
+    let say = |i: usize| {
+        servers.deliver(
+            ALICE,
+            ASSISTANT,
+            &plain(
+                ALICE,
+                "",
+                &format!("u{i}@trusted.test"),
+                &format!("mail {i}"),
+            ),
+        )
+    };
+    say(0);
+    say(1);
+    support::wait_stored(d.root(), ALICE_JID, 3).await;
+    wait_for("every stored mail marked seen", DEADLINE, || async {
+        let seen = servers.seen(ASSISTANT).await;
+        (seen.len() == 3 && seen.iter().all(|s| *s)).then_some(())
+    })
+    .await;
+
+    // While the daemon is down the server renumbers the mailbox (new UIDVALIDITY).
+    let position = |root: &std::path::Path| -> serde_json::Value {
+        support::open_store(root)
+            .state("email:mailbox")
+            .expect("state")
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .expect("a saved position")
+    };
+    let before = position(d.root());
+    let root = d.stop().await;
+    say(2);
+    let maildir = servers.maildir(ASSISTANT);
+    for entry in std::fs::read_dir(&maildir).expect("maildir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("dovecot-uidlist") || name.starts_with("dovecot.index") {
+            std::fs::remove_file(&path).expect("remove dovecot's index");
+        }
+    }
+    servers.restart("dovecot");
+    let d = support::channel_daemon(
+        ScriptedRunner::new(vec![]),
+        vec![support::email(&servers, &[])],
+        root,
+    )
+    .await;
+    wait_connected(&d.api).await;
+    support::wait_stored(d.root(), ALICE_JID, 4).await;
+    say(3);
+    let texts = support::wait_stored(d.root(), ALICE_JID, 5).await;
+    let after = position(d.root());
+    assert_ne!(
+        before["uid_validity"], after["uid_validity"],
+        "the test renumbered the mailbox: {before} → {after}"
+    );
+    assert_eq!(
+        texts,
+        ["no header here", "mail 0", "mail 1", "mail 2", "mail 3"].map(|t| {
+            if t == "no header here" {
+                "direct\n\nno header here".to_string()
+            } else {
+                t.to_string()
+            }
+        }),
+        "each mail once"
     );
     d.stop().await;
 }
