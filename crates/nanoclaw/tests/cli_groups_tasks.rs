@@ -181,3 +181,94 @@ async fn tasks_pause_resume_cancel() {
     let (ok, _, err) = cli(root.path(), &["tasks", "pause", "nope"]).await;
     assert!(!ok && err.contains("tasks list"), "{err}");
 }
+
+/// NanoClaw v1's registration cases, and ours: `groups add` and IPC `register_group`
+/// (from main) go through one validation and must agree on every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_add_and_ipc_register_group_agree_on_every_case() {
+    use std::sync::Arc;
+    // (jid, name, folder, trigger)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("tg:-100123", "Family", "telegram_family", "@Andy"),
+        ("tg:-100124", "Padded", " padded ", "@Andy"),
+        ("tg:-100125", "Trailing", "trailing ", "@Andy"),
+        ("tg:-100126", "Slash", "a/b", "@Andy"),
+        ("tg:-100127", "Dots", "..", "@Andy"),
+        ("tg:-100128", "Global", "Global", "@Andy"),
+        ("tg:-100129", "Errors", "errors", "@Andy"),
+        ("tg:-100130", "Dash", "-lead", "@Andy"),
+        ("tg:-100131", "Long", &"x".repeat(65), "@Andy"),
+        ("tg:-100132", "Max", &"y".repeat(64), "@Andy"),
+        ("tg:-100133", "Unicode", "família", "@Andy"),
+        ("tg:-100134", "", "empty_name", "@Andy"),
+        ("tg:-100135", "   ", "blank_name", "@Andy"),
+        ("", "No jid", "no_jid", "@Andy"),
+        ("tg 1", "Space", "space_jid", "@Andy"),
+        (" tg:-100136", "Lead", "lead_jid", "@Andy"),
+        ("nochannel", "Bare", "bare_jid", "@Andy"),
+        ("120363@g.us", "WhatsApp", "whatsapp_family", "@Andy"),
+        ("mail:alice@example.org", "Alice", "mail_alice", "@Andy"),
+        ("tg:-100137", "Trigger", "own_trigger", "  @Bot  "),
+        ("tg:-100138", "Ctl", "ctl_trigger", "@A\u{7}"),
+    ];
+    for (jid, name, folder, trigger) in cases {
+        let root = tempfile::tempdir().expect("temp dir");
+        let (cli_ok, _, cli_err) = cli(
+            root.path(),
+            &[
+                "groups",
+                "add",
+                "--jid",
+                jid,
+                "--name",
+                name,
+                "--folder",
+                folder,
+                "--trigger",
+                trigger,
+            ],
+        )
+        .await;
+
+        let root = tempfile::tempdir().expect("temp dir");
+        let layout = nanoclaw::layout::Layout::new(root.path());
+        layout.create().expect("layout");
+        let ctx = nanoclaw::ipc::IpcContext {
+            store: Arc::new(
+                nanoclaw::store::Store::open(&layout.db_path(), "Andy").expect("store"),
+            ),
+            layout,
+            tz: jiff::tz::TimeZone::UTC,
+            assistant_name: "Andy".into(),
+            channels: nanoclaw::channels::ChannelSet::new(vec![]),
+            delivery: None,
+            tasks_changed: Arc::new(tokio::sync::Notify::new()),
+            guard: nanoclaw::ipc::IpcGuard::default(),
+        };
+        let request: nanoclaw_protocol::ipc::IpcRequest = serde_json::from_value(serde_json::json!({
+            "type": "register_group", "jid": jid, "name": name, "folder": folder, "trigger": trigger,
+        }))
+        .expect("a register_group request");
+        let main = nanoclaw::ipc::authorize::Source {
+            folder: "main".into(),
+            is_main: true,
+        };
+        let ipc = nanoclaw::ipc::process::process(&ctx, &main, request);
+        assert_eq!(
+            cli_ok,
+            ipc.is_ok(),
+            "{jid:?} {name:?} {folder:?} {trigger:?}: CLI {cli_err:?}, IPC {ipc:?}"
+        );
+        if let Ok(stored) = &ipc {
+            let g = ctx
+                .store
+                .registered_group(jid)
+                .expect("read")
+                .expect("registered");
+            assert_eq!(
+                g.folder, *folder,
+                "{stored}: stored as given, never trimmed"
+            );
+        }
+    }
+}

@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use super::{cell, open_existing_store, print_table};
 use crate::config::Config;
-use crate::layout::{GroupFolder, Layout};
+use crate::layout::Layout;
 use crate::store::{RegisteredGroup, Store};
 
 #[derive(Debug, Subcommand)]
@@ -96,35 +96,23 @@ pub fn run(config: &Config, command: GroupsCommand) -> Result<ExitCode> {
             main,
             no_trigger,
         } => {
-            let jid = jid.trim().to_string();
-            if jid.is_empty() || jid.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                bail!(
-                    "--jid must be a chat id without spaces, like tg:-1001234567890 or web:kitchen"
-                );
+            let group = crate::store::GroupRequest {
+                jid: &jid,
+                name: &name,
+                folder: &folder,
+                trigger: trigger.as_deref(),
+                requires_trigger: !no_trigger,
+                container_config: None,
+                is_main: main,
             }
-            if name.trim().is_empty() {
-                bail!("--name must not be empty");
-            }
-            let folder = GroupFolder::parse(&folder)?;
-            let trigger = trigger
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty())
-                .unwrap_or_else(|| config.default_trigger());
+            .check(&config.default_trigger())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let folder = group.folder()?;
             let layout = Layout::new(&config.root);
             layout.create().with_context(|| {
                 format!("cannot create the layout under {}", config.root.display())
             })?;
             let store = Store::open(&layout.db_path(), &config.assistant_name)?;
-            let group = RegisteredGroup {
-                jid,
-                name: name.trim().to_string(),
-                folder: folder.as_str().to_string(),
-                trigger_pattern: trigger,
-                added_at: crate::clock::now(),
-                container_config: None,
-                requires_trigger: !(no_trigger || main),
-                is_main: main,
-            };
             store.register_group(&group)?;
             layout.create_group_dirs(&folder).with_context(|| {
                 format!("registered, but cannot create the folders of {folder}")

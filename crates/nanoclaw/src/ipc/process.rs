@@ -5,9 +5,8 @@ use nanoclaw_protocol::ipc::IpcRequest;
 
 use super::authorize::{Source, Target, authorize};
 use super::{IpcContext, snapshot};
-use crate::layout::GroupFolder;
 use crate::schedule::Schedule;
-use crate::store::{RegisteredGroup, ScheduledTask, StoreError, TaskStatus};
+use crate::store::{ScheduledTask, StoreError, TaskStatus};
 
 /// Why a request was not carried out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,31 +284,25 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
             container_config,
         } => {
             check(source, Target::Admin, &format!("register {jid}"))?;
-            let jid = required(&jid, "jid")?;
-            let name = required(&name, "name")?;
-            let trigger = required(&trigger, "trigger")?;
-            let folder =
-                GroupFolder::parse(folder.trim()).map_err(|e| IpcError::Invalid(e.to_string()))?;
-            let container_config = match container_config {
-                None | Some(serde_json::Value::Null) => None,
-                Some(v) => {
-                    let raw = v.to_string();
-                    crate::mounts::ContainerConfig::parse(Some(&raw))
-                        .map_err(|e| IpcError::Invalid(format!("containerConfig: {e}")))?;
-                    Some(raw)
-                }
-            };
-            ctx.store.register_group(&RegisteredGroup {
-                jid: jid.to_string(),
-                name: name.to_string(),
-                folder: folder.as_str().to_string(),
-                trigger_pattern: trigger.to_string(),
-                added_at: crate::clock::now(),
-                container_config,
+            let group = crate::store::GroupRequest {
+                jid: &jid,
+                name: &name,
+                folder: &folder,
+                trigger: Some(required(&trigger, "trigger")?),
                 requires_trigger: requires_trigger.unwrap_or(true),
+                container_config: match container_config {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(v) => Some(v.to_string()),
+                },
                 // Never: there is one main group, chosen by the user.
                 is_main: false,
-            })?;
+            }
+            .check(&format!("@{}", ctx.assistant_name))
+            .map_err(IpcError::Invalid)?;
+            let folder = group
+                .folder()
+                .map_err(|e| IpcError::Invalid(e.to_string()))?;
+            ctx.store.register_group(&group)?;
             if let Err(e) = ctx.layout.create_group_dirs(&folder) {
                 // Not fatal: a run creates them too.
                 tracing::warn!(

@@ -52,6 +52,64 @@ impl RegisteredGroup {
     }
 }
 
+/// A registration as an entry point received it (`nanoclaw groups add`, IPC
+/// `register_group`): every entry point checks it here, so the same input gets the same
+/// verdict wherever it comes from. Nothing is trimmed into validity: `" padded "` is
+/// refused as a folder, not registered as `padded`.
+#[derive(Debug, Clone, Default)]
+pub struct GroupRequest<'a> {
+    pub jid: &'a str,
+    pub name: &'a str,
+    pub folder: &'a str,
+    /// `None` or empty: the default trigger.
+    pub trigger: Option<&'a str>,
+    pub requires_trigger: bool,
+    /// Raw JSON, checked by [`crate::mounts::ContainerConfig::parse`].
+    pub container_config: Option<String>,
+    pub is_main: bool,
+}
+
+impl GroupRequest<'_> {
+    /// The group to store, or what is wrong with the request (naming the field).
+    pub fn check(&self, default_trigger: &str) -> Result<RegisteredGroup, String> {
+        let jid = self.jid;
+        if jid.is_empty()
+            || jid.chars().any(|c| c.is_whitespace() || c.is_control())
+            || !jid.contains(':') && !jid.contains('@')
+        {
+            return Err(format!(
+                "jid {jid:?} is not a chat id: it needs its channel's form without spaces, like tg:-1001234567890, web:kitchen or mail:alice@example.org"
+            ));
+        }
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err("name must not be empty or hold control characters".into());
+        }
+        let folder = GroupFolder::parse(self.folder).map_err(|e| e.to_string())?;
+        let trigger = match self.trigger.map(str::trim) {
+            None | Some("") => default_trigger.to_string(),
+            Some(t) if t.chars().any(char::is_control) => {
+                return Err("trigger must not hold control characters".into());
+            }
+            Some(t) => t.to_string(),
+        };
+        if let Some(raw) = &self.container_config {
+            crate::mounts::ContainerConfig::parse(Some(raw))
+                .map_err(|e| format!("containerConfig: {e}"))?;
+        }
+        Ok(RegisteredGroup {
+            jid: jid.to_string(),
+            name: name.to_string(),
+            folder: folder.as_str().to_string(),
+            trigger_pattern: trigger,
+            added_at: crate::clock::now(),
+            container_config: self.container_config.clone(),
+            requires_trigger: self.requires_trigger && !self.is_main,
+            is_main: self.is_main,
+        })
+    }
+}
+
 const GROUP_COLUMNS: &str =
     "jid, name, folder, trigger_pattern, added_at, container_config, requires_trigger, is_main";
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use thiserror::Error;
 
-pub use groups::RegisteredGroup;
+pub use groups::{GroupRequest, RegisteredGroup};
 pub use messages::{ChatInfo, ChatMeta, Message, StoredMessage};
 pub use outbox::{CommittedReply, OutboxItem};
 pub use schema::LATEST_VERSION;
