@@ -12,6 +12,53 @@ use crate::tools::{self, ToolContext};
 
 /// Model calls per user turn before the agent gives up on the task.
 const MAX_STEPS: usize = 60;
+/// The same tool calls (names and inputs) this many times in a row is a loop (small
+/// local models fall into them): the model is told so, once; if it makes the same
+/// calls once more, the turn ends with a message to the chat.
+const LOOP_REPEATS: usize = 3;
+
+/// Consecutive identical tool calls within one turn.
+#[derive(Default)]
+struct LoopWatch {
+    last: String,
+    repeats: usize,
+    nudged: bool,
+}
+
+/// What to do about the calls the model just asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum LoopVerdict {
+    Go,
+    /// Run them, and tell the model it is repeating itself.
+    Nudge,
+    /// Do not run them: it ignored the nudge.
+    Stop,
+}
+
+impl LoopWatch {
+    fn see(&mut self, uses: &[(String, String, Value)]) -> LoopVerdict {
+        // serde_json's maps are ordered, so equal inputs serialize equally.
+        let key = uses
+            .iter()
+            .map(|(_, name, input)| format!("{name}:{input}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if key == self.last {
+            self.repeats += 1;
+        } else {
+            self.last = key;
+            self.repeats = 1;
+        }
+        match (self.repeats >= LOOP_REPEATS, self.nudged) {
+            (false, _) => LoopVerdict::Go,
+            (true, false) => {
+                self.nudged = true;
+                LoopVerdict::Nudge
+            }
+            (true, true) => LoopVerdict::Stop,
+        }
+    }
+}
 
 pub struct Agent {
     pub llm: Box<dyn Llm>,
@@ -39,6 +86,7 @@ impl Agent {
     pub async fn turn(&mut self, user_text: &str) -> Result<(), LlmError> {
         self.compact_if_needed().await?;
         self.session.push("user", vec![text_block(user_text)]);
+        let mut watch = LoopWatch::default();
         for _ in 0..MAX_STEPS {
             let response = self
                 .llm
@@ -79,12 +127,41 @@ impl Agent {
                 }
                 return Ok(());
             }
-            let mut results = Vec::with_capacity(uses.len());
+            let verdict = watch.see(&uses);
+            let names: Vec<String> = uses.iter().map(|(_, name, _)| name.clone()).collect();
+            if verdict == LoopVerdict::Stop {
+                eprintln!("the model repeated the same tool calls after a nudge; ending the turn");
+                // The unanswered tool use must not stay last in the transcript.
+                let results = uses
+                    .iter()
+                    .map(|(id, _, _)| {
+                        json!({"type": "tool_result", "tool_use_id": id, "is_error": true,
+                               "content": "not run: the same call again"})
+                    })
+                    .collect();
+                self.session.push("user", results);
+                self.save();
+                (self.emit)(AgentEvent::Result {
+                    text: format!(
+                        "I stopped because I kept repeating the same step ({}) without getting anywhere. Tell me what to try differently.",
+                        names.join(", ")
+                    ),
+                    inputs: self.inputs_read,
+                });
+                return Ok(());
+            }
+            let mut results = Vec::with_capacity(uses.len() + 1);
             for (id, name, input) in uses {
                 let output = tools::run(&name, &input, &self.ctx).await;
                 results.push(json!({
                     "type": "tool_result", "tool_use_id": id, "content": output.content, "is_error": output.is_error
                 }));
+            }
+            if verdict == LoopVerdict::Nudge {
+                results.push(text_block(&format!(
+                    "Note: you have now made exactly the same call ({}) with the same input {LOOP_REPEATS} times in a row. Repeating it will not give a different result: change your approach, or answer with what you have.",
+                    names.join(", ")
+                )));
             }
             self.session.push("user", results);
             self.save();
@@ -148,5 +225,44 @@ anything you promised. Be concise but complete.\n\n{transcript}"
         self.session.compact_to(&summary);
         self.save();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(name: &str, input: Value) -> Vec<(String, String, Value)> {
+        vec![("id".into(), name.into(), input)]
+    }
+
+    #[test]
+    fn the_same_call_three_times_is_nudged_once_then_stopped() {
+        let mut w = LoopWatch::default();
+        let ls = || call("Bash", json!({"command": "ls", "timeout": 5}));
+        assert_eq!(w.see(&ls()), LoopVerdict::Go);
+        assert_eq!(w.see(&ls()), LoopVerdict::Go);
+        assert_eq!(w.see(&ls()), LoopVerdict::Nudge);
+        // Key order does not make a call different.
+        let reordered = call("Bash", json!({"timeout": 5, "command": "ls"}));
+        assert_eq!(w.see(&reordered), LoopVerdict::Stop);
+    }
+
+    #[test]
+    fn different_inputs_or_a_change_of_course_are_no_loop() {
+        let mut w = LoopWatch::default();
+        for i in 0..10 {
+            assert_eq!(
+                w.see(&call("Read", json!({"path": format!("f{i}")}))),
+                LoopVerdict::Go
+            );
+        }
+        let a = || call("Bash", json!({"command": "a"}));
+        let b = || call("Bash", json!({"command": "b"}));
+        for _ in 0..5 {
+            assert_eq!(w.see(&a()), LoopVerdict::Go);
+            assert_eq!(w.see(&a()), LoopVerdict::Go);
+            assert_eq!(w.see(&b()), LoopVerdict::Go);
+        }
     }
 }

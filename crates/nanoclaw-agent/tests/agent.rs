@@ -464,3 +464,58 @@ async fn bad_input_is_reported() {
     );
     assert!(!out.status.success());
 }
+
+#[tokio::test]
+async fn a_model_repeating_the_same_call_is_nudged_once_then_stopped() {
+    let same = || Reply::tool("Bash", json!({"command": "ls /no/such/dir"}));
+    let fake = FakeAnthropic::start(vec![
+        same(),
+        same(),
+        same(),
+        same(),
+        same(),
+        Reply::text("never asked for"),
+    ])
+    .await;
+    let env = Env::new();
+    let mut run = env.start(&fake.url, None, &[]).await;
+    let events = run.until_idle().await;
+    let texts = results(&events);
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].0.contains("kept repeating the same step (Bash)"),
+        "{texts:?}"
+    );
+    let requests = fake.requests();
+    assert_eq!(
+        requests.len(),
+        4,
+        "three calls, the nudge with the third's result, one more call, then stop"
+    );
+    let nudge = "exactly the same call (Bash) with the same input 3 times in a row";
+    let last_user = |i: usize| {
+        requests[i].body["messages"]
+            .as_array()
+            .expect("messages")
+            .last()
+            .expect("one")
+            .to_string()
+    };
+    assert!(
+        !last_user(2).contains(nudge),
+        "no nudge before the third call"
+    );
+    assert!(
+        last_user(3).contains(nudge),
+        "the nudge follows the third call's result"
+    );
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.all_text().contains(nudge))
+            .count(),
+        1,
+        "one nudge"
+    );
+    assert_eq!(run.close().await, 0);
+}
