@@ -272,3 +272,38 @@ async fn groups_add_and_ipc_register_group_agree_on_every_case() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_without_a_model_credential_and_says_which_to_set() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (ok, out, _) = cli(root.path(), &["doctor"]).await;
+    assert!(!ok, "no credential is a failure: {out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("model"))
+        .unwrap_or_else(|| panic!("no model line in:\n{out}"));
+    assert!(
+        line.starts_with("FAIL")
+            && line.contains("ANTHROPIC_API_KEY")
+            && line.contains("OPENAI_BASE_URL"),
+        "{line}"
+    );
+    std::fs::write(
+        root.path().join(".env"),
+        "ANTHROPIC_API_KEY=sk-ant-doctor-test\n",
+    )
+    .expect(".env");
+    let (_, out, _) = cli(root.path(), &["doctor"]).await;
+    let line = out
+        .lines()
+        .find(|l| l.contains("model"))
+        .unwrap_or_else(|| panic!("no model line in:\n{out}"));
+    assert!(
+        line.starts_with("ok") && line.contains("ANTHROPIC_API_KEY set"),
+        "{line}"
+    );
+    assert!(
+        !out.contains("sk-ant-doctor-test"),
+        "the key is never shown"
+    );
+}

@@ -123,6 +123,42 @@ pub(crate) enum Verdict {
     Fail(String),
 }
 
+/// Whether agents can reach a model: a credential for the Anthropic API, or an
+/// OpenAI-compatible server (which may need no key). Without one every run fails.
+fn model_check(config: &Config, secrets: &crate::config::Secrets) -> Verdict {
+    if config.llm_api == "openai" {
+        return Verdict::Ok(format!(
+            "OpenAI-compatible server {} (model {}{})",
+            config.openai_base_url,
+            config.model,
+            if secrets.openai_api_key.is_some() {
+                ", with OPENAI_API_KEY"
+            } else {
+                ", no key"
+            }
+        ));
+    }
+    let credential = if secrets.anthropic_api_key.is_some() {
+        Some("ANTHROPIC_API_KEY")
+    } else if secrets.claude_code_oauth_token.is_some() {
+        Some("CLAUDE_CODE_OAUTH_TOKEN")
+    } else if secrets.anthropic_auth_token.is_some() {
+        Some("ANTHROPIC_AUTH_TOKEN")
+    } else {
+        None
+    };
+    match credential {
+        Some(name) => Verdict::Ok(format!(
+            "{name} set, for {} (model {})",
+            config.anthropic_base_url, config.model
+        )),
+        None => Verdict::Fail(
+            "no model credential, so every agent run fails: set ANTHROPIC_API_KEY (console.anthropic.com → API keys) or CLAUDE_CODE_OAUTH_TOKEN (`claude setup-token`) in .env, or NANOCLAW_LLM_API=openai with OPENAI_BASE_URL for a local model"
+                .into(),
+        ),
+    }
+}
+
 pub fn doctor(config: &Config, secrets: &crate::config::Secrets) -> Result<ExitCode> {
     let layout = Layout::new(&config.root);
     let mut checks: Vec<(&str, Verdict)> = vec![(
@@ -132,6 +168,8 @@ pub fn doctor(config: &Config, secrets: &crate::config::Secrets) -> Result<ExitC
             config.assistant_name, config.zone.name, config.http_port
         )),
     )];
+
+    checks.push(("model", model_check(config, secrets)));
 
     let db = layout.db_path();
     checks.push((
