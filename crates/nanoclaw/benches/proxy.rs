@@ -103,6 +103,7 @@ async fn main() {
             RunIdentity {
                 group_folder: "bench".into(),
                 run_id: "r".into(),
+                ..Default::default()
             },
             &sockets.path().join("latency.sock"),
         )
@@ -164,6 +165,7 @@ async fn main() {
                     RunIdentity {
                         group_folder: "bench".into(),
                         run_id: format!("r{i}"),
+                        ..Default::default()
                     },
                     &path,
                 )

@@ -47,6 +47,9 @@ pub struct RunError {
     pub message: String,
     /// Retrying cannot help (e.g. the model API rejected the credentials).
     pub permanent: bool,
+    /// The run was stopped by a spending ceiling (SPEC §15); the router words and paces
+    /// the notice (the daily one once a day).
+    pub budget: Option<crate::proxy::Refusal>,
 }
 
 impl RunError {
@@ -54,6 +57,7 @@ impl RunError {
         RunError {
             message: message.into(),
             permanent: false,
+            budget: None,
         }
     }
 
@@ -61,6 +65,16 @@ impl RunError {
         RunError {
             message: message.into(),
             permanent: true,
+            budget: None,
+        }
+    }
+
+    /// A run refused or stopped by a token budget.
+    pub fn budget(refusal: crate::proxy::Refusal) -> RunError {
+        RunError {
+            message: refusal.message(),
+            permanent: true,
+            budget: Some(refusal),
         }
     }
 }

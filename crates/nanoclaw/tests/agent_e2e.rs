@@ -345,3 +345,119 @@ async fn bwrap_ipc_credentials_and_usage() {
 async fn podman_ipc_credentials_and_usage() {
     ipc_credentials_and_usage(RuntimeKind::Podman).await;
 }
+
+/// Runs that have failed so far, from `/metrics`.
+async fn runs_failed(d: &TestDaemon) -> u64 {
+    let text = d
+        .api
+        .client()
+        .get(format!("{}/metrics", d.api.base))
+        .bearer_auth(&d.api.token)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("nanoclaw_runs_failed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn wait_runs_failed(d: &TestDaemon, n: u64) {
+    nanoclaw_test_support::wait_for("a failed run", nanoclaw_test_support::DEADLINE, || async {
+        (runs_failed(d).await >= n).then_some(())
+    })
+    .await
+}
+
+/// SPEC §15: past a group's daily budget the credential proxy refuses the model request
+/// (nothing reaches the model), the run ends, and the chat is told once that day; once
+/// the day is spent, no sandbox starts at all. `usage` and `status` show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_token_budget_stops_runs_and_the_chat_is_told_once_a_day() {
+    let fake = FakeAnthropic::start(vec![Reply::text("never sent")]).await;
+    let url = fake.url.clone();
+    let root = tempfile::tempdir().expect("temp dir");
+    // For the CLI; the daemon gets the same through its config.
+    std::fs::write(
+        root.path().join(".env"),
+        "NANOCLAW_DAILY_TOKEN_BUDGET=2000\n",
+    )
+    .expect(".env");
+    let d = start(root, RuntimeKind::Bwrap, anthropic_secrets(), |c| {
+        c.anthropic_base_url = url;
+        c.daily_token_budget = Some(2_000);
+    })
+    .await;
+    // The agent's first request (system prompt and tools: several KB) needs more than
+    // the whole day's 2000 tokens.
+    d.api
+        .send("web:main", "me", "Me", "hello?")
+        .await
+        .expect("accepted");
+    let texts = wait_bot_texts(&d.api, "web:main", 1).await;
+    assert!(
+        texts[0].starts_with(
+            "I have stopped for today: this group's daily budget of 2000 tokens is reached"
+        ) && texts[0].contains("resets at 00:00")
+            && texts[0].contains("container_config.budget.dailyTokens"),
+        "{texts:?}"
+    );
+    assert_eq!(fake.requests().len(), 0, "nothing reached the model");
+    wait_runs_failed(&d, 1).await;
+    assert_eq!(run_log_count(d.root()), 1);
+
+    // The same day again: the request is refused again, and the chat is not told twice.
+    d.api
+        .send("web:main", "me", "Me", "are you there?")
+        .await
+        .expect("accepted");
+    wait_runs_failed(&d, 2).await;
+    assert_eq!(
+        run_log_count(d.root()),
+        2,
+        "a second run was tried and refused"
+    );
+
+    // A day already spent starts no sandbox.
+    support::open_store(d.root())
+        .record_usage(
+            "main",
+            "earlier-run",
+            None,
+            &nanoclaw::store::Usage {
+                input_tokens: 1_500,
+                output_tokens: 500,
+                ..Default::default()
+            },
+        )
+        .expect("record usage");
+    d.api
+        .send("web:main", "me", "Me", "and now?")
+        .await
+        .expect("accepted");
+    wait_runs_failed(&d, 3).await;
+    assert_eq!(run_log_count(d.root()), 2, "no sandbox for a spent day");
+    assert_eq!(fake.requests().len(), 0);
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:main", 1).await.len(),
+        1,
+        "told once a day"
+    );
+
+    let (ok, usage, err) = support::cli(d.root(), &["usage"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        usage.contains("budget main: 2000 of 2000 tokens today (REACHED, resets at 00:00"),
+        "{usage}"
+    );
+    let (ok, status, err) = support::cli(d.root(), &["status"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        status.contains("budget:     main: 2000 of 2000 tokens today (REACHED"),
+        "{status}"
+    );
+    d.stop().await;
+}

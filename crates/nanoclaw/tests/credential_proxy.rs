@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use nanoclaw::config::{Secret, Secrets};
 use nanoclaw::proxy::{Proxy, RunIdentity, RunTokens};
 use nanoclaw::store::Store;
@@ -38,6 +39,7 @@ impl Running {
         self.tokens.issue(RunIdentity {
             group_folder: folder.into(),
             run_id: format!("run-{folder}"),
+            ..Default::default()
         })
     }
 }
@@ -504,6 +506,7 @@ async fn requests_over_a_runs_socket_work_the_same() {
             RunIdentity {
                 group_folder: "main".into(),
                 run_id: "r1".into(),
+                ..Default::default()
             },
             &socket,
         )
@@ -715,4 +718,247 @@ async fn one_run_may_have_only_so_many_requests_in_flight() {
     .await;
     release.notify_waiters();
     assert_eq!(again.await.expect("joined").0, 200);
+}
+
+/// An upstream that charges each request its whole allowance: `input_tokens` a quarter
+/// of the body's bytes, `output_tokens` its `max_tokens`, after a short think so that
+/// requests overlap. It records each `max_tokens` it was sent. `stream` requests get
+/// `message_start` and then nothing more (for clients that hang up mid-stream).
+#[derive(Clone, Default)]
+struct MeteredUpstream {
+    max_tokens: Arc<Mutex<Vec<u64>>>,
+}
+
+impl MeteredUpstream {
+    async fn start(&self) -> String {
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/v1/messages",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let me = me.clone();
+                async move { me.answer(&body).await }
+            }),
+        );
+        serve_upstream(app).await
+    }
+
+    async fn answer(&self, body: &[u8]) -> Response {
+        let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let max = request["max_tokens"].as_u64().unwrap_or(0);
+        self.max_tokens.lock().expect("lock").push(max);
+        let input = body.len() as u64 / 4;
+        if request["stream"] == true {
+            let start = format!(
+                "event: message_start\ndata: {}\n\n",
+                serde_json::json!({"type": "message_start", "message": {"model": "m",
+                    "usage": {"input_tokens": input, "output_tokens": 1}}})
+            );
+            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(start) })
+                .chain(futures_util::stream::pending());
+            let mut response = (StatusCode::OK, Body::from_stream(stream)).into_response();
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().expect("v"));
+            return response;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let answer = serde_json::json!({"id": "msg_1", "type": "message", "role": "assistant",
+            "model": "m", "content": [{"type": "text", "text": "ok"}], "stop_reason": "max_tokens",
+            "usage": {"input_tokens": input, "output_tokens": max}});
+        (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            answer.to_string(),
+        )
+            .into_response()
+    }
+}
+
+fn budgeted(
+    p: &Running,
+    folder: &str,
+    run: &str,
+    daily: Option<u64>,
+    per_run: Option<u64>,
+) -> String {
+    p.tokens.issue(RunIdentity {
+        group_folder: folder.into(),
+        run_id: run.into(),
+        budget: nanoclaw::proxy::RunBudget {
+            daily,
+            run: per_run,
+        },
+    })
+}
+
+fn padded_body(max_tokens: u64, stream: bool) -> String {
+    serde_json::json!({
+        "model": "claude-test", "max_tokens": max_tokens, "stream": stream,
+        "messages": [{"role": "user", "content": "x".repeat(3_000)}]
+    })
+    .to_string()
+}
+
+/// What a group has been charged, once every response in flight is recorded.
+async fn charged(store: &Arc<Store>, folder: &str, responses: usize) -> u64 {
+    let (store, folder) = (Arc::clone(store), folder.to_string());
+    wait_for("usage rows", DEADLINE, || {
+        let (store, folder) = (Arc::clone(&store), folder.clone());
+        async move {
+            let rows = store.usage_since("").ok()?;
+            let mine: Vec<_> = rows.iter().filter(|r| r.group_folder == folder).collect();
+            (mine.len() >= responses).then(|| {
+                mine.iter()
+                    .map(|r| {
+                        let u = &r.usage;
+                        (u.input_tokens
+                            + u.output_tokens
+                            + u.cache_read_tokens
+                            + u.cache_write_tokens) as u64
+                    })
+                    .sum()
+            })
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_cannot_spend_past_a_daily_budget() {
+    const DAILY: u64 = 60_000;
+    let upstream = MeteredUpstream::default();
+    let url = upstream.start().await;
+    let p = start(&url, api_key()).await;
+    // Four runs of one group, sixteen requests in flight each, every one asking for
+    // 2000 output tokens, until the budget refuses them.
+    let mut workers = Vec::new();
+    for run in 0..4 {
+        let token = budgeted(&p, "team", &format!("run-{run}"), Some(DAILY), None);
+        for _ in 0..16 {
+            let (url, token) = (p.url(), token.clone());
+            workers.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let (status, body) =
+                        post(&url, &[("x-api-key", &token)], padded_body(2_000, false)).await;
+                    seen.push((status, body));
+                    if status != 200 {
+                        return seen;
+                    }
+                }
+            }));
+        }
+    }
+    let mut answered = 0;
+    let mut refusals = Vec::new();
+    for w in workers {
+        for (status, body) in w.await.expect("worker") {
+            match status {
+                200 => answered += 1,
+                _ => refusals.push((status, body)),
+            }
+        }
+    }
+    assert_eq!(refusals.len(), 64, "every worker ends refused");
+    for (status, body) in &refusals {
+        assert_eq!(*status, 402, "{body}");
+        assert!(body.contains("billing_error"), "{body}");
+        assert!(
+            body.contains("daily budget of 60000 tokens is reached"),
+            "{body}"
+        );
+    }
+    let total = charged(&p.store, "team", answered).await;
+    let lowered = upstream
+        .max_tokens
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|m| **m < 2_000)
+        .count();
+    println!(
+        "budget {DAILY}: {answered} answered, charged {total} ({} under the budget), {lowered} with max_tokens lowered",
+        DAILY as i64 - total as i64
+    );
+    assert!(
+        answered >= 5,
+        "the budget was spent on real answers: {answered}"
+    );
+    assert!(total <= DAILY, "charged {total} of a budget of {DAILY}");
+
+    // Another group's budget is its own; a group without one is not checked at all.
+    let other = budgeted(&p, "other", "run-o", Some(DAILY), None);
+    let (status, body) = post(&p.url(), &[("x-api-key", &other)], padded_body(10, false)).await;
+    assert_eq!(status, 200, "{body}");
+    let free = p.token("free");
+    let (status, body) = post(&p.url(), &[("x-api-key", &free)], padded_body(10, false)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_budget_lowers_max_tokens_then_refuses_and_a_hang_up_is_charged_in_full() {
+    let upstream = MeteredUpstream::default();
+    let url = upstream.start().await;
+    let p = start(&url, api_key()).await;
+    // 3000 bytes of text make an input bound of about 4100; 6000 leave ~1900 of the
+    // 5000 output tokens asked for.
+    let token = budgeted(&p, "team", "run-a", None, Some(6_000));
+    let (status, body) = post(
+        &p.url(),
+        &[("x-api-key", &token)],
+        padded_body(5_000, false),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = upstream.max_tokens.lock().expect("lock")[0];
+    assert!(
+        (1..2_000).contains(&sent),
+        "max_tokens lowered to what is left: {sent}"
+    );
+    let used = charged(&p.store, "team", 1).await;
+    assert!(used <= 6_000, "{used}");
+    let (status, body) = post(
+        &p.url(),
+        &[("x-api-key", &token)],
+        padded_body(5_000, false),
+    )
+    .await;
+    assert_eq!(status, 402, "{body}");
+    assert!(
+        body.contains("this run reached its budget of 6000 tokens"),
+        "{body}"
+    );
+    // A new run of the group starts afresh.
+    let next = budgeted(&p, "team", "run-b", None, Some(6_000));
+    let (status, body) = post(&p.url(), &[("x-api-key", &next)], padded_body(10, false)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A client that hangs up after the first event saves nothing: the response is
+    // charged its whole reservation (its input bound and the output it was allowed).
+    let hang = budgeted(&p, "quick", "run-h", Some(100_000), None);
+    let mut response = http_client()
+        .post(format!("{}/v1/messages", p.url()))
+        .header("x-api-key", &hang)
+        .header("content-type", "application/json")
+        .body(padded_body(700, true))
+        .send()
+        .await
+        .expect("proxy answers");
+    let first = response.chunk().await.expect("chunk").expect("first event");
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(response);
+    let rows = wait_for("the hang-up's usage row", DEADLINE, || {
+        let store = Arc::clone(&p.store);
+        async move {
+            let rows = store.usage_since("").ok()?;
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| r.group_folder == "quick")
+                .collect();
+            (!rows.is_empty()).then_some(rows)
+        }
+    })
+    .await;
+    assert_eq!(rows[0].usage.output_tokens, 700, "{:?}", rows[0]);
+    assert!(rows[0].usage.input_tokens > 0, "{:?}", rows[0]);
 }

@@ -121,7 +121,7 @@ impl Anthropic {
             return match status {
                 401 | 403 => Attempt::Fail(LlmError::Auth(format!("HTTP {status}: {message}"))),
                 s if retryable(s) => Attempt::Retry(format!("HTTP {status}: {message}"), after),
-                400 | 404 | 413 | 422 => {
+                400 | 402 | 404 | 413 | 422 => {
                     Attempt::Fail(LlmError::BadRequest(format!("HTTP {status}: {message}")))
                 }
                 _ => Attempt::Fail(LlmError::Unavailable(format!("HTTP {status}: {message}"))),

@@ -125,6 +125,7 @@ pub fn sandbox(config: &Config, command: SandboxCommand) -> Result<ExitCode> {
             &prepared,
             &tokens,
             "sandbox-exec",
+            crate::proxy::RunBudget::default(),
             running_rx,
         )
         .map_err(|e| anyhow!(e))?;

@@ -79,6 +79,7 @@ pub fn status(config: &Config, as_json: bool) -> Result<ExitCode> {
             println!("  {name:<11} {text}");
         }
         print_disk(config);
+        print_budgets(config);
         return Ok(ExitCode::SUCCESS);
     }
     let store = open_existing_store(config)?;
@@ -105,8 +106,23 @@ pub fn status(config: &Config, as_json: bool) -> Result<ExitCode> {
             config.root.display()
         );
         print_disk(config);
+        print_budgets(config);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each group's daily token budget and what it used today (SPEC §15).
+fn print_budgets(config: &Config) {
+    let lines =
+        open_existing_store(config).and_then(|store| super::usage::budget_lines(config, &store));
+    match lines {
+        Ok(lines) => {
+            for line in lines {
+                println!("  budget:     {line}");
+            }
+        }
+        Err(e) => println!("  budget:     cannot read token usage: {e:#}"),
+    }
 }
 
 fn print_disk(config: &Config) {

@@ -9,7 +9,7 @@ use jiff::{Timestamp, ToSpan};
 
 use super::{open_existing_store, print_table};
 use crate::config::Config;
-use crate::store::{Usage, UsageRow};
+use crate::store::{Store, Usage, UsageRow};
 
 /// Totals per (local day, group), days oldest first.
 pub fn totals(
@@ -33,6 +33,39 @@ pub fn totals(
     out
 }
 
+/// Each registered group's daily token ceiling (its `container_config.budget`, else
+/// `NANOCLAW_DAILY_TOKEN_BUDGET`), by folder; groups without one are absent.
+pub(crate) fn daily_budgets(config: &Config, store: &Store) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for g in store.registered_groups()? {
+        let own = crate::mounts::ContainerConfig::parse(g.container_config.as_deref())
+            .map(|c| c.budget)
+            .unwrap_or_default();
+        if let Some(daily) = crate::proxy::RunBudget::of(&own, config.daily_token_budget).daily {
+            out.insert(g.folder.to_string(), daily);
+        }
+    }
+    Ok(out)
+}
+
+/// One line per group with a daily ceiling: what it used today, of how much.
+pub(crate) fn budget_lines(config: &Config, store: &Store) -> Result<Vec<String>> {
+    let since = crate::proxy::day_start(&config.zone.tz);
+    let mut lines = Vec::new();
+    for (folder, daily) in daily_budgets(config, store)? {
+        let used = store.group_tokens_since(&folder, &since)?;
+        let state = if used >= daily {
+            format!("REACHED, resets at 00:00 ({})", config.zone.name)
+        } else {
+            format!("{} left", daily - used)
+        };
+        lines.push(format!(
+            "{folder}: {used} of {daily} tokens today ({state})"
+        ));
+    }
+    Ok(lines)
+}
+
 pub fn usage(config: &Config, days: u32, json: bool) -> Result<ExitCode> {
     if days == 0 {
         bail!("--days must be at least 1");
@@ -47,6 +80,15 @@ pub fn usage(config: &Config, days: u32, json: bool) -> Result<ExitCode> {
         .map(|z| crate::clock::format_utc(z.timestamp()))?;
     let rows = store.usage_since(&since)?;
     let totals = totals(&rows, &config.zone.tz);
+    let budgets = daily_budgets(config, &store)?;
+    let today = today.to_string();
+    // A day's ceiling is shown on today's rows only (earlier days may have had another).
+    let budget_of = |day: &str, group: &str| {
+        budgets
+            .get(group)
+            .copied()
+            .filter(|_| day == today.as_str())
+    };
     if json {
         let view: Vec<_> = totals
             .iter()
@@ -55,6 +97,7 @@ pub fn usage(config: &Config, days: u32, json: bool) -> Result<ExitCode> {
                     "day": day, "group": group, "responses": responses,
                     "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
                     "cache_read_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_tokens,
+                    "total_tokens": total(u), "daily_budget": budget_of(day, group),
                 })
             })
             .collect();
@@ -73,6 +116,8 @@ pub fn usage(config: &Config, days: u32, json: bool) -> Result<ExitCode> {
                     u.output_tokens.to_string(),
                     u.cache_read_tokens.to_string(),
                     u.cache_write_tokens.to_string(),
+                    total(u).to_string(),
+                    budget_of(day, group).map_or("-".into(), |b| b.to_string()),
                 ]
             })
             .collect();
@@ -85,11 +130,21 @@ pub fn usage(config: &Config, days: u32, json: bool) -> Result<ExitCode> {
                 "OUTPUT",
                 "CACHE READ",
                 "CACHE WRITE",
+                "TOTAL",
+                "DAILY BUDGET",
             ],
             &rows,
         );
+        for line in budget_lines(config, &store)? {
+            println!("budget {line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every kind of token, as budgets count them.
+fn total(u: &Usage) -> i64 {
+    u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens
 }
 
 #[cfg(test)]

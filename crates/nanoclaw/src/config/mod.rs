@@ -137,6 +137,9 @@ pub struct Config {
     /// less free than this (`NANOCLAW_MIN_FREE_DISK_MB`, default 1024 MiB), so the store
     /// always has room.
     pub min_free_disk_bytes: u64,
+    /// Tokens a group may spend per day unless its `container_config.budget` says
+    /// otherwise (`NANOCLAW_DAILY_TOKEN_BUDGET`; unset or 0: no ceiling).
+    pub daily_token_budget: Option<u64>,
     /// As root, each group's sandboxes run as a host uid of their own, allocated upwards
     /// from this (`NANOCLAW_SANDBOX_ID_BASE`, default 1900000000; no account or other
     /// subordinate-id range may use those ids).
@@ -439,6 +442,13 @@ impl Config {
                     |_| true,
                 )?
                 .saturating_mul(1 << 20),
+            daily_token_budget: Some(s.parsed(
+                "NANOCLAW_DAILY_TOKEN_BUDGET",
+                0u64,
+                "a whole number of tokens (0: no ceiling)",
+                |v| *v <= crate::mounts::MAX_BUDGET_TOKENS,
+            )?)
+            .filter(|v| *v > 0),
             sandbox_id_base: s.parsed(
                 "NANOCLAW_SANDBOX_ID_BASE",
                 1_900_000_000u32,

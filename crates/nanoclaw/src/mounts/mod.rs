@@ -88,6 +88,39 @@ impl GroupLimits {
     }
 }
 
+/// A group's spending ceiling (`container_config.budget`, SPEC §15), in model tokens
+/// (input, output and cache reads and writes all count). Unset: the daily default
+/// `NANOCLAW_DAILY_TOKEN_BUDGET`, and no per-run ceiling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupBudget {
+    /// Tokens per day (in `TZ`).
+    pub daily_tokens: Option<u64>,
+    /// Tokens per run.
+    pub run_tokens: Option<u64>,
+}
+
+/// The most a budget may be set to (a trillion tokens: far beyond any real day).
+pub const MAX_BUDGET_TOKENS: u64 = 1_000_000_000_000;
+
+impl GroupBudget {
+    fn check(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("dailyTokens", self.daily_tokens),
+            ("runTokens", self.run_tokens),
+        ] {
+            if let Some(v) = value
+                && !(1..=MAX_BUDGET_TOKENS).contains(&v)
+            {
+                return Err(format!(
+                    "container_config.budget.{name} is {v}; it must be from 1 to {MAX_BUDGET_TOKENS}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A group's `container_config` JSON, as far as the sandbox is concerned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerConfig {
@@ -97,6 +130,7 @@ pub struct ContainerConfig {
     /// Narrows `internet` to these names.
     pub allowed_domains: Option<Vec<crate::egress::DomainPattern>>,
     pub limits: GroupLimits,
+    pub budget: GroupBudget,
 }
 
 impl ContainerConfig {
@@ -118,6 +152,8 @@ impl ContainerConfig {
             allowed_domains: Option<Vec<String>>,
             #[serde(default)]
             limits: Option<GroupLimits>,
+            #[serde(default)]
+            budget: Option<GroupBudget>,
             // NanoClaw v1 kept a per-group timeout here; accepted and ignored.
             #[serde(default)]
             #[allow(dead_code)]
@@ -156,11 +192,14 @@ impl ContainerConfig {
         };
         let limits = parsed.limits.unwrap_or_default();
         limits.check()?;
+        let budget = parsed.budget.unwrap_or_default();
+        budget.check()?;
         Ok(ContainerConfig {
             additional_mounts: parsed.additional_mounts.unwrap_or_default(),
             network,
             allowed_domains,
             limits,
+            budget,
         })
     }
 
@@ -611,6 +650,16 @@ mod tests {
         assert_eq!(c.network_for(true), NetworkPolicy::Internet);
         assert_eq!(c.allowed_domains.as_ref().map(Vec::len), Some(2));
         assert_eq!(c.limits.disk_mb, Some(100));
+        let c =
+            ContainerConfig::parse(Some(r#"{"budget":{"dailyTokens":50000,"runTokens":8000}}"#))
+                .expect("valid");
+        assert_eq!(
+            c.budget,
+            GroupBudget {
+                daily_tokens: Some(50_000),
+                run_tokens: Some(8_000)
+            }
+        );
         for (bad, needle) in [
             (r#"{"network":"some"}"#, "must be \"internet\""),
             ("not json", "not valid"),
@@ -623,6 +672,12 @@ mod tests {
             (r#"{"allowedDomains":["10.0.0.1"]}"#, "allowedDomains"),
             (r#"{"limits":{"pids":1}}"#, "limits.pids is 1"),
             (r#"{"limits":{"disk":1}}"#, "unknown field `disk`"),
+            (r#"{"budget":{"dailyTokens":0}}"#, "budget.dailyTokens is 0"),
+            (r#"{"budget":{"daily":5}}"#, "unknown field `daily`"),
+            (
+                r#"{"budget":{"runTokens":-1}}"#,
+                "container_config is not valid",
+            ),
         ] {
             let e = ContainerConfig::parse(Some(bad)).expect_err(bad);
             assert!(e.contains(needle), "{bad}: {e}");

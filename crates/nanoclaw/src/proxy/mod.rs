@@ -31,7 +31,10 @@ use tokio::sync::watch;
 use crate::config::{Config, Secrets};
 use crate::store::Store;
 
+mod budget;
 mod usage;
+
+pub use budget::{Refusal, RunBudget, Spending, day_start};
 
 /// The socket's name in a sandbox's run folder and in its `/run/nanoclaw/`.
 pub const SOCKET_NAME: &str = "proxy.sock";
@@ -70,10 +73,12 @@ pub const MAX_REQUESTS_PER_RUN: usize = 16;
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Who a live run token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunIdentity {
     pub group_folder: String,
     pub run_id: String,
+    /// The spending ceilings its requests are held to.
+    pub budget: RunBudget,
 }
 
 /// The live runs: their tokens, and (through [`RunTokens::open_run`]) their sockets.
@@ -84,6 +89,8 @@ pub struct RunTokens {
     in_flight: Mutex<HashMap<String, usize>>,
     /// What serves run sockets, once a proxy runs in this process.
     service: Mutex<Option<RunService>>,
+    /// Tokens reserved by budgeted requests in flight (SPEC §15).
+    pub spending: Arc<Spending>,
 }
 
 #[derive(Clone)]
@@ -324,6 +331,11 @@ impl Proxy {
             openai,
             usage,
         });
+        if let Some(store) = &state.usage {
+            tokens
+                .spending
+                .attach(Arc::clone(store), config.zone.tz.clone(), &config.zone.name);
+        }
         let app = Router::new().fallback(forward).with_state(state);
 
         let tcp = tokio::net::TcpListener::bind(("127.0.0.1", config.credential_proxy_port))
@@ -658,12 +670,21 @@ async fn forward(
             .map(|p| p.as_str())
             .unwrap_or(path)
     );
-    let body_stream = body.into_data_stream().map_err(std::io::Error::other);
+    let metered = matches!(path, "/v1/messages" | "/v1/chat/completions");
+    let (body, reservation) = if metered && identity.budget.is_limited() {
+        match budgeted_body(&state, &identity, body).await {
+            Ok(checked) => checked,
+            Err(refused) => return refused,
+        }
+    } else {
+        let stream = body.into_data_stream().map_err(std::io::Error::other);
+        (reqwest::Body::wrap_stream(stream), None)
+    };
     let sent = state
         .client
         .request(parts.method.clone(), &url)
         .headers(headers)
-        .body(reqwest::Body::wrap_stream(body_stream))
+        .body(body)
         .send()
         .await;
     let upstream = match sent {
@@ -708,8 +729,9 @@ async fn forward(
             out.append(name.clone(), value.clone());
         }
     }
-    let records_usage =
-        upstream.status().is_success() && matches!(path, "/v1/messages" | "/v1/chat/completions");
+    let records_usage = upstream.status().is_success() && metered;
+    // An unsuccessful response used no tokens: its reservation goes with this function.
+    let mut reservation = reservation;
     let recorder = match (&state.usage, records_usage) {
         (Some(store), true) => {
             let sse = upstream
@@ -722,6 +744,7 @@ async fn forward(
                 store: Arc::clone(store),
                 group_folder: identity.group_folder.clone(),
                 run_id: identity.run_id.clone(),
+                reservation: reservation.take(),
             })
         }
         _ => None,
@@ -745,6 +768,61 @@ async fn forward(
             "unreadable upstream response",
         )
     })
+}
+
+/// Largest request body a run with a token budget may send (the Messages API's own
+/// limit is 32 MB); it is read whole to bound what it may cost.
+const MAX_BUDGETED_BODY: usize = 32 << 20;
+
+/// A budgeted request's body, read whole, with its reservation; its `max_tokens` lowered
+/// to what the budget leaves. Refused (402 `billing_error`) when not even its input fits.
+async fn budgeted_body(
+    state: &ProxyState,
+    identity: &RunIdentity,
+    body: Body,
+) -> Result<(reqwest::Body, Option<budget::Reservation>), Response> {
+    let bytes = axum::body::to_bytes(body, MAX_BUDGETED_BODY)
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "a model request of a group with a token budget may be at most 32 MiB",
+            )
+        })?;
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the request body is not JSON",
+        ));
+    };
+    let ask = budget::Ask::read(&bytes, &json);
+    let reserved = state.tokens.spending.reserve(
+        &identity.group_folder,
+        &identity.run_id,
+        identity.budget,
+        &ask,
+    );
+    match reserved {
+        Err(why) => {
+            tracing::warn!(group = %identity.group_folder, "credential proxy refused a model request: {why}");
+            Err(error(StatusCode::PAYMENT_REQUIRED, "billing_error", &why))
+        }
+        Ok(None) => Ok((bytes.into(), None)),
+        Ok(Some(r)) if ask.output == Some(r.output) => Ok((bytes.into(), Some(r))),
+        Ok(Some(r)) => {
+            budget::set_output(&mut json, r.output, state.openai);
+            let lowered = serde_json::to_vec(&json).map_err(|_| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    "cannot re-encode the request",
+                )
+            })?;
+            Ok((lowered.into(), Some(r)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -829,6 +907,7 @@ mod tests {
         let run = |group: &str| RunIdentity {
             group_folder: group.into(),
             run_id: format!("r-{group}"),
+            ..Default::default()
         };
         let greedy = tokens
             .open_run(run("greedy"), &dir.path().join("greedy.sock"))
@@ -963,6 +1042,7 @@ mod tests {
         let t = tokens.issue(RunIdentity {
             group_folder: "main".into(),
             run_id: "r1".into(),
+            ..Default::default()
         });
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_str(&t).expect("header"));

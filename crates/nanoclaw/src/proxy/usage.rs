@@ -26,6 +26,8 @@ pub struct UsageReader {
     overflow: bool,
     usage: Usage,
     model: Option<String>,
+    /// The response said it was done (`message_stop`, `[DONE]`, a whole JSON body).
+    complete: bool,
 }
 
 impl UsageReader {
@@ -70,12 +72,19 @@ impl UsageReader {
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
+        if data.trim_ascii() == b"[DONE]" {
+            self.complete = true;
+            return;
+        }
         if let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) {
             self.absorb(&v);
         }
     }
 
     fn absorb(&mut self, v: &Value) {
+        if v["type"] == "message_stop" {
+            self.complete = true;
+        }
         if let Some(model) = v["message"]["model"].as_str().or(v["model"].as_str()) {
             self.model = Some(model.to_string());
         }
@@ -115,7 +124,14 @@ impl UsageReader {
     }
 
     /// The usage seen, once the body has ended.
-    pub fn finish(mut self) -> (Usage, Option<String>) {
+    #[cfg(test)]
+    pub fn finish(self) -> (Usage, Option<String>) {
+        let (usage, model, _) = self.finish_all();
+        (usage, model)
+    }
+
+    /// The usage seen, the model, and whether the response was complete.
+    pub fn finish_all(mut self) -> (Usage, Option<String>, bool) {
         if self.sse {
             let line = std::mem::take(&mut self.pending);
             if !self.overflow {
@@ -125,8 +141,9 @@ impl UsageReader {
             && let Ok(v) = serde_json::from_slice::<Value>(&self.pending)
         {
             self.absorb(&v);
+            self.complete = true;
         }
-        (self.usage, self.model)
+        (self.usage, self.model, self.complete)
     }
 }
 
@@ -136,6 +153,9 @@ pub struct UsageRecorder {
     pub store: Arc<Store>,
     pub group_folder: String,
     pub run_id: String,
+    /// A budgeted request's reservation: released once the usage is stored, and charged
+    /// whole when the response ended before saying what it used.
+    pub reservation: Option<super::budget::Reservation>,
 }
 
 impl Drop for UsageRecorder {
@@ -143,7 +163,12 @@ impl Drop for UsageRecorder {
         let Some(reader) = self.reader.take() else {
             return;
         };
-        let (usage, model) = reader.finish();
+        let (usage, model, complete) = reader.finish_all();
+        let reservation = self.reservation.take();
+        let usage = match &reservation {
+            Some(r) => super::budget::charge(usage, complete, r),
+            None => usage,
+        };
         if usage.is_empty() {
             return;
         }
@@ -153,6 +178,8 @@ impl Drop for UsageRecorder {
             if let Err(e) = store.record_usage(&folder, &run_id, model.as_deref(), &usage) {
                 tracing::warn!(group = %folder, "cannot record token usage: {e}");
             }
+            // Held until now so the tokens are counted, reserved or stored, throughout.
+            drop(reservation);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {

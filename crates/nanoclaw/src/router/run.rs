@@ -22,8 +22,9 @@ use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::ipc::IpcContext;
 use crate::metrics::Metrics;
+use crate::proxy::Refusal;
 use crate::queue::{GroupProcessor, RunOutcome, RunSignal, RunSlot};
-use crate::runner::{AgentEvent, AgentRunner, RunInput, RunIo, RunRequest};
+use crate::runner::{AgentEvent, AgentRunner, RunError, RunInput, RunIo, RunRequest};
 use crate::store::{RegisteredGroup, Store, StoreError, StoredMessage};
 
 /// How long a typing indicator call may take before we stop waiting for it.
@@ -99,6 +100,40 @@ impl RunLoop {
             Ok(_) => self.delivery.notify(),
             Err(e) => tracing::error!(chat_jid, "cannot tell the user that the run failed: {e}"),
         }
+    }
+
+    /// Tells the chat that a token budget stopped its run (SPEC §15): a run's ceiling
+    /// each time, the day's once a day (remembered in the store across restarts).
+    pub(super) async fn budget_notice(&self, group: &RegisteredGroup, refusal: &Refusal) {
+        let text = if refusal.is_daily() {
+            format!("I have stopped for today: {}.", refusal.message())
+        } else {
+            format!("I had to stop: {}.", refusal.message())
+        };
+        tracing::warn!(group = %group.folder, "{}", refusal.message());
+        if refusal.is_daily() {
+            let today = jiff::Timestamp::now()
+                .to_zoned_datetime(self.config.zone.tz.clone())
+                .date()
+                .to_string();
+            let key = format!("budget_notice:{}", group.folder);
+            let first = self
+                .store
+                .call(move |s| {
+                    if s.state(&key)?.as_deref() == Some(today.as_str()) {
+                        return Ok::<_, StoreError>(false);
+                    }
+                    s.set_state(&key, &today)?;
+                    Ok(true)
+                })
+                .await;
+            match first {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::error!("cannot remember the budget notice: {e}"),
+            }
+        }
+        self.tell(&group.jid, text).await;
     }
 
     /// Writes the group's `current_tasks.json` and `available_groups.json` (SPEC §10).
@@ -251,6 +286,17 @@ impl RunLoop {
         self.typing(&chat_jid, false);
         slot.set_idle(false);
 
+        if let Err(RunError {
+            budget: Some(refusal),
+            ..
+        }) = &result
+        {
+            // Not retried (it would be refused again) and not a "Sorry" per message:
+            // the chat hears about the day's ceiling once a day.
+            self.budget_notice(&group, refusal).await;
+            Metrics::inc(&self.metrics.runs_failed);
+            return RunOutcome::Failed;
+        }
         let permanent = progress.permanent || result.as_ref().is_err_and(|e| e.permanent);
         let failure = match result {
             Err(e) => Some(e.message),

@@ -116,7 +116,12 @@ impl RunLoop {
             .await;
         }
         if let Err(e) = result {
-            error.get_or_insert(e.message);
+            if let Some(refusal) = &e.budget {
+                self.budget_notice(&group, refusal).await;
+                error = Some(e.message);
+            } else {
+                error.get_or_insert(e.message);
+            }
         }
 
         let now = Timestamp::now();

@@ -242,12 +242,19 @@ impl AgentRunner for SandboxRunner {
                 return Err(RunError::permanent(why));
             }
         }
+        let budget =
+            crate::proxy::RunBudget::of(&prepared.container.budget, self.config.daily_token_budget);
+        if let Some(refusal) = self.tokens.spending.refuse_start(folder.as_str(), budget) {
+            tracing::warn!(group = %folder, "run refused: {}", refusal.message());
+            return Err(RunError::budget(refusal));
+        }
         // The run's token and sockets: valid exactly as long as this run.
         let services = RunServices::open(
             &self.layout,
             &prepared,
             &self.tokens,
             &request.run_id,
+            budget,
             self.egress_running.subscribe(),
         )
         .map_err(|e| RunError::new(format!("cannot open the sandbox's proxy sockets: {e}")))?;
@@ -479,6 +486,10 @@ impl AgentRunner for SandboxRunner {
         })
         .await;
         drop(services);
+        if let Some(refusal) = self.tokens.spending.take_refusal(&request.run_id) {
+            // The agent was told by the proxy; the chat is told by the router.
+            return Err(RunError::budget(refusal));
+        }
         match failure {
             None => Ok(()),
             Some(reason) if record.permanent || stopped_for_good => {

@@ -30,6 +30,7 @@ impl RunServices {
         prepared: &Prepared,
         tokens: &Arc<RunTokens>,
         run_id: &str,
+        budget: proxy::RunBudget,
         shutdown: watch::Receiver<bool>,
     ) -> Result<RunServices, String> {
         let runs = proxy::runs_dir(layout.root());
@@ -44,6 +45,7 @@ impl RunServices {
             RunIdentity {
                 group_folder: prepared.folder.as_str().to_string(),
                 run_id: run_id.to_string(),
+                budget,
             },
             &dir.join(proxy::SOCKET_NAME),
         );

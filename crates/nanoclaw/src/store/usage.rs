@@ -59,6 +59,32 @@ impl Store {
         Ok(())
     }
 
+    /// Tokens of every kind `group_folder` used at or after `since` (a stored timestamp).
+    pub fn group_tokens_since(&self, group_folder: &str, since: &str) -> Result<u64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT COALESCE(SUM(input_tokens + output_tokens + cache_read_tokens + cache_write_tokens), 0)
+                 FROM token_usage WHERE created_at >= ?1 AND group_folder = ?2",
+                params![since, group_folder],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .ctx("reading a group's token usage")
+    }
+
+    /// Tokens of every kind one run used.
+    pub fn run_tokens(&self, run_id: &str) -> Result<u64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT COALESCE(SUM(input_tokens + output_tokens + cache_read_tokens + cache_write_tokens), 0)
+                 FROM token_usage WHERE run_id = ?1",
+                params![run_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .ctx("reading a run's token usage")
+    }
+
     /// Rows recorded at or after `since` (a stored timestamp), oldest first.
     pub fn usage_since(&self, since: &str) -> Result<Vec<UsageRow>, StoreError> {
         let conn = self.conn();
