@@ -727,6 +727,7 @@ async fn one_run_may_have_only_so_many_requests_in_flight() {
 #[derive(Clone, Default)]
 struct MeteredUpstream {
     max_tokens: Arc<Mutex<Vec<u64>>>,
+    bodies: Arc<Mutex<Vec<String>>>,
 }
 
 impl MeteredUpstream {
@@ -746,6 +747,10 @@ impl MeteredUpstream {
         let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         let max = request["max_tokens"].as_u64().unwrap_or(0);
         self.max_tokens.lock().expect("lock").push(max);
+        self.bodies
+            .lock()
+            .expect("lock")
+            .push(String::from_utf8_lossy(body).into_owned());
         let input = body.len() as u64 / 4;
         if request["stream"] == true {
             let start = format!(
@@ -932,6 +937,40 @@ async fn a_run_budget_lowers_max_tokens_then_refuses_and_a_hang_up_is_charged_in
     let next = budgeted(&p, "team", "run-b", None, Some(6_000));
     let (status, body) = post(&p.url(), &[("x-api-key", &next)], padded_body(10, false)).await;
     assert_eq!(status, 200, "{body}");
+
+    // What the upstream reads is what was checked: a repeated key arrives once.
+    let repeated = r#"{"model":"m","max_tokens":90000,"messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#.to_string();
+    let (status, body) = post(&p.url(), &[("x-api-key", &next)], repeated).await;
+    assert_eq!(status, 200, "{body}");
+    let last = upstream
+        .bodies
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last.matches("max_tokens").count(), 1, "{last}");
+    // Requests whose cost their bytes cannot bound are refused, and nothing goes upstream.
+    let sent_before = upstream.bodies.lock().expect("lock").len();
+    let document = serde_json::json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user",
+        "content": [{"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}]}]});
+    let (status, body) = post(&p.url(), &[("x-api-key", &next)], document.to_string()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("has a document block"), "{body}");
+    let search = serde_json::json!({"model": "m", "max_tokens": 10, "messages": [],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}]});
+    let (status, body) = post(&p.url(), &[("x-api-key", &next)], search.to_string()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("server tool web_search_20250305"), "{body}");
+    let (status, body) = post(
+        &p.url(),
+        &[("x-api-key", &next), ("content-encoding", "gzip")],
+        padded_body(10, false),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("must not be compressed"), "{body}");
+    assert_eq!(upstream.bodies.lock().expect("lock").len(), sent_before);
 
     // A client that hangs up after the first event saves nothing: the response is
     // charged its whole reservation (its input bound and the output it was allowed).

@@ -166,6 +166,48 @@ impl Ask {
     }
 }
 
+/// Content whose cost the request's bytes do not bound: documents (a PDF's pages become
+/// images), results fetched by the API itself, and server-side tools and MCP servers
+/// that make the API read more input on its own.
+const UNBOUNDED_BLOCKS: [&str; 4] = [
+    "document",
+    "search_result",
+    "container_upload",
+    "web_fetch_tool_result",
+];
+const SERVER_TOOLS: [&str; 3] = ["web_search", "web_fetch", "code_execution"];
+
+/// Why a budgeted request cannot be bounded, if it cannot.
+pub fn unbounded(json: &Value) -> Option<String> {
+    if json.get("mcp_servers").is_some() {
+        return Some("uses mcp_servers".into());
+    }
+    if let Some(tools) = json["tools"].as_array() {
+        for tool in tools {
+            if let Some(kind) = tool["type"].as_str()
+                && SERVER_TOOLS.iter().any(|s| kind.starts_with(s))
+            {
+                return Some(format!("uses the server tool {kind}"));
+            }
+        }
+    }
+    fn walk(v: &Value) -> Option<String> {
+        match v {
+            Value::Object(map) => {
+                if let Some(kind) = map.get("type").and_then(Value::as_str)
+                    && UNBOUNDED_BLOCKS.contains(&kind)
+                {
+                    return Some(format!("has a {kind} block"));
+                }
+                map.values().find_map(walk)
+            }
+            Value::Array(items) => items.iter().find_map(walk),
+            _ => None,
+        }
+    }
+    walk(&json["messages"]).or_else(|| walk(&json["system"]))
+}
+
 /// Image blocks anywhere in the request (Anthropic `{"type":"image"}`, OpenAI
 /// `{"type":"image_url"}`).
 fn count_images(v: &Value) -> u64 {
@@ -553,6 +595,33 @@ mod tests {
             (nothing.input_tokens, nothing.output_tokens),
             (3_000, 2_000)
         );
+    }
+
+    #[test]
+    fn content_whose_cost_is_unbounded_is_named() {
+        let ok = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
+            {"type": "tool_result", "content": [{"type": "image", "source": {}}]}]}],
+            "tools": [{"name": "Bash", "input_schema": {"type": "object"}}, {"type": "custom", "name": "x"}]});
+        assert_eq!(unbounded(&ok), None);
+        for (bad, why) in [
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}),
+                "document",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "tool_result",
+                "content": [{"type": "search_result"}]}]}]}),
+                "search_result",
+            ),
+            (
+                json!({"messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+                "web_search",
+            ),
+            (json!({"messages": [], "mcp_servers": []}), "mcp_servers"),
+        ] {
+            let got = unbounded(&bad).unwrap_or_default();
+            assert!(got.contains(why), "{bad}: {got:?}");
+        }
     }
 
     #[test]

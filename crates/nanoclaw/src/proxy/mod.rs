@@ -672,7 +672,7 @@ async fn forward(
     );
     let metered = matches!(path, "/v1/messages" | "/v1/chat/completions");
     let (body, reservation) = if metered && identity.budget.is_limited() {
-        match budgeted_body(&state, &identity, body).await {
+        match budgeted_body(&state, &identity, &parts.headers, body).await {
             Ok(checked) => checked,
             Err(refused) => return refused,
         }
@@ -779,8 +779,22 @@ const MAX_BUDGETED_BODY: usize = 32 << 20;
 async fn budgeted_body(
     state: &ProxyState,
     identity: &RunIdentity,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<(reqwest::Body, Option<budget::Reservation>), Response> {
+    let refuse = |why: String| {
+        tracing::warn!(group = %identity.group_folder, "credential proxy refused a model request: {why}");
+        error(StatusCode::BAD_REQUEST, "invalid_request_error", &why)
+    };
+    // Bytes bound the cost only when they are the text itself.
+    if headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(refuse(
+            "a model request of a group with a token budget must not be compressed".into(),
+        ));
+    }
     let bytes = axum::body::to_bytes(body, MAX_BUDGETED_BODY)
         .await
         .map_err(|_| {
@@ -797,6 +811,12 @@ async fn budgeted_body(
             "the request body is not JSON",
         ));
     };
+    if let Some(why) = budget::unbounded(&json) {
+        return Err(refuse(format!(
+            "this group has a token budget and the request {why}, whose cost the proxy cannot bound; \
+             remove it or the group's budget"
+        )));
+    }
     let ask = budget::Ask::read(&bytes, &json);
     let reserved = state.tokens.spending.reserve(
         &identity.group_folder,
@@ -810,17 +830,19 @@ async fn budgeted_body(
             Err(error(StatusCode::PAYMENT_REQUIRED, "billing_error", &why))
         }
         Ok(None) => Ok((bytes.into(), None)),
-        Ok(Some(r)) if ask.output == Some(r.output) => Ok((bytes.into(), Some(r))),
         Ok(Some(r)) => {
+            // Always the parsed request, re-encoded: what the upstream reads is exactly
+            // what was checked (a repeated key, say, cannot mean one thing here and
+            // another there).
             budget::set_output(&mut json, r.output, state.openai);
-            let lowered = serde_json::to_vec(&json).map_err(|_| {
+            let checked = serde_json::to_vec(&json).map_err(|_| {
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "api_error",
                     "cannot re-encode the request",
                 )
             })?;
-            Ok((lowered.into(), Some(r)))
+            Ok((checked.into(), Some(r)))
         }
     }
 }
