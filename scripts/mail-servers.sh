@@ -351,6 +351,7 @@ write_postfix() {
     cat > "$d/postfix/auth_results.regexp" <<'EOF'
 # Evaluated once per message in smtpd_data_restrictions of the MX port.
 # regexp tables see the whole address; matching is case-insensitive.
+/^[^@]*@nanoclaw\.test$/ PREPEND Authentication-Results: mx.nanoclaw.test; spf=pass smtp.mailfrom=nanoclaw.test; dkim=pass header.d=nanoclaw.test header.s=test; dmarc=pass (p=reject) header.from=nanoclaw.test
 /^[^@]*@trusted\.test$/  PREPEND Authentication-Results: mx.nanoclaw.test; spf=pass smtp.mailfrom=trusted.test; dkim=pass header.d=trusted.test header.s=test; dmarc=pass (p=reject) header.from=trusted.test
 /^[^@]*@(.+)$/           PREPEND Authentication-Results: mx.nanoclaw.test; spf=fail smtp.mailfrom=$1; dkim=none; dmarc=fail (p=reject) header.from=$1
 /^/                      PREPEND Authentication-Results: mx.nanoclaw.test; spf=none; dkim=none; dmarc=none

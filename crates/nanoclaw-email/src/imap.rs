@@ -42,6 +42,36 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Position {
     pub uid_validity: u32,
     pub next_uid: u32,
+    /// Which account, server and mailbox this is a position in (a hash; 0 in positions
+    /// saved before it was recorded). Another one starts afresh, as a first connection.
+    #[serde(default)]
+    pub mailbox_key: u64,
+    /// The day (days since 1970, UTC) the position was last saved: after a UIDVALIDITY
+    /// change only unseen mail from then on is read again, not the whole history.
+    #[serde(default)]
+    pub day: i64,
+}
+
+/// Today as days since 1970 (UTC).
+fn today() -> i64 {
+    jiff::Timestamp::now().as_second().div_euclid(86_400)
+}
+
+/// An IMAP SEARCH date (`1-Dec-2026`) for a day number.
+fn imap_date(day: i64) -> String {
+    jiff::Timestamp::from_second(day.saturating_mul(86_400))
+        .map(|t| t.strftime("%-d-%b-%Y").to_string())
+        .unwrap_or_else(|_| "1-Jan-1970".into())
+}
+
+/// The hash that tells positions in different mailboxes apart.
+fn mailbox_key(email: &Email) -> u64 {
+    let c = &email.config;
+    let id = format!("{}\n{}:{}\n{}", c.user, c.imap.host, c.imap.port, c.mailbox);
+    // FNV-1a: stable across builds (std's hasher is not).
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    }) | 1
 }
 
 pub async fn run(
@@ -262,8 +292,22 @@ async fn serve(
         .await
         .map_err(|e| Outcome::Retry(format!("cannot read the channel's position: {e}")))?
         .and_then(|v| serde_json::from_str(&v).ok());
+    let key = mailbox_key(email);
+    let saved = saved.filter(|p| {
+        let same = p.mailbox_key == 0 || p.mailbox_key == key;
+        if !same {
+            tracing::info!(
+                "email: the account, server or mailbox changed since the last position was saved; starting afresh"
+            );
+        }
+        same
+    });
     let mut position = match saved {
-        Some(p) if p.uid_validity == uid_validity => p,
+        Some(p) if p.uid_validity == uid_validity => Position {
+            mailbox_key: key,
+            day: today(),
+            ..p
+        },
         Some(p) => {
             // The server renumbered the mailbox: UIDs mean nothing any more. Read what
             // is still unseen; Message-IDs already stored are not stored again.
@@ -271,7 +315,12 @@ async fn serve(
                 "email: {mailbox_name}'s UIDVALIDITY changed ({} → {uid_validity}); reading its unseen mail again, known Message-IDs are skipped",
                 p.uid_validity
             );
-            let unseen = timed("SEARCH UNSEEN", session.uid_search("UNSEEN")).await?;
+            let query = match p.day {
+                0 => "UNSEEN".to_string(),
+                // A day early: SINCE compares dates in the server's zone.
+                day => format!("UNSEEN SINCE {}", imap_date(day - 1)),
+            };
+            let unseen = timed("SEARCH UNSEEN", session.uid_search(query)).await?;
             let mut unseen: Vec<u32> = unseen.into_iter().collect();
             unseen.sort_unstable();
             for uid in unseen {
@@ -280,6 +329,8 @@ async fn serve(
             Position {
                 uid_validity,
                 next_uid: mailbox.uid_next.unwrap_or(1),
+                mailbox_key: key,
+                day: today(),
             }
         }
         None => {
@@ -287,6 +338,8 @@ async fn serve(
             let p = Position {
                 uid_validity,
                 next_uid: mailbox.uid_next.unwrap_or(1),
+                mailbox_key: key,
+                day: today(),
             };
             tracing::info!(
                 "email: first connection to {mailbox_name}; reading mail from UID {} on",

@@ -49,6 +49,45 @@ pub struct Mail {
     pub too_large: Vec<(String, usize)>,
 }
 
+/// The `Authentication-Results` values the receiving server can have added, topmost
+/// first: those above the topmost `Received` header of an authenticated submission
+/// (RFC 3848's `ESMTPA`, `ESMTPSA`, …). Anything below such a header was already in the
+/// mail when a user of some server handed it in, so it is the sender's writing: without
+/// this, a user of the same server (whose submissions many servers do not stamp) could
+/// write the server's own verdict into their mail.
+fn receivers_results(msg: &mail_parser::Message<'_>) -> Vec<String> {
+    use mail_parser::{HeaderValue, Protocol};
+    let mut out = Vec::new();
+    for header in msg.headers() {
+        match (&header.name, &header.value) {
+            (HeaderName::Received, HeaderValue::Received(received))
+                if matches!(
+                    received.with,
+                    Some(
+                        Protocol::ESMTPA
+                            | Protocol::ESMTPSA
+                            | Protocol::LMTPA
+                            | Protocol::LMTPSA
+                            | Protocol::UTF8SMTPA
+                            | Protocol::UTF8SMTPSA
+                            | Protocol::UTF8LMTPA
+                            | Protocol::UTF8LMTPSA
+                    )
+                ) =>
+            {
+                break;
+            }
+            (HeaderName::AuthenticationResults, value) => {
+                if let Some(text) = value.as_text() {
+                    out.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Parses and judges one mail. `Err` only when the bytes hold no mail headers at all.
 pub fn read(raw: &[u8], rules: &Rules<'_>) -> Result<Mail, String> {
     let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(raw))
@@ -86,11 +125,7 @@ pub fn read(raw: &[u8], rules: &Rules<'_>) -> Result<Mail, String> {
         .unwrap_or_else(nanoclaw_channel::time::now);
 
     let domain = from_address.rsplit_once('@').map_or("", |(_, d)| d);
-    let auth_results: Vec<String> = msg
-        .header_values(HeaderName::AuthenticationResults)
-        .filter_map(|v| v.as_text())
-        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
+    let auth_results = receivers_results(&msg);
     let verdict = trust::judge(&auth_results, domain, rules.authserv_id);
     let text = |name: &str| {
         msg.header_raw(name)
@@ -102,6 +137,9 @@ pub fn read(raw: &[u8], rules: &Rules<'_>) -> Result<Mail, String> {
     let return_path = text("Return-Path");
     let local = from_address.split('@').next().unwrap_or("");
     let from_me = !from_address.is_empty() && from_address == rules.own_address;
+    // Mail "from us" that the receiving server does not vouch for is someone else's
+    // forgery: filed under nobody's chat but the forger's claim, and flagged below.
+    let from_me = from_me && (verdict.is_trusted() || rules.trust_unauthenticated);
     let correspondent = if from_me {
         msg.to()
             .and_then(|a| a.first())
@@ -271,11 +309,35 @@ mod tests {
                 "{extra}: {m:?}"
             );
         }
+        // Our own address counts as ours only when the receiving server vouches for it;
+        // otherwise it is a forgery, filed under its own claim and flagged.
         let own = "From: andy@nanoclaw.test\r\nTo: Alice <alice@trusted.test>\r\nSubject: x";
         let m = read(&mail(own, "x"), &RULES).expect("parsed");
+        assert!(!m.from_me);
+        assert!(m.flagged.is_some(), "{m:?}");
+        assert_eq!(m.correspondent, "andy@nanoclaw.test");
+        let vouched = format!(
+            "Authentication-Results: mx.nanoclaw.test; dmarc=pass header.from=nanoclaw.test\r\n{own}"
+        );
+        let m = read(&mail(&vouched, "x"), &RULES).expect("parsed");
         assert!(m.from_me);
         assert_eq!(m.flagged, None);
         assert_eq!(m.correspondent, "alice@trusted.test");
+        // A verdict below an authenticated submission's Received header was written by
+        // the submitter, whatever server name it carries.
+        let submitted = format!(
+            "Received: from [127.0.0.1] by mx.nanoclaw.test (Postfix) with ESMTPSA id 1\r\n\t for <andy@nanoclaw.test>; Mon, 5 Jan 2026 10:00:00 +0000\r\n{TRUSTED}"
+        );
+        let m = read(&mail(&submitted, "x"), &RULES).expect("parsed");
+        assert!(m.flagged.is_some(), "{m:?}");
+        let relayed = format!(
+            "{TRUSTED}\r\nReceived: from [10.0.0.1] by smtp.trusted.test with ESMTPSA id 2\r\n\t for <andy@nanoclaw.test>; Mon, 5 Jan 2026 09:59:00 +0000"
+        );
+        let m = read(&mail(&relayed, "x"), &RULES).expect("parsed");
+        assert_eq!(
+            m.flagged, None,
+            "the receiver's verdict above the sender's own submission counts"
+        );
         let ok = read(
             &mail(&format!("{TRUSTED}\r\nAuto-Submitted: no"), "x"),
             &RULES,

@@ -194,8 +194,9 @@ impl Email {
             is_bot_message: mail.from_me,
             flagged: mail.flagged.clone(),
         };
-        let chat = if mail.from_me {
-            // The chat's name comes from the correspondent's own mail, not ours.
+        let chat = if mail.from_me || mail.flagged.is_some() {
+            // The chat's name comes from the correspondent's own mail, not ours, and
+            // not from mail nobody vouches for (a forger would rename the chat).
             ChatMeta { name: None, ..chat }
         } else {
             chat

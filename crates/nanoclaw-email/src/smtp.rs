@@ -102,6 +102,8 @@ pub async fn send(
     if let Some((in_reply_to, references)) = mail.thread {
         builder = builder.in_reply_to(in_reply_to).references(references);
     }
+    // RFC 3834: an answer by a program, so other responders do not answer it back.
+    builder = builder.header(AutoSubmitted);
     let message = builder
         .singlepart(SinglePart::plain(mail.text.to_string()))
         .map_err(|e| error(format!("cannot build the mail: {e}"), SendRetry::Never))?;
@@ -128,5 +130,23 @@ pub async fn send(
             }
         }
         Err(e) => Err(error(format!("SMTP: {e}"), SendRetry::Later)),
+    }
+}
+
+/// `Auto-Submitted: auto-replied`.
+#[derive(Clone)]
+struct AutoSubmitted;
+
+impl lettre::message::header::Header for AutoSubmitted {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("Auto-Submitted")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(AutoSubmitted)
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), "auto-replied".to_string())
     }
 }

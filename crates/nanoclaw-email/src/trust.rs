@@ -68,6 +68,29 @@ pub fn judge(headers: &[String], from_domain: &str, authserv_id: Option<&str>) -
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| domain_of(v))
     };
+    // At most one DMARC verdict, and not a failure: a header that says both pass and
+    // fail (only a confused or tricked server writes that) vouches for nothing, and a
+    // DMARC failure is not undone by a DKIM pass.
+    let dmarc: Vec<&str> = header
+        .methods
+        .iter()
+        .filter(|(m, _, _)| m.eq_ignore_ascii_case("dmarc"))
+        .map(|(_, r, _)| r.as_str())
+        .collect();
+    let failed = |r: &&str| {
+        ["fail", "temperror", "permerror"]
+            .iter()
+            .any(|f| r.eq_ignore_ascii_case(f))
+    };
+    if dmarc.len() > 1 || dmarc.iter().any(failed) {
+        return Trust::Untrusted {
+            why: format!(
+                "{} says dmarc={} for this mail",
+                header.authserv_id,
+                dmarc.join(" and dmarc=")
+            ),
+        };
+    }
     for (method, result, props) in &header.methods {
         if !result.eq_ignore_ascii_case("pass") {
             continue;
@@ -196,9 +219,18 @@ fn strip_comments(value: &str) -> String {
 
 fn split_outside_quotes(value: &str, sep: char) -> Vec<String> {
     let mut parts = vec![String::new()];
-    let mut quoted = false;
+    let (mut quoted, mut escaped) = (false, false);
     for c in value.chars() {
-        if c == '"' {
+        if escaped {
+            escaped = false;
+            if let Some(last) = parts.last_mut() {
+                last.push(c);
+            }
+            continue;
+        }
+        if c == '\\' && quoted {
+            escaped = true;
+        } else if c == '"' {
             quoted = !quoted;
         }
         if c == sep && !quoted {
@@ -215,9 +247,16 @@ fn tokens(part: &str) -> Vec<String> {
     let spaced = part.replace(" =", "=").replace("= ", "=");
     let mut out = Vec::new();
     let mut current = String::new();
-    let mut quoted = false;
+    let (mut quoted, mut escaped) = (false, false);
     for c in spaced.chars() {
-        if c == '"' {
+        if escaped {
+            escaped = false;
+            current.push(c);
+            continue;
+        }
+        if c == '\\' && quoted {
+            escaped = true;
+        } else if c == '"' {
             quoted = !quoted;
         }
         if c.is_whitespace() && !quoted {
@@ -349,5 +388,34 @@ mod tests {
                 why: "no Authentication-Results header from mx.google.com".into()
             }
         );
+    }
+
+    #[test]
+    fn quoted_pairs_and_contrary_verdicts_cannot_smuggle_a_pass() {
+        // An escaped quote inside a quoted local part does not end the quoted string,
+        // so the "dmarc=pass" inside it stays part of smtp.mailfrom.
+        let smuggled = h(&[
+            r#"mx.nanoclaw.test; spf=pass smtp.mailfrom="x\" ; dmarc=pass header.from=trusted.test ; y"@forged.test; dkim=none; dmarc=fail (p=reject) header.from=trusted.test"#,
+        ]);
+        assert!(!judge(&smuggled, "trusted.test", Some("mx.nanoclaw.test")).is_trusted());
+        // Two verdicts in one header, one of them a pass: neither counts.
+        let both = h(&[
+            "mx.nanoclaw.test; spf=pass smtp.mailfrom=x@forged.test; dmarc=pass header.from=trusted.test; dkim=none; dmarc=fail (p=reject) header.from=trusted.test",
+        ]);
+        let verdict = judge(&both, "trusted.test", None);
+        assert!(
+            matches!(&verdict, Trust::Untrusted { why } if why.contains("dmarc=pass and dmarc=fail")),
+            "{verdict:?}"
+        );
+        // A DMARC failure is not undone by an aligned DKIM pass.
+        let failed = h(&[
+            "mx.nanoclaw.test; dkim=pass header.d=trusted.test; dmarc=fail header.from=trusted.test",
+        ]);
+        assert!(!judge(&failed, "trusted.test", None).is_trusted());
+        // No DMARC policy (none, or Microsoft's bestguesspass) with aligned DKIM still counts.
+        let none = h(&[
+            "mx.nanoclaw.test; dkim=pass header.d=trusted.test; dmarc=none header.from=trusted.test",
+        ]);
+        assert!(judge(&none, "trusted.test", None).is_trusted());
     }
 }

@@ -84,16 +84,26 @@ impl MailServers {
     /// Stops one server (`dovecot`, `postfix`, `oauth`) and starts it again with the same
     /// configuration and ports.
     pub fn restart(&self, name: &str) {
+        self.script("restart", name);
+    }
+
+    /// Stops one of them (`dovecot`, `postfix`, `oauth`); [`MailServers::restart`]
+    /// starts it again.
+    pub fn stop(&self, name: &str) {
+        self.script("stop", name);
+    }
+
+    fn script(&self, command: &str, name: &str) {
         let out = Command::new("bash")
             .arg(script())
-            .arg("restart")
+            .arg(command)
             .arg(self.dir.path().join("servers"))
             .arg(name)
             .output()
-            .expect("run scripts/mail-servers.sh restart");
+            .expect("run scripts/mail-servers.sh");
         assert!(
             out.status.success(),
-            "restarting {name} failed:\n{}\n{}",
+            "{command} {name} failed:\n{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
