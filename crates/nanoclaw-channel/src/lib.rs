@@ -76,6 +76,13 @@ pub trait ChannelHost: Send + Sync + 'static {
         None
     }
 
+    /// Whether the chat already holds a message with this id (a channel may skip work,
+    /// such as saving attachments, for a message it is handed again). `false` when
+    /// unknown.
+    async fn has_message(&self, _jid: &str, _id: &str) -> bool {
+        false
+    }
+
     /// Saves a file a user sent (an attachment) into the working folder of the group
     /// registered for `jid`, under `inbox/`, with a safe name derived from `name`;
     /// returns the path the agent sees (`/workspace/group/inbox/…`). `Ok(None)` when no

@@ -32,6 +32,26 @@ const PREFIX: &str = "mail:";
 const THREAD_PREFIX: &str = "email:thread:";
 /// The mailbox position ([`imap::Position`]).
 pub(crate) const MAILBOX_STATE: &str = "email:mailbox";
+/// Attachments saved per mail; the rest are named as not saved.
+const MAX_ATTACHMENTS: usize = 20;
+/// Bytes of a mail's text stored (and shown to the agent); the rest is cut with a note.
+const MAX_STORED_TEXT: usize = 256 * 1024;
+
+/// A mail's text as stored: at most [`MAX_STORED_TEXT`] bytes, cut at a character.
+fn cap_stored(text: &str) -> String {
+    if text.len() <= MAX_STORED_TEXT {
+        return text.to_string();
+    }
+    let mut end = MAX_STORED_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n\n[the rest of this mail ({}) was not stored]",
+        &text[..end],
+        inbound::size(text.len() - end)
+    )
+}
 
 /// The mail a reply answers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -126,10 +146,30 @@ impl Email {
             }
         };
         let jid = Email::jid(&mail.correspondent);
-        let mut content = mail.content.clone();
+        if host.has_message(&jid, &mail.message_id).await {
+            // Handed again (a new UIDVALIDITY, a resent copy): stored already, and its
+            // attachments saved already.
+            tracing::debug!("email: {} is stored already", mail.message_id);
+            return Ok(());
+        }
+        let mut content = cap_stored(&mail.content);
         if mail.flagged.is_none() && !mail.from_me {
             let mut notes = Vec::new();
-            for a in &mail.attachments {
+            let (saved, skipped) = mail
+                .attachments
+                .split_at(mail.attachments.len().min(MAX_ATTACHMENTS));
+            if !skipped.is_empty() {
+                tracing::warn!(
+                    "email: mail {} has {} attachments; saving the first {MAX_ATTACHMENTS}",
+                    mail.message_id,
+                    mail.attachments.len()
+                );
+                notes.push(format!(
+                    "[{} more attachments not saved: at most {MAX_ATTACHMENTS} per mail]",
+                    skipped.len()
+                ));
+            }
+            for a in saved {
                 let size = inbound::size(a.bytes.len());
                 match host.save_file(&jid, &a.name, &a.bytes).await {
                     Ok(Some(path)) => notes.push(format!("[attachment: {path} ({size})]")),
@@ -332,5 +372,23 @@ impl Channel for Email {
     async fn run(self: Arc<Self>, host: Arc<dyn ChannelHost>, shutdown: watch::Receiver<bool>) {
         *lock(&self.host) = Some(Arc::clone(&host));
         imap::run(self, host, shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_text_is_capped_at_a_character_with_a_note() {
+        assert_eq!(cap_stored("short"), "short");
+        let long = "é".repeat(MAX_STORED_TEXT); // two bytes each
+        let capped = cap_stored(&long);
+        assert!(capped.len() < MAX_STORED_TEXT + 100, "{}", capped.len());
+        assert!(
+            capped.ends_with("was not stored]"),
+            "{}",
+            &capped[capped.len() - 60..]
+        );
     }
 }

@@ -641,3 +641,75 @@ async fn verdicts_written_by_a_sender_and_forged_mail_from_the_assistant_are_not
     support::assert_no_runs(&d.api, "none of it runs").await;
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_are_saved_once_and_at_most_twenty_per_mail() {
+    let servers = MailServers::start();
+    let root = tempfile::tempdir().expect("temp dir");
+    prepare(root.path());
+    register(root.path(), ALICE_JID, "mail_alice", false);
+    let runner = ScriptedRunner::new(vec![
+        Step::ReplyAndEnd(vec!["one".into()]),
+        Step::ReplyAndEnd(vec!["two".into()]),
+    ]);
+    let d = support::channel_daemon(runner, vec![support::email(&servers, &[])], root).await;
+    wait_connected(&d.api).await;
+    let with_parts = |id: &str, names: &[String]| {
+        let mut mail = format!(
+            "From: Alice <{ALICE}>\nTo: {ASSISTANT}\nSubject: Files\nMessage-ID: <{id}>\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: text/plain\n\nHere.\n"
+        );
+        for name in names {
+            mail.push_str(&format!(
+                "--b1\nContent-Type: text/plain; name=\"{name}\"\nContent-Disposition: attachment; filename=\"{name}\"\n\n{name}\n"
+            ));
+        }
+        mail.push_str("--b1--\n");
+        mail
+    };
+    let inbox = d.root().join("groups/mail_alice/inbox");
+    let files = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|e| {
+                e.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    // 25 attachments: the first 20 are saved, the rest named as not saved.
+    let many: Vec<String> = (0..25).map(|i| format!("part{i:02}.txt")).collect();
+    servers.deliver(ALICE, ASSISTANT, &with_parts("files-1@trusted.test", &many));
+    let stored = support::wait_stored(d.root(), ALICE_JID, 1).await;
+    assert!(
+        stored[0].contains("[5 more attachments not saved: at most 20 per mail]"),
+        "{}",
+        stored[0]
+    );
+    assert_eq!(files(&inbox).len(), 20, "{:?}", files(&inbox));
+    // The same Message-ID again, with another attachment: stored already, nothing saved.
+    servers.deliver(
+        ALICE,
+        ASSISTANT,
+        &with_parts("files-1@trusted.test", &["planted.txt".to_string()]),
+    );
+    servers.deliver(
+        ALICE,
+        ASSISTANT,
+        &plain(
+            &format!("Alice <{ALICE}>"),
+            "Next",
+            "files-2@trusted.test",
+            "after",
+        ),
+    );
+    let stored = support::wait_stored(d.root(), ALICE_JID, 2).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(
+        !files(&inbox).iter().any(|f| f.contains("planted")),
+        "{:?}",
+        files(&inbox)
+    );
+    d.stop().await;
+}

@@ -127,7 +127,11 @@ mod tests {
             .expect("meta")
             .permissions()
             .mode();
-        assert_eq!(mode & 0o111, 0, "never executable");
+        assert_eq!(
+            mode & 0o777,
+            0o644,
+            "readable, never executable, whatever the umask"
+        );
         // An agent replaces the inbox with a symlink to somewhere else.
         let elsewhere = root.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).expect("dir");

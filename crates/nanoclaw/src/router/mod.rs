@@ -250,6 +250,14 @@ impl crate::channels::ChannelHost for Router {
         })
     }
 
+    async fn has_message(&self, jid: &str, id: &str) -> bool {
+        let (jid, id) = (jid.to_string(), id.to_string());
+        self.store
+            .call(move |s| s.has_message(&jid, &id))
+            .await
+            .unwrap_or(false)
+    }
+
     async fn save_file(
         &self,
         jid: &str,

@@ -123,7 +123,7 @@ pub(crate) fn write_beneath(
     content: &[u8],
     owner: Option<(u32, u32)>,
 ) -> std::io::Result<()> {
-    use rustix::fs::{Gid, Mode, OFlags, Uid, fchown, openat, renameat};
+    use rustix::fs::{Gid, Mode, OFlags, Uid, fchmod, fchown, openat, renameat};
     let tmp = format!(".{name}.{}.tmp", crate::ids::random_hex(6));
     let fd = openat(
         dir,
@@ -134,6 +134,9 @@ pub(crate) fn write_beneath(
     if let Some((uid, gid)) = owner {
         fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
     }
+    // 0644 whatever the daemon's umask (027 here): readable inside the folder's mount,
+    // as files the sandbox writes itself are.
+    fchmod(&fd, Mode::from_raw_mode(0o644))?;
     let mut file = std::fs::File::from(fd);
     std::io::Write::write_all(&mut file, content)?;
     file.sync_all()?;

@@ -187,6 +187,17 @@ impl Store {
         advance_cursor(&self.conn(), chat_jid, seq)
     }
 
+    /// Whether `chat_jid` already holds a message with this id.
+    pub fn has_message(&self, chat_jid: &str, id: &str) -> Result<bool, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM messages WHERE chat_jid = ?1 AND id = ?2)",
+                params![chat_jid, id],
+                |r| r.get(0),
+            )
+            .ctx("looking up a message")
+    }
+
     pub fn count_messages(&self) -> Result<i64, StoreError> {
         self.conn()
             .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
