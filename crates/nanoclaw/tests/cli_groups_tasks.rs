@@ -307,3 +307,145 @@ async fn doctor_fails_without_a_model_credential_and_says_which_to_set() {
         "the key is never shown"
     );
 }
+
+/// `nanoclaw service …` with a fake `systemctl` first on PATH that records its calls
+/// (`state` is what it answers to `is-system-running`; empty: no systemctl at all).
+fn service(
+    root: &std::path::Path,
+    units: &std::path::Path,
+    state: &str,
+    args: &[&str],
+) -> (bool, String, String, Vec<String>) {
+    let bin = root.join("fake-bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let log = root.join("systemctl.log");
+    let fake = bin.join("systemctl");
+    if state.is_empty() {
+        let _ = std::fs::remove_file(&fake);
+    } else {
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> '{}'\ncase \"$*\" in\n  *is-system-running*) echo {state}; exit 0;;\n  *is-active*) echo active;;\n  *is-enabled*) echo enabled;;\nesac\nexit 0\n",
+                log.display()
+            ),
+        )
+        .expect("fake systemctl");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let _ = std::fs::remove_file(&log);
+    let out = std::process::Command::new(support::nanoclaw_bin())
+        .args(["service"])
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .envs(support::test_env(root))
+        .env("NANOCLAW_UNIT_DIR", units)
+        .output()
+        .expect("nanoclaw runs");
+    let calls = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        calls,
+    )
+}
+
+#[test]
+fn service_install_writes_a_unit_that_runs_this_root_and_starts_it() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let units = root.path().join("units");
+    let (ok, out, err, calls) = service(root.path(), &units, "running", &["install"]);
+    assert!(ok, "{out}{err}");
+    let unit = std::fs::read_to_string(units.join("nanoclaw.service")).expect("the unit");
+    let binary = std::fs::canonicalize(support::nanoclaw_bin()).expect("binary");
+    assert!(
+        unit.contains(&format!(
+            "ExecStart={} run --root {}\n",
+            binary.display(),
+            root.path().display()
+        )),
+        "{unit}"
+    );
+    assert!(unit.contains("Restart=on-failure"), "{unit}");
+    assert!(
+        unit.contains("WantedBy=multi-user.target"),
+        "as root, a system unit: {unit}"
+    );
+    assert!(!unit.contains("NoNewPrivileges"), "{unit}");
+    assert_eq!(
+        calls,
+        [
+            "is-system-running",
+            "daemon-reload",
+            "enable --now nanoclaw.service"
+        ],
+        "{out}"
+    );
+    assert!(out.contains("enabled and running"), "{out}");
+
+    let (ok, out, _, calls) = service(root.path(), &units, "running", &["status"]);
+    assert!(ok);
+    assert!(out.contains("active, enabled"), "{out}");
+    assert!(
+        calls.iter().any(|c| c == "is-active nanoclaw.service"),
+        "{calls:?}"
+    );
+    let doctor = std::process::Command::new(support::nanoclaw_bin())
+        .args(["doctor", "--root"])
+        .arg(root.path())
+        .env_clear()
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", root.path().join("fake-bin").display()),
+        )
+        .envs(support::test_env(root.path()))
+        .env("NANOCLAW_UNIT_DIR", &units)
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("service") && l.contains("active, enabled")),
+        "{text}"
+    );
+
+    let (ok, out, _, calls) = service(root.path(), &units, "running", &["uninstall"]);
+    assert!(ok, "{out}");
+    assert!(!units.join("nanoclaw.service").exists());
+    assert!(
+        calls.iter().any(|c| c == "disable --now nanoclaw.service"),
+        "{calls:?}"
+    );
+    assert!(calls.iter().any(|c| c == "daemon-reload"), "{calls:?}");
+}
+
+#[test]
+fn without_systemd_the_unit_is_written_and_the_commands_printed() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let units = root.path().join("units");
+    for state in ["", "offline"] {
+        let (ok, out, err, calls) = service(root.path(), &units, state, &["install"]);
+        assert!(ok, "{out}{err}");
+        assert!(units.join("nanoclaw.service").exists());
+        assert!(out.contains("systemctl daemon-reload"), "{out}");
+        assert!(
+            out.contains("systemctl enable --now nanoclaw.service"),
+            "{out}"
+        );
+        assert!(
+            calls.iter().all(|c| c == "is-system-running"),
+            "nothing started: {calls:?}"
+        );
+        let (_, out, _, _) = service(root.path(), &units, state, &["status"]);
+        assert!(out.contains("state is unknown"), "{out}");
+    }
+}

@@ -4,6 +4,7 @@
 mod chat;
 mod groups;
 mod sandbox_cmd;
+mod service;
 mod status;
 mod tasks;
 mod usage;
@@ -82,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: sandbox_cmd::ImageCommand,
     },
+    /// Run nanoclaw as a service (systemd; launchd on macOS) that starts at boot or login
+    Service {
+        #[command(subcommand)]
+        command: service::ServiceCommand,
+    },
     /// Model tokens used, per group and day
     Usage {
         /// How many days back, today included
@@ -126,6 +132,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Sandbox { command } => sandbox_cmd::sandbox(&config, command),
         Command::Image { command } => sandbox_cmd::image(&config, command),
         Command::Usage { days, json } => usage::usage(&config, days, json),
+        Command::Service { command } => service::run(&config, &env, command),
     }
 }
 

@@ -308,6 +308,15 @@ pub fn doctor(config: &Config, secrets: &crate::config::Secrets) -> Result<ExitC
             }
         }
     }
+    let (service, ok) = super::service::doctor_line(&super::process_env());
+    checks.push((
+        "service",
+        if ok {
+            Verdict::Ok(service)
+        } else {
+            Verdict::Warn(service)
+        },
+    ));
 
     let mut failed = false;
     let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
