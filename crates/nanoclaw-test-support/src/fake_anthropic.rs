@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -89,6 +89,19 @@ struct State {
     script: VecDeque<Reply>,
     requests: Vec<Recorded>,
     ids: u64,
+    /// When set, only this key (`x-api-key` or bearer) is accepted, as the real API does.
+    key: Option<String>,
+    /// `GET /v1/models` requests seen.
+    model_lists: usize,
+}
+
+/// The key or token a request presents.
+fn presented(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-api-key")
+        .or_else(|| headers.get(header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_start_matches("Bearer ").to_string())
 }
 
 pub struct FakeAnthropic {
@@ -112,15 +125,26 @@ impl FakeAnthropic {
             ..Default::default()
         }));
         let changed = Arc::new(Notify::new());
-        let app = Router::new().route(
-            "/v1/messages",
-            post({
-                let (state, changed) = (Arc::clone(&state), Arc::clone(&changed));
-                move |headers: HeaderMap, body: Bytes| {
-                    handle(Arc::clone(&state), Arc::clone(&changed), headers, body)
-                }
-            }),
-        );
+        let app = Router::new()
+            .route(
+                "/v1/messages",
+                post({
+                    let (state, changed) = (Arc::clone(&state), Arc::clone(&changed));
+                    move |headers: HeaderMap, body: Bytes| {
+                        handle(Arc::clone(&state), Arc::clone(&changed), headers, body)
+                    }
+                }),
+            )
+            .route(
+                "/v1/models",
+                get({
+                    let state = Arc::clone(&state);
+                    move |headers: HeaderMap| {
+                        let state = Arc::clone(&state);
+                        async move { list_models(&state, &headers) }
+                    }
+                }),
+            );
         let (url, server) = crate::serve_on_loopback(app, "fake Anthropic API").await;
         FakeAnthropic {
             url,
@@ -128,6 +152,16 @@ impl FakeAnthropic {
             changed,
             server,
         }
+    }
+
+    /// Accepts only `key` from now on; others get the API's 401.
+    pub fn require_key(&self, key: &str) {
+        self.lock().key = Some(key.to_string());
+    }
+
+    /// How many `GET /v1/models` requests arrived.
+    pub fn model_lists(&self) -> usize {
+        self.lock().model_lists
     }
 
     pub fn push(&self, reply: Reply) {
@@ -161,6 +195,35 @@ impl FakeAnthropic {
     }
 }
 
+/// `GET /v1/models`: the API's list shape, one model.
+fn list_models(state: &Mutex<State>, headers: &HeaderMap) -> Response {
+    let key = {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        st.model_lists += 1;
+        st.key.clone()
+    };
+    if headers.get("anthropic-version").is_none() {
+        return api_error(
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+            None,
+        );
+    }
+    if key.is_some() && presented(headers) != key {
+        return api_error(401, "authentication_error", "invalid x-api-key", None);
+    }
+    let body = json!({"data": [{"type": "model", "id": "claude-test", "display_name": "Claude Test",
+        "created_at": "2026-01-01T00:00:00Z"}], "has_more": false, "first_id": "claude-test",
+        "last_id": "claude-test"});
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 async fn handle(
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
@@ -170,6 +233,10 @@ async fn handle(
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return api_error(400, "invalid_request_error", "the body is not JSON", None);
     };
+    let required = state.lock().unwrap_or_else(|p| p.into_inner()).key.clone();
+    if required.is_some() && presented(&headers) != required {
+        return api_error(401, "authentication_error", "invalid x-api-key", None);
+    }
     let (reply, id) = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         st.requests.push(Recorded {

@@ -288,24 +288,66 @@ async fn doctor_fails_without_a_model_credential_and_says_which_to_set() {
             && line.contains("OPENAI_BASE_URL"),
         "{line}"
     );
-    std::fs::write(
-        root.path().join(".env"),
-        "ANTHROPIC_API_KEY=sk-ant-doctor-test\n",
-    )
-    .expect(".env");
-    let (_, out, _) = cli(root.path(), &["doctor"]).await;
-    let line = out
-        .lines()
-        .find(|l| l.contains("model"))
-        .unwrap_or_else(|| panic!("no model line in:\n{out}"));
-    assert!(
-        line.starts_with("ok") && line.contains("ANTHROPIC_API_KEY set"),
-        "{line}"
-    );
-    assert!(
-        !out.contains("sk-ant-doctor-test"),
-        "the key is never shown"
-    );
+    // A key the API accepts, one it refuses, and --offline, which asks nothing.
+    let fake = nanoclaw_test_support::fake_anthropic::FakeAnthropic::start(vec![]).await;
+    fake.require_key("sk-ant-doctor-test");
+    let lines = |out: &str| -> Vec<String> {
+        let lines: Vec<&str> = out.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.contains("model"))
+            .unwrap_or_else(|| panic!("no model line in:\n{out}"));
+        lines[at..(at + 2).min(lines.len())]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    };
+    for (key, flag, verdict, says, asked) in [
+        (
+            "sk-ant-doctor-test",
+            None,
+            "ok",
+            "accepts the credential",
+            1,
+        ),
+        (
+            "sk-ant-wrong",
+            None,
+            "FAIL",
+            "refused the credential (HTTP 401, authentication_error): check ANTHROPIC_API_KEY",
+            2,
+        ),
+        (
+            "sk-ant-wrong",
+            Some("--offline"),
+            "ok",
+            "not asked (--offline)",
+            2,
+        ),
+    ] {
+        std::fs::write(
+            root.path().join(".env"),
+            format!("ANTHROPIC_API_KEY={key}\nANTHROPIC_BASE_URL={}\n", fake.url),
+        )
+        .expect(".env");
+        let mut args = vec!["doctor"];
+        args.extend(flag);
+        let (ok, out, _) = cli(root.path(), &args).await;
+        let model = lines(&out);
+        assert!(
+            model[0].starts_with("ok") && model[0].contains("ANTHROPIC_API_KEY set"),
+            "{model:?}"
+        );
+        assert!(
+            model[1].starts_with(verdict) && model[1].contains(says),
+            "{key} {flag:?}: {model:?}"
+        );
+        assert_eq!(fake.model_lists(), asked, "{key} {flag:?}");
+        if verdict == "FAIL" {
+            assert!(!ok, "a refused key fails doctor");
+        }
+        assert!(!out.contains(key), "the key is never shown: {out}");
+    }
 }
 
 /// `nanoclaw service …` with a fake `systemctl` first on PATH that records its calls

@@ -62,7 +62,11 @@ enum Command {
         name: Option<String>,
     },
     /// Check configuration, store and allowlists, and say what is wrong
-    Doctor,
+    Doctor {
+        /// Do not ask the model API whether it accepts the credential
+        #[arg(long)]
+        offline: bool,
+    },
     /// Registered groups (chats the assistant works in)
     Groups {
         #[command(subcommand)]
@@ -126,7 +130,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run => run(config, secrets),
         Command::Status { json } => status::status(&config, json),
         Command::Chat { jid, name } => chat::chat(&config, jid, name),
-        Command::Doctor => status::doctor(&config, &secrets),
+        Command::Doctor { offline } => status::doctor(&config, &secrets, offline),
         Command::Groups { command } => groups::run(&config, command),
         Command::Tasks { command } => tasks::run(&config, command),
         Command::Sandbox { command } => sandbox_cmd::sandbox(&config, command),

@@ -85,7 +85,7 @@ async fn ensure_image(
         RuntimeKind::Bwrap => return Ok(None),
     };
     let oci = Oci::new(flavor, config);
-    let mut progress = |line: &str| eprintln!("image: {line}");
+    let mut progress = sandbox::image::TerminalProgress::stderr();
     sandbox::image::ensure(&oci, config, force, &mut progress)
         .await
         .map(Some)

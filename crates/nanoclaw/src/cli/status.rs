@@ -175,7 +175,79 @@ fn model_check(config: &Config, secrets: &crate::config::Secrets) -> Verdict {
     }
 }
 
-pub fn doctor(config: &Config, secrets: &crate::config::Secrets) -> Result<ExitCode> {
+/// Whether the model API accepts the credential: one cheap request (`GET /v1/models`,
+/// which costs no tokens). Only the status and the error's type are shown: some servers
+/// quote part of a wrong key in their message.
+fn model_upstream_check(config: &Config, secrets: &crate::config::Secrets) -> Verdict {
+    let openai = config.llm_api == "openai";
+    let base = if openai {
+        &config.openai_base_url
+    } else {
+        &config.anthropic_base_url
+    };
+    let url = format!("{}/v1/models?limit=1", base.trim_end_matches('/'));
+    let Ok(client) = crate::tls::client()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    else {
+        return Verdict::Warn("cannot create an HTTP client to check the credential".into());
+    };
+    let mut request = client.get(&url);
+    let setting = if openai {
+        if let Some(key) = &secrets.openai_api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        "OPENAI_API_KEY"
+    } else if let Some(key) = &secrets.anthropic_api_key {
+        request = request
+            .header("x-api-key", key.expose())
+            .header("anthropic-version", "2023-06-01");
+        "ANTHROPIC_API_KEY"
+    } else if let Some(token) = secrets
+        .claude_code_oauth_token
+        .as_ref()
+        .or(secrets.anthropic_auth_token.as_ref())
+    {
+        request = request
+            .bearer_auth(token.expose())
+            .header("anthropic-version", "2023-06-01")
+            .header("anthropic-beta", "oauth-2025-04-20");
+        "CLAUDE_CODE_OAUTH_TOKEN or ANTHROPIC_AUTH_TOKEN"
+    } else {
+        return Verdict::Warn("no credential to check".into());
+    };
+    let Ok(rt) = runtime() else {
+        return Verdict::Warn("cannot start the async runtime".into());
+    };
+    let answer = rt.block_on(async {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        Ok::<_, reqwest::Error>((status, body["error"]["type"].as_str().map(str::to_string)))
+    });
+    match answer {
+        Ok((200, _)) => Verdict::Ok(format!("{base} accepts the credential (GET /v1/models)")),
+        Ok((status @ (401 | 403), kind)) => Verdict::Fail(format!(
+            "{base} refused the credential (HTTP {status}{}): check {setting} in .env",
+            kind.map(|k| format!(", {k}")).unwrap_or_default()
+        )),
+        Ok((status, kind)) => Verdict::Warn(format!(
+            "could not confirm the credential: {base} answered HTTP {status}{}",
+            kind.map(|k| format!(" ({k})")).unwrap_or_default()
+        )),
+        Err(e) => Verdict::Warn(format!(
+            "cannot reach {base} to check the credential ({}); `doctor --offline` skips this",
+            e.without_url()
+        )),
+    }
+}
+
+pub fn doctor(
+    config: &Config,
+    secrets: &crate::config::Secrets,
+    offline: bool,
+) -> Result<ExitCode> {
     let layout = Layout::new(&config.root);
     let mut checks: Vec<(&str, Verdict)> = vec![(
         "config",
@@ -185,7 +257,23 @@ pub fn doctor(config: &Config, secrets: &crate::config::Secrets) -> Result<ExitC
         )),
     )];
 
-    checks.push(("model", model_check(config, secrets)));
+    let model = model_check(config, secrets);
+    let configured = matches!(model, Verdict::Ok(_));
+    checks.push(("model", model));
+    if configured {
+        checks.push((
+            "",
+            if offline {
+                Verdict::Ok("  the model API was not asked (--offline)".into())
+            } else {
+                match model_upstream_check(config, secrets) {
+                    Verdict::Ok(t) => Verdict::Ok(format!("  {t}")),
+                    Verdict::Warn(t) => Verdict::Warn(format!("  {t}")),
+                    Verdict::Fail(t) => Verdict::Fail(format!("  {t}")),
+                }
+            },
+        ));
+    }
 
     let db = layout.db_path();
     checks.push((

@@ -26,6 +26,122 @@ const CONTAINERFILE: &str = include_str!("../../../../container/Containerfile");
 /// Packages the debootstrap base gets (the Containerfile's tools).
 const BASE_PACKAGES: &str = "ca-certificates,curl,git,jq,python3,ripgrep";
 
+/// Steps of a build, for "step n of m".
+const STEPS: usize = 3;
+
+/// What a build reports as it goes: numbered steps with how long they usually take,
+/// notes on what was decided, and the lines the tools print.
+pub trait Progress: Send {
+    /// Step `n` of `total` begins.
+    fn step(&mut self, n: usize, total: usize, title: &str, usually: &str);
+    /// What was decided or found (one line).
+    fn note(&mut self, line: &str);
+    /// A line a tool printed during the current step.
+    fn detail(&mut self, line: &str);
+    /// The current step ended well.
+    fn done(&mut self);
+}
+
+/// Progress for logs: one line per step (and per note); tools' lines at debug level.
+#[derive(Default)]
+pub struct LogProgress {
+    started: Option<(String, std::time::Instant)>,
+}
+
+impl Progress for LogProgress {
+    fn step(&mut self, n: usize, total: usize, title: &str, usually: &str) {
+        tracing::info!("image build: step {n} of {total}: {title} (usually {usually})");
+        self.started = Some((title.to_string(), std::time::Instant::now()));
+    }
+    fn note(&mut self, line: &str) {
+        tracing::info!("image build: {line}");
+    }
+    fn detail(&mut self, line: &str) {
+        tracing::debug!("image build: {line}");
+    }
+    fn done(&mut self) {
+        if let Some((title, at)) = self.started.take() {
+            tracing::info!("image build: {title}: done in {} s", at.elapsed().as_secs());
+        }
+    }
+}
+
+/// Progress for a person: on a terminal, a line per step with a spinner, the time so
+/// far and the tool's latest line, redrawn in place; elsewhere (a log file, CI), one
+/// line per step and its end.
+pub struct TerminalProgress<W: std::io::Write + Send> {
+    out: W,
+    terminal: bool,
+    started: Option<(String, std::time::Instant)>,
+    spin: usize,
+}
+
+impl TerminalProgress<std::io::Stderr> {
+    /// Writes to stderr, redrawing only when it is a terminal.
+    pub fn stderr() -> Self {
+        TerminalProgress::new(
+            std::io::stderr(),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
+    }
+}
+
+impl<W: std::io::Write + Send> TerminalProgress<W> {
+    pub fn new(out: W, terminal: bool) -> Self {
+        TerminalProgress {
+            out,
+            terminal,
+            started: None,
+            spin: 0,
+        }
+    }
+
+    /// Clears the line being redrawn (on a terminal).
+    fn clear(&mut self) {
+        if self.terminal {
+            let _ = write!(self.out, "\r\x1b[2K");
+        }
+    }
+}
+
+impl<W: std::io::Write + Send> Progress for TerminalProgress<W> {
+    fn step(&mut self, n: usize, total: usize, title: &str, usually: &str) {
+        self.clear();
+        let _ = writeln!(self.out, "[{n}/{total}] {title} (usually {usually})");
+        self.started = Some((format!("[{n}/{total}] {title}"), std::time::Instant::now()));
+    }
+    fn note(&mut self, line: &str) {
+        self.clear();
+        let _ = writeln!(self.out, "      {line}");
+    }
+    fn detail(&mut self, line: &str) {
+        if !self.terminal {
+            return;
+        }
+        const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+        self.spin = (self.spin + 1) % SPINNER.len();
+        let elapsed = self
+            .started
+            .as_ref()
+            .map_or(0, |(_, at)| at.elapsed().as_secs());
+        let shown: String = line.chars().filter(|c| !c.is_control()).take(60).collect();
+        let _ = write!(
+            self.out,
+            "\r\x1b[2K      {} {}:{:02} {shown}",
+            SPINNER[self.spin],
+            elapsed / 60,
+            elapsed % 60
+        );
+        let _ = self.out.flush();
+    }
+    fn done(&mut self) {
+        if let Some((title, at)) = self.started.take() {
+            self.clear();
+            let _ = writeln!(self.out, "{title}: done in {} s", at.elapsed().as_secs());
+        }
+    }
+}
+
 /// The sha256 of the agent binary, hex.
 pub fn agent_build_id(agent: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(agent)?;
@@ -84,7 +200,7 @@ pub async fn ensure(
     oci: &Oci,
     config: &Config,
     force: bool,
-    progress: &mut (dyn FnMut(&str) + Send),
+    progress: &mut dyn Progress,
 ) -> Result<ImageState, String> {
     let agent = super::agent_binary(config)?;
     let build_id =
@@ -92,12 +208,12 @@ pub async fn ensure(
     let before = state(oci, &build_id).await?;
     match &before {
         ImageState::Current if !force => return Ok(before),
-        ImageState::Current => progress(&format!("rebuilding image {} (forced)", oci.image())),
-        ImageState::Missing => progress(&format!(
+        ImageState::Current => progress.note(&format!("rebuilding image {} (forced)", oci.image())),
+        ImageState::Missing => progress.note(&format!(
             "image {} does not exist; building it",
             oci.image()
         )),
-        ImageState::Stale { found } => progress(&format!(
+        ImageState::Stale { found } => progress.note(&format!(
             "image {} is stale (contains agent build {}, this agent is {}); rebuilding",
             oci.image(),
             &found[..found.len().min(12)],
@@ -120,7 +236,7 @@ async fn build(
     agent: &Path,
     build_id: &str,
     context: &Path,
-    progress: &mut (dyn FnMut(&str) + Send),
+    progress: &mut dyn Progress,
 ) -> Result<(), String> {
     let program = oci.program()?.clone();
     std::fs::create_dir_all(context)
@@ -136,8 +252,20 @@ async fn build(
             .map_err(|e| format!("cannot make the agent executable: {e}"))?;
     }
 
+    progress.step(
+        1,
+        STEPS,
+        "the Debian base image",
+        "seconds once it exists; 1 to 5 minutes the first time, when debootstrap makes it",
+    );
     let base = base_image(oci, config, &program, context, progress).await?;
-    progress(&format!("building {} from {base}", oci.image()));
+    progress.done();
+    progress.step(
+        2,
+        STEPS,
+        &format!("building {} from {base}", oci.image()),
+        "under a minute",
+    );
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .maximum
         .map_or(4096, |h| h.min(4096));
@@ -170,7 +298,19 @@ async fn build(
         context.display().to_string(),
     ]);
     stream(&program, &args, None, progress).await?;
-    progress(&format!(
+    progress.done();
+    progress.step(3, STEPS, "checking the new image", "a second");
+    match state(oci, build_id).await? {
+        ImageState::Current => {}
+        other => {
+            return Err(format!(
+                "the build finished but {} is {other:?}; run `nanoclaw image build --force`",
+                oci.image()
+            ));
+        }
+    }
+    progress.done();
+    progress.note(&format!(
         "built {} (agent build {})",
         oci.image(),
         &build_id[..12]
@@ -212,7 +352,7 @@ async fn base_image(
     config: &Config,
     program: &Path,
     context: &Path,
-    progress: &mut (dyn FnMut(&str) + Send),
+    progress: &mut dyn Progress,
 ) -> Result<String, String> {
     let exists = |image: &'static str| async move {
         let args = match oci.flavor() {
@@ -224,16 +364,16 @@ async fn base_image(
             .is_ok()
     };
     if exists(LOCAL_BASE).await {
-        progress(&format!("using the local base image {LOCAL_BASE}"));
+        progress.note(&format!("using the local base image {LOCAL_BASE}"));
         return Ok(LOCAL_BASE.into());
     }
     if exists(UPSTREAM_BASE).await {
         return Ok(UPSTREAM_BASE.into());
     }
-    progress(&format!("pulling {UPSTREAM_BASE}"));
+    progress.note(&format!("pulling {UPSTREAM_BASE}"));
     match run_tool(program, &["pull", UPSTREAM_BASE], Duration::from_secs(90)).await {
         Ok(_) => return Ok(UPSTREAM_BASE.into()),
-        Err(e) => progress(&format!(
+        Err(e) => progress.note(&format!(
             "cannot pull {UPSTREAM_BASE} ({e}); making a base with debootstrap instead"
         )),
     }
@@ -258,7 +398,7 @@ async fn base_image(
         progress,
     )
     .await?;
-    progress(&format!("importing the debootstrap base as {LOCAL_BASE}"));
+    progress.note(&format!("importing the debootstrap base as {LOCAL_BASE}"));
     let tar = which("tar").ok_or("tar is not installed")?;
     let mut tar_child = tokio::process::Command::new(tar)
         .args(["-C"])
@@ -298,7 +438,7 @@ async fn stream(
     program: &Path,
     args: &[String],
     stdin: Option<Stdio>,
-    progress: &mut (dyn FnMut(&str) + Send),
+    progress: &mut dyn Progress,
 ) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -332,7 +472,7 @@ async fn stream(
     drop(tx);
     let mut tail: Vec<String> = Vec::new();
     while let Some(line) = rx.recv().await {
-        progress(&line);
+        progress.detail(&line);
         tail.push(line);
         if tail.len() > 20 {
             tail.remove(0);
@@ -351,5 +491,85 @@ async fn stream(
             args.first().map(String::as_str).unwrap_or(""),
             tail.join(" | ")
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what a build reports.
+    #[derive(Default)]
+    struct Recorded(Vec<String>);
+
+    impl Progress for Recorded {
+        fn step(&mut self, n: usize, total: usize, title: &str, _: &str) {
+            self.0.push(format!("step {n}/{total} {title}"));
+        }
+        fn note(&mut self, line: &str) {
+            self.0.push(format!("note {line}"));
+        }
+        fn detail(&mut self, line: &str) {
+            self.0.push(format!("detail {line}"));
+        }
+        fn done(&mut self) {
+            self.0.push("done".into());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tools_lines_are_details_and_its_failure_quotes_the_last_ones() {
+        let mut seen = Recorded::default();
+        let sh = std::path::PathBuf::from("/bin/sh");
+        let ok = stream(
+            &sh,
+            &["-c".into(), "echo one; echo two".into()],
+            None,
+            &mut seen,
+        )
+        .await;
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(seen.0, ["detail one", "detail two"]);
+        let failed = stream(
+            &sh,
+            &["-c".into(), "echo why >&2; exit 3".into()],
+            None,
+            &mut seen,
+        )
+        .await;
+        let e = failed.expect_err("fails");
+        assert!(e.contains("why") && e.contains("exit status: 3"), "{e}");
+    }
+
+    #[test]
+    fn logs_get_one_line_per_step_and_terminals_a_redrawn_one() {
+        let run = |terminal: bool| {
+            let mut out = Vec::new();
+            let mut p = TerminalProgress::new(&mut out, terminal);
+            p.step(1, 3, "the Debian base image", "3 to 6 minutes");
+            for i in 0..50 {
+                p.detail(&format!("I: Retrieving package {i}"));
+            }
+            p.note("using the local base image");
+            p.done();
+            drop(p);
+            String::from_utf8(out).expect("utf-8")
+        };
+        let log = run(false);
+        assert_eq!(
+            log.lines().collect::<Vec<_>>(),
+            [
+                "[1/3] the Debian base image (usually 1 to 5 minutes)",
+                "      using the local base image",
+                "[1/3] the Debian base image: done in 0 s",
+            ],
+            "no tool lines in a log: {log}"
+        );
+        let tty = run(true);
+        assert_eq!(tty.lines().count(), 3, "redrawn in place: {tty:?}");
+        assert!(
+            tty.contains("\r\x1b[2K      ⠙ 0:00 I: Retrieving package 0"),
+            "{tty:?}"
+        );
     }
 }

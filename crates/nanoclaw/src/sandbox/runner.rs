@@ -105,7 +105,7 @@ impl SandboxRunner {
         };
         if let Some(flavor) = flavor {
             let oci = super::oci::Oci::new(flavor, &self.config);
-            let mut progress = |line: &str| tracing::info!("image: {line}");
+            let mut progress = super::image::LogProgress::default();
             super::image::ensure(&oci, &self.config, false, &mut progress).await?;
         }
         self.backend.probe().await?;
