@@ -20,9 +20,10 @@ use serde_json::Value;
 
 use crate::store::{Store, Usage};
 
-/// Tokens reserved for each image block (Anthropic resizes images to about 1.15
-/// megapixels, ~1600 tokens; the base64 bytes are counted too).
-const IMAGE_TOKENS: u64 = 1_600;
+/// Tokens reserved for each image block: Anthropic's largest (about 4800 for the
+/// high-resolution models), above OpenAI's patch-based ones; the base64 bytes are
+/// counted too.
+const IMAGE_TOKENS: u64 = 4_800;
 /// Tokens reserved on top of the body: the system prompt the API adds for tools.
 const OVERHEAD_TOKENS: u64 = 1_024;
 
@@ -53,13 +54,18 @@ pub enum Refusal {
     Daily {
         limit: u64,
         used: u64,
-        /// What the refused request would have needed (none: refused before a run).
-        need: Option<u64>,
         resets: String,
     },
     Run {
         limit: u64,
         used: u64,
+    },
+    /// Not spent, but too little left for the request.
+    TooLarge {
+        need: u64,
+        left: u64,
+        /// Which ceiling, in words.
+        of: String,
     },
 }
 
@@ -70,18 +76,19 @@ impl Refusal {
             Refusal::Daily {
                 limit,
                 used,
-                need,
                 resets,
             } => format!(
-                "this group's daily budget of {limit} tokens is reached ({used} used or in use today{}); \
+                "this group's daily budget of {limit} tokens is reached ({used} used or in use today); \
                  it resets at {resets}. Main can raise it: set container_config.budget.dailyTokens \
-                 for this group (ask in the main chat), or NANOCLAW_DAILY_TOKEN_BUDGET in .env",
-                need.map(|n| format!(", the next model request needs up to {n}"))
-                    .unwrap_or_default()
+                 for this group (ask in the main chat), or NANOCLAW_DAILY_TOKEN_BUDGET in .env"
             ),
             Refusal::Run { limit, used } => format!(
                 "this run reached its budget of {limit} tokens ({used} used); a new message starts a \
                  new run (container_config.budget.runTokens raises it)"
+            ),
+            Refusal::TooLarge { need, left, of } => format!(
+                "the next model request may need up to {need} tokens and only {left} are left of {of}; \
+                 main can raise it with container_config.budget"
             ),
         }
     }
@@ -166,46 +173,145 @@ impl Ask {
     }
 }
 
-/// Content whose cost the request's bytes do not bound: documents (a PDF's pages become
-/// images), results fetched by the API itself, and server-side tools and MCP servers
-/// that make the API read more input on its own.
-const UNBOUNDED_BLOCKS: [&str; 4] = [
-    "document",
-    "search_result",
-    "container_upload",
-    "web_fetch_tool_result",
+/// What a budgeted request may contain: only what its bytes bound. Everything else
+/// (documents, whose pages become images; server tools and MCP servers, which make the
+/// API read more input on its own; compaction and other context management, whose extra
+/// sampling is reported apart; `n` and friends, which multiply the output; server
+/// specific output caps such as llama.cpp's `n_predict`) is refused, by allowlist, so a
+/// new API feature is refused until it is understood.
+const ANTHROPIC_KEYS: [&str; 13] = [
+    "model",
+    "messages",
+    "system",
+    "max_tokens",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "tools",
+    "tool_choice",
+    "metadata",
+    "thinking",
 ];
-const SERVER_TOOLS: [&str; 3] = ["web_search", "web_fetch", "code_execution"];
+const OPENAI_KEYS: [&str; 17] = [
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "stop",
+    "response_format",
+    "seed",
+    "user",
+    "frequency_penalty",
+    "presence_penalty",
+];
+/// Content block types: Anthropic's, then OpenAI's content parts.
+const ANTHROPIC_BLOCKS: [&str; 6] = [
+    "text",
+    "image",
+    "tool_use",
+    "tool_result",
+    "thinking",
+    "redacted_thinking",
+];
+const OPENAI_PARTS: [&str; 2] = ["text", "image_url"];
 
 /// Why a budgeted request cannot be bounded, if it cannot.
-pub fn unbounded(json: &Value) -> Option<String> {
-    if json.get("mcp_servers").is_some() {
-        return Some("uses mcp_servers".into());
+pub fn unbounded(json: &Value, openai: bool) -> Option<String> {
+    let Some(map) = json.as_object() else {
+        return Some("is not a JSON object".into());
+    };
+    let keys: &[&str] = if openai {
+        &OPENAI_KEYS
+    } else {
+        &ANTHROPIC_KEYS
+    };
+    if let Some(key) = map.keys().find(|k| !keys.contains(&k.as_str())) {
+        return Some(format!("sets {key:?}"));
     }
-    if let Some(tools) = json["tools"].as_array() {
+    if let Some(tools) = json.get("tools") {
+        let Some(tools) = tools.as_array() else {
+            return Some("has tools that are not a list".into());
+        };
         for tool in tools {
-            if let Some(kind) = tool["type"].as_str()
-                && SERVER_TOOLS.iter().any(|s| kind.starts_with(s))
+            let kind = tool.get("type").and_then(Value::as_str);
+            let client_tool = if openai {
+                kind == Some("function")
+            } else {
+                matches!(kind, None | Some("custom"))
+            };
+            if !client_tool {
+                return Some(format!("uses the tool type {}", kind.unwrap_or("?")));
+            }
+        }
+    }
+    let allowed: &[&str] = if openai {
+        &OPENAI_PARTS
+    } else {
+        &ANTHROPIC_BLOCKS
+    };
+    let check = |blocks: &Value| -> Option<String> {
+        let Some(blocks) = blocks.as_array() else {
+            return None; // a plain string
+        };
+        for block in blocks {
+            let kind = block.get("type").and_then(Value::as_str).unwrap_or("?");
+            if !allowed.contains(&kind) {
+                return Some(format!("has a {kind} block"));
+            }
+            if kind == "tool_result"
+                && let Some(inner) = block.get("content").and_then(Value::as_array)
             {
-                return Some(format!("uses the server tool {kind}"));
-            }
-        }
-    }
-    fn walk(v: &Value) -> Option<String> {
-        match v {
-            Value::Object(map) => {
-                if let Some(kind) = map.get("type").and_then(Value::as_str)
-                    && UNBOUNDED_BLOCKS.contains(&kind)
-                {
-                    return Some(format!("has a {kind} block"));
+                for b in inner {
+                    let k = b.get("type").and_then(Value::as_str).unwrap_or("?");
+                    if !matches!(k, "text" | "image") {
+                        return Some(format!("has a {k} block in a tool result"));
+                    }
                 }
-                map.values().find_map(walk)
             }
-            Value::Array(items) => items.iter().find_map(walk),
-            _ => None,
+        }
+        None
+    };
+    if let Some(why) = json.get("system").and_then(check) {
+        return Some(why);
+    }
+    for message in json["messages"].as_array().into_iter().flatten() {
+        if let Some(why) = check(&message["content"]) {
+            return Some(why);
         }
     }
-    walk(&json["messages"]).or_else(|| walk(&json["system"]))
+    None
+}
+
+/// How many JSON values `bytes` holds at most (its structural characters outside
+/// strings), counted without parsing: a cheap guard before a parse that costs memory.
+pub fn structure_count(bytes: &[u8]) -> usize {
+    let (mut n, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' | b',' | b':' => n += 1,
+            _ => {}
+        }
+    }
+    n
 }
 
 /// Image blocks anywhere in the request (Anthropic `{"type":"image"}`, OpenAI
@@ -224,16 +330,17 @@ fn count_images(v: &Value) -> u64 {
     }
 }
 
-/// Sets the request's output ceiling to `output` (both API shapes).
+/// Sets the request's output ceiling to `output`. OpenAI-compatible servers read either
+/// field (Ollama `max_tokens`, newer OpenAI `max_completion_tokens`), so both carry it
+/// when the request named the newer one.
 pub fn set_output(json: &mut Value, output: u64, openai: bool) {
     let Some(map) = json.as_object_mut() else {
         return;
     };
     if openai && map.contains_key("max_completion_tokens") {
         map.insert("max_completion_tokens".into(), output.into());
-    } else {
-        map.insert("max_tokens".into(), output.into());
     }
+    map.insert("max_tokens".into(), output.into());
 }
 
 impl Spending {
@@ -293,19 +400,27 @@ impl Spending {
                 (None, None) => return Ok(None),
             };
             let need = ask.input.saturating_add(ask.thinking.map_or(1, |t| t + 1));
+            // Spent, or only too little left for this request (which the chat hears
+            // about each time; "stopped for today" is for a spent day).
             let refusal = match refusal {
                 Refusal::Daily {
                     limit,
                     used,
                     resets,
                     ..
-                } => Refusal::Daily {
-                    limit,
-                    used,
-                    need: Some(need),
-                    resets,
+                } if used < limit => Refusal::TooLarge {
+                    need,
+                    left: limit - used,
+                    of: format!(
+                        "this group's daily budget of {limit} tokens (it resets at {resets})"
+                    ),
                 },
-                run => run,
+                Refusal::Run { limit, used } if used < limit => Refusal::TooLarge {
+                    need,
+                    left: limit - used,
+                    of: format!("this run's budget of {limit} tokens"),
+                },
+                spent => spent,
             };
             st.refused.insert(run.to_string(), refusal.clone());
             return Err(refusal.message());
@@ -342,7 +457,6 @@ impl Spending {
         (used >= daily).then(|| Refusal::Daily {
             limit: daily,
             used,
-            need: None,
             resets: resets_at(&source.zone),
         })
     }
@@ -381,7 +495,6 @@ fn left(
                 Refusal::Daily {
                     limit,
                     used,
-                    need: None,
                     resets: resets_at(&source.zone),
                 },
             ))
@@ -542,7 +655,7 @@ mod tests {
             .err()
             .expect("refused");
         assert!(
-            why.contains("this run reached its budget of 1500 tokens"),
+            why.contains("only 500 are left of this run's budget of 1500 tokens"),
             "{why}"
         );
         // A new run of the same group has the day's 1000 left.
@@ -598,30 +711,68 @@ mod tests {
     }
 
     #[test]
-    fn content_whose_cost_is_unbounded_is_named() {
-        let ok = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
-            {"type": "tool_result", "content": [{"type": "image", "source": {}}]}]}],
+    fn only_what_bytes_bound_is_allowed() {
+        let ok = json!({"model": "m", "max_tokens": 5, "stream": true,
+            "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
+            {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {"type": "base64"}}]}]},
+            {"role": "assistant", "content": "plain"}],
             "tools": [{"name": "Bash", "input_schema": {"type": "object"}}, {"type": "custom", "name": "x"}]});
-        assert_eq!(unbounded(&ok), None);
-        for (bad, why) in [
+        assert_eq!(unbounded(&ok, false), None);
+        let openai_ok = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user",
+            "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "data:"}}]}],
+            "tools": [{"type": "function", "function": {"name": "f"}}], "stream_options": {"include_usage": true}});
+        assert_eq!(unbounded(&openai_ok, true), None);
+        for (bad, openai, why) in [
             (
                 json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}),
+                false,
                 "document",
             ),
             (
                 json!({"messages": [{"role": "user", "content": [{"type": "tool_result",
                 "content": [{"type": "search_result"}]}]}]}),
+                false,
                 "search_result",
             ),
             (
                 json!({"messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+                false,
                 "web_search",
             ),
-            (json!({"messages": [], "mcp_servers": []}), "mcp_servers"),
+            (
+                json!({"messages": [], "tools": [{"type": "bash_20250124", "name": "bash"}]}),
+                false,
+                "bash_20250124",
+            ),
+            (
+                json!({"messages": [], "mcp_servers": []}),
+                false,
+                "mcp_servers",
+            ),
+            (
+                json!({"messages": [], "context_management": {}}),
+                false,
+                "context_management",
+            ),
+            (json!({"messages": [], "n": 8}), true, "\"n\""),
+            (json!({"messages": [], "n_predict": 100}), true, "n_predict"),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "file"}]}]}),
+                true,
+                "file",
+            ),
+            (json!([1, 2]), false, "not a JSON object"),
         ] {
-            let got = unbounded(&bad).unwrap_or_default();
+            let got = unbounded(&bad, openai).unwrap_or_default();
             assert!(got.contains(why), "{bad}: {got:?}");
         }
+    }
+
+    #[test]
+    fn structure_is_counted_outside_strings() {
+        assert_eq!(structure_count(br#"{"a":[1,2],"b":"x,y:[{"}"#), 6);
+        assert_eq!(structure_count(br#"["a\",",1]"#), 2);
     }
 
     #[test]
@@ -634,9 +785,15 @@ mod tests {
         let mut body = json!({"max_tokens": 9});
         set_output(&mut body, 3, false);
         assert_eq!(body["max_tokens"], 3);
-        let mut body = json!({"max_completion_tokens": 9});
+        let mut body = json!({"max_completion_tokens": 9, "max_tokens": 1_000_000});
         set_output(&mut body, 3, true);
-        assert_eq!(body["max_completion_tokens"], 3);
+        assert_eq!(
+            (
+                body["max_completion_tokens"].as_u64(),
+                body["max_tokens"].as_u64()
+            ),
+            (Some(3), Some(3))
+        );
         let mut body = json!({});
         set_output(&mut body, 3, true);
         assert_eq!(body["max_tokens"], 3);

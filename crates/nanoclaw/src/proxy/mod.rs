@@ -680,6 +680,18 @@ async fn forward(
         let stream = body.into_data_stream().map_err(std::io::Error::other);
         (reqwest::Body::wrap_stream(stream), None)
     };
+    // Settles the reservation whatever happens from here: a client that hangs up while
+    // the upstream is still answering (dropping this future) is charged it in full.
+    let mut recorder = match (&state.usage, metered) {
+        (Some(store), true) => Some(usage::UsageRecorder {
+            reader: Some(usage::UsageReader::new(false)),
+            store: Arc::clone(store),
+            group_folder: identity.group_folder.clone(),
+            run_id: identity.run_id.clone(),
+            reservation,
+        }),
+        _ => None,
+    };
     let sent = state
         .client
         .request(parts.method.clone(), &url)
@@ -690,6 +702,13 @@ async fn forward(
     let upstream = match sent {
         Ok(r) => r,
         Err(e) => {
+            if e.is_connect()
+                && let Some(r) = recorder.as_mut()
+            {
+                // Nothing reached the model: nothing to charge.
+                r.reservation = None;
+                r.reader = None;
+            }
             tracing::warn!(group = ?identity.group_folder, "the model API is unreachable: {}", e.without_url());
             return error(
                 StatusCode::BAD_GATEWAY,
@@ -698,6 +717,20 @@ async fn forward(
             );
         }
     };
+    if let Some(r) = recorder.as_mut() {
+        if upstream.status().is_success() {
+            let sse = upstream
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            r.reader = Some(usage::UsageReader::new(sse));
+        } else {
+            // An unsuccessful response used no tokens.
+            r.reader = None;
+            r.reservation = None;
+        }
+    }
     if matches!(
         upstream.status(),
         reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
@@ -726,29 +759,12 @@ async fn forward(
     let mut response = Response::builder().status(upstream.status().as_u16());
     if let Some(out) = response.headers_mut() {
         for (name, value) in end_to_end_headers(upstream.headers()) {
-            out.append(name.clone(), value.clone());
+            // Which organisation holds the real key is the host's business.
+            if name.as_str() != "anthropic-organization-id" {
+                out.append(name.clone(), value.clone());
+            }
         }
     }
-    let records_usage = upstream.status().is_success() && metered;
-    // An unsuccessful response used no tokens: its reservation goes with this function.
-    let mut reservation = reservation;
-    let recorder = match (&state.usage, records_usage) {
-        (Some(store), true) => {
-            let sse = upstream
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
-            Some(usage::UsageRecorder {
-                reader: Some(usage::UsageReader::new(sse)),
-                store: Arc::clone(store),
-                group_folder: identity.group_folder.clone(),
-                run_id: identity.run_id.clone(),
-                reservation: reservation.take(),
-            })
-        }
-        _ => None,
-    };
     let body = upstream.bytes_stream().map_ok({
         let mut recorder = recorder;
         // Counted as in flight until the body has been passed on (or dropped).
@@ -773,6 +789,12 @@ async fn forward(
 /// Largest request body a run with a token budget may send (the Messages API's own
 /// limit is 32 MB); it is read whole to bound what it may cost.
 const MAX_BUDGETED_BODY: usize = 32 << 20;
+/// How long a budgeted request's body may take to arrive.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most JSON values a budgeted request may hold (an agent's request has thousands).
+const MAX_JSON_VALUES: usize = 1_000_000;
+/// Budgeted bodies parsed at once, across all runs.
+static PARSE_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// A budgeted request's body, read whole, with its reservation; its `max_tokens` lowered
 /// to what the budget leaves. Refused (402 `billing_error`) when not even its input fits.
@@ -795,23 +817,44 @@ async fn budgeted_body(
             "a model request of a group with a token budget must not be compressed".into(),
         ));
     }
-    let bytes = axum::body::to_bytes(body, MAX_BUDGETED_BODY)
-        .await
-        .map_err(|_| {
-            error(
+    let read = tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_BUDGETED_BODY));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
                 "a model request of a group with a token budget may be at most 32 MiB",
-            )
-        })?;
-    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            ));
+        }
+        Err(_) => {
+            return Err(refuse(format!(
+                "the request body did not arrive within {} s",
+                BODY_DEADLINE.as_secs()
+            )));
+        }
+    };
+    // Parsing costs memory in proportion to the values, not the bytes: bounded first
+    // by a count, then by parsing a few bodies at a time, off the async workers.
+    if budget::structure_count(&bytes) > MAX_JSON_VALUES {
+        return Err(refuse(format!(
+            "the request has more than {MAX_JSON_VALUES} JSON values"
+        )));
+    }
+    let parsed = {
+        let _slot = PARSE_SLOTS.acquire().await;
+        let bytes = bytes.clone();
+        tokio::task::spawn_blocking(move || serde_json::from_slice::<serde_json::Value>(&bytes))
+            .await
+    };
+    let Ok(Ok(mut json)) = parsed else {
         return Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "the request body is not JSON",
         ));
     };
-    if let Some(why) = budget::unbounded(&json) {
+    if let Some(why) = budget::unbounded(&json, state.openai) {
         return Err(refuse(format!(
             "this group has a token budget and the request {why}, whose cost the proxy cannot bound; \
              remove it or the group's budget"
