@@ -559,7 +559,7 @@ mod tests {
         assert_eq!(
             log.lines().collect::<Vec<_>>(),
             [
-                "[1/3] the Debian base image (usually 1 to 5 minutes)",
+                "[1/3] the Debian base image (usually 3 to 6 minutes)",
                 "      using the local base image",
                 "[1/3] the Debian base image: done in 0 s",
             ],
