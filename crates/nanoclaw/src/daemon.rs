@@ -216,6 +216,8 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
     let http_addr = listener.local_addr()?;
     let app = http::app(Arc::new(HttpState {
         token: http_token.clone(),
+        addr: http_addr,
+        sessions: Arc::default(),
         config: Arc::clone(&config),
         store: Arc::clone(&store),
         router: Arc::clone(&router),

@@ -219,3 +219,171 @@ async fn doctor_says_which_sandbox_backends_work_and_why_not() {
     assert!(out.lines().any(|l| l.starts_with("ok    bwrap")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("ok    sandbox")), "{out}");
 }
+
+/// SPEC §14 sign-in: `nanoclaw ui --print` prints a one-time link; its code becomes an
+/// HttpOnly, SameSite=Strict session cookie once, within its lifetime; the cookie works
+/// for reading, and for changes only from the daemon's own origin; requests for another
+/// Host are refused (DNS rebinding); no CORS headers, ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_app_signs_in_once_and_refuses_foreign_hosts_and_origins() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let d = BinaryDaemon::spawn(root.path(), &[]).await;
+    let base = format!("http://127.0.0.1:{}", d.port);
+    let origin = base.clone();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+
+    // The app itself: served without a session, with a strict policy, all from here.
+    let page = http.get(format!("{base}/")).send().await.expect("GET /");
+    assert_eq!(page.status(), 200);
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("/assets/app.js") && !html.contains("http"),
+        "no remote assets: {html}"
+    );
+    for asset in ["/assets/app.js", "/assets/app.css", "/login"] {
+        let r = http
+            .get(format!("{base}{asset}"))
+            .send()
+            .await
+            .expect("asset");
+        assert_eq!(r.status(), 200, "{asset}");
+    }
+
+    // Another Host is refused, whatever the credentials.
+    for path in ["/", "/healthz", "/api/status"] {
+        let r = http
+            .get(format!("{base}{path}"))
+            .header("host", format!("rebind.example:{}", d.port))
+            .bearer_auth(&d.api.token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 421, "{path}");
+    }
+
+    let (ok, out, err) = cli(root.path(), &["ui", "--print"]).await;
+    assert!(ok, "{out}{err}");
+    let link = out.lines().next().unwrap_or_default().to_string();
+    let prefix = format!("{base}/login#");
+    assert!(link.starts_with(&prefix), "{out}");
+    let code = link.trim_start_matches(&prefix).to_string();
+    let sign_in = |code: String, origin: Option<String>| {
+        let mut r = http
+            .post(format!("{base}/api/session"))
+            .json(&serde_json::json!({ "code": code }));
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    // From another site, the code is not taken (and stays usable).
+    let r = sign_in(code.clone(), Some("http://evil.example".into()))
+        .await
+        .expect("sign in");
+    assert_eq!(r.status(), 403);
+    let r = sign_in(code.clone(), Some(origin.clone()))
+        .await
+        .expect("sign in");
+    assert_eq!(r.status(), 200);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        cookie.starts_with("nanoclaw_session=")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap_or_default().to_string();
+    let r = sign_in(code, Some(origin.clone())).await.expect("again");
+    assert_eq!(r.status(), 401, "a link works once");
+    assert!(r.text().await.unwrap_or_default().contains("nanoclaw ui"));
+
+    // The cookie reads; it changes things only from this origin.
+    let r = http
+        .get(format!("{base}/api/chats"))
+        .header("cookie", &session)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .expect("chats");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()
+            .keys()
+            .all(|k| !k.as_str().starts_with("access-control-")),
+        "no CORS: {:?}",
+        r.headers()
+    );
+    let message = serde_json::json!({"chat_jid": "web:main", "sender": "web-ui", "sender_name": "You", "text": "from the page"});
+    for foreign in [None, Some("http://evil.example"), Some("null")] {
+        let mut r = http
+            .post(format!("{base}/api/messages"))
+            .header("cookie", &session)
+            .json(&message);
+        if let Some(o) = foreign {
+            r = r.header("origin", o);
+        }
+        let r = r.send().await.expect("post");
+        assert_eq!(r.status(), 403, "{foreign:?}");
+    }
+    assert!(
+        d.api
+            .messages("web:main")
+            .await
+            .expect("messages")
+            .is_empty(),
+        "nothing stored from a cross-site request"
+    );
+    let r = http
+        .post(format!("{base}/api/messages"))
+        .header("cookie", &session)
+        .header("origin", &origin)
+        .json(&message)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 202);
+    // Codes are minted with the bearer token only, never with the cookie.
+    let r = http
+        .post(format!("{base}/api/login-codes"))
+        .header("cookie", &session)
+        .header("origin", &origin)
+        .send()
+        .await
+        .expect("codes");
+    assert_eq!(r.status(), 401);
+    // Signed out, the cookie is worth nothing.
+    let r = http
+        .post(format!("{base}/api/logout"))
+        .header("cookie", &session)
+        .header("origin", &origin)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("{base}/api/chats"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("chats");
+    assert_eq!(r.status(), 401);
+    d.terminate().await;
+}

@@ -7,6 +7,7 @@ mod sandbox_cmd;
 mod service;
 mod status;
 mod tasks;
+mod ui;
 mod usage;
 
 use std::collections::HashMap;
@@ -51,6 +52,12 @@ enum Command {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+    },
+    /// Sign in to the web app: print a one-time link (and open a browser when there is one)
+    Ui {
+        /// Only print the link
+        #[arg(long)]
+        print: bool,
     },
     /// Chat with the running assistant from this terminal
     Chat {
@@ -137,6 +144,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Image { command } => sandbox_cmd::image(&config, command),
         Command::Usage { days, json } => usage::usage(&config, days, json),
         Command::Service { command } => service::run(&config, &env, command),
+        Command::Ui { print } => ui::ui(&config, &env, print),
     }
 }
 

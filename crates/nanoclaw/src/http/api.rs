@@ -125,6 +125,16 @@ pub async fn chat_messages(
     Ok(Json(messages))
 }
 
+/// `GET /api/chats`: every chat of every channel, most recently active first.
+pub async fn chats(State(state): State<Arc<HttpState>>) -> Result<impl IntoResponse, ApiError> {
+    let chats = state
+        .store
+        .call(|s| s.chats())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(chats))
+}
+
 pub async fn groups(State(state): State<Arc<HttpState>>) -> Result<impl IntoResponse, ApiError> {
     let groups = state
         .store

@@ -4,6 +4,7 @@
 
 mod api;
 mod events;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +34,10 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// What the handlers need.
 pub struct HttpState {
     pub token: String,
+    /// Where the server listens (its port is part of every allowed `Host`/`Origin`).
+    pub addr: std::net::SocketAddr,
+    /// Web sign-in codes and sessions.
+    pub sessions: Arc<web::Sessions>,
     pub config: Arc<Config>,
     pub store: Arc<Store>,
     pub router: Arc<Router>,
@@ -83,6 +88,8 @@ impl IntoResponse for ApiError {
 
 pub fn app(state: Arc<HttpState>) -> HttpRouter {
     let protected = HttpRouter::new()
+        .route("/api/chats", get(api::chats))
+        .route("/api/logout", post(web::sign_out))
         .route("/api/messages", post(api::post_message))
         .route("/api/chats/{jid}/messages", get(api::chat_messages))
         .route("/api/events", get(events::stream))
@@ -95,14 +102,31 @@ pub fn app(state: Arc<HttpState>) -> HttpRouter {
             Arc::clone(&state),
             require_token,
         ));
+    // Minting sign-in codes takes the bearer token itself, never a session.
+    let bearer_only = HttpRouter::new()
+        .route("/api/login-codes", post(web::new_code))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_bearer,
+        ));
     HttpRouter::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({ "status": "ok" })) }),
         )
+        .route("/", get(web::index))
+        .route("/login", get(web::index))
+        .route("/assets/app.js", get(web::app_js))
+        .route("/assets/app.css", get(web::app_css))
+        .route("/api/session", post(web::sign_in))
         .merge(protected)
+        .merge(bearer_only)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            web::require_own_host,
+        ))
         .with_state(state)
 }
 
@@ -113,7 +137,38 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
     )
 }
 
+/// The bearer token or (for the web app) a session cookie; a state-changing request on
+/// the cookie must come from this daemon's own origin (CSRF).
 async fn require_token(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Some(session) = web::session_cookie(&headers)
+    {
+        if !state.sessions.is_valid(&session) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this browser's session has ended: run `nanoclaw ui` for a new sign-in link",
+            )
+            .into_response();
+        }
+        if web::changes_state(request.method()) && !web::own_origin(&headers, state.addr) {
+            tracing::warn!(method = %request.method(), path = %request.uri().path(), "a cross-site request with the session cookie was refused");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross-site request refused: changes must come from the nanoclaw page itself",
+            )
+            .into_response();
+        }
+        return next.run(request).await;
+    }
+    require_bearer(State(state), headers, request, next).await
+}
+
+async fn require_bearer(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
     request: Request,
