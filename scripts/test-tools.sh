@@ -2,7 +2,7 @@
 # Installs the third-party programs the tests drive, into .tools/ (ignored by git): the
 # official `anthropic` Python SDK in a virtualenv and the Claude Code CLI (clients of the
 # credential proxy), the telegram-test-api Bot API emulator, and the Discord and Slack
-# client libraries. Idempotent; needs only the package registries (PyPI, npm).
+# client libraries, Chromium with its WebDriver, and dovecot/postfix. Idempotent; needs only the package registries (PyPI, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLAUDE_CODE_VERSION=2.1.197
@@ -18,6 +18,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "test-tools: installing ${need_apt[*]}" >&2
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# A real headless browser for the web app's tests (tests/web_ui.rs, over WebDriver).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "test-tools: installing chromium and chromium-driver (for the web app's tests)" >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 # Real mail servers for the email channel's tests (tests/email.rs, started per test by

@@ -1,0 +1,168 @@
+//! The web app in a real headless Chromium (SPEC §14): sign in with the link `nanoclaw
+//! ui` prints, send a message in the web chat and see the agent's reply arrive live
+//! (real bwrap sandbox, fake model API), pause a task, read the status; the link is
+//! refused on second use. Screenshots of every page at 1280 and 360 px go to
+//! `target/ui-screenshots/`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nanoclaw::config::{RuntimeKind, Secret, Secrets};
+use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Reply};
+use nanoclaw_test_support::webdriver::{self, Browser};
+use serde_json::json;
+
+fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots")
+}
+
+async fn login_link(d: &support::TestDaemon) -> String {
+    let v: serde_json::Value = d
+        .api
+        .client()
+        .post(format!("{}/api/login-codes", d.api.base))
+        .bearer_auth(&d.api.token)
+        .send()
+        .await
+        .expect("login code")
+        .json()
+        .await
+        .expect("JSON");
+    let url = v["url"].as_str().expect("url").to_string();
+    // The link names 127.0.0.1 and the daemon's port, as the API base does.
+    assert!(url.starts_with(&format!("{}/login#", d.api.base)), "{url}");
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_chats_with_a_sandboxed_agent_and_pauses_a_task() {
+    assert!(
+        webdriver::available(),
+        "chromium and chromium-driver are needed (scripts/test-tools.sh installs them)"
+    );
+    let fake = FakeAnthropic::start(vec![Reply::text("Hello from the sandbox.")]).await;
+    let url = fake.url.clone();
+    let secrets = Secrets {
+        anthropic_api_key: Some(Secret::new("sk-ant-web")),
+        ..Default::default()
+    };
+    let d = support::start_sandboxed_daemon(RuntimeKind::Bwrap, None, secrets, |c| {
+        c.anthropic_base_url = url;
+        c.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    support::open_store(d.root())
+        .insert_task(&nanoclaw::store::ScheduledTask {
+            id: "task-plants".into(),
+            group_folder: "main".into(),
+            chat_jid: "web:main".into(),
+            prompt: "Remind me to water the plants".into(),
+            schedule_type: "cron".into(),
+            schedule_value: "0 9 * * *".into(),
+            context_mode: "group".into(),
+            next_run: Some("2099-01-01T09:00:00.000Z".into()),
+            last_run: None,
+            last_result: None,
+            status: "active".into(),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+        })
+        .expect("task");
+
+    let browser = Browser::start(1280, 900).await;
+    let link = login_link(&d).await;
+    browser.goto(&link).await;
+    browser
+        .wait_text("#chat-title", "the web chat open", |t| {
+            t.contains("web:main")
+        })
+        .await;
+    // What the first page load cost, from the browser's own timing.
+    let timing = browser
+        .eval(
+            "const n = performance.getEntriesByType('navigation')[0];
+             const r = performance.getEntriesByType('resource');
+             return { bytes: n.transferSize + r.reduce((a, e) => a + e.transferSize, 0),
+                      body: n.encodedBodySize + r.reduce((a, e) => a + e.encodedBodySize, 0),
+                      interactive_ms: n.domInteractive, loaded_ms: n.loadEventEnd,
+                      remote: r.filter(e => !e.name.startsWith(location.origin)).length };",
+            json!([]),
+        )
+        .await;
+    println!("first page load: {timing}");
+    assert_eq!(
+        timing["remote"], 0,
+        "nothing fetched from elsewhere: {timing}"
+    );
+
+    browser.type_into("#compose-text", "hi from chromium").await;
+    browser.click("#compose button[type=submit]").await;
+    let messages = browser
+        .wait_text("#messages", "the agent's reply, live", |t| {
+            t.contains("Hello from the sandbox.")
+        })
+        .await;
+    assert!(messages.contains("hi from chromium"), "{messages}");
+    let prompt = fake.wait_requests(1).await[0].all_text();
+    assert!(
+        prompt.contains("hi from chromium"),
+        "the message reached the agent: {prompt}"
+    );
+
+    for width in [1280, 360] {
+        browser.set_size(width, 900).await;
+        browser.goto(&format!("{}/#/chat", d.api.base)).await;
+        browser
+            .wait_text("#messages", "the chat", |t| {
+                t.contains("Hello from the sandbox.")
+            })
+            .await;
+        browser
+            .screenshot(&screenshots().join(format!("chat-{width}.png")))
+            .await;
+        browser.goto(&format!("{}/#/tasks", d.api.base)).await;
+        browser
+            .wait_text("#task-rows", "the task", |t| t.contains("water the plants"))
+            .await;
+        browser
+            .screenshot(&screenshots().join(format!("tasks-{width}.png")))
+            .await;
+        browser.goto(&format!("{}/#/status", d.api.base)).await;
+        browser
+            .wait_text("#status-list", "the status", |t| t.contains("bwrap"))
+            .await;
+        browser
+            .screenshot(&screenshots().join(format!("status-{width}.png")))
+            .await;
+    }
+
+    // Pause the task from its page; the store says so.
+    browser.goto(&format!("{}/#/tasks", d.api.base)).await;
+    browser
+        .click("button[aria-label='pause task task-plants']")
+        .await;
+    browser
+        .wait_text("#task-rows", "the task paused", |t| t.contains("paused"))
+        .await;
+    let task = support::open_store(d.root())
+        .task("task-plants")
+        .expect("read")
+        .expect("task");
+    assert_eq!(task.status, "paused");
+
+    // The link again, in a fresh browser: used already.
+    let second = Browser::start(1280, 900).await;
+    second.goto(&link).await;
+    let notice = second
+        .wait_text("#notice", "the refusal", |t| !t.is_empty())
+        .await;
+    assert!(notice.contains("used already"), "{notice}");
+    second.goto(&format!("{}/#/chat", d.api.base)).await;
+    second
+        .wait_text("#page-signin", "the sign-in page", |t| {
+            t.contains("nanoclaw ui")
+        })
+        .await;
+    d.stop().await;
+}
