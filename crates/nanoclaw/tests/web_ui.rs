@@ -1,6 +1,7 @@
 //! The web app in a real headless Chromium (SPEC §14): sign in with the link `nanoclaw
 //! ui` prints, send a message in the web chat and see the agent's reply arrive live
-//! (real bwrap sandbox, fake model API), pause a task, read the status; the link is
+//! (real bwrap sandbox, fake model API), add a group, open a run log, pause a task,
+//! read usage and status; the link is
 //! refused on second use. Screenshots of every page at 1280 and 360 px go to
 //! `target/ui-screenshots/`.
 
@@ -50,7 +51,8 @@ async fn a_person_signs_in_chats_with_a_sandboxed_agent_and_pauses_a_task() {
     };
     let d = support::start_sandboxed_daemon(RuntimeKind::Bwrap, None, secrets, |c| {
         c.anthropic_base_url = url;
-        c.idle_timeout = Duration::from_secs(60);
+        // The run ends soon after its reply, so its log is there for the runs page.
+        c.idle_timeout = Duration::from_millis(500);
     })
     .await;
     support::open_store(d.root())
@@ -110,6 +112,15 @@ async fn a_person_signs_in_chats_with_a_sandboxed_agent_and_pauses_a_task() {
         "the message reached the agent: {prompt}"
     );
 
+    let logs = d.root().join("groups/main/logs");
+    nanoclaw_test_support::wait_for("the run's log", nanoclaw_test_support::DEADLINE, || {
+        let logs = logs.clone();
+        async move {
+            let n = std::fs::read_dir(&logs).ok()?.count();
+            (n > 0).then_some(())
+        }
+    })
+    .await;
     for width in [1280, 360] {
         browser.set_size(width, 900).await;
         browser.goto(&format!("{}/#/chat", d.api.base)).await;
@@ -128,6 +139,27 @@ async fn a_person_signs_in_chats_with_a_sandboxed_agent_and_pauses_a_task() {
         browser
             .screenshot(&screenshots().join(format!("tasks-{width}.png")))
             .await;
+        browser.goto(&format!("{}/#/groups", d.api.base)).await;
+        browser
+            .wait_text("#group-rows", "the groups", |t| t.contains("web:main"))
+            .await;
+        browser
+            .screenshot(&screenshots().join(format!("groups-{width}.png")))
+            .await;
+        browser.goto(&format!("{}/#/usage", d.api.base)).await;
+        browser
+            .wait_text("#usage-rows", "the usage", |t| t.contains("main"))
+            .await;
+        browser
+            .screenshot(&screenshots().join(format!("usage-{width}.png")))
+            .await;
+        browser.goto(&format!("{}/#/runs", d.api.base)).await;
+        browser
+            .wait_text("#run-rows", "the runs", |t| t.contains("main"))
+            .await;
+        browser
+            .screenshot(&screenshots().join(format!("runs-{width}.png")))
+            .await;
         browser.goto(&format!("{}/#/status", d.api.base)).await;
         browser
             .wait_text("#status-list", "the status", |t| t.contains("bwrap"))
@@ -136,6 +168,43 @@ async fn a_person_signs_in_chats_with_a_sandboxed_agent_and_pauses_a_task() {
             .screenshot(&screenshots().join(format!("status-{width}.png")))
             .await;
     }
+
+    // Add a group from its page, with the CLI's validation: a bad folder is refused
+    // with the rule, a good one is registered.
+    browser.set_size(1280, 900).await;
+    browser.goto(&format!("{}/#/groups", d.api.base)).await;
+    browser.type_into("#g-jid", "web:kitchen").await;
+    browser.type_into("#g-name", "Kitchen").await;
+    browser.type_into("#g-folder", "../escape").await;
+    browser.click("#group-save").await;
+    let refused = browser
+        .wait_text("#notice", "the refusal", |t| t.starts_with("Not saved"))
+        .await;
+    assert!(refused.contains("starts with `.`"), "{refused}");
+    browser
+        .eval(
+            "document.getElementById('g-folder').value = ''; return null;",
+            json!([]),
+        )
+        .await;
+    browser.type_into("#g-folder", "kitchen").await;
+    browser.click("#group-save").await;
+    browser
+        .wait_text("#group-rows", "the new group", |t| {
+            t.contains("web:kitchen")
+        })
+        .await;
+    let kitchen = support::open_store(d.root())
+        .registered_group("web:kitchen")
+        .expect("read")
+        .expect("registered");
+    assert_eq!(kitchen.folder, "kitchen");
+    // A run's log opens from the runs page.
+    browser.goto(&format!("{}/#/runs", d.api.base)).await;
+    browser.click("#run-rows button").await;
+    browser
+        .wait_text("#run-log", "the run log", |t| t.contains("outcome:"))
+        .await;
 
     // Pause the task from its page; the store says so.
     browser.goto(&format!("{}/#/tasks", d.api.base)).await;

@@ -42,7 +42,7 @@ function when(stored) {
 }
 
 function show(page) {
-  for (const p of ["signin", "chat", "tasks", "status"]) {
+  for (const p of ["signin", "chat", "groups", "tasks", "usage", "runs", "status"]) {
     $(`page-${p}`).hidden = p !== page;
     const nav = $(`nav-${p}`);
     if (nav) {
@@ -182,6 +182,141 @@ async function loadTasks() {
   }
 }
 
+// ---- groups ----
+
+function groupForm(g) {
+  $("g-jid").value = g ? g.jid : "";
+  $("g-jid").readOnly = !!g;
+  $("g-name").value = g ? g.name : "";
+  $("g-folder").value = g ? g.folder : "";
+  $("g-trigger").value = g ? g.trigger : "";
+  $("g-requires").checked = g ? g.requires_trigger !== false : true;
+  $("g-main").checked = g ? !!g.is_main : false;
+  const cfg = g && g.container_config;
+  $("g-config").value = cfg ? (typeof cfg === "string" ? cfg : JSON.stringify(cfg)) : "";
+  $("g-replace").value = g ? "1" : "";
+  $("group-form-title").textContent = g ? `Edit ${g.jid}` : "Add a group";
+  $("group-save").textContent = g ? "Save" : "Add";
+  $("group-cancel").hidden = !g;
+}
+
+async function loadGroups() {
+  const groups = await api("/api/groups");
+  const rows = $("group-rows");
+  rows.replaceChildren();
+  for (const g of groups) {
+    const row = el("tr");
+    const cfg = g.container_config ? (typeof g.container_config === "string" ? g.container_config : JSON.stringify(g.container_config)) : "—";
+    row.append(
+      el("td", g.jid),
+      el("td", g.name + (g.is_main ? " (main)" : "")),
+      el("td", g.folder),
+      el("td", g.requires_trigger === false ? `${g.trigger} (not needed)` : g.trigger),
+      el("td", cfg),
+    );
+    const actions = el("td");
+    const edit = el("button", "Edit");
+    edit.type = "button";
+    edit.setAttribute("aria-label", `edit ${g.jid}`);
+    edit.addEventListener("click", () => { groupForm(g); $("g-name").focus(); });
+    const remove = el("button", "Remove");
+    remove.type = "button";
+    remove.setAttribute("aria-label", `remove ${g.jid}`);
+    remove.addEventListener("click", async () => {
+      if (!confirm(`Unregister ${g.jid}? Its messages and folder are kept.`)) return;
+      try {
+        await api(`/api/groups/${encodeURIComponent(g.jid)}`, { method: "DELETE" });
+        notice(`Removed ${g.jid}.`);
+        await loadGroups();
+      } catch (err) { notice(err.message); }
+    });
+    actions.append(edit, remove);
+    row.append(actions);
+    rows.append(row);
+  }
+}
+
+async function saveGroup(e) {
+  e.preventDefault();
+  const raw = $("g-config").value.trim();
+  if (raw) {
+    try { JSON.parse(raw); } catch (err) { notice(`Container config is not JSON: ${err.message}`); return; }
+  }
+  const body = {
+    jid: $("g-jid").value.trim(), name: $("g-name").value, folder: $("g-folder").value.trim(),
+    trigger: $("g-trigger").value, requires_trigger: $("g-requires").checked, is_main: $("g-main").checked,
+    container_config: raw || null, replace: $("g-replace").value === "1",
+  };
+  try {
+    const g = await api("/api/groups", { method: "POST", body });
+    notice(`Saved ${g.jid} (folder ${g.folder}).`);
+    groupForm(null);
+    await loadGroups();
+  } catch (err) {
+    notice(`Not saved: ${err.message}`);
+  }
+}
+
+// ---- usage ----
+
+async function loadUsage() {
+  const u = await api("/api/usage?days=14");
+  const rows = $("usage-rows");
+  rows.replaceChildren();
+  const chart = $("usage-chart");
+  chart.replaceChildren();
+  const max = Math.max(1, ...u.rows.map((r) => r.total_tokens));
+  for (const r of u.rows.slice().reverse()) {
+    const budget = r.day === u.today ? u.daily_budgets[r.group] : undefined;
+    const tr = el("tr");
+    rows.append(tr);
+    tr.append(el("td", r.day), el("td", r.group), el("td", r.responses), el("td", r.total_tokens.toLocaleString()),
+      el("td", budget ? `${budget.toLocaleString()}${r.total_tokens >= budget ? " (reached)" : ""}` : "—"));
+  }
+  for (const r of u.rows) {
+    const bar = el("div", null, "bar");
+    const fill = el("span", null, "fill");
+    fill.style.width = `${Math.max(1, Math.round((100 * r.total_tokens) / max))}%`;
+    bar.append(el("span", `${r.day} ${r.group}`, "label"), fill, el("span", r.total_tokens.toLocaleString(), "value"));
+    chart.append(bar);
+  }
+  if (!u.rows.length) chart.append(el("p", "No model usage in the last 14 days.", "hint"));
+}
+
+// ---- runs ----
+
+async function loadRuns() {
+  const runs = await api("/api/runs");
+  const rows = $("run-rows");
+  rows.replaceChildren();
+  $("run-log").hidden = true;
+  for (const r of runs) {
+    const tr = el("tr");
+    const open = el("button", "Show");
+    open.type = "button";
+    open.setAttribute("aria-label", `show the log of ${r.file}`);
+    open.addEventListener("click", async () => {
+      const response = await fetch(`/api/runs/${encodeURIComponent(r.group)}/${encodeURIComponent(r.file)}`, { credentials: "same-origin" });
+      const log = $("run-log");
+      log.textContent = response.ok ? await response.text() : `HTTP ${response.status}`;
+      log.hidden = false;
+      log.focus();
+    });
+    const td = el("td");
+    td.append(open);
+    tr.append(el("td", when(r.started)), el("td", r.group + (r.scheduled_task ? " (task)" : "")), el("td", r.outcome),
+      el("td", r.duration_ms === null ? "—" : `${(r.duration_ms / 1000).toFixed(1)} s`), td);
+    rows.append(tr);
+  }
+  if (!runs.length) {
+    const tr = el("tr");
+    const td = el("td", "No runs yet.", "hint");
+    td.colSpan = 5;
+    tr.append(td);
+    rows.append(tr);
+  }
+}
+
 // ---- status ----
 
 async function loadStatus() {
@@ -208,6 +343,9 @@ async function route() {
   const [, page, arg] = hash.split("/");
   try {
     if (page === "tasks") { show("tasks"); await loadTasks(); }
+    else if (page === "groups") { show("groups"); await loadGroups(); }
+    else if (page === "usage") { show("usage"); await loadUsage(); }
+    else if (page === "runs") { show("runs"); await loadRuns(); }
     else if (page === "status") { show("status"); await loadStatus(); }
     else {
       show("chat");
@@ -244,6 +382,8 @@ async function signInFromLink() {
 
 async function start() {
   $("compose").addEventListener("submit", send);
+  $("group-form").addEventListener("submit", saveGroup);
+  $("group-cancel").addEventListener("click", () => groupForm(null));
   $("compose-text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) send(e);
   });

@@ -10,6 +10,8 @@ mod tasks;
 mod ui;
 mod usage;
 
+pub(crate) use usage::{daily_budgets, totals as usage_totals};
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -258,3 +258,262 @@ pub async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
+
+/// `POST /api/groups`: register a group, with the CLI's and IPC's validation
+/// (`GroupRequest::check`). `"replace": true` changes a registered one (its folder,
+/// trigger, container_config…), keeping the old registration if the new one is refused.
+#[derive(Debug, Deserialize)]
+pub struct NewGroup {
+    jid: String,
+    name: String,
+    folder: String,
+    #[serde(default)]
+    trigger: Option<String>,
+    #[serde(default = "yes")]
+    requires_trigger: bool,
+    #[serde(default)]
+    is_main: bool,
+    /// JSON: an object, or its text.
+    #[serde(default)]
+    container_config: Option<Value>,
+    #[serde(default)]
+    replace: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn add_group(
+    State(state): State<Arc<HttpState>>,
+    body: Result<Json<NewGroup>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    use crate::store::{GroupRequest, StoreError};
+    let Json(g) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let container_config = match g.container_config {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    };
+    let group = GroupRequest {
+        jid: &g.jid,
+        name: &g.name,
+        folder: &g.folder,
+        trigger: g.trigger.as_deref(),
+        requires_trigger: g.requires_trigger,
+        container_config,
+        is_main: g.is_main,
+    }
+    .check(&state.config.default_trigger())
+    .map_err(ApiError::bad_request)?;
+    let folder = group
+        .folder()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let replace = g.replace;
+    let stored = group.clone();
+    let result = state
+        .store
+        .call(move |s| {
+            let old = if replace {
+                s.remove_group(&stored.jid)?
+            } else {
+                None
+            };
+            match s.register_group(&stored) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if let Some(old) = old {
+                        s.register_group(&old)?;
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await;
+    match result {
+        Ok(()) => {}
+        Err(StoreError::Conflict(m)) => return Err(ApiError::new(StatusCode::CONFLICT, m)),
+        Err(e) => return Err(ApiError::internal(e)),
+    }
+    crate::layout::Layout::new(&state.config.root)
+        .create_group_dirs(&folder)
+        .map_err(|e| {
+            ApiError::internal(format!("registered, but cannot create its folders: {e}"))
+        })?;
+    tracing::info!(jid = %group.jid, folder = %folder, "group registered from the web app");
+    Ok((StatusCode::CREATED, Json(group.view())))
+}
+
+/// `DELETE /api/groups/{jid}`: unregister (messages and folder are kept).
+pub async fn remove_group(
+    State(state): State<Arc<HttpState>>,
+    Path(jid): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let key = jid.clone();
+    let removed = state
+        .store
+        .call(move |s| s.remove_group(&key))
+        .await
+        .map_err(ApiError::internal)?;
+    match removed {
+        Some(g) => Ok(Json(g.view())),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{jid} is not registered"),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UsageQuery {
+    days: Option<u32>,
+}
+
+/// `GET /api/usage[?days=N]`: tokens per local day and group, and each group's daily
+/// budget (what `nanoclaw usage` shows).
+pub async fn usage(
+    State(state): State<Arc<HttpState>>,
+    Query(q): Query<UsageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let days = q.days.unwrap_or(14).clamp(1, 366);
+    let config = Arc::clone(&state.config);
+    let view = state
+        .store
+        .call(move |s| {
+            use jiff::ToSpan;
+            let tz = config.zone.tz.clone();
+            let today = jiff::Timestamp::now().to_zoned_datetime(tz.clone()).date();
+            let first = today
+                .checked_sub((days as i64 - 1).days())
+                .unwrap_or(today);
+            let since = first
+                .to_zoned_datetime(tz.clone())
+                .map(|z| crate::clock::format_utc(z.timestamp()))
+                .unwrap_or_default();
+            let rows = s.usage_since(&since)?;
+            let totals = crate::cli::usage_totals(&rows, &tz);
+            let budgets = crate::cli::daily_budgets(&config, s).unwrap_or_default();
+            let rows: Vec<Value> = totals
+                .iter()
+                .map(|((day, group), (u, responses))| {
+                    json!({"day": day, "group": group, "responses": responses,
+                        "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+                        "cache_read_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_tokens,
+                        "total_tokens": u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens})
+                })
+                .collect();
+            Ok::<_, crate::store::StoreError>(json!({
+                "days": days, "today": today.to_string(), "rows": rows, "daily_budgets": budgets,
+            }))
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(view))
+}
+
+/// `GET /api/runs`: the 50 most recent run logs of every registered group.
+pub async fn runs(State(state): State<Arc<HttpState>>) -> Result<impl IntoResponse, ApiError> {
+    let groups = state
+        .store
+        .call(|s| s.registered_groups())
+        .await
+        .map_err(ApiError::internal)?;
+    let dir = crate::layout::Layout::new(&state.config.root).groups_dir();
+    let runs = tokio::task::spawn_blocking(move || {
+        let mut all: Vec<(String, String)> = Vec::new();
+        for g in &groups {
+            let Ok(folder) = g.folder() else { continue };
+            for name in run_log_names(&dir, folder.as_str()) {
+                all.push((folder.as_str().to_string(), name));
+            }
+        }
+        // Names start with the time (run-YYYYmmdd-HHMMSS-…): newest first.
+        all.sort_by(|a, b| b.1.cmp(&a.1));
+        all.truncate(50);
+        all.into_iter()
+            .map(|(folder, name)| {
+                let text = read_run_log(&dir, &folder, &name).unwrap_or_default();
+                let field = |key: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                json!({"group": folder, "file": name, "started": field("started"),
+                    "duration_ms": field("duration_ms").parse::<u64>().ok(),
+                    "outcome": field("outcome"), "scheduled_task": field("scheduled_task") == "true"})
+            })
+            .collect::<Vec<Value>>()
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(Json(runs))
+}
+
+/// `GET /api/runs/{group}/{file}`: one run log, as text.
+pub async fn run_log(
+    State(state): State<Arc<HttpState>>,
+    Path((group, file)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let folder = crate::layout::GroupFolder::parse(&group)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !is_run_log_name(&file) {
+        return Err(ApiError::bad_request(format!(
+            "{file:?} is not a run log's name"
+        )));
+    }
+    let dir = crate::layout::Layout::new(&state.config.root).groups_dir();
+    let text = tokio::task::spawn_blocking(move || read_run_log(&dir, folder.as_str(), &file))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such run log"))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// `run-20260131-143200-<run id>.log`.
+fn is_run_log_name(name: &str) -> bool {
+    name.starts_with("run-")
+        && name.ends_with(".log")
+        && name.len() < 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// Run log names in a group's `logs/` (opened without following symlinks: agents can
+/// write their group folder).
+fn run_log_names(groups: &std::path::Path, folder: &str) -> Vec<String> {
+    let Ok(dir) = crate::layout::open_dir_beneath(groups, &[folder, "logs"]) else {
+        return Vec::new();
+    };
+    let Ok(entries) = rustix::fs::Dir::read_from(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_run_log_name(n))
+        .collect()
+}
+
+/// A run log's text (at most 256 KiB), never through a symlink.
+fn read_run_log(groups: &std::path::Path, folder: &str, name: &str) -> Option<String> {
+    use rustix::fs::{Mode, OFlags, openat};
+    use std::io::Read;
+    let dir = crate::layout::open_dir_beneath(groups, &[folder, "logs"]).ok()?;
+    let fd = openat(
+        &dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .ok()?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(256 * 1024).read_to_string(&mut text).ok()?;
+    Some(text)
+}

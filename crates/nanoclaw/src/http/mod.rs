@@ -93,7 +93,14 @@ pub fn app(state: Arc<HttpState>) -> HttpRouter {
         .route("/api/messages", post(api::post_message))
         .route("/api/chats/{jid}/messages", get(api::chat_messages))
         .route("/api/events", get(events::stream))
-        .route("/api/groups", get(api::groups))
+        .route("/api/groups", get(api::groups).post(api::add_group))
+        .route(
+            "/api/groups/{jid}",
+            axum::routing::delete(api::remove_group),
+        )
+        .route("/api/usage", get(api::usage))
+        .route("/api/runs", get(api::runs))
+        .route("/api/runs/{group}/{file}", get(api::run_log))
         .route("/api/tasks", get(api::tasks))
         .route("/api/tasks/{id}/{action}", post(api::task_action))
         .route("/api/status", get(api::status))
