@@ -274,7 +274,48 @@ async fn the_web_app_signs_in_once_and_refuses_foreign_hosts_and_origins() {
         assert_eq!(r.status(), 421, "{path}");
     }
 
-    let (ok, out, err) = cli(root.path(), &["ui", "--print"]).await;
+    // Two Host headers, or an absolute-form target for another host: refused too.
+    for raw in [
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+            p = d.port
+        ),
+        format!(
+            "GET http://evil.example/healthz HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nConnection: close\r\n\r\n",
+            p = d.port
+        ),
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
+            .await
+            .expect("connect");
+        sock.write_all(raw.as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        let _ = sock.read_to_string(&mut answer).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 421") || answer.starts_with("HTTP/1.1 400"),
+            "{raw:?}: {answer}"
+        );
+    }
+
+    // `nanoclaw ui` talks to the daemon directly even when a proxy is configured (the
+    // proxy would see the bearer token): this one does not even listen.
+    let out = std::process::Command::new(support::nanoclaw_bin())
+        .args(["ui", "--print", "--root"])
+        .arg(root.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(support::test_env(root.path()))
+        .env("http_proxy", "http://127.0.0.1:9")
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("ALL_PROXY", "http://127.0.0.1:9")
+        .output()
+        .expect("nanoclaw ui");
+    let (ok, out, err) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(ok, "{out}{err}");
     let link = out.lines().next().unwrap_or_default().to_string();
     let prefix = format!("{base}/login#");
@@ -311,14 +352,40 @@ async fn the_web_app_signs_in_once_and_refuses_foreign_hosts_and_origins() {
         "{cookie}"
     );
     let session = cookie.split(';').next().unwrap_or_default().to_string();
+    let secret = r.json::<serde_json::Value>().await.expect("JSON")["session"]
+        .as_str()
+        .expect("the page's secret")
+        .to_string();
     let r = sign_in(code, Some(origin.clone())).await.expect("again");
     assert_eq!(r.status(), 401, "a link works once");
     assert!(r.text().await.unwrap_or_default().contains("nanoclaw ui"));
 
-    // The cookie reads; it changes things only from this origin.
+    // The browser sends the cookie to every port of 127.0.0.1, so the cookie alone (or
+    // with a wrong secret) opens nothing; the secret lives in this origin's storage.
+    for wrong in [None, Some("0".repeat(64))] {
+        let mut r = http
+            .get(format!("{base}/api/chats"))
+            .header("cookie", &session);
+        if let Some(w) = &wrong {
+            r = r.header("x-nanoclaw-session", w);
+        }
+        assert_eq!(r.send().await.expect("chats").status(), 401, "{wrong:?}");
+    }
+    // A cookie another local page tossed beside ours does not lock the user out.
+    let tossed = format!("nanoclaw_session=tossed; {session}");
+    let r = http
+        .get(format!("{base}/api/chats"))
+        .header("cookie", &tossed)
+        .header("x-nanoclaw-session", &secret)
+        .send()
+        .await
+        .expect("chats");
+    assert_eq!(r.status(), 200);
+    // With both, it reads; it changes things only from this origin.
     let r = http
         .get(format!("{base}/api/chats"))
         .header("cookie", &session)
+        .header("x-nanoclaw-session", &secret)
         .header("origin", "http://evil.example")
         .send()
         .await
@@ -336,6 +403,7 @@ async fn the_web_app_signs_in_once_and_refuses_foreign_hosts_and_origins() {
         let mut r = http
             .post(format!("{base}/api/messages"))
             .header("cookie", &session)
+            .header("x-nanoclaw-session", &secret)
             .json(&message);
         if let Some(o) = foreign {
             r = r.header("origin", o);
@@ -354,6 +422,7 @@ async fn the_web_app_signs_in_once_and_refuses_foreign_hosts_and_origins() {
     let r = http
         .post(format!("{base}/api/messages"))
         .header("cookie", &session)
+        .header("x-nanoclaw-session", &secret)
         .header("origin", &origin)
         .json(&message)
         .send()
@@ -364,15 +433,26 @@ async fn the_web_app_signs_in_once_and_refuses_foreign_hosts_and_origins() {
     let r = http
         .post(format!("{base}/api/login-codes"))
         .header("cookie", &session)
+        .header("x-nanoclaw-session", &secret)
         .header("origin", &origin)
         .send()
         .await
         .expect("codes");
     assert_eq!(r.status(), 401);
-    // Signed out, the cookie is worth nothing.
+    // An open event stream ends with the session.
+    let mut events = http
+        .get(format!("{base}/api/events"))
+        .header("cookie", &session)
+        .header("x-nanoclaw-session", &secret)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status(), 200);
+    // Signed out, the session is worth nothing.
     let r = http
         .post(format!("{base}/api/logout"))
         .header("cookie", &session)
+        .header("x-nanoclaw-session", &secret)
         .header("origin", &origin)
         .send()
         .await
@@ -381,9 +461,27 @@ async fn the_web_app_signs_in_once_and_refuses_foreign_hosts_and_origins() {
     let r = http
         .get(format!("{base}/api/chats"))
         .header("cookie", &session)
+        .header("x-nanoclaw-session", &secret)
         .send()
         .await
         .expect("chats");
     assert_eq!(r.status(), 401);
+    // A reply after the logout ends the stream instead of reaching it.
+    d.api
+        .send("web:main", "me", "Me", "after logout")
+        .await
+        .expect("accepted");
+    let mut seen = String::new();
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(chunk)) = events.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended");
+    assert!(
+        !seen.contains("data:"),
+        "nothing delivered after the logout: {seen}"
+    );
     d.terminate().await;
 }

@@ -17,8 +17,16 @@ function notice(text) {
   $("notice").textContent = text || "";
 }
 
+// The session's second secret lives in this origin's localStorage (port included), so
+// other programs on 127.0.0.1, which the browser sends the cookie to, never see it.
+const SECRET = "nanoclaw-session";
+function authHeaders() {
+  const secret = localStorage.getItem(SECRET);
+  return secret ? { "x-nanoclaw-session": secret } : {};
+}
+
 async function api(path, options = {}) {
-  const init = { credentials: "same-origin", headers: {}, ...options };
+  const init = { credentials: "same-origin", ...options, headers: { ...authHeaders(), ...(options.headers || {}) } };
   if (init.body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(init.body);
@@ -27,6 +35,7 @@ async function api(path, options = {}) {
   let body = null;
   try { body = await response.json(); } catch (_) { body = null; }
   if (response.status === 401) {
+    localStorage.removeItem(SECRET);
     showSignIn((body && body.error) || "");
     throw new Error("not signed in");
   }
@@ -111,20 +120,45 @@ async function refreshWorking() {
   } catch (_) { /* shown by api() */ }
 }
 
-function followEvents() {
-  if (state.events) return;
-  const source = new EventSource("/api/events");
-  source.onmessage = (e) => {
-    let event;
-    try { event = JSON.parse(e.data); } catch (_) { return; }
-    if (event.chat_jid === state.chat) {
-      const item = messageItem({ is_bot_message: true, sender_name: "Assistant", content: event.text, timestamp: event.timestamp });
-      $("messages").append(item);
-      item.scrollIntoView({ block: "end" });
+function onEvent(data) {
+  let event;
+  try { event = JSON.parse(data); } catch (_) { return; }
+  if (event.chat_jid === state.chat) {
+    const item = messageItem({ is_bot_message: true, sender_name: "Assistant", content: event.text, timestamp: event.timestamp });
+    $("messages").append(item);
+    item.scrollIntoView({ block: "end" });
+  }
+  refreshWorking();
+}
+
+// The event stream over fetch (EventSource cannot send the session header).
+async function followEvents() {
+  if (state.events || !localStorage.getItem(SECRET)) return;
+  const controller = new AbortController();
+  state.events = controller;
+  try {
+    const response = await fetch("/api/events", { credentials: "same-origin", headers: authHeaders(), signal: controller.signal });
+    if (response.ok && response.body) {
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const chunk = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = chunk.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+          if (data) onEvent(data);
+        }
+      }
     }
-    refreshWorking();
-  };
-  state.events = source;
+  } catch (_) { /* aborted or dropped */ }
+  const mine = state.events === controller;
+  if (mine) state.events = null;
+  if (mine && !controller.signal.aborted) setTimeout(followEvents, 2000);
 }
 
 async function send(e) {
@@ -296,7 +330,7 @@ async function loadRuns() {
     open.type = "button";
     open.setAttribute("aria-label", `show the log of ${r.file}`);
     open.addEventListener("click", async () => {
-      const response = await fetch(`/api/runs/${encodeURIComponent(r.group)}/${encodeURIComponent(r.file)}`, { credentials: "same-origin" });
+      const response = await fetch(`/api/runs/${encodeURIComponent(r.group)}/${encodeURIComponent(r.file)}`, { credentials: "same-origin", headers: authHeaders() });
       const log = $("run-log");
       log.textContent = response.ok ? await response.text() : `HTTP ${response.status}`;
       log.hidden = false;
@@ -351,7 +385,8 @@ async function route() {
       show("chat");
       await loadChats();
       followEvents();
-      const jid = arg ? decodeURIComponent(arg) : state.chat || "web:main";
+      let jid = arg ? decodeURIComponent(arg) : state.chat || "web:main";
+      if (!jid.includes(":")) jid = "web:main";
       await openChat(jid);
     }
     $("sign-out").hidden = false;
@@ -376,6 +411,8 @@ async function signInFromLink() {
     showSignIn(body.error || `Sign-in failed (HTTP ${response.status}).`);
     return false;
   }
+  const body = await response.json();
+  localStorage.setItem(SECRET, body.session);
   notice("Signed in.");
   return true;
 }
@@ -388,8 +425,9 @@ async function start() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) send(e);
   });
   $("sign-out").addEventListener("click", async () => {
-    await fetch("/api/logout", { method: "POST", credentials: "same-origin" });
-    if (state.events) state.events.close();
+    await fetch("/api/logout", { method: "POST", credentials: "same-origin", headers: authHeaders() });
+    localStorage.removeItem(SECRET);
+    if (state.events) state.events.abort();
     state.events = null;
     showSignIn("Signed out.");
   });

@@ -32,7 +32,9 @@ pub fn chat(config: &Config, jid: String, name: Option<String>) -> Result<ExitCo
     let sender_name = name.unwrap_or_else(|| user.clone());
     let assistant = config.assistant_name.clone();
     runtime()?.block_on(async move {
+        // The daemon is on loopback; a proxy would see the bearer token.
         let client = crate::tls::client()
+            .no_proxy()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("cannot create an HTTP client")?;

@@ -18,6 +18,7 @@ fn daemon_status(config: &Config) -> Option<Value> {
     let rt = runtime().ok()?;
     rt.block_on(async {
         let client = crate::tls::client()
+            .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()
             .ok()?;

@@ -91,6 +91,7 @@ fn via_daemon(config: &Config, id: &str, to: TaskStatus) -> Option<Result<Schedu
         TaskStatus::Cancelled => "cancel",
     };
     let client = crate::tls::client()
+        .no_proxy()
         .timeout(std::time::Duration::from_secs(10))
         .build()
         .ok()?;

@@ -13,7 +13,9 @@ use crate::config::Config;
 pub fn ui(config: &Config, env: &HashMap<String, String>, print_only: bool) -> Result<ExitCode> {
     let endpoint = daemon_endpoint(config)?;
     let url: String = runtime()?.block_on(async {
+        // The daemon is on loopback; a proxy would see the bearer token.
         let client = crate::tls::client()
+            .no_proxy()
             .timeout(Duration::from_secs(10))
             .build()
             .context("cannot create an HTTP client")?;
@@ -37,10 +39,13 @@ pub fn ui(config: &Config, env: &HashMap<String, String>, print_only: bool) -> R
                 body["error"].as_str().unwrap_or("no reason given")
             );
         }
-        body["url"]
-            .as_str()
-            .map(str::to_string)
-            .context("the assistant's answer had no link")
+        // The link is built here from a checked code, so whatever answered cannot make
+        // this command open a page of its choosing.
+        let code = body["code"].as_str().unwrap_or_default();
+        if code.len() != 48 || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("the assistant's answer had no sign-in code");
+        }
+        Ok(format!("{}/login#{code}", endpoint.base_url))
     })?;
     println!("{url}");
     println!("(works once, for 10 minutes; it signs in the browser that opens it)");
@@ -54,7 +59,9 @@ pub fn ui(config: &Config, env: &HashMap<String, String>, print_only: bool) -> R
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens `url` in the desktop's browser, if this session has a desktop.
+/// Opens `url` in the desktop's browser, if this session has a desktop. The browser is
+/// given a private file that forwards to the link, not the link itself: a command line
+/// is readable by every user of the machine (`/proc/PID/cmdline`).
 fn open_browser(env: &HashMap<String, String>, url: &str) -> Option<&'static str> {
     let opener = if cfg!(target_os = "macos") {
         "open"
@@ -67,12 +74,44 @@ fn open_browser(env: &HashMap<String, String>, url: &str) -> Option<&'static str
         }
         "xdg-open"
     };
-    std::process::Command::new(opener)
-        .arg(url)
+    let base = env
+        .get("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("nanoclaw-ui-{}", crate::ids::random_hex(8)));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).ok()?;
+    }
+    let page = dir.join("sign-in.html");
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0;url={url}\"><title>NanoClaw</title>"
+    );
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&page)
+            .ok()?;
+        if f.write_all(html.as_bytes()).is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return None;
+        }
+    }
+    let spawned = std::process::Command::new(opener)
+        .arg(&page)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()
-        .map(|_| opener)
+        .spawn();
+    if spawned.is_ok() {
+        // Long enough for a browser to read it; then the file (and the code in it) goes.
+        std::thread::sleep(Duration::from_secs(15));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    spawned.ok().map(|_| opener)
 }

@@ -38,10 +38,13 @@ struct StreamState {
     replayed: HashSet<i64>,
     backlog: VecDeque<OutboundEvent>,
     shutdown: watch::Receiver<bool>,
+    /// A web app session the stream belongs to: it ends when the session does.
+    session: Option<(Arc<super::web::Sessions>, String)>,
 }
 
 pub async fn stream(
     State(state): State<Arc<HttpState>>,
+    session: Option<axum::Extension<super::web::SessionId>>,
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -60,9 +63,18 @@ pub async fn stream(
         replayed: HashSet::new(),
         backlog: VecDeque::new(),
         shutdown: state.shutdown.clone(),
+        session: session
+            .map(|axum::Extension(super::web::SessionId(id))| (Arc::clone(&state.sessions), id)),
     };
     let events = futures_util::stream::unfold(initial, |mut st| async move {
-        next_event(&mut st).await.map(|event| (Ok(event), st))
+        let event = next_event(&mut st).await?;
+        // Signed out (or expired) since the stream opened: nothing more.
+        if let Some((sessions, id)) = &st.session
+            && !sessions.is_live(id)
+        {
+            return None;
+        }
+        Some((Ok(event), st))
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

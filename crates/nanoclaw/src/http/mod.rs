@@ -134,6 +134,7 @@ pub fn app(state: Arc<HttpState>) -> HttpRouter {
             Arc::clone(&state),
             web::require_own_host,
         ))
+        .layer(middleware::from_fn(web::security_headers))
         .with_state(state)
 }
 
@@ -152,16 +153,18 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if !headers.contains_key(header::AUTHORIZATION)
-        && let Some(session) = web::session_cookie(&headers)
-    {
-        if !state.sessions.is_valid(&session) {
+    let cookies = web::session_cookies(&headers);
+    if !headers.contains_key(header::AUTHORIZATION) && !cookies.is_empty() {
+        let secret = headers
+            .get(web::SESSION_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let Some(id) = state.sessions.check(&cookies, secret) else {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "this browser's session has ended: run `nanoclaw ui` for a new sign-in link",
+                "this browser is not signed in (or its session has ended): run `nanoclaw ui` for a new sign-in link",
             )
             .into_response();
-        }
+        };
         if web::changes_state(request.method()) && !web::own_origin(&headers, state.addr) {
             tracing::warn!(method = %request.method(), path = %request.uri().path(), "a cross-site request with the session cookie was refused");
             return ApiError::new(
@@ -170,6 +173,8 @@ async fn require_token(
             )
             .into_response();
         }
+        let mut request = request;
+        request.extensions_mut().insert(web::SessionId(id));
         return next.run(request).await;
     }
     require_bearer(State(state), headers, request, next).await

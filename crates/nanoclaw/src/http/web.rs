@@ -39,63 +39,109 @@ const MAX_CODES: usize = 16;
 const MAX_SESSIONS: usize = 64;
 
 /// Outstanding sign-in codes and live sessions (in memory: a restart signs everyone out).
+///
+/// A session is two secrets: the cookie (SPEC §14) and a second one the page keeps in
+/// `localStorage` and sends as `X-Nanoclaw-Session` with every request. Browsers send a
+/// 127.0.0.1 cookie to every port of 127.0.0.1, so any local program the user browses to
+/// receives it; `localStorage` belongs to one origin, port included. The cookie alone
+/// opens nothing.
 #[derive(Default)]
 pub struct Sessions {
     codes: Mutex<HashMap<String, Instant>>,
-    sessions: Mutex<HashMap<String, Instant>>,
+    sessions: Mutex<HashMap<String, Session>>,
 }
+
+struct Session {
+    expires: Instant,
+    secret: String,
+}
+
+/// The header carrying a session's second secret.
+pub const SESSION_HEADER: &str = "x-nanoclaw-session";
+
+/// A signed-in session's cookie id (put on the request for handlers that keep
+/// streaming, so they can stop when it ends).
+#[derive(Clone, Debug)]
+pub struct SessionId(pub String);
 
 impl Sessions {
     /// A new single-use code.
     pub fn new_code(&self) -> String {
         let code = crate::ids::random_hex(24);
         let mut codes = lock(&self.codes);
-        prune(&mut codes, MAX_CODES);
-        codes.insert(code.clone(), Instant::now() + CODE_LIFETIME);
+        let now = Instant::now();
+        codes.retain(|_, expires| *expires > now);
+        while codes.len() >= MAX_CODES {
+            let Some(oldest) = codes
+                .iter()
+                .min_by_key(|(_, e)| **e)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            codes.remove(&oldest);
+        }
+        codes.insert(code.clone(), now + CODE_LIFETIME);
         code
     }
 
-    /// Spends `code` (valid once, before it expires) for a new session id.
-    pub fn redeem(&self, code: &str) -> Option<String> {
+    /// Spends `code` (valid once, before it expires) for a new session: its cookie id
+    /// and its header secret.
+    pub fn redeem(&self, code: &str) -> Option<(String, String)> {
         let expires = lock(&self.codes).remove(code)?;
         if Instant::now() >= expires {
             return None;
         }
-        let session = crate::ids::random_hex(32);
+        let (id, secret) = (crate::ids::random_hex(32), crate::ids::random_hex(32));
         let mut sessions = lock(&self.sessions);
-        prune(&mut sessions, MAX_SESSIONS);
-        sessions.insert(session.clone(), Instant::now() + SESSION_LIFETIME);
-        Some(session)
+        let now = Instant::now();
+        sessions.retain(|_, s| s.expires > now);
+        while sessions.len() >= MAX_SESSIONS {
+            let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            sessions.remove(&oldest);
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                expires: now + SESSION_LIFETIME,
+                secret: secret.clone(),
+            },
+        );
+        Some((id, secret))
     }
 
-    pub fn is_valid(&self, session: &str) -> bool {
+    /// The session among `cookies` whose header secret is `secret`, if one is live.
+    pub fn check(&self, cookies: &[String], secret: Option<&str>) -> Option<String> {
+        let secret = secret?;
         let sessions = lock(&self.sessions);
-        // Looked up by equality of fixed-length random ids; the map's hashing reveals
-        // nothing useful about a guess.
-        sessions
-            .get(session)
-            .is_some_and(|expires| Instant::now() < *expires)
+        let now = Instant::now();
+        cookies.iter().find_map(|id| {
+            let s = sessions.get(id)?;
+            (now < s.expires && super::constant_time_eq(s.secret.as_bytes(), secret.as_bytes()))
+                .then(|| id.clone())
+        })
     }
 
-    pub fn end(&self, session: &str) {
-        lock(&self.sessions).remove(session);
+    /// Whether the session with this cookie id is still live.
+    pub fn is_live(&self, id: &str) -> bool {
+        lock(&self.sessions)
+            .get(id)
+            .is_some_and(|s| Instant::now() < s.expires)
+    }
+
+    pub fn end(&self, id: &str) {
+        lock(&self.sessions).remove(id);
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Drops expired entries, then the ones closest to expiring, to make room for one more.
-fn prune(map: &mut HashMap<String, Instant>, max: usize) {
-    let now = Instant::now();
-    map.retain(|_, expires| *expires > now);
-    while map.len() >= max {
-        let Some(oldest) = map.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) else {
-            break;
-        };
-        map.remove(&oldest);
-    }
 }
 
 /// The `Host` values this daemon answers to.
@@ -112,14 +158,22 @@ pub async fn require_own_host(
     request: Request,
     next: Next,
 ) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
+    let hosts: Vec<_> = request.headers().get_all(header::HOST).iter().collect();
+    let host = hosts
+        .first()
         .and_then(|v| v.to_str().ok())
         .map(|h| h.to_ascii_lowercase());
-    let ok = host
-        .as_deref()
-        .is_some_and(|h| own_hosts(state.addr).iter().any(|own| own == h));
+    // An absolute-form target names its own host; it must be ours too.
+    let target_ok = request.uri().authority().is_none_or(|a| {
+        own_hosts(state.addr)
+            .iter()
+            .any(|own| own.eq_ignore_ascii_case(a.as_str()))
+    });
+    let ok = hosts.len() == 1
+        && target_ok
+        && host
+            .as_deref()
+            .is_some_and(|h| own_hosts(state.addr).iter().any(|own| own == h));
     if ok {
         return next.run(request).await;
     }
@@ -135,16 +189,18 @@ pub async fn require_own_host(
     .into_response()
 }
 
-/// The session id in the request's cookie, if any.
-pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+/// Every `nanoclaw_session` cookie value the request carries (another page on
+/// 127.0.0.1 can set one of its own beside ours).
+pub fn session_cookies(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value.trim().to_string())
+        .collect()
 }
 
 /// Whether `method` changes state (and so needs a matching `Origin` with a cookie).
@@ -154,7 +210,11 @@ pub fn changes_state(method: &Method) -> bool {
 
 /// Whether the request's `Origin` is this daemon's own.
 pub fn own_origin(headers: &HeaderMap, addr: SocketAddr) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let mut all = headers.get_all(header::ORIGIN).iter();
+    let (Some(origin), None) = (all.next(), all.next()) else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
         return false;
     };
     let origin = origin.to_ascii_lowercase();
@@ -182,7 +242,7 @@ pub async fn sign_in(
         )
         .into_response();
     }
-    let Some(session) = state.sessions.redeem(body.code.trim()) else {
+    let Some((session, secret)) = state.sessions.redeem(body.code.trim()) else {
         tracing::warn!("a used, expired or unknown sign-in code was refused");
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -195,7 +255,8 @@ pub async fn sign_in(
         "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         SESSION_LIFETIME.as_secs()
     );
-    let mut response = axum::Json(json!({ "signed_in": true })).into_response();
+    // The page keeps `session` in localStorage and sends it as X-Nanoclaw-Session.
+    let mut response = axum::Json(json!({ "signed_in": true, "session": secret })).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -203,9 +264,12 @@ pub async fn sign_in(
 }
 
 /// `POST /api/logout`: signs this browser out.
-pub async fn sign_out(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    if let Some(session) = session_cookie(&headers) {
-        state.sessions.end(&session);
+pub async fn sign_out(
+    State(state): State<Arc<HttpState>>,
+    session: Option<axum::Extension<SessionId>>,
+) -> Response {
+    if let Some(axum::Extension(SessionId(id))) = session {
+        state.sessions.end(&id);
     }
     let mut response = axum::Json(json!({ "signed_in": false })).into_response();
     response.headers_mut().insert(
@@ -220,6 +284,21 @@ pub async fn new_code(State(state): State<Arc<HttpState>>) -> impl IntoResponse 
     let code = state.sessions.new_code();
     let url = format!("http://127.0.0.1:{}/login#{code}", state.addr.port());
     axum::Json(json!({ "code": code, "url": url, "expires_in_seconds": CODE_LIFETIME.as_secs() }))
+}
+
+/// Headers every response gets (the app's assets add their own, stricter set).
+pub async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    response
 }
 
 const INDEX: &str = include_str!("../../web/index.html");
@@ -271,15 +350,23 @@ mod tests {
     fn a_code_works_once_and_only_before_it_expires() {
         let s = Sessions::default();
         let code = s.new_code();
-        let session = s.redeem(&code).expect("first use");
-        assert!(s.is_valid(&session));
+        let (id, secret) = s.redeem(&code).expect("first use");
+        let cookies = vec!["tossed".to_string(), id.clone()];
+        assert_eq!(s.check(&cookies, Some(&secret)), Some(id.clone()));
+        assert_eq!(
+            s.check(&cookies, None),
+            None,
+            "the cookie alone opens nothing"
+        );
+        assert_eq!(s.check(&cookies, Some("guess")), None);
         assert!(s.redeem(&code).is_none(), "single use");
         assert!(s.redeem("guess").is_none());
         let stale = s.new_code();
         lock(&s.codes).insert(stale.clone(), Instant::now() - Duration::from_secs(1));
         assert!(s.redeem(&stale).is_none(), "expired");
-        s.end(&session);
-        assert!(!s.is_valid(&session));
+        s.end(&id);
+        assert!(!s.is_live(&id));
+        assert_eq!(s.check(&cookies, Some(&secret)), None);
     }
 
     #[test]
@@ -297,9 +384,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=1; nanoclaw_session=abc ; b=2"),
+            HeaderValue::from_static("a=1; nanoclaw_session=abc ; nanoclaw_session=def"),
         );
-        assert_eq!(session_cookie(&h).as_deref(), Some("abc"));
+        assert_eq!(session_cookies(&h), ["abc", "def"]);
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://127.0.0.1:3002"),
@@ -314,6 +401,12 @@ mod tests {
             h.insert(header::ORIGIN, HeaderValue::from_str(other).expect("v"));
             assert!(!own_origin(&h, addr), "{other}");
         }
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:3002"),
+        );
+        h.append(header::ORIGIN, HeaderValue::from_static("http://evil.test"));
+        assert!(!own_origin(&h, addr), "two origins");
         assert!(changes_state(&Method::POST) && changes_state(&Method::DELETE));
         assert!(!changes_state(&Method::GET));
     }
