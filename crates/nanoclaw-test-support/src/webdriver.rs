@@ -2,6 +2,7 @@
 //! `chromium-driver`), for testing the web app the way a person uses it. The driver
 //! runs on a loopback port and is killed with this value.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -16,6 +17,11 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The driver leads a process group of its own; Chromium and its helpers are in
+        // it, and would outlive a driver killed alone.
+        if let Ok(pid) = i32::try_from(self.driver.id()) {
+            kill_group(pid);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -37,6 +43,7 @@ impl Browser {
             .expect("a free port");
         let driver = Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -185,4 +192,13 @@ impl Browser {
         }
         std::fs::write(path, png).expect("write screenshot");
     }
+}
+
+/// SIGKILL to every process in the group `pgid` leads.
+fn kill_group(pgid: i32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
