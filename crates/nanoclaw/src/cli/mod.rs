@@ -10,7 +10,9 @@ mod tasks;
 mod ui;
 mod usage;
 
-pub(crate) use usage::{daily_budgets, totals as usage_totals};
+pub(crate) use usage::{
+    daily_budgets, row_json as usage_row_json, totals as usage_totals, window as usage_window,
+};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -66,18 +66,36 @@ pub(crate) fn budget_lines(config: &Config, store: &Store) -> Result<Vec<String>
     Ok(lines)
 }
 
+/// The last `days` local days, today included: today, the first day, and the stored
+/// timestamp of the first day's midnight.
+pub(crate) fn window(
+    tz: &jiff::tz::TimeZone,
+    days: u32,
+) -> Result<(jiff::civil::Date, jiff::civil::Date, String)> {
+    let today = Timestamp::now().to_zoned_datetime(tz.clone()).date();
+    let first_day = today.checked_sub((i64::from(days.max(1)) - 1).days())?;
+    let since = first_day
+        .to_zoned_datetime(tz.clone())
+        .map(|z| crate::clock::format_utc(z.timestamp()))?;
+    Ok((today, first_day, since))
+}
+
+/// One (day, group) total as JSON, as `usage --json` and the web app show it.
+pub(crate) fn row_json(day: &str, group: &str, u: &Usage, responses: usize) -> serde_json::Value {
+    serde_json::json!({
+        "day": day, "group": group, "responses": responses,
+        "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+        "cache_read_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_tokens,
+        "total_tokens": total(u),
+    })
+}
+
 pub fn usage(config: &Config, days: u32, json: bool) -> Result<ExitCode> {
     if days == 0 {
         bail!("--days must be at least 1");
     }
     let store = open_existing_store(config)?;
-    let today = Timestamp::now()
-        .to_zoned_datetime(config.zone.tz.clone())
-        .date();
-    let first_day = today.checked_sub((days as i64 - 1).days())?;
-    let since = first_day
-        .to_zoned_datetime(config.zone.tz.clone())
-        .map(|z| crate::clock::format_utc(z.timestamp()))?;
+    let (today, first_day, since) = window(&config.zone.tz, days)?;
     let rows = store.usage_since(&since)?;
     let totals = totals(&rows, &config.zone.tz);
     let budgets = daily_budgets(config, &store)?;
@@ -93,12 +111,9 @@ pub fn usage(config: &Config, days: u32, json: bool) -> Result<ExitCode> {
         let view: Vec<_> = totals
             .iter()
             .map(|((day, group), (u, responses))| {
-                serde_json::json!({
-                    "day": day, "group": group, "responses": responses,
-                    "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
-                    "cache_read_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_tokens,
-                    "total_tokens": total(u), "daily_budget": budget_of(day, group),
-                })
+                let mut row = row_json(day, group, u, *responses);
+                row["daily_budget"] = serde_json::json!(budget_of(day, group));
+                row
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&view)?);

@@ -381,26 +381,16 @@ pub async fn usage(
     let view = state
         .store
         .call(move |s| {
-            use jiff::ToSpan;
             let tz = config.zone.tz.clone();
-            let today = jiff::Timestamp::now().to_zoned_datetime(tz.clone()).date();
-            let first = today
-                .checked_sub((days as i64 - 1).days())
-                .unwrap_or(today);
-            let since = first
-                .to_zoned_datetime(tz.clone())
-                .map(|z| crate::clock::format_utc(z.timestamp()))
-                .unwrap_or_default();
+            let (today, _, since) = crate::cli::usage_window(&tz, days)
+                .map_err(|e| crate::store::StoreError::Conflict(format!("{e:#}")))?;
             let rows = s.usage_since(&since)?;
             let totals = crate::cli::usage_totals(&rows, &tz);
             let budgets = crate::cli::daily_budgets(&config, s).unwrap_or_default();
             let rows: Vec<Value> = totals
                 .iter()
                 .map(|((day, group), (u, responses))| {
-                    json!({"day": day, "group": group, "responses": responses,
-                        "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
-                        "cache_read_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_tokens,
-                        "total_tokens": u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens})
+                    crate::cli::usage_row_json(day, group, u, *responses)
                 })
                 .collect();
             Ok::<_, crate::store::StoreError>(json!({
