@@ -132,7 +132,13 @@ async fn flood_scenario(
 ) {
     let started = Instant::now();
     api.send(steady, "me", "Me", "hello").await.expect("202");
-    assert_eq!(wait_bot_texts(api, steady, 1).await, ["baseline answer"]);
+    // Only printed, never compared: a first run may wait on the backend's storage (one
+    // rootless account's podman is shared by the tests running beside this one; CI saw
+    // it take over 20 s), which is not what this test is about.
+    assert_eq!(
+        support::wait_bot_texts_within(api, steady, 1, Duration::from_secs(180)).await,
+        ["baseline answer"]
+    );
     let baseline = started.elapsed();
 
     api.send("web:evil", "mallory", "Mallory", "run this script")

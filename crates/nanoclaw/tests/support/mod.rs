@@ -544,9 +544,19 @@ pub async fn channel_condition(api: &Api, name: &str) -> serde_json::Value {
 
 /// Waits until the chat shows `n` assistant messages; returns their texts.
 pub async fn wait_bot_texts(api: &Api, chat_jid: &str, n: usize) -> Vec<String> {
+    wait_bot_texts_within(api, chat_jid, n, DEADLINE).await
+}
+
+/// [`wait_bot_texts`], with a deadline of its own.
+pub async fn wait_bot_texts_within(
+    api: &Api,
+    chat_jid: &str,
+    n: usize,
+    deadline: std::time::Duration,
+) -> Vec<String> {
     wait_for(
         &format!("{n} assistant messages in {chat_jid}"),
-        DEADLINE,
+        deadline,
         || async {
             let texts = api.bot_texts(chat_jid).await.ok()?;
             (texts.len() >= n).then_some(texts)
