@@ -162,6 +162,15 @@ impl ChannelError {
     }
 }
 
+/// Why a channel's credentials could not be confirmed ([`Channel::verify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The platform said no: what is wrong, and what to do about it.
+    Refused(String),
+    /// The platform could not be asked (network, timeout, its own error).
+    Unreachable(String),
+}
+
 #[async_trait]
 pub trait Channel: Send + Sync + 'static {
     /// Short lowercase name (`web`, `telegram`, …), also stored as `chats.channel`.
@@ -185,6 +194,13 @@ pub trait Channel: Send + Sync + 'static {
         } else {
             ChannelCondition::Connecting
         }
+    }
+
+    /// Asks the platform once whether the credentials work, without staying connected,
+    /// and says who they sign in as. `setup` checks answers with it before saving them,
+    /// and `doctor` checks the settings while the daemon is not running.
+    async fn verify(&self) -> Result<String, VerifyError> {
+        Ok("nothing to check".into())
     }
 
     /// Sends a reply. An error leaves the reply in the outbox for a later attempt.

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use nanoclaw_channel::text::{Units, split};
 use nanoclaw_channel::{
     Channel, ChannelCondition, ChannelError, ChannelHost, OutboundMessage, PieceLedger,
-    TypingTickers,
+    TypingTickers, VerifyError,
 };
 use tokio::sync::watch;
 
@@ -150,6 +150,10 @@ impl Discord {
 impl Channel for Discord {
     fn name(&self) -> &'static str {
         "discord"
+    }
+
+    async fn verify(&self) -> Result<String, VerifyError> {
+        self.rest.current_user().await
     }
 
     fn owns_jid(&self, jid: &str) -> bool {

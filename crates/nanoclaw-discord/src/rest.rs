@@ -87,6 +87,46 @@ impl Rest {
             .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
     }
 
+    /// Who the token signs in as (`GET /users/@me`), for `setup` and `doctor`.
+    pub async fn current_user(&self) -> Result<String, nanoclaw_channel::VerifyError> {
+        use nanoclaw_channel::VerifyError;
+        let response = self
+            .request(reqwest::Method::GET, "/users/@me")
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .map_err(|e| {
+                VerifyError::Unreachable(format!("cannot reach Discord: {}", e.without_url()))
+            })?;
+        match response.status().as_u16() {
+            401 => Err(VerifyError::Refused(
+                "Discord refused DISCORD_BOT_TOKEN (401): Developer Portal → your application → Bot → Reset Token, and use the new token"
+                    .into(),
+            )),
+            s if !(200..300).contains(&s) => Err(VerifyError::Unreachable(format!(
+                "Discord answered {s} to GET /users/@me"
+            ))),
+            _ => {
+                let me: Value = response.json().await.map_err(|e| {
+                    VerifyError::Unreachable(format!(
+                        "unreadable answer to GET /users/@me: {}",
+                        e.without_url()
+                    ))
+                })?;
+                if me["bot"].as_bool() != Some(true) {
+                    return Err(VerifyError::Refused(
+                        "DISCORD_BOT_TOKEN is not a bot's token: use the token of your application's Bot page"
+                            .into(),
+                    ));
+                }
+                Ok(format!(
+                    "the bot {} (GET /users/@me)",
+                    me["username"].as_str().unwrap_or("?")
+                ))
+            }
+        }
+    }
+
     /// The gateway URL for this bot and its session budget (`GET /gateway/bot`).
     pub async fn gateway_bot(&self) -> Result<GatewayBot, GatewayLookup> {
         let response = self

@@ -254,6 +254,31 @@ async fn log_in(email: &Email) -> Result<Session, Outcome> {
     }
 }
 
+/// Logs in, opens the mailbox and logs out: whether the settings work.
+pub(crate) async fn check(email: &Email) -> Result<(), nanoclaw_channel::VerifyError> {
+    use nanoclaw_channel::VerifyError;
+    let verdict = |o: Outcome| match o {
+        Outcome::Fatal(why) => VerifyError::Refused(why),
+        Outcome::Retry(why) | Outcome::Reconnect(why) | Outcome::Wait(_, why) => {
+            VerifyError::Unreachable(why)
+        }
+        Outcome::Shutdown => VerifyError::Unreachable("stopped".into()),
+    };
+    let mut session = log_in(email).await.map_err(verdict)?;
+    let mailbox = email.config.mailbox.clone();
+    let selected = tokio::time::timeout(TIMEOUT, session.select(&mailbox)).await;
+    let _ = tokio::time::timeout(TIMEOUT, session.logout()).await;
+    match selected {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(async_imap::error::Error::No(why))) => Err(VerifyError::Refused(format!(
+            "the IMAP server has no mailbox {mailbox:?} ({}): check EMAIL_MAILBOX",
+            why.trim()
+        ))),
+        Ok(Err(e)) => Err(VerifyError::Unreachable(format!("IMAP SELECT: {e}"))),
+        Err(_) => Err(VerifyError::Unreachable("IMAP SELECT: no answer".into())),
+    }
+}
+
 /// One connection's life.
 async fn session(
     email: &Email,

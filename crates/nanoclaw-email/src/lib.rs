@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use nanoclaw_channel::{
     Channel, ChannelCondition, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage,
-    SendRetry,
+    SendRetry, VerifyError,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -281,6 +281,24 @@ impl Email {
 impl Channel for Email {
     fn name(&self) -> &'static str {
         "email"
+    }
+
+    /// Logs in to IMAP (and opens the mailbox) and to SMTP, then leaves.
+    async fn verify(&self) -> Result<String, VerifyError> {
+        imap::check(self).await?;
+        let (secret, oauth) = self
+            .smtp_secret()
+            .await
+            .map_err(|e| VerifyError::Refused(e.message))?;
+        smtp::check(&self.config, self.ca_pem.as_deref(), &secret, oauth).await?;
+        Ok(format!(
+            "{} logs in to {}:{} (IMAP) and {}:{} (SMTP)",
+            self.config.user,
+            self.config.imap.host,
+            self.config.imap.port,
+            self.config.smtp.host,
+            self.config.smtp.port
+        ))
     }
 
     fn owns_jid(&self, jid: &str) -> bool {

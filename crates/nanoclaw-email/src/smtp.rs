@@ -71,6 +71,33 @@ fn transport(
     )
 }
 
+/// Connects, logs in and leaves: whether the SMTP settings work.
+pub async fn check(
+    config: &EmailConfig,
+    ca_pem: Option<&[u8]>,
+    secret: &str,
+    oauth: bool,
+) -> Result<(), nanoclaw_channel::VerifyError> {
+    use nanoclaw_channel::VerifyError;
+    let transport =
+        transport(config, ca_pem, secret, oauth).map_err(|e| VerifyError::Refused(e.message))?;
+    match transport.test_connection().await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(VerifyError::Unreachable(format!(
+            "the SMTP server at {}:{} closed the connection",
+            config.smtp.host, config.smtp.port
+        ))),
+        Err(e) if e.is_permanent() => Err(VerifyError::Refused(format!(
+            "the SMTP server refused the login of {} ({e}): check EMAIL_USER and EMAIL_PASSWORD (for Gmail, an app password)",
+            config.user
+        ))),
+        Err(e) => Err(VerifyError::Unreachable(format!(
+            "SMTP {}:{}: {e}",
+            config.smtp.host, config.smtp.port
+        ))),
+    }
+}
+
 /// Sends one mail. Refusals the server means for good (a 5xx: no such recipient,
 /// relaying denied) give the reply up; anything else is tried again later.
 pub async fn send(

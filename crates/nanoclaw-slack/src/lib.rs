@@ -31,6 +31,7 @@ use async_trait::async_trait;
 use nanoclaw_channel::text::{Units, split};
 use nanoclaw_channel::{
     Channel, ChannelCondition, ChannelError, ChannelHost, OutboundMessage, PieceLedger, SendRetry,
+    VerifyError,
 };
 use tokio::sync::watch;
 
@@ -448,6 +449,40 @@ fn send_outcome(result: Result<serde_json::Value, ApiError>) -> Result<(), Chann
 impl Channel for Slack {
     fn name(&self) -> &'static str {
         "slack"
+    }
+
+    /// `auth.test` with the bot token, then `apps.connections.open` with the app token
+    /// (the URL it gives is not used, and expires unused).
+    async fn verify(&self) -> Result<String, VerifyError> {
+        let refused = |setting: &str, method: &str, e: ApiError| match e {
+            ApiError::Slack(code) => VerifyError::Refused(format!(
+                "Slack refused {setting} ({method}: {code}): {}",
+                if setting == "SLACK_APP_TOKEN" {
+                    "your app's page → Basic Information → App-Level Tokens, with the connections:write scope, and Socket Mode on"
+                } else {
+                    "your app's page → OAuth & Permissions → Bot User OAuth Token (install the app to the workspace first)"
+                }
+            )),
+            ApiError::RateLimited(d) => VerifyError::Unreachable(format!(
+                "Slack asked to wait {} s before {method}",
+                d.as_secs()
+            )),
+            ApiError::Transport(why) => VerifyError::Unreachable(why),
+        };
+        let me = self
+            .api
+            .call("auth.test", &self.bot_token, &[])
+            .await
+            .map_err(|e| refused("SLACK_BOT_TOKEN", "auth.test", e))?;
+        self.api
+            .call("apps.connections.open", &self.app_token, &[])
+            .await
+            .map_err(|e| refused("SLACK_APP_TOKEN", "apps.connections.open", e))?;
+        Ok(format!(
+            "the bot @{} in {} (auth.test, apps.connections.open)",
+            me["user"].as_str().unwrap_or("?"),
+            me["team"].as_str().unwrap_or("?")
+        ))
     }
 
     fn owns_jid(&self, jid: &str) -> bool {

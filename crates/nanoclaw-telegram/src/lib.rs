@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use nanoclaw_channel::text::{Units, split, starts_with_word};
 use nanoclaw_channel::{
     Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage, PieceLedger, SendRetry,
-    TypingTickers,
+    TypingTickers, VerifyError,
 };
 
 pub const PREFIX: &str = "tg:";
@@ -469,6 +469,23 @@ async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> boo
 impl Channel for Telegram {
     fn name(&self) -> &'static str {
         "telegram"
+    }
+
+    async fn verify(&self) -> Result<String, VerifyError> {
+        match self
+            .call("getMe", &json!({}), Duration::from_secs(15))
+            .await
+        {
+            Ok(me) => Ok(format!(
+                "the bot @{} (getMe)",
+                me["username"].as_str().unwrap_or("?")
+            )),
+            Err(e @ ApiFailure::Unauthorized(_)) => Err(VerifyError::Refused(e.to_string())),
+            Err(e @ ApiFailure::Api { code, .. }) if (400..500).contains(&code) => {
+                Err(VerifyError::Refused(e.to_string()))
+            }
+            Err(e) => Err(VerifyError::Unreachable(e.to_string())),
+        }
     }
 
     fn owns_jid(&self, jid: &str) -> bool {

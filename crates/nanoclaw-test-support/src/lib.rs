@@ -9,6 +9,7 @@ pub mod fake_openai;
 pub mod fake_slack;
 pub mod fake_telegram;
 pub mod mail_servers;
+pub mod pty;
 pub mod webdriver;
 
 use std::future::Future;

@@ -713,3 +713,42 @@ async fn attachments_are_saved_once_and_at_most_twenty_per_mail() {
     );
     d.stop().await;
 }
+
+/// What `setup` and `doctor` ask the mail servers: an IMAP login (and the mailbox) and
+/// an SMTP login, with a refusal told apart from a server that cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_logs_in_to_both_servers_and_names_what_is_wrong() {
+    use nanoclaw::channels::{Channel, VerifyError};
+    let servers = MailServers::start();
+    let who = support::email(&servers, &[])
+        .verify()
+        .await
+        .expect("the right password is accepted");
+    assert!(who.contains("(IMAP)") && who.contains("(SMTP)"), "{who}");
+
+    match support::email(&servers, &[("EMAIL_PASSWORD", "not-the-password")])
+        .verify()
+        .await
+    {
+        Err(VerifyError::Refused(why)) => assert!(why.contains("EMAIL_PASSWORD"), "{why}"),
+        other => panic!("a wrong password is refused: {other:?}"),
+    }
+    match support::email(&servers, &[("EMAIL_MAILBOX", "NoSuchFolder")])
+        .verify()
+        .await
+    {
+        Err(VerifyError::Refused(why)) => assert!(why.contains("EMAIL_MAILBOX"), "{why}"),
+        other => panic!("a missing mailbox is named: {other:?}"),
+    }
+    let closed = nanoclaw_test_support::free_port();
+    match support::email(
+        &servers,
+        &[("EMAIL_SMTP_URL", &format!("smtp://127.0.0.1:{closed}"))],
+    )
+    .verify()
+    .await
+    {
+        Err(VerifyError::Unreachable(why)) => assert!(why.contains("SMTP"), "{why}"),
+        other => panic!("a server that is not there cannot be asked: {other:?}"),
+    }
+}

@@ -5,6 +5,7 @@ mod chat;
 mod groups;
 mod sandbox_cmd;
 mod service;
+mod setup;
 mod status;
 mod tasks;
 mod ui;
@@ -51,6 +52,8 @@ pub struct Cli {
 enum Command {
     /// Run the assistant: channels, router, queue, HTTP server (until SIGINT/SIGTERM)
     Run,
+    /// First run: check the sandboxes, the model credential and each channel, save .env
+    Setup(setup::SetupArgs),
     /// Show whether the daemon is running and what it is doing
     Status {
         /// Print JSON instead of text
@@ -139,6 +142,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let (config, secrets) = Config::load(&root, &env).context("invalid configuration")?;
     match cli.command {
         Command::Run => run(config, secrets),
+        Command::Setup(args) => setup::setup(&config, &env, args),
         Command::Status { json } => status::status(&config, json),
         Command::Chat { jid, name } => chat::chat(&config, jid, name),
         Command::Doctor { offline } => status::doctor(&config, &secrets, offline),

@@ -13,7 +13,7 @@ use crate::layout::Layout;
 use crate::router::sender_allowlist;
 
 /// Asks the running daemon for `/api/status`; `None` when none answers.
-fn daemon_status(config: &Config) -> Option<Value> {
+pub(super) fn daemon_status(config: &Config) -> Option<Value> {
     let endpoint = daemon_endpoint(config).ok()?;
     let rt = runtime().ok()?;
     rt.block_on(async {
@@ -140,6 +140,23 @@ pub(crate) enum Verdict {
     Fail(String),
 }
 
+impl Verdict {
+    /// `ok  name  text`, as `doctor` and `setup` print a check (no color).
+    pub(crate) fn line(&self, name: &str) -> String {
+        let (tag, text) = match self {
+            Verdict::Ok(t) => ("ok", t),
+            Verdict::Warn(t) => ("warn", t),
+            Verdict::Fail(t) => ("FAIL", t),
+        };
+        if name.is_empty() {
+            // A detail of the check above it.
+            format!("{:<4} {text}", if tag == "ok" { "" } else { tag })
+        } else {
+            format!("{tag:<4} {name}: {text}")
+        }
+    }
+}
+
 /// Whether agents can reach a model: a credential for the Anthropic API, or an
 /// OpenAI-compatible server (which may need no key). Without one every run fails.
 fn model_check(config: &Config, secrets: &crate::config::Secrets) -> Verdict {
@@ -179,7 +196,7 @@ fn model_check(config: &Config, secrets: &crate::config::Secrets) -> Verdict {
 /// Whether the model API accepts the credential: one cheap request (`GET /v1/models`,
 /// which costs no tokens). Only the status and the error's type are shown: some servers
 /// quote part of a wrong key in their message.
-fn model_upstream_check(config: &Config, secrets: &crate::config::Secrets) -> Verdict {
+pub(super) fn model_upstream_check(config: &Config, secrets: &crate::config::Secrets) -> Verdict {
     let openai = config.llm_api == "openai";
     let base = if openai {
         &config.openai_base_url
@@ -386,14 +403,33 @@ pub fn doctor(
         }
         None => {
             checks.push(("daemon", Verdict::Warn("not running".into())));
-            for c in &configured.channels {
-                checks.push((
-                    "channel",
-                    Verdict::Ok(format!(
-                        "{}: configured (connects when nanoclaw runs)",
-                        c.name()
+            // The platforms are asked directly: a wrong token shows now, not at start.
+            let verified = if offline {
+                None
+            } else {
+                runtime().ok().map(|rt| {
+                    rt.block_on(futures_util::future::join_all(
+                        configured.channels.iter().map(|c| c.verify()),
+                    ))
+                })
+            };
+            for (i, c) in configured.channels.iter().enumerate() {
+                let name = c.name();
+                let verdict = match verified.as_ref().and_then(|v| v.get(i)) {
+                    None => Verdict::Ok(format!(
+                        "{name}: configured, not checked (--offline); connects when nanoclaw runs"
                     )),
-                ));
+                    Some(Ok(who)) => {
+                        Verdict::Ok(format!("{name}: {who}; connects when nanoclaw runs"))
+                    }
+                    Some(Err(crate::channels::VerifyError::Refused(why))) => {
+                        Verdict::Fail(format!("{name}: {why}"))
+                    }
+                    Some(Err(crate::channels::VerifyError::Unreachable(why))) => {
+                        Verdict::Warn(format!("{name}: could not be checked: {why}"))
+                    }
+                };
+                checks.push(("channel", verdict));
             }
         }
     }
@@ -574,7 +610,7 @@ fn host_use_of_id(id: u32) -> Option<String> {
 }
 
 /// One line per backend (works, or why not), and which one `run` would use.
-fn sandbox_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
+pub(super) fn sandbox_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
     use crate::config::RuntimeKind;
     use crate::sandbox;
     let Ok(rt) = runtime() else {

@@ -11,8 +11,23 @@ use super::{daemon_endpoint, runtime};
 use crate::config::Config;
 
 pub fn ui(config: &Config, env: &HashMap<String, String>, print_only: bool) -> Result<ExitCode> {
+    let url = login_link(config)?;
+    println!("{url}");
+    println!("(works once, for 10 minutes; it signs in the browser that opens it)");
+    if print_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+    match open_browser(env, &url) {
+        Some(how) => println!("opened it with {how}"),
+        None => println!("open it in a browser on this computer"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh one-time sign-in link from the running daemon.
+pub(crate) fn login_link(config: &Config) -> Result<String> {
     let endpoint = daemon_endpoint(config)?;
-    let url: String = runtime()?.block_on(async {
+    runtime()?.block_on(async {
         // The daemon is on loopback; a proxy would see the bearer token.
         let client = crate::tls::client()
             .no_proxy()
@@ -46,17 +61,7 @@ pub fn ui(config: &Config, env: &HashMap<String, String>, print_only: bool) -> R
             bail!("the assistant's answer had no sign-in code");
         }
         Ok(format!("{}/login#{code}", endpoint.base_url))
-    })?;
-    println!("{url}");
-    println!("(works once, for 10 minutes; it signs in the browser that opens it)");
-    if print_only {
-        return Ok(ExitCode::SUCCESS);
-    }
-    match open_browser(env, &url) {
-        Some(how) => println!("opened it with {how}"),
-        None => println!("open it in a browser on this computer"),
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Opens `url` in the desktop's browser, if this session has a desktop. The browser is

@@ -54,6 +54,21 @@ pub fn parse(text: &str) -> Result<DotenvEntries, DotenvError> {
     Ok(entries)
 }
 
+/// The variable a line assigns (`KEY=…` or `export KEY=…`), if it is an assignment.
+pub fn key_of(raw_line: &str) -> Option<&str> {
+    let line = raw_line.trim_start_matches('\u{feff}').trim();
+    if line.starts_with('#') {
+        return None;
+    }
+    let line = line
+        .strip_prefix("export")
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .map(str::trim_start)
+        .unwrap_or(line);
+    let key = line.split_once('=')?.0.trim_end();
+    is_valid_key(key).then_some(key)
+}
+
 fn is_valid_key(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')

@@ -7,7 +7,7 @@
 //! Secrets live in [`Secrets`], apart from [`Config`]: `Config` may be logged and shown
 //! (`nanoclaw status`), `Secrets` cannot be — its `Debug` prints only which are set.
 
-mod dotenv;
+pub(crate) mod dotenv;
 
 use std::collections::HashMap;
 use std::fmt;
