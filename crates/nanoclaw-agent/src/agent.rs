@@ -152,6 +152,7 @@ impl Agent {
             }
             let mut results = Vec::with_capacity(uses.len() + 1);
             for (id, name, input) in uses {
+                (self.emit)(AgentEvent::Tool { name: name.clone() });
                 let output = tools::run(&name, &input, &self.ctx).await;
                 results.push(json!({
                     "type": "tool_result", "tool_use_id": id, "content": output.content, "is_error": output.is_error

@@ -49,6 +49,9 @@ pub enum AgentEvent {
     },
     /// The session the agent is now using; the host stores it for the group.
     Session { session_id: String },
+    /// The agent is about to run this tool: shown to the user as what it is doing
+    /// (until the next result or idle). Untrusted text: the host cleans it.
+    Tool { name: String },
     /// The agent has handled everything it read (`inputs` follow-ups, as for `Result`)
     /// and waits for more.
     Idle {
@@ -102,6 +105,12 @@ mod tests {
                     session_id: "s1".into(),
                 },
                 r#"{"type":"session","session_id":"s1"}"#,
+            ),
+            (
+                AgentEvent::Tool {
+                    name: "Bash".into(),
+                },
+                r#"{"type":"tool","name":"Bash"}"#,
             ),
             (
                 AgentEvent::Idle { inputs: 0 },

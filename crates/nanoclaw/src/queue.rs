@@ -42,10 +42,26 @@ pub enum RunOutcome {
     GiveUp { reason: String },
 }
 
+/// A tool name from the sandbox as it may be shown: name characters only (MCP's
+/// `mcp__server__tool` included), at most 64 of them.
+fn tool_label(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_-.:".contains(*c))
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "a tool".to_string()
+    } else {
+        clean
+    }
+}
+
 /// The live side of a run, owned by the processor while it runs.
 pub struct RunSlot {
     pub signals: mpsc::UnboundedReceiver<RunSignal>,
     idle: Arc<AtomicBool>,
+    tool: Arc<Mutex<Option<String>>>,
     recheck: bool,
     queue: Weak<GroupQueue>,
 }
@@ -71,6 +87,12 @@ impl RunSlot {
             }
             queue.preempt_idle_locked(&mut st);
         }
+    }
+
+    /// The tool the agent runs now (`None`: none), for `status` and the web app. The
+    /// name comes from the sandbox: only a short run of name characters is kept.
+    pub fn set_tool(&self, name: Option<&str>) {
+        *self.tool.lock().unwrap_or_else(|p| p.into_inner()) = name.map(tool_label);
     }
 
     /// Messages were signalled but could not be handed to the run: look again after it.
@@ -126,6 +148,8 @@ pub struct QueueSnapshot {
 pub struct ActiveRunInfo {
     pub chat_jid: String,
     pub idle: bool,
+    /// The tool the agent is running, if it is running one.
+    pub tool: Option<String>,
     /// Set for a scheduled task's run.
     pub task_id: Option<String>,
 }
@@ -134,6 +158,7 @@ struct ActiveRun {
     signals: mpsc::UnboundedSender<RunSignal>,
     task_id: Option<String>,
     idle: Arc<AtomicBool>,
+    tool: Arc<Mutex<Option<String>>>,
     /// Asked to close to free its slot for a waiting group.
     closing: bool,
     task: Option<JoinHandle<()>>,
@@ -288,6 +313,7 @@ impl GroupQueue {
                 g.run.as_ref().map(|r| ActiveRunInfo {
                     chat_jid: jid.clone(),
                     idle: r.idle.load(Ordering::Relaxed),
+                    tool: r.tool.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                     task_id: r.task_id.clone(),
                 })
             })
@@ -304,6 +330,7 @@ impl GroupQueue {
         let Some(me) = self.me.upgrade() else { return };
         let (tx, rx) = mpsc::unbounded_channel();
         let idle = Arc::new(AtomicBool::new(false));
+        let tool = Arc::new(Mutex::new(None));
         st.active += 1;
         let group = st.groups.entry(chat_jid.to_string()).or_default();
         // Due tasks go before messages (which stay pending for the next run).
@@ -313,11 +340,13 @@ impl GroupQueue {
         }
         let jid = chat_jid.to_string();
         let slot_idle = Arc::clone(&idle);
+        let slot_tool = Arc::clone(&tool);
         let run_task_id = task_id.clone();
         let task = tokio::spawn(async move {
             let mut slot = RunSlot {
                 signals: rx,
                 idle: slot_idle,
+                tool: slot_tool,
                 recheck: false,
                 queue: Arc::downgrade(&me),
             };
@@ -346,6 +375,7 @@ impl GroupQueue {
             signals: tx,
             task_id,
             idle,
+            tool,
             closing: false,
             task: Some(task),
         });
@@ -505,6 +535,18 @@ impl GroupQueue {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tool_names_from_the_sandbox_are_cleaned_before_they_are_shown() {
+        assert_eq!(super::tool_label("Bash"), "Bash");
+        assert_eq!(
+            super::tool_label("mcp__github__create_issue"),
+            "mcp__github__create_issue"
+        );
+        assert_eq!(super::tool_label("<img src=x>\u{1b}[31m"), "imgsrcx31m");
+        assert_eq!(super::tool_label("\n\t "), "a tool");
+        assert_eq!(super::tool_label(&"x".repeat(500)).len(), 64);
+    }
+
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use tokio::sync::Semaphore;

@@ -487,3 +487,47 @@ async fn a_group_within_its_budget_is_answered() {
     );
     d.stop().await;
 }
+
+/// While the agent runs a tool, `/api/status` (and so `status` and the web app) says
+/// which; once it has answered, no tool is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_tool_the_agent_is_running() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool("Bash", json!({"command": "sleep 4; echo slept"})),
+        Reply::text("I slept."),
+    ])
+    .await;
+    let url = fake.url.clone();
+    let d = start(
+        tempfile::tempdir().expect("temp dir"),
+        RuntimeKind::Bwrap,
+        anthropic_secrets(),
+        move |c| c.anthropic_base_url = url,
+    )
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "take a nap")
+        .await
+        .expect("202");
+    let active = |status: &serde_json::Value| {
+        status["queue"]["active"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["chat_jid"] == "web:main").cloned())
+    };
+    let run = nanoclaw_test_support::wait_for(
+        "the run to show its tool",
+        nanoclaw_test_support::DEADLINE,
+        || async {
+            let (_, status) = d.api.get("/api/status").await.ok()?;
+            active(&status).filter(|r| r["tool"] == "Bash")
+        },
+    )
+    .await;
+    assert_eq!(run["idle"], false, "{run}");
+    assert_eq!(wait_bot_texts(&d.api, "web:main", 1).await, ["I slept."]);
+    let (_, status) = d.api.get("/api/status").await.expect("status");
+    if let Some(run) = active(&status) {
+        assert!(run["tool"].is_null(), "no tool after the answer: {run}");
+    }
+    d.stop().await;
+}

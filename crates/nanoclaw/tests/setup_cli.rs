@@ -152,6 +152,18 @@ async fn setup_in_a_terminal_catches_a_wrong_key_and_writes_an_env_that_runs() {
         support::wait_bot_texts(&d.api, "web:main", 1).await,
         ["hello from the key setup saved"]
     );
+    // Setup again, with the assistant running: it ends with a sign-in link.
+    let out = setup_command(&root, &[])
+        .arg("--non-interactive")
+        .output()
+        .expect("setup runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("http://127.0.0.1:{}/login#", d.port))
+            && stdout.contains("Nothing to change"),
+        "{stdout}"
+    );
     wait_for(
         "telegram to connect with the saved token",
         DEADLINE,

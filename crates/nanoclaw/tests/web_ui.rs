@@ -43,7 +43,13 @@ async fn a_person_signs_in_chats_with_a_sandboxed_agent_and_pauses_a_task() {
         webdriver::available(),
         "chromium and chromium-driver are needed (scripts/test-tools.sh installs them)"
     );
-    let fake = FakeAnthropic::start(vec![Reply::text("Hello from the sandbox.")]).await;
+    // The agent runs a tool first, long enough for the page's status poll (every 3 s)
+    // to show it at least twice.
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool("Bash", json!({"command": "sleep 7"})),
+        Reply::text("Hello from the sandbox."),
+    ])
+    .await;
     let url = fake.url.clone();
     let secrets = Secrets {
         anthropic_api_key: Some(Secret::new("sk-ant-web")),
@@ -100,6 +106,11 @@ async fn a_person_signs_in_chats_with_a_sandboxed_agent_and_pauses_a_task() {
 
     browser.type_into("#compose-text", "hi from chromium").await;
     browser.click("#compose button[type=submit]").await;
+    browser
+        .wait_text("#chat-working", "the tool shown while it runs", |t| {
+            t.contains("running Bash")
+        })
+        .await;
     let messages = browser
         .wait_text("#messages", "the agent's reply, live", |t| {
             t.contains("Hello from the sandbox.")

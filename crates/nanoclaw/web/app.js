@@ -116,7 +116,10 @@ async function refreshWorking() {
     const run = (status.queue.active || []).find((r) => r.chat_jid === state.chat);
     const working = $("chat-working");
     working.hidden = !run || run.idle;
-    working.textContent = run && run.task_id ? `Running scheduled task ${run.task_id}…` : "The assistant is working…";
+    const doing = run && run.tool ? ` (running ${run.tool})` : "";
+    working.textContent = run && run.task_id
+      ? `Running scheduled task ${run.task_id}${doing}…`
+      : `The assistant is working${doing}…`;
   } catch (_) { /* shown by api() */ }
 }
 

@@ -96,6 +96,12 @@ impl Target {
     }
 }
 
+/// Whether `service install` starts the service here (a systemd answers), rather than
+/// only writing the unit.
+pub(crate) fn starts_service(env: &HashMap<String, String>) -> bool {
+    cfg!(target_os = "macos") || Target::new(env).is_ok_and(|t| t.systemd_available())
+}
+
 /// The systemd unit for `binary` serving `root`.
 pub fn systemd_unit(binary: &Path, root: &Path, path_env: &str, user: bool) -> String {
     let exec = format!(

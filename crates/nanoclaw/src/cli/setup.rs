@@ -159,18 +159,22 @@ pub fn setup(config: &Config, env: &HashMap<String, String>, args: SetupArgs) ->
         }
     }
     let path = config.root.join(".env");
-    write_dotenv(&path, &s.changes)?;
-    let set: Vec<&str> = s
-        .changes
-        .iter()
-        .filter(|(_, v)| v.is_some())
-        .map(|(k, _)| *k)
-        .collect();
-    println!("\nSaved {} (mode 0600): {}", path.display(), set.join(", "));
+    if s.changes.is_empty() {
+        println!("\nNothing to change in {}.", path.display());
+    } else {
+        write_dotenv(&path, &s.changes)?;
+        let set: Vec<&str> = s
+            .changes
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        println!("\nSaved {} (mode 0600): {}", path.display(), set.join(", "));
+    }
 
     // The settings as saved, for the service and the link.
     let (config, _) = s.candidate(&[])?;
-    let live = super::status::daemon_status(&config).is_some();
+    let was_running = super::status::daemon_status(&config).is_some();
     let service = if interactive {
         s.term.confirm(
             "Run NanoClaw as a service that starts with the computer?",
@@ -179,14 +183,27 @@ pub fn setup(config: &Config, env: &HashMap<String, String>, args: SetupArgs) ->
     } else {
         args.service
     };
+    let mut started = false;
     if service {
         super::service::run(&config, env, super::service::ServiceCommand::Install)?;
+        started = !was_running && super::service::starts_service(env);
+    }
+    let mut live = was_running;
+    if started {
+        // The service's first start: wait for it, to end with a link that works.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !live && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            live = super::status::daemon_status(&config).is_some();
+        }
     }
     println!();
     if live {
-        println!(
-            "The assistant is running with the settings it had when it started: restart it to use these."
-        );
+        if was_running {
+            println!(
+                "The assistant is running with the settings it had when it started: restart it to use these."
+            );
+        }
         match super::ui::login_link(&config) {
             Ok(url) => {
                 println!("Open the web app (this link works once, for 10 minutes):\n  {url}")

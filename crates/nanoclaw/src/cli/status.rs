@@ -65,6 +65,20 @@ pub fn status(config: &Config, as_json: bool) -> Result<ExitCode> {
             queue["max_concurrent"],
             queue["waiting"].as_array().map_or(0, Vec::len)
         );
+        for run in queue["active"].as_array().into_iter().flatten() {
+            let what = if run["idle"].as_bool() == Some(true) {
+                "idle, waiting for follow-ups".to_string()
+            } else if let Some(tool) = run["tool"].as_str() {
+                format!("running {tool}")
+            } else {
+                "thinking".to_string()
+            };
+            let task = run["task_id"]
+                .as_str()
+                .map(|t| format!(" (task {t})"))
+                .unwrap_or_default();
+            println!("              {}{task}: {what}", s(&run["chat_jid"]));
+        }
         println!(
             "  store:      {} groups, {} messages, {} replies not yet delivered",
             live["registered_groups"], live["stored_messages"], live["undelivered_replies"]

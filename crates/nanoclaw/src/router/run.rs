@@ -353,7 +353,13 @@ impl RunLoop {
         progress: &mut Progress,
         slot: &RunSlot,
     ) {
+        match &event {
+            AgentEvent::Tool { name } => slot.set_tool(Some(name)),
+            AgentEvent::Session { .. } => {}
+            _ => slot.set_tool(None),
+        }
         match event {
+            AgentEvent::Tool { .. } => {}
             AgentEvent::Result { text, inputs } => {
                 let visible = strip_internal(&text);
                 if visible.is_empty() {

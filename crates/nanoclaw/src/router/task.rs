@@ -93,6 +93,11 @@ impl RunLoop {
             tokio::select! {
                 biased;
                 Some(event) = event_rx.recv() => {
+                    match &event {
+                        AgentEvent::Tool { name } => slot.set_tool(Some(name)),
+                        AgentEvent::Session { .. } => {}
+                        _ => slot.set_tool(None),
+                    }
                     self.on_task_event(&task, &group.jid, group_context, event, &input_tx, &mut outputs, &mut error).await;
                 }
                 result = &mut run => break result,
@@ -222,6 +227,8 @@ impl RunLoop {
             }
             // An isolated task's session is its own; the group's stays as it was.
             AgentEvent::Session { .. } => {}
+            // Shown in `status` (set by the loop that owns the slot).
+            AgentEvent::Tool { .. } => {}
             // The task's turn is done: end the run (it takes no follow-ups).
             AgentEvent::Idle { .. } => {
                 let _ = input.send(RunInput::Close);
