@@ -13,7 +13,10 @@ root_given=false
 previous=""
 for arg in "$@"; do
     if [ "$previous" = "--root" ]; then root="$arg"; fi
-    [ "$arg" = "--root" ] && root_given=true
+    case "$arg" in
+        --root) root_given=true ;;
+        --root=*) root_given=true; root="${arg#--root=}" ;;
+    esac
     previous="$arg"
 done
 if [ "$root_given" = false ] && [ -z "${NANOCLAW_ROOT:-}" ]; then

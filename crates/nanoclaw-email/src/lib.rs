@@ -286,10 +286,19 @@ impl Channel for Email {
     /// Logs in to IMAP (and opens the mailbox) and to SMTP, then leaves.
     async fn verify(&self) -> Result<String, VerifyError> {
         imap::check(self).await?;
-        let (secret, oauth) = self
-            .smtp_secret()
-            .await
-            .map_err(|e| VerifyError::Refused(e.message))?;
+        let (secret, oauth) = match (&self.config.auth, &self.tokens) {
+            (Auth::Password(p), _) => (p.clone(), false),
+            (Auth::OAuth2 { .. }, Some(tokens)) => match tokens.access_token(false).await {
+                Ok(t) => (t, true),
+                Err(oauth::TokenError::Refused(why)) => return Err(VerifyError::Refused(why)),
+                Err(oauth::TokenError::Failed(why)) => return Err(VerifyError::Unreachable(why)),
+            },
+            (Auth::OAuth2 { .. }, None) => {
+                return Err(VerifyError::Refused(
+                    "OAuth2 is configured without tokens".into(),
+                ));
+            }
+        };
         smtp::check(&self.config, self.ca_pem.as_deref(), &secret, oauth).await?;
         Ok(format!(
             "{} logs in to {}:{} (IMAP) and {}:{} (SMTP)",

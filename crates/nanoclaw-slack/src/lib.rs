@@ -455,7 +455,7 @@ impl Channel for Slack {
     /// (the URL it gives is not used, and expires unused).
     async fn verify(&self) -> Result<String, VerifyError> {
         let refused = |setting: &str, method: &str, e: ApiError| match e {
-            ApiError::Slack(code) => VerifyError::Refused(format!(
+            ApiError::Slack(code) if !e.is_transient() => VerifyError::Refused(format!(
                 "Slack refused {setting} ({method}: {code}): {}",
                 if setting == "SLACK_APP_TOKEN" {
                     "your app's page → Basic Information → App-Level Tokens, with the connections:write scope, and Socket Mode on"
@@ -463,6 +463,9 @@ impl Channel for Slack {
                     "your app's page → OAuth & Permissions → Bot User OAuth Token (install the app to the workspace first)"
                 }
             )),
+            ApiError::Slack(code) => {
+                VerifyError::Unreachable(format!("Slack could not answer {method} ({code})"))
+            }
             ApiError::RateLimited(d) => VerifyError::Unreachable(format!(
                 "Slack asked to wait {} s before {method}",
                 d.as_secs()

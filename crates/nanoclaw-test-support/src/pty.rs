@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub struct Pty {
     master: std::fs::File,
     pub child: std::process::Child,
-    screen: Arc<Mutex<String>>,
+    screen: Arc<Mutex<Vec<u8>>>,
     /// How much of the screen an `expect` has consumed.
     seen: usize,
 }
@@ -45,7 +45,7 @@ impl Pty {
         let child = cmd.spawn()?;
         drop(cmd);
         let master = std::fs::File::from(master);
-        let screen = Arc::new(Mutex::new(String::new()));
+        let screen = Arc::new(Mutex::new(Vec::new()));
         let mut reader = master.try_clone()?;
         let sink = Arc::clone(&screen);
         std::thread::spawn(move || {
@@ -56,7 +56,7 @@ impl Pty {
                     break;
                 }
                 let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                s.extend_from_slice(&buf[..n]);
             }
         });
         Ok(Pty {
@@ -69,10 +69,9 @@ impl Pty {
 
     /// Everything the program printed so far.
     pub fn screen(&self) -> String {
-        self.screen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        // Decoded whole, so a character split between two reads stays one character.
+        let bytes = self.screen.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// Waits until `text` appears after what earlier calls consumed; consumes up to it.
@@ -111,6 +110,18 @@ impl Pty {
         self.master
             .write_all(typed.as_bytes())
             .expect("write to the terminal");
+    }
+
+    /// Types raw bytes (a control key: `\x03` is Ctrl-C).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).expect("write to the terminal");
+    }
+
+    /// Whether the terminal echoes what is typed (as a shell needs it to, afterwards).
+    pub fn echo_is_on(&self) -> bool {
+        rustix::termios::tcgetattr(&self.master)
+            .map(|t| t.local_modes.contains(rustix::termios::LocalModes::ECHO))
+            .unwrap_or(false)
     }
 
     /// Waits for the program to end.

@@ -229,6 +229,67 @@ fn scripted_setup_checks_the_environment_and_saves_only_what_works() {
         "{text}"
     );
 
+    // An OAuth token in the environment is what is checked and saved, not the key
+    // .env already has: a wrong one is refused and .env stays as it was.
+    let before = std::fs::read_to_string(root.join(".env")).expect(".env");
+    let out = setup_command(
+        &root,
+        &[
+            ("ANTHROPIC_BASE_URL", fake.url.as_str()),
+            ("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat-garbage"),
+        ],
+    )
+    .arg("--non-interactive")
+    .output()
+    .expect("setup runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && stdout.contains("CLAUDE_CODE_OAUTH_TOKEN"),
+        "the token from the environment is the one checked: {stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join(".env")).expect(".env"),
+        before
+    );
+
+    // A model API that cannot be reached: nothing saved unless asked to.
+    let closed = format!("http://127.0.0.1:{}", nanoclaw_test_support::free_port());
+    let unverified = [
+        ("ANTHROPIC_BASE_URL", closed.as_str()),
+        ("ANTHROPIC_API_KEY", "sk-ant-unchecked"),
+    ];
+    let out = setup_command(&root, &unverified)
+        .arg("--non-interactive")
+        .output()
+        .expect("setup runs");
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join(".env")).expect(".env"),
+        before
+    );
+    let out = setup_command(&root, &unverified)
+        .args(["--non-interactive", "--save-unverified"])
+        .output()
+        .expect("setup runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = std::fs::read_to_string(root.join(".env")).expect(".env");
+    assert!(
+        text.contains("ANTHROPIC_API_KEY=sk-ant-unchecked\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(RIGHT_KEY),
+        "one API key, the new one: {text}"
+    );
+
     // Run without a terminal and without --non-interactive: it says what to do.
     let out = setup_command(&root, &[])
         .stdin(std::process::Stdio::null())
@@ -320,4 +381,31 @@ fn doctor_asks_each_channel_while_the_daemon_is_down() {
 
 fn line_has(text: &str, name: &str, what: &str) -> bool {
     text.lines().any(|l| l.contains(name) && l.contains(what))
+}
+
+/// Ctrl-C at a secret prompt ends setup, saves nothing, and gives the terminal its echo
+/// back (a shell without echo is what a person would be left with otherwise).
+#[test]
+fn ctrl_c_at_a_secret_prompt_saves_nothing_and_the_terminal_echoes_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("home")).expect("root");
+    let closed = format!("http://127.0.0.1:{}", nanoclaw_test_support::free_port());
+    let mut term = Pty::spawn(setup_command(
+        &root,
+        &[("ANTHROPIC_BASE_URL", closed.as_str())],
+    ))
+    .expect("setup starts in a terminal");
+    term.expect("name [Andy]: ", STEP);
+    term.send_line("");
+    term.expect("choose [1]: ", STEP);
+    term.send_line("1");
+    term.expect("(not shown): ", STEP);
+    term.send_raw(b"sk-half");
+    term.send_raw(b"\x03");
+    let status = term.wait(STEP);
+    assert!(!status.success(), "{}", term.screen());
+    assert!(term.screen().contains("cancelled"), "{}", term.screen());
+    assert!(term.echo_is_on(), "the terminal echoes again");
+    assert!(!root.join(".env").exists(), "nothing saved");
 }

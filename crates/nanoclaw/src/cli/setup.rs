@@ -6,13 +6,17 @@
 //! answers go into `.env` (mode 0600, other lines kept), secrets are never echoed, and it
 //! ends with the service and the web app's sign-in link.
 //!
+//! Every check reads the configuration the way `run` will: the `.env` that would be
+//! written, with the environment on top, except for the settings being answered (an
+//! answer is meant for `.env`; setup says when the shell's environment would hide it).
+//!
 //! Scripted (`--non-interactive`), it asks nothing: it takes the settings from the
 //! environment (so no secret is ever on a command line, where every user of the machine
 //! can read it), checks them the same way, and saves them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Write};
-use std::path::Path;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -26,31 +30,31 @@ pub struct SetupArgs {
     /// Ask nothing: check the settings found in the environment and save them
     #[arg(long)]
     non_interactive: bool,
-    /// Also install the service (with --non-interactive; interactive setup asks)
+    /// Install the service without asking
     #[arg(long)]
     service: bool,
+    /// With --non-interactive: save settings even when their service could not be asked
+    #[arg(long)]
+    save_unverified: bool,
 }
 
-/// Settings setup writes; every other line of `.env` is left as it is.
-const MODEL_KEYS: [&str; 7] = [
+/// The ways to reach a model, each with the settings that belong to it alone.
+const CREDENTIAL_KEYS: [&str; 3] = [
     "ANTHROPIC_API_KEY",
     "CLAUDE_CODE_OAUTH_TOKEN",
     "ANTHROPIC_AUTH_TOKEN",
-    "OPENAI_API_KEY",
-    "NANOCLAW_LLM_API",
-    "OPENAI_BASE_URL",
-    "NANOCLAW_MODEL",
 ];
+const OPENAI_KEYS: [&str; 3] = ["NANOCLAW_LLM_API", "OPENAI_BASE_URL", "OPENAI_API_KEY"];
 
-/// Endpoint overrides: saved when they are set in the environment setup runs in, since
-/// the checks used them (a proxy, a self-hosted server).
-const ENDPOINT_KEYS: [&str; 6] = [
-    "ANTHROPIC_BASE_URL",
-    "TELEGRAM_API_URL",
-    "DISCORD_API_URL",
-    "DISCORD_GATEWAY_URL",
-    "SLACK_API_URL",
-    "EMAIL_TLS_CA_FILE",
+/// Endpoint overrides, saved when they are set in the environment setup runs in (the
+/// checks used them), with the channel they belong to (`None`: the model).
+const ENDPOINT_KEYS: [(&str, Option<&str>); 6] = [
+    ("ANTHROPIC_BASE_URL", None),
+    ("TELEGRAM_API_URL", Some("telegram")),
+    ("DISCORD_API_URL", Some("discord")),
+    ("DISCORD_GATEWAY_URL", Some("discord")),
+    ("SLACK_API_URL", Some("slack")),
+    ("EMAIL_TLS_CA_FILE", Some("email")),
 ];
 
 /// One question of a channel's form.
@@ -105,14 +109,14 @@ const CHANNELS: [ChannelForm; 4] = [
     ChannelForm {
         name: "email",
         title: "Email",
-        how: "the assistant's own mailbox; for Gmail an app password (README: Email), imaps://imap.gmail.com and smtps://smtp.gmail.com",
+        how: "the assistant's own mailbox; for Gmail an app password (README: Email), imaps://imap.gmail.com and smtps://smtp.gmail.com; OAuth2 is set in .env by hand (README)",
         fields: &[
             field("EMAIL_ADDRESS", "address", false),
             field("EMAIL_IMAP_URL", "IMAP URL (imaps://host:993)", false),
             field("EMAIL_SMTP_URL", "SMTP URL (smtps://host:465)", false),
             Field {
                 key: "EMAIL_USER",
-                prompt: "login name (Enter: the address)",
+                prompt: "login name (-: the address)",
                 secret: false,
                 optional: true,
             },
@@ -128,54 +132,87 @@ pub fn setup(config: &Config, env: &HashMap<String, String>, args: SetupArgs) ->
             "setup asks questions, and its input is not a terminal; run it in a terminal, or use `nanoclaw setup --non-interactive` with the settings in the environment"
         );
     }
+    let dotenv = dotenv_target(&config.root.join(".env"))?;
+    let old_text = match std::fs::read_to_string(&dotenv) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dotenv.display())),
+    };
     let mut s = Setup {
         root: config.root.clone(),
         env: env.clone(),
         term: Term { interactive },
+        old_text,
         changes: BTreeMap::new(),
+        save_unverified: args.save_unverified,
     };
     println!("NanoClaw setup for {}", config.root.display());
+    if !s.old_text.is_empty() {
+        println!("(.env exists: setup changes only what you answer; every other line stays)");
+    }
     // What `run` creates first; the sandbox checks look into it.
     crate::layout::Layout::new(&config.root)
         .create()
         .context("creating the root layout")?;
-    if config.root.join(".env").exists() {
-        println!("(.env exists: setup changes only what you answer; every other line stays)");
-    }
 
     s.sandbox(config)?;
     s.assistant_name(config)?;
-    if !s.model()? {
+    if !s.model()? || !s.channels()? {
         println!("\nNothing was saved.");
         return Ok(ExitCode::FAILURE);
     }
-    if !s.channels()? {
-        println!("\nNothing was saved.");
-        return Ok(ExitCode::FAILURE);
-    }
-    for key in ENDPOINT_KEYS {
-        if let Some(v) = env.get(key).filter(|v| !v.is_empty()) {
+    let (final_config, final_secrets) = s.candidate(&[])?;
+    let on: Vec<&str> = crate::channels::configured(&final_config, &final_secrets)
+        .channels
+        .iter()
+        .map(|c| c.name())
+        .collect();
+    for (key, channel) in ENDPOINT_KEYS {
+        if channel.is_some_and(|c| !on.contains(&c)) {
+            continue;
+        }
+        if let Some(v) = env.get(key).filter(|v| !v.is_empty())
+            && s.saved(key).as_ref() != Some(v)
+        {
             s.changes.insert(key, Some(v.clone()));
         }
     }
-    let path = config.root.join(".env");
     if s.changes.is_empty() {
-        println!("\nNothing to change in {}.", path.display());
+        println!("\nNothing to change in {}.", dotenv.display());
     } else {
-        write_dotenv(&path, &s.changes)?;
-        let set: Vec<&str> = s
-            .changes
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| *k)
-            .collect();
-        println!("\nSaved {} (mode 0600): {}", path.display(), set.join(", "));
+        write_dotenv(&dotenv, &s.changes)?;
+        let list = |set: bool| -> Vec<&str> {
+            s.changes
+                .iter()
+                .filter(|(_, v)| v.is_some() == set)
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        println!("\nSaved {} (mode 0600)", dotenv.display());
+        for (what, keys) in [("set", list(true)), ("removed", list(false))] {
+            if !keys.is_empty() {
+                println!("   {what}: {}", keys.join(", "));
+            }
+        }
+    }
+    let shadowed: Vec<&str> = s
+        .changes
+        .keys()
+        .copied()
+        .filter(|k| env.get(*k).is_some_and(|v| !v.is_empty()))
+        .filter(|k| env.get(*k) != s.changes.get(k).and_then(|v| v.as_ref()))
+        .collect();
+    if !shadowed.is_empty() {
+        println!(
+            "   note: this shell's environment also sets {}, and the environment wins over .env: unset it before `nanoclaw run` here",
+            shadowed.join(", ")
+        );
     }
 
     // The settings as saved, for the service and the link.
     let (config, _) = s.candidate(&[])?;
     let was_running = super::status::daemon_status(&config).is_some();
-    let service = if interactive {
+    let service = if interactive && !args.service {
         s.term.confirm(
             "Run NanoClaw as a service that starts with the computer?",
             false,
@@ -199,7 +236,7 @@ pub fn setup(config: &Config, env: &HashMap<String, String>, args: SetupArgs) ->
     }
     println!();
     if live {
-        if was_running {
+        if was_running && !s.changes.is_empty() {
             println!(
                 "The assistant is running with the settings it had when it started: restart it to use these."
             );
@@ -223,47 +260,118 @@ pub fn setup(config: &Config, env: &HashMap<String, String>, args: SetupArgs) ->
 }
 
 struct Setup {
-    root: std::path::PathBuf,
+    root: PathBuf,
     env: HashMap<String, String>,
     term: Term,
+    /// `.env` as it was when setup started.
+    old_text: String,
     /// What goes into `.env`: a value, or `None` to take the setting out.
     changes: BTreeMap<&'static str, Option<String>>,
+    save_unverified: bool,
+}
+
+/// Whether a check's verdict lets its settings be saved.
+enum Keep {
+    Yes,
+    No,
 }
 
 impl Setup {
-    /// The configuration as it would be with the answers so far and `extra`: `.env`,
-    /// then the environment, then the answers, exactly as `run` would read them.
+    /// The configuration as `run` would read it once `.env` holds the answers so far and
+    /// `extra`: the environment wins, except over the settings answered here.
     fn candidate(&self, extra: &[(&'static str, Option<String>)]) -> Result<(Config, Secrets)> {
-        let mut values = self.env.clone();
-        let mut removed = Vec::new();
-        let changes = self
-            .changes
+        let mut changes = self.changes.clone();
+        changes.extend(extra.iter().cloned());
+        let text = updated_dotenv(&self.old_text, &changes);
+        let mut env = self.env.clone();
+        for key in changes.keys() {
+            env.remove(*key);
+        }
+        Ok(Config::load_with_dotenv(&self.root, &env, Some(&text))?)
+    }
+
+    /// A setting as `.env` holds it now (with the answers so far).
+    fn saved(&self, key: &str) -> Option<String> {
+        if let Some(answer) = self.changes.get(key) {
+            return answer.clone();
+        }
+        crate::config::dotenv::parse(&self.old_text)
+            .ok()
+            .and_then(|entries| entries.get(key).map(|(v, _)| v.clone()))
+    }
+
+    /// A setting as `run` would see it now (environment first).
+    fn current(&self, key: &str) -> Option<String> {
+        match self.changes.get(key) {
+            Some(answer) => answer.clone(),
+            None => self
+                .env
+                .get(key)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .or_else(|| self.saved(key)),
+        }
+    }
+
+    /// The settings among `keys` that only the environment has (a service would not
+    /// see them): offered for saving, or saved when scripted.
+    fn keep_from_environment(&mut self, keys: &[&'static str]) -> Result<()> {
+        let only_env: Vec<&'static str> = keys
             .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .chain(extra.iter().cloned());
-        for (key, value) in changes {
-            match value {
-                Some(v) => {
-                    values.insert(key.to_string(), v);
-                }
-                None => {
-                    values.remove(key);
-                    removed.push(key);
-                }
+            .copied()
+            .filter(|k| {
+                self.env
+                    .get(*k)
+                    .is_some_and(|v| !v.is_empty() && self.saved(k).as_ref() != Some(v))
+            })
+            .collect();
+        if only_env.is_empty() {
+            return Ok(());
+        }
+        let save = !self.term.interactive
+            || self.term.confirm(
+                &format!(
+                    "{} come(s) from this shell's environment, which a service does not see. Save in .env?",
+                    only_env.join(", ")
+                ),
+                true,
+            )?;
+        if save {
+            for key in only_env {
+                let value = self.env.get(key).cloned();
+                self.changes.insert(key, value);
             }
         }
-        let (config, mut secrets) = Config::load(&self.root, &values)?;
-        // A setting taken out must not come back from the `.env` being replaced.
-        for key in removed {
-            match key {
-                "ANTHROPIC_API_KEY" => secrets.anthropic_api_key = None,
-                "CLAUDE_CODE_OAUTH_TOKEN" => secrets.claude_code_oauth_token = None,
-                "ANTHROPIC_AUTH_TOKEN" => secrets.anthropic_auth_token = None,
-                "OPENAI_API_KEY" => secrets.openai_api_key = None,
-                _ => {}
+        Ok(())
+    }
+
+    /// What to do after a check: a refusal is never kept; a check that could not be
+    /// made is kept only when the person says so (or `--save-unverified`).
+    fn keep(&self, verdict: &Verdict) -> Result<Keep> {
+        Ok(match verdict {
+            Verdict::Ok(_) => Keep::Yes,
+            Verdict::Fail(_) => Keep::No,
+            Verdict::Warn(_) if !self.term.interactive => {
+                if self.save_unverified {
+                    Keep::Yes
+                } else {
+                    println!(
+                        "   (not saved: it could not be checked; --save-unverified saves it anyway)"
+                    );
+                    Keep::No
+                }
             }
-        }
-        Ok((config, secrets))
+            Verdict::Warn(_) => {
+                if self
+                    .term
+                    .confirm("It could not be checked. Save it anyway?", false)?
+                {
+                    Keep::Yes
+                } else {
+                    Keep::No
+                }
+            }
+        })
     }
 
     fn sandbox(&mut self, config: &Config) -> Result<()> {
@@ -273,7 +381,7 @@ impl Setup {
             .last()
             .is_some_and(|(_, v)| matches!(v, Verdict::Ok(_)));
         for (name, verdict) in &checks {
-            println!("   {}", verdict.line(name));
+            say(verdict, name);
         }
         if !works
             && self.term.interactive
@@ -289,22 +397,21 @@ impl Setup {
 
     fn assistant_name(&mut self, config: &Config) -> Result<()> {
         if !self.term.interactive {
-            if let Some(name) = self.env.get("ASSISTANT_NAME").filter(|v| !v.is_empty()) {
-                self.changes.insert("ASSISTANT_NAME", Some(name.clone()));
-            }
+            self.keep_from_environment(&["ASSISTANT_NAME", "TZ"])?;
             return Ok(());
         }
         println!("\n2. The assistant's name (people write @Name to call it in group chats)");
         loop {
             let name = self.term.ask("name", Some(&config.assistant_name))?;
+            if name == config.assistant_name {
+                return Ok(());
+            }
             match self.candidate(&[("ASSISTANT_NAME", Some(name.clone()))]) {
                 Ok(_) => {
-                    if name != config.assistant_name {
-                        self.changes.insert("ASSISTANT_NAME", Some(name));
-                    }
+                    self.changes.insert("ASSISTANT_NAME", Some(name));
                     return Ok(());
                 }
-                Err(e) => println!("   {e:#}"),
+                Err(e) => println!("   {}", clean(&format!("{e:#}"))),
             }
         }
     }
@@ -312,93 +419,89 @@ impl Setup {
     /// Chooses and checks the model credential. False: none accepted (nothing saved).
     fn model(&mut self) -> Result<bool> {
         println!("\n3. The model (agents think with it; the key stays outside every sandbox)");
-        let (config, secrets) = self.candidate(&[])?;
-        let current = configured_credential(&config, &secrets);
         if !self.term.interactive {
-            let Some(name) = current else {
-                println!(
-                    "   no model credential in the environment: set ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN, or NANOCLAW_LLM_API=openai with OPENAI_BASE_URL"
-                );
-                return Ok(false);
-            };
-            let verdict = model_upstream_check(&config, &secrets);
-            println!("   {}", verdict.line(name));
-            if matches!(verdict, Verdict::Fail(_)) {
-                return Ok(false);
-            }
-            for key in MODEL_KEYS {
-                if let Some(v) = self.env.get(key).filter(|v| !v.is_empty()) {
-                    self.changes.insert(key, Some(v.clone()));
-                }
-            }
-            return Ok(true);
+            return self.scripted_model();
         }
-        if let Some(name) = current {
+        let (config, secrets) = self.candidate(&[])?;
+        if let Some(name) = configured_credential(&config, &secrets) {
             let verdict = model_upstream_check(&config, &secrets);
-            println!("   {}", verdict.line(name));
-            if !matches!(verdict, Verdict::Fail(_))
-                && !self.term.confirm("Use a different credential?", false)?
-            {
+            say(&verdict, name);
+            if matches!(verdict, Verdict::Fail(_)) {
+                println!("   Enter one that works (or answer n to stop; nothing is saved):");
+            } else if !self.term.confirm("Use a different credential?", false)? {
+                let mut keys: Vec<&'static str> = CREDENTIAL_KEYS.to_vec();
+                keys.extend(OPENAI_KEYS);
+                keys.push("NANOCLAW_MODEL");
+                self.keep_from_environment(&keys)?;
                 return Ok(true);
             }
         }
+        let was_openai = config.llm_api == "openai";
         loop {
             println!("   How do agents reach a model?");
             println!("     1) Anthropic API key (console.anthropic.com → API Keys)");
             println!("     2) Claude subscription: a token from `claude setup-token`");
             println!("     3) an OpenAI-compatible server (Ollama, vLLM, LM Studio, …)");
             let choice = self.term.choose("choose", 3, 1)?;
-            let answers: Vec<(&'static str, Option<String>)> = match choice {
-                1 => vec![
-                    (
-                        "ANTHROPIC_API_KEY",
-                        Some(self.term.ask_secret("Anthropic API key (sk-ant-…)")?),
-                    ),
-                    ("CLAUDE_CODE_OAUTH_TOKEN", None),
-                    ("ANTHROPIC_AUTH_TOKEN", None),
-                    ("NANOCLAW_LLM_API", None),
-                ],
-                2 => vec![
-                    (
-                        "CLAUDE_CODE_OAUTH_TOKEN",
-                        Some(self.term.ask_secret("OAuth token (sk-ant-oat…)")?),
-                    ),
-                    ("ANTHROPIC_API_KEY", None),
-                    ("ANTHROPIC_AUTH_TOKEN", None),
-                    ("NANOCLAW_LLM_API", None),
-                ],
-                _ => {
-                    let url = self
-                        .term
-                        .ask("server URL, without /v1", Some(&config.openai_base_url))?;
-                    let model = self.term.ask("model name", Some(&config.model))?;
-                    let key = self
-                        .term
-                        .ask_secret_optional("API key (Enter if the server needs none)")?;
-                    vec![
-                        ("NANOCLAW_LLM_API", Some("openai".into())),
-                        ("OPENAI_BASE_URL", Some(url)),
-                        ("NANOCLAW_MODEL", Some(model)),
-                        ("OPENAI_API_KEY", key),
-                    ]
-                }
+            let mut answers: Vec<(&'static str, Option<String>)> = Vec::new();
+            let chosen = match choice {
+                1 => "ANTHROPIC_API_KEY",
+                2 => "CLAUDE_CODE_OAUTH_TOKEN",
+                _ => "NANOCLAW_LLM_API",
             };
-            let checked = self.candidate(&answers).map(|(config, secrets)| {
-                let name = configured_credential(&config, &secrets).unwrap_or("credential");
-                (name, model_upstream_check(&config, &secrets))
-            });
-            match checked {
-                Err(e) => println!("   {e:#}"),
-                Ok((name, verdict)) => {
-                    println!("   {}", verdict.line(name));
-                    let keep = match verdict {
-                        Verdict::Ok(_) => true,
-                        Verdict::Warn(_) => self
-                            .term
-                            .confirm("It could not be checked. Save it anyway?", false)?,
-                        Verdict::Fail(_) => false,
-                    };
-                    if keep {
+            if choice <= 2 {
+                let prompt = if choice == 1 {
+                    "Anthropic API key (sk-ant-…)"
+                } else {
+                    "OAuth token (sk-ant-oat…)"
+                };
+                answers.push((chosen, Some(self.term.ask_secret(prompt)?)));
+                // Only one credential: the proxy prefers an API key, so a stale one
+                // would silently win.
+                for key in CREDENTIAL_KEYS.iter().chain(&OPENAI_KEYS) {
+                    if *key != chosen {
+                        answers.push((key, None));
+                    }
+                }
+                if was_openai {
+                    // A local model's name means nothing to Anthropic.
+                    answers.push(("NANOCLAW_MODEL", None));
+                }
+            } else {
+                let url = self.term.ask(
+                    "server URL, without /v1",
+                    Some(
+                        &self
+                            .current("OPENAI_BASE_URL")
+                            .unwrap_or_else(|| config.openai_base_url.clone()),
+                    ),
+                )?;
+                let current_model = if was_openai {
+                    Some(config.model.clone())
+                } else {
+                    None
+                };
+                let model = self
+                    .term
+                    .ask("model name (e.g. llama3.1)", current_model.as_deref())?;
+                let key = self
+                    .term
+                    .ask_secret_optional("API key (Enter if the server needs none)")?;
+                answers.push(("NANOCLAW_LLM_API", Some("openai".into())));
+                answers.push(("OPENAI_BASE_URL", Some(url)));
+                answers.push(("NANOCLAW_MODEL", Some(model)));
+                answers.push(("OPENAI_API_KEY", key));
+                for key in CREDENTIAL_KEYS {
+                    answers.push((key, None));
+                }
+            }
+            match self.candidate(&answers) {
+                Err(e) => println!("   {}", clean(&format!("{e:#}"))),
+                Ok((config, secrets)) => {
+                    let name = configured_credential(&config, &secrets).unwrap_or("credential");
+                    let verdict = model_upstream_check(&config, &secrets);
+                    say(&verdict, name);
+                    if let Keep::Yes = self.keep(&verdict)? {
                         self.changes.extend(answers);
                         return Ok(true);
                     }
@@ -407,6 +510,53 @@ impl Setup {
             if !self.term.confirm("Try again?", true)? {
                 return Ok(false);
             }
+        }
+    }
+
+    /// The credential the environment supplies (or else the one `.env` has), checked.
+    fn scripted_model(&mut self) -> Result<bool> {
+        let given = |key: &str| self.env.get(key).is_some_and(|v| !v.is_empty());
+        let kind: Option<&'static str> =
+            if self.env.get("NANOCLAW_LLM_API").map(String::as_str) == Some("openai") {
+                Some("NANOCLAW_LLM_API")
+            } else {
+                CREDENTIAL_KEYS.iter().copied().find(|k| given(k))
+            };
+        let mut answers: Vec<(&'static str, Option<String>)> = Vec::new();
+        if let Some(kind) = kind {
+            let own: Vec<&'static str> = if kind == "NANOCLAW_LLM_API" {
+                OPENAI_KEYS.to_vec()
+            } else {
+                vec![kind]
+            };
+            for key in CREDENTIAL_KEYS.iter().chain(&OPENAI_KEYS) {
+                if own.contains(key) {
+                    if given(key) {
+                        answers.push((key, self.env.get(*key).cloned()));
+                    }
+                } else {
+                    answers.push((key, None));
+                }
+            }
+            if given("NANOCLAW_MODEL") {
+                answers.push(("NANOCLAW_MODEL", self.env.get("NANOCLAW_MODEL").cloned()));
+            }
+        }
+        let (config, secrets) = self.candidate(&answers)?;
+        let Some(name) = configured_credential(&config, &secrets) else {
+            println!(
+                "   no model credential in the environment or .env: set ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN, or NANOCLAW_LLM_API=openai with OPENAI_BASE_URL"
+            );
+            return Ok(false);
+        };
+        let verdict = model_upstream_check(&config, &secrets);
+        say(&verdict, name);
+        match self.keep(&verdict)? {
+            Keep::Yes => {
+                self.changes.extend(answers);
+                Ok(true)
+            }
+            Keep::No => Ok(false),
         }
     }
 
@@ -423,42 +573,25 @@ impl Setup {
                 continue; // not compiled in
             }
             if !self.term.interactive {
-                // Scripted: check what the environment configures, nothing else.
-                let given = form
-                    .fields
-                    .iter()
-                    .any(|f| self.env.get(f.key).is_some_and(|v| !v.is_empty()));
-                if !given {
-                    continue;
-                }
-                let verdict = match (built, off) {
-                    (Some(channel), _) => verify(channel),
-                    (None, Some((_, why))) => Verdict::Fail(off_text(why)),
-                    (None, None) => continue,
-                };
-                println!("   {}", verdict.line(form.title));
-                if matches!(verdict, Verdict::Fail(_)) {
-                    all_good = false;
-                    continue;
-                }
-                for f in form.fields {
-                    if let Some(v) = self.env.get(f.key).filter(|v| !v.is_empty()) {
-                        self.changes.insert(f.key, Some(v.clone()));
-                    }
-                }
+                all_good &= self.scripted_channel(form)?;
                 continue;
             }
             let ask = match (built, off) {
                 (Some(channel), _) => {
                     let verdict = verify(channel);
-                    println!("   {}", verdict.line(form.title));
-                    self.term.confirm(
+                    say(&verdict, form.title);
+                    let change = self.term.confirm(
                         &format!("Change {}'s settings?", form.title),
                         matches!(verdict, Verdict::Fail(_)),
-                    )?
+                    )?;
+                    if !change {
+                        let keys: Vec<&'static str> = form.fields.iter().map(|f| f.key).collect();
+                        self.keep_from_environment(&keys)?;
+                    }
+                    change
                 }
                 (None, Some((_, crate::channels::ChannelOff::Invalid(why)))) => {
-                    println!("   {}: {why}", form.title);
+                    println!("   {}: {}", form.title, clean(why));
                     self.term
                         .confirm(&format!("Fix {}'s settings?", form.title), true)?
                 }
@@ -473,45 +606,91 @@ impl Setup {
         Ok(all_good)
     }
 
+    /// Scripted: checks what the environment sets for this channel, and saves it all.
+    fn scripted_channel(&mut self, form: &ChannelForm) -> Result<bool> {
+        let mut keys: Vec<&'static str> = form.fields.iter().map(|f| f.key).collect();
+        if form.name == "email" {
+            keys.extend(EMAIL_KEYS);
+        }
+        let answers: Vec<(&'static str, Option<String>)> = keys
+            .iter()
+            .filter_map(|k| {
+                self.env
+                    .get(*k)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (*k, Some(v.clone())))
+            })
+            .collect();
+        if answers.is_empty() {
+            return Ok(true);
+        }
+        let verdict = self.check_channel(form, &answers);
+        say(&verdict, form.title);
+        match self.keep(&verdict)? {
+            Keep::Yes => {
+                self.changes.extend(answers);
+                Ok(true)
+            }
+            Keep::No => Ok(false),
+        }
+    }
+
+    fn check_channel(
+        &self,
+        form: &ChannelForm,
+        answers: &[(&'static str, Option<String>)],
+    ) -> Verdict {
+        match self.candidate(answers) {
+            Err(e) => Verdict::Fail(format!("{e:#}")),
+            Ok((config, secrets)) => {
+                let configured = crate::channels::configured(&config, &secrets);
+                match (
+                    configured.channels.iter().find(|c| c.name() == form.name),
+                    configured.off.iter().find(|(n, _)| *n == form.name),
+                ) {
+                    (Some(channel), _) => verify(channel),
+                    (None, Some((_, why))) => Verdict::Fail(off_text(why)),
+                    (None, None) => Verdict::Fail("this build has no such channel".into()),
+                }
+            }
+        }
+    }
+
     fn channel_form(&mut self, form: &ChannelForm) -> Result<()> {
         println!("   {}: {}", form.title, form.how);
         loop {
             let mut answers: Vec<(&'static str, Option<String>)> = Vec::new();
             for f in form.fields {
                 let prompt = format!("{} {}", form.title, f.prompt);
-                let value = match (f.secret, f.optional) {
-                    (true, false) => Some(self.term.ask_secret(&prompt)?),
-                    (true, true) => self.term.ask_secret_optional(&prompt)?,
-                    (false, false) => Some(self.term.ask(&prompt, None)?),
-                    (false, true) => {
-                        Some(self.term.ask(&prompt, Some(""))?).filter(|v| !v.is_empty())
+                let current = self.current(f.key);
+                let value = if f.secret {
+                    match (
+                        self.term.ask_secret_optional(&if current.is_some() {
+                            format!("{prompt}, Enter keeps the current one")
+                        } else {
+                            prompt.clone()
+                        })?,
+                        &current,
+                    ) {
+                        (Some(v), _) => Some(v),
+                        (None, Some(_)) => continue, // kept as it is
+                        (None, None) if f.optional => None,
+                        (None, None) => Some(self.term.ask_secret(&prompt)?),
                     }
+                } else if f.optional {
+                    // `-` clears it.
+                    let answer = self
+                        .term
+                        .ask(&prompt, Some(current.as_deref().unwrap_or("-")))?;
+                    Some(answer).filter(|a| a != "-")
+                } else {
+                    Some(self.term.ask(&prompt, current.as_deref())?)
                 };
                 answers.push((f.key, value));
             }
-            let verdict = match self.candidate(&answers) {
-                Err(e) => Verdict::Fail(format!("{e:#}")),
-                Ok((config, secrets)) => {
-                    let configured = crate::channels::configured(&config, &secrets);
-                    match (
-                        configured.channels.iter().find(|c| c.name() == form.name),
-                        configured.off.iter().find(|(n, _)| *n == form.name),
-                    ) {
-                        (Some(channel), _) => verify(channel),
-                        (None, Some((_, why))) => Verdict::Fail(off_text(why)),
-                        (None, None) => Verdict::Fail("this build has no such channel".into()),
-                    }
-                }
-            };
-            println!("   {}", verdict.line(form.title));
-            let keep = match verdict {
-                Verdict::Ok(_) => true,
-                Verdict::Warn(_) => self
-                    .term
-                    .confirm("It could not be checked. Save it anyway?", false)?,
-                Verdict::Fail(_) => false,
-            };
-            if keep {
+            let verdict = self.check_channel(form, &answers);
+            say(&verdict, form.title);
+            if let Keep::Yes = self.keep(&verdict)? {
                 self.changes.extend(answers);
                 return Ok(());
             }
@@ -521,6 +700,29 @@ impl Setup {
             }
         }
     }
+}
+
+/// The email settings beyond the form's, saved by scripted setup when they are set.
+const EMAIL_KEYS: [&str; 9] = [
+    "EMAIL_MAILBOX",
+    "EMAIL_OAUTH2_TOKEN_URL",
+    "EMAIL_OAUTH2_CLIENT_ID",
+    "EMAIL_OAUTH2_CLIENT_SECRET",
+    "EMAIL_OAUTH2_REFRESH_TOKEN",
+    "EMAIL_AUTHSERV_ID",
+    "EMAIL_TRUST_UNAUTHENTICATED",
+    "EMAIL_MAX_ATTACHMENT_MB",
+    "EMAIL_TLS_CA_FILE",
+];
+
+/// Prints a check's line, without control characters from whatever answered.
+fn say(verdict: &Verdict, name: &str) {
+    println!("   {}", clean(&verdict.line(name)));
+}
+
+/// Text from outside (a server's error, a bot's name) made safe for a terminal.
+fn clean(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
 }
 
 fn off_text(off: &crate::channels::ChannelOff) -> String {
@@ -593,8 +795,8 @@ impl Term {
             let answer = self.read_line()?.trim().to_string();
             match (answer.is_empty(), default) {
                 (false, _) => return Ok(answer),
-                (true, Some(d)) => return Ok(d.to_string()),
-                (true, None) => println!("   (an answer is needed)"),
+                (true, Some(d)) if !d.is_empty() => return Ok(d.to_string()),
+                (true, _) => println!("   (an answer is needed)"),
             }
         }
     }
@@ -608,26 +810,33 @@ impl Term {
         }
     }
 
-    /// A secret, read with the terminal's echo off; `None` for an empty answer.
+    /// A secret, typed with the terminal's echo off; `None` for an empty answer.
+    ///
+    /// The terminal is put in a mode where Ctrl-C arrives as a key rather than a signal,
+    /// so the mode is always put back (a signal would leave the shell without echo).
     fn ask_secret_optional(&self, question: &str) -> Result<Option<String>> {
+        use rustix::termios::{
+            LocalModes, OptionalActions, SpecialCodeIndex, tcgetattr, tcsetattr,
+        };
         self.prompt(&format!("{question} (not shown)"))?;
         let stdin = std::io::stdin();
-        let saved = rustix::termios::tcgetattr(&stdin).ok();
-        if let Some(saved) = &saved {
-            let mut quiet = saved.clone();
-            quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
-            quiet
-                .local_modes
-                .insert(rustix::termios::LocalModes::ECHONL);
-            rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Flush, &quiet)
-                .context("cannot turn the terminal's echo off")?;
-        }
-        let answer = self.read_line();
-        if let Some(saved) = &saved {
-            let _ =
-                rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, saved);
-        }
-        let answer = answer?.trim().to_string();
+        let Ok(saved) = tcgetattr(&stdin) else {
+            let answer = self.read_line()?.trim().to_string();
+            return Ok(Some(answer).filter(|a| !a.is_empty()));
+        };
+        let mut quiet = saved.clone();
+        quiet
+            .local_modes
+            .remove(LocalModes::ECHO | LocalModes::ICANON | LocalModes::ISIG);
+        quiet.special_codes[SpecialCodeIndex::VMIN] = 1;
+        quiet.special_codes[SpecialCodeIndex::VTIME] = 0;
+        tcsetattr(&stdin, OptionalActions::Now, &quiet)
+            .context("cannot turn the terminal's echo off")?;
+        let typed = read_secret(&mut stdin.lock());
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
+        println!();
+        let answer = typed?;
+        let answer = answer.trim().to_string();
         Ok(Some(answer).filter(|a| !a.is_empty()))
     }
 
@@ -658,6 +867,51 @@ impl Term {
     }
 }
 
+/// Reads a line typed without echo, key by key: Enter ends it, Backspace and Ctrl-U
+/// edit it, Ctrl-C cancels setup, Ctrl-D on an empty line ends the input.
+fn read_secret(input: &mut impl Read) -> Result<String> {
+    let mut typed: Vec<u8> = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if input.read(&mut byte).context("cannot read the answer")? == 0 {
+            bail!("the input ended before setup was done; nothing was saved");
+        }
+        match byte[0] {
+            b'\r' | b'\n' => break,
+            0x03 => bail!("cancelled (Ctrl-C); nothing was saved"),
+            0x04 if typed.is_empty() => {
+                bail!("the input ended before setup was done; nothing was saved")
+            }
+            0x7f | 0x08 => {
+                // One character back, however many bytes it took.
+                while typed.pop().is_some_and(|b| b & 0xc0 == 0x80) {}
+            }
+            0x15 => typed.clear(),
+            b if b < 0x20 => {}
+            b => typed.push(b),
+        }
+    }
+    String::from_utf8(typed).map_err(|_| anyhow::anyhow!("the answer is not valid UTF-8"))
+}
+
+/// Where `.env` really is: a symlinked `.env` is written through (the link and its
+/// target's other users stay as they were).
+fn dotenv_target(path: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).with_context(|| {
+            format!(
+                "{} is a symlink to nothing; fix or remove it",
+                path.display()
+            )
+        }),
+        Ok(m) if !m.is_file() => bail!(
+            "{} is not a regular file; move it aside and run setup again",
+            path.display()
+        ),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
 /// Applies `changes` to the `.env` at `path`: a setting's first line is replaced, its
 /// later lines (which would win) removed, new settings appended; comments and every
 /// other line stay. Written to a private file first and renamed over, so a crash never
@@ -678,7 +932,11 @@ pub(crate) fn write_dotenv(path: &Path, changes: &BTreeMap<&str, Option<String>>
         }
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".env.setup-{}", std::process::id()));
+    let old_owner = std::fs::metadata(path).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.uid(), m.gid())
+    });
+    let tmp = dir.join(format!(".env.setup-{}", crate::ids::random_hex(8)));
     let written = (|| -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut file = std::fs::OpenOptions::new()
@@ -687,6 +945,14 @@ pub(crate) fn write_dotenv(path: &Path, changes: &BTreeMap<&str, Option<String>>
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(text.as_bytes())?;
+        // Whoever owned the file keeps it (setup run with sudo for a service user).
+        if let Some((uid, gid)) = old_owner {
+            use std::os::unix::fs::MetadataExt;
+            let mine = file.metadata()?;
+            if (mine.uid(), mine.gid()) != (uid, gid) {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+            }
+        }
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -694,6 +960,8 @@ pub(crate) fn write_dotenv(path: &Path, changes: &BTreeMap<&str, Option<String>>
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
+    // The rename itself lasts once the directory is on disk (best effort).
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     Ok(())
 }
 
@@ -772,6 +1040,109 @@ fn shell_word(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    fn scripted(old: &str, env: &[(&str, &str)]) -> Setup {
+        Setup {
+            root: PathBuf::from("/nonexistent-root"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            term: Term { interactive: false },
+            old_text: old.to_string(),
+            changes: BTreeMap::new(),
+            save_unverified: false,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_checked_as_run_will_read_the_new_env() {
+        // Leaving an OpenAI-compatible server for an API key: the key is checked
+        // against Anthropic, not the old server.
+        let s = scripted(
+            "NANOCLAW_LLM_API=openai\nOPENAI_BASE_URL=http://127.0.0.1:9\n",
+            &[],
+        );
+        let (config, secrets) = s
+            .candidate(&[
+                ("ANTHROPIC_API_KEY", Some("sk-new".into())),
+                ("NANOCLAW_LLM_API", None),
+                ("OPENAI_BASE_URL", None),
+            ])
+            .expect("loads");
+        assert_eq!(config.llm_api, "anthropic");
+        assert!(secrets.anthropic_api_key.is_some());
+        // An answer that removes a setting removes it, though the shell exports it.
+        let s = scripted(
+            "",
+            &[("ANTHROPIC_API_KEY", "sk-exported"), ("TZ", "Europe/Paris")],
+        );
+        let (config, secrets) = s
+            .candidate(&[
+                ("CLAUDE_CODE_OAUTH_TOKEN", Some("tok".into())),
+                ("ANTHROPIC_API_KEY", None),
+            ])
+            .expect("loads");
+        assert!(secrets.anthropic_api_key.is_none() && secrets.claude_code_oauth_token.is_some());
+        // Everything not answered is read as `run` reads it: the environment first.
+        assert_eq!(config.zone.name, "Europe/Paris");
+        // A login name cleared by an answer is not taken from the old .env.
+        let s = scripted("EMAIL_USER=olduser\n", &[]);
+        assert_eq!(s.saved("EMAIL_USER").as_deref(), Some("olduser"));
+        let mut s = s;
+        s.changes.insert("EMAIL_USER", None);
+        assert_eq!(s.current("EMAIL_USER"), None);
+    }
+
+    #[test]
+    fn a_symlinked_env_is_written_through_and_the_link_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = dir.path().join("secrets.env");
+        std::fs::write(&shared, "ANTHROPIC_API_KEY=sk-old\n").expect("write");
+        let link = dir.path().join(".env");
+        std::os::unix::fs::symlink(&shared, &link).expect("symlink");
+        let target = dotenv_target(&link).expect("target");
+        write_dotenv(&target, &changes(&[("ANTHROPIC_API_KEY", Some("sk-new"))])).expect("written");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read_to_string(&shared).expect("read"),
+            "ANTHROPIC_API_KEY=sk-new\n",
+            "no stale key left in the link's target"
+        );
+        std::fs::create_dir(dir.path().join("dir.env")).expect("dir");
+        assert!(
+            dotenv_target(&dir.path().join("dir.env")).is_err(),
+            "a directory is refused"
+        );
+    }
+
+    #[test]
+    fn secrets_are_read_key_by_key() {
+        let read = |typed: &[u8]| read_secret(&mut &typed[..]);
+        assert_eq!(read(b"sk-abc\r").expect("typed"), "sk-abc");
+        assert_eq!(read(b"sk-abX\x7fc\n").expect("backspace"), "sk-abc");
+        assert_eq!(
+            read("é\u{7f}ok\r".as_bytes()).expect("a whole character back"),
+            "ok"
+        );
+        assert_eq!(read(b"wrong\x15right\r").expect("ctrl-u"), "right");
+        assert!(
+            read(b"sk-\x03")
+                .expect_err("ctrl-c")
+                .to_string()
+                .contains("cancelled")
+        );
+        assert!(
+            read(b"\x04").is_err(),
+            "ctrl-d on an empty line ends the input"
+        );
+        assert!(read(b"no newline").is_err(), "the input ended");
+    }
+
     use super::*;
 
     fn changes(pairs: &[(&'static str, Option<&str>)]) -> BTreeMap<&'static str, Option<String>> {

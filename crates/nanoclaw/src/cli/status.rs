@@ -256,20 +256,43 @@ pub(super) fn model_upstream_check(config: &Config, secrets: &crate::config::Sec
         let response = request.send().await?;
         let status = response.status().as_u16();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        Ok::<_, reqwest::Error>((status, body["error"]["type"].as_str().map(str::to_string)))
+        let models: Vec<String> = body["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["id"].as_str().map(str::to_string))
+            .collect();
+        Ok::<_, reqwest::Error>((
+            status,
+            body["error"]["type"].as_str().map(str::to_string),
+            models,
+        ))
     });
     match answer {
-        Ok((200, _)) => Verdict::Ok(format!("{base} accepts the credential (GET /v1/models)")),
-        Ok((status @ (401 | 403), kind)) => Verdict::Fail(format!(
-            "{base} refused the credential (HTTP {status}{}): check {setting} in .env",
+        // A local server lists what it can run: a model it lacks fails every run.
+        Ok((200, _, models)) if openai && !models.is_empty() && !models.contains(&config.model) => {
+            let shown: Vec<String> = models
+                .iter()
+                .take(10)
+                .map(|m| m.chars().filter(|c| !c.is_control()).take(80).collect())
+                .collect();
+            Verdict::Fail(format!(
+                "{base} has no model {:?} (it lists {}): set NANOCLAW_MODEL to one of them",
+                config.model,
+                shown.join(", ")
+            ))
+        }
+        Ok((200, _, _)) => Verdict::Ok(format!("{base} accepts the credential (GET /v1/models)")),
+        Ok((status @ (401 | 403), kind, _)) => Verdict::Fail(format!(
+            "{base} refused the credential (HTTP {status}{}): check {setting}",
             kind.map(|k| format!(", {k}")).unwrap_or_default()
         )),
-        Ok((status, kind)) => Verdict::Warn(format!(
+        Ok((status, kind, _)) => Verdict::Warn(format!(
             "could not confirm the credential: {base} answered HTTP {status}{}",
             kind.map(|k| format!(" ({k})")).unwrap_or_default()
         )),
         Err(e) => Verdict::Warn(format!(
-            "cannot reach {base} to check the credential ({}); `doctor --offline` skips this",
+            "cannot reach {base} to check the credential ({})",
             e.without_url()
         )),
     }
@@ -300,7 +323,9 @@ pub fn doctor(
             } else {
                 match model_upstream_check(config, secrets) {
                     Verdict::Ok(t) => Verdict::Ok(format!("  {t}")),
-                    Verdict::Warn(t) => Verdict::Warn(format!("  {t}")),
+                    Verdict::Warn(t) => {
+                        Verdict::Warn(format!("  {t}; `doctor --offline` skips this"))
+                    }
                     Verdict::Fail(t) => Verdict::Fail(format!("  {t}")),
                 }
             },

@@ -267,18 +267,33 @@ impl Config {
         env: &HashMap<String, String>,
     ) -> Result<(Config, Secrets), ConfigError> {
         let dotenv_path = root.join(".env");
-        let dotenv = match std::fs::read_to_string(&dotenv_path) {
-            Ok(text) => dotenv::parse(&text).map_err(|source| ConfigError::Dotenv {
-                path: dotenv_path.clone(),
-                source,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        let text = match std::fs::read_to_string(&dotenv_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(ConfigError::ReadDotenv {
                     path: dotenv_path,
                     source,
                 });
             }
+        };
+        Config::load_with_dotenv(root, env, text.as_deref())
+    }
+
+    /// [`Config::load`] with `dotenv_text` as the content of `.env` (`None`: there is
+    /// none): how `setup` checks a `.env` before writing it.
+    pub fn load_with_dotenv(
+        root: &Path,
+        env: &HashMap<String, String>,
+        dotenv_text: Option<&str>,
+    ) -> Result<(Config, Secrets), ConfigError> {
+        let dotenv_path = root.join(".env");
+        let dotenv = match dotenv_text {
+            Some(text) => dotenv::parse(text).map_err(|source| ConfigError::Dotenv {
+                path: dotenv_path.clone(),
+                source,
+            })?,
+            None => Default::default(),
         };
         let mut values: HashMap<String, (String, Origin)> = dotenv
             .into_iter()
