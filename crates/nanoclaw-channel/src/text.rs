@@ -94,6 +94,43 @@ pub fn split(text: &str, max: usize, units: Units) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// Every piece fits (but a single character wider than the limit), and no
+    /// character other than whitespace at a cut is lost or moved. The first two bytes
+    /// pick the limit and the units.
+    #[test]
+    fn fuzz_split_keeps_every_character_within_the_limit() {
+        nanoclaw_fuzz::fuzz(
+            "text_split",
+            nanoclaw_fuzz::Shape::Bytes,
+            &[" ", "\n", "\n\n", "𝄞", "é", "\u{200d}", "\t"],
+            |input| {
+                let (head, rest) = input.split_at(input.len().min(2));
+                let max = head.iter().fold(0usize, |a, b| a * 256 + *b as usize) % 300;
+                let units = if head.first().is_some_and(|b| b & 1 == 1) {
+                    Units::Utf16
+                } else {
+                    Units::Chars
+                };
+                let text = String::from_utf8_lossy(rest);
+                let pieces = split(&text, max, units);
+                assert!(!pieces.is_empty());
+                for p in &pieces {
+                    assert!(
+                        units.len(p) <= max.max(1) || p.chars().count() == 1,
+                        "{p:?} is over {max}"
+                    );
+                }
+                let kept: String = pieces
+                    .concat()
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                let given: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+                assert_eq!(kept, given);
+            },
+        );
+    }
+
     #[test]
     fn triggers_are_whole_words() {
         assert_eq!(with_trigger("@andy hi", "@Andy"), "@andy hi");

@@ -82,6 +82,53 @@ impl IpcRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever an agent writes, parsing never panics, and what parses writes back to
+    /// the same request.
+    #[test]
+    fn fuzz_ipc_requests_parse_or_refuse_and_round_trip() {
+        nanoclaw_fuzz::fuzz(
+            "ipc_request",
+            nanoclaw_fuzz::Shape::Json,
+            IPC_WORDS,
+            |input| {
+                if let Ok(request) = serde_json::from_slice::<IpcRequest>(input) {
+                    let text = serde_json::to_string(&request).expect("serializes");
+                    let again: IpcRequest = serde_json::from_str(&text).expect("parses again");
+                    assert_eq!(again, request);
+                }
+            },
+        );
+    }
+
+    pub(crate) const IPC_WORDS: &[&str] = &[
+        "type",
+        "message",
+        "schedule_task",
+        "register_group",
+        "update_task",
+        "chatJid",
+        "targetJid",
+        "taskId",
+        "folder",
+        "trigger",
+        "containerConfig",
+        "requiresTrigger",
+        "schedule_type",
+        "schedule_value",
+        "cron",
+        "interval",
+        "once",
+        "context_mode",
+        "isolated",
+        "group",
+        "web:main",
+        "tg:1",
+        "../main",
+        "main",
+        "prompt",
+        "text",
+    ];
     use serde_json::json;
 
     #[test]

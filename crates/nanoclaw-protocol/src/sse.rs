@@ -86,6 +86,34 @@ impl SseParser {
 mod tests {
     use super::*;
 
+    /// However a stream is cut into reads, the same events come out (the first byte of
+    /// the input picks the read size).
+    #[test]
+    fn fuzz_sse_events_do_not_depend_on_how_the_stream_is_cut() {
+        nanoclaw_fuzz::fuzz(
+            "sse",
+            nanoclaw_fuzz::Shape::Bytes,
+            &[
+                "data: ", "event: ", "id: ", ": ", "\n", "\r\n", "\r", "\n\n", "data:",
+            ],
+            |input| {
+                let (size, stream) = input
+                    .split_first()
+                    .map_or((1, &[][..]), |(s, r)| (*s as usize % 17 + 1, r));
+                let whole = SseParser::new().push(stream);
+                let mut p = SseParser::new();
+                let mut cut = Vec::new();
+                for chunk in stream.chunks(size) {
+                    cut.extend(p.push(chunk));
+                }
+                assert_eq!(whole, cut, "read size {size}");
+                for e in &whole {
+                    assert!(!e.data.contains('\r'), "a line end inside data: {e:?}");
+                }
+            },
+        );
+    }
+
     #[test]
     fn parses_events_split_across_chunks() {
         let mut p = SseParser::new();

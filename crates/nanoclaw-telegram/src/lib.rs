@@ -635,6 +635,51 @@ mod tests {
         json!({"update_id": 1, "message": msg})
     }
 
+    /// Any update Telegram (or something in its place) sends is kept or dropped, never
+    /// a panic; a kept message belongs to the chat it names.
+    #[test]
+    fn fuzz_updates_are_read_or_dropped() {
+        let t = bot();
+        nanoclaw_fuzz::fuzz(
+            "telegram_update",
+            nanoclaw_fuzz::Shape::Json,
+            &[
+                "message",
+                "channel_post",
+                "chat",
+                "from",
+                "text",
+                "caption",
+                "photo",
+                "entities",
+                "reply_to_message",
+                "migrate_to_chat_id",
+                "message_id",
+                "date",
+                "type",
+                "supergroup",
+                "private",
+                "@Andy",
+                "@andy_home_bot",
+                "mention",
+                "offset",
+                "length",
+                "is_bot",
+                "username",
+                "title",
+            ],
+            |input| {
+                let Ok(value) = serde_json::from_slice::<Value>(input) else {
+                    return;
+                };
+                if let Some((chat, Some(message))) = t.inbound(&value) {
+                    assert_eq!(message.chat_jid, chat.jid);
+                    assert!(chat.jid.starts_with("tg:"), "{}", chat.jid);
+                }
+            },
+        );
+    }
+
     #[test]
     fn group_messages_map_to_jids_names_and_senders() {
         let t = bot();

@@ -26,3 +26,6 @@ pub mod schedule;
 pub mod scheduler;
 pub mod store;
 pub mod tls;
+
+#[cfg(test)]
+mod fuzz_targets;

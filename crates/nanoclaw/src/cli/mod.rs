@@ -5,7 +5,7 @@ mod chat;
 mod groups;
 mod sandbox_cmd;
 mod service;
-mod setup;
+pub(crate) mod setup;
 mod status;
 mod tasks;
 mod ui;

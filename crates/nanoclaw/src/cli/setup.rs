@@ -965,7 +965,7 @@ pub(crate) fn write_dotenv(path: &Path, changes: &BTreeMap<&str, Option<String>>
     Ok(())
 }
 
-fn updated_dotenv(old: &str, changes: &BTreeMap<&str, Option<String>>) -> String {
+pub(crate) fn updated_dotenv(old: &str, changes: &BTreeMap<&str, Option<String>>) -> String {
     let mut done: Vec<&str> = Vec::new();
     let mut out = String::new();
     for line in old.lines() {

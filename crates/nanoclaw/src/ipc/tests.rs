@@ -1083,3 +1083,80 @@ fn task_creation_and_message_size_are_limited() {
     );
     assert!(f.bot_messages("tg:team").is_empty());
 }
+
+/// Whatever a non-main group's agent writes, it reaches nothing outside its own group:
+/// no group registered or changed, no other group's task touched, no task or message
+/// aimed at another chat (SPEC §10), and no panic.
+#[test]
+fn fuzz_a_non_main_group_cannot_reach_outside_itself() {
+    let f = fixture();
+    f.add_task("task-other", "other", "tg:other");
+    let groups_before = f.ctx.store.registered_groups().expect("groups");
+    let other_before = f.ctx.store.task("task-other").expect("read");
+    let team = Source {
+        folder: "team".into(),
+        is_main: false,
+    };
+    nanoclaw_fuzz::fuzz(
+        "ipc_process",
+        nanoclaw_fuzz::Shape::Json,
+        &[
+            "type",
+            "message",
+            "schedule_task",
+            "register_group",
+            "update_task",
+            "pause_task",
+            "cancel_task",
+            "refresh_groups",
+            "chatJid",
+            "targetJid",
+            "taskId",
+            "task-other",
+            "tg:other",
+            "web:main",
+            "tg:team",
+            "folder",
+            "other",
+            "main",
+            "containerConfig",
+            "additionalMounts",
+            "schedule_type",
+            "schedule_value",
+            "cron",
+            "interval",
+            "once",
+            "prompt",
+            "text",
+            "isolated",
+        ],
+        |input| {
+            let Ok(request) = serde_json::from_slice::<IpcRequest>(input) else {
+                return;
+            };
+            let _ = process::process(&f.ctx, &team, request);
+            assert_eq!(
+                f.ctx.store.registered_groups().expect("groups"),
+                groups_before,
+                "the groups changed"
+            );
+            assert_eq!(
+                f.ctx.store.task("task-other").expect("read"),
+                other_before,
+                "another group's task changed"
+            );
+            for task in f.ctx.store.tasks().expect("tasks") {
+                if task.id != "task-other" {
+                    assert_eq!(
+                        (task.group_folder.as_str(), task.chat_jid.as_str()),
+                        ("team", "tg:team"),
+                        "{task:?}"
+                    );
+                }
+            }
+            for jid in ["web:main", "tg:other"] {
+                assert!(f.bot_messages(jid).is_empty(), "a message reached {jid}");
+            }
+        },
+    );
+}

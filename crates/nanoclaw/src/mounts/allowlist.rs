@@ -156,7 +156,7 @@ pub fn load(path: &Path, home: &Path) -> AllowlistFile {
     }
 }
 
-fn parse(value: &Value, home: &Path) -> Result<MountAllowlist, String> {
+pub(crate) fn parse(value: &Value, home: &Path) -> Result<MountAllowlist, String> {
     let obj = value
         .as_object()
         .ok_or("the top level must be a JSON object")?;

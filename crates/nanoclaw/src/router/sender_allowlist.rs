@@ -194,7 +194,7 @@ pub fn load(path: &Path) -> AllowlistState {
     }
 }
 
-fn parse(value: &Value) -> Result<SenderAllowlist, String> {
+pub(crate) fn parse(value: &Value) -> Result<SenderAllowlist, String> {
     let obj = value
         .as_object()
         .ok_or("the top level must be a JSON object")?;
