@@ -93,7 +93,12 @@ struct State {
     key: Option<String>,
     /// `GET /v1/models` requests seen.
     model_lists: usize,
+    /// Answers requests once the script is used up (else "ok").
+    responder: Option<Responder>,
 }
+
+/// Makes the answer to a request from its body.
+pub type Responder = Arc<dyn Fn(&Value) -> Reply + Send + Sync>;
 
 /// The key or token a request presents.
 fn presented(headers: &HeaderMap) -> Option<String> {
@@ -152,6 +157,11 @@ impl FakeAnthropic {
             changed,
             server,
         }
+    }
+
+    /// Once the script is used up, answers each request with `responder(body)`.
+    pub fn respond_with(&self, responder: impl Fn(&Value) -> Reply + Send + Sync + 'static) {
+        self.lock().responder = Some(Arc::new(responder));
     }
 
     /// Accepts only `key` from now on; others get the API's 401.
@@ -246,7 +256,10 @@ async fn handle(
         });
         st.ids += 1;
         (
-            st.script.pop_front().unwrap_or_else(|| Reply::text("ok")),
+            st.script
+                .pop_front()
+                .or_else(|| st.responder.as_ref().map(|r| r(&request)))
+                .unwrap_or_else(|| Reply::text("ok")),
             st.ids,
         )
     };

@@ -92,6 +92,8 @@ impl RunSlot {
     /// The tool the agent runs now (`None`: none), for `status` and the web app. The
     /// name comes from the sandbox: only a short run of name characters is kept.
     pub fn set_tool(&self, name: Option<&str>) {
+        // An idle run runs nothing, whatever its agent says.
+        let name = name.filter(|_| !self.idle.load(Ordering::Relaxed));
         *self.tool.lock().unwrap_or_else(|p| p.into_inner()) = name.map(tool_label);
     }
 

@@ -138,6 +138,74 @@ async fn a_silent_agent_is_killed_after_container_timeout() {
     d.stop().await;
 }
 
+/// Saying which tool it runs is not progress: an agent that only does that is stopped
+/// at CONTAINER_TIMEOUT like a silent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_events_do_not_extend_container_timeout() {
+    let d = daemon_with_sandbox(
+        RuntimeKind::Bwrap,
+        Some(agent_script("tool-chatter-agent.sh")),
+        |c| {
+            c.container_timeout = Duration::from_millis(1500);
+            c.retry_base = Duration::from_secs(3600);
+        },
+    )
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "busy?")
+        .await
+        .expect("accepted");
+    let log = first_run_log(d.root()).await;
+    assert!(
+        log.contains("no output for 1 s (CONTAINER_TIMEOUT)"),
+        "{log}"
+    );
+    d.stop().await;
+}
+
+/// An agent that ignores `_close` (and keeps saying it is idle) does not keep its slot:
+/// its sandbox is stopped once the close grace has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_ignoring_close_is_stopped_after_the_grace() {
+    let d = daemon_with_sandbox(
+        RuntimeKind::Bwrap,
+        Some(agent_script("deaf-agent.sh")),
+        |c| {
+            c.idle_timeout = Duration::from_millis(500);
+            c.close_grace = Duration::from_secs(1);
+            c.retry_base = Duration::from_secs(3600);
+        },
+    )
+    .await;
+    d.api
+        .send("web:main", "me", "Me", "hello")
+        .await
+        .expect("accepted");
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:main", 1).await,
+        ["answered, and not leaving"]
+    );
+    let log = first_run_log(d.root()).await;
+    assert!(
+        log.contains("did not end within 1 s of being asked to close"),
+        "{log}"
+    );
+    nanoclaw_test_support::wait_for("the slot to be free", DEADLINE, || async {
+        let (_, status) = d.api.get("/api/status").await.ok()?;
+        status["queue"]["active"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        process_count("deaf-agent"),
+        0,
+        "the sandboxed process is gone"
+    );
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_flooding_its_output_is_stopped_at_the_cap() {
     // stderr, and stdout without any newline (which must not pile up in the daemon).

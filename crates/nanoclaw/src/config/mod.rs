@@ -103,6 +103,9 @@ pub struct Config {
     /// First delay of the run retry backoff (SPEC §5: 5 s, doubling, at most 5 tries).
     /// `NANOCLAW_RETRY_BASE_MS`; only tests and impatient people change it.
     pub retry_base: Duration,
+    /// How long an agent asked to close has to end before its sandbox is stopped
+    /// (30 s; tests shorten it).
+    pub close_grace: Duration,
     /// The shortest interval a recurring task scheduled by an agent may have
     /// (`NANOCLAW_MIN_TASK_INTERVAL_MS`, default one minute).
     pub min_task_interval: Duration,
@@ -391,6 +394,7 @@ impl Config {
             http_port: s.port("NANOCLAW_HTTP_PORT", 3002)?,
             zone: resolve_zone(s.get("TZ"))?,
             retry_base: s.millis("NANOCLAW_RETRY_BASE_MS", 5_000)?,
+            close_grace: Duration::from_secs(30),
             min_task_interval: s.millis("NANOCLAW_MIN_TASK_INTERVAL_MS", 60_000)?,
             log_filter_set: s
                 .get("NANOCLAW_LOG")

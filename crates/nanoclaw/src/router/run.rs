@@ -403,7 +403,10 @@ impl RunLoop {
                     // Idle with everything read: the slot may go to another group.
                     slot.set_idle(true);
                     self.typing(&group.jid, false);
-                    progress.idle_deadline = Some(Instant::now() + self.config.idle_timeout);
+                    // Set when the run turns idle: repeating `idle` must not keep it alive.
+                    if progress.idle_deadline.is_none() && !progress.closing {
+                        progress.idle_deadline = Some(Instant::now() + self.config.idle_timeout);
+                    }
                 }
                 if read > progress.answered {
                     // Handled without a visible reply (e.g. all <internal>): do not rerun.

@@ -29,8 +29,9 @@ use crate::runner::{AgentEvent, AgentRunner, RunError, RunInput, RunIo, RunReque
 
 /// The part of stderr kept for the run log.
 const STDERR_TAIL: usize = 64 * 1024;
-/// A stdout line longer than this ends the run (events are far smaller).
-const MAX_LINE: usize = 16 << 20;
+/// A stdout line longer than this ends the run (events are far smaller, and it stays
+/// below the default output cap so it can matter).
+const MAX_LINE: usize = 4 << 20;
 
 pub struct SandboxRunner {
     config: Arc<Config>,
@@ -348,6 +349,7 @@ impl AgentRunner for SandboxRunner {
         let cap = self.config.container_max_output_size;
         let mut deadline = tokio::time::Instant::now() + timeout;
         let mut input_open = true;
+        let mut close_deadline: Option<tokio::time::Instant> = None;
         let disk_watch = disk.watch();
         tokio::pin!(disk_watch);
         // Stops that retrying cannot cure (the user must act), told to the chat.
@@ -372,7 +374,11 @@ impl AgentRunner for SandboxRunner {
                                 match serde_json::from_str::<AgentEvent>(text.trim()) {
                                     Ok(event) => {
                                         record.events += 1;
-                                        deadline = tokio::time::Instant::now() + timeout;
+                                        // A tool event says what the agent does, not that
+                                        // it got anywhere: it does not extend the turn.
+                                        if !matches!(event, AgentEvent::Tool { .. }) {
+                                            deadline = tokio::time::Instant::now() + timeout;
+                                        }
                                         if let AgentEvent::Error { message, permanent } = &event {
                                             record.last_agent_error = Some(message.clone());
                                             record.permanent |= *permanent;
@@ -380,7 +386,7 @@ impl AgentRunner for SandboxRunner {
                                         let _ = io.events.send(event);
                                     }
                                     Err(_) if text.trim().is_empty() => {}
-                                    Err(_) => tracing::debug!(sandbox = %spec.name, "agent stdout (not an event): {}", text.trim()),
+                                    Err(_) => tracing::debug!(sandbox = %spec.name, "agent stdout (not an event): {:?}", text.trim()),
                                 }
                             }
                             if pending.len() > MAX_LINE {
@@ -418,6 +424,9 @@ impl AgentRunner for SandboxRunner {
                         if let Err(e) = write_beneath(&input_dir, CLOSE_SENTINEL, b"", owner) {
                             tracing::error!(sandbox = %spec.name, "cannot ask the agent to close: {e}");
                         }
+                        // An agent that ignores the request is stopped: it must not keep
+                        // its slot (and its group's next messages) for ever.
+                        close_deadline.get_or_insert(tokio::time::Instant::now() + self.config.close_grace);
                     }
                     None => input_open = false,
                 },
@@ -425,6 +434,13 @@ impl AgentRunner for SandboxRunner {
                     tracing::warn!(sandbox = %spec.name, group = %folder, "stopping the run: {why}");
                     stopped_for_good = true;
                     break Some(why);
+                }
+                _ = tokio::time::sleep_until(close_deadline.unwrap_or(deadline)), if close_deadline.is_some() => {
+                    tracing::warn!(sandbox = %spec.name, group = %folder, "the agent did not end when asked to close; stopping its sandbox");
+                    break Some(format!(
+                        "the agent did not end within {} s of being asked to close",
+                        self.config.close_grace.as_secs()
+                    ));
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     break Some(format!(
