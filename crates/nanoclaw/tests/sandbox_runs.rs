@@ -110,16 +110,12 @@ async fn a_message_is_answered_from_inside_a_bwrap_sandbox_with_follow_ups_and_a
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_agent_is_killed_after_container_timeout() {
-    let d = daemon_with_sandbox(
-        RuntimeKind::Bwrap,
-        Some(agent_script("silent-agent.sh")),
-        |c| {
-            c.container_timeout = Duration::from_millis(1500);
-            c.retry_base = Duration::from_secs(3600);
-        },
-    )
+/// Runs `agent` with a 1.5 s CONTAINER_TIMEOUT and checks it was stopped for it.
+async fn stopped_at_container_timeout(agent: &str) {
+    let d = daemon_with_sandbox(RuntimeKind::Bwrap, Some(agent_script(agent)), |c| {
+        c.container_timeout = Duration::from_millis(1500);
+        c.retry_base = Duration::from_secs(3600);
+    })
     .await;
     d.api
         .send("web:main", "me", "Me", "anyone?")
@@ -130,37 +126,21 @@ async fn a_silent_agent_is_killed_after_container_timeout() {
         log.contains("no output for 1 s (CONTAINER_TIMEOUT)"),
         "{log}"
     );
-    assert_eq!(
-        process_count("sleep 3601"),
-        0,
-        "the sandboxed process is gone"
-    );
+    assert_eq!(process_count(agent), 0, "the sandboxed process is gone");
     d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_is_killed_after_container_timeout() {
+    stopped_at_container_timeout("silent-agent.sh").await;
+    assert_eq!(process_count("sleep 3601"), 0, "its child is gone too");
 }
 
 /// Saying which tool it runs is not progress: an agent that only does that is stopped
 /// at CONTAINER_TIMEOUT like a silent one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_events_do_not_extend_container_timeout() {
-    let d = daemon_with_sandbox(
-        RuntimeKind::Bwrap,
-        Some(agent_script("tool-chatter-agent.sh")),
-        |c| {
-            c.container_timeout = Duration::from_millis(1500);
-            c.retry_base = Duration::from_secs(3600);
-        },
-    )
-    .await;
-    d.api
-        .send("web:main", "me", "Me", "busy?")
-        .await
-        .expect("accepted");
-    let log = first_run_log(d.root()).await;
-    assert!(
-        log.contains("no output for 1 s (CONTAINER_TIMEOUT)"),
-        "{log}"
-    );
-    d.stop().await;
+    stopped_at_container_timeout("tool-chatter-agent.sh").await;
 }
 
 /// An agent that ignores `_close` (and keeps saying it is idle) does not keep its slot:

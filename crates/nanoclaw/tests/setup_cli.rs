@@ -23,6 +23,19 @@ fn setup_command(root: &std::path::Path, env: &[(&str, &str)]) -> std::process::
     command("setup", root, env)
 }
 
+/// `setup --non-interactive` with `env` (and `extra` arguments): its status and stdout.
+fn scripted(root: &std::path::Path, env: &[(&str, &str)], extra: &[&str]) -> (bool, String) {
+    let out = setup_command(root, env)
+        .arg("--non-interactive")
+        .args(extra)
+        .output()
+        .expect("setup runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 fn command(name: &str, root: &std::path::Path, env: &[(&str, &str)]) -> std::process::Command {
     let mut cmd = std::process::Command::new(support::nanoclaw_bin());
     cmd.args([name, "--root"])
@@ -153,12 +166,8 @@ async fn setup_in_a_terminal_catches_a_wrong_key_and_writes_an_env_that_runs() {
         ["hello from the key setup saved"]
     );
     // Setup again, with the assistant running: it ends with a sign-in link.
-    let out = setup_command(&root, &[])
-        .arg("--non-interactive")
-        .output()
-        .expect("setup runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let (ok, stdout) = scripted(&root, &[], &[]);
+    assert!(ok, "{stdout}");
     assert!(
         stdout.contains(&format!("http://127.0.0.1:{}/login#", d.port))
             && stdout.contains("Nothing to change"),
@@ -185,40 +194,17 @@ fn scripted_setup_checks_the_environment_and_saves_only_what_works() {
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("home")).expect("root");
 
-    let out = setup_command(
-        &root,
-        &[
-            ("ANTHROPIC_BASE_URL", fake.url.as_str()),
-            ("ANTHROPIC_API_KEY", WRONG_KEY),
-        ],
-    )
-    .arg("--non-interactive")
-    .output()
-    .expect("setup runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "a wrong key fails: {stdout}");
+    let model = |name, value| [("ANTHROPIC_BASE_URL", fake.url.as_str()), (name, value)];
+    let (ok, stdout) = scripted(&root, &model("ANTHROPIC_API_KEY", WRONG_KEY), &[]);
+    assert!(!ok, "a wrong key fails: {stdout}");
     assert!(
         stdout.contains("refused the credential") && stdout.contains("Nothing was saved"),
         "{stdout}"
     );
     assert!(!root.join(".env").exists(), "no .env with a refused key");
 
-    let out = setup_command(
-        &root,
-        &[
-            ("ANTHROPIC_BASE_URL", fake.url.as_str()),
-            ("ANTHROPIC_API_KEY", RIGHT_KEY),
-        ],
-    )
-    .arg("--non-interactive")
-    .output()
-    .expect("setup runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stdout) = scripted(&root, &model("ANTHROPIC_API_KEY", RIGHT_KEY), &[]);
+    assert!(ok, "{stdout}");
     assert!(
         !stdout.contains(RIGHT_KEY),
         "the key is not printed: {stdout}"
@@ -232,19 +218,13 @@ fn scripted_setup_checks_the_environment_and_saves_only_what_works() {
     // An OAuth token in the environment is what is checked and saved, not the key
     // .env already has: a wrong one is refused and .env stays as it was.
     let before = std::fs::read_to_string(root.join(".env")).expect(".env");
-    let out = setup_command(
+    let (ok, stdout) = scripted(
         &root,
-        &[
-            ("ANTHROPIC_BASE_URL", fake.url.as_str()),
-            ("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat-garbage"),
-        ],
-    )
-    .arg("--non-interactive")
-    .output()
-    .expect("setup runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        &model("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat-garbage"),
+        &[],
+    );
     assert!(
-        !out.status.success() && stdout.contains("CLAUDE_CODE_OAUTH_TOKEN"),
+        !ok && stdout.contains("CLAUDE_CODE_OAUTH_TOKEN"),
         "the token from the environment is the one checked: {stdout}"
     );
     assert_eq!(
@@ -258,28 +238,14 @@ fn scripted_setup_checks_the_environment_and_saves_only_what_works() {
         ("ANTHROPIC_BASE_URL", closed.as_str()),
         ("ANTHROPIC_API_KEY", "sk-ant-unchecked"),
     ];
-    let out = setup_command(&root, &unverified)
-        .arg("--non-interactive")
-        .output()
-        .expect("setup runs");
-    assert!(
-        !out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (ok, stdout) = scripted(&root, &unverified, &[]);
+    assert!(!ok, "{stdout}");
     assert_eq!(
         std::fs::read_to_string(root.join(".env")).expect(".env"),
         before
     );
-    let out = setup_command(&root, &unverified)
-        .args(["--non-interactive", "--save-unverified"])
-        .output()
-        .expect("setup runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (ok, stdout) = scripted(&root, &unverified, &["--save-unverified"]);
+    assert!(ok, "{stdout}");
     let text = std::fs::read_to_string(root.join(".env")).expect(".env");
     assert!(
         text.contains("ANTHROPIC_API_KEY=sk-ant-unchecked\n"),
@@ -403,9 +369,9 @@ fn ctrl_c_at_a_secret_prompt_saves_nothing_and_the_terminal_echoes_again() {
     term.expect("(not shown): ", STEP);
     term.send_raw(b"sk-half");
     term.send_raw(b"\x03");
+    term.expect("cancelled", STEP);
     let status = term.wait(STEP);
     assert!(!status.success(), "{}", term.screen());
-    assert!(term.screen().contains("cancelled"), "{}", term.screen());
     assert!(term.echo_is_on(), "the terminal echoes again");
     assert!(!root.join(".env").exists(), "nothing saved");
 }

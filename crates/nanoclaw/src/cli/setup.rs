@@ -748,14 +748,8 @@ fn verify(channel: &std::sync::Arc<dyn crate::channels::Channel>) -> Verdict {
 fn configured_credential(config: &Config, secrets: &Secrets) -> Option<&'static str> {
     if config.llm_api == "openai" {
         Some("OpenAI-compatible server")
-    } else if secrets.anthropic_api_key.is_some() {
-        Some("ANTHROPIC_API_KEY")
-    } else if secrets.claude_code_oauth_token.is_some() {
-        Some("CLAUDE_CODE_OAUTH_TOKEN")
-    } else if secrets.anthropic_auth_token.is_some() {
-        Some("ANTHROPIC_AUTH_TOKEN")
     } else {
-        None
+        super::status::anthropic_credential(secrets)
     }
 }
 
@@ -818,9 +812,10 @@ impl Term {
         use rustix::termios::{
             LocalModes, OptionalActions, SpecialCodeIndex, tcgetattr, tcsetattr,
         };
-        self.prompt(&format!("{question} (not shown)"))?;
+        let question = format!("{question} (not shown)");
         let stdin = std::io::stdin();
         let Ok(saved) = tcgetattr(&stdin) else {
+            self.prompt(&question)?;
             let answer = self.read_line()?.trim().to_string();
             return Ok(Some(answer).filter(|a| !a.is_empty()));
         };
@@ -832,7 +827,10 @@ impl Term {
         quiet.special_codes[SpecialCodeIndex::VTIME] = 0;
         tcsetattr(&stdin, OptionalActions::Now, &quiet)
             .context("cannot turn the terminal's echo off")?;
-        let typed = read_secret(&mut stdin.lock());
+        // Asked only once the echo is off: nothing typed after the question shows.
+        let typed = self
+            .prompt(&question)
+            .and_then(|()| read_secret(&mut stdin.lock()));
         let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
         println!();
         let answer = typed?;

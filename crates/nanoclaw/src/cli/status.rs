@@ -171,6 +171,20 @@ impl Verdict {
     }
 }
 
+/// The Anthropic credential that is set, by its setting's name, in the order the proxy
+/// prefers them.
+pub(super) fn anthropic_credential(secrets: &crate::config::Secrets) -> Option<&'static str> {
+    if secrets.anthropic_api_key.is_some() {
+        Some("ANTHROPIC_API_KEY")
+    } else if secrets.claude_code_oauth_token.is_some() {
+        Some("CLAUDE_CODE_OAUTH_TOKEN")
+    } else if secrets.anthropic_auth_token.is_some() {
+        Some("ANTHROPIC_AUTH_TOKEN")
+    } else {
+        None
+    }
+}
+
 /// Whether agents can reach a model: a credential for the Anthropic API, or an
 /// OpenAI-compatible server (which may need no key). Without one every run fails.
 fn model_check(config: &Config, secrets: &crate::config::Secrets) -> Verdict {
@@ -186,16 +200,7 @@ fn model_check(config: &Config, secrets: &crate::config::Secrets) -> Verdict {
             }
         ));
     }
-    let credential = if secrets.anthropic_api_key.is_some() {
-        Some("ANTHROPIC_API_KEY")
-    } else if secrets.claude_code_oauth_token.is_some() {
-        Some("CLAUDE_CODE_OAUTH_TOKEN")
-    } else if secrets.anthropic_auth_token.is_some() {
-        Some("ANTHROPIC_AUTH_TOKEN")
-    } else {
-        None
-    };
-    match credential {
+    match anthropic_credential(secrets) {
         Some(name) => Verdict::Ok(format!(
             "{name} set, for {} (model {})",
             config.anthropic_base_url, config.model

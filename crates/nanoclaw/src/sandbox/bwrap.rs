@@ -54,6 +54,14 @@ pub struct Bwrap {
     support_dir: PathBuf,
 }
 
+/// The agent binary found at start is gone (an upgrade half done, a cleaned directory).
+fn missing_agent(agent: &std::path::Path) -> String {
+    format!(
+        "the agent binary {} is missing (moved or removed since nanoclaw started); reinstall nanoclaw or set NANOCLAW_AGENT_BIN to it",
+        agent.display()
+    )
+}
+
 impl Bwrap {
     pub fn new(config: &Config) -> Bwrap {
         Bwrap {
@@ -182,6 +190,9 @@ impl Bwrap {
             ]);
         }
         let agent = self.agent.as_ref().map_err(Bwrap::unavailable)?;
+        if !agent.is_file() {
+            return Err(Bwrap::unavailable(missing_agent(agent)));
+        }
         a.extend([
             OsString::from("--ro-bind"),
             agent.clone().into(),
@@ -534,7 +545,10 @@ impl SandboxBackend for Bwrap {
             .program
             .as_ref()
             .ok_or("bwrap is not installed; install bubblewrap (`apt install bubblewrap`)")?;
-        self.agent.as_ref().map_err(String::clone)?;
+        let agent = self.agent.as_ref().map_err(String::clone)?;
+        if !agent.is_file() {
+            return Err(missing_agent(agent));
+        }
         if !self.support_dir.join("passwd").is_file() {
             return Err(format!(
                 "{} is missing; start `nanoclaw run` once to create the root layout",
