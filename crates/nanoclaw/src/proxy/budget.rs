@@ -134,18 +134,38 @@ pub struct Reservation {
     pub output: u64,
 }
 
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let mut guard = self.spending.lock();
-        let st = &mut *guard;
+impl Reservation {
+    /// Runs `record` (which stores what the response used) and releases the
+    /// reservation in one step under the budget's lock, so a request checked meanwhile
+    /// sees the tokens once: reserved or stored, never both and never neither.
+    pub fn settle(mut self, record: impl FnOnce()) {
+        let spending = Arc::clone(&self.spending);
+        let mut guard = spending.lock();
+        record();
+        self.release(&mut guard);
+    }
+
+    fn release(&mut self, st: &mut State) {
+        let tokens = std::mem::take(&mut self.tokens);
         for (map, key) in [(&mut st.groups, &self.group), (&mut st.runs, &self.run)] {
             if let Some(n) = map.get_mut(key) {
-                *n = n.saturating_sub(self.tokens);
+                *n = n.saturating_sub(tokens);
                 if *n == 0 {
                     map.remove(key);
                 }
             }
         }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.tokens == 0 {
+            return;
+        }
+        let spending = Arc::clone(&self.spending);
+        let mut guard = spending.lock();
+        self.release(&mut guard);
     }
 }
 
@@ -671,6 +691,52 @@ mod tests {
         drop(r);
         assert!(s.refuse_start("g", budget).is_none());
         assert!(s.refuse_start("g", RunBudget::default()).is_none());
+    }
+
+    /// A request checked while another's usage is being stored sees those tokens once:
+    /// never the stored row and the reservation together (a spurious refusal), never
+    /// neither (an overspend).
+    #[test]
+    fn storing_usage_and_releasing_its_reservation_are_one_step() {
+        let Fixture { s, store, _dir, .. } = spending(None);
+        let budget = RunBudget {
+            daily: None,
+            run: Some(5_000),
+        };
+        let r = s
+            .reserve("g", "r", budget, &ask(3_000, Some(1_000)))
+            .expect("fits")
+            .expect("reserved");
+        let (checking, checked) = std::sync::mpsc::channel();
+        let checker = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let _ = checked.recv();
+                // 3000 stored + 4000 reserved would leave nothing for 1500 in.
+                s.reserve("g", "r", budget, &ask(1_500, Some(10)))
+                    .map(|r| r.map(|r| r.output))
+            })
+        };
+        r.settle(|| {
+            store
+                .record_usage(
+                    "g",
+                    "r",
+                    None,
+                    &Usage {
+                        input_tokens: 2_000,
+                        output_tokens: 1_000,
+                        ..Usage::default()
+                    },
+                )
+                .expect("record");
+            let _ = checking.send(());
+            // The checker is waiting on the lock by now; it must get the state after.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        });
+        let seen = checker.join().expect("checker");
+        assert_eq!(seen, Ok(Some(10)), "2000 left after 3000 stored");
+        assert!(s.lock().runs.is_empty(), "released");
     }
 
     #[test]

@@ -175,11 +175,16 @@ impl Drop for UsageRecorder {
         let store = Arc::clone(&self.store);
         let (folder, run_id) = (self.group_folder.clone(), self.run_id.clone());
         let record = move || {
-            if let Err(e) = store.record_usage(&folder, &run_id, model.as_deref(), &usage) {
-                tracing::warn!(group = %folder, "cannot record token usage: {e}");
+            let store_it = || {
+                if let Err(e) = store.record_usage(&folder, &run_id, model.as_deref(), &usage) {
+                    tracing::warn!(group = %folder, "cannot record token usage: {e}");
+                }
+            };
+            // Stored and released together, so the tokens are counted once throughout.
+            match reservation {
+                Some(r) => r.settle(store_it),
+                None => store_it(),
             }
-            // Held until now so the tokens are counted, reserved or stored, throughout.
-            drop(reservation);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
