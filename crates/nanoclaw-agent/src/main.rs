@@ -130,7 +130,12 @@ async fn run(input: AgentInput) -> ExitCode {
         ))
     } else {
         Box::new(llm::anthropic::Anthropic::new(
-            client, &base_url, &api_key, &model, retry,
+            client,
+            &base_url,
+            &api_key,
+            &model,
+            retry,
+            Duration::from_millis(env_number("NANOCLAW_LLM_STREAM_IDLE_MS", 300_000).max(1)),
         ))
     };
     let web_search = !openai && env("NANOCLAW_WEB_SEARCH").as_deref() != Some("off");

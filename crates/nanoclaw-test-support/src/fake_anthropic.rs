@@ -40,6 +40,13 @@ pub enum Reply {
     },
     /// A stream that starts, then sends an `error` event.
     StreamError { kind: String, message: String },
+    /// A streamed message that stops after its first `events` events: the connection
+    /// closes (`stall` is `None`) or stays open and silent for `stall`, then closes.
+    Broken {
+        blocks: Vec<Block>,
+        events: usize,
+        stall: Option<std::time::Duration>,
+    },
 }
 
 impl Reply {
@@ -52,6 +59,29 @@ impl Reply {
             name: name.into(),
             input,
         }])
+    }
+
+    /// A tool call whose stream is cut inside its input: `message_start`,
+    /// `content_block_start` and two pieces of the input JSON, then the connection closes.
+    pub fn cut_mid_tool(name: &str, input: Value) -> Reply {
+        Reply::Broken {
+            blocks: vec![Block::ToolUse {
+                name: name.into(),
+                input,
+            }],
+            events: 4,
+            stall: None,
+        }
+    }
+
+    /// A text answer that begins (`message_start`, `content_block_start`, `ping`, one
+    /// delta), then goes silent for `stall` with the connection open.
+    pub fn stalled(text: &str, stall: std::time::Duration) -> Reply {
+        Reply::Broken {
+            blocks: vec![Block::Text(text.into())],
+            events: 4,
+            stall: Some(stall),
+        }
     }
 
     pub fn overloaded(retry_after: Option<u64>) -> Reply {
@@ -292,27 +322,44 @@ async fn handle(
             ));
             stream_response(events)
         }
+        Reply::Broken {
+            blocks,
+            events,
+            stall,
+        } => {
+            let (content, stop_reason) = content_of(&blocks, id);
+            let output_tokens = output_tokens_of(&content);
+            let mut all = message_events(
+                id,
+                &model,
+                input_tokens,
+                output_tokens,
+                &content,
+                stop_reason,
+            );
+            all.truncate(events);
+            let first = futures_util::stream::iter(
+                all.into_iter().map(|e| Ok::<_, Infallible>(Bytes::from(e))),
+            );
+            let silence = futures_util::stream::once(async move {
+                if let Some(stall) = stall {
+                    tokio::time::sleep(stall).await;
+                }
+                Ok::<_, Infallible>(Bytes::new())
+            });
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "text/event-stream"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                Body::from_stream(futures_util::StreamExt::chain(first, silence)),
+            )
+                .into_response()
+        }
         Reply::Message(blocks) => {
-            let stop_reason = if blocks.iter().any(|b| matches!(b, Block::ToolUse { .. })) {
-                "tool_use"
-            } else {
-                "end_turn"
-            };
-            let content: Vec<Value> = blocks
-                .iter()
-                .enumerate()
-                .map(|(i, b)| match b {
-                    Block::Text(t) => json!({"type": "text", "text": t}),
-                    Block::ToolUse { name, input } => json!({
-                        "type": "tool_use", "id": format!("toolu_{id:04}_{i}"), "name": name, "input": input
-                    }),
-                })
-                .collect();
-            let output_tokens = content
-                .iter()
-                .map(|c| c.to_string().len() as u64 / 4)
-                .sum::<u64>()
-                + 1;
+            let (content, stop_reason) = content_of(&blocks, id);
+            let output_tokens = output_tokens_of(&content);
             if request["stream"].as_bool() == Some(true) {
                 stream_response(message_events(
                     id,
@@ -338,6 +385,34 @@ async fn handle(
             }
         }
     }
+}
+
+/// The API's content blocks for a scripted turn, and its stop reason.
+fn content_of(blocks: &[Block], id: u64) -> (Vec<Value>, &'static str) {
+    let stop_reason = if blocks.iter().any(|b| matches!(b, Block::ToolUse { .. })) {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
+    let content = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| match b {
+            Block::Text(t) => json!({"type": "text", "text": t}),
+            Block::ToolUse { name, input } => json!({
+                "type": "tool_use", "id": format!("toolu_{id:04}_{i}"), "name": name, "input": input
+            }),
+        })
+        .collect();
+    (content, stop_reason)
+}
+
+fn output_tokens_of(content: &[Value]) -> u64 {
+    content
+        .iter()
+        .map(|c| c.to_string().len() as u64 / 4)
+        .sum::<u64>()
+        + 1
 }
 
 fn api_error(status: u16, kind: &str, message: &str, retry_after: Option<u64>) -> Response {

@@ -29,18 +29,7 @@ async fn daemon_with_sandbox(
     support::start_sandboxed_daemon(kind, agent, Default::default(), tweak).await
 }
 
-fn run_logs(root: &std::path::Path, folder: &str) -> Vec<String> {
-    let mut logs: Vec<String> = std::fs::read_dir(root.join("groups").join(folder).join("logs"))
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    logs.sort();
-    logs
-}
+use support::run_logs;
 
 /// Waits for the main group's first run log.
 async fn first_run_log(root: &std::path::Path) -> String {

@@ -19,6 +19,10 @@ pub struct Anthropic {
     api_key: String,
     model: String,
     retry: Retry,
+    /// The longest the response may stay silent: until its headers, and between two
+    /// pieces of its stream. The API sends `ping` events while it works, so silence
+    /// this long means the stream is stuck.
+    idle: std::time::Duration,
 }
 
 impl Anthropic {
@@ -28,6 +32,7 @@ impl Anthropic {
         api_key: &str,
         model: &str,
         retry: Retry,
+        idle: std::time::Duration,
     ) -> Anthropic {
         Anthropic {
             client,
@@ -35,6 +40,7 @@ impl Anthropic {
             api_key: api_key.to_string(),
             model: model.to_string(),
             retry,
+            idle,
         }
     }
 
@@ -100,6 +106,15 @@ impl Llm for Anthropic {
 
 impl Anthropic {
     async fn attempt(&self, body: &Value) -> Attempt {
+        let silent = || {
+            Attempt::Retry(
+                format!(
+                    "the model API sent nothing for {} s",
+                    self.idle.as_secs_f64()
+                ),
+                None,
+            )
+        };
         let sent = self
             .client
             .post(format!("{}/v1/messages", self.base_url))
@@ -107,16 +122,20 @@ impl Anthropic {
             .header("anthropic-version", API_VERSION)
             .header("content-type", "application/json")
             .json(body)
-            .send()
-            .await;
-        let mut response = match sent {
-            Ok(r) => r,
-            Err(e) => return Attempt::Retry(format!("cannot reach the API ({e})"), None),
+            .send();
+        let mut response = match tokio::time::timeout(self.idle, sent).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Attempt::Retry(format!("cannot reach the API ({e})"), None),
+            Err(_) => return silent(),
         };
         let status = response.status().as_u16();
         if status != 200 {
             let after = retry_after(response.headers());
-            let text = response.text().await.unwrap_or_default();
+            let text = tokio::time::timeout(self.idle, response.text())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
             let message = error_message(&text);
             return match status {
                 401 | 403 => Attempt::Fail(LlmError::Auth(format!("HTTP {status}: {message}"))),
@@ -130,10 +149,13 @@ impl Anthropic {
         let mut stream = StreamState::default();
         let mut parser = SseParser::new();
         loop {
-            let chunk = match response.chunk().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => return Attempt::Retry(format!("the response stream broke ({e})"), None),
+            let chunk = match tokio::time::timeout(self.idle, response.chunk()).await {
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    return Attempt::Retry(format!("the response stream broke ({e})"), None);
+                }
+                Err(_) => return silent(),
             };
             for event in parser.push(&chunk) {
                 match stream.apply(&event.data) {
@@ -339,7 +361,14 @@ mod tests {
     #[test]
     fn cache_control_marks_the_stable_prefix_and_the_tail() {
         let client = super::super::http_client().build().expect("client");
-        let a = Anthropic::new(client, "http://x", "k", "m", Retry::default());
+        let a = Anthropic::new(
+            client,
+            "http://x",
+            "k",
+            "m",
+            Retry::default(),
+            std::time::Duration::from_secs(300),
+        );
         let messages = [json!({"role": "user", "content": [{"type": "text", "text": "hi"}]})];
         let tools = [json!({"name": "A"}), json!({"name": "B"})];
         let body = a.body(&ChatRequest {

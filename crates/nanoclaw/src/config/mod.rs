@@ -125,6 +125,9 @@ pub struct Config {
     pub llm_api: String,
     /// How many times the agent tries a model call (`NANOCLAW_LLM_ATTEMPTS`).
     pub llm_attempts: u32,
+    /// How long a streamed model response may stay silent before the agent gives that
+    /// attempt up (`NANOCLAW_LLM_STREAM_IDLE_MS`).
+    pub llm_stream_idle: Duration,
     /// Upstream of the proxy in `openai` mode (`OPENAI_BASE_URL`, e.g. Ollama's).
     pub openai_base_url: String,
     /// The Telegram Bot API (`TELEGRAM_API_URL`; a self-hosted Bot API server or a test
@@ -453,6 +456,7 @@ impl Config {
                 "a whole number from 1 to 20",
                 |v| (1..=20).contains(v),
             )?,
+            llm_stream_idle: s.millis("NANOCLAW_LLM_STREAM_IDLE_MS", 300_000)?,
             min_free_disk_bytes: s
                 .parsed(
                     "NANOCLAW_MIN_FREE_DISK_MB",

@@ -593,6 +593,10 @@ pub fn group_spec(
             config.llm_attempts.to_string(),
         ),
         (
+            "NANOCLAW_LLM_STREAM_IDLE_MS".to_string(),
+            config.llm_stream_idle.as_millis().to_string(),
+        ),
+        (
             "NANOCLAW_PROXY_SOCKET".to_string(),
             format!(
                 "{}/{}",

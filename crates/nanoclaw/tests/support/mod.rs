@@ -542,6 +542,22 @@ pub async fn channel_condition(api: &Api, name: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// The run logs of group `folder`, in the order they were written (their names start
+/// with the run's time).
+pub fn run_logs(root: &Path, folder: &str) -> Vec<String> {
+    let mut logs: Vec<(std::ffi::OsString, String)> =
+        std::fs::read_dir(root.join("groups").join(folder).join("logs"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| Some((e.file_name(), std::fs::read_to_string(e.path()).ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+    logs.sort();
+    logs.into_iter().map(|(_, text)| text).collect()
+}
+
 /// Waits until the chat shows `n` assistant messages; returns their texts.
 pub async fn wait_bot_texts(api: &Api, chat_jid: &str, n: usize) -> Vec<String> {
     wait_bot_texts_within(api, chat_jid, n, DEADLINE).await
