@@ -128,6 +128,9 @@ pub struct Config {
     /// How long a streamed model response may stay silent before the agent gives that
     /// attempt up (`NANOCLAW_LLM_STREAM_IDLE_MS`).
     pub llm_stream_idle: Duration,
+    /// How long the backend may take to start a sandbox's agent, until its first event
+    /// (`NANOCLAW_SANDBOX_START_TIMEOUT_MS`).
+    pub sandbox_start_timeout: Duration,
     /// Upstream of the proxy in `openai` mode (`OPENAI_BASE_URL`, e.g. Ollama's).
     pub openai_base_url: String,
     /// The Telegram Bot API (`TELEGRAM_API_URL`; a self-hosted Bot API server or a test
@@ -457,6 +460,7 @@ impl Config {
                 |v| (1..=20).contains(v),
             )?,
             llm_stream_idle: s.millis("NANOCLAW_LLM_STREAM_IDLE_MS", 300_000)?,
+            sandbox_start_timeout: s.millis("NANOCLAW_SANDBOX_START_TIMEOUT_MS", 120_000)?,
             min_free_disk_bytes: s
                 .parsed(
                     "NANOCLAW_MIN_FREE_DISK_MB",

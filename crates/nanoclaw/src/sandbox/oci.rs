@@ -375,9 +375,13 @@ impl Oci {
             Flavor::Podman => vec!["image", "exists", &self.image],
             Flavor::Docker => vec!["image", "inspect", &self.image],
         };
-        Ok(run_tool(program, &args, Duration::from_secs(30))
-            .await
-            .is_ok())
+        // The tool answering "no" is an answer; one that hangs or cannot run is not
+        // (a stuck backend must not look like a deleted image).
+        match run_tool(program, &args, Duration::from_secs(30)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.contains("did not finish within") || e.starts_with("cannot run ") => Err(e),
+            Err(_) => Ok(false),
+        }
     }
 }
 

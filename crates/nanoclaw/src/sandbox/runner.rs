@@ -93,19 +93,76 @@ impl SandboxRunner {
         }
     }
 
+    /// Writes a run's log into the group's `logs` folder.
+    async fn write_run_log(
+        &self,
+        request: &RunRequest,
+        folder: &GroupFolder,
+        log: String,
+        owner: Option<(u32, u32)>,
+    ) {
+        let log_name = format!("run-{}-{}.log", crate::clock::compact_now(), request.run_id);
+        let layout = self.layout.clone();
+        let folder = folder.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let written = open_dir_beneath(&layout.groups_dir(), &[folder.as_str(), "logs"])
+                .and_then(|dir| write_beneath(&dir, &log_name, log.as_bytes(), owner));
+            if let Err(e) = written {
+                tracing::warn!(group = %folder, "cannot write the run log: {e}");
+            }
+        })
+        .await;
+    }
+
+    /// The image's backend, for podman and docker.
+    fn oci(&self) -> Option<super::oci::Oci> {
+        let flavor = match self.backend.kind() {
+            crate::config::RuntimeKind::Podman => super::oci::Flavor::Podman,
+            crate::config::RuntimeKind::Docker => super::oci::Flavor::Docker,
+            crate::config::RuntimeKind::Bwrap => return None,
+        };
+        Some(super::oci::Oci::new(flavor, &self.config))
+    }
+
+    /// After a failed run: when the agent image is gone (someone deleted it while the
+    /// daemon ran, which also removes the containers using it), the next run builds it
+    /// again instead of failing on it for ever, and the failure says so.
+    async fn note_missing_image(&self, why: String) -> String {
+        match self.image_gone().await {
+            true => format!(
+                "{why} (the agent image {} was deleted while the daemon ran; it is built again before the next run)",
+                self.config.container_image
+            ),
+            false => why,
+        }
+    }
+
+    /// Whether the agent image is known to be gone; if so the next [`Self::prepare`]
+    /// builds it again. A backend that cannot answer does not count as "gone".
+    async fn image_gone(&self) -> bool {
+        let Some(oci) = self.oci() else {
+            return false;
+        };
+        match oci.image_exists().await {
+            Ok(false) => {
+                *self.prepared.lock().await = false;
+                tracing::warn!(
+                    image = oci.image(),
+                    "the agent image is gone; building it again"
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Builds a missing or stale image and finds a working OCI runtime, once.
     pub async fn prepare(&self) -> Result<(), String> {
         let mut prepared = self.prepared.lock().await;
         if *prepared {
             return Ok(());
         }
-        let flavor = match self.backend.kind() {
-            crate::config::RuntimeKind::Podman => Some(super::oci::Flavor::Podman),
-            crate::config::RuntimeKind::Docker => Some(super::oci::Flavor::Docker),
-            crate::config::RuntimeKind::Bwrap => None,
-        };
-        if let Some(flavor) = flavor {
-            let oci = super::oci::Oci::new(flavor, &self.config);
+        if let Some(oci) = self.oci() {
             let mut progress = super::image::LogProgress::default();
             super::image::ensure(&oci, &self.config, false, &mut progress).await?;
         }
@@ -296,17 +353,6 @@ impl AgentRunner for SandboxRunner {
             .map_err(|e| RunError::new(format!("cannot encode the input: {e}")))?;
         stdin_bytes.push(b'\n');
 
-        let mut sandbox = self
-            .backend
-            .command(&spec)
-            .await
-            .map_err(|e| RunError::new(e.to_string()))?;
-        sandbox
-            .command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
         let mut record = RunRecord {
             started: Instant::now(),
             started_at: crate::clock::now(),
@@ -316,6 +362,55 @@ impl AgentRunner for SandboxRunner {
             last_agent_error: None,
             permanent: false,
         };
+        // Until the agent's first event the backend has not started it; a backend stuck
+        // before that (a held storage lock, a hung runtime) is given up much sooner
+        // than CONTAINER_TIMEOUT.
+        let start_deadline = tokio::time::Instant::now() + self.config.sandbox_start_timeout;
+        let not_started = || {
+            format!(
+                "the {} sandbox did not start the agent within {} s \
+                 (NANOCLAW_SANDBOX_START_TIMEOUT_MS); the backend may be stuck: see `nanoclaw doctor`",
+                self.backend.kind().name(),
+                self.config.sandbox_start_timeout.as_secs()
+            )
+        };
+        let mut made = tokio::time::timeout_at(start_deadline, self.backend.command(&spec)).await;
+        if matches!(made, Ok(Err(_))) && self.image_gone().await {
+            // Deleted while the daemon ran: built again now, this run waits for it.
+            self.prepare().await.map_err(|e| {
+                RunError::new(format!(
+                    "the agent image was deleted and cannot be built again: {e}"
+                ))
+            })?;
+            made = tokio::time::timeout(
+                self.config.sandbox_start_timeout,
+                self.backend.command(&spec),
+            )
+            .await;
+        }
+        let mut sandbox = match made {
+            Ok(made) => made.map_err(|e| RunError::new(e.to_string()))?,
+            Err(_) => {
+                let why = not_started();
+                tracing::warn!(sandbox = %spec.name, group = %folder, "{why}");
+                let log = run_log(
+                    &request,
+                    &spec,
+                    &plan,
+                    self.backend.kind().name(),
+                    &record,
+                    &format!("failed: {why}"),
+                );
+                self.write_run_log(&request, &folder, log, owner).await;
+                return Err(RunError::new(why));
+            }
+        };
+        sandbox
+            .command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         tracing::info!(sandbox = %spec.name, backend = self.backend.kind().name(), "sandbox starting");
         let mut running = sandbox.spawn().await.map_err(|e| {
             RunError::new(format!(
@@ -350,6 +445,7 @@ impl AgentRunner for SandboxRunner {
         let mut deadline = tokio::time::Instant::now() + timeout;
         let mut input_open = true;
         let mut close_deadline: Option<tokio::time::Instant> = None;
+        let mut started = false;
         let disk_watch = disk.watch();
         tokio::pin!(disk_watch);
         // Stops that retrying cannot cure (the user must act), told to the chat.
@@ -374,6 +470,7 @@ impl AgentRunner for SandboxRunner {
                                 match serde_json::from_str::<AgentEvent>(text.trim()) {
                                     Ok(event) => {
                                         record.events += 1;
+                                        started = true;
                                         // A tool event says what the agent does, not that
                                         // it got anywhere: it does not extend the turn.
                                         if !matches!(event, AgentEvent::Tool { .. }) {
@@ -442,6 +539,10 @@ impl AgentRunner for SandboxRunner {
                         self.config.close_grace.as_secs()
                     ));
                 }
+                _ = tokio::time::sleep_until(start_deadline), if !started => {
+                    tracing::warn!(sandbox = %spec.name, group = %folder, "the sandbox did not start in time; stopping it");
+                    break Some(not_started());
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     break Some(format!(
                         "the agent produced no output for {} s (CONTAINER_TIMEOUT)",
@@ -480,6 +581,10 @@ impl AgentRunner for SandboxRunner {
         writer.abort();
         guard.backend = None;
         self.backend.stop(&spec.name).await;
+        let failure = match failure {
+            Some(why) => Some(self.note_missing_image(why).await),
+            None => None,
+        };
         let outcome = match &failure {
             None => "ok".to_string(),
             Some(reason) => format!("failed: {reason}"),
@@ -493,17 +598,7 @@ impl AgentRunner for SandboxRunner {
             &record,
             &outcome,
         );
-        let log_name = format!("run-{}-{}.log", crate::clock::compact_now(), request.run_id);
-        let layout = self.layout.clone();
-        let folder_clone: GroupFolder = folder.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let written = open_dir_beneath(&layout.groups_dir(), &[folder_clone.as_str(), "logs"])
-                .and_then(|dir| write_beneath(&dir, &log_name, log.as_bytes(), owner));
-            if let Err(e) = written {
-                tracing::warn!(group = %folder_clone, "cannot write the run log: {e}");
-            }
-        })
-        .await;
+        self.write_run_log(&request, &folder, log, owner).await;
         drop(services);
         if let Some(refusal) = self.tokens.spending.take_refusal(&request.run_id) {
             // The agent was told by the proxy; the chat is told by the router.
