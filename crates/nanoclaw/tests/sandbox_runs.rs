@@ -360,3 +360,95 @@ async fn podman_orphans_are_removed_and_the_image_knows_its_agent() {
         sandbox::image::ImageState::Stale { found: build }
     );
 }
+
+/// A bwrap left behind by a daemon that died (its parent gone, so parented to init) is
+/// killed at the next start when it carries this root's mark; another root's, and any
+/// bwrap without a mark, are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bwrap_orphans_of_this_root_are_removed_at_start() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let config = support::test_config(root.path());
+    nanoclaw::layout::Layout::new(root.path())
+        .create()
+        .expect("layout");
+    let runner = SandboxRunner::new(
+        Arc::new(config.clone()),
+        sandbox::backend(RuntimeKind::Bwrap, &config),
+        Default::default(),
+    );
+    let ours = sandbox::root_label(root.path());
+    // Each is a real bwrap started from a shell that exits at once: orphaned.
+    let orphan = |mark: Option<&str>, seconds: u32| {
+        let pid_file = root.path().join(format!("{seconds}.pid"));
+        let mut cmd = std::process::Command::new("setsid");
+        cmd.args([
+            "sh",
+            "-c",
+            &format!(
+                "bwrap --ro-bind / / --dev /dev --unshare-pid --clearenv sleep {seconds} & echo $! > {}",
+                pid_file.display()
+            ),
+        ]);
+        // Not the test's own output: a leftover must not hold the harness's pipes.
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .env_remove("NANOCLAW_SANDBOX_OF");
+        if let Some(mark) = mark {
+            cmd.env("NANOCLAW_SANDBOX_OF", mark);
+        }
+        assert!(cmd.status().expect("setsid").success());
+        pid_file
+    };
+    let read_pid = |file: std::path::PathBuf| async move {
+        nanoclaw_test_support::wait_for("an orphaned bwrap", DEADLINE, || {
+            let file = file.clone();
+            async move {
+                let pid: i32 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                status
+                    .lines()
+                    .any(|l| l.split_whitespace().eq(["PPid:", "1"]))
+                    .then_some(pid)
+            }
+        })
+        .await
+    };
+    let mine = read_pid(orphan(Some(&ours), 3701)).await;
+    let theirs = read_pid(orphan(Some("some-other-root"), 3702)).await;
+    let unmarked = read_pid(orphan(None, 3703)).await;
+    eprintln!("orphans: mine {mine}, theirs {theirs}, unmarked {unmarked}");
+    runner.remove_orphans().await;
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    };
+    // The sandbox (the bwrap it forked and what runs inside) goes with it.
+    let sandboxed = |seconds: u32| {
+        let out = std::process::Command::new("pgrep")
+            .args(["-x", "-f", &format!("sleep {seconds}")])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter(|pid| alive(*pid))
+            .count()
+    };
+    nanoclaw_test_support::wait_for("this root's orphan to die", DEADLINE, || async {
+        (!alive(mine) && sandboxed(3701) == 0).then_some(())
+    })
+    .await;
+    assert!(alive(theirs), "another root's bwrap is left alone");
+    assert!(alive(unmarked), "a bwrap without a mark is left alone");
+    assert_eq!(sandboxed(3702) + sandboxed(3703), 2);
+    for pattern in ["sleep 3702", "sleep 3703"] {
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-f", pattern])
+            .status();
+    }
+    for pid in [theirs, unmarked] {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}

@@ -55,6 +55,62 @@ pub struct Bwrap {
 }
 
 /// The agent binary found at start is gone (an upgrade half done, a cleaned directory).
+/// Every process: its parent, and whether it carries `mark` in its environment.
+fn marked_processes(mark: &str) -> std::collections::HashMap<i32, (i32, bool)> {
+    let mut all = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return all;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(entry.path().join("status"))
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("PPid:"))
+                    .and_then(|v| v.trim().parse::<i32>().ok())
+            });
+        let Some(parent) = parent else { continue };
+        let marked = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == mark.as_bytes()));
+        all.insert(pid, (parent, marked));
+    }
+    all
+}
+
+/// The marked processes whose chain of marked ancestors ends at one parented to init:
+/// what is left of sandboxes whose daemon is gone. A marked process under a live
+/// daemon (its top marked ancestor's parent is not init) is not among them.
+fn orphaned_trees(processes: &std::collections::HashMap<i32, (i32, bool)>) -> Vec<i32> {
+    let mut orphaned = Vec::new();
+    for (&pid, &(_, marked)) in processes {
+        if !marked {
+            continue;
+        }
+        let mut top = pid;
+        // Bounded: a chain cannot be longer than the table (nor loop).
+        for _ in 0..processes.len() {
+            match processes.get(&top) {
+                Some(&(parent, _)) if processes.get(&parent).is_some_and(|p| p.1) => {
+                    top = parent;
+                }
+                _ => break,
+            }
+        }
+        if processes.get(&top).is_some_and(|&(parent, _)| parent == 1) {
+            orphaned.push(pid);
+        }
+    }
+    orphaned.sort_unstable();
+    orphaned
+}
+
 fn missing_agent(agent: &std::path::Path) -> String {
     format!(
         "the agent binary {} is missing (moved or removed since nanoclaw started); reinstall nanoclaw or set NANOCLAW_AGENT_BIN to it",
@@ -511,33 +567,18 @@ impl SandboxBackend for Bwrap {
     async fn remove_orphans(&self, root_label: &str) -> usize {
         // `--die-with-parent` ends sandboxes with the daemon, but a bwrap whose parent
         // died while it was still setting the sandbox up can be left waiting forever,
-        // parented to init. Such leftovers of this root are killed.
+        // parented to init, and so can the bwrap it forked to be the sandbox's init.
+        // Every marked process of a marked tree whose top is parented to init is killed.
         let mark = format!("{ORPHAN_MARK}={root_label}");
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return 0;
-        };
-        let mut killed = 0;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-                .and_then(rustix::process::Pid::from_raw)
-            else {
-                continue;
-            };
-            let orphaned = std::fs::read_to_string(entry.path().join("status"))
-                .is_ok_and(|st| st.lines().any(|l| l.split_whitespace().eq(["PPid:", "1"])));
-            let ours = std::fs::read(entry.path().join("environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == mark.as_bytes()));
-            if orphaned
-                && ours
-                && rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
-            {
-                killed += 1;
-            }
-        }
-        killed
+        let processes = marked_processes(&mark);
+        let orphaned = orphaned_trees(&processes);
+        orphaned
+            .into_iter()
+            .filter_map(rustix::process::Pid::from_raw)
+            .filter(|pid| {
+                rustix::process::kill_process(*pid, rustix::process::Signal::KILL).is_ok()
+            })
+            .count()
     }
 
     async fn probe(&self) -> Result<String, String> {
@@ -755,5 +796,28 @@ async fn read_until_closed_or(fd: OwnedFd, stop: u8) -> Result<Vec<u8>, String> 
         Ok(Ok(result)) => result,
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} s", NETWORK_SETUP.as_secs())),
+    }
+}
+
+#[cfg(test)]
+mod orphan_tests {
+    use super::*;
+
+    #[test]
+    fn only_marked_trees_under_init_are_orphans() {
+        let table: std::collections::HashMap<i32, (i32, bool)> = [
+            (10, (1, true)),   // an orphaned outer bwrap
+            (11, (10, true)),  // the init it forked
+            (12, (11, false)), // the sandboxed command (clean environment)
+            (20, (5, false)),  // a live daemon
+            (21, (20, true)),  // its sandbox
+            (22, (21, true)),
+            (30, (1, false)), // something else under init
+            (40, (41, true)), // a loop (cannot happen; must not hang)
+            (41, (40, true)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(orphaned_trees(&table), vec![10, 11]);
     }
 }
