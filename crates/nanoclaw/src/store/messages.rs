@@ -44,6 +44,47 @@ fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
+// The statements on the path of every message, named so that a test can check their
+// plans (`store::tests::hot_queries_use_indexes`): none may read more as history grows.
+
+/// Messages of a chat after its cursor that the agent should see.
+pub(super) fn pending_sql() -> String {
+    format!(
+        "SELECT * FROM (
+           SELECT {MESSAGE_COLUMNS} FROM messages
+           WHERE chat_jid = ?1 AND seq > ?2
+             AND COALESCE(is_bot_message, 0) = 0
+             AND content IS NOT NULL AND content <> ''
+             AND NOT EXISTS (SELECT 1 FROM message_flags f
+                             WHERE f.chat_jid = messages.chat_jid AND f.id = messages.id)
+           ORDER BY seq DESC LIMIT ?3
+         ) ORDER BY timestamp, seq"
+    )
+}
+
+/// The last messages of a chat (the web app's chat page).
+pub(super) fn chat_messages_sql() -> String {
+    format!(
+        "SELECT * FROM (
+           SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_jid = ?1
+           ORDER BY timestamp DESC, seq DESC LIMIT ?2
+         ) ORDER BY timestamp, seq"
+    )
+}
+
+pub(super) const INSERT_MESSAGE_SQL: &str = "INSERT OR IGNORE INTO messages
+       (id, chat_jid, sender, sender_name, content, timestamp, is_from_me, is_bot_message)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+pub(super) const NEW_SEQ_SQL: &str = "SELECT seq FROM messages WHERE rowid = ?1";
+pub(super) const HAS_MESSAGE_SQL: &str =
+    "SELECT EXISTS(SELECT 1 FROM messages WHERE chat_jid = ?1 AND id = ?2)";
+pub(super) const CURSOR_SQL: &str = "SELECT last_seq FROM chat_cursors WHERE chat_jid = ?1";
+pub(super) const ADVANCE_CURSOR_SQL: &str =
+    "INSERT INTO chat_cursors (chat_jid, last_seq, updated_at) VALUES (?1, ?2, ?3)
+     ON CONFLICT(chat_jid) DO UPDATE SET
+       last_seq = MAX(last_seq, excluded.last_seq),
+       updated_at = excluded.updated_at";
+
 impl Store {
     /// Records chat metadata: a name replaces the stored one, the activity time only
     /// moves forward, channel and group flag are filled in when known.
@@ -76,17 +117,7 @@ impl Store {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT * FROM (
-                   SELECT {MESSAGE_COLUMNS} FROM messages
-                   WHERE chat_jid = ?1 AND seq > ?2
-                     AND COALESCE(is_bot_message, 0) = 0
-                     AND content IS NOT NULL AND content <> ''
-                     AND NOT EXISTS (SELECT 1 FROM message_flags f
-                                     WHERE f.chat_jid = messages.chat_jid AND f.id = messages.id)
-                   ORDER BY seq DESC LIMIT ?3
-                 ) ORDER BY timestamp, seq"
-            ))
+            .prepare_cached(&pending_sql())
             .ctx("preparing the pending-messages query")?;
         let rows = stmt
             .query_map(params![chat_jid, after_seq, limit as i64], stored_message)
@@ -104,12 +135,7 @@ impl Store {
         let conn = self.conn();
         let limit = limit.map(|l| l as i64).unwrap_or(-1);
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT * FROM (
-                   SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_jid = ?1
-                   ORDER BY timestamp DESC, seq DESC LIMIT ?2
-                 ) ORDER BY timestamp, seq"
-            ))
+            .prepare_cached(&chat_messages_sql())
             .ctx("preparing the chat-messages query")?;
         let rows = stmt
             .query_map(params![chat_jid, limit], stored_message)
@@ -172,11 +198,7 @@ impl Store {
     /// The `seq` of the last message the agent has handled in this chat (0: none).
     pub fn cursor(&self, chat_jid: &str) -> Result<i64, StoreError> {
         self.conn()
-            .query_row(
-                "SELECT last_seq FROM chat_cursors WHERE chat_jid = ?1",
-                params![chat_jid],
-                |r| r.get(0),
-            )
+            .query_row(CURSOR_SQL, params![chat_jid], |r| r.get(0))
             .optional()
             .map(Option::unwrap_or_default)
             .ctx("reading a chat cursor")
@@ -190,11 +212,7 @@ impl Store {
     /// Whether `chat_jid` already holds a message with this id.
     pub fn has_message(&self, chat_jid: &str, id: &str) -> Result<bool, StoreError> {
         self.conn()
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM messages WHERE chat_jid = ?1 AND id = ?2)",
-                params![chat_jid, id],
-                |r| r.get(0),
-            )
+            .query_row(HAS_MESSAGE_SQL, params![chat_jid, id], |r| r.get(0))
             .ctx("looking up a message")
     }
 
@@ -233,11 +251,7 @@ pub(super) fn insert_message(
     msg: &Message,
 ) -> Result<Option<i64>, StoreError> {
     let changed = conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO messages
-               (id, chat_jid, sender, sender_name, content, timestamp, is_from_me, is_bot_message)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
+        .prepare_cached(INSERT_MESSAGE_SQL)
         .and_then(|mut stmt| {
             stmt.execute(params![
                 msg.id,
@@ -262,13 +276,9 @@ pub(super) fn insert_message(
         .ctx("flagging a message")?;
     }
     // `seq` is assigned by the `messages_seq` trigger (see schema.rs).
-    conn.query_row(
-        "SELECT seq FROM messages WHERE rowid = ?1",
-        params![conn.last_insert_rowid()],
-        |r| r.get(0),
-    )
-    .map(Some)
-    .ctx("reading a new message's sequence number")
+    conn.query_row(NEW_SEQ_SQL, params![conn.last_insert_rowid()], |r| r.get(0))
+        .map(Some)
+        .ctx("reading a new message's sequence number")
 }
 
 pub(super) fn advance_cursor(
@@ -276,14 +286,9 @@ pub(super) fn advance_cursor(
     chat_jid: &str,
     seq: i64,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO chat_cursors (chat_jid, last_seq, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT(chat_jid) DO UPDATE SET
-           last_seq = MAX(last_seq, excluded.last_seq),
-           updated_at = excluded.updated_at",
-    )
-    .and_then(|mut stmt| stmt.execute(params![chat_jid, seq, crate::clock::now()]))
-    .ctx("moving a chat cursor")?;
+    conn.prepare_cached(ADVANCE_CURSOR_SQL)
+        .and_then(|mut stmt| stmt.execute(params![chat_jid, seq, crate::clock::now()]))
+        .ctx("moving a chat cursor")?;
     Ok(())
 }
 

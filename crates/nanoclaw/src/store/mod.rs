@@ -144,6 +144,40 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The query plans (`EXPLAIN QUERY PLAN`) of the statements on the path of every
+    /// message and reply, by name: what must not grow with history.
+    pub fn hot_query_plans(&self) -> Result<Vec<(&'static str, Vec<String>)>, StoreError> {
+        let queries: Vec<(&'static str, String)> = vec![
+            ("store a message", messages::INSERT_MESSAGE_SQL.into()),
+            ("its sequence number", messages::NEW_SEQ_SQL.into()),
+            ("a duplicate check", messages::HAS_MESSAGE_SQL.into()),
+            ("a chat's cursor", messages::CURSOR_SQL.into()),
+            ("move a cursor", messages::ADVANCE_CURSOR_SQL.into()),
+            ("pending messages of a chat", messages::pending_sql()),
+            ("a chat's last messages", messages::chat_messages_sql()),
+            ("undelivered replies", outbox::pending_heads_sql()),
+            ("replies to replay", outbox::delivered_after_sql()),
+            ("count undelivered", outbox::COUNT_PENDING_SQL.into()),
+        ];
+        let conn = self.conn();
+        let mut plans = Vec::new();
+        for (name, sql) in queries {
+            let mut stmt = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .ctx("preparing a query plan")?;
+            // Parameters left unbound: the plan does not depend on their values.
+            let mut rows = stmt.raw_query();
+            let mut lines = Vec::new();
+            while let Some(row) = rows.next().ctx("reading a query plan")? {
+                lines.push(row.get::<_, String>(3).ctx("reading a query plan")?);
+            }
+            plans.push((name, lines));
+        }
+        Ok(plans)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::Store;
@@ -158,6 +192,27 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing on the hot path reads a table whole: every message and reply statement
+    /// finds its rows through a key or an index, so its cost does not grow with history.
+    #[test]
+    fn hot_queries_use_indexes() {
+        let (_dir, store) = test_support::open_temp();
+        let plans = store.hot_query_plans().expect("plans");
+        assert_eq!(plans.len(), 10);
+        for (name, lines) in &plans {
+            for line in lines {
+                let whole = line.starts_with("SCAN ")
+                    && !line.contains("USING INDEX")
+                    && !line.contains("USING COVERING INDEX")
+                    && !line.contains("USING INTEGER PRIMARY KEY")
+                    && !line.starts_with("SCAN CONSTANT ROW")
+                    // The rows a subquery already found through an index (and limited).
+                    && !line.starts_with("SCAN (subquery");
+                assert!(!whole, "{name}: {line} (all plans: {plans:#?})");
+            }
+        }
+    }
 
     #[test]
     fn fresh_store_is_wal_and_at_latest_version() {

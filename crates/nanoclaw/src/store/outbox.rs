@@ -29,6 +29,29 @@ pub struct CommittedReply {
 
 const OUTBOX_COLUMNS: &str = "id, chat_jid, text, message_id, created_at, attempts, delivery_seq";
 
+// The outbox statements every reply and the status page run (plans checked by
+// `store::tests::hot_queries_use_indexes`).
+
+/// The oldest undelivered reply of each chat.
+pub(super) fn pending_heads_sql() -> String {
+    format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox
+         WHERE id IN (SELECT MIN(id) FROM outbox
+                      WHERE delivered_at IS NULL AND failed_at IS NULL GROUP BY chat_jid)
+         ORDER BY id LIMIT ?1"
+    )
+}
+
+/// Replies delivered after a delivery number (event-stream replay).
+pub(super) fn delivered_after_sql() -> String {
+    format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE delivery_seq > ?1 ORDER BY delivery_seq LIMIT ?2"
+    )
+}
+
+pub(super) const COUNT_PENDING_SQL: &str =
+    "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL";
+
 fn outbox_item(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
     Ok(OutboxItem {
         id: row.get(0)?,
@@ -92,12 +115,7 @@ impl Store {
     pub fn pending_outbox_heads(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM outbox
-                 WHERE id IN (SELECT MIN(id) FROM outbox
-                              WHERE delivered_at IS NULL AND failed_at IS NULL GROUP BY chat_jid)
-                 ORDER BY id LIMIT ?1"
-            ))
+            .prepare_cached(&pending_heads_sql())
             .ctx("preparing the outbox query")?;
         let rows = stmt
             .query_map(params![limit as i64], outbox_item)
@@ -114,9 +132,7 @@ impl Store {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE delivery_seq > ?1 ORDER BY delivery_seq LIMIT ?2"
-            ))
+            .prepare_cached(&delivered_after_sql())
             .ctx("preparing the outbox replay query")?;
         let rows = stmt
             .query_map(params![after_seq, limit as i64], outbox_item)
@@ -178,11 +194,7 @@ impl Store {
 
     pub fn count_pending_outbox(&self) -> Result<i64, StoreError> {
         self.conn()
-            .query_row(
-                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL",
-                [],
-                |r| r.get(0),
-            )
+            .query_row(COUNT_PENDING_SQL, [], |r| r.get(0))
             .ctx("counting undelivered replies")
     }
 }
