@@ -361,9 +361,10 @@ async fn podman_orphans_are_removed_and_the_image_knows_its_agent() {
     );
 }
 
-/// A bwrap left behind by a daemon that died (its parent gone, so parented to init) is
-/// killed at the next start when it carries this root's mark; another root's, and any
-/// bwrap without a mark, are left alone.
+/// A bwrap left behind by a daemon that died is killed at the next start, with the
+/// sandbox it forked, when it carries this root's mark: wherever it was reparented (to
+/// init, or to a subreaper such as `systemd --user`). Another root's, a live owner's
+/// (`nanoclaw sandbox exec`), and any bwrap without a mark are left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bwrap_orphans_of_this_root_are_removed_at_start() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -377,47 +378,118 @@ async fn bwrap_orphans_of_this_root_are_removed_at_start() {
         Default::default(),
     );
     let ours = sandbox::root_label(root.path());
-    // Each is a real bwrap started from a shell that exits at once: orphaned.
-    let orphan = |mark: Option<&str>, seconds: u32| {
+    // A pid above pid_max never runs: an owner that is gone.
+    let gone = format!("{}:1", i32::MAX);
+    let me = {
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+        let start = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(19).map(str::to_string))
+            .expect("start time");
+        format!("{}:{start}", std::process::id())
+    };
+    // Each is a real bwrap started from a shell that exits at once, so it is orphaned:
+    // under init, or under a subreaper that stays.
+    let mut subreapers = Vec::new();
+    let mut orphan = |env: &[(&str, &str)], seconds: u32, subreaper: bool| {
         let pid_file = root.path().join(format!("{seconds}.pid"));
+        let script = format!(
+            "bwrap --ro-bind / / --dev /dev --unshare-pid --clearenv sleep {seconds} & echo $! > {}",
+            pid_file.display()
+        );
         let mut cmd = std::process::Command::new("setsid");
-        cmd.args([
-            "sh",
-            "-c",
-            &format!(
-                "bwrap --ro-bind / / --dev /dev --unshare-pid --clearenv sleep {seconds} & echo $! > {}",
-                pid_file.display()
-            ),
-        ]);
+        if subreaper {
+            cmd.args([
+                "python3",
+                "-c",
+                "import ctypes, subprocess, sys, time\n\
+                 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n\
+                 subprocess.run(['sh', '-c', sys.argv[1]])\n\
+                 time.sleep(3600)",
+                &script,
+            ]);
+        } else {
+            cmd.args(["sh", "-c", &script]);
+        }
         // Not the test's own output: a leftover must not hold the harness's pipes.
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .env_remove("NANOCLAW_SANDBOX_OF");
-        if let Some(mark) = mark {
-            cmd.env("NANOCLAW_SANDBOX_OF", mark);
+            .env_remove("NANOCLAW_SANDBOX_OF")
+            .env_remove("NANOCLAW_SANDBOX_OWNER")
+            .envs(env.iter().copied());
+        if subreaper {
+            subreapers.push(cmd.spawn().expect("subreaper"));
+        } else {
+            assert!(cmd.status().expect("setsid").success());
         }
-        assert!(cmd.status().expect("setsid").success());
         pid_file
     };
-    let read_pid = |file: std::path::PathBuf| async move {
-        nanoclaw_test_support::wait_for("an orphaned bwrap", DEADLINE, || {
+    let files = [
+        (
+            orphan(
+                &[
+                    ("NANOCLAW_SANDBOX_OF", &ours),
+                    ("NANOCLAW_SANDBOX_OWNER", &gone),
+                ],
+                3701,
+                false,
+            ),
+            3701,
+        ),
+        (
+            orphan(
+                &[
+                    ("NANOCLAW_SANDBOX_OF", &ours),
+                    ("NANOCLAW_SANDBOX_OWNER", &gone),
+                ],
+                3704,
+                true,
+            ),
+            3704,
+        ),
+        (orphan(&[("NANOCLAW_SANDBOX_OF", &ours)], 3706, false), 3706),
+        (
+            orphan(
+                &[
+                    ("NANOCLAW_SANDBOX_OF", &ours),
+                    ("NANOCLAW_SANDBOX_OWNER", &me),
+                ],
+                3705,
+                false,
+            ),
+            3705,
+        ),
+        (
+            orphan(
+                &[
+                    ("NANOCLAW_SANDBOX_OF", "some-other-root"),
+                    ("NANOCLAW_SANDBOX_OWNER", &gone),
+                ],
+                3702,
+                false,
+            ),
+            3702,
+        ),
+        (orphan(&[], 3703, false), 3703),
+    ];
+    // Orphaned once the shell that started it has exited.
+    let mut pids = std::collections::HashMap::new();
+    for (file, seconds) in files {
+        let pid = nanoclaw_test_support::wait_for("an orphaned bwrap", DEADLINE, || {
             let file = file.clone();
             async move {
                 let pid: i32 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
                 let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-                status
-                    .lines()
-                    .any(|l| l.split_whitespace().eq(["PPid:", "1"]))
-                    .then_some(pid)
+                let parent = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim();
+                let comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).ok()?;
+                (comm.trim() != "sh").then_some(pid)
             }
         })
-        .await
-    };
-    let mine = read_pid(orphan(Some(&ours), 3701)).await;
-    let theirs = read_pid(orphan(Some("some-other-root"), 3702)).await;
-    let unmarked = read_pid(orphan(None, 3703)).await;
-    eprintln!("orphans: mine {mine}, theirs {theirs}, unmarked {unmarked}");
+        .await;
+        pids.insert(seconds, pid);
+    }
+    eprintln!("orphaned bwraps by their sleep: {pids:?}");
     runner.remove_orphans().await;
     let alive = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
@@ -434,21 +506,27 @@ async fn bwrap_orphans_of_this_root_are_removed_at_start() {
             .filter(|pid| alive(*pid))
             .count()
     };
-    nanoclaw_test_support::wait_for("this root's orphan to die", DEADLINE, || async {
-        (!alive(mine) && sandboxed(3701) == 0).then_some(())
+    nanoclaw_test_support::wait_for("this root's orphans to die", DEADLINE, || async {
+        [3701, 3704, 3706]
+            .iter()
+            .all(|s| !alive(pids[s]) && sandboxed(*s) == 0)
+            .then_some(())
     })
     .await;
-    assert!(alive(theirs), "another root's bwrap is left alone");
-    assert!(alive(unmarked), "a bwrap without a mark is left alone");
-    assert_eq!(sandboxed(3702) + sandboxed(3703), 2);
-    for pattern in ["sleep 3702", "sleep 3703"] {
+    for (seconds, why) in [
+        (3705, "a sandbox of a live owner is left alone"),
+        (3702, "another root's bwrap is left alone"),
+        (3703, "a bwrap without a mark is left alone"),
+    ] {
+        assert!(alive(pids[&seconds]) && sandboxed(seconds) == 1, "{why}");
+    }
+    for seconds in [3702, 3703, 3705] {
         let _ = std::process::Command::new("pkill")
-            .args(["-KILL", "-f", pattern])
+            .args(["-KILL", "-f", &format!("sleep {seconds}")])
             .status();
     }
-    for pid in [theirs, unmarked] {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+    for mut subreaper in subreapers {
+        let _ = subreaper.kill();
+        let _ = subreaper.wait();
     }
 }

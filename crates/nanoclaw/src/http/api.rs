@@ -251,6 +251,13 @@ pub async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
             snapshot.waiting.len() as u64,
         ),
         (
+            "nanoclaw_tasks_alive",
+            "Asynchronous tasks alive in the daemon (flat when nothing leaks).",
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as u64,
+        ),
+        (
             "nanoclaw_uptime_seconds",
             "Seconds since the daemon started.",
             state.started.elapsed().as_secs(),

@@ -83,7 +83,7 @@ impl Refusal {
                  for this group (ask in the main chat), or NANOCLAW_DAILY_TOKEN_BUDGET in .env"
             ),
             Refusal::Run { limit, used } => format!(
-                "this run reached its budget of {limit} tokens ({used} used); a new message starts a \
+                "this run reached its budget of {limit} tokens ({used} used or in use); a new message starts a \
                  new run (container_config.budget.runTokens raises it)"
             ),
             Refusal::TooLarge { need, left, of } => format!(
