@@ -12,6 +12,8 @@
 //!    this bench) with Telegram, Discord, Slack and email connected (fakes, and the real
 //!    mail servers), after start-up and after 100 messages on each.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,11 +50,6 @@ impl AgentRunner for StampingRunner {
     fn describe(&self) -> String {
         "bench runner".into()
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
 }
 
 fn register(root: &std::path::Path, jid: &str, folder: &str) {
@@ -146,21 +143,11 @@ fn report(what: &str, mut latencies: Vec<Duration>) {
     println!(
         "{what} -> runner invoked ({} samples): median {:?}, p90 {:?}, p99 {:?}, max {:?}",
         latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.9),
-        percentile(&latencies, 0.99),
+        common::percentile(&latencies, 0.5),
+        common::percentile(&latencies, 0.9),
+        common::percentile(&latencies, 0.99),
         latencies[latencies.len() - 1]
     );
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }
 
 const ASSISTANT: &str = "assistant@nanoclaw.test";
@@ -266,7 +253,7 @@ async fn idle_rss_with_four_channels() -> (u64, u64) {
     }
     let pid = child.id().expect("pid");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let fresh = rss_kib(pid);
+    let fresh = common::rss_kib(pid);
     let chat = Chat::group(-1001, "Bench");
     let user = User::new(1, "Ann");
     for i in 0..100 {
@@ -288,7 +275,7 @@ async fn idle_rss_with_four_channels() -> (u64, u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid);
+    let after = common::rss_kib(pid);
     let _ = child.kill().await;
     (fresh, after)
 }

@@ -6,6 +6,8 @@
 //! 2. Resident memory (VmRSS) of an idle `nanoclaw run` (the release binary built for
 //!    this bench), after start-up and after it has handled some messages.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,11 +34,6 @@ impl AgentRunner for StampingRunner {
     fn describe(&self) -> String {
         "bench runner".into()
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
 }
 
 async fn post_to_runner_latency(samples: usize) -> Vec<Duration> {
@@ -107,16 +104,6 @@ async fn post_to_runner_latency(samples: usize) -> Vec<Duration> {
     latencies
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 async fn idle_rss() -> (u64, u64) {
     let root = tempfile::tempdir().expect("temp dir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -147,7 +134,7 @@ async fn idle_rss() -> (u64, u64) {
     }
     let pid = child.id().expect("pid");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let fresh = rss_kib(pid);
+    let fresh = common::rss_kib(pid);
     let token = std::fs::read_to_string(root.path().join("data/http-token")).expect("token");
     for i in 0..100 {
         let body =
@@ -162,7 +149,7 @@ async fn idle_rss() -> (u64, u64) {
             .expect("post");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss_kib(pid);
+    let after = common::rss_kib(pid);
     let _ = child.kill().await;
     (fresh, after)
 }
@@ -178,9 +165,9 @@ fn main() {
     println!(
         "POST /api/messages -> runner invoked ({} samples): median {:?}, p90 {:?}, p99 {:?}, max {:?}",
         latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.9),
-        percentile(&latencies, 0.99),
+        common::percentile(&latencies, 0.5),
+        common::percentile(&latencies, 0.9),
+        common::percentile(&latencies, 0.99),
         latencies[latencies.len() - 1]
     );
     let (fresh, after) = rt.block_on(idle_rss());

@@ -13,6 +13,7 @@
 //! `NANOCLAW_LOAD_GROUPS`, `NANOCLAW_LOAD_MESSAGES` and `NANOCLAW_LOAD_RATE` change the
 //! shape.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -59,23 +60,6 @@ impl AgentRunner for StampingRunner {
     fn describe(&self) -> String {
         "load bench runner".into()
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn env_for(root: &std::path::Path) -> HashMap<String, String> {
@@ -187,7 +171,7 @@ async fn start_and_idle(root: &std::path::Path) -> (Duration, u64) {
     }
     let up = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = rss_kib(child.id().expect("pid"));
+    let rss = common::rss_kib(child.id().expect("pid"));
     let _ = child.start_kill();
     let _ = child.wait().await;
     (up, rss)
@@ -218,7 +202,7 @@ async fn latency_under_load(root: &std::path::Path, groups: u64, rate: u64, seco
     })
     .await
     .expect("daemon");
-    let rss_before = rss_kib(std::process::id());
+    let rss_before = common::rss_kib(std::process::id());
     let client = nanoclaw::tls::client().build().expect("client");
     let url = format!("http://{}/api/messages", d.http_addr);
     let token = d.http_token.clone();
@@ -274,7 +258,7 @@ async fn latency_under_load(root: &std::path::Path, groups: u64, rate: u64, seco
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rss_after = rss_kib(std::process::id());
+    let rss_after = common::rss_kib(std::process::id());
     d.shutdown().await;
     let sent_at = sent_at.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let reached = reached.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -327,9 +311,9 @@ fn main() {
             load.sent,
             load.seconds,
             load.sent as f64 / load.seconds,
-            percentile(l, 0.5),
-            percentile(l, 0.9),
-            percentile(l, 0.99),
+            common::percentile(l, 0.5),
+            common::percentile(l, 0.9),
+            common::percentile(l, 0.99),
             l[l.len() - 1],
             load.unanswered
         );

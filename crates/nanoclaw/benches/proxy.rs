@@ -7,6 +7,8 @@
 //!    a stream open through the proxy while the upstream sends an event to every stream
 //!    every 100 ms for 2 s; a level passes when every client receives all its events.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,10 +48,6 @@ async fn upstream() -> String {
     nanoclaw_test_support::serve_on_loopback(app, "fake upstream")
         .await
         .0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -144,12 +142,12 @@ async fn main() {
         println!(
             "request latency ({} each): direct median {:.3} ms p99 {:.3} ms; via {name} median {:.3} ms p99 {:.3} ms; added median {:.3} ms, p99 {:.3} ms",
             direct.len(),
-            ms(percentile(&direct, 0.5)),
-            ms(percentile(&direct, 0.99)),
-            ms(percentile(proxied, 0.5)),
-            ms(percentile(proxied, 0.99)),
-            ms(percentile(proxied, 0.5).saturating_sub(percentile(&direct, 0.5))),
-            ms(percentile(proxied, 0.99).saturating_sub(percentile(&direct, 0.99))),
+            ms(common::percentile(&direct, 0.5)),
+            ms(common::percentile(&direct, 0.99)),
+            ms(common::percentile(proxied, 0.5)),
+            ms(common::percentile(proxied, 0.99)),
+            ms(common::percentile(proxied, 0.5).saturating_sub(common::percentile(&direct, 0.5))),
+            ms(common::percentile(proxied, 0.99).saturating_sub(common::percentile(&direct, 0.99))),
         );
     }
 

@@ -8,6 +8,7 @@
 //! inotify watches, threads, alive async tasks (`/metrics`) and sandboxes alive; at
 //! the end, with traffic stopped and the idle sandboxes closed, what is left.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -34,18 +35,6 @@ struct Sample {
     tasks: u64,
     sandboxes: usize,
     replies: u64,
-}
-
-fn status_field(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn inotify_watches(pid: u32) -> usize {
@@ -151,10 +140,10 @@ async fn soak(seconds: u64, rate: u64) {
     );
     let sample = |at: u64, tasks: u64, replies: u64| Sample {
         at,
-        rss_kib: status_field(pid, "VmRSS:"),
+        rss_kib: common::status_field(pid, "VmRSS:"),
         fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()),
         inotify_watches: inotify_watches(pid),
-        threads: status_field(pid, "Threads:"),
+        threads: common::status_field(pid, "Threads:"),
         tasks,
         sandboxes: sandboxes(&mark),
         replies,

@@ -23,7 +23,7 @@ use super::disk::DiskLimits;
 use super::services::RunServices;
 use super::{SandboxBackend, SandboxIds, group_spec};
 use crate::config::Config;
-use crate::layout::{GroupFolder, Layout, open_dir_beneath};
+use crate::layout::{Layout, open_dir_beneath};
 use crate::proxy::RunTokens;
 use crate::runner::{AgentEvent, AgentRunner, RunError, RunInput, RunIo, RunRequest};
 
@@ -93,17 +93,23 @@ impl SandboxRunner {
         }
     }
 
-    /// Writes a run's log into the group's `logs` folder.
-    async fn write_run_log(
-        &self,
-        request: &RunRequest,
-        folder: &GroupFolder,
-        log: String,
-        owner: Option<(u32, u32)>,
-    ) {
-        let log_name = format!("run-{}-{}.log", crate::clock::compact_now(), request.run_id);
+    /// Writes a run's log into its group's `logs` folder.
+    async fn write_run_log(&self, ran: Ran<'_>, outcome: &str, owner: Option<(u32, u32)>) {
+        let log = run_log(
+            ran.request,
+            ran.spec,
+            ran.plan,
+            self.backend.kind().name(),
+            ran.record,
+            outcome,
+        );
+        let log_name = format!(
+            "run-{}-{}.log",
+            crate::clock::compact_now(),
+            ran.request.run_id
+        );
         let layout = self.layout.clone();
-        let folder = folder.clone();
+        let folder = ran.spec.group_folder.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let written = open_dir_beneath(&layout.groups_dir(), &[folder.as_str(), "logs"])
                 .and_then(|dir| write_beneath(&dir, &log_name, log.as_bytes(), owner));
@@ -237,6 +243,14 @@ impl Drop for StopOnDrop {
             stopping.push(task);
         }
     }
+}
+
+/// A run, as its log describes it.
+struct Ran<'a> {
+    request: &'a RunRequest,
+    spec: &'a super::SandboxSpec,
+    plan: &'a crate::mounts::MountPlan,
+    record: &'a RunRecord,
 }
 
 /// What the run log records.
@@ -393,15 +407,14 @@ impl AgentRunner for SandboxRunner {
             Err(_) => {
                 let why = not_started();
                 tracing::warn!(sandbox = %spec.name, group = %folder, "{why}");
-                let log = run_log(
-                    &request,
-                    &spec,
-                    &plan,
-                    self.backend.kind().name(),
-                    &record,
-                    &format!("failed: {why}"),
-                );
-                self.write_run_log(&request, &folder, log, owner).await;
+                let ran = Ran {
+                    request: &request,
+                    spec: &spec,
+                    plan: &plan,
+                    record: &record,
+                };
+                self.write_run_log(ran, &format!("failed: {why}"), owner)
+                    .await;
                 return Err(RunError::new(why));
             }
         };
@@ -590,15 +603,13 @@ impl AgentRunner for SandboxRunner {
             Some(reason) => format!("failed: {reason}"),
         };
         tracing::info!(sandbox = %spec.name, duration_ms = record.started.elapsed().as_millis() as u64, %outcome, "sandbox ended");
-        let log = run_log(
-            &request,
-            &spec,
-            &plan,
-            self.backend.kind().name(),
-            &record,
-            &outcome,
-        );
-        self.write_run_log(&request, &folder, log, owner).await;
+        let ran = Ran {
+            request: &request,
+            spec: &spec,
+            plan: &plan,
+            record: &record,
+        };
+        self.write_run_log(ran, &outcome, owner).await;
         drop(services);
         if let Some(refusal) = self.tokens.spending.take_refusal(&request.run_id) {
             // The agent was told by the proxy; the chat is told by the router.

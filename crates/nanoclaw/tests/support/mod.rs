@@ -542,15 +542,18 @@ pub async fn channel_condition(api: &Api, name: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// The run logs of group `folder`, in the order they were written (their names start
-/// with the run's time).
+/// The run logs of group `folder`, in the order they were written (by modification
+/// time: their names start with the run's time, but only to the second).
 pub fn run_logs(root: &Path, folder: &str) -> Vec<String> {
-    let mut logs: Vec<(std::ffi::OsString, String)> =
+    let mut logs: Vec<(Option<std::time::SystemTime>, String)> =
         std::fs::read_dir(root.join("groups").join(folder).join("logs"))
             .map(|entries| {
                 entries
                     .filter_map(Result::ok)
-                    .filter_map(|e| Some((e.file_name(), std::fs::read_to_string(e.path()).ok()?)))
+                    .filter_map(|e| {
+                        let written = e.metadata().and_then(|m| m.modified()).ok();
+                        Some((written, std::fs::read_to_string(e.path()).ok()?))
+                    })
                     .collect()
             })
             .unwrap_or_default();
