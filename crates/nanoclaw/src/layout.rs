@@ -148,6 +148,10 @@ impl Layout {
     pub fn sandbox_support_dir(&self) -> PathBuf {
         self.data_dir().join("sandbox")
     }
+    /// The lock files of the processes that own bwrap sandboxes (orphan cleanup).
+    pub fn sandbox_owners_dir(&self) -> PathBuf {
+        self.sandbox_support_dir().join("owners")
+    }
     /// An empty read-only file, mounted over files a sandbox must not read.
     pub fn empty_file(&self) -> PathBuf {
         self.sandbox_support_dir().join("empty-file")

@@ -364,7 +364,8 @@ async fn podman_orphans_are_removed_and_the_image_knows_its_agent() {
 /// A bwrap left behind by a daemon that died is killed at the next start, with the
 /// sandbox it forked, when it carries this root's mark: wherever it was reparented (to
 /// init, or to a subreaper such as `systemd --user`). Another root's, a live owner's
-/// (`nanoclaw sandbox exec`), and any bwrap without a mark are left alone.
+/// (`nanoclaw sandbox exec`), any bwrap without a mark, and any process that is not
+/// bwrap whatever its environment says, are left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bwrap_orphans_of_this_root_are_removed_at_start() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -378,16 +379,13 @@ async fn bwrap_orphans_of_this_root_are_removed_at_start() {
         Default::default(),
     );
     let ours = sandbox::root_label(root.path());
-    // A pid above pid_max never runs: an owner that is gone.
-    let gone = format!("{}:1", i32::MAX);
-    let me = {
-        let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
-        let start = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(19).map(str::to_string))
-            .expect("start time");
-        format!("{}:{start}", std::process::id())
-    };
+    // An owner is a lock file its process holds: one that no process holds is gone.
+    let gone = "4242-0123abcd".to_string();
+    let live = nanoclaw::sandbox::orphans::Owner::take(
+        &nanoclaw::layout::Layout::new(root.path()).sandbox_owners_dir(),
+    )
+    .expect("owner");
+    let me = live.name.clone();
     // Each is a real bwrap started from a shell that exits at once, so it is orphaned:
     // under init, or under a subreaper that stays.
     let mut subreapers = Vec::new();
@@ -473,6 +471,16 @@ async fn bwrap_orphans_of_this_root_are_removed_at_start() {
         ),
         (orphan(&[], 3703, false), 3703),
     ];
+    // Not a bwrap: its environment is never a reason to kill it, whatever it says.
+    let impostor = std::process::Command::new("setsid")
+        .args(["sleep", "3707"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .env("NANOCLAW_SANDBOX_OF", &ours)
+        .env("NANOCLAW_SANDBOX_OWNER", &gone)
+        .spawn()
+        .expect("impostor");
     // Orphaned once the shell that started it has exited.
     let mut pids = std::collections::HashMap::new();
     for (file, seconds) in files {
@@ -520,11 +528,19 @@ async fn bwrap_orphans_of_this_root_are_removed_at_start() {
     ] {
         assert!(alive(pids[&seconds]) && sandboxed(seconds) == 1, "{why}");
     }
-    for seconds in [3702, 3703, 3705] {
+    assert_eq!(
+        sandboxed(3707),
+        1,
+        "a process that is not bwrap is left alone"
+    );
+    drop(live);
+    for seconds in [3702, 3703, 3705, 3707] {
         let _ = std::process::Command::new("pkill")
             .args(["-KILL", "-f", &format!("sleep {seconds}")])
             .status();
     }
+    let mut impostor = impostor;
+    let _ = impostor.wait();
     for mut subreaper in subreapers {
         let _ = subreaper.kill();
         let _ = subreaper.wait();

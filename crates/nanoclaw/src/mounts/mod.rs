@@ -360,8 +360,8 @@ fn writable_by_sandboxes(
 
 /// Paths under the root that main's read-only project view must not show, relative to
 /// the root, with whether each is a directory: every top-level `.env*` file (SPEC: `.env`;
-/// `.env.local` and friends hold the same secrets), `store/auth/`, `data/http-token`, and
-/// the allowlists if the root happens to contain them.
+/// `.env.local` and friends hold the same secrets), `store/auth/`, `data/http-token`, the
+/// sandbox owners' lock files, and the allowlists if the root happens to contain them.
 fn hidden_in_project(layout: &Layout, config_files: &[PathBuf]) -> Vec<(String, bool)> {
     let Ok(root) = std::fs::canonicalize(layout.root()) else {
         return Vec::new();
@@ -378,6 +378,8 @@ fn hidden_in_project(layout: &Layout, config_files: &[PathBuf]) -> Vec<(String, 
     }
     candidates.push(layout.auth_dir());
     candidates.push(layout.http_token_path());
+    // Main could otherwise lock a dead owner's file and keep its leftovers alive.
+    candidates.push(layout.sandbox_owners_dir());
     candidates.extend(config_files.iter().cloned());
     let mut hidden: Vec<(String, bool)> = Vec::new();
     for path in candidates {
@@ -426,6 +428,7 @@ mod tests {
     #[test]
     fn main_gets_the_project_read_only_with_secrets_shadowed() {
         let (_d, layout, folder) = setup();
+        std::fs::create_dir_all(layout.sandbox_owners_dir()).expect("owners");
         let none = AllowlistFile::Missing("x".into());
         let p = plan(
             &layout,
@@ -445,6 +448,7 @@ mod tests {
             ("/workspace/project/.env.local", false),
             ("/workspace/project/store/auth", false),
             ("/workspace/project/data/http-token", false),
+            ("/workspace/project/data/sandbox/owners", false),
             ("/workspace/group", true),
             ("/workspace/global", true),
             ("/home/node/.claude", true),
@@ -454,6 +458,7 @@ mod tests {
         assert_eq!(t, expect.map(|(a, b)| (a.to_string(), b)));
         assert_eq!(p.mounts[1].source, layout.empty_file());
         assert_eq!(p.mounts[3].source, layout.empty_dir());
+        assert_eq!(p.mounts[5].source, layout.empty_dir());
     }
 
     #[test]

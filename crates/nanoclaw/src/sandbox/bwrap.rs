@@ -26,39 +26,7 @@ use crate::config::{Config, RuntimeKind};
 use crate::layout::Layout;
 use crate::mounts::NetworkPolicy;
 
-/// The environment variable that marks bwrap processes of a root (its label).
-const ORPHAN_MARK: &str = "NANOCLAW_SANDBOX_OF";
-/// Which process started the sandbox: `{pid}:{start time}` (the start time, in clock
-/// ticks since boot, tells a live owner from a new process that reuses its pid).
-const OWNER_MARK: &str = "NANOCLAW_SANDBOX_OWNER";
-
-/// This process as [`OWNER_MARK`] names it.
-fn owner_mark() -> &'static str {
-    static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    MARK.get_or_init(|| {
-        let pid = std::process::id();
-        format!("{pid}:{}", start_time(pid as i32).unwrap_or(0))
-    })
-}
-
-/// A process's start time (field 22 of `/proc/{pid}/stat`), if it exists.
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields count from the last ')'.
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether the owner an [`OWNER_MARK`] names is still the process running.
-fn owner_alive(mark: &str) -> bool {
-    let Some((pid, start)) = mark.split_once(':') else {
-        return false;
-    };
-    match (pid.parse::<i32>(), start.parse::<u64>()) {
-        (Ok(pid), Ok(start)) => start_time(pid) == Some(start),
-        _ => false,
-    }
-}
+use super::orphans::{ORPHAN_MARK, OWNER_MARK};
 
 /// `/etc` entries programs need (TLS roots, name resolution, the dynamic linker).
 const ETC_ENTRIES: [&str; 13] = [
@@ -83,101 +51,11 @@ pub struct Bwrap {
     slirp: Option<PathBuf>,
     agent: Result<PathBuf, String>,
     support_dir: PathBuf,
+    /// This process's owner lock (orphan cleanup), taken with the first sandbox.
+    owner: std::sync::OnceLock<Option<super::orphans::Owner>>,
 }
 
 /// The agent binary found at start is gone (an upgrade half done, a cleaned directory).
-/// One process as orphan cleanup sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Proc {
-    parent: i32,
-    /// It carries this root's [`ORPHAN_MARK`].
-    marked: bool,
-    /// Its [`OWNER_MARK`], when it has one.
-    owner: Option<String>,
-}
-
-/// Every process, with its parent and marks.
-fn marked_processes(mark: &str) -> std::collections::HashMap<i32, Proc> {
-    let mut all = std::collections::HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return all;
-    };
-    let owner_prefix = format!("{OWNER_MARK}=");
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let parent = std::fs::read_to_string(entry.path().join("status"))
-            .ok()
-            .and_then(|st| {
-                st.lines()
-                    .find_map(|l| l.strip_prefix("PPid:"))
-                    .and_then(|v| v.trim().parse::<i32>().ok())
-            });
-        let Some(parent) = parent else { continue };
-        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-        let marked = vars.contains(&mark.as_bytes());
-        let owner = vars.iter().find_map(|v| {
-            std::str::from_utf8(v)
-                .ok()?
-                .strip_prefix(&owner_prefix)
-                .map(str::to_string)
-        });
-        all.insert(
-            pid,
-            Proc {
-                parent,
-                marked,
-                owner,
-            },
-        );
-    }
-    all
-}
-
-/// The marked processes that are left of sandboxes whose daemon is gone: those whose
-/// recorded owner no longer runs (wherever they were reparented: to init or to a
-/// subreaper such as `systemd --user`), and, for marks without an owner, those whose
-/// chain of marked ancestors ends at one parented to init. A sandbox of a live owner
-/// (another `nanoclaw` on this root, `nanoclaw sandbox exec`) is left alone.
-fn orphaned_trees(
-    processes: &std::collections::HashMap<i32, Proc>,
-    owner_alive: impl Fn(&str) -> bool,
-) -> Vec<i32> {
-    let mut orphaned = Vec::new();
-    for (&pid, p) in processes {
-        if !p.marked {
-            continue;
-        }
-        let gone = match &p.owner {
-            Some(owner) => !owner_alive(owner),
-            None => {
-                let mut top = pid;
-                // Bounded: a chain cannot be longer than the table (nor loop).
-                for _ in 0..processes.len() {
-                    match processes.get(&top) {
-                        Some(t) if processes.get(&t.parent).is_some_and(|q| q.marked) => {
-                            top = t.parent;
-                        }
-                        _ => break,
-                    }
-                }
-                processes.get(&top).is_some_and(|t| t.parent == 1)
-            }
-        };
-        if gone {
-            orphaned.push(pid);
-        }
-    }
-    orphaned.sort_unstable();
-    orphaned
-}
-
 fn missing_agent(agent: &std::path::Path) -> String {
     format!(
         "the agent binary {} is missing (moved or removed since nanoclaw started); reinstall nanoclaw or set NANOCLAW_AGENT_BIN to it",
@@ -193,7 +71,20 @@ impl Bwrap {
             slirp: which("slirp4netns"),
             agent: super::agent_binary(config),
             support_dir: Layout::new(&config.root).sandbox_support_dir(),
+            owner: std::sync::OnceLock::new(),
         }
+    }
+
+    /// This process's owner lock, taken once (none if the folder cannot hold one: its
+    /// sandboxes are then recognised by their parent only, as before owners existed).
+    fn owner(&self) -> Option<&super::orphans::Owner> {
+        self.owner
+            .get_or_init(|| {
+                super::orphans::Owner::take(&self.support_dir.join("owners"))
+                    .map_err(|e| tracing::warn!("no owner lock for sandboxes: {e}"))
+                    .ok()
+            })
+            .as_ref()
     }
 
     fn unavailable(reason: impl Into<String>) -> SandboxError {
@@ -547,8 +438,10 @@ impl SandboxBackend for Bwrap {
             .env_clear()
             // bwrap's own processes carry it (the sandboxed command starts with a clean
             // environment), so leftovers of a killed daemon can be found (`remove_orphans`).
-            .env(ORPHAN_MARK, &spec.root_label)
-            .env(OWNER_MARK, owner_mark());
+            .env(ORPHAN_MARK, &spec.root_label);
+        if let Some(owner) = self.owner() {
+            cmd.env(OWNER_MARK, &owner.name);
+        }
         inherited.push(args_fd);
         let limits = spec.limits;
         // As root the count is per (user namespace, uid): the sandbox's own. As an
@@ -635,18 +528,28 @@ impl SandboxBackend for Bwrap {
     async fn remove_orphans(&self, root_label: &str) -> usize {
         // `--die-with-parent` ends sandboxes with the daemon, but a bwrap whose parent
         // died while it was still setting the sandbox up can be left waiting forever,
-        // parented to init, and so can the bwrap it forked to be the sandbox's init.
-        // Every marked process of a marked tree whose top is parented to init is killed.
-        let mark = format!("{ORPHAN_MARK}={root_label}");
-        let processes = marked_processes(&mark);
-        let orphaned = orphaned_trees(&processes, owner_alive);
-        orphaned
-            .into_iter()
-            .filter_map(rustix::process::Pid::from_raw)
-            .filter(|pid| {
-                rustix::process::kill_process(*pid, rustix::process::Signal::KILL).is_ok()
-            })
-            .count()
+        // and so can the bwrap it forked to be the sandbox's init (see `orphans`).
+        let Some(program) = self.program.clone() else {
+            return 0;
+        };
+        let owners = self.support_dir.join("owners");
+        let label = root_label.to_string();
+        tokio::task::spawn_blocking(move || {
+            use super::orphans;
+            let processes = orphans::bwrap_processes(&program, &label);
+            let killed = orphans::leftovers(&processes, |name| orphans::owner_alive(&owners, name))
+                .into_iter()
+                .filter(|pid| {
+                    processes
+                        .get(pid)
+                        .is_some_and(|p| orphans::kill_listed(*pid, p.start))
+                })
+                .count();
+            orphans::remove_dead_owners(&owners);
+            killed
+        })
+        .await
+        .unwrap_or(0)
     }
 
     async fn probe(&self) -> Result<String, String> {
@@ -864,49 +767,5 @@ async fn read_until_closed_or(fd: OwnedFd, stop: u8) -> Result<Vec<u8>, String> 
         Ok(Ok(result)) => result,
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} s", NETWORK_SETUP.as_secs())),
-    }
-}
-
-#[cfg(test)]
-mod orphan_tests {
-    use super::*;
-
-    #[test]
-    fn sandboxes_of_a_gone_owner_are_orphans_wherever_they_are() {
-        let p = |parent: i32, marked: bool, owner: Option<&str>| Proc {
-            parent,
-            marked,
-            owner: owner.map(str::to_string),
-        };
-        let table: std::collections::HashMap<i32, Proc> = [
-            (10, p(1, true, Some("900:5"))), // an orphaned outer bwrap, its owner gone
-            (11, p(10, true, Some("900:5"))), // the init it forked
-            (12, p(11, false, None)),        // the sandboxed command (clean environment)
-            (13, p(77, true, Some("901:5"))), // under a subreaper, its owner gone
-            (20, p(5, false, None)),         // a live daemon
-            (21, p(20, true, Some("902:5"))), // its sandbox
-            (22, p(21, true, Some("902:5"))),
-            (23, p(1, true, Some("902:5"))), // an orphan of a live owner: not ours to kill
-            (30, p(1, false, None)),         // something else under init
-            (40, p(1, true, None)),          // an older mark without an owner, under init
-            (41, p(40, true, None)),
-            (50, p(51, true, None)), // a loop (cannot happen; must not hang)
-            (51, p(50, true, None)),
-        ]
-        .into_iter()
-        .collect();
-        let alive = |owner: &str| owner == "902:5";
-        assert_eq!(orphaned_trees(&table, alive), vec![10, 11, 13, 40, 41]);
-    }
-
-    #[test]
-    fn this_process_is_its_own_live_owner() {
-        assert!(owner_alive(owner_mark()));
-        assert!(
-            !owner_alive(&format!("1:{}", u64::MAX)),
-            "init started at another tick"
-        );
-        assert!(!owner_alive("garbage"));
-        assert!(!owner_alive(&format!("{}:1", i32::MAX)));
     }
 }

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod disk;
 pub mod image;
 pub mod oci;
+pub mod orphans;
 pub mod runner;
 pub(crate) mod seccomp;
 pub mod services;
