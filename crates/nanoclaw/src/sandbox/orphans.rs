@@ -124,6 +124,8 @@ pub fn bwrap_processes(program: &Path, label: &str) -> HashMap<i32, Proc> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return all;
     };
+    let mut replaced = program.clone().into_os_string();
+    replaced.push(" (deleted)");
     let mark = format!("{ORPHAN_MARK}={label}");
     let owner_prefix = format!("{OWNER_MARK}=");
     for entry in entries.flatten() {
@@ -134,7 +136,9 @@ pub fn bwrap_processes(program: &Path, label: &str) -> HashMap<i32, Proc> {
         else {
             continue;
         };
-        let is_bwrap = std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| exe == program);
+        // A bwrap started before its package was upgraded reads "… (deleted)".
+        let is_bwrap = std::fs::read_link(entry.path().join("exe"))
+            .is_ok_and(|exe| exe == program || exe.as_os_str() == replaced.as_os_str());
         if !is_bwrap {
             continue;
         }
