@@ -179,6 +179,7 @@ impl Layout {
             self.auth_dir(),
             self.empty_dir(),
             self.data_dir().join("proxy"),
+            self.sandbox_owners_dir(),
         ] {
             fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
         }

@@ -379,12 +379,15 @@ async fn bwrap_orphans_of_this_root_are_removed_at_start() {
         Default::default(),
     );
     let ours = sandbox::root_label(root.path());
-    // An owner is a lock file its process holds: one that no process holds is gone.
-    let gone = "4242-0123abcd".to_string();
-    let live = nanoclaw::sandbox::orphans::Owner::take(
-        &nanoclaw::layout::Layout::new(root.path()).sandbox_owners_dir(),
-    )
-    .expect("owner");
+    // An owner is a lock file its process holds in this root's owners folder (named
+    // with the folder's device and inode): one that no process holds is gone.
+    let owners = nanoclaw::layout::Layout::new(root.path()).sandbox_owners_dir();
+    let gone = {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&owners).expect("owners folder");
+        format!("{}-{}-4242-0123abcd", meta.dev(), meta.ino())
+    };
+    let live = nanoclaw::sandbox::orphans::Owner::take(&owners).expect("owner");
     let me = live.name.clone();
     // Each is a real bwrap started from a shell that exits at once, so it is orphaned:
     // under init, or under a subreaper that stays.

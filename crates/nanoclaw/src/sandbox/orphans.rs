@@ -1,11 +1,14 @@
 //! What dead daemons' bwrap sandboxes leave behind, and how it is found (decisions §37).
 //!
 //! Every bwrap carries two environment variables: [`ORPHAN_MARK`] (the root it belongs
-//! to) and [`OWNER_MARK`] (the name of a lock file its starter holds for as long as it
-//! lives). A lock held is an owner alive, whatever pid or time namespace either side
-//! runs in, and a dead owner (a zombie too) holds none. Only processes whose executable
-//! is bwrap itself count: the environment of any other program (a setuid one started
-//! with an environment someone else chose) is never a reason to kill it.
+//! to) and [`OWNER_MARK`] (which owners folder, by device and inode, and the name of a
+//! lock file in it that its starter holds for as long as it lives). A lock held is an
+//! owner alive, whatever pid or time namespace either side runs in, and a dead owner (a
+//! zombie too) holds none; a mark naming another owners folder (another mount
+//! namespace's root at the same path) is not ours to judge. Only processes of this
+//! daemon's own uid running the bwrap binary itself (the same file, or its path marked
+//! deleted after an upgrade) count, and only their environment is read: another user's
+//! process, or a program that merely calls itself bwrap, is never a reason to kill.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -30,49 +33,81 @@ pub struct Owner {
 }
 
 impl Owner {
-    /// Creates and locks a new owner file in `dir` (the root's owner folder).
+    /// Creates and locks a new owner file in `dir` (the root's owner folder). It is
+    /// locked before it appears under its name, so a cleanup running meanwhile never
+    /// takes a new owner for a dead one.
     pub fn take(dir: &Path) -> Result<Owner, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let name = format!("{}-{}", std::process::id(), crate::ids::random_hex(8));
-        let path = dir.join(format!("{name}.lock"));
+        let (dev, ino) = dir_id(dir).ok_or_else(|| format!("cannot stat {}", dir.display()))?;
+        let file = format!("{}-{}", std::process::id(), crate::ids::random_hex(8));
+        let temporary = dir.join(format!(".{file}.tmp"));
         let fd = rustix::fs::open(
-            &path,
+            &temporary,
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot create {}: {e}", temporary.display()))?;
         rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
-        Ok(Owner { name, _lock: fd })
+            .map_err(|e| format!("cannot lock {}: {e}", temporary.display()))?;
+        let path = dir.join(format!("{file}.lock"));
+        std::fs::rename(&temporary, &path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(Owner {
+            name: format!("{dev}-{ino}-{file}"),
+            _lock: fd,
+        })
     }
+}
+
+/// A folder's device and inode.
+fn dir_id(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// Whether the owner named `name` (an [`OWNER_MARK`] value) still holds its lock in
 /// `dir`. A file that is gone, or that can be locked, is an owner gone. A name that is
-/// not one [`Owner::take`] makes is answered "alive": never a reason to kill.
+/// not one [`Owner::take`] makes, or names another owners folder, is answered "alive":
+/// never a reason to kill.
 pub fn owner_alive(dir: &Path, name: &str) -> bool {
-    let well_formed = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let mut parts = name.splitn(3, '-');
+    let (Some(dev), Some(ino), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        return true;
+    };
+    let named = (dev.parse::<u64>().ok(), ino.parse::<u64>().ok());
+    match dir_id(dir) {
+        Some((d, i)) if named == (Some(d), Some(i)) => file_owner_alive(dir, file),
+        _ => true,
+    }
+}
+
+/// [`owner_alive`] for a lock file's own name (`{pid}-{random}`) in `dir`.
+fn file_owner_alive(dir: &Path, file: &str) -> bool {
+    let well_formed = !file.is_empty()
+        && file.len() <= 64
+        && file.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !well_formed {
         return true;
     }
-    let path = dir.join(format!("{name}.lock"));
+    let path = dir.join(format!("{file}.lock"));
     let fd = match rustix::fs::open(
         &path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
     ) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return false,
         Err(_) => return true,
     };
-    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared) {
-        Ok(()) => false,
-        Err(rustix::io::Errno::WOULDBLOCK) => true,
-        Err(_) => true,
+    let regular = rustix::fs::fstat(&fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+    });
+    if !regular {
+        return true;
     }
+    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared).is_err()
 }
 
 /// Removes the lock files in `dir` whose owners are gone.
@@ -85,7 +120,7 @@ pub fn remove_dead_owners(dir: &Path) {
         let Some(name) = file.to_str().and_then(|n| n.strip_suffix(".lock")) else {
             continue;
         };
-        if !owner_alive(dir, name) {
+        if !file_owner_alive(dir, name) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -116,11 +151,17 @@ fn stat(pid: i32) -> Option<(i32, u64)> {
     Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
-/// The live bwrap processes (executable `bwrap`, resolved like `program`), with their
-/// marks for the root `label`. Other programs' environments are never read.
+/// The live bwrap processes of this uid (running `program` itself, or a replaced copy
+/// of it), with their marks for the root `label`. Other processes' environments are
+/// never read.
 pub fn bwrap_processes(program: &Path, label: &str) -> HashMap<i32, Proc> {
+    use std::os::unix::fs::MetadataExt;
     let mut all = HashMap::new();
     let program = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let Some(binary) = std::fs::metadata(&program).ok().map(|m| (m.dev(), m.ino())) else {
+        return all;
+    };
+    let uid = rustix::process::geteuid().as_raw();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return all;
     };
@@ -136,10 +177,18 @@ pub fn bwrap_processes(program: &Path, label: &str) -> HashMap<i32, Proc> {
         else {
             continue;
         };
-        // A bwrap started before its package was upgraded reads "… (deleted)".
-        let is_bwrap = std::fs::read_link(entry.path().join("exe"))
-            .is_ok_and(|exe| exe == program || exe.as_os_str() == replaced.as_os_str());
-        if !is_bwrap {
+        // Another user's processes are theirs: whatever they claim, never read or killed.
+        let mine = std::fs::metadata(entry.path()).is_ok_and(|m| m.uid() == uid);
+        if !mine {
+            continue;
+        }
+        // The very file (a path alone can be faked from another mount namespace), or a
+        // bwrap started before its package was upgraded, whose file reads "… (deleted)".
+        let same_file =
+            std::fs::metadata(entry.path().join("exe")).is_ok_and(|m| (m.dev(), m.ino()) == binary);
+        let upgraded = std::fs::read_link(entry.path().join("exe"))
+            .is_ok_and(|exe| exe.as_os_str() == replaced.as_os_str());
+        if !same_file && !upgraded {
             continue;
         }
         let Some((parent, start)) = stat(pid) else {
@@ -262,15 +311,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let owner = Owner::take(dir.path()).expect("owner");
         assert!(owner_alive(dir.path(), &owner.name));
+        // A cleanup meanwhile keeps a live owner's file.
+        remove_dead_owners(dir.path());
+        assert!(owner_alive(dir.path(), &owner.name));
         let name = owner.name.clone();
         drop(owner);
         assert!(!owner_alive(dir.path(), &name), "its lock is released");
-        assert!(!owner_alive(dir.path(), "123-abcdef"), "no such owner");
+        let (dev, ino) = dir_id(dir.path()).expect("id");
+        assert!(
+            !owner_alive(dir.path(), &format!("{dev}-{ino}-123-abcdef")),
+            "no such owner"
+        );
+        // Another owners folder (the same path in another mount namespace): not ours.
+        assert!(owner_alive(
+            dir.path(),
+            &format!("{dev}-{}-123-abcdef", ino + 1)
+        ));
         // Names no owner makes are never grounds to kill.
+        assert!(owner_alive(
+            dir.path(),
+            &format!("{dev}-{ino}-../../etc/passwd")
+        ));
         assert!(owner_alive(dir.path(), "../../etc/passwd"));
         assert!(owner_alive(dir.path(), ""));
         remove_dead_owners(dir.path());
-        assert!(!dir.path().join(format!("{name}.lock")).exists());
+        let file = name.splitn(3, '-').nth(2).expect("file");
+        assert!(!dir.path().join(format!("{file}.lock")).exists());
     }
 
     #[test]
