@@ -303,6 +303,9 @@ async fn podman_image_deleted_while_running_is_built_again_and_the_group_goes_on
             c.llm_attempts = 1;
             c.retry_base = Duration::from_millis(200);
             c.idle_timeout = Duration::from_millis(300);
+            // Shorter than building the image again: the run that waits for the build
+            // must get the whole limit once it is built.
+            c.sandbox_start_timeout = Duration::from_secs(3);
         },
     )
     .await;

@@ -379,13 +379,17 @@ impl AgentRunner for SandboxRunner {
         // Until the agent's first event the backend has not started it; a backend stuck
         // before that (a held storage lock, a hung runtime) is given up much sooner
         // than CONTAINER_TIMEOUT.
-        let start_deadline = tokio::time::Instant::now() + self.config.sandbox_start_timeout;
+        let mut start_deadline = tokio::time::Instant::now() + self.config.sandbox_start_timeout;
         let not_started = || {
+            let limit = self.config.sandbox_start_timeout;
+            let limit = match limit.subsec_millis() {
+                0 => format!("{} s", limit.as_secs()),
+                _ => format!("{} ms", limit.as_millis()),
+            };
             format!(
-                "the {} sandbox did not start the agent within {} s \
+                "the {} sandbox did not start the agent within {limit} \
                  (NANOCLAW_SANDBOX_START_TIMEOUT_MS); the backend may be stuck: see `nanoclaw doctor`",
                 self.backend.kind().name(),
-                self.config.sandbox_start_timeout.as_secs()
             )
         };
         let mut made = tokio::time::timeout_at(start_deadline, self.backend.command(&spec)).await;
@@ -396,11 +400,9 @@ impl AgentRunner for SandboxRunner {
                     "the agent image was deleted and cannot be built again: {e}"
                 ))
             })?;
-            made = tokio::time::timeout(
-                self.config.sandbox_start_timeout,
-                self.backend.command(&spec),
-            )
-            .await;
+            // The build took its own time: the start is counted afresh from here.
+            start_deadline = tokio::time::Instant::now() + self.config.sandbox_start_timeout;
+            made = tokio::time::timeout_at(start_deadline, self.backend.command(&spec)).await;
         }
         let mut sandbox = match made {
             Ok(made) => made.map_err(|e| RunError::new(e.to_string()))?,
