@@ -347,15 +347,9 @@ async fn handle(
                 }
                 Ok::<_, Infallible>(Bytes::new())
             });
-            (
-                StatusCode::OK,
-                [
-                    (header::CONTENT_TYPE, "text/event-stream"),
-                    (header::CACHE_CONTROL, "no-cache"),
-                ],
-                Body::from_stream(futures_util::StreamExt::chain(first, silence)),
-            )
-                .into_response()
+            sse_response(Body::from_stream(futures_util::StreamExt::chain(
+                first, silence,
+            )))
         }
         Reply::Message(blocks) => {
             let (content, stop_reason) = content_of(&blocks, id);
@@ -509,13 +503,18 @@ fn stream_response(events: Vec<String>) -> Response {
             .into_iter()
             .map(|e| Ok::<_, Infallible>(Bytes::from(e))),
     );
+    sse_response(Body::from_stream(stream))
+}
+
+/// A 200 event stream with `body`.
+fn sse_response(body: Body) -> Response {
     (
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        Body::from_stream(stream),
+        body,
     )
         .into_response()
 }

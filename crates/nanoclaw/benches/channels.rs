@@ -17,11 +17,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use nanoclaw::channels::Channel;
 use nanoclaw::config::Config;
 use nanoclaw::daemon::{self, DaemonOptions};
-use nanoclaw::runner::{AgentEvent, AgentRunner, RunError, RunIo, RunRequest};
 use nanoclaw_test_support::fake_discord::{self, FakeDiscord};
 use nanoclaw_test_support::fake_slack::{self, FakeSlack};
 use nanoclaw_test_support::fake_telegram::{Chat, FakeTelegram, User};
@@ -32,25 +30,6 @@ const DISCORD_TOKEN: &str = "bench.discord.token";
 const SLACK_APP: &str = "xapp-1-bench";
 const SLACK_BOT: &str = "xoxb-bench";
 const TELEGRAM_TOKEN: &str = "123:bench";
-
-struct StampingRunner {
-    invoked: mpsc::UnboundedSender<Instant>,
-}
-
-#[async_trait]
-impl AgentRunner for StampingRunner {
-    async fn run(&self, _request: RunRequest, io: RunIo) -> Result<(), RunError> {
-        let _ = self.invoked.send(Instant::now());
-        let _ = io.events.send(AgentEvent::Result {
-            text: "ok".into(),
-            inputs: 0,
-        });
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "bench runner".into()
-    }
-}
 
 fn register(root: &std::path::Path, jid: &str, folder: &str) {
     nanoclaw::layout::Layout::new(root)
@@ -95,7 +74,7 @@ async fn to_runner_latency(
         config,
         secrets,
         tokens: Default::default(),
-        runner: Arc::new(StampingRunner { invoked: tx }),
+        runner: Arc::new(common::StampingRunner { invoked: tx }),
         channels: vec![Arc::clone(&channel)],
     })
     .await

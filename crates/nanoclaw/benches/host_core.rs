@@ -11,30 +11,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use nanoclaw::config::Config;
 use nanoclaw::daemon::{self, DaemonOptions};
-use nanoclaw::runner::{AgentEvent, AgentRunner, RunError, RunIo, RunRequest};
 use tokio::sync::mpsc;
-
-struct StampingRunner {
-    invoked: mpsc::UnboundedSender<Instant>,
-}
-
-#[async_trait]
-impl AgentRunner for StampingRunner {
-    async fn run(&self, _request: RunRequest, io: RunIo) -> Result<(), RunError> {
-        let _ = self.invoked.send(Instant::now());
-        let _ = io.events.send(AgentEvent::Result {
-            text: "ok".into(),
-            inputs: 0,
-        });
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "bench runner".into()
-    }
-}
 
 async fn post_to_runner_latency(samples: usize) -> Vec<Duration> {
     let root = tempfile::tempdir().expect("temp dir");
@@ -53,7 +32,7 @@ async fn post_to_runner_latency(samples: usize) -> Vec<Duration> {
         config,
         secrets,
         tokens: Default::default(),
-        runner: Arc::new(StampingRunner { invoked: tx }),
+        runner: Arc::new(common::StampingRunner { invoked: tx }),
         channels: vec![],
     })
     .await

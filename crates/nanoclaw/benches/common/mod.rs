@@ -1,7 +1,31 @@
 //! Helpers the benches share (each bench includes this file with `mod common;`).
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nanoclaw::runner::{AgentEvent, AgentRunner, RunError, RunIo, RunRequest};
+use tokio::sync::mpsc;
+
+/// A runner that notes the moment it is called and answers "ok" at once.
+pub struct StampingRunner {
+    pub invoked: mpsc::UnboundedSender<Instant>,
+}
+
+#[async_trait]
+impl AgentRunner for StampingRunner {
+    async fn run(&self, _request: RunRequest, io: RunIo) -> Result<(), RunError> {
+        let _ = self.invoked.send(Instant::now());
+        let _ = io.events.send(AgentEvent::Result {
+            text: "ok".into(),
+            inputs: 0,
+        });
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "bench runner".into()
+    }
+}
 
 /// The `p` quantile (0 to 1) of sorted durations; `sorted` must not be empty.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
