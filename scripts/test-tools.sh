@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the third-party programs the tests drive, into .tools/ (ignored by git): the
 # official `anthropic` Python SDK in a virtualenv and the Claude Code CLI (clients of the
-# credential proxy), the telegram-test-api Bot API emulator, and the Discord and Slack
-# client libraries, Chromium with its WebDriver, and dovecot/postfix. Idempotent; needs only the package registries (PyPI, npm).
+# credential proxy), the telegram-test-api Bot API emulator, the Discord and Slack
+# client libraries, the MCP SDK and its reference server, Chromium with its WebDriver, and dovecot/postfix. Idempotent; needs only the package registries (PyPI, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLAUDE_CODE_VERSION=2.1.197
@@ -65,8 +65,10 @@ if [ "$installed" != "$CLAUDE_CODE_VERSION" ]; then
 fi
 # The platforms' own client libraries, the judges of our fakes (tests/discord.rs,
 # tests/slack.rs), and the telegram-test-api emulator.
+# The MCP SDK's client judges our MCP server, and its reference server our client.
 for package in telegram-test-api@4.2.1 @discordjs/ws@2.0.4 @discordjs/rest@2.6.3 \
-    @slack/socket-mode@3.1.0 @slack/web-api@8.2.0; do
+    @slack/socket-mode@3.1.0 @slack/web-api@8.2.0 \
+    @modelcontextprotocol/sdk@1.32.2 @modelcontextprotocol/server-everything@2026.8.31; do
     name=${package%@*}
     version=${package##*@}
     installed=$(node -e "try{console.log(require('./.tools/node/node_modules/$name/package.json').version)}catch(e){}" 2>/dev/null || true)

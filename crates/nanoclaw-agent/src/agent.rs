@@ -63,6 +63,8 @@ impl LoopWatch {
 pub struct Agent {
     pub llm: Box<dyn Llm>,
     pub tools: Vec<Value>,
+    /// The group's MCP servers, whose tools are among `tools`.
+    pub mcp: crate::mcp::client::McpTools,
     pub ctx: ToolContext,
     pub system: String,
     pub session: Session,
@@ -153,7 +155,11 @@ impl Agent {
             let mut results = Vec::with_capacity(uses.len() + 1);
             for (id, name, input) in uses {
                 (self.emit)(AgentEvent::Tool { name: name.clone() });
-                let output = tools::run(&name, &input, &self.ctx).await;
+                let output = if self.mcp.owns(&name) {
+                    self.mcp.call(&name, &input).await
+                } else {
+                    tools::run(&name, &input, &self.ctx).await
+                };
                 results.push(json!({
                     "type": "tool_result", "tool_use_id": id, "content": output.content, "is_error": output.is_error
                 }));

@@ -9,6 +9,7 @@
 mod agent;
 mod inbox;
 mod llm;
+mod mcp;
 mod prompt;
 mod sandbox_init;
 mod session;
@@ -54,6 +55,18 @@ fn main() -> ExitCode {
     match args.next() {
         Some(a) if a == "sandbox-init" => return sandbox_init::run(args.collect()),
         Some(a) if a == "egress-bridge-serve" => return sandbox_init::serve(args.collect()),
+        Some(a) if a == "mcp-server" => {
+            return match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(mcp::server::serve()),
+                Err(e) => {
+                    eprintln!("nanoclaw-agent mcp-server cannot start its runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         _ => {}
     }
     let mut raw = String::new();
@@ -155,9 +168,30 @@ async fn run(input: AgentInput) -> ExitCode {
         bash_default_timeout: Duration::from_secs(120),
     };
     let timezone = env("TZ").unwrap_or_else(|| "UTC".into());
+    let mut tools = tools::definitions(input.is_main, web_search);
+    let mcp_timeouts = mcp::client::Timeouts {
+        start: Duration::from_millis(env_number("NANOCLAW_MCP_START_TIMEOUT_MS", 60_000).max(1)),
+        call: Duration::from_millis(env_number("NANOCLAW_MCP_CALL_TIMEOUT_MS", 120_000).max(1)),
+    };
+    let mcp = match env("NANOCLAW_MCP_SERVERS") {
+        None => mcp::client::McpTools::none(mcp_timeouts),
+        Some(raw) => {
+            let (servers, problems) = mcp::client::parse_servers(&raw);
+            for problem in problems {
+                eprintln!("{problem}");
+            }
+            let taken: Vec<String> = tools
+                .iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_string))
+                .collect();
+            mcp::client::McpTools::start(servers, &ctx.workdir, mcp_timeouts, &taken).await
+        }
+    };
+    tools.extend(mcp.definitions.iter().cloned());
     let mut agent = agent::Agent {
         llm,
-        tools: tools::definitions(input.is_main, web_search),
+        tools,
+        mcp,
         system: prompt::system_prompt(&prompt::PromptInput {
             assistant_name: &input.assistant_name,
             workspace: &workspace,

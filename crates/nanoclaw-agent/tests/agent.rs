@@ -519,3 +519,301 @@ async fn a_model_repeating_the_same_call_is_nudged_once_then_stopped() {
     );
     assert_eq!(run.close().await, 0);
 }
+
+/// The repository's `.tools/node/node_modules` (installed by `scripts/test-tools.sh`).
+fn node_modules() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/node/node_modules");
+    assert!(
+        dir.join("@modelcontextprotocol/sdk").is_dir()
+            && dir.join("@modelcontextprotocol/server-everything").is_dir(),
+        "the MCP SDK and server-everything are missing from {}: run ./scripts/test-tools.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Runs the official SDK's client against `nanoclaw-agent mcp-server` with `env`.
+async fn sdk_client(env: &[(&str, String)], calls: serde_json::Value) -> serde_json::Value {
+    let out = tokio::process::Command::new("node")
+        .arg(fixture("mcp_sdk_client.cjs"))
+        .arg(env!("CARGO_BIN_EXE_nanoclaw-agent"))
+        .arg(json!(["mcp-server"]).to_string())
+        .arg(calls.to_string())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NODE_PATH", node_modules())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the SDK client finishes")
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "SDK client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test]
+async fn the_official_mcp_client_lists_and_calls_the_nanoclaw_tools() {
+    let env = Env::new();
+    let context = |main: &str| {
+        vec![
+            ("NANOCLAW_WORKSPACE", env.workspace().display().to_string()),
+            ("NANOCLAW_GROUP_FOLDER", "team".to_string()),
+            ("NANOCLAW_CHAT_JID", "tg:77".to_string()),
+            ("NANOCLAW_IS_MAIN", main.to_string()),
+        ]
+    };
+    let seen = sdk_client(
+        &context("0"),
+        json!([
+            {"name": "send_message", "arguments": {"text": "hi from MCP"}},
+            {"name": "register_group", "arguments": {"jid": "tg:9", "name": "x", "folder": "x", "trigger": "@x"}},
+            {"name": "schedule_task", "arguments": {"prompt": "p", "schedule_type": "cron", "schedule_value": "not cron"}},
+        ]),
+    )
+    .await;
+    assert_eq!(seen["server"]["name"], "nanoclaw");
+    let names: Vec<&str> = seen["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for tool in [
+        "send_message",
+        "schedule_task",
+        "list_tasks",
+        "pause_task",
+        "resume_task",
+        "cancel_task",
+        "update_task",
+    ] {
+        assert!(names.contains(&tool), "{tool} in {names:?}");
+    }
+    assert!(!names.contains(&"register_group") && !names.contains(&"refresh_groups"));
+    let calls = seen["calls"].as_array().expect("calls");
+    assert_eq!(calls[0]["isError"], false, "{}", calls[0]);
+    // A tool that is not offered is refused, whatever the caller says it is.
+    assert!(
+        calls[1]["thrown"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown tool")
+            || calls[1]["isError"] == true,
+        "{}",
+        calls[1]
+    );
+    // The same limits as our loop: a bad schedule is a tool error, and nothing is written.
+    assert_eq!(calls[2]["isError"], true, "{}", calls[2]);
+    let files = |dir: &str| -> Vec<PathBuf> {
+        std::fs::read_dir(env.workspace().join("ipc").join(dir))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let messages = files("messages");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&messages[0]).expect("read")).expect("json");
+    assert_eq!(
+        body,
+        json!({"type": "message", "chatJid": "tg:77", "text": "hi from MCP"})
+    );
+    assert!(files("tasks").is_empty(), "{:?}", files("tasks"));
+
+    let main = sdk_client(&context("1"), json!([])).await;
+    let names: Vec<&str> = main["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"register_group") && names.contains(&"refresh_groups"));
+
+    // Outside a sandbox's environment it says what is missing instead of guessing.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nanoclaw-agent"))
+        .arg("mcp-server")
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NANOCLAW_GROUP_FOLDER is not set"));
+}
+
+/// The last message of a recorded request (the tool results of the step before).
+fn last_content(request: &nanoclaw_test_support::fake_anthropic::Recorded) -> serde_json::Value {
+    request.body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .map(|m| m["content"].clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn mcp_tools_of_the_reference_server_are_offered_called_and_answered() {
+    let everything = node_modules()
+        .join("@modelcontextprotocol/server-everything/dist/index.js")
+        .display()
+        .to_string();
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool("mcp__everything__echo", json!({"message": "ping-42"})),
+        Reply::tool("mcp__everything__get-sum", json!({"a": 20, "b": 22})),
+        Reply::text("The server echoed and added."),
+    ])
+    .await;
+    let env = Env::new();
+    let servers =
+        json!({"everything": {"command": "node", "args": [everything, "stdio"]}}).to_string();
+    let mut run = env
+        .start(
+            &fake.url,
+            None,
+            &[("NANOCLAW_MCP_SERVERS", servers.as_str())],
+        )
+        .await;
+    let events = run.until_idle().await;
+    assert_eq!(
+        results(&events),
+        [("The server echoed and added.".to_string(), 0)]
+    );
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3);
+    let tools = requests[0].body["tools"].as_array().expect("tools");
+    let echo = tools
+        .iter()
+        .find(|t| t["name"] == "mcp__everything__echo")
+        .unwrap_or_else(|| panic!("echo offered: {tools:?}"));
+    assert_eq!(echo["input_schema"]["type"], "object");
+    assert!(
+        echo["input_schema"]["properties"]["message"].is_object(),
+        "{echo}"
+    );
+    // The list is the same in every request (it is part of the cached prefix).
+    assert_eq!(requests[0].body["tools"], requests[2].body["tools"]);
+    let echoed = last_content(&requests[1]);
+    assert_eq!(echoed[0]["is_error"], false, "{echoed}");
+    assert!(
+        echoed[0]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ping-42"),
+        "{echoed}"
+    );
+    let sum = last_content(&requests[2]);
+    assert!(
+        sum[0]["content"].as_str().unwrap_or("").contains("42"),
+        "{sum}"
+    );
+    assert_eq!(run.close().await, 0);
+}
+
+#[tokio::test]
+async fn a_crashing_or_hanging_mcp_server_fails_the_call_not_the_run() {
+    let env = Env::new();
+    let starts = env.dir.path().join("starts");
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool("mcp__flaky__crash", json!({})),
+        Reply::tool("mcp__flaky__hello", json!({"who": "Jo"})),
+        Reply::tool("mcp__flaky__hang", json!({})),
+        Reply::tool("mcp__flaky__big", json!({})),
+        Reply::tool("mcp__missing__anything", json!({})),
+        Reply::text("Still here."),
+    ])
+    .await;
+    let servers = json!({
+        "flaky": {"command": "python3", "args": [fixture("flaky_mcp_server.py"), starts.display().to_string()]},
+        "missing": {"command": "/nonexistent/mcp-server"},
+    })
+    .to_string();
+    let mut run = env
+        .start(
+            &fake.url,
+            None,
+            &[
+                ("NANOCLAW_MCP_SERVERS", servers.as_str()),
+                ("NANOCLAW_MCP_CALL_TIMEOUT_MS", "1000"),
+            ],
+        )
+        .await;
+    let events = run.until_idle().await;
+    assert_eq!(results(&events), [("Still here.".to_string(), 0)]);
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 6);
+    let names: Vec<String> = requests[0].body["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("mcp__"))
+        .collect();
+    // A server that cannot start offers nothing; the others are unaffected.
+    assert_eq!(
+        names,
+        [
+            "mcp__flaky__hello",
+            "mcp__flaky__crash",
+            "mcp__flaky__hang",
+            "mcp__flaky__big"
+        ]
+    );
+    let result = |i: usize| last_content(&requests[i])[0].clone();
+    let crashed = result(1);
+    assert_eq!(crashed["is_error"], true, "{crashed}");
+    assert!(
+        crashed["content"].as_str().unwrap_or("").contains("exited"),
+        "{crashed}"
+    );
+    // The next call starts it again.
+    let hello = result(2);
+    assert_eq!(hello["is_error"], false, "{hello}");
+    assert_eq!(hello["content"], "hello, Jo");
+    let hung = result(3);
+    assert_eq!(hung["is_error"], true, "{hung}");
+    assert!(
+        hung["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not answer within 1 s"),
+        "{hung}"
+    );
+    // The hung one was stopped and started again, so the next call is answered.
+    let big = result(4);
+    assert_eq!(big["is_error"], false, "{big}");
+    let text = big["content"].as_str().unwrap_or("");
+    assert!(
+        text.len() < 40_000 && text.contains("omitted"),
+        "{} bytes",
+        text.len()
+    );
+    let missing = result(5);
+    assert_eq!(missing["is_error"], true, "{missing}");
+    assert_eq!(
+        std::fs::read_to_string(&starts)
+            .unwrap_or_default()
+            .lines()
+            .count(),
+        3,
+        "started once, again after the crash, and again after it hung"
+    );
+    // Its request for sampling was refused, not left unanswered.
+    let sampling: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(starts.with_extension("sampling")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    assert_eq!(sampling["error"]["code"], -32601, "{sampling}");
+    assert_eq!(run.close().await, 0);
+}

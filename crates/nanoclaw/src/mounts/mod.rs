@@ -10,6 +10,7 @@
 //! | validated additional mounts | `/workspace/extra/{name}` | same, ro when `nonMainReadOnly` |
 
 pub mod allowlist;
+pub mod mcp;
 
 use std::path::{Path, PathBuf};
 
@@ -131,6 +132,8 @@ pub struct ContainerConfig {
     pub allowed_domains: Option<Vec<crate::egress::DomainPattern>>,
     pub limits: GroupLimits,
     pub budget: GroupBudget,
+    /// `mcpServers`: stdio MCP servers by name (SPEC §9.1).
+    pub mcp_servers: std::collections::BTreeMap<String, mcp::McpStdio>,
 }
 
 impl ContainerConfig {
@@ -154,6 +157,8 @@ impl ContainerConfig {
             limits: Option<GroupLimits>,
             #[serde(default)]
             budget: Option<GroupBudget>,
+            #[serde(default)]
+            mcp_servers: Option<Value>,
             // NanoClaw v1 kept a per-group timeout here; accepted and ignored.
             #[serde(default)]
             #[allow(dead_code)]
@@ -194,12 +199,17 @@ impl ContainerConfig {
         limits.check()?;
         let budget = parsed.budget.unwrap_or_default();
         budget.check()?;
+        let mcp_servers = match &parsed.mcp_servers {
+            None | Some(Value::Null) => Default::default(),
+            Some(raw) => mcp::parse(raw)?,
+        };
         Ok(ContainerConfig {
             additional_mounts: parsed.additional_mounts.unwrap_or_default(),
             network,
             allowed_domains,
             limits,
             budget,
+            mcp_servers,
         })
     }
 

@@ -609,7 +609,24 @@ pub fn group_spec(
             "NANOCLAW_NETWORK".to_string(),
             prepared.network.name().to_string(),
         ),
+        // The run's context for `nanoclaw-agent mcp-server` (SPEC §9.1), whose stdin is
+        // the MCP channel: set by the host, never by a caller.
+        (
+            "NANOCLAW_GROUP_FOLDER".to_string(),
+            prepared.folder.as_str().to_string(),
+        ),
+        ("NANOCLAW_CHAT_JID".to_string(), prepared.jid.clone()),
+        (
+            "NANOCLAW_IS_MAIN".to_string(),
+            if prepared.is_main { "1" } else { "0" }.to_string(),
+        ),
     ];
+    if !prepared.container.mcp_servers.is_empty() {
+        env.push((
+            "NANOCLAW_MCP_SERVERS".to_string(),
+            mounts::mcp::to_agent_json(&prepared.container.mcp_servers),
+        ));
+    }
     if crate::proxy::RunBudget::of(&prepared.container.budget, config.daily_token_budget)
         .is_limited()
     {
