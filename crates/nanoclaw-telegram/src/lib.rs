@@ -403,13 +403,18 @@ impl Telegram {
 }
 
 /// The text of a message, or a short placeholder for media; `None` for service messages.
+/// A caption is the message's text and comes first, as Discord's and Slack's text comes
+/// before their attachments: "@Andy what is this? [Photo]" starts with the trigger, so a
+/// captioned photo in a group that needs one is answered.
 fn content_of(msg: &Value) -> Option<String> {
     if let Some(text) = msg["text"].as_str() {
         return Some(text.to_string());
     }
     let caption = msg["caption"]
         .as_str()
-        .map(|c| format!(" {c}"))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| format!("{c} "))
         .unwrap_or_default();
     let label = if msg.get("photo").is_some() {
         "[Photo]".to_string()
@@ -435,7 +440,7 @@ fn content_of(msg: &Value) -> Option<String> {
     } else {
         return None;
     };
-    Some(format!("{label}{caption}"))
+    Some(format!("{caption}{label}"))
 }
 
 /// Whether `text` starts with `word` (ASCII case-insensitive) as a whole word.
@@ -787,11 +792,28 @@ mod tests {
         photo["photo"] = json!([{"file_id": "x"}]);
         photo["caption"] = json!("look");
         assert_eq!(
+            t.inbound(&update(photo.clone()))
+                .and_then(|(_, m)| m)
+                .map(|m| m.content)
+                .as_deref(),
+            Some("look [Photo]")
+        );
+        // A caption addressed to the bot still starts with its trigger.
+        photo["caption"] = json!("@Andy what is this?");
+        assert_eq!(
+            t.inbound(&update(photo.clone()))
+                .and_then(|(_, m)| m)
+                .map(|m| m.content)
+                .as_deref(),
+            Some("@Andy what is this? [Photo]")
+        );
+        photo.as_object_mut().map(|p| p.remove("caption"));
+        assert_eq!(
             t.inbound(&update(photo))
                 .and_then(|(_, m)| m)
                 .map(|m| m.content)
                 .as_deref(),
-            Some("[Photo] look")
+            Some("[Photo]")
         );
         let mut joined = base.clone();
         joined["new_chat_members"] = json!([{"id": 1}]);

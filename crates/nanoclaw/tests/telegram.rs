@@ -299,6 +299,33 @@ async fn a_mention_starts_a_group_with_its_own_trigger() {
     d.stop().await;
 }
 
+/// A photo whose caption starts with the trigger is answered in a group that needs one
+/// (issue 17: it used to be stored as "[Photo] @Andy …", which does not start with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captioned_photo_that_starts_with_the_trigger_is_answered() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec!["A cat.".into()])]);
+    let root = tempfile::tempdir().expect("temp dir");
+    register_new(root.path(), "tg:-100433", "tg_photos");
+    let d = support::telegram_daemon(runner, &tg.url, TOKEN, root).await;
+    let now = nanoclaw::clock::millis_now() / 1000;
+    for (id, caption) in [(40, "no trigger here"), (41, "@Andy what is this?")] {
+        tg.raw_update(serde_json::json!({"message": {
+            "message_id": id, "date": now,
+            "chat": {"id": -100_433, "type": "supergroup", "title": "Photos"},
+            "from": {"id": 8, "is_bot": false, "first_name": "Ada"},
+            "photo": [{"file_id": "f1", "file_unique_id": "u1", "width": 90, "height": 90, "file_size": 1200}],
+            "caption": caption,
+        }}));
+    }
+    assert_eq!(tg.wait_sent(-100_433, 1).await, ["A cat."]);
+    assert_eq!(
+        stored_user_texts(d.root(), "tg:-100433"),
+        ["no trigger here [Photo]", "@Andy what is this? [Photo]"]
+    );
+    d.stop().await;
+}
+
 /// The real binary is killed with SIGKILL while updates keep coming; after a restart
 /// every message is stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
