@@ -468,6 +468,8 @@ async fn a_group_within_its_budget_is_answered() {
         |c| {
             c.anthropic_base_url = url;
             c.daily_token_budget = Some(1_000_000);
+            // On for everyone else: the budget is what turns it off here.
+            c.web_search = true;
         },
     )
     .await;
@@ -530,4 +532,37 @@ async fn status_shows_the_tool_the_agent_is_running() {
         assert!(run["tool"].is_null(), "no tool after the answer: {run}");
     }
     d.stop().await;
+}
+
+/// `NANOCLAW_WEB_SEARCH` (whose default `config::tests` checks) reaches the agent both
+/// ways (issue 17: it used to be on for every Anthropic-mode run, with no way to turn it
+/// off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_search_is_offered_only_when_the_host_says_so() {
+    for (setting, offered) in [(false, false), (true, true)] {
+        let fake = FakeAnthropic::start(vec![Reply::text("ok")]).await;
+        let url = fake.url.clone();
+        let d = start(
+            tempfile::tempdir().expect("temp dir"),
+            RuntimeKind::Bwrap,
+            anthropic_secrets(),
+            move |c| {
+                c.anthropic_base_url = url;
+                c.web_search = setting;
+            },
+        )
+        .await;
+        d.api
+            .send("web:main", "me", "Me", "search something")
+            .await
+            .expect("accepted");
+        assert_eq!(wait_bot_texts(&d.api, "web:main", 1).await, ["ok"]);
+        let tools = fake.requests()[0].body["tools"].to_string();
+        assert_eq!(
+            tools.contains("web_search"),
+            offered,
+            "{setting:?}: {tools}"
+        );
+        d.stop().await;
+    }
 }

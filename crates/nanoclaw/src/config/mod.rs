@@ -131,6 +131,10 @@ pub struct Config {
     /// How long the backend may take to start a sandbox's agent, until its first event
     /// (`NANOCLAW_SANDBOX_START_TIMEOUT_MS`).
     pub sandbox_start_timeout: Duration,
+    /// Whether agents are offered the API's `web_search` server tool
+    /// (`NANOCLAW_WEB_SEARCH`; default on only when `ANTHROPIC_BASE_URL` is Anthropic's
+    /// own API). A group's `container_config.webSearch` overrides it.
+    pub web_search: bool,
     /// Upstream of the proxy in `openai` mode (`OPENAI_BASE_URL`, e.g. Ollama's).
     pub openai_base_url: String,
     /// The Telegram Bot API (`TELEGRAM_API_URL`; a self-hosted Bot API server or a test
@@ -374,8 +378,29 @@ impl Config {
             }),
         };
 
+        // Anthropic's own API has the `web_search` server tool; a compatible server
+        // (llama.cpp's, a proxy) may not, and shows the model an empty tool instead.
+        let anthropic_itself = anthropic_base_url
+            .strip_prefix("https://")
+            .map(|rest| rest.split(['/', ':']).next() == Some("api.anthropic.com"))
+            .unwrap_or(false);
+        let web_search = match s.get("NANOCLAW_WEB_SEARCH") {
+            None => anthropic_itself,
+            Some((raw, _)) => match raw.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" | "yes" => true,
+                "off" | "false" | "0" | "no" => false,
+                _ => {
+                    return Err(invalid(
+                        &s,
+                        "NANOCLAW_WEB_SEARCH",
+                        "must be on or off (unset: on only with Anthropic's own API)",
+                    ));
+                }
+            },
+        };
         let config = Config {
             root: root.to_path_buf(),
+            web_search,
             home: home.clone(),
             assistant_name,
             anthropic_base_url,
@@ -664,6 +689,46 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(name), "{name}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn web_search_defaults_to_on_only_for_anthropics_own_api() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let load = |vars: &[(&str, &str)]| {
+            let mut all = vec![("TZ", "UTC")];
+            all.extend_from_slice(vars);
+            Config::load(dir.path(), &env(&all))
+        };
+        let on = |vars: &[(&str, &str)]| load(vars).map(|(c, _)| c.web_search).ok();
+        assert_eq!(on(&[]), Some(true));
+        assert_eq!(
+            on(&[("ANTHROPIC_BASE_URL", "https://api.anthropic.com/")]),
+            Some(true)
+        );
+        for other in [
+            "http://127.0.0.1:8080",
+            "https://api.anthropic.com.example.org",
+            "http://api.anthropic.com",
+            "https://llm.example.org/anthropic",
+        ] {
+            assert_eq!(on(&[("ANTHROPIC_BASE_URL", other)]), Some(false), "{other}");
+        }
+        assert_eq!(
+            on(&[
+                ("ANTHROPIC_BASE_URL", "http://127.0.0.1:8080"),
+                ("NANOCLAW_WEB_SEARCH", "on")
+            ]),
+            Some(true)
+        );
+        assert_eq!(on(&[("NANOCLAW_WEB_SEARCH", "OFF")]), Some(false));
+        let err = load(&[("NANOCLAW_WEB_SEARCH", "sometimes")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("NANOCLAW_WEB_SEARCH") && err.contains("on or off"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub struct ContainerConfig {
     pub allowed_domains: Option<Vec<crate::egress::DomainPattern>>,
     pub limits: GroupLimits,
     pub budget: GroupBudget,
+    /// `webSearch`: offer the API's web search tool (`None`: `NANOCLAW_WEB_SEARCH`).
+    pub web_search: Option<bool>,
     /// `mcpServers`: stdio MCP servers by name (SPEC §9.1).
     pub mcp_servers: std::collections::BTreeMap<String, mcp::McpStdio>,
 }
@@ -159,6 +161,8 @@ impl ContainerConfig {
             budget: Option<GroupBudget>,
             #[serde(default)]
             mcp_servers: Option<Value>,
+            #[serde(default)]
+            web_search: Option<bool>,
             // NanoClaw v1 kept a per-group timeout here; accepted and ignored.
             #[serde(default)]
             #[allow(dead_code)]
@@ -209,6 +213,7 @@ impl ContainerConfig {
             allowed_domains,
             limits,
             budget,
+            web_search: parsed.web_search,
             mcp_servers,
         })
     }
@@ -675,6 +680,10 @@ mod tests {
                 run_tokens: Some(8_000)
             }
         );
+        assert_eq!(c.web_search, None);
+        let c = ContainerConfig::parse(Some(r#"{"webSearch":false}"#)).expect("valid");
+        assert_eq!(c.web_search, Some(false));
+        assert!(ContainerConfig::parse(Some(r#"{"webSearch":"no"}"#)).is_err());
         for (bad, needle) in [
             (r#"{"network":"some"}"#, "must be \"internet\""),
             ("not json", "not valid"),

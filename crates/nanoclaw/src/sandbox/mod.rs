@@ -627,13 +627,16 @@ pub fn group_spec(
             mounts::mcp::to_agent_json(&prepared.container.mcp_servers),
         ));
     }
-    if crate::proxy::RunBudget::of(&prepared.container.budget, config.daily_token_budget)
-        .is_limited()
-    {
-        // The API's own web search reads results into the context beyond anything the
-        // proxy can bound, so a budgeted group's requests would be refused with it.
-        env.push(("NANOCLAW_WEB_SEARCH".to_string(), "off".to_string()));
-    }
+    // The API's own web search reads results into the context beyond anything the
+    // proxy can bound, so a budgeted group's requests would be refused with it.
+    let budgeted =
+        crate::proxy::RunBudget::of(&prepared.container.budget, config.daily_token_budget)
+            .is_limited();
+    let web_search = prepared.container.web_search.unwrap_or(config.web_search) && !budgeted;
+    env.push((
+        "NANOCLAW_WEB_SEARCH".to_string(),
+        if web_search { "on" } else { "off" }.to_string(),
+    ));
     if prepared.network == NetworkPolicy::Internet {
         // The sandbox has no network; the bridge offers the egress socket on loopback
         // and the usual variables point every tool at it.
