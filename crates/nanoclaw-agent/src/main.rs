@@ -139,11 +139,15 @@ async fn run(input: AgentInput) -> ExitCode {
     };
     let llm: Box<dyn llm::Llm> = if openai {
         Box::new(llm::openai::OpenAi::new(
-            client, &base_url, &api_key, &model, retry,
+            client.clone(),
+            &base_url,
+            &api_key,
+            &model,
+            retry,
         ))
     } else {
         Box::new(llm::anthropic::Anthropic::new(
-            client,
+            client.clone(),
             &base_url,
             &api_key,
             &model,
@@ -184,7 +188,13 @@ async fn run(input: AgentInput) -> ExitCode {
                 .iter()
                 .filter_map(|t| t["name"].as_str().map(str::to_string))
                 .collect();
-            mcp::client::McpTools::start(servers, &ctx.workdir, mcp_timeouts, &taken).await
+            let http = mcp::client::HttpContext {
+                client: client.clone(),
+                base_url: base_url.clone(),
+                token: api_key.clone(),
+            };
+            mcp::client::McpTools::start(servers, &ctx.workdir, mcp_timeouts, &taken, Some(http))
+                .await
         }
     };
     tools.extend(mcp.definitions.iter().cloned());

@@ -799,6 +799,7 @@ fn budgeted(
             daily,
             run: per_run,
         },
+        ..Default::default()
     })
 }
 

@@ -127,8 +127,8 @@ async fn a_bad_mcp_config_is_refused_when_the_group_is_registered() {
             "host secret",
         ),
         (
-            json!({"mcpServers": {"x": {"type": "http", "url": "https://mcp.example.com"}}}),
-            "not supported yet",
+            json!({"mcpServers": {"x": {"type": "http", "url": "mcp.example.com"}}}),
+            "not a URL",
         ),
         (
             json!({"mcpServers": {"x": {"command": "x", "cwd": "/"}}}),
@@ -148,4 +148,191 @@ async fn a_bad_mcp_config_is_refused_when_the_group_is_registered() {
         let err = request.check("@Andy").err().unwrap_or_default();
         assert!(err.contains(says), "{config}: {err}");
     }
+}
+
+/// A streamable-HTTP MCP server on this host (the official SDK's server transport) that
+/// wants a bearer token; returns its port, the file of the headers it saw, and the child.
+fn http_mcp_server(dir: &std::path::Path, token: &str) -> (u16, PathBuf, support::KillOnDrop) {
+    let node_modules =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/node/node_modules");
+    assert!(
+        node_modules.join("@modelcontextprotocol/sdk").is_dir(),
+        "the MCP SDK is missing: run ./scripts/test-tools.sh"
+    );
+    let port_file = dir.join("port");
+    let headers = dir.join("headers.jsonl");
+    let child = support::KillOnDrop(Some(
+        std::process::Command::new("node")
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/mcp_http_server.cjs"),
+            )
+            .arg(&port_file)
+            .env("NODE_PATH", node_modules)
+            .env("EXPECT_TOKEN", token)
+            .env("HEADERS_LOG", &headers)
+            .spawn()
+            .expect("node starts"),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(port) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            return (port, headers, child);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the MCP server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn register_web_group(root: &std::path::Path, folder: &str, config: Value) {
+    open_store(root)
+        .register_group(&nanoclaw::store::RegisteredGroup {
+            jid: format!("web:{folder}"),
+            name: folder.into(),
+            folder: folder.into(),
+            trigger_pattern: "@Andy".into(),
+            added_at: nanoclaw::clock::now(),
+            container_config: Some(config.to_string()),
+            requires_trigger: false,
+            is_main: false,
+        })
+        .expect("register");
+}
+
+/// An HTTP server is reached through the credential proxy, which adds its headers (a
+/// secret from `.env` included) outside the sandbox; the group's network policy holds:
+/// `full` reaches this host's loopback server, `internet` and `none` do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_network_policy() {
+    const SECRET: &str = "s3cret-header-value-9f2";
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (port, headers_log, _server) = http_mcp_server(scratch.path(), SECRET);
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool("mcp__remote__whoami", json!({"team": "core"})),
+        Reply::text("done"),
+        Reply::text("no server for me"),
+        Reply::text("none for me either"),
+    ])
+    .await;
+    let root = tempfile::tempdir().expect("temp dir");
+    nanoclaw::layout::Layout::new(root.path())
+        .create()
+        .expect("layout");
+    std::fs::write(root.path().join(".env"), format!("REMOTE_TOKEN={SECRET}\n")).expect(".env");
+    let remote = json!({"remote": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp"),
+        "headers": {"Authorization": "Bearer ${REMOTE_TOKEN}", "X-Team": "core"}}});
+    register_web_group(
+        root.path(),
+        "full",
+        json!({"network": "full", "mcpServers": remote}),
+    );
+    register_web_group(
+        root.path(),
+        "net",
+        json!({"network": "internet", "mcpServers": remote}),
+    );
+    register_web_group(
+        root.path(),
+        "off",
+        json!({"network": "none", "mcpServers": remote}),
+    );
+    let secrets = Secrets {
+        anthropic_api_key: Some(Secret::new("sk-ant-mcp-http-test")),
+        ..Default::default()
+    };
+    let url = fake.url.clone();
+    let d = support::start_sandboxed_daemon_in(
+        root,
+        RuntimeKind::Bwrap,
+        None,
+        secrets,
+        vec![],
+        move |c| {
+            c.anthropic_base_url = url;
+        },
+    )
+    .await;
+    d.api
+        .send("web:full", "me", "Me", "who am I?")
+        .await
+        .expect("accepted");
+    assert_eq!(wait_bot_texts(&d.api, "web:full", 1).await, ["done"]);
+    let requests = fake.requests();
+    assert!(
+        tool_names(&requests[0])
+            .iter()
+            .any(|n| n == "mcp__remote__whoami"),
+        "{:?}",
+        tool_names(&requests[0])
+    );
+    let answer = last_result(&requests[1]);
+    assert_eq!(answer["is_error"], false, "{answer}");
+    assert_eq!(answer["content"], "authorized for team core");
+    // The server got the host's headers and nothing of the sandbox's credentials.
+    let seen: Vec<Value> = std::fs::read_to_string(&headers_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        seen.len() >= 3,
+        "initialize, initialized, tools/list, call: {seen:?}"
+    );
+    for h in &seen {
+        assert_eq!(h["authorization"], format!("Bearer {SECRET}"), "{h}");
+        assert_eq!(h["x-team"], "core");
+        assert!(
+            h.get("x-api-key").is_none(),
+            "the run token stays in the proxy: {h}"
+        );
+    }
+    assert!(
+        seen.iter().skip(1).all(|h| h["mcp-session-id"].is_string()),
+        "{seen:?}"
+    );
+    // The secret never reached the model (nor, through NANOCLAW_MCP_SERVERS, the sandbox).
+    assert!(!requests.iter().any(|r| r.all_text().contains(SECRET)));
+    let before = seen.len();
+
+    for (jid, answer) in [
+        ("web:net", "no server for me"),
+        ("web:off", "none for me either"),
+    ] {
+        d.api
+            .send(jid, "me", "Me", "who am I?")
+            .await
+            .expect("accepted");
+        assert_eq!(wait_bot_texts(&d.api, jid, 1).await, [answer]);
+    }
+    let requests = fake.requests();
+    for request in &requests[2..] {
+        let names = tool_names(request);
+        assert!(
+            !names.iter().any(|n| n.starts_with("mcp__remote")),
+            "{names:?}"
+        );
+    }
+    let after = std::fs::read_to_string(&headers_log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert_eq!(
+        after, before,
+        "nothing reached the server from internet or none"
+    );
+    let root = d.stop().await;
+    let net = support::run_logs(root.path(), "net").join("\n");
+    assert!(net.contains("egress policy refused"), "{net}");
+    let off = support::run_logs(root.path(), "off").join("\n");
+    assert!(
+        off.contains("network policy is \\\"none\\\"")
+            || off.contains("network policy is \"none\""),
+        "{off}"
+    );
 }

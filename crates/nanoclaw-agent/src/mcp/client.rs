@@ -60,6 +60,19 @@ pub enum Transport {
         args: Vec<String>,
         env: BTreeMap<String, String>,
     },
+    /// Streamable HTTP, through the credential proxy's `/mcp/{server}`: the proxy knows
+    /// the URL and adds the headers (secrets included) outside the sandbox.
+    Http,
+}
+
+/// How the agent reaches the credential proxy (for HTTP servers).
+#[derive(Clone)]
+pub struct HttpContext {
+    pub client: reqwest::Client,
+    /// `ANTHROPIC_BASE_URL` (over the proxy's Unix socket).
+    pub base_url: String,
+    /// The run's proxy token.
+    pub token: String,
 }
 
 /// Parses `NANOCLAW_MCP_SERVERS` (the host validated it; this only refuses what it cannot
@@ -95,6 +108,10 @@ pub fn parse_servers(raw: &str) -> (Vec<(String, Transport)>, Vec<String>) {
                 _ => None,
             }
         };
+        if spec["type"] == "http" {
+            servers.push((name, Transport::Http));
+            continue;
+        }
         match (
             spec["command"].as_str(),
             strings(&spec["args"]),
@@ -141,12 +158,28 @@ struct Pending {
     stopped: bool,
 }
 
-/// One running server process.
+/// One connection to a server: a process of ours, or an HTTP session through the proxy.
 struct Connection {
-    lines: mpsc::UnboundedSender<Vec<u8>>,
+    wire: Wire,
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU64,
-    child: Mutex<Child>,
+}
+
+enum Wire {
+    Stdio {
+        lines: mpsc::UnboundedSender<Vec<u8>>,
+        child: Mutex<Child>,
+    },
+    Http(Arc<HttpWire>),
+}
+
+/// A streamable-HTTP session: every message is a POST whose answer (JSON or an event
+/// stream) carries the responses, read as the stdio reader reads lines.
+struct HttpWire {
+    context: Arc<HttpContext>,
+    url: String,
+    session: Mutex<Option<String>>,
+    protocol: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,8 +191,28 @@ impl Connection {
         server: &str,
         transport: &Transport,
         workdir: &Path,
+        http: Option<&Arc<HttpContext>>,
     ) -> Result<Arc<Connection>, String> {
-        let Transport::Stdio { command, args, env } = transport;
+        let (command, args, env) = match transport {
+            Transport::Stdio { command, args, env } => (command, args, env),
+            Transport::Http => {
+                let Some(context) = http else {
+                    return Err(
+                        "HTTP servers need the credential proxy, which this run has not".into(),
+                    );
+                };
+                return Ok(Arc::new(Connection {
+                    wire: Wire::Http(Arc::new(HttpWire {
+                        context: context.clone(),
+                        url: format!("{}/mcp/{server}", context.base_url.trim_end_matches('/')),
+                        session: Mutex::new(None),
+                        protocol: Mutex::new(None),
+                    })),
+                    pending: Arc::new(Mutex::new(Pending::default())),
+                    next_id: AtomicU64::new(1),
+                }));
+            }
+        };
         let mut cmd = Command::new(command);
         cmd.args(args)
             .current_dir(workdir)
@@ -203,20 +256,29 @@ impl Connection {
         });
         let pending = Arc::new(Mutex::new(Pending::default()));
         let connection = Arc::new(Connection {
-            lines: lines.clone(),
+            wire: Wire::Stdio {
+                lines: lines.clone(),
+                child: Mutex::new(child),
+            },
             pending: pending.clone(),
             next_id: AtomicU64::new(1),
-            child: Mutex::new(child),
         });
         tokio::spawn(read_responses(BufReader::new(stdout), pending, lines));
         Ok(connection)
     }
 
     fn send(&self, message: &Value) {
-        let mut line = message.to_string().into_bytes();
-        line.push(b'\n');
-        // If the writer is gone, the reader sees the end too and fails what waits.
-        let _ = self.lines.send(line);
+        match &self.wire {
+            Wire::Stdio { lines, .. } => {
+                let mut line = message.to_string().into_bytes();
+                line.push(b'\n');
+                // If the writer is gone, the reader sees the end too and fails what waits.
+                let _ = lines.send(line);
+            }
+            Wire::Http(wire) => {
+                tokio::spawn(post(wire.clone(), self.pending.clone(), message.clone()));
+            }
+        }
     }
 
     fn closed(&self) -> Option<String> {
@@ -229,8 +291,11 @@ impl Connection {
         if lock(&self.pending).stopped {
             return closed.to_string();
         }
+        let Wire::Stdio { child, .. } = &self.wire else {
+            return closed.to_string();
+        };
         for _ in 0..20 {
-            match lock(&self.child).try_wait() {
+            match lock(child).try_wait() {
                 Ok(Some(status)) => return format!("it exited ({status})"),
                 Ok(None) => {}
                 Err(_) => break,
@@ -318,7 +383,10 @@ impl Connection {
     }
 
     fn kill(&self) {
-        let mut child = lock(&self.child);
+        let Wire::Stdio { child, .. } = &self.wire else {
+            return;
+        };
+        let mut child = lock(child);
         // The whole process group: `npx` and friends leave the real server as a child.
         if let Some(pid) = child
             .id()
@@ -347,6 +415,9 @@ impl Connection {
                 "it speaks MCP revision {version:?}; this agent speaks {}",
                 PROTOCOL_VERSIONS.join(", ")
             ));
+        }
+        if let Wire::Http(wire) = &self.wire {
+            *lock(&wire.protocol) = Some(version.to_string());
         }
         self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
         let mut tools = Vec::new();
@@ -403,37 +474,175 @@ async fn read_responses(
             // Servers that log to stdout: not ours to act on.
             continue;
         };
-        let id = message.get("id").cloned();
-        match (message.get("method").and_then(Value::as_str), id) {
-            (Some("ping"), Some(id)) => reply(super::result_response(id, json!({}))),
-            (Some(method), Some(id)) => reply(super::error_response(
-                id,
-                super::METHOD_NOT_FOUND,
-                format!("this client offers no {method}"),
-            )),
-            (Some(_), None) => {} // notifications: logging, progress, list changes
-            (None, Some(id)) => {
-                let Some(id) = id.as_u64() else { continue };
-                let Some(waiter) = lock(&pending).waiting.remove(&id) else {
-                    continue;
-                };
-                let answer = match message.get("error") {
-                    Some(error) => Err(format!(
-                        "it answered with error {}: {}",
-                        error["code"],
-                        error["message"].as_str().unwrap_or("(no message)")
-                    )),
-                    None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
-                };
-                let _ = waiter.send(answer);
-            }
-            (None, None) => {}
-        }
+        dispatch(message, &pending, &reply);
     };
     let mut pending = lock(&pending);
     pending.closed = Some(reason);
     // Dropping the senders fails every call still waiting.
     pending.waiting.clear();
+}
+
+/// One message from a server: a response goes to whoever waits for it, a request from
+/// the server is answered (ping) or refused (we offer no sampling, roots or elicitation),
+/// a notification (logging, progress, list changes) is not ours to act on.
+fn dispatch(message: Value, pending: &Mutex<Pending>, reply: &dyn Fn(Value)) {
+    let id = message.get("id").cloned();
+    match (message.get("method").and_then(Value::as_str), id) {
+        (Some("ping"), Some(id)) => reply(super::result_response(id, json!({}))),
+        (Some(method), Some(id)) => reply(super::error_response(
+            id,
+            super::METHOD_NOT_FOUND,
+            format!("this client offers no {method}"),
+        )),
+        (Some(_), None) | (None, None) => {}
+        (None, Some(id)) => {
+            let Some(id) = id.as_u64() else { return };
+            let Some(waiter) = lock(pending).waiting.remove(&id) else {
+                return;
+            };
+            let answer = match message.get("error") {
+                Some(error) => Err(format!(
+                    "it answered with error {}: {}",
+                    error["code"],
+                    error["message"].as_str().unwrap_or("(no message)")
+                )),
+                None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
+            };
+            let _ = waiter.send(answer);
+        }
+    }
+}
+
+/// Fails the call waiting for `id`, if one does.
+fn fail_waiter(pending: &Mutex<Pending>, id: &Value, why: String) {
+    if let Some(waiter) = id.as_u64().and_then(|id| lock(pending).waiting.remove(&id)) {
+        let _ = waiter.send(Err(why));
+    }
+}
+
+/// Most bytes read from one HTTP answer (an event stream may carry several messages).
+const MAX_HTTP_ANSWER: usize = 4 * MAX_MESSAGE;
+
+impl HttpWire {
+    /// A POST of `message` with the run's token and the session's headers.
+    fn request(&self, message: &Value) -> reqwest::RequestBuilder {
+        let mut request = self
+            .context
+            .client
+            .post(&self.url)
+            .header("x-api-key", &self.context.token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(message.to_string());
+        if let Some(session) = lock(&self.session).clone() {
+            request = request.header("mcp-session-id", session);
+        }
+        if let Some(protocol) = lock(&self.protocol).clone() {
+            request = request.header("mcp-protocol-version", protocol);
+        }
+        request
+    }
+}
+
+/// Sends our answer to a request of the server's (it expects `202 Accepted`, nothing
+/// more).
+async fn post_answer(wire: Arc<HttpWire>, answer: Value) {
+    let _ = tokio::time::timeout(Duration::from_secs(30), wire.request(&answer).send()).await;
+}
+
+/// Sends one message over HTTP and hands what comes back to [`dispatch`].
+async fn post(wire: Arc<HttpWire>, pending: Arc<Mutex<Pending>>, message: Value) {
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let response = match wire.request(&message).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return fail_waiter(
+                &pending,
+                &id,
+                format!("cannot reach it: {}", e.without_url()),
+            );
+        }
+    };
+    let status = response.status();
+    if let Some(session) = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut known = lock(&wire.session);
+        if known.is_none() {
+            *known = Some(session.to_string());
+        }
+    }
+    if status.as_u16() == 404 && lock(&wire.session).is_some() {
+        // The server forgot the session: the next call starts a new one.
+        let mut pending = lock(&pending);
+        pending.closed = Some("it ended the session".into());
+        pending.waiting.clear();
+        return;
+    }
+    let event_stream = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/event-stream"));
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        return fail_waiter(
+            &pending,
+            &id,
+            format!("HTTP {status}: {}", truncate_middle(body.trim(), 300)),
+        );
+    }
+    let reply_wire = wire.clone();
+    let reply = move |answer: Value| {
+        tokio::spawn(post_answer(reply_wire.clone(), answer));
+    };
+    let mut response = response;
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut events = nanoclaw_protocol::sse::SseParser::new();
+    let mut total = 0usize;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => return fail_waiter(&pending, &id, "its answer broke off".into()),
+        };
+        total += chunk.len();
+        if total > MAX_HTTP_ANSWER {
+            return fail_waiter(
+                &pending,
+                &id,
+                format!("its answer is over {MAX_HTTP_ANSWER} bytes"),
+            );
+        }
+        if event_stream {
+            for event in events.push(&chunk) {
+                if let Ok(message) = serde_json::from_str::<Value>(&event.data) {
+                    dispatch(message, &pending, &reply);
+                }
+            }
+        } else {
+            buffer.extend_from_slice(&chunk);
+        }
+    }
+    if !event_stream && !buffer.is_empty() {
+        match serde_json::from_slice::<Value>(&buffer) {
+            Ok(Value::Array(batch)) => batch
+                .into_iter()
+                .for_each(|m| dispatch(m, &pending, &reply)),
+            Ok(message) => dispatch(message, &pending, &reply),
+            Err(e) => {
+                return fail_waiter(&pending, &id, format!("its answer is not JSON: {e}"));
+            }
+        }
+    }
+    // An answer that never named our request.
+    fail_waiter(
+        &pending,
+        &id,
+        "its answer held no response to the call".into(),
+    );
 }
 
 /// One configured server: its connection (started again when it died) and its tools.
@@ -443,6 +652,7 @@ struct Server {
     workdir: PathBuf,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
     restarts: AtomicU32,
+    http: Option<Arc<HttpContext>>,
 }
 
 impl Server {
@@ -474,7 +684,12 @@ impl Server {
         timeouts: Timeouts,
     ) -> Result<Vec<Value>, String> {
         *slot = None;
-        let c = Connection::spawn(&self.name, &self.transport, &self.workdir)?;
+        let c = Connection::spawn(
+            &self.name,
+            &self.transport,
+            &self.workdir,
+            self.http.as_ref(),
+        )?;
         let tools = c.initialize(timeouts.start).await?;
         *slot = Some(c);
         Ok(tools)
@@ -514,7 +729,9 @@ impl McpTools {
         workdir: &Path,
         timeouts: Timeouts,
         taken: &[String],
+        http: Option<HttpContext>,
     ) -> McpTools {
+        let http = http.map(Arc::new);
         let mut started = tokio::task::JoinSet::new();
         let servers: Vec<Arc<Server>> = servers
             .into_iter()
@@ -525,6 +742,7 @@ impl McpTools {
                     workdir: workdir.to_path_buf(),
                     connection: tokio::sync::Mutex::new(None),
                     restarts: AtomicU32::new(0),
+                    http: http.clone(),
                 })
             })
             .collect();

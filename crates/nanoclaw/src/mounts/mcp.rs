@@ -3,8 +3,10 @@
 //! so a mistake is a clear error then instead of a tool that silently never appears.
 //!
 //! stdio servers run inside the sandbox, so nothing secret can be handed to them: a
-//! `${NAME}` value is refused. Streamable-HTTP servers (whose `${NAME}` headers the host
-//! would add outside the sandbox) are not built yet and are refused with that reason.
+//! `${NAME}` value is refused. Streamable-HTTP servers are reached through the
+//! credential proxy (`/mcp/{name}` on the run's socket), which adds their headers outside
+//! the sandbox, a `${NAME}` in a header value taken from `.env` when the run starts; the
+//! sandbox never learns the URL's credentials or the headers.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,105 @@ const MAX_VALUE: usize = 4_096;
 /// Arguments or environment variables per server.
 const MAX_ITEMS: usize = 64;
 
+/// One configured server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum McpServer {
+    Stdio(McpStdio),
+    Http(McpHttp),
+}
+
+/// A streamable-HTTP server, reached by the host for the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpHttp {
+    pub url: String,
+    /// Header values as configured: literal text with `${NAME}` references.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl McpHttp {
+    /// The headers with every `${NAME}` replaced by `lookup(NAME)`; the first name
+    /// `lookup` does not know is the error.
+    pub fn resolved_headers(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>, String> {
+        self.headers
+            .iter()
+            .map(|(name, value)| {
+                let mut out = String::new();
+                for piece in pieces(value).unwrap_or_default() {
+                    match piece {
+                        Piece::Text(t) => out.push_str(t),
+                        Piece::Secret(secret) => out.push_str(&lookup(secret).ok_or_else(|| {
+                            format!(
+                                "header {name} names the secret {secret}, which .env does not hold; add {secret}=… to .env"
+                            )
+                        })?),
+                    }
+                }
+                Ok((name.clone(), out))
+            })
+            .collect()
+    }
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Secret(&'a str),
+}
+
+/// `value` split into literal text and `${NAME}` references.
+fn pieces(value: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            out.push(Piece::Text(&rest[..start]));
+        }
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err("a `${` is not closed by `}`".into());
+        };
+        let name = &after[..end];
+        if !is_env_name(name) {
+            return Err(format!(
+                "${{{name}}} does not name a variable (letters, digits and `_`, not starting with a digit)"
+            ));
+        }
+        out.push(Piece::Secret(name));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
+}
+
+fn is_env_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Headers the proxy sets itself, or that belong to one connection.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "accept",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+
 /// A stdio server: started inside the sandbox, in the group's folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpStdio {
@@ -26,7 +127,7 @@ pub struct McpStdio {
 }
 
 /// Parses and checks `mcpServers`.
-pub fn parse(raw: &Value) -> Result<BTreeMap<String, McpStdio>, String> {
+pub fn parse(raw: &Value) -> Result<BTreeMap<String, McpServer>, String> {
     let Some(servers) = raw.as_object() else {
         return Err(
             "container_config.mcpServers must be an object of servers by name, like Claude Code's .mcp.json: \
@@ -70,7 +171,7 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn server(spec: &Value) -> Result<McpStdio, String> {
+fn server(spec: &Value) -> Result<McpServer, String> {
     let Some(spec) = spec.as_object() else {
         return Err(
             "a server is an object: {\"command\": \"...\", \"args\": [...], \"env\": {...}}".into(),
@@ -78,19 +179,13 @@ fn server(spec: &Value) -> Result<McpStdio, String> {
     };
     match spec.get("type").map(|t| t.as_str()) {
         None | Some(Some("stdio")) => {}
-        Some(Some("http")) | Some(Some("streamable-http")) => {
-            return Err(
-                "streamable-HTTP MCP servers are not supported yet (only stdio servers, started inside the sandbox); \
-                 run the server's stdio form instead, or leave it out"
-                    .into(),
-            );
-        }
+        Some(Some("http")) => return http(spec).map(McpServer::Http),
         Some(Some("sse")) => {
             return Err("the SSE transport is deprecated in MCP and not supported; use the server's stdio form".into());
         }
         Some(other) => {
             return Err(format!(
-                "type is {}; it must be \"stdio\" (or left out)",
+                "type is {}; it must be \"stdio\" (or left out) or \"http\"",
                 other
                     .map(|t| format!("{t:?}"))
                     .unwrap_or_else(|| "not a string".into())
@@ -129,7 +224,81 @@ fn server(spec: &Value) -> Result<McpStdio, String> {
         }
         Some(_) => return Err("\"env\" must be an object of strings".into()),
     };
-    Ok(McpStdio { command, args, env })
+    Ok(McpServer::Stdio(McpStdio { command, args, env }))
+}
+
+fn http(spec: &Map<String, Value>) -> Result<McpHttp, String> {
+    if let Some(key) = spec
+        .keys()
+        .find(|k| !["type", "url", "headers"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown key {key:?}; an http server has \"type\", \"url\" and \"headers\""
+        ));
+    }
+    let Some(Value::String(raw)) = spec.get("url") else {
+        return Err("\"url\" is required: the server's streamable-HTTP endpoint, e.g. https://mcp.example.com/mcp".into());
+    };
+    let url =
+        reqwest::Url::parse(raw.trim()).map_err(|e| format!("url {raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "url {raw:?} must be an http:// or https:// URL with a host"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "url holds a user name or password; put credentials in \"headers\" as a ${NAME} secret from .env instead"
+                .into(),
+        );
+    }
+    if url.fragment().is_some() {
+        return Err(format!(
+            "url {raw:?} has a #fragment, which HTTP never sends; remove it"
+        ));
+    }
+    let headers = match spec.get("headers") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(h)) if h.len() <= MAX_ITEMS => {
+            let mut out = BTreeMap::new();
+            for (name, value) in h {
+                let lower = name.to_ascii_lowercase();
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    return Err(format!("headers: {name:?} is not a header name"));
+                }
+                if RESERVED_HEADERS.contains(&lower.as_str()) {
+                    return Err(format!(
+                        "headers: {name} is set by NanoClaw for the connection and cannot be configured"
+                    ));
+                }
+                let Value::String(value) = value else {
+                    return Err(format!("headers: {name} must be a string"));
+                };
+                if value.len() > MAX_VALUE || value.chars().any(|c| c.is_control()) {
+                    return Err(format!(
+                        "headers: {name} is over {MAX_VALUE} bytes or holds a control character"
+                    ));
+                }
+                pieces(value).map_err(|e| format!("headers: {name}: {e}"))?;
+                if out.insert(lower, value.clone()).is_some() {
+                    return Err(format!("headers: {name} is given twice"));
+                }
+            }
+            out
+        }
+        Some(Value::Object(_)) => {
+            return Err(format!("\"headers\" has more than {MAX_ITEMS} headers"));
+        }
+        Some(_) => return Err("\"headers\" must be an object of strings".into()),
+    };
+    Ok(McpHttp {
+        url: url.to_string(),
+        headers,
+    })
 }
 
 fn value(what: &str, v: &str) -> Result<String, String> {
@@ -144,12 +313,7 @@ fn value(what: &str, v: &str) -> Result<String, String> {
 fn env(vars: &Map<String, Value>) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for (name, v) in vars {
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !is_env_name(name) {
             return Err(format!(
                 "env: {name:?} is not a variable name (letters, digits and `_`, not starting with a digit)"
             ));
@@ -174,14 +338,17 @@ fn env(vars: &Map<String, Value>) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// What the agent is given (`NANOCLAW_MCP_SERVERS`).
-pub fn to_agent_json(servers: &BTreeMap<String, McpStdio>) -> String {
+/// HTTP servers appear as `{"type": "http"}` only: the sandbox reaches them through the
+/// proxy, which alone knows their URL and headers.
+pub fn to_agent_json(servers: &BTreeMap<String, McpServer>) -> String {
     let map: Map<String, Value> = servers
         .iter()
-        .map(|(name, s)| {
-            (
-                name.clone(),
-                json!({"command": s.command, "args": s.args, "env": s.env}),
-            )
+        .map(|(name, server)| {
+            let spec = match server {
+                McpServer::Stdio(s) => json!({"command": s.command, "args": s.args, "env": s.env}),
+                McpServer::Http(_) => json!({"type": "http"}),
+            };
+            (name.clone(), spec)
         })
         .collect();
     Value::Object(map).to_string()
@@ -202,11 +369,44 @@ mod tests {
             "local": {"type": "stdio", "command": "python3", "env": {"LOG_LEVEL": "debug"}},
         }))
         .expect("valid");
-        assert_eq!(servers["fs"].args.len(), 3);
-        assert_eq!(servers["local"].env["LOG_LEVEL"], "debug");
+        let McpServer::Stdio(fs) = &servers["fs"] else {
+            panic!("stdio")
+        };
+        assert_eq!(fs.args.len(), 3);
+        let McpServer::Stdio(local) = &servers["local"] else {
+            panic!("stdio")
+        };
+        assert_eq!(local.env["LOG_LEVEL"], "debug");
         let agent: Value = serde_json::from_str(&to_agent_json(&servers)).expect("json");
         assert_eq!(agent["fs"]["command"], "npx");
         assert_eq!(agent["local"]["env"]["LOG_LEVEL"], "debug");
+    }
+
+    #[test]
+    fn http_servers_keep_their_secrets_on_the_host() {
+        let servers = parse(
+            &json!({"gh": {"type": "http", "url": "https://mcp.example.com/mcp",
+            "headers": {"Authorization": "Bearer ${GH_TOKEN}", "X-Team": "core"}}}),
+        )
+        .expect("valid");
+        let McpServer::Http(gh) = &servers["gh"] else {
+            panic!("http")
+        };
+        let lookup = |name: &str| (name == "GH_TOKEN").then(|| "s3cret".to_string());
+        assert_eq!(
+            gh.resolved_headers(lookup).expect("resolved"),
+            [
+                ("authorization".to_string(), "Bearer s3cret".to_string()),
+                ("x-team".to_string(), "core".to_string())
+            ]
+        );
+        let missing = gh.resolved_headers(|_| None).err().unwrap_or_default();
+        assert!(
+            missing.contains("GH_TOKEN") && missing.contains(".env"),
+            "{missing}"
+        );
+        // The sandbox learns neither the URL nor the headers.
+        assert_eq!(to_agent_json(&servers), r#"{"gh":{"type":"http"}}"#);
     }
 
     #[test]
@@ -227,8 +427,36 @@ mod tests {
         assert!(
             err(json!({"s": {"command": "x", "env": {"1X": "v"}}})).contains("not a variable name")
         );
+        assert!(err(json!({"s": {"type": "http"}})).contains("\"url\" is required"));
         assert!(
-            err(json!({"s": {"type": "http", "url": "https://x"}})).contains("not supported yet")
+            err(json!({"s": {"type": "http", "url": "ftp://x"}})).contains("http:// or https://")
+        );
+        assert!(err(json!({"s": {"type": "http", "url": "https://u:p@x"}})).contains("password"));
+        assert!(
+            err(json!({"s": {"type": "http", "url": "https://x", "command": "y"}}))
+                .contains("unknown key")
+        );
+        assert!(
+            err(json!({"s": {"type": "http", "url": "https://x", "headers": {"Host": "y"}}}))
+                .contains("cannot be configured")
+        );
+        assert!(
+            err(
+                json!({"s": {"type": "http", "url": "https://x", "headers": {"X-A": "a\r\nB: c"}}})
+            )
+            .contains("control character")
+        );
+        assert!(
+            err(json!({"s": {"type": "http", "url": "https://x", "headers": {"X-A": "${OPEN"}}}))
+                .contains("not closed")
+        );
+        assert!(
+            err(json!({"s": {"type": "http", "url": "https://x", "headers": {"X-A": "${1X}"}}}))
+                .contains("does not name")
+        );
+        assert!(
+            err(json!({"s": {"type": "http", "url": "https://x", "headers": {"a b": "v"}}}))
+                .contains("not a header name")
         );
         assert!(err(json!({"s": {"type": "sse", "url": "https://x"}})).contains("deprecated"));
         assert!(err(json!({"s": {"type": "ws", "command": "x"}})).contains("must be \"stdio\""));

@@ -135,7 +135,7 @@ pub struct ContainerConfig {
     /// `webSearch`: offer the API's web search tool (`None`: `NANOCLAW_WEB_SEARCH`).
     pub web_search: Option<bool>,
     /// `mcpServers`: stdio MCP servers by name (SPEC §9.1).
-    pub mcp_servers: std::collections::BTreeMap<String, mcp::McpStdio>,
+    pub mcp_servers: std::collections::BTreeMap<String, mcp::McpServer>,
 }
 
 impl ContainerConfig {

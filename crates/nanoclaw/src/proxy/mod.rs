@@ -32,6 +32,7 @@ use crate::config::{Config, Secrets};
 use crate::store::Store;
 
 mod budget;
+pub mod mcp;
 mod usage;
 
 pub use budget::{Refusal, RunBudget, Spending, day_start};
@@ -79,6 +80,8 @@ pub struct RunIdentity {
     pub run_id: String,
     /// The spending ceilings its requests are held to.
     pub budget: RunBudget,
+    /// Its group's streamable-HTTP MCP servers, by name (`/mcp/{name}`).
+    pub mcp: mcp::Routes,
 }
 
 /// The live runs: their tokens, and (through [`RunTokens::open_run`]) their sockets.
@@ -612,6 +615,10 @@ async fn forward(
         );
     };
     let path = parts.uri.path();
+    if let Some(server) = path.strip_prefix("/mcp/") {
+        let server = server.to_string();
+        return mcp::forward(&identity, &server, parts, body, in_flight).await;
+    }
     if !allowed(&parts.method, path, state.openai) {
         tracing::warn!(group = ?identity.group_folder, method = %parts.method, path = ?path, "credential proxy refused a path");
         return error(

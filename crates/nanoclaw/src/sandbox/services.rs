@@ -46,6 +46,7 @@ impl RunServices {
                 group_folder: prepared.folder.as_str().to_string(),
                 run_id: run_id.to_string(),
                 budget,
+                mcp: proxy::mcp::routes(layout.root(), prepared),
             },
             &dir.join(proxy::SOCKET_NAME),
         );
