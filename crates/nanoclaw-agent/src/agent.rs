@@ -87,7 +87,9 @@ impl Agent {
     /// Handles one user message (the first prompt or a follow-up).
     pub async fn turn(&mut self, user_text: &str) -> Result<(), LlmError> {
         self.compact_if_needed().await?;
-        self.session.push("user", vec![text_block(user_text)]);
+        let mut content = vec![text_block(user_text)];
+        content.extend(crate::images::blocks_for(user_text, &self.ctx.workdir));
+        self.session.push("user", content);
         let mut watch = LoopWatch::default();
         for _ in 0..MAX_STEPS {
             let response = self

@@ -7,6 +7,7 @@
 //! OpenAI-compatible chat-completions API.
 
 mod agent;
+mod images;
 mod inbox;
 mod llm;
 mod mcp;

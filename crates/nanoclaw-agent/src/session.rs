@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+/// What an image block is counted as in [`Session::estimated_tokens`].
+const IMAGE_TOKENS: usize = 1_600;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub id: String,
@@ -87,9 +90,18 @@ impl Session {
 
     /// A rough token count (4 characters per token), enough to decide when to compact.
     pub fn estimated_tokens(&self) -> usize {
+        // About four characters a token; an image costs what the API charges for one
+        // at its largest (about 1600 tokens), not the length of its base64.
+        let size = |block: &Value| match block["type"].as_str() {
+            Some("image") => IMAGE_TOKENS * 4,
+            _ => block.to_string().len(),
+        };
         self.messages
             .iter()
-            .map(|m| m.to_string().len())
+            .map(|m| match m["content"].as_array() {
+                Some(blocks) => blocks.iter().map(size).sum::<usize>() + 16,
+                None => m.to_string().len(),
+            })
             .sum::<usize>()
             / 4
     }

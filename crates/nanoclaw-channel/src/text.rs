@@ -27,6 +27,15 @@ impl Units {
     }
 }
 
+/// A human size: `1.5 MB`, `12 KB`.
+pub fn human_size(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MB", bytes as f64 / f64::from(1u32 << 20))
+    } else {
+        format!("{} KB", bytes.div_ceil(1024))
+    }
+}
+
 /// Whether `text` starts with `word` (ASCII case ignored) followed by something that
 /// cannot continue a word: `@Andy,` does, `@Andyman` does not.
 pub fn starts_with_word(text: &str, word: &str) -> bool {

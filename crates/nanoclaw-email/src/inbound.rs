@@ -233,14 +233,7 @@ fn fnv(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// A human size: `1.5 MB`, `12 KB`.
-pub fn size(bytes: usize) -> String {
-    if bytes >= 1 << 20 {
-        format!("{:.1} MB", bytes as f64 / f64::from(1u32 << 20))
-    } else {
-        format!("{} KB", bytes.div_ceil(1024))
-    }
-}
+pub use nanoclaw_channel::text::human_size as size;
 
 #[cfg(test)]
 mod tests {

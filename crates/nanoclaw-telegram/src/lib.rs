@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use nanoclaw_channel::text::{Units, split, starts_with_word};
+use nanoclaw_channel::text::{Units, human_size, split, starts_with_word};
 use nanoclaw_channel::{
     Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage, PieceLedger, SendRetry,
     TypingTickers, VerifyError,
@@ -90,6 +90,8 @@ struct BotIdentity {
 pub struct Telegram {
     /// `{api}/bot{token}`: secret, never logged.
     base: String,
+    /// `{api}/file/bot{token}`, where files are downloaded: secret too.
+    files_base: String,
     client: reqwest::Client,
     assistant_name: String,
     me: Mutex<Option<BotIdentity>>,
@@ -122,6 +124,7 @@ impl Telegram {
             .map_err(|e| format!("cannot create the Telegram HTTP client: {e}"))?;
         Ok(Arc::new(Telegram {
             base: format!("{}/bot{token}", api_url.trim_end_matches('/')),
+            files_base: format!("{}/file/bot{token}", api_url.trim_end_matches('/')),
             client,
             assistant_name: assistant_name.to_string(),
             me: Mutex::new(None),
@@ -350,7 +353,11 @@ impl Telegram {
                         tracing::warn!("telegram: cannot record chat metadata: {e}");
                     }
                 }
-                Some((chat, Some(message))) => {
+                Some((chat, Some(mut message))) => {
+                    if let Some(msg) = update.get("message").or_else(|| update.get("channel_post"))
+                    {
+                        self.save_media(host, msg, &mut message).await;
+                    }
                     if let Err(e) = host.deliver(chat, message).await {
                         // Not stored: keep the offset here, so it is fetched again.
                         self.save_offset(host, next).await;
@@ -399,6 +406,120 @@ impl Telegram {
             _ => SendRetry::Later,
         };
         Err(ChannelError::new("telegram", failure.to_string()).with_retry(retry))
+    }
+}
+
+/// Largest file the Bot API lets a bot download (`getFile`).
+const MAX_FILE: u64 = 20 << 20;
+/// How long one download may take.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The file a message carries, if any: its `file_id`, a name for the inbox and its size
+/// as Telegram reports it. Of a photo's sizes, the largest the API lets us download.
+fn media_file(msg: &Value) -> Option<(String, String, Option<u64>)> {
+    let id = msg["message_id"].as_i64().unwrap_or(0);
+    let size = |v: &Value| v["file_size"].as_u64();
+    if let Some(sizes) = msg["photo"].as_array() {
+        let best = sizes
+            .iter()
+            .filter(|p| size(p).is_none_or(|s| s <= MAX_FILE))
+            .max_by_key(|p| size(p).unwrap_or(0))
+            .or_else(|| sizes.last())?;
+        return Some((
+            best["file_id"].as_str()?.to_string(),
+            format!("photo-{id}.jpg"),
+            size(best),
+        ));
+    }
+    for (kind, fallback) in [
+        ("document", format!("document-{id}")),
+        ("voice", format!("voice-{id}.ogg")),
+        ("audio", format!("audio-{id}.mp3")),
+        ("video", format!("video-{id}.mp4")),
+    ] {
+        let file = &msg[kind];
+        if let Some(file_id) = file["file_id"].as_str() {
+            let name = file["file_name"].as_str().unwrap_or(&fallback).to_string();
+            return Some((file_id.to_string(), name, size(file)));
+        }
+    }
+    None
+}
+
+impl Telegram {
+    /// Saves the file a user sent into the group's inbox and names it in the message, so
+    /// the agent can open it (and see a photo). A message seen before is not fetched
+    /// again; a file that cannot be had is named with the reason.
+    async fn save_media(&self, host: &dyn ChannelHost, msg: &Value, message: &mut Message) {
+        let Some((file_id, name, size)) = media_file(msg) else {
+            return;
+        };
+        if message.is_from_me || host.has_message(&message.chat_jid, &message.id).await {
+            return;
+        }
+        let note = match size {
+            Some(s) if s > MAX_FILE => format!(
+                "[attachment: {name} ({}), not saved: Telegram lets bots download files up to {}]",
+                human_size(s as usize),
+                human_size(MAX_FILE as usize)
+            ),
+            _ => match self.download(&file_id).await {
+                Ok(bytes) => match host.save_file(&message.chat_jid, &name, &bytes).await {
+                    Ok(Some(path)) => format!("[attachment: {path} ({})]", human_size(bytes.len())),
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!("telegram: cannot save {name:?}: {e}");
+                        format!("[attachment: {name}, could not be saved]")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("telegram: cannot download {name:?}: {e}");
+                    format!("[attachment: {name}, could not be downloaded]")
+                }
+            },
+        };
+        message.content = format!("{}\n{note}", message.content);
+    }
+
+    /// A file's bytes: `getFile` for its path, then the file URL, at most [`MAX_FILE`].
+    async fn download(&self, file_id: &str) -> Result<Vec<u8>, String> {
+        let file = self
+            .call("getFile", &json!({"file_id": file_id}), SEND_CALL_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let path = file["file_path"]
+            .as_str()
+            .filter(|p| !p.is_empty() && !p.starts_with('/') && !p.split('/').any(|c| c == ".."))
+            .ok_or("getFile gave no usable file_path")?;
+        let mut response = self
+            .client
+            .get(format!("{}/{path}", self.files_base))
+            .timeout(DOWNLOAD_TIMEOUT)
+            .send()
+            .await
+            // The URL holds the token: never let it into an error message.
+            .map_err(|e| e.without_url().to_string())?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "the file download answered HTTP {}",
+                response.status()
+            ));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| e.without_url().to_string())?
+        {
+            if bytes.len() + chunk.len() > MAX_FILE as usize {
+                return Err(format!(
+                    "the file is larger than {}",
+                    human_size(MAX_FILE as usize)
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 }
 

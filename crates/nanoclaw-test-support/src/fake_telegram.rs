@@ -72,6 +72,11 @@ struct Inner {
     history: Vec<Value>,
     /// When each sendMessage arrived and the status it got.
     send_attempts: Vec<(std::time::Instant, u16)>,
+    /// Files users sent: file_id → (file_path, bytes), served by `getFile` and
+    /// `GET /file/bot{token}/{file_path}`.
+    files: std::collections::HashMap<String, (String, Vec<u8>)>,
+    /// How many file downloads were served.
+    downloads: usize,
 }
 
 struct Shared {
@@ -248,6 +253,67 @@ impl FakeTelegram {
         id
     }
 
+    /// A user sends a photo (Telegram offers it in sizes; this one in two, the larger
+    /// being `bytes`); returns the message id.
+    pub fn user_sends_photo(
+        &self,
+        chat: &Chat,
+        user: &User,
+        bytes: &[u8],
+        caption: Option<&str>,
+    ) -> i64 {
+        let small = self.add_file("photos/file_0.jpg", bytes[..bytes.len().min(64)].to_vec());
+        let large = self.add_file("photos/file_1.jpg", bytes.to_vec());
+        let (id, mut update) = self.message(
+            chat,
+            json!({"id": user.id, "is_bot": false, "first_name": user.first_name}),
+            "",
+        );
+        let message = &mut update["message"];
+        if let Some(m) = message.as_object_mut() {
+            m.remove("text");
+        }
+        message["photo"] = json!([
+            {"file_id": small, "file_unique_id": format!("u{small}"), "width": 90, "height": 90, "file_size": bytes.len().min(64)},
+            {"file_id": large, "file_unique_id": format!("u{large}"), "width": 800, "height": 600, "file_size": bytes.len()},
+        ]);
+        if let Some(c) = caption {
+            message["caption"] = json!(c);
+        }
+        self.push_update(update);
+        id
+    }
+
+    /// A user sends a document; returns the message id.
+    pub fn user_sends_document(&self, chat: &Chat, user: &User, name: &str, bytes: &[u8]) -> i64 {
+        let file = self.add_file(&format!("documents/file_{}", name.len()), bytes.to_vec());
+        let (id, mut update) = self.message(
+            chat,
+            json!({"id": user.id, "is_bot": false, "first_name": user.first_name}),
+            "",
+        );
+        let message = &mut update["message"];
+        if let Some(m) = message.as_object_mut() {
+            m.remove("text");
+        }
+        message["document"] = json!({"file_id": file, "file_unique_id": format!("u{file}"),
+            "file_name": name, "mime_type": "application/octet-stream", "file_size": bytes.len()});
+        self.push_update(update);
+        id
+    }
+
+    fn add_file(&self, path: &str, bytes: Vec<u8>) -> String {
+        let mut st = self.lock();
+        let id = format!("F{}", st.files.len() + 1);
+        st.files.insert(id.clone(), (format!("{id}/{path}"), bytes));
+        id
+    }
+
+    /// How many files were downloaded.
+    pub fn downloads(&self) -> usize {
+        self.lock().downloads
+    }
+
     /// Queues an update exactly as given (plus an update_id).
     pub fn raw_update(&self, body: Value) -> i64 {
         self.push_update(body)
@@ -364,6 +430,7 @@ fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> tokio::task:
     });
     let app = Router::new()
         .route("/{bot}/{method}", post(handle))
+        .route("/file/{bot}/{*path}", axum::routing::get(download))
         .with_state(shared);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -392,6 +459,29 @@ fn error_with(code: u16, description: &str, parameters: Value) -> Response {
         axum::Json(json!({"ok": false, "error_code": code, "description": description, "parameters": parameters})),
     )
         .into_response()
+}
+
+/// `GET /file/bot{token}/{file_path}`: a file's bytes, as the Bot API serves them.
+async fn download(
+    State(shared): State<Arc<Shared>>,
+    Path((bot, path)): Path<(String, String)>,
+) -> Response {
+    let mut st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+    if bot.strip_prefix("bot") != Some(st.token.as_str()) {
+        return error(401, "Unauthorized", None);
+    }
+    let found = st
+        .files
+        .values()
+        .find(|(p, _)| *p == path)
+        .map(|(_, b)| b.clone());
+    match found {
+        Some(bytes) => {
+            st.downloads += 1;
+            bytes.into_response()
+        }
+        None => error(404, "Not Found", None),
+    }
 }
 
 async fn handle(
@@ -430,6 +520,19 @@ async fn handle(
             "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false
         })),
         "getUpdates" => get_updates(&shared, &body).await,
+        "getFile" => {
+            let st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+            match body["file_id"]
+                .as_str()
+                .and_then(|id| st.files.get(id).map(|f| (id, f)))
+            {
+                Some((id, (path, bytes))) => {
+                    ok(json!({"file_id": id, "file_unique_id": format!("u{id}"),
+                    "file_size": bytes.len(), "file_path": path}))
+                }
+                None => error(400, "Bad Request: invalid file_id", None),
+            }
+        }
         "sendMessage" => {
             let Some(chat_id) = body["chat_id"].as_i64() else {
                 return error(400, "Bad Request: chat_id is empty", None);

@@ -73,7 +73,24 @@ pub fn to_openai_messages(system: &str, messages: &[Value]) -> Vec<Value> {
                     json!({"role": "tool", "tool_call_id": b["tool_use_id"], "content": content}),
                 );
             }
-            if !text.is_empty() {
+            // Images go as data URLs beside the text (the chat-completions format).
+            let images: Vec<Value> = blocks
+                .iter()
+                .filter(|b| b["type"] == "image" && b["source"]["type"] == "base64")
+                .map(|b| {
+                    let url = format!(
+                        "data:{};base64,{}",
+                        b["source"]["media_type"].as_str().unwrap_or("image/png"),
+                        b["source"]["data"].as_str().unwrap_or("")
+                    );
+                    json!({"type": "image_url", "image_url": {"url": url}})
+                })
+                .collect();
+            if !images.is_empty() {
+                let mut parts = vec![json!({"type": "text", "text": text})];
+                parts.extend(images);
+                out.push(json!({"role": "user", "content": parts}));
+            } else if !text.is_empty() {
                 out.push(json!({"role": "user", "content": text}));
             }
         }
@@ -190,6 +207,22 @@ impl Llm for OpenAi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_go_as_data_urls_beside_the_text() {
+        let messages = [json!({"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}},
+        ]})];
+        let out = to_openai_messages("sys", &messages);
+        assert_eq!(
+            out[1],
+            json!({"role": "user", "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
+            ]})
+        );
+    }
 
     #[test]
     fn translates_a_tool_round_trip() {
