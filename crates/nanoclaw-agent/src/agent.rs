@@ -157,11 +157,13 @@ impl Agent {
             let mut results = Vec::with_capacity(uses.len() + 1);
             for (id, name, input) in uses {
                 (self.emit)(AgentEvent::Tool { name: name.clone() });
-                let output = if self.mcp.owns(&name) {
+                let mut output = if self.mcp.owns(&name) {
                     self.mcp.call(&name, &input).await
                 } else {
                     tools::run(&name, &input, &self.ctx).await
                 };
+                // Whatever a tool (or an MCP server) says, the transcript gets at most this.
+                output.content = tools::truncate_middle(&output.content, tools::MAX_OUTPUT_CHARS);
                 results.push(json!({
                     "type": "tool_result", "tool_use_id": id, "content": output.content, "is_error": output.is_error
                 }));

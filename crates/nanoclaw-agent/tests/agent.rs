@@ -730,6 +730,7 @@ async fn a_crashing_or_hanging_mcp_server_fails_the_call_not_the_run() {
         Reply::tool("mcp__flaky__hello", json!({"who": "Jo"})),
         Reply::tool("mcp__flaky__hang", json!({})),
         Reply::tool("mcp__flaky__big", json!({})),
+        Reply::tool("mcp__flaky__bigerror", json!({})),
         Reply::tool("mcp__missing__anything", json!({})),
         Reply::text("Still here."),
     ])
@@ -752,7 +753,7 @@ async fn a_crashing_or_hanging_mcp_server_fails_the_call_not_the_run() {
     let events = run.until_idle().await;
     assert_eq!(results(&events), [("Still here.".to_string(), 0)]);
     let requests = fake.requests();
-    assert_eq!(requests.len(), 6);
+    assert_eq!(requests.len(), 7);
     let names: Vec<String> = requests[0].body["tools"]
         .as_array()
         .expect("tools")
@@ -767,7 +768,8 @@ async fn a_crashing_or_hanging_mcp_server_fails_the_call_not_the_run() {
             "mcp__flaky__hello",
             "mcp__flaky__crash",
             "mcp__flaky__hang",
-            "mcp__flaky__big"
+            "mcp__flaky__big",
+            "mcp__flaky__bigerror"
         ]
     );
     let result = |i: usize| last_content(&requests[i])[0].clone();
@@ -799,7 +801,13 @@ async fn a_crashing_or_hanging_mcp_server_fails_the_call_not_the_run() {
         "{} bytes",
         text.len()
     );
-    let missing = result(5);
+    // An error is capped like a result, and the server (which writes bytes that are not
+    // UTF-8 and overlong lines to stderr on every call) is still running.
+    let failed = result(5);
+    assert_eq!(failed["is_error"], true, "{failed}");
+    let text = failed["content"].as_str().unwrap_or("");
+    assert!(text.len() < 40_000 && text.contains("omitted"), "{} bytes", text.len());
+    let missing = result(6);
     assert_eq!(missing["is_error"], true, "{missing}");
     assert_eq!(
         std::fs::read_to_string(&starts)

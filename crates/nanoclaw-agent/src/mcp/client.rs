@@ -38,6 +38,13 @@ const MAX_SCHEMA: usize = 16 << 10;
 const MAX_TOOL_NAME: usize = 64;
 /// Times one server is started again after it died, per run.
 const MAX_RESTARTS: u32 = 3;
+/// Messages waiting to be written to one server (answers and requests); a server that
+/// lets more pile up is not reading and is stopped.
+const OUTGOING_QUEUE: usize = 64;
+/// Tools taken from all servers together, and the bytes of their definitions: every
+/// request carries them.
+const MAX_TOOLS: usize = 256;
+const MAX_DEFINITION_BYTES: usize = 512 << 10;
 /// How long a server that missed a call's deadline has to answer a ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of a server's stderr copied into the run log.
@@ -167,7 +174,7 @@ struct Connection {
 
 enum Wire {
     Stdio {
-        lines: mpsc::UnboundedSender<Vec<u8>>,
+        lines: mpsc::Sender<Vec<u8>>,
         child: Mutex<Child>,
     },
     Http(Arc<HttpWire>),
@@ -216,7 +223,9 @@ impl Connection {
         let mut cmd = Command::new(command);
         cmd.args(args)
             .current_dir(workdir)
-            // The run's proxy token is the agent's, not a tool's.
+            // Not handed out: the run's proxy token is for the agent. (Not a boundary: the
+            // server runs as the same user in the same sandbox and could read it from
+            // /proc, as the Bash tool could.)
             .env_remove("ANTHROPIC_API_KEY")
             .envs(env)
             .stdin(Stdio::piped())
@@ -233,7 +242,7 @@ impl Connection {
         else {
             return Err("its pipes could not be set up".into());
         };
-        let (lines, mut to_write) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (lines, mut to_write) = mpsc::channel::<Vec<u8>>(OUTGOING_QUEUE);
         tokio::spawn(async move {
             while let Some(line) = to_write.recv().await {
                 if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
@@ -242,18 +251,7 @@ impl Connection {
             }
         });
         let label = server.to_string();
-        tokio::spawn(async move {
-            let mut stderr = BufReader::new(stderr).lines();
-            let mut shown = 0;
-            while let Ok(Some(line)) = stderr.next_line().await {
-                if shown < MAX_STDERR_LINES {
-                    eprintln!("mcp server {label}: {}", truncate_middle(&line, 500));
-                } else if shown == MAX_STDERR_LINES {
-                    eprintln!("mcp server {label}: (further output not shown)");
-                }
-                shown += 1;
-            }
-        });
+        tokio::spawn(copy_stderr(label, stderr));
         let pending = Arc::new(Mutex::new(Pending::default()));
         let connection = Arc::new(Connection {
             wire: Wire::Stdio {
@@ -272,8 +270,15 @@ impl Connection {
             Wire::Stdio { lines, .. } => {
                 let mut line = message.to_string().into_bytes();
                 line.push(b'\n');
-                // If the writer is gone, the reader sees the end too and fails what waits.
-                let _ = lines.send(line);
+                match lines.try_send(line) {
+                    Ok(()) => {}
+                    // If the writer is gone, the reader sees the end too and fails what
+                    // waits.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.stop("it stopped reading what it was sent and was stopped");
+                    }
+                }
             }
             Wire::Http(wire) => {
                 tokio::spawn(post(wire.clone(), self.pending.clone(), message.clone()));
@@ -452,17 +457,62 @@ fn seconds(d: Duration) -> String {
     }
 }
 
+/// Copies a server's stderr into the run log: each line cut to 500 bytes (decoded
+/// leniently), at most [`MAX_STDERR_LINES`] lines, and the rest read and dropped to the
+/// end, so a server that writes a lot (or no newline at all, or bytes that are not UTF-8)
+/// neither fills the agent's memory nor blocks on a full pipe.
+async fn copy_stderr(label: String, stderr: tokio::process::ChildStderr) {
+    const KEEP: usize = 500;
+    let mut reader = BufReader::new(stderr);
+    let mut line: Vec<u8> = Vec::new();
+    let mut shown = 0;
+    let show = |line: &mut Vec<u8>, shown: &mut usize| {
+        if *shown < MAX_STDERR_LINES {
+            eprintln!(
+                "mcp server {label}: {}",
+                String::from_utf8_lossy(line).trim_end()
+            );
+        } else if *shown == MAX_STDERR_LINES {
+            eprintln!("mcp server {label}: (further output not shown)");
+        }
+        *shown += 1;
+        line.clear();
+    };
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
+        };
+        let (chunk, end) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let room = KEEP.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = end.unwrap_or(chunk.len());
+        reader.consume(used);
+        if end.is_some() {
+            show(&mut line, &mut shown);
+        }
+    }
+    if !line.is_empty() {
+        show(&mut line, &mut shown);
+    }
+}
+
 /// Reads the server's messages: responses go to whoever waits for them, requests from the
 /// server are answered (ping) or refused (we offer no sampling, roots or elicitation).
 async fn read_responses(
     mut stdout: BufReader<tokio::process::ChildStdout>,
     pending: Arc<Mutex<Pending>>,
-    lines: mpsc::UnboundedSender<Vec<u8>>,
+    lines: mpsc::Sender<Vec<u8>>,
 ) {
+    // A full queue means the server does not read: the answer is dropped (and the next
+    // call's `send` stops the server).
     let reply = |message: Value| {
         let mut line = message.to_string().into_bytes();
         line.push(b'\n');
-        let _ = lines.send(line);
+        let _ = lines.try_send(line);
     };
     let reason = loop {
         let line = match read_line(&mut stdout, MAX_MESSAGE).await {
@@ -486,7 +536,12 @@ async fn read_responses(
 /// the server is answered (ping) or refused (we offer no sampling, roots or elicitation),
 /// a notification (logging, progress, list changes) is not ours to act on.
 fn dispatch(message: Value, pending: &Mutex<Pending>, reply: &dyn Fn(Value)) {
-    let id = message.get("id").cloned();
+    // A request id is a number or a short string; anything else gets no answer (an
+    // answer echoes it, and a server could make us echo megabytes).
+    let id = message
+        .get("id")
+        .filter(|id| id.is_u64() || id.is_i64() || id.as_str().is_some_and(|s| s.len() <= 128))
+        .cloned();
     match (message.get("method").and_then(Value::as_str), id) {
         (Some("ping"), Some(id)) => reply(super::result_response(id, json!({}))),
         (Some(method), Some(id)) => reply(super::error_response(
@@ -503,8 +558,8 @@ fn dispatch(message: Value, pending: &Mutex<Pending>, reply: &dyn Fn(Value)) {
             let answer = match message.get("error") {
                 Some(error) => Err(format!(
                     "it answered with error {}: {}",
-                    error["code"],
-                    error["message"].as_str().unwrap_or("(no message)")
+                    truncate_middle(&error["code"].to_string(), 40),
+                    truncate_middle(error["message"].as_str().unwrap_or("(no message)"), 2_000)
                 )),
                 None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
             };
@@ -765,6 +820,7 @@ impl McpTools {
         order.sort_by(|a, b| servers[*a].name.cmp(&servers[*b].name));
         let mut routes = HashMap::new();
         let mut definitions = Vec::new();
+        let mut total_bytes = 0;
         for index in order {
             let server = &servers[index].name;
             for tool in lists[index].iter().take(MAX_TOOLS_PER_SERVER) {
@@ -773,8 +829,18 @@ impl McpTools {
                 };
                 let name = tool_name(server, own);
                 let schema = match &tool["inputSchema"] {
-                    s @ Value::Object(_) => s.clone(),
-                    _ => json!({"type": "object"}),
+                    s @ Value::Object(o) if o.get("type").is_none_or(|t| t == "object") => {
+                        let mut s = s.clone();
+                        s["type"] = json!("object");
+                        s
+                    }
+                    Value::Null => json!({"type": "object"}),
+                    _ => {
+                        eprintln!(
+                            "mcp server {server}: tool {own:?} skipped: its input schema is not an object schema"
+                        );
+                        continue;
+                    }
                 };
                 if schema.to_string().len() > MAX_SCHEMA {
                     eprintln!(
@@ -790,9 +856,18 @@ impl McpTools {
                 }
                 let description = tool["description"].as_str().unwrap_or("");
                 let description: String = description.chars().take(MAX_DESCRIPTION).collect();
-                definitions.push(
-                    json!({"name": name, "description": description, "input_schema": schema}),
-                );
+                let definition =
+                    json!({"name": name, "description": description, "input_schema": schema});
+                let bytes = definition.to_string().len();
+                if definitions.len() >= MAX_TOOLS || total_bytes + bytes > MAX_DEFINITION_BYTES {
+                    eprintln!(
+                        "mcp server {server}: tool {own:?} and the rest skipped: the servers offer more than {MAX_TOOLS} tools or {} KiB of definitions",
+                        MAX_DEFINITION_BYTES >> 10
+                    );
+                    break;
+                }
+                total_bytes += bytes;
+                definitions.push(definition);
                 routes.insert(name, (index, own.to_string()));
             }
         }

@@ -14,6 +14,8 @@ use serde_json::{Map, Value, json};
 
 /// Servers one group may configure.
 pub const MAX_SERVERS: usize = 16;
+/// Largest `mcpServers` as JSON (Linux refuses an environment string over 128 KiB).
+const MAX_CONFIG_BYTES: usize = 32 << 10;
 /// Longest command, argument or environment value.
 const MAX_VALUE: usize = 4_096;
 /// Arguments or environment variables per server.
@@ -139,6 +141,12 @@ pub fn parse(raw: &Value) -> Result<BTreeMap<String, McpServer>, String> {
         return Err(format!(
             "container_config.mcpServers has {} servers; at most {MAX_SERVERS} are allowed",
             servers.len()
+        ));
+    }
+    let size = raw.to_string().len();
+    if size > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "container_config.mcpServers is {size} bytes; at most {MAX_CONFIG_BYTES} are allowed (it travels in the sandbox's environment)"
         ));
     }
     let mut parsed = BTreeMap::new();
@@ -464,6 +472,10 @@ mod tests {
             .map(|i| (format!("s{i}"), json!({"command": "x"})))
             .collect();
         assert!(err(Value::Object(many)).contains("at most 16"));
+        let long: Vec<String> = (0..40).map(|_| "a".repeat(4_000)).collect();
+        assert!(
+            err(json!({"s": {"command": "x", "args": long}})).contains("at most 32768 are allowed")
+        );
         // The message names where the mistake is.
         assert!(
             err(json!({"weather": {"command": ""}}))
