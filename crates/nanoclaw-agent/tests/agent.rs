@@ -806,7 +806,11 @@ async fn a_crashing_or_hanging_mcp_server_fails_the_call_not_the_run() {
     let failed = result(5);
     assert_eq!(failed["is_error"], true, "{failed}");
     let text = failed["content"].as_str().unwrap_or("");
-    assert!(text.len() < 40_000 && text.contains("omitted"), "{} bytes", text.len());
+    assert!(
+        text.len() < 40_000 && text.contains("omitted"),
+        "{} bytes",
+        text.len()
+    );
     let missing = result(6);
     assert_eq!(missing["is_error"], true, "{missing}");
     assert_eq!(
