@@ -218,15 +218,20 @@ async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_netwo
         Reply::text("done"),
         Reply::text("no server for me"),
         Reply::text("none for me either"),
+        Reply::text("refused"),
     ])
     .await;
     let root = tempfile::tempdir().expect("temp dir");
     nanoclaw::layout::Layout::new(root.path())
         .create()
         .expect("layout");
-    std::fs::write(root.path().join(".env"), format!("REMOTE_TOKEN={SECRET}\n")).expect(".env");
+    std::fs::write(
+        root.path().join(".env"),
+        format!("MCP_REMOTE_TOKEN={SECRET}\nMCP_WRONG_TOKEN=wrong-token-value-77\n"),
+    )
+    .expect(".env");
     let remote = json!({"remote": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp"),
-        "headers": {"Authorization": "Bearer ${REMOTE_TOKEN}", "X-Team": "core"}}});
+        "headers": {"Authorization": "Bearer ${MCP_REMOTE_TOKEN}", "X-Team": "core"}}});
     register_web_group(
         root.path(),
         "full",
@@ -241,6 +246,13 @@ async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_netwo
         root.path(),
         "off",
         json!({"network": "none", "mcpServers": remote}),
+    );
+    let wrong = json!({"remote": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp"),
+        "headers": {"Authorization": "Bearer ${MCP_WRONG_TOKEN}"}}});
+    register_web_group(
+        root.path(),
+        "wrong",
+        json!({"network": "full", "mcpServers": wrong}),
     );
     let secrets = Secrets {
         anthropic_api_key: Some(Secret::new("sk-ant-mcp-http-test")),
@@ -303,6 +315,7 @@ async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_netwo
     for (jid, answer) in [
         ("web:net", "no server for me"),
         ("web:off", "none for me either"),
+        ("web:wrong", "refused"),
     ] {
         d.api
             .send(jid, "me", "Me", "who am I?")
@@ -323,10 +336,18 @@ async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_netwo
         .lines()
         .count();
     assert_eq!(
-        after, before,
-        "nothing reached the server from internet or none"
+        after,
+        before + 1,
+        "nothing reached the server from internet or none; the wrong token once"
     );
     let root = d.stop().await;
+    // The server's refusal quoted the token it got; the sandbox saw the proxy's words.
+    let wrong = support::run_logs(root.path(), "wrong").join("\n");
+    assert!(
+        wrong.contains("refused the credentials nanoclaw sent"),
+        "{wrong}"
+    );
+    assert!(!wrong.contains("wrong-token-value-77"), "{wrong}");
     let net = support::run_logs(root.path(), "net").join("\n");
     assert!(net.contains("egress policy refused"), "{net}");
     let off = support::run_logs(root.path(), "off").join("\n");

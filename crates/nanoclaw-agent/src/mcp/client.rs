@@ -642,7 +642,15 @@ async fn post(wire: Arc<HttpWire>, pending: Arc<Mutex<Pending>>, message: Value)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("text/event-stream"));
     if !status.is_success() {
-        let body = response.text().await.unwrap_or_default();
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 4096 {
+                break;
+            }
+        }
+        let body = String::from_utf8_lossy(&body);
         return fail_waiter(
             &pending,
             &id,

@@ -299,6 +299,21 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
             }
             .check(&format!("@{}", ctx.assistant_name))
             .map_err(IpcError::Invalid)?;
+            // An HTTP MCP server is reached by the host with secrets from .env: only the
+            // user (the CLI or the HTTP API) may add one, never an agent, which could
+            // otherwise point the host's requests and secrets wherever it likes.
+            let http_mcp = crate::mounts::ContainerConfig::parse(group.container_config.as_deref())
+                .map(|c| {
+                    c.mcp_servers
+                        .values()
+                        .any(|s| matches!(s, crate::mounts::mcp::McpServer::Http(_)))
+                })
+                .unwrap_or(false);
+            if http_mcp {
+                return Err(IpcError::Invalid(
+                    "containerConfig.mcpServers: HTTP MCP servers are added by the user (nanoclaw's HTTP API or web app), not by an agent; register the group without them".into(),
+                ));
+            }
             let folder = group
                 .folder()
                 .map_err(|e| IpcError::Invalid(e.to_string()))?;

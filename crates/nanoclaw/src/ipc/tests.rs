@@ -374,6 +374,24 @@ fn unsafe_folders_and_bad_registrations_are_rejected() {
         matches!(o, FileOutcome::Rejected(ref r) if r.contains("containerConfig")),
         "{o:?}"
     );
+    // An agent cannot add an HTTP MCP server (the host would send requests, and
+    // secrets, where it says); a stdio one runs in the group's own sandbox and may.
+    let o = f.send(
+        "main",
+        &json!({"type": "register_group", "jid": "tg:h", "name": "N", "folder": "h", "trigger": "@Andy",
+                "containerConfig": {"mcpServers": {"x": {"type": "http", "url": "https://collect.example.com"}}}}),
+    );
+    assert!(
+        matches!(o, FileOutcome::Rejected(ref r) if r.contains("added by the user")),
+        "{o:?}"
+    );
+    assert!(f.ctx.store.registered_group("tg:h").expect("r").is_none());
+    let o = f.send(
+        "main",
+        &json!({"type": "register_group", "jid": "tg:s", "name": "N", "folder": "s", "trigger": "@Andy",
+                "containerConfig": {"mcpServers": {"x": {"command": "python3"}}}}),
+    );
+    assert!(allowed(&o), "{o:?}");
     let o = f.send(
         "main",
         &json!({"type": "register_group", "jid": "tg:y", "name": "N", "folder": "y", "trigger": "@Andy", "isMain": true}),

@@ -86,6 +86,12 @@ fn pieces(value: &str) -> Result<Vec<Piece<'_>>, String> {
                 "${{{name}}} does not name a variable (letters, digits and `_`, not starting with a digit)"
             ));
         }
+        if !name.starts_with(SECRET_PREFIX) || name.len() == SECRET_PREFIX.len() {
+            return Err(format!(
+                "${{{name}}}: the secrets MCP servers may use are the .env variables named {SECRET_PREFIX}… \
+                 (e.g. {SECRET_PREFIX}{name}), so that nanoclaw's own credentials can never be sent to a server"
+            ));
+        }
         out.push(Piece::Secret(name));
         rest = &after[end + 1..];
     }
@@ -101,6 +107,10 @@ fn is_env_name(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+/// The `.env` variables a `${NAME}` may name: only these, never nanoclaw's own
+/// credentials (the model key, bot tokens, mail passwords).
+pub const SECRET_PREFIX: &str = "MCP_";
 
 /// Headers the proxy sets itself, or that belong to one connection.
 const RESERVED_HEADERS: &[&str] = &[
@@ -260,6 +270,11 @@ fn http(spec: &Map<String, Value>) -> Result<McpHttp, String> {
                 .into(),
         );
     }
+    if url.host_str().is_some_and(|h| h.ends_with('.')) {
+        return Err(format!(
+            "url {raw:?}: write the host without its trailing dot"
+        ));
+    }
     if url.fragment().is_some() {
         return Err(format!(
             "url {raw:?} has a #fragment, which HTTP never sends; remove it"
@@ -303,6 +318,11 @@ fn http(spec: &Map<String, Value>) -> Result<McpHttp, String> {
         }
         Some(_) => return Err("\"headers\" must be an object of strings".into()),
     };
+    if headers.values().any(|v| v.contains("${")) {
+        // Secrets never travel in clear text beyond this machine.
+        nanoclaw_channel::http::check_endpoint("url", url.as_str())
+            .map_err(|e| format!("headers name secrets, so {e}"))?;
+    }
     Ok(McpHttp {
         url: url.to_string(),
         headers,
@@ -394,13 +414,13 @@ mod tests {
     fn http_servers_keep_their_secrets_on_the_host() {
         let servers = parse(
             &json!({"gh": {"type": "http", "url": "https://mcp.example.com/mcp",
-            "headers": {"Authorization": "Bearer ${GH_TOKEN}", "X-Team": "core"}}}),
+            "headers": {"Authorization": "Bearer ${MCP_GH_TOKEN}", "X-Team": "core"}}}),
         )
         .expect("valid");
         let McpServer::Http(gh) = &servers["gh"] else {
             panic!("http")
         };
-        let lookup = |name: &str| (name == "GH_TOKEN").then(|| "s3cret".to_string());
+        let lookup = |name: &str| (name == "MCP_GH_TOKEN").then(|| "s3cret".to_string());
         assert_eq!(
             gh.resolved_headers(lookup).expect("resolved"),
             [
@@ -415,6 +435,25 @@ mod tests {
         );
         // The sandbox learns neither the URL nor the headers.
         assert_eq!(to_agent_json(&servers), r#"{"gh":{"type":"http"}}"#);
+        // nanoclaw's own credentials cannot be named, and secrets need https elsewhere.
+        let own = err(json!({"s": {"type": "http", "url": "https://x",
+            "headers": {"X-Key": "${ANTHROPIC_API_KEY}"}}}));
+        assert!(own.contains("MCP_"), "{own}");
+        let clear = err(
+            json!({"s": {"type": "http", "url": "http://mcp.example.com/mcp",
+            "headers": {"X-Key": "${MCP_KEY}"}}}),
+        );
+        assert!(clear.contains("https"), "{clear}");
+        assert!(
+            parse(
+                &json!({"s": {"type": "http", "url": "http://127.0.0.1:9/mcp",
+            "headers": {"X-Key": "${MCP_KEY}"}}})
+            )
+            .is_ok(),
+            "loopback may be plain http"
+        );
+        let dot = err(json!({"s": {"type": "http", "url": "https://mcp.example.com./mcp"}}));
+        assert!(dot.contains("trailing dot"), "{dot}");
     }
 
     #[test]

@@ -186,12 +186,15 @@ pub(super) async fn forward(
             };
             let port = route.url.port_or_known_default().unwrap_or(443);
             match gate.admit(&host, port).await {
-                // The connection goes only to the admitted addresses: a second lookup
-                // could answer differently.
-                Ok(addrs) => match &host {
-                    Host::Name(name) => client_builder().resolve_to_addrs(name, &addrs).build(),
-                    Host::Ip(_) => client_builder().build(),
-                },
+                // Every lookup the connection makes goes through the gate again: a
+                // second answer (DNS rebinding) is checked like the first, whatever
+                // spelling of the name the HTTP stack resolves.
+                Ok(_) => client_builder()
+                    .dns_resolver(std::sync::Arc::new(GateResolver {
+                        gate: Arc::clone(gate),
+                        port,
+                    }))
+                    .build(),
                 Err(refusal) => {
                     tracing::warn!(group = %group, server, target = %refusal.target, reason = %refusal.reason, "mcp server refused by the egress policy");
                     return refuse(StatusCode::FORBIDDEN, &refusal.to_string());
@@ -226,7 +229,11 @@ pub(super) async fn forward(
             );
         }
     };
-    let mut response = Response::builder().status(upstream.status().as_u16());
+    let status = upstream.status();
+    if !status.is_success() {
+        return error_answer(server, status, upstream, headers).await;
+    }
+    let mut response = Response::builder().status(status.as_u16());
     if let Some(out) = response.headers_mut() {
         for name in FROM_SERVER {
             for value in upstream.headers().get_all(name) {
@@ -242,6 +249,91 @@ pub(super) async fn forward(
     response
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| refuse(StatusCode::BAD_GATEWAY, "unreadable answer"))
+}
+
+/// Most of an error answer passed back to the sandbox.
+const MAX_ERROR_BODY: usize = 4 << 10;
+
+/// A server's error answer, passed back only when it cannot quote the credentials the
+/// proxy sent: a refusal of them is replaced by the proxy's own words (as the model API's
+/// are), and a body holding a configured header value is withheld.
+async fn error_answer(
+    server: &str,
+    status: reqwest::StatusCode,
+    mut upstream: reqwest::Response,
+    sent: &[(HeaderName, HeaderValue)],
+) -> Response {
+    let code = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if matches!(status.as_u16(), 401 | 403) {
+        return refuse(
+            code,
+            &format!(
+                "the MCP server {server:?} refused the credentials nanoclaw sent (HTTP {}); check the MCP_… secrets its headers name in nanoclaw's .env",
+                status.as_u16()
+            ),
+        );
+    }
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(chunk)) = upstream.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= MAX_ERROR_BODY {
+                body.truncate(MAX_ERROR_BODY);
+                break;
+            }
+        }
+    })
+    .await;
+    let quotes_a_secret = sent.iter().any(|(_, value)| {
+        let v = value.as_bytes();
+        v.len() >= 6 && body.windows(v.len()).any(|w| w == v)
+            || v.split(|b| *b == b' ')
+                .filter(|part| part.len() >= 8)
+                .any(|part| body.windows(part.len()).any(|w| w == part))
+    });
+    if read.is_err() || quotes_a_secret {
+        return refuse(
+            code,
+            &format!(
+                "the MCP server {server:?} answered HTTP {} (its answer is withheld: it quoted the credentials nanoclaw sent, or did not end)",
+                status.as_u16()
+            ),
+        );
+    }
+    let content_type = upstream
+        .headers()
+        .get("content-type")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("text/plain"));
+    Response::builder()
+        .status(code)
+        .header("content-type", content_type)
+        .body(Body::from(body))
+        .unwrap_or_else(|_| refuse(StatusCode::BAD_GATEWAY, "unreadable answer"))
+}
+
+/// Name resolution for `internet` groups: every answer admitted by the group's egress
+/// gate, or no address at all.
+struct GateResolver {
+    gate: Arc<Gate>,
+    port: u16,
+}
+
+impl reqwest::dns::Resolve for GateResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let gate = Arc::clone(&self.gate);
+        let port = self.port;
+        let name = name.as_str().to_string();
+        Box::pin(async move {
+            let Some(host) = Host::parse(&name) else {
+                return Err(format!("{name} is not a host name").into());
+            };
+            match gate.admit(&host, port).await {
+                Ok(addrs) => Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs),
+                Err(refusal) => Err(refusal.to_string().into()),
+            }
+        })
+    }
 }
 
 fn client_builder() -> reqwest::ClientBuilder {
@@ -263,4 +355,52 @@ fn plain_client() -> Result<reqwest::Client, reqwest::Error> {
     }
     let c = client_builder().build()?;
     Ok(CLIENT.get_or_init(|| c).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::dns::Resolve as _;
+
+    /// Answers the first lookup with a public address, every later one with loopback.
+    struct Rebinding(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl crate::egress::Resolve for Rebinding {
+        async fn resolve(
+            &self,
+            _name: &str,
+            port: u16,
+        ) -> std::io::Result<Vec<std::net::SocketAddr>> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let ip: std::net::IpAddr = if n == 0 {
+                [93, 184, 216, 34].into()
+            } else {
+                [127, 0, 0, 1].into()
+            };
+            Ok(vec![std::net::SocketAddr::new(ip, port)])
+        }
+    }
+
+    #[tokio::test]
+    async fn every_lookup_of_an_internet_route_is_admitted_again() {
+        let gate = Arc::new(Gate {
+            group: "g".into(),
+            policy: Default::default(),
+            resolver: Arc::new(Rebinding(Default::default())),
+        });
+        let resolver = GateResolver { gate, port: 443 };
+        let first: Vec<_> = resolver
+            .resolve("mcp.example.com".parse().expect("name"))
+            .await
+            .map(|a| a.collect())
+            .unwrap_or_default();
+        assert_eq!(first.len(), 1);
+        // The rebinding answer, whatever the spelling of the name, gets no address.
+        for name in ["mcp.example.com", "mcp.example.com."] {
+            let again = resolver.resolve(name.parse().expect("name")).await;
+            let err = again.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("127.0.0.1"), "{name}: {err}");
+        }
+    }
 }
