@@ -11,6 +11,7 @@ mod images;
 mod inbox;
 mod llm;
 mod mcp;
+mod memory;
 mod prompt;
 mod sandbox_init;
 mod session;
@@ -171,6 +172,7 @@ async fn run(input: AgentInput) -> ExitCode {
         group_folder: input.group_folder.clone(),
         is_main: input.is_main,
         bash_default_timeout: Duration::from_secs(120),
+        home: home.clone(),
     };
     let timezone = env("TZ").unwrap_or_else(|| "UTC".into());
     let mut tools = tools::definitions(input.is_main, web_search);

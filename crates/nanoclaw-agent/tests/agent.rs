@@ -52,6 +52,17 @@ impl Env {
     }
 
     async fn start(&self, base_url: &str, session: Option<&str>, extra: &[(&str, &str)]) -> Run {
+        self.start_asking(base_url, session, extra, "please make a file")
+            .await
+    }
+
+    async fn start_asking(
+        &self,
+        base_url: &str,
+        session: Option<&str>,
+        extra: &[(&str, &str)],
+        asking: &str,
+    ) -> Run {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nanoclaw-agent"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -70,7 +81,9 @@ impl Env {
             .spawn()
             .expect("agent starts");
         let input = AgentInput {
-            prompt: "<messages><message sender=\"Jo\" time=\"now\">please make a file</message></messages>".into(),
+            prompt: format!(
+                "<messages><message sender=\"Jo\" time=\"now\">{asking}</message></messages>"
+            ),
             session_id: session.map(str::to_string),
             group_folder: "team".into(),
             chat_jid: "tg:1".into(),
@@ -827,5 +840,70 @@ async fn a_crashing_or_hanging_mcp_server_fails_the_call_not_the_run() {
     )
     .unwrap_or_default();
     assert_eq!(sampling["error"]["code"], -32601, "{sampling}");
+    assert_eq!(run.close().await, 0);
+}
+
+/// `memory_search` finds a fact that compaction took out of the session weeks ago and
+/// kept only in the archive, with the archive's date.
+#[tokio::test]
+async fn memory_search_finds_what_compaction_archived_weeks_ago() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::text(&format!("Noted. {}", "I will remember that. ".repeat(60))),
+        Reply::text("SUMMARY: Jo talked about the home network."),
+        Reply::text("You are welcome."),
+    ])
+    .await;
+    let env = Env::new();
+    let mut run = env
+        .start_asking(
+            &fake.url,
+            None,
+            &[("NANOCLAW_COMPACT_TOKENS", "200")],
+            "the wifi password is tulip-42",
+        )
+        .await;
+    run.until_idle().await;
+    run.follow_up("100-000001.json", "thanks");
+    run.until_idle().await;
+    assert_eq!(run.close().await, 0);
+    // The archive compaction wrote, as if it had been written four weeks ago.
+    let conversations = env.workspace().join("group/conversations");
+    let archived: Vec<PathBuf> = std::fs::read_dir(&conversations)
+        .expect("archive folder")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(archived.len(), 1);
+    let weeks_ago = conversations.join("2026-11-04-090000-old.md");
+    std::fs::rename(&archived[0], &weeks_ago).expect("rename");
+
+    fake.push(Reply::tool(
+        "memory_search",
+        json!({"query": "wifi password"}),
+    ));
+    fake.push(Reply::text("It is tulip-42."));
+    let mut run = env
+        .start_asking(&fake.url, None, &[], "what was the wifi password?")
+        .await;
+    let events = run.until_idle().await;
+    assert_eq!(results(&events), [("It is tulip-42.".to_string(), 0)]);
+    let requests = fake.requests();
+    let first = &requests[3];
+    assert!(
+        !first.all_text().contains("tulip-42"),
+        "the new session does not hold it"
+    );
+    let found = &requests[4].body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .expect("a message")["content"][0];
+    let text = found["content"].as_str().unwrap_or("");
+    assert_eq!(found["is_error"], false, "{found}");
+    assert!(
+        text.contains("tulip")
+            && text.contains("2026-11-04")
+            && text.contains("/workspace/group/conversations/2026-11-04-090000-old.md"),
+        "{text}"
+    );
     assert_eq!(run.close().await, 0);
 }

@@ -566,3 +566,70 @@ async fn web_search_is_offered_only_when_the_host_says_so() {
         d.stop().await;
     }
 }
+
+/// `memory_search` in real sandboxes searches only the group's own past: the fact in one
+/// group's archive is found there and nowhere else (issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_search_sees_only_the_groups_own_past() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool("memory_search", json!({"query": "wifi password"})),
+        Reply::text("beta searched"),
+        Reply::tool("memory_search", json!({"query": "wifi password"})),
+        Reply::text("alpha searched"),
+    ])
+    .await;
+    let root = tempfile::tempdir().expect("temp dir");
+    nanoclaw::layout::Layout::new(root.path())
+        .create()
+        .expect("layout");
+    support::register(root.path(), "web:alpha", "alpha", false);
+    support::register(root.path(), "web:beta", "beta", false);
+    let conversations = root.path().join("groups/alpha/conversations");
+    std::fs::create_dir_all(&conversations).expect("archive folder");
+    std::fs::write(
+        conversations.join("2026-10-01-120000-s1.md"),
+        "# Conversation s1\n\n## User\n\nOur wifi password is tulip-42.\n",
+    )
+    .expect("archive");
+    let url = fake.url.clone();
+    let d = start(root, RuntimeKind::Bwrap, anthropic_secrets(), |c| {
+        c.anthropic_base_url = url;
+    })
+    .await;
+    d.api
+        .send("web:beta", "me", "Me", "what is the wifi password?")
+        .await
+        .expect("accepted");
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:beta", 1).await,
+        ["beta searched"]
+    );
+    d.api
+        .send("web:alpha", "me", "Me", "what is the wifi password?")
+        .await
+        .expect("accepted");
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:alpha", 1).await,
+        ["alpha searched"]
+    );
+    let requests = fake.requests();
+    let result = |i: usize| -> String {
+        requests[i].body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .map(|m| m["content"][0]["content"].to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        result(1).contains("Nothing in this group's past"),
+        "{}",
+        result(1)
+    );
+    assert!(!requests[1].all_text().contains("tulip"));
+    assert!(
+        result(3).contains("tulip") && result(3).contains("2026-10-01"),
+        "{}",
+        result(3)
+    );
+    d.stop().await;
+}

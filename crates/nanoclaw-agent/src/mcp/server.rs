@@ -46,6 +46,7 @@ pub fn context_from_env(get: impl Fn(&str) -> Option<String>) -> Result<ToolCont
         group_folder: folder,
         is_main,
         bash_default_timeout: Duration::from_secs(120),
+        home: PathBuf::from(get("HOME").unwrap_or_else(|| "/home/node".into())),
     })
 }
 

@@ -8,6 +8,7 @@
 mod bash;
 mod files;
 pub mod ipc;
+mod memory;
 pub mod schedule;
 mod search;
 mod web;
@@ -32,6 +33,9 @@ pub struct ToolContext {
     pub is_main: bool,
     /// Longest a `Bash` command may run when it asks for no timeout.
     pub bash_default_timeout: Duration,
+    /// `HOME` (`/home/node`): the group's `~/.claude`, with its transcripts and memory
+    /// index.
+    pub home: PathBuf,
 }
 
 impl ToolContext {
@@ -109,6 +113,7 @@ pub async fn run(name: &str, input: &Value, ctx: &ToolContext) -> ToolOutput {
         "Glob" => search::glob(input, ctx).await,
         "Grep" => search::grep(input, ctx).await,
         "WebFetch" => web::fetch(input).await,
+        "memory_search" => memory::search(input, ctx).await,
         other => ipc::run(other, input, ctx).await,
     };
     match result {
@@ -146,6 +151,7 @@ pub fn definitions(is_main: bool, web_search: bool) -> Vec<Value> {
         json!({"name": "WebFetch", "description": "Fetch a web page (http or https) and return it as text.",
                "input_schema": {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}}),
     ];
+    tools.push(memory::definition());
     tools.extend(ipc::definitions(is_main));
     if web_search {
         tools.push(json!({"type": "web_search_20250305", "name": "web_search", "max_uses": 5}));
@@ -167,6 +173,7 @@ pub(crate) mod test_ctx {
             group_folder: "team".into(),
             is_main: false,
             bash_default_timeout: Duration::from_secs(120),
+            home: dir.join("home"),
         }
     }
 }
@@ -208,6 +215,7 @@ mod tests {
             "Glob",
             "Grep",
             "WebFetch",
+            "memory_search",
             "send_message",
             "schedule_task",
             "list_tasks",
