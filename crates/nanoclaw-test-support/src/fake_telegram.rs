@@ -264,15 +264,8 @@ impl FakeTelegram {
     ) -> i64 {
         let small = self.add_file("photos/file_0.jpg", bytes[..bytes.len().min(64)].to_vec());
         let large = self.add_file("photos/file_1.jpg", bytes.to_vec());
-        let (id, mut update) = self.message(
-            chat,
-            json!({"id": user.id, "is_bot": false, "first_name": user.first_name}),
-            "",
-        );
+        let (id, mut update) = self.media_message(chat, user);
         let message = &mut update["message"];
-        if let Some(m) = message.as_object_mut() {
-            m.remove("text");
-        }
         message["photo"] = json!([
             {"file_id": small, "file_unique_id": format!("u{small}"), "width": 90, "height": 90, "file_size": bytes.len().min(64)},
             {"file_id": large, "file_unique_id": format!("u{large}"), "width": 800, "height": 600, "file_size": bytes.len()},
@@ -287,19 +280,25 @@ impl FakeTelegram {
     /// A user sends a document; returns the message id.
     pub fn user_sends_document(&self, chat: &Chat, user: &User, name: &str, bytes: &[u8]) -> i64 {
         let file = self.add_file(&format!("documents/file_{}", name.len()), bytes.to_vec());
+        let (id, mut update) = self.media_message(chat, user);
+        let message = &mut update["message"];
+        message["document"] = json!({"file_id": file, "file_unique_id": format!("u{file}"),
+            "file_name": name, "mime_type": "application/octet-stream", "file_size": bytes.len()});
+        self.push_update(update);
+        id
+    }
+
+    /// A message from `user` without text, for a file to be attached to.
+    fn media_message(&self, chat: &Chat, user: &User) -> (i64, Value) {
         let (id, mut update) = self.message(
             chat,
             json!({"id": user.id, "is_bot": false, "first_name": user.first_name}),
             "",
         );
-        let message = &mut update["message"];
-        if let Some(m) = message.as_object_mut() {
+        if let Some(m) = update["message"].as_object_mut() {
             m.remove("text");
         }
-        message["document"] = json!({"file_id": file, "file_unique_id": format!("u{file}"),
-            "file_name": name, "mime_type": "application/octet-stream", "file_size": bytes.len()});
-        self.push_update(update);
-        id
+        (id, update)
     }
 
     fn add_file(&self, path: &str, bytes: Vec<u8>) -> String {

@@ -204,16 +204,7 @@ async fn a_guild_mention_runs_a_sandboxed_agent_and_the_reply_goes_back_to_the_c
     assert!(chat.is_group);
 
     // Replying to the bot's message is a trigger too, once the first run is over.
-    wait_for("the first run to end", DEADLINE, || {
-        let root = d.root().to_path_buf();
-        async move {
-            std::fs::read_dir(root.join("groups/dc_family/logs"))
-                .ok()
-                .and_then(|mut dir| dir.next())
-                .map(|_| ())
-        }
-    })
-    .await;
+    support::wait_first_run(d.root(), "dc_family").await;
     fake.user_replies(CHANNEL_ID, "500000000000000099", "and the candles?");
     let sent = fake.wait_sent("the second reply", |s| s.len() >= 2).await;
     assert_eq!(sent[1].content, "Replying to your reply.");

@@ -48,18 +48,7 @@ async fn group_with_mcp_servers(kind: RuntimeKind) {
         "self": {"command": "nanoclaw-agent", "args": ["mcp-server"]},
         "flaky": {"command": "python3", "args": ["/workspace/group/flaky.py"]},
     }});
-    open_store(root.path())
-        .register_group(&nanoclaw::store::RegisteredGroup {
-            jid: "web:team".into(),
-            name: "team".into(),
-            folder: "team".into(),
-            trigger_pattern: "@Andy".into(),
-            added_at: nanoclaw::clock::now(),
-            container_config: Some(config.to_string()),
-            requires_trigger: false,
-            is_main: false,
-        })
-        .expect("register");
+    register_web_group(root.path(), "team", config);
     let group_dir = root.path().join("groups/team");
     std::fs::create_dir_all(&group_dir).expect("group dir");
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -26,19 +26,19 @@ fn anthropic_secrets() -> Secrets {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_mention_runs_a_sandboxed_agent_and_the_reply_goes_back_to_the_chat() {
-    let llm = FakeAnthropic::start(vec![
-        Reply::text("Hello from the sandbox."),
-        Reply::text("And hello again."),
-    ])
-    .await;
-    let tg = FakeTelegram::start(TOKEN).await;
+/// A daemon with the Telegram channel on `tg` and real bwrap agents on `llm`, `jid`
+/// registered as `folder` (trigger required).
+async fn sandboxed_telegram_daemon(
+    llm: &FakeAnthropic,
+    tg: &FakeTelegram,
+    jid: &str,
+    folder: &str,
+) -> support::TestDaemon {
     let telegram = Telegram::new(&tg.url, TOKEN, "Andy").expect("telegram");
     let root = tempfile::tempdir().expect("temp dir");
-    register_new(root.path(), "tg:-100777", "tg_family");
+    register_new(root.path(), jid, folder);
     let url = llm.url.clone();
-    let d = support::start_sandboxed_daemon_in(
+    support::start_sandboxed_daemon_in(
         root,
         RuntimeKind::Bwrap,
         None,
@@ -50,7 +50,18 @@ async fn a_group_mention_runs_a_sandboxed_agent_and_the_reply_goes_back_to_the_c
             c.idle_timeout = Duration::from_millis(300);
         },
     )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_mention_runs_a_sandboxed_agent_and_the_reply_goes_back_to_the_chat() {
+    let llm = FakeAnthropic::start(vec![
+        Reply::text("Hello from the sandbox."),
+        Reply::text("And hello again."),
+    ])
     .await;
+    let tg = FakeTelegram::start(TOKEN).await;
+    let d = sandboxed_telegram_daemon(&llm, &tg, "tg:-100777", "tg_family").await;
     let chat = Chat::group(-100_777, "Family");
     let jo = User::new(31, "Jo");
 
@@ -91,16 +102,7 @@ async fn a_group_mention_runs_a_sandboxed_agent_and_the_reply_goes_back_to_the_c
     );
 
     // `@Andy` works too, once the first run is over.
-    wait_for("the first run to end", DEADLINE, || {
-        let root = d.root().to_path_buf();
-        async move {
-            std::fs::read_dir(root.join("groups/tg_family/logs"))
-                .ok()
-                .and_then(|mut dir| dir.next())
-                .map(|_| ())
-        }
-    })
-    .await;
+    support::wait_first_run(d.root(), "tg_family").await;
     tg.user_says(&chat, &jo, "@Andy and the candles?");
     let sent = tg.wait_sent(-100_777, 2).await;
     assert_eq!(sent[1], "And hello again.");
@@ -310,23 +312,7 @@ async fn a_photo_reaches_the_model_as_an_image_and_files_land_in_the_inbox() {
     ])
     .await;
     let tg = FakeTelegram::start(TOKEN).await;
-    let telegram = Telegram::new(&tg.url, TOKEN, "Andy").expect("telegram");
-    let root = tempfile::tempdir().expect("temp dir");
-    register_new(root.path(), "tg:-100778", "tg_pics");
-    let url = llm.url.clone();
-    let d = support::start_sandboxed_daemon_in(
-        root,
-        RuntimeKind::Bwrap,
-        None,
-        anthropic_secrets(),
-        vec![telegram],
-        |c| {
-            c.anthropic_base_url = url;
-            c.llm_attempts = 1;
-            c.idle_timeout = Duration::from_millis(300);
-        },
-    )
-    .await;
+    let d = sandboxed_telegram_daemon(&llm, &tg, "tg:-100778", "tg_pics").await;
     let chat = Chat::group(-100_778, "Pictures");
     let jo = User::new(32, "Jo");
     // A JPEG's first bytes and some body: what the agent sends is what the user sent.
@@ -359,16 +345,7 @@ async fn a_photo_reaches_the_model_as_an_image_and_files_land_in_the_inbox() {
     );
     assert_eq!(tg.downloads(), 1, "the largest size only");
 
-    wait_for("the first run to end", DEADLINE, || {
-        let root = d.root().to_path_buf();
-        async move {
-            std::fs::read_dir(root.join("groups/tg_pics/logs"))
-                .ok()
-                .and_then(|mut dir| dir.next())
-                .map(|_| ())
-        }
-    })
-    .await;
+    support::wait_first_run(d.root(), "tg_pics").await;
     tg.user_sends_document(&chat, &jo, "notes.txt", b"buy milk");
     tg.user_says(&chat, &jo, "@Andy read my notes");
     assert_eq!(tg.wait_sent(-100_778, 2).await[1], "Got the notes.");

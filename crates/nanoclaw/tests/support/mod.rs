@@ -561,6 +561,25 @@ pub fn run_logs(root: &Path, folder: &str) -> Vec<String> {
     logs.into_iter().map(|(_, text)| text).collect()
 }
 
+/// Waits until `folder` has a run log: its first run is over.
+pub async fn wait_first_run(root: &Path, folder: &str) {
+    let logs = root.join("groups").join(folder).join("logs");
+    nanoclaw_test_support::wait_for(
+        "the first run to end",
+        nanoclaw_test_support::DEADLINE,
+        || {
+            let logs = logs.clone();
+            async move {
+                std::fs::read_dir(&logs)
+                    .ok()
+                    .and_then(|mut dir| dir.next())
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+}
+
 /// Waits until the chat shows `n` assistant messages; returns their texts.
 pub async fn wait_bot_texts(api: &Api, chat_jid: &str, n: usize) -> Vec<String> {
     wait_bot_texts_within(api, chat_jid, n, DEADLINE).await
