@@ -87,6 +87,18 @@ impl Agent {
     /// Handles one user message (the first prompt or a follow-up).
     pub async fn turn(&mut self, user_text: &str) -> Result<(), LlmError> {
         self.compact_if_needed().await?;
+        // Only the newest user turn carries its images: earlier ones stay in the inbox
+        // for the tools, not in every later request (a group that sends many photos
+        // would otherwise outgrow the API's request size for good).
+        for message in self.session.messages.iter_mut() {
+            for block in message["content"].as_array_mut().into_iter().flatten() {
+                if block["type"] == "image" {
+                    *block = text_block(
+                        "(An image was shown here; its file is still in /workspace/group/inbox/ for the tools.)",
+                    );
+                }
+            }
+        }
         let mut content = vec![text_block(user_text)];
         content.extend(crate::images::blocks_for(user_text, &self.ctx.workdir));
         self.session.push("user", content);

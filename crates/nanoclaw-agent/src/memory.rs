@@ -174,6 +174,7 @@ fn sections(text: &str) -> Vec<String> {
     for paragraph in text.split("\n\n") {
         let starts_section = paragraph.trim_start().starts_with('#');
         if !current.is_empty() && (starts_section || current.len() + paragraph.len() > MAX_CHUNK) {
+            current.shrink_to_fit();
             out.push(std::mem::take(&mut current));
         }
         if !current.is_empty() {
@@ -185,11 +186,14 @@ fn sections(text: &str) -> Vec<String> {
             while !current.is_char_boundary(cut) {
                 cut -= 1;
             }
-            let rest = current.split_off(cut);
-            out.push(std::mem::replace(&mut current, rest));
+            // A copy of the piece, then the rest moved down: no piece keeps the whole
+            // buffer's capacity (a long paragraph would otherwise cost its square).
+            out.push(current[..cut].to_string());
+            current.drain(..cut);
         }
     }
     if !current.trim().is_empty() {
+        current.shrink_to_fit();
         out.push(current);
     }
     out.retain(|c| !c.trim().is_empty());
@@ -513,6 +517,16 @@ mod tests {
         std::fs::remove_file(&a).expect("rm");
         assert!(search(&s, "green", 5).expect("search").is_empty());
         assert_eq!(search(&s, "car", 5).expect("search").len(), 1);
+    }
+
+    #[test]
+    fn a_long_paragraph_costs_its_length_not_its_square() {
+        let pieces = sections(&"x".repeat(1 << 20));
+        assert_eq!(pieces.iter().map(String::len).sum::<usize>(), 1 << 20);
+        assert!(
+            pieces.iter().all(|p| p.capacity() <= MAX_CHUNK * 2),
+            "a piece kept the whole buffer"
+        );
     }
 
     #[test]

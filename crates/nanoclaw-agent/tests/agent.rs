@@ -907,3 +907,46 @@ async fn memory_search_finds_what_compaction_archived_weeks_ago() {
     );
     assert_eq!(run.close().await, 0);
 }
+
+/// A photo is shown in the turn it arrives; later requests carry a note in its place, so
+/// a group that sends many photos never outgrows the API's request size.
+#[tokio::test]
+async fn images_are_shown_once_then_replaced_by_a_note() {
+    let fake = FakeAnthropic::start(vec![Reply::text("A cat."), Reply::text("A dog.")]).await;
+    let env = Env::new();
+    let inbox = env.workspace().join("group/inbox");
+    std::fs::create_dir_all(&inbox).expect("inbox");
+    let png = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 1, 2, 3];
+    std::fs::write(inbox.join("a.png"), png).expect("a");
+    std::fs::write(inbox.join("b.png"), png).expect("b");
+    let mut run = env
+        .start_asking(
+            &fake.url,
+            None,
+            &[],
+            "what is this? [attachment: /workspace/group/inbox/a.png (1 KB)]",
+        )
+        .await;
+    run.until_idle().await;
+    run.follow_up(
+        "100-000001.json",
+        "and this? [attachment: /workspace/group/inbox/b.png (1 KB)]",
+    );
+    run.until_idle().await;
+    let requests = fake.requests();
+    let images = |i: usize, m: usize| {
+        requests[i].body["messages"][m]["content"]
+            .as_array()
+            .map(|b| b.iter().filter(|b| b["type"] == "image").count())
+            .unwrap_or(0)
+    };
+    assert_eq!(images(0, 0), 1, "shown in its turn");
+    assert_eq!(images(1, 0), 0, "replaced by a note later");
+    assert!(
+        requests[1].body["messages"][0]
+            .to_string()
+            .contains("An image was shown here")
+    );
+    assert_eq!(images(1, 2), 1, "the new one is shown");
+    assert_eq!(run.close().await, 0);
+}

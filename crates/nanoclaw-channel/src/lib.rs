@@ -8,6 +8,7 @@
 //! ([`http`]) and reconnect backoff with jitter ([`Backoff`]).
 
 pub mod catch_up;
+pub mod files;
 pub mod http;
 pub mod text;
 pub mod time;

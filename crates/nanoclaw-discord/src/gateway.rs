@@ -536,8 +536,58 @@ async fn deliver_message(
         inbound.message.content =
             nanoclaw_channel::text::with_trigger(&inbound.message.content, &trigger);
     }
+    save_attachments(discord, host.as_ref(), d, &mut inbound.message).await;
     host.deliver(inbound.chat, inbound.message).await?;
     Ok(trigger.map(|_| (channel, id)))
+}
+
+/// Largest attachment saved (what Discord lets most users upload).
+const MAX_ATTACHMENT: u64 = 25 << 20;
+/// Attachments of one message saved at most (Discord allows 10).
+const MAX_ATTACHMENTS: usize = 10;
+
+/// Saves a message's attachments into the group's inbox and names them in it, so the
+/// agent can open them (and see photos). Fetched from their CDN URL without the bot
+/// token, only over https (or from this machine), and not again for a message seen
+/// before.
+async fn save_attachments(
+    discord: &Discord,
+    host: &dyn ChannelHost,
+    d: &Value,
+    message: &mut nanoclaw_channel::Message,
+) {
+    use nanoclaw_channel::files;
+    let Some(list) = d["attachments"].as_array().filter(|l| !l.is_empty()) else {
+        return;
+    };
+    if !files::registered(host, &message.chat_jid).await
+        || host.has_message(&message.chat_jid, &message.id).await
+    {
+        return;
+    }
+    let mut notes = Vec::new();
+    for file in list.iter().take(MAX_ATTACHMENTS) {
+        let name = file["filename"].as_str().unwrap_or("file");
+        let size = file["size"].as_u64().unwrap_or(0);
+        let note = if size > MAX_ATTACHMENT {
+            Some(files::too_large(name, size, MAX_ATTACHMENT, "larger than"))
+        } else {
+            let fetched = match file["url"].as_str() {
+                Some(url) => match nanoclaw_channel::http::check_endpoint("its URL", url) {
+                    Ok(()) => {
+                        files::fetch_capped(discord.rest.client().get(url), MAX_ATTACHMENT).await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Err("it has no URL".to_string()),
+            };
+            files::save(host, "discord", &message.chat_jid, name, fetched).await
+        };
+        notes.extend(note);
+    }
+    if !notes.is_empty() {
+        message.content = format!("{}\n{}", message.content, notes.join("\n"));
+    }
 }
 
 /// Discord's message history, for catching up.

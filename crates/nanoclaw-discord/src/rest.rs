@@ -54,6 +54,11 @@ pub(crate) enum GatewayLookup {
 }
 
 impl Rest {
+    /// The HTTP client (for attachments on Discord's CDN, fetched without the token).
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     pub fn new(api_url: &str, token: &str) -> Result<Rest, String> {
         let client = nanoclaw_channel::http::client()
             .user_agent(concat!(

@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use nanoclaw_channel::text::{Units, human_size, split, starts_with_word};
+use nanoclaw_channel::files;
+use nanoclaw_channel::text::{Units, split, starts_with_word};
 use nanoclaw_channel::{
     Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage, PieceLedger, SendRetry,
     TypingTickers, VerifyError,
@@ -411,8 +412,6 @@ impl Telegram {
 
 /// Largest file the Bot API lets a bot download (`getFile`).
 const MAX_FILE: u64 = 20 << 20;
-/// How long one download may take.
-const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The file a message carries, if any: its `file_id`, a name for the inbox and its size
 /// as Telegram reports it. Of a photo's sizes, the largest the API lets us download.
@@ -454,31 +453,27 @@ impl Telegram {
         let Some((file_id, name, size)) = media_file(msg) else {
             return;
         };
-        if message.is_from_me || host.has_message(&message.chat_jid, &message.id).await {
+        if message.is_from_me
+            || !files::registered(host, &message.chat_jid).await
+            || host.has_message(&message.chat_jid, &message.id).await
+        {
             return;
         }
         let note = match size {
-            Some(s) if s > MAX_FILE => format!(
-                "[attachment: {name} ({}), not saved: Telegram lets bots download files up to {}]",
-                human_size(s as usize),
-                human_size(MAX_FILE as usize)
-            ),
-            _ => match self.download(&file_id).await {
-                Ok(bytes) => match host.save_file(&message.chat_jid, &name, &bytes).await {
-                    Ok(Some(path)) => format!("[attachment: {path} ({})]", human_size(bytes.len())),
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!("telegram: cannot save {name:?}: {e}");
-                        format!("[attachment: {name}, could not be saved]")
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!("telegram: cannot download {name:?}: {e}");
-                    format!("[attachment: {name}, could not be downloaded]")
-                }
-            },
+            Some(s) if s > MAX_FILE => Some(files::too_large(
+                &name,
+                s,
+                MAX_FILE,
+                "Telegram lets bots download files up to",
+            )),
+            _ => {
+                let fetched = self.download(&file_id).await;
+                files::save(host, "telegram", &message.chat_jid, &name, fetched).await
+            }
         };
-        message.content = format!("{}\n{note}", message.content);
+        if let Some(note) = note {
+            message.content = format!("{}\n{note}", message.content);
+        }
     }
 
     /// A file's bytes: `getFile` for its path, then the file URL, at most [`MAX_FILE`].
@@ -489,37 +484,21 @@ impl Telegram {
             .map_err(|e| e.to_string())?;
         let path = file["file_path"]
             .as_str()
-            .filter(|p| !p.is_empty() && !p.starts_with('/') && !p.split('/').any(|c| c == ".."))
+            // A relative path of plain segments only: nothing the URL could read as
+            // another place on the server (no `..`, no `%2e`, no backslashes).
+            .filter(|p| {
+                p.split('/').all(|seg| {
+                    !seg.is_empty()
+                        && seg != "."
+                        && seg != ".."
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                })
+            })
             .ok_or("getFile gave no usable file_path")?;
-        let mut response = self
-            .client
-            .get(format!("{}/{path}", self.files_base))
-            .timeout(DOWNLOAD_TIMEOUT)
-            .send()
-            .await
-            // The URL holds the token: never let it into an error message.
-            .map_err(|e| e.without_url().to_string())?;
-        if !response.status().is_success() {
-            return Err(format!(
-                "the file download answered HTTP {}",
-                response.status()
-            ));
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| e.without_url().to_string())?
-        {
-            if bytes.len() + chunk.len() > MAX_FILE as usize {
-                return Err(format!(
-                    "the file is larger than {}",
-                    human_size(MAX_FILE as usize)
-                ));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
+        let request = self.client.get(format!("{}/{path}", self.files_base));
+        files::fetch_capped(request, MAX_FILE).await
     }
 }
 

@@ -78,6 +78,8 @@ struct Inner {
     nonces: HashMap<String, Value>,
     /// Every `POST /channels/{id}/messages` answered, with its status.
     send_attempts: Vec<u16>,
+    /// Files users attached, by the path of their CDN URL (`/attachments/…`).
+    attachments: HashMap<String, Vec<u8>>,
     /// channel → its messages, oldest first (`GET /channels/{id}/messages`).
     history: HashMap<String, Vec<Value>>,
     history_requests: usize,
@@ -192,6 +194,7 @@ impl FakeDiscord {
             next_id: 0,
             nonces: HashMap::new(),
             send_attempts: Vec::new(),
+            attachments: HashMap::new(),
             history: HashMap::new(),
             history_requests: 0,
             history_failures: 0,
@@ -226,6 +229,7 @@ impl FakeDiscord {
             )
             .route("/api/v10/channels/{id}/typing", post(typing))
             .route("/api/v10/guilds/{id}", get(get_guild))
+            .route("/attachments/{channel}/{id}/{name}", get(attachment))
             .with_state(shared.clone());
         let (api_url, rest) = crate::serve_on_loopback(app, "the fake Discord REST API").await;
         let gateway_task = tokio::spawn(accept_gateway(gateway, shared));
@@ -280,12 +284,47 @@ impl FakeDiscord {
         )
     }
 
+    /// A user writes `content` with a file attached (served, as Discord's CDN serves
+    /// it, at the attachment's `url`). Returns the message id.
+    pub fn user_sends_file(
+        &self,
+        channel_id: &str,
+        content: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> String {
+        let id = self.lock().snowflake();
+        let path = format!("/attachments/{channel_id}/{id}/{name}");
+        self.lock().attachments.insert(path.clone(), bytes.to_vec());
+        let attachment = json!({"id": id, "filename": name, "size": bytes.len(),
+            "url": format!("{}{path}", self.api_url), "proxy_url": format!("{}{path}", self.api_url),
+            "content_type": "application/octet-stream"});
+        self.say_with(
+            channel_id,
+            json!({"id": USER_ID, "username": USER_NAME, "global_name": "Bob"}),
+            content,
+            None,
+            vec![attachment],
+        )
+    }
+
     fn say(
         &self,
         channel_id: &str,
         author: Value,
         content: &str,
         referenced: Option<Value>,
+    ) -> String {
+        self.say_with(channel_id, author, content, referenced, Vec::new())
+    }
+
+    fn say_with(
+        &self,
+        channel_id: &str,
+        author: Value,
+        content: &str,
+        referenced: Option<Value>,
+        attachments: Vec<Value>,
     ) -> String {
         let mut inner = self.lock();
         let id = inner.snowflake();
@@ -304,7 +343,7 @@ impl FakeDiscord {
         let mut d = json!({
             "id": id, "channel_id": channel_id, "author": author, "content": content,
             "timestamp": inner.timestamp(), "type": if referenced.is_some() { 19 } else { 0 },
-            "mentions": mentions, "attachments": [], "embeds": [], "tts": false,
+            "mentions": mentions, "attachments": attachments, "embeds": [], "tts": false,
             "mention_everyone": false, "mention_roles": [], "pinned": false,
         });
         if channel_id != DM_CHANNEL_ID {
@@ -485,6 +524,24 @@ impl FakeDiscord {
             self.connected().then_some(())
         })
         .await;
+    }
+}
+
+/// `GET /attachments/{channel}/{id}/{name}`: an attached file, as the CDN serves it
+/// (no authorization: the URL is the capability).
+async fn attachment(
+    State((inner, _, _)): State<Shared>,
+    Path((channel, id, name)): Path<(String, String, String)>,
+) -> Response {
+    let path = format!("/attachments/{channel}/{id}/{name}");
+    match inner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .attachments
+        .get(&path)
+    {
+        Some(bytes) => bytes.clone().into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 

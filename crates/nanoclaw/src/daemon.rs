@@ -202,7 +202,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
             config.default_trigger(),
             Arc::clone(&metrics),
         )
-        .with_groups_dir(layout.groups_dir()),
+        .with_groups_dir(layout.groups_dir(), config.min_free_disk_bytes),
     );
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.http_port))

@@ -170,6 +170,19 @@ async fn a_guild_mention_runs_a_sandboxed_agent_and_the_reply_goes_back_to_the_c
     );
     support::assert_no_runs(&d.api, "chatter starts no run").await;
 
+    // An attachment is saved into the group's inbox and named in the message.
+    let file_id = fake.user_sends_file(CHANNEL_ID, "the plan", "plan.txt", b"cake at three");
+    let stored = wait_stored(d.root(), JID, 2).await;
+    assert_eq!(
+        stored[1],
+        "the plan [Attachment: plan.txt]\n[attachment: /workspace/group/inbox/plan.txt (1 KB)]",
+        "message {file_id}"
+    );
+    assert_eq!(
+        std::fs::read(d.root().join("groups/dc_family/inbox/plan.txt")).expect("saved"),
+        b"cake at three"
+    );
+
     // A mention of the bot is the trigger.
     fake.user_says(CHANNEL_ID, &format!("<@{BOT_ID}> can you remind us?"));
     let sent = fake.wait_sent("the reply", |s| !s.is_empty()).await;

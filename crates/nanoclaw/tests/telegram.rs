@@ -14,7 +14,8 @@ use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Reply};
 use nanoclaw_test_support::fake_telegram::{BOT_USERNAME, Chat, FakeTelegram, SendFailure, User};
 use nanoclaw_test_support::{DEADLINE, free_port, wait_for};
 use support::{
-    BinaryDaemon, ScriptedRunner, Step, pending_replies, register_new, stored_user_texts,
+    BinaryDaemon, ScriptedRunner, Step, open_store, pending_replies, register_new,
+    stored_user_texts, wait_stored,
 };
 
 const TOKEN: &str = "123456:telegram-e2e-token";
@@ -358,6 +359,45 @@ async fn a_photo_reaches_the_model_as_an_image_and_files_land_in_the_inbox() {
         prompt.contains("/workspace/group/inbox/notes.txt"),
         "{prompt}"
     );
+    d.stop().await;
+}
+
+/// A file a user sends counts against the group's disk quota (over it, it is named, not
+/// saved), and nothing is downloaded for a chat no group is registered for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_respect_the_quota_and_strangers_files_are_not_downloaded() {
+    let tg = FakeTelegram::start(TOKEN).await;
+    let runner = ScriptedRunner::new(vec![]);
+    let root = tempfile::tempdir().expect("temp dir");
+    nanoclaw::layout::Layout::new(root.path())
+        .create()
+        .expect("layout");
+    open_store(root.path())
+        .register_group(&nanoclaw::store::RegisteredGroup {
+            jid: "tg:-100434".into(),
+            name: "Small".into(),
+            folder: "tg_small".into(),
+            trigger_pattern: "@Andy".into(),
+            added_at: nanoclaw::clock::now(),
+            container_config: Some(r#"{"limits": {"diskMb": 16}}"#.into()),
+            requires_trigger: true,
+            is_main: false,
+        })
+        .expect("register");
+    let d = support::telegram_daemon(runner, &tg.url, TOKEN, root).await;
+    let ada = User::new(8, "Ada");
+    let small = Chat::group(-100_434, "Small");
+    tg.user_sends_document(&small, &ada, "big.bin", &vec![7u8; 17 << 20]);
+    let stranger = Chat::private(555);
+    tg.user_sends_document(&stranger, &User::new(9, "Eve"), "spam.bin", &[1u8; 4096]);
+    tg.user_says(&small, &ada, "after the file");
+    let stored = wait_stored(d.root(), "tg:-100434", 2).await;
+    assert_eq!(
+        stored[0],
+        "[Document: big.bin]\n[attachment: big.bin, not saved: the group's folders would be over its disk quota of 16 MiB]"
+    );
+    assert!(!d.root().join("groups/tg_small/inbox/big.bin").exists());
+    assert_eq!(tg.downloads(), 1, "the stranger's file was not downloaded");
     d.stop().await;
 }
 

@@ -49,6 +49,8 @@ pub struct Router {
     unregistered_logged: std::sync::Mutex<std::collections::HashSet<String>>,
     /// `groups/`, where files users send are saved (`None`: they are not).
     groups_dir: Option<std::path::PathBuf>,
+    /// `NANOCLAW_MIN_FREE_DISK_MB`, for files users send.
+    min_free_bytes: u64,
 }
 
 impl Router {
@@ -67,12 +69,19 @@ impl Router {
             metrics,
             unregistered_logged: Default::default(),
             groups_dir: None,
+            min_free_bytes: 0,
         }
     }
 
     /// Saves files users send (attachments) into the groups' folders under `groups_dir`.
-    pub fn with_groups_dir(mut self, groups_dir: std::path::PathBuf) -> Router {
+    /// (within each group's disk quota, and never below `min_free_bytes` of free space).
+    pub fn with_groups_dir(
+        mut self,
+        groups_dir: std::path::PathBuf,
+        min_free_bytes: u64,
+    ) -> Router {
         self.groups_dir = Some(groups_dir);
+        self.min_free_bytes = min_free_bytes;
         self
     }
 
@@ -275,14 +284,41 @@ impl crate::channels::ChannelHost for Router {
             .map_err(|e| e.to_string())?;
         let Some(group) = group else { return Ok(None) };
         let folder = group.folder().map_err(|e| e.to_string())?;
+        let quota_mb = crate::mounts::ContainerConfig::parse(group.container_config.as_deref())
+            .ok()
+            .and_then(|c| c.limits.disk_mb)
+            .unwrap_or(crate::sandbox::Limits::DEFAULT_DISK_MB);
+        let root = groups_dir
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| groups_dir.clone());
+        let layout = crate::layout::Layout::new(&root);
+        let disk = crate::sandbox::disk::DiskLimits {
+            folders: vec![
+                layout.group_dir(&folder),
+                layout.data_dir().join("sessions").join(folder.as_str()),
+                layout.ipc_dir(&folder),
+            ],
+            quota_bytes: quota_mb << 20,
+            root,
+            min_free_bytes: self.min_free_bytes,
+        };
         let (name, bytes) = (name.to_string(), bytes.to_vec());
-        tokio::task::spawn_blocking(move || {
-            inbox::save(&groups_dir, folder.as_str(), &name, &bytes)
+        let saved = tokio::task::spawn_blocking(move || {
+            if let Some(why) = disk.refuse_file(bytes.len() as u64) {
+                return Err(why);
+            }
+            inbox::save(&groups_dir, folder.as_str(), &name, &bytes).map_err(|e| {
+                tracing::warn!("cannot save a file into {}'s inbox: {e}", folder.as_str());
+                "it could not be written".to_string()
+            })
         })
         .await
-        .map_err(|e| format!("saving a file: {e}"))?
-        .map(Some)
-        .map_err(|e| format!("cannot save a file into {}'s inbox: {e}", group.folder))
+        .map_err(|e| format!("saving a file: {e}"))?;
+        if let Err(why) = &saved {
+            tracing::warn!(group = %group.folder, "a file a user sent is not saved: {why}");
+        }
+        saved.map(Some)
     }
 }
 

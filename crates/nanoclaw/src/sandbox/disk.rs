@@ -75,6 +75,27 @@ impl DiskLimits {
         (used > self.quota_bytes).then(|| self.over_quota(used))
     }
 
+    /// Why a file of `size` bytes may not be added to the group's folders now (a file a
+    /// user sent counts against the group's quota like one its agent wrote).
+    pub fn refuse_file(&self, size: u64) -> Option<String> {
+        if let Ok(free) = free_bytes(&self.root)
+            && free < self.min_free_bytes.saturating_add(size)
+        {
+            return Some(format!(
+                "the disk is nearly full ({} MiB free, {} MiB kept for the store)",
+                mib(free),
+                mib(self.min_free_bytes)
+            ));
+        }
+        let used = usage(&self.folders);
+        (used.saturating_add(size) > self.quota_bytes).then(|| {
+            format!(
+                "the group's folders would be over its disk quota of {} MiB",
+                mib(self.quota_bytes)
+            )
+        })
+    }
+
     fn low_space(&self) -> Option<String> {
         let free = free_bytes(&self.root).ok()?;
         (free < self.min_free_bytes).then(|| {
@@ -125,6 +146,25 @@ impl DiskLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_would_cross_the_quota_or_the_free_space_floor_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("a"), vec![1u8; 300_000]).expect("file");
+        let limits = |quota_bytes, min_free_bytes| DiskLimits {
+            folders: vec![dir.path().to_path_buf()],
+            quota_bytes,
+            root: dir.path().to_path_buf(),
+            min_free_bytes,
+        };
+        assert_eq!(limits(1 << 20, 0).refuse_file(100_000), None);
+        let over = limits(1 << 20, 0).refuse_file(900_000).unwrap_or_default();
+        assert!(over.contains("disk quota of 1 MiB"), "{over}");
+        let full = limits(u64::MAX, u64::MAX / 2)
+            .refuse_file(1)
+            .unwrap_or_default();
+        assert!(full.contains("nearly full"), "{full}");
+    }
 
     #[test]
     fn usage_counts_allocated_space_once_and_never_follows_links() {
