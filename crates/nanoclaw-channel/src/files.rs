@@ -50,6 +50,16 @@ pub async fn registered(host: &dyn ChannelHost, jid: &str) -> bool {
     host.trigger_for(jid).await.is_some()
 }
 
+/// The line naming a file the host will not take now (asked with its announced size
+/// before downloading it), if it will not.
+pub async fn refused(host: &dyn ChannelHost, jid: &str, name: &str, size: u64) -> Option<String> {
+    let why = host.refuse_file(jid, size).await?;
+    Some(format!(
+        "[attachment: {name} ({}), not saved: {why}]",
+        human_size(size as usize)
+    ))
+}
+
 /// The line naming a file too large to fetch.
 pub fn too_large(name: &str, size: u64, max: u64, why: &str) -> String {
     format!(

@@ -84,6 +84,12 @@ pub trait ChannelHost: Send + Sync + 'static {
         false
     }
 
+    /// Why a file of `size` bytes a user sent cannot be saved for `jid` now (the group's
+    /// disk quota, the free-space floor), asked before downloading it; `None`: go ahead.
+    async fn refuse_file(&self, _jid: &str, _size: u64) -> Option<String> {
+        None
+    }
+
     /// Saves a file a user sent (an attachment) into the working folder of the group
     /// registered for `jid`, under `inbox/`, with a safe name derived from `name`;
     /// returns the path the agent sees (`/workspace/group/inbox/…`). `Ok(None)` when no

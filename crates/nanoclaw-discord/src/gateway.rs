@@ -571,6 +571,8 @@ async fn save_attachments(
         let size = file["size"].as_u64().unwrap_or(0);
         let note = if size > MAX_ATTACHMENT {
             Some(files::too_large(name, size, MAX_ATTACHMENT, "larger than"))
+        } else if let Some(refused) = files::refused(host, &message.chat_jid, name, size).await {
+            Some(refused)
         } else {
             let fetched = match file["url"].as_str() {
                 Some(url) => match nanoclaw_channel::http::check_endpoint("its URL", url) {

@@ -466,10 +466,13 @@ impl Telegram {
                 MAX_FILE,
                 "Telegram lets bots download files up to",
             )),
-            _ => {
-                let fetched = self.download(&file_id).await;
-                files::save(host, "telegram", &message.chat_jid, &name, fetched).await
-            }
+            _ => match files::refused(host, &message.chat_jid, &name, size.unwrap_or(0)).await {
+                Some(refused) => Some(refused),
+                None => {
+                    let fetched = self.download(&file_id).await;
+                    files::save(host, "telegram", &message.chat_jid, &name, fetched).await
+                }
+            },
         };
         if let Some(note) = note {
             message.content = format!("{}\n{note}", message.content);

@@ -73,6 +73,35 @@ impl Router {
         }
     }
 
+    /// The disk limits a file saved for `group` is held to: its folders within its quota
+    /// (`container_config.limits.diskMb`), and the free-space floor.
+    fn disk_limits(
+        &self,
+        groups_dir: &std::path::Path,
+        group: &RegisteredGroup,
+        folder: &crate::layout::GroupFolder,
+    ) -> crate::sandbox::disk::DiskLimits {
+        let quota_mb = crate::mounts::ContainerConfig::parse(group.container_config.as_deref())
+            .ok()
+            .and_then(|c| c.limits.disk_mb)
+            .unwrap_or(crate::sandbox::Limits::DEFAULT_DISK_MB);
+        let root = groups_dir
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| groups_dir.to_path_buf());
+        let layout = crate::layout::Layout::new(&root);
+        crate::sandbox::disk::DiskLimits {
+            folders: vec![
+                layout.group_dir(folder),
+                layout.data_dir().join("sessions").join(folder.as_str()),
+                layout.ipc_dir(folder),
+            ],
+            quota_bytes: quota_mb << 20,
+            root,
+            min_free_bytes: self.min_free_bytes,
+        }
+    }
+
     /// Saves files users send (attachments) into the groups' folders under `groups_dir`.
     /// (within each group's disk quota, and never below `min_free_bytes` of free space).
     pub fn with_groups_dir(
@@ -267,6 +296,23 @@ impl crate::channels::ChannelHost for Router {
             .unwrap_or(false)
     }
 
+    async fn refuse_file(&self, jid: &str, size: u64) -> Option<String> {
+        let groups_dir = self.groups_dir.clone()?;
+        let key = jid.to_string();
+        let group = self
+            .store
+            .call(move |s| s.registered_group(&key))
+            .await
+            .ok()
+            .flatten()?;
+        let folder = group.folder().ok()?;
+        let disk = self.disk_limits(&groups_dir, &group, &folder);
+        tokio::task::spawn_blocking(move || disk.refuse_file(size))
+            .await
+            .ok()
+            .flatten()
+    }
+
     async fn save_file(
         &self,
         jid: &str,
@@ -284,25 +330,7 @@ impl crate::channels::ChannelHost for Router {
             .map_err(|e| e.to_string())?;
         let Some(group) = group else { return Ok(None) };
         let folder = group.folder().map_err(|e| e.to_string())?;
-        let quota_mb = crate::mounts::ContainerConfig::parse(group.container_config.as_deref())
-            .ok()
-            .and_then(|c| c.limits.disk_mb)
-            .unwrap_or(crate::sandbox::Limits::DEFAULT_DISK_MB);
-        let root = groups_dir
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_else(|| groups_dir.clone());
-        let layout = crate::layout::Layout::new(&root);
-        let disk = crate::sandbox::disk::DiskLimits {
-            folders: vec![
-                layout.group_dir(&folder),
-                layout.data_dir().join("sessions").join(folder.as_str()),
-                layout.ipc_dir(&folder),
-            ],
-            quota_bytes: quota_mb << 20,
-            root,
-            min_free_bytes: self.min_free_bytes,
-        };
+        let disk = self.disk_limits(&groups_dir, &group, &folder);
         let (name, bytes) = (name.to_string(), bytes.to_vec());
         let saved = tokio::task::spawn_blocking(move || {
             if let Some(why) = disk.refuse_file(bytes.len() as u64) {
