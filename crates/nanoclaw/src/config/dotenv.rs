@@ -69,7 +69,7 @@ pub fn key_of(raw_line: &str) -> Option<&str> {
     is_valid_key(key).then_some(key)
 }
 
-fn is_valid_key(key: &str) -> bool {
+pub(crate) fn is_valid_key(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

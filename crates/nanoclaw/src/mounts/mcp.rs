@@ -93,7 +93,7 @@ fn pieces(value: &str) -> Result<Vec<Piece<'_>>, String> {
             return Err("a `${` is not closed by `}`".into());
         };
         let name = &after[..end];
-        if !is_env_name(name) {
+        if !crate::config::dotenv::is_valid_key(name) {
             return Err(format!(
                 "${{{name}}} does not name a variable (letters, digits and `_`, not starting with a digit)"
             ));
@@ -111,13 +111,6 @@ fn pieces(value: &str) -> Result<Vec<Piece<'_>>, String> {
         out.push(Piece::Text(rest));
     }
     Ok(out)
-}
-
-fn is_env_name(name: &str) -> bool {
-    name.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The `.env` variables a `${NAME}` may name: only these, never nanoclaw's own
@@ -353,7 +346,7 @@ fn value(what: &str, v: &str) -> Result<String, String> {
 fn env(vars: &Map<String, Value>) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for (name, v) in vars {
-        if !is_env_name(name) {
+        if !crate::config::dotenv::is_valid_key(name) {
             return Err(format!(
                 "env: {name:?} is not a variable name (letters, digits and `_`, not starting with a digit)"
             ));

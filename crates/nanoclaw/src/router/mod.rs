@@ -74,7 +74,7 @@ impl Router {
     }
 
     /// The disk limits a file saved for `group` is held to: its folders within its quota
-    /// (`container_config.limits.diskMb`), and the free-space floor.
+    /// (`container_config.limits.diskMb`), and the free-space floor, as for its runs.
     fn disk_limits(
         &self,
         groups_dir: &std::path::Path,
@@ -89,21 +89,18 @@ impl Router {
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_else(|| groups_dir.to_path_buf());
-        let layout = crate::layout::Layout::new(&root);
-        crate::sandbox::disk::DiskLimits {
-            folders: vec![
-                layout.group_dir(folder),
-                layout.data_dir().join("sessions").join(folder.as_str()),
-                layout.ipc_dir(folder),
-            ],
-            quota_bytes: quota_mb << 20,
-            root,
-            min_free_bytes: self.min_free_bytes,
-        }
+        // The same folders and quota a run of the group is held to.
+        crate::sandbox::disk::DiskLimits::for_group(
+            &crate::layout::Layout::new(&root),
+            folder,
+            group.is_main,
+            quota_mb << 20,
+            self.min_free_bytes,
+        )
     }
 
-    /// Saves files users send (attachments) into the groups' folders under `groups_dir`.
-    /// (within each group's disk quota, and never below `min_free_bytes` of free space).
+    /// Saves files users send (attachments) into the groups' folders under `groups_dir`,
+    /// within each group's disk quota and never below `min_free_bytes` of free space.
     pub fn with_groups_dir(
         mut self,
         groups_dir: std::path::PathBuf,

@@ -66,6 +66,31 @@ fn mib(bytes: u64) -> u64 {
 }
 
 impl DiskLimits {
+    /// The limits of `folder`'s writable folders (its group folder, sessions and IPC,
+    /// and for main the global memory it may write), under `layout`'s root.
+    pub fn for_group(
+        layout: &crate::layout::Layout,
+        folder: &crate::layout::GroupFolder,
+        is_main: bool,
+        quota_bytes: u64,
+        min_free_bytes: u64,
+    ) -> DiskLimits {
+        let mut folders = vec![
+            layout.group_dir(folder),
+            layout.data_dir().join("sessions").join(folder.as_str()),
+            layout.ipc_dir(folder),
+        ];
+        if is_main {
+            folders.push(layout.global_dir());
+        }
+        DiskLimits {
+            folders,
+            quota_bytes,
+            root: layout.root().to_path_buf(),
+            min_free_bytes,
+        }
+    }
+
     /// Why a run may not start now, if it may not.
     pub fn refuse_start(&self) -> Option<String> {
         if let Some(why) = self.low_space() {

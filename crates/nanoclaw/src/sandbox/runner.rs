@@ -292,24 +292,13 @@ impl AgentRunner for SandboxRunner {
             .map_err(|e| RunError::new(e.to_string()))?
         };
         let folder = prepared.folder.clone();
-        let mut folders = vec![
-            self.layout.group_dir(&folder),
-            self.layout
-                .data_dir()
-                .join("sessions")
-                .join(folder.as_str()),
-            self.layout.ipc_dir(&folder),
-        ];
-        if prepared.is_main {
-            // Main also writes global memory.
-            folders.push(self.layout.global_dir());
-        }
-        let disk = DiskLimits {
-            folders,
-            quota_bytes: prepared.limits.disk_bytes,
-            root: self.layout.root().to_path_buf(),
-            min_free_bytes: self.config.min_free_disk_bytes,
-        };
+        let disk = DiskLimits::for_group(
+            &self.layout,
+            &folder,
+            prepared.is_main,
+            prepared.limits.disk_bytes,
+            self.config.min_free_disk_bytes,
+        );
         {
             let disk = disk.clone();
             if let Ok(Some(why)) = tokio::task::spawn_blocking(move || disk.refuse_start()).await {
