@@ -608,7 +608,7 @@ async fn post_answer(wire: Arc<HttpWire>, answer: Value) {
 /// Sends one message over HTTP and hands what comes back to [`dispatch`].
 async fn post(wire: Arc<HttpWire>, pending: Arc<Mutex<Pending>>, message: Value) {
     let id = message.get("id").cloned().unwrap_or(Value::Null);
-    let response = match wire.request(&message).send().await {
+    let mut response = match wire.request(&message).send().await {
         Ok(r) => r,
         Err(e) => {
             return fail_waiter(
@@ -642,7 +642,6 @@ async fn post(wire: Arc<HttpWire>, pending: Arc<Mutex<Pending>>, message: Value)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("text/event-stream"));
     if !status.is_success() {
-        let mut response = response;
         let mut body = Vec::new();
         while let Ok(Some(chunk)) = response.chunk().await {
             body.extend_from_slice(&chunk);
@@ -661,7 +660,6 @@ async fn post(wire: Arc<HttpWire>, pending: Arc<Mutex<Pending>>, message: Value)
     let reply = move |answer: Value| {
         tokio::spawn(post_answer(reply_wire.clone(), answer));
     };
-    let mut response = response;
     let mut buffer: Vec<u8> = Vec::new();
     let mut events = nanoclaw_protocol::sse::SseParser::new();
     let mut total = 0usize;
