@@ -37,18 +37,6 @@ pub struct McpHttp {
 }
 
 impl McpHttp {
-    /// The `.env` variables its headers name.
-    pub fn secret_names(&self) -> Vec<&str> {
-        self.headers
-            .values()
-            .flat_map(|v| pieces(v).unwrap_or_default())
-            .filter_map(|p| match p {
-                Piece::Secret(name) => Some(name),
-                Piece::Text(_) => None,
-            })
-            .collect()
-    }
-
     /// The headers with every `${NAME}` replaced by `lookup(NAME)`; the first name
     /// `lookup` does not know is the error.
     pub fn resolved_headers(
