@@ -198,8 +198,14 @@ impl SandboxCgroup {
         name: &str,
         limits: &Limits,
     ) -> Result<Option<SandboxCgroup>, String> {
-        // Unique: two sandboxes of one group may start in the same millisecond.
-        let leaf = format!("nanoclaw-{name}-{}", crate::ids::random_hex(4));
+        // Unique: two sandboxes of one group may start in the same millisecond. The
+        // daemon's pid marks it as a live daemon's, which another daemon starting on this
+        // host must leave alone even while it is still empty (created, not yet joined).
+        let leaf = format!(
+            "nanoclaw-{name}-d{}-{}",
+            std::process::id(),
+            crate::ids::random_hex(4)
+        );
         let (dirs, v2) = match support {
             Support::Unavailable(_) => return Ok(None),
             Support::V1 { memory, pids } => (vec![memory.join(&leaf), pids.join(&leaf)], false),
@@ -350,6 +356,17 @@ pub fn remove_leftovers() -> usize {
         Support::V2 { parent } => vec![parent],
         Support::Unavailable(_) => return 0,
     };
+    remove_leftovers_in(&parents)
+}
+
+/// The pid of the daemon that created the sandbox cgroup `leaf` (`…-d{pid}-{hex}`).
+fn owner_pid(leaf: &str) -> Option<u32> {
+    let mut parts = leaf.rsplit('-');
+    let _random = parts.next()?;
+    parts.next()?.strip_prefix('d')?.parse().ok()
+}
+
+fn remove_leftovers_in(parents: &[&Path]) -> usize {
     let mut leftovers: Vec<PathBuf> = Vec::new();
     for parent in parents {
         let Ok(entries) = fs::read_dir(parent) else {
@@ -357,7 +374,15 @@ pub fn remove_leftovers() -> usize {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if name.to_string_lossy().starts_with("nanoclaw-nanoclaw-") {
+            let name = name.to_string_lossy();
+            if !name.starts_with("nanoclaw-nanoclaw-") {
+                continue;
+            }
+            // A live daemon's (this one's too, or one of another root on this host):
+            // it may be about to join it, and removes it itself.
+            let owner_alive = owner_pid(&name)
+                .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+            if !owner_alive {
                 leftovers.push(entry.path());
             }
         }
@@ -477,6 +502,28 @@ mod tests {
         );
         assert_eq!(v1[0].0, PathBuf::from("/m/x/memory.limit_in_bytes"));
         assert_eq!(v1[2].0, PathBuf::from("/p/x/pids.max"));
+    }
+
+    /// A daemon starting on this host removes a crashed daemon's cgroups, never a live
+    /// one's, even an empty one a sandbox is about to join (CI caught that race: the
+    /// sandbox then failed to start with ENODEV).
+    #[test]
+    fn leftovers_of_live_daemons_are_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let live = format!("nanoclaw-nanoclaw-main-1-d{}-ab12", std::process::id());
+        // Above the kernel's largest pid_max: never a live process.
+        let dead = "nanoclaw-nanoclaw-main-1-d4194305-cd34";
+        let legacy = "nanoclaw-nanoclaw-main-1-ef56";
+        for name in [live.as_str(), dead, legacy, "unrelated"] {
+            fs::create_dir(dir.path().join(name)).expect("mkdir");
+        }
+        assert_eq!(owner_pid(&live), Some(std::process::id()));
+        assert_eq!(owner_pid(legacy), None);
+        assert_eq!(remove_leftovers_in(&[dir.path()]), 2);
+        assert!(dir.path().join(&live).exists());
+        assert!(dir.path().join("unrelated").exists());
+        assert!(!dir.path().join(dead).exists());
+        assert!(!dir.path().join(legacy).exists());
     }
 
     #[test]
