@@ -10,6 +10,7 @@
 pub mod catch_up;
 pub mod files;
 pub mod http;
+pub mod multipart;
 pub mod text;
 pub mod time;
 
@@ -128,8 +129,55 @@ pub struct OutboundMessage {
     /// The outbox row id: unique and increasing, usable for de-duplication.
     pub outbox_id: i64,
     pub chat_jid: String,
+    /// The reply's text; with a file, its caption (maybe empty).
     pub text: String,
     pub timestamp: String,
+    /// A file the agent sent (`send_file`), checked against [`Channel::max_file_bytes`].
+    pub file: Option<OutboundFile>,
+}
+
+/// A file in a reply: the host's own copy (read it from `path`), never the group's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboundFile {
+    /// The name the chat shows (the file's own name: letters, digits and the like).
+    pub name: String,
+    #[serde(skip)]
+    pub path: std::path::PathBuf,
+    pub size: u64,
+}
+
+impl OutboundFile {
+    /// The file's media type, from its name (for platforms that want one).
+    pub fn media_type(&self) -> &'static str {
+        let ext = self
+            .name
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())
+            .unwrap_or_default();
+        match ext.as_str() {
+            "jpg" | "jpeg" => "image/jpeg",
+            "png" => "image/png",
+            "gif" => "image/gif",
+            "webp" => "image/webp",
+            "pdf" => "application/pdf",
+            "txt" | "md" | "log" => "text/plain",
+            "csv" => "text/csv",
+            "json" => "application/json",
+            "zip" => "application/zip",
+            "mp3" => "audio/mpeg",
+            "ogg" => "audio/ogg",
+            "mp4" => "video/mp4",
+            _ => "application/octet-stream",
+        }
+    }
+
+    /// The file's bytes (the host's copy).
+    pub async fn read(&self, channel: &'static str) -> Result<Vec<u8>, ChannelError> {
+        tokio::fs::read(&self.path).await.map_err(|e| {
+            ChannelError::new(channel, format!("cannot read the file {}: {e}", self.name))
+                .with_retry(SendRetry::Never)
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +260,18 @@ pub trait Channel: Send + Sync + 'static {
 
     /// Sends a reply. An error leaves the reply in the outbox for a later attempt.
     async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError>;
+
+    /// The largest file a reply may carry on this channel; `None` when it cannot carry
+    /// files (a file sent there is refused with that reason).
+    fn max_file_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether the chat fetches a delivered file from the host later (the web app
+    /// downloads it), so the host's copy is kept for a while; otherwise it goes once sent.
+    fn serves_files(&self) -> bool {
+        false
+    }
 
     /// Shows or hides a typing indicator. Best effort: failures are logged, never fatal.
     async fn set_typing(&self, _jid: &str, _typing: bool) -> Result<(), ChannelError> {

@@ -15,6 +15,16 @@ pub enum IpcRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sender: Option<String>,
     },
+    /// A file from the group's own folder, sent to a chat (`send_file`). `path` is
+    /// relative to the group folder (`/workspace/group`); the host opens it there itself,
+    /// never following a symlink, and copies it before it is delivered.
+    File {
+        #[serde(rename = "chatJid")]
+        chat_jid: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
+    },
     ScheduleTask {
         #[serde(rename = "taskId", default, skip_serializing_if = "Option::is_none")]
         task_id: Option<String>,
@@ -73,10 +83,53 @@ impl IpcRequest {
     /// The folder under `/workspace/ipc/` this request is written to.
     pub fn folder(&self) -> &'static str {
         match self {
-            IpcRequest::Message { .. } => "messages",
+            IpcRequest::Message { .. } | IpcRequest::File { .. } => "messages",
             _ => "tasks",
         }
     }
+}
+
+/// Where the group folder appears inside the sandbox.
+pub const GROUP_DIR: &str = "/workspace/group";
+
+/// Largest file `send_file` takes at all (each channel may allow less).
+pub const MAX_SEND_FILE_BYTES: u64 = 50 << 20;
+
+/// The components of a `send_file` path, relative to the group folder: a relative path,
+/// or an absolute one under [`GROUP_DIR`]. Refuses anything else, `..`, and empty or NUL
+/// components, saying why.
+pub fn group_file_components(path: &str) -> Result<Vec<&str>, String> {
+    if path.contains('\0') {
+        return Err("the path contains a NUL character".into());
+    }
+    let relative = if path.starts_with('/') {
+        match path.strip_prefix(GROUP_DIR) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+            _ => {
+                return Err(format!(
+                    "`{path}` is outside {GROUP_DIR}: only files in the group's own folder can be sent (copy it there first)"
+                ));
+            }
+        }
+    } else {
+        path
+    };
+    let parts: Vec<&str> = relative
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err(format!(
+            "`{path}` contains `..`: name the file by its path inside {GROUP_DIR}"
+        ));
+    }
+    if parts.is_empty() {
+        return Err(format!("`{path}` names no file"));
+    }
+    if parts.len() > 64 || relative.len() > 4096 {
+        return Err(format!("`{path}` is too long"));
+    }
+    Ok(parts)
 }
 
 #[cfg(test)]
@@ -104,6 +157,9 @@ mod tests {
     pub(crate) const IPC_WORDS: &[&str] = &[
         "type",
         "message",
+        "file",
+        "path",
+        "caption",
         "schedule_task",
         "register_group",
         "update_task",
@@ -132,6 +188,31 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn send_file_paths_stay_in_the_group_folder() {
+        assert_eq!(
+            group_file_components("out/./report.pdf"),
+            Ok(vec!["out", "report.pdf"])
+        );
+        assert_eq!(
+            group_file_components("/workspace/group//a.txt"),
+            Ok(vec!["a.txt"])
+        );
+        for (bad, why) in [
+            ("/etc/passwd", "outside"),
+            ("/workspace/groupies/a", "outside"),
+            ("/workspace/project/.env", "outside"),
+            ("../main/CLAUDE.md", "`..`"),
+            ("a/../../b", "`..`"),
+            ("/workspace/group", "names no file"),
+            ("", "names no file"),
+            ("a\0b", "NUL"),
+        ] {
+            let e = group_file_components(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn formats_match_nanoclaw() {
         let cases = [
             (
@@ -141,6 +222,14 @@ mod tests {
                     sender: None,
                 },
                 json!({"type": "message", "chatJid": "tg:1", "text": "hi"}),
+            ),
+            (
+                IpcRequest::File {
+                    chat_jid: "tg:1".into(),
+                    path: "out/report.pdf".into(),
+                    caption: Some("the report".into()),
+                },
+                json!({"type": "file", "chatJid": "tg:1", "path": "out/report.pdf", "caption": "the report"}),
             ),
             (
                 IpcRequest::ScheduleTask {

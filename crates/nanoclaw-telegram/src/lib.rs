@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use nanoclaw_channel::files;
 use nanoclaw_channel::text::{Units, split, starts_with_word};
 use nanoclaw_channel::{
-    Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage, PieceLedger, SendRetry,
-    TypingTickers, VerifyError,
+    Channel, ChannelError, ChannelHost, ChatMeta, Message, OutboundFile, OutboundMessage,
+    PieceLedger, SendRetry, TypingTickers, VerifyError,
 };
 
 pub const PREFIX: &str = "tg:";
@@ -143,11 +143,37 @@ impl Telegram {
         body: &Value,
         timeout: Duration,
     ) -> Result<Value, ApiFailure> {
-        let response = self
+        let request = self
             .client
             .post(format!("{}/{method}", self.base))
             .json(body)
-            .timeout(timeout)
+            .timeout(timeout);
+        self.answer(method, request).await
+    }
+
+    /// Calls a Bot API method with a `multipart/form-data` body (file uploads).
+    async fn upload(
+        &self,
+        method: &str,
+        form: nanoclaw_channel::multipart::Form,
+        timeout: Duration,
+    ) -> Result<Value, ApiFailure> {
+        let (content_type, body) = form.finish();
+        let request = self
+            .client
+            .post(format!("{}/{method}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .timeout(timeout);
+        self.answer(method, request).await
+    }
+
+    async fn answer(
+        &self,
+        method: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, ApiFailure> {
+        let response = request
             .send()
             .await
             // The URL holds the token: never let it into an error message.
@@ -385,14 +411,48 @@ impl Telegram {
     /// Sends one piece. Rate limits are not waited out here: delivery gets the wait and
     /// retries then, without holding up other chats.
     async fn send_piece(&self, chat_id: &Value, text: &str) -> Result<(), ChannelError> {
-        let failure = match self
+        let sent = self
             .call(
                 "sendMessage",
                 &json!({"chat_id": chat_id, "text": text}),
                 SEND_CALL_TIMEOUT,
             )
-            .await
-        {
+            .await;
+        Self::sent(sent)
+    }
+
+    /// Uploads a file, as a photo when Telegram would show it as one (JPEG or PNG up to
+    /// 10 MB), otherwise as a document, with `caption` (at most [`MAX_CAPTION`]).
+    async fn send_file(
+        &self,
+        chat_id: &Value,
+        file: &OutboundFile,
+        caption: &str,
+    ) -> Result<(), ChannelError> {
+        let bytes = file.read("telegram").await?;
+        let media_type = file.media_type();
+        let photo = matches!(media_type, "image/jpeg" | "image/png") && bytes.len() <= MAX_PHOTO;
+        let (method, field) = if photo {
+            ("sendPhoto", "photo")
+        } else {
+            ("sendDocument", "document")
+        };
+        let chat = match chat_id {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut form = nanoclaw_channel::multipart::Form::new().text("chat_id", &chat);
+        if !caption.is_empty() {
+            form = form.text("caption", caption);
+        }
+        let form = form.file(field, &file.name, media_type, &bytes);
+        let sent = self.upload(method, form, UPLOAD_TIMEOUT).await;
+        Self::sent(sent)
+    }
+
+    /// A send's outcome as delivery needs it.
+    fn sent(result: Result<Value, ApiFailure>) -> Result<(), ChannelError> {
+        let failure = match result {
             Ok(_) => return Ok(()),
             Err(e) => e,
         };
@@ -409,6 +469,13 @@ impl Telegram {
         Err(ChannelError::new("telegram", failure.to_string()).with_retry(retry))
     }
 }
+
+/// Longest caption of a photo or document, in UTF-16 code units.
+const MAX_CAPTION: usize = 1024;
+/// Largest photo `sendPhoto` takes; larger images go as documents.
+const MAX_PHOTO: usize = 10 << 20;
+/// How long one upload may take (below delivery's limit on a send with a file).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(100);
 
 /// Largest file the Bot API lets a bot download (`getFile`).
 const MAX_FILE: u64 = 20 << 20;
@@ -606,14 +673,45 @@ impl Channel for Telegram {
 
     async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError> {
         let chat_id = Telegram::chat_id(&message.chat_jid)?;
-        let pieces = split(&message.text, MAX_MESSAGE, Units::Utf16);
         let host = self.host.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(file) = &message.file else {
+            let pieces = split(&message.text, MAX_MESSAGE, Units::Utf16);
+            return self
+                .sent_pieces
+                .send(host.as_ref(), message, &pieces, |_, piece| {
+                    let chat_id = chat_id.clone();
+                    async move { self.send_piece(&chat_id, &piece).await }
+                })
+                .await;
+        };
+        // The file first, with the caption if it fits; a longer caption follows it as
+        // messages. Piece 0 stands for the file, so a retry does not upload it twice.
+        let fits = message.text.encode_utf16().count() <= MAX_CAPTION;
+        let mut pieces = vec![if fits {
+            message.text.clone()
+        } else {
+            String::new()
+        }];
+        if !fits {
+            pieces.extend(split(&message.text, MAX_MESSAGE, Units::Utf16));
+        }
         self.sent_pieces
-            .send(host.as_ref(), message, &pieces, |_, piece| {
+            .send(host.as_ref(), message, &pieces, |i, piece| {
                 let chat_id = chat_id.clone();
-                async move { self.send_piece(&chat_id, &piece).await }
+                async move {
+                    if i == 0 {
+                        self.send_file(&chat_id, file, &piece).await
+                    } else {
+                        self.send_piece(&chat_id, &piece).await
+                    }
+                }
             })
             .await
+    }
+
+    /// The Bot API lets bots upload files up to 50 MB.
+    fn max_file_bytes(&self) -> Option<u64> {
+        Some(50 << 20)
     }
 
     async fn set_typing(&self, jid: &str, typing: bool) -> Result<(), ChannelError> {

@@ -29,6 +29,18 @@ pub struct Sent {
     pub text: String,
 }
 
+/// A file the bot uploaded (`sendDocument` / `sendPhoto`, multipart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentFile {
+    pub chat_id: i64,
+    /// `sendDocument` or `sendPhoto`.
+    pub method: String,
+    pub file_name: String,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+    pub caption: Option<String>,
+}
+
 /// A refusal of `sendMessage`.
 #[derive(Debug, Clone)]
 pub struct SendFailure {
@@ -77,6 +89,8 @@ struct Inner {
     files: std::collections::HashMap<String, (String, Vec<u8>)>,
     /// How many file downloads were served.
     downloads: usize,
+    /// Files the bot uploaded.
+    uploads: Vec<SentFile>,
 }
 
 struct Shared {
@@ -369,6 +383,32 @@ impl FakeTelegram {
             .collect()
     }
 
+    /// Files the bot uploaded to `chat_id`, in order.
+    pub fn sent_files(&self, chat_id: i64) -> Vec<SentFile> {
+        self.lock()
+            .uploads
+            .iter()
+            .filter(|f| f.chat_id == chat_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `n` files were uploaded to `chat_id`.
+    pub async fn wait_files(&self, chat_id: i64, n: usize) -> Vec<SentFile> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let changed = self.shared.changed.notified();
+            let files = self.sent_files(chat_id);
+            if files.len() >= n {
+                return files;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("expected {n} files in {chat_id}, got {files:?}");
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
+        }
+    }
+
     pub fn typing_actions(&self, chat_id: i64) -> usize {
         self.lock()
             .actions
@@ -483,9 +523,98 @@ async fn download(
     }
 }
 
+/// `sendDocument` / `sendPhoto` with a `multipart/form-data` body, as bots upload files:
+/// `chat_id`, an optional `caption` (at most 1024 characters) and the file in the field
+/// the method names.
+async fn upload(shared: &Arc<Shared>, method: &str, content_type: &str, body: Bytes) -> Response {
+    use axum::extract::FromRequest;
+    let field_name = if method == "sendPhoto" {
+        "photo"
+    } else {
+        "document"
+    };
+    let request = match axum::http::Request::builder()
+        .header(axum::http::header::CONTENT_TYPE, content_type)
+        .body(axum::body::Body::from(body))
+    {
+        Ok(r) => r,
+        Err(_) => return error(400, "Bad Request: bad multipart request", None),
+    };
+    let Ok(mut form) = axum::extract::Multipart::from_request(request, &()).await else {
+        return error(400, "Bad Request: bad multipart request", None);
+    };
+    let (mut chat_id, mut caption, mut file) = (None, None, None);
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(_) => return error(400, "Bad Request: bad multipart request", None),
+        };
+        let name = field.name().unwrap_or("").to_string();
+        let file_name = field.file_name().map(str::to_string);
+        let media_type = field.content_type().unwrap_or("").to_string();
+        let Ok(bytes) = field.bytes().await else {
+            return error(400, "Bad Request: bad multipart request", None);
+        };
+        match name.as_str() {
+            "chat_id" => chat_id = String::from_utf8_lossy(&bytes).parse::<i64>().ok(),
+            "caption" => caption = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            n if n == field_name => file = Some((file_name.unwrap_or_default(), media_type, bytes)),
+            _ => {}
+        }
+    }
+    let Some(chat_id) = chat_id else {
+        return error(400, "Bad Request: chat_id is empty", None);
+    };
+    let Some((file_name, media_type, bytes)) = file.filter(|f| !f.2.is_empty()) else {
+        return error(
+            400,
+            &format!("Bad Request: there is no {field_name} in the request"),
+            None,
+        );
+    };
+    if caption
+        .as_ref()
+        .is_some_and(|c| c.encode_utf16().count() > 1024)
+    {
+        return error(400, "Bad Request: message caption is too long", None);
+    }
+    let result = {
+        let mut st = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        st.next_message_id += 1;
+        st.uploads.push(SentFile {
+            chat_id,
+            method: method.to_string(),
+            file_name: file_name.clone(),
+            media_type,
+            bytes: bytes.to_vec(),
+            caption: caption.clone(),
+        });
+        let file = json!({"file_id": format!("up{}", st.next_message_id),
+                          "file_unique_id": format!("uu{}", st.next_message_id), "file_size": bytes.len()});
+        let mut message = json!({"message_id": st.next_message_id, "date": 0,
+               "chat": {"id": chat_id, "type": "supergroup"},
+               "from": {"id": BOT_ID, "is_bot": true, "first_name": "Andy", "username": BOT_USERNAME}});
+        if method == "sendPhoto" {
+            message["photo"] = json!([file]);
+        } else {
+            let mut document = file;
+            document["file_name"] = json!(file_name);
+            message["document"] = document;
+        }
+        if let Some(c) = caption {
+            message["caption"] = json!(c);
+        }
+        message
+    };
+    shared.changed.notify_waiters();
+    ok(result)
+}
+
 async fn handle(
     State(shared): State<Arc<Shared>>,
     Path((bot, method)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let token_ok = {
@@ -494,6 +623,16 @@ async fn handle(
     };
     if !token_ok {
         return error(401, "Unauthorized", None);
+    }
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("multipart/form-data") {
+        return match method.as_str() {
+            "sendDocument" | "sendPhoto" => upload(&shared, &method, content_type, body).await,
+            _ => error(400, "Bad Request: unexpected multipart body", None),
+        };
     }
     let body: Value = if body.is_empty() {
         json!({})

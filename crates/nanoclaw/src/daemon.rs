@@ -170,6 +170,11 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         }),
     });
     let ipc_task = tokio::spawn(crate::ipc::watch(Arc::clone(&ipc), shutdown_rx.clone()));
+    tokio::spawn(crate::ipc::files::sweep_hourly(
+        Arc::clone(&store),
+        layout.clone(),
+        shutdown_rx.clone(),
+    ));
     let run_loop = RunLoop {
         store: Arc::clone(&store),
         runner: Arc::clone(&runner),

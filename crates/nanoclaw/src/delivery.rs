@@ -16,6 +16,8 @@ use crate::store::{OutboxItem, Store};
 
 /// How long one channel send may take before it counts as failed.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same for a reply carrying a file (uploads of up to 50 MB).
+const FILE_SEND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait between attempts for one reply.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Chats looked at per pass.
@@ -37,6 +39,16 @@ pub struct OutboundEvent {
     pub chat_jid: String,
     pub text: String,
     pub timestamp: String,
+    /// A file the reply carries, downloaded from `url` (`GET /api/files/{outbox id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<EventFile>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventFile {
+    pub name: String,
+    pub size: u64,
+    pub url: String,
 }
 
 impl OutboundEvent {
@@ -46,6 +58,11 @@ impl OutboundEvent {
             chat_jid: item.chat_jid.clone(),
             text: item.text.clone(),
             timestamp: item.created_at.clone(),
+            file: item.file.as_ref().map(|f| EventFile {
+                name: f.name.clone(),
+                size: f.size,
+                url: format!("/api/files/{}", item.id),
+            }),
         }
     }
 
@@ -272,13 +289,23 @@ impl Delivery {
                 chat_jid: item.chat_jid.clone(),
                 text: item.text.clone(),
                 timestamp: item.created_at.clone(),
+                file: item.file.as_ref().map(|f| crate::channels::OutboundFile {
+                    name: f.name.clone(),
+                    path: f.path.clone(),
+                    size: f.size,
+                }),
             };
-            match tokio::time::timeout(SEND_TIMEOUT, channel.send(&message)).await {
+            let timeout = if message.file.is_some() {
+                FILE_SEND_TIMEOUT
+            } else {
+                SEND_TIMEOUT
+            };
+            match tokio::time::timeout(timeout, channel.send(&message)).await {
                 Err(_) => {
                     return Err(later(format!(
                         "{} did not answer within {}s",
                         channel.name(),
-                        SEND_TIMEOUT.as_secs()
+                        timeout.as_secs()
                     )));
                 }
                 Ok(Err(e)) => {
@@ -289,6 +316,12 @@ impl Delivery {
                     });
                 }
                 Ok(Ok(())) => {}
+            }
+            // The host's copy has served its purpose, unless the chat downloads it later.
+            if let Some(file) = &item.file
+                && !channel.serves_files()
+            {
+                let _ = std::fs::remove_file(&file.path);
             }
             Metrics::inc(&self.metrics.replies_delivered);
         }

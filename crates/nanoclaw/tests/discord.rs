@@ -412,6 +412,7 @@ async fn a_piece_sent_again_is_created_once() {
         chat_jid: JID.into(),
         text: "only once".into(),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
+        file: None,
     };
     discord.send(&message).await.expect("sent");
     discord.send(&message).await.expect("sent again");
@@ -645,6 +646,7 @@ async fn a_long_rate_limit_hold_goes_back_to_delivery() {
         chat_jid: JID.into(),
         text: format!("reply {outbox_id}"),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
+        file: None,
     };
     fake.exhaust_bucket(30.0);
     discord.send(&message(1)).await.expect("sent");

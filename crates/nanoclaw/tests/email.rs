@@ -311,6 +311,7 @@ async fn replies_without_a_thread_start_one_and_bad_recipients_are_given_up() {
         text: "Reminder: the plants need water today, both the ferns and the big palm by the window.\nThat is all."
             .into(),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
+        file: None,
     };
     email.send(&message).await.expect("sent");
     let mails = servers.wait_mailbox(ALICE, 1).await;

@@ -697,6 +697,7 @@ async fn a_reply_sent_again_is_posted_once() {
         chat_jid: JID.into(),
         text: "Done.".into(),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
+        file: None,
     };
     slack.send(&message).await.expect("sent");
     slack.send(&message).await.expect("sent again");

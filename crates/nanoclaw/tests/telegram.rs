@@ -631,3 +631,77 @@ async fn the_adapter_works_against_the_telegram_test_api_emulator() {
     d.stop().await;
     drop(emulator.child);
 }
+
+/// `send_file` from a real bwrap sandbox: a file of the group's folder arrives at the chat
+/// as a document with its caption; a symlink, a path outside the folder, `..`, a FIFO and
+/// an oversized file are refused by the tool with a clear error; and a group writing the
+/// IPC file itself (past the tool's checks) for a symlink gets it refused by the host,
+/// which tells the chat (issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_sends_a_file_and_bad_paths_are_refused() {
+    let setup = "printf 'quarterly numbers' > report.txt && ln -s /etc/passwd pw \
+        && mkfifo pipe && truncate -s 51M big.bin && mkdir -p out && printf x > out/ok.txt";
+    let forged = r#"printf '{"type":"file","chatJid":"tg:-100779","path":"pw"}' > /workspace/ipc/messages/.f.tmp && mv /workspace/ipc/messages/.f.tmp /workspace/ipc/messages/f.json"#;
+    let llm = FakeAnthropic::start(vec![
+        Reply::tool("Bash", serde_json::json!({"command": setup})),
+        Reply::tool(
+            "send_file",
+            serde_json::json!({"path": "report.txt", "caption": "Here are the numbers."}),
+        ),
+        Reply::tool("send_file", serde_json::json!({"path": "pw"})),
+        Reply::tool("send_file", serde_json::json!({"path": "/etc/passwd"})),
+        Reply::tool("send_file", serde_json::json!({"path": "out/../../x"})),
+        Reply::tool("send_file", serde_json::json!({"path": "pipe"})),
+        Reply::tool("send_file", serde_json::json!({"path": "big.bin"})),
+        Reply::tool("Bash", serde_json::json!({"command": forged})),
+        Reply::text("Sent."),
+    ])
+    .await;
+    let tg = FakeTelegram::start(TOKEN).await;
+    let d = sandboxed_telegram_daemon(&llm, &tg, "tg:-100779", "tg_files").await;
+    let chat = Chat::group(-100_779, "Files");
+    tg.user_says(&chat, &User::new(33, "Jo"), "@Andy send me the report");
+    let files = tg.wait_files(-100_779, 1).await;
+    assert_eq!(files[0].method, "sendDocument");
+    assert_eq!(files[0].file_name, "report.txt");
+    assert_eq!(files[0].media_type, "text/plain");
+    assert_eq!(files[0].bytes, b"quarterly numbers");
+    assert_eq!(files[0].caption.as_deref(), Some("Here are the numbers."));
+    let texts = tg.wait_sent(-100_779, 2).await;
+    assert!(
+        texts.contains(&"Sent.".to_string())
+            && texts
+                .iter()
+                .any(|t| t.contains("A file could not be sent: pw is a symbolic link")),
+        "{texts:?}"
+    );
+    assert_eq!(
+        tg.sent_files(-100_779).len(),
+        1,
+        "nothing else was uploaded"
+    );
+    let results = llm.requests()[8].all_text();
+    for refusal in [
+        "goes through a symbolic link (pw)",
+        "outside /workspace/group",
+        "contains `..`",
+        "not a regular file",
+        "at most 50.0 MB can be sent",
+    ] {
+        assert!(results.contains(refusal), "{refusal}: {results}");
+    }
+    assert!(
+        results.contains("report.txt (17 bytes) handed to the host"),
+        "{results}"
+    );
+    // Delivered to a channel that does not serve files later: the host's copy is gone.
+    let copies = d.root().join("data/outbox-files/tg_files");
+    let left = std::fs::read_dir(&copies).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(
+        left,
+        0,
+        "the copy in {} was removed after delivery",
+        copies.display()
+    );
+    d.stop().await;
+}

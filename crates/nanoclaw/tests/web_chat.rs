@@ -191,3 +191,72 @@ async fn a_filtered_replay_past_many_other_chats_reaches_live_events() {
     assert_eq!(event.id.as_deref(), Some("601"), "ids are delivery numbers");
     d.stop().await;
 }
+
+/// A file an agent sends to a web chat (`send_file`, here the IPC file it writes) comes
+/// on the event stream with a download link; the download is the host's copy, always an
+/// attachment that the browser never renders in this origin, and only with the token.
+#[tokio::test]
+async fn a_file_sent_to_a_web_chat_is_downloaded_as_an_attachment() {
+    let d = start_daemon(ScriptedRunner::new(vec![])).await;
+    let mut events = d.api.events("", None).await.expect("event stream");
+    let html = b"<html><script>alert(document.cookie)</script></html>";
+    std::fs::write(d.root().join("groups/main/page \"x\".html"), html).expect("write");
+    let ipc = d.root().join("data/ipc/main/messages");
+    std::fs::create_dir_all(&ipc).expect("ipc");
+    let request = serde_json::json!({"type": "file", "chatJid": "web:main",
+        "path": "page \"x\".html", "caption": "the page"});
+    std::fs::write(ipc.join(".1.tmp"), request.to_string()).expect("write");
+    std::fs::rename(ipc.join(".1.tmp"), ipc.join("1-a.json")).expect("rename");
+
+    let event = events.next(DEADLINE).await.expect("an event");
+    let data: serde_json::Value = serde_json::from_str(&event.data).expect("event JSON");
+    assert_eq!(data["text"], "the page");
+    assert_eq!(data["file"]["name"], "page \"x\".html");
+    assert_eq!(data["file"]["size"], html.len());
+    let url = data["file"]["url"].as_str().expect("url");
+    assert!(url.starts_with("/api/files/"), "{url}");
+    // The group changing its file afterwards does not change what is downloaded.
+    std::fs::write(d.root().join("groups/main/page \"x\".html"), "changed").expect("write");
+
+    let response = d
+        .api
+        .client()
+        .get(format!("{}{url}", d.api.base))
+        .bearer_auth(&d.api.token)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(header("content-type"), "application/octet-stream");
+    assert_eq!(
+        header("content-disposition"),
+        "attachment; filename=\"page _x_.html\"; filename*=UTF-8''page%20%22x%22.html"
+    );
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert!(header("content-security-policy").starts_with("sandbox"));
+    assert_eq!(response.bytes().await.expect("body").as_ref(), html);
+
+    let anonymous = d
+        .api
+        .client()
+        .get(format!("{}{url}", d.api.base))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(anonymous.status(), 401);
+    let (status, v) = d.api.get("/api/files/999999").await.expect("get");
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = d.api.get("/api/files/..%2F..%2Fetc").await.expect("get");
+    assert_eq!(status, 400);
+    let stored = d.api.messages("web:main").await.expect("messages");
+    assert_eq!(stored[0]["content"], "[file: page \"x\".html] the page");
+    d.stop().await;
+}

@@ -94,6 +94,26 @@ function messageItem(m) {
   return item;
 }
 
+// A file the assistant sent: fetched with the session header, saved under its name.
+function fileButton(file) {
+  const kb = Math.max(1, Math.round(file.size / 1024));
+  const button = el("button", `Download ${file.name} (${kb} KB)`, "file");
+  button.type = "button";
+  button.addEventListener("click", async () => {
+    try {
+      const response = await fetch(file.url, { credentials: "same-origin", headers: authHeaders() });
+      if (!response.ok) throw new Error(response.status === 404 ? "the file is no longer kept" : `HTTP ${response.status}`);
+      const url = URL.createObjectURL(await response.blob());
+      const a = document.createElement("a");
+      a.href = url;
+      a.download = file.name;
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (err) { notice(`Download failed: ${err.message}`); }
+  });
+  return button;
+}
+
 async function openChat(jid) {
   state.chat = jid;
   const chat = state.chats.find((c) => c.jid === jid);
@@ -128,6 +148,7 @@ function onEvent(data) {
   try { event = JSON.parse(data); } catch (_) { return; }
   if (event.chat_jid === state.chat) {
     const item = messageItem({ is_bot_message: true, sender_name: "Assistant", content: event.text, timestamp: event.timestamp });
+    if (event.file) item.append(fileButton(event.file));
     $("messages").append(item);
     item.scrollIntoView({ block: "end" });
   }

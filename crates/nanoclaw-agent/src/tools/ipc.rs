@@ -15,6 +15,7 @@ pub fn definitions(is_main: bool) -> Vec<Value> {
                "input_schema": {"type": "object", "properties": {
                    "text": {"type": "string"}, "sender": {"type": "string", "description": "Optional display name of a sub-agent"}},
                    "required": ["text"]}}),
+        super::send_file::definition(),
         json!({"name": "schedule_task", "description": "Schedule a recurring or one-time task that runs as a full agent and can message the chat. \
 cron: 5-field expression in local time (\"0 9 * * *\" daily at 9). interval: milliseconds (\"3600000\" hourly). \
 once: local time without timezone, like 2026-02-01T15:30:00. context_mode: \"group\" continues this conversation, \"isolated\" starts fresh.",
@@ -100,6 +101,10 @@ pub async fn run(name: &str, input: &Value, ctx: &ToolContext) -> Result<ToolOut
                 },
                 "Message sent.".into(),
             )
+        }
+        "send_file" => {
+            let (request, done) = super::send_file::request(input, ctx)?;
+            send(ctx, request, done)
         }
         "schedule_task" => {
             let prompt = string(input, "prompt")?;

@@ -11,6 +11,7 @@ pub mod ipc;
 mod memory;
 pub mod schedule;
 mod search;
+mod send_file;
 mod web;
 
 use std::path::{Path, PathBuf};
@@ -217,6 +218,7 @@ mod tests {
             "WebFetch",
             "memory_search",
             "send_message",
+            "send_file",
             "schedule_task",
             "list_tasks",
         ] {

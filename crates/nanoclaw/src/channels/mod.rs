@@ -10,8 +10,8 @@ pub mod web;
 use std::sync::Arc;
 
 pub use nanoclaw_channel::{
-    Backoff, Channel, ChannelCondition, ChannelError, ChannelHost, OutboundMessage, SendRetry,
-    VerifyError, text,
+    Backoff, Channel, ChannelCondition, ChannelError, ChannelHost, OutboundFile, OutboundMessage,
+    SendRetry, VerifyError, text,
 };
 #[cfg(feature = "discord")]
 pub use nanoclaw_discord as discord;

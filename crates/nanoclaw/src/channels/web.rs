@@ -47,6 +47,15 @@ impl Channel for WebChannel {
     async fn send(&self, _message: &OutboundMessage) -> Result<(), ChannelError> {
         Ok(())
     }
+
+    fn max_file_bytes(&self) -> Option<u64> {
+        Some(nanoclaw_protocol::ipc::MAX_SEND_FILE_BYTES)
+    }
+
+    /// The web app downloads a file after delivery (`GET /api/files/{id}`).
+    fn serves_files(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

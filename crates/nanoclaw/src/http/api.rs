@@ -468,6 +468,74 @@ pub async fn run_log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
 }
 
+/// A file an agent sent to a web chat (`send_file`), by its reply's outbox id: always
+/// as a download, never rendered in this origin (an agent chose its bytes and name).
+pub async fn reply_file(
+    State(state): State<Arc<HttpState>>,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("{id:?} is not a file id (a number)")))?;
+    let gone = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such file (files are kept 7 days)",
+        )
+    };
+    let item = state
+        .store
+        .call(move |s| s.outbox_item(id))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(gone)?;
+    let layout = crate::layout::Layout::new(&state.config.root);
+    let Some(file) = item
+        .file
+        .filter(|f| crate::ipc::files::is_copy(&layout, &f.path))
+    else {
+        return Err(gone());
+    };
+    let bytes = tokio::fs::read(&file.path).await.map_err(|_| gone())?;
+    let ascii: String = file
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._- ".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = file
+        .name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let disposition = format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".into()),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "sandbox; default-src 'none'".into(),
+            ),
+            (header::CACHE_CONTROL, "private, no-store".into()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
 /// `run-20260131-143200-<run id>.log`.
 fn is_run_log_name(name: &str) -> bool {
     name.starts_with("run-")

@@ -101,6 +101,7 @@ pub fn app(state: Arc<HttpState>) -> HttpRouter {
         .route("/api/usage", get(api::usage))
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{group}/{file}", get(api::run_log))
+        .route("/api/files/{id}", get(api::reply_file))
         .route("/api/tasks", get(api::tasks))
         .route("/api/tasks/{id}/{action}", post(api::task_action))
         .route("/api/status", get(api::status))

@@ -18,6 +18,7 @@
 //!   the agent keeps no handle on anything under `errors/`) and capped per folder.
 
 pub mod authorize;
+pub mod files;
 pub mod process;
 pub mod snapshot;
 

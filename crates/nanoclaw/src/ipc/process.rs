@@ -32,6 +32,7 @@ impl From<StoreError> for IpcError {
 pub fn operation(request: &IpcRequest) -> &'static str {
     match request {
         IpcRequest::Message { .. } => "message",
+        IpcRequest::File { .. } => "file",
         IpcRequest::ScheduleTask { .. } => "schedule_task",
         IpcRequest::PauseTask { .. } => "pause_task",
         IpcRequest::ResumeTask { .. } => "resume_task",
@@ -93,33 +94,101 @@ fn valid_task_id(id: &str) -> Result<(), IpcError> {
     }
 }
 
+/// The channel for a message from `source` to `jid`, once allowed (authorization, the
+/// rate limit) and possible.
+fn message_target(
+    ctx: &IpcContext,
+    source: &Source,
+    jid: &str,
+) -> Result<std::sync::Arc<dyn crate::channels::Channel>, IpcError> {
+    let chat_folder = folder_of(ctx, jid)?;
+    check(
+        source,
+        Target::Message {
+            chat_folder: chat_folder.as_deref(),
+        },
+        jid,
+    )?;
+    if !ctx.guard.allow_message(&source.folder) {
+        return Err(IpcError::Denied {
+            reason: format!(
+                "more than {} chat messages in a minute",
+                ctx.guard.limits.messages_per_minute
+            ),
+            target: jid.to_string(),
+        });
+    }
+    ctx.channels
+        .for_jid(jid)
+        .ok_or_else(|| IpcError::Invalid(format!("no connected channel handles {jid}")))
+}
+
+/// A file from the source group's folder, copied and queued for `jid`. A file that
+/// cannot go (not a regular file, too large for the chat, a chat that takes no files)
+/// is refused, and the chat is told so, since the agent cannot hear it.
+fn send_file(
+    ctx: &IpcContext,
+    source: &Source,
+    jid: &str,
+    path: &str,
+    caption: Option<&str>,
+) -> Result<String, IpcError> {
+    let channel = message_target(ctx, source, jid)?;
+    let caption = caption.map(crate::router::prompt::strip_internal);
+    let caption = caption.as_deref().unwrap_or("").trim();
+    if caption.len() > ctx.guard.limits.max_message_bytes {
+        return Err(IpcError::Invalid(format!(
+            "the caption is {} bytes; a message may have at most {}",
+            caption.len(),
+            ctx.guard.limits.max_message_bytes
+        )));
+    }
+    let folder = crate::layout::GroupFolder::parse(&source.folder)
+        .map_err(|e| IpcError::Invalid(format!("the group's folder: {e}")))?;
+    let copied = nanoclaw_protocol::ipc::group_file_components(path).and_then(|parts| {
+        let Some(max) = channel.max_file_bytes() else {
+            return Err(format!(
+                "{} chats cannot receive files from the assistant yet",
+                channel.name()
+            ));
+        };
+        let max = max.min(nanoclaw_protocol::ipc::MAX_SEND_FILE_BYTES);
+        super::files::copy_from_group(&ctx.layout, &folder, &parts, max)
+    });
+    let file = match copied {
+        Ok(file) => file,
+        Err(why) => {
+            let notice = format!("(A file could not be sent: {why}.)");
+            ctx.store
+                .commit_reply(jid, &notice, &ctx.assistant_name, None)?;
+            if let Some(delivery) = &ctx.delivery {
+                delivery.notify();
+            }
+            return Err(IpcError::Invalid(why));
+        }
+    };
+    if let Err(e) = ctx
+        .store
+        .commit_file(jid, caption, &file, &ctx.assistant_name)
+    {
+        let _ = std::fs::remove_file(&file.path);
+        return Err(e.into());
+    }
+    if let Some(delivery) = &ctx.delivery {
+        delivery.notify();
+    }
+    Ok(format!(
+        "file {} ({} bytes) queued for {jid}",
+        file.name, file.size
+    ))
+}
+
 /// Carries out `request` from `source`; returns what was done, for the log.
 pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result<String, IpcError> {
     match request {
         IpcRequest::Message { chat_jid, text, .. } => {
             let jid = required(&chat_jid, "chatJid")?;
-            let chat_folder = folder_of(ctx, jid)?;
-            check(
-                source,
-                Target::Message {
-                    chat_folder: chat_folder.as_deref(),
-                },
-                jid,
-            )?;
-            if !ctx.guard.allow_message(&source.folder) {
-                return Err(IpcError::Denied {
-                    reason: format!(
-                        "more than {} chat messages in a minute",
-                        ctx.guard.limits.messages_per_minute
-                    ),
-                    target: jid.to_string(),
-                });
-            }
-            if ctx.channels.for_jid(jid).is_none() {
-                return Err(IpcError::Invalid(format!(
-                    "no connected channel handles {jid}"
-                )));
-            }
+            message_target(ctx, source, jid)?;
             if text.len() > ctx.guard.limits.max_message_bytes {
                 return Err(IpcError::Invalid(format!(
                     "the text is {} bytes; a message may have at most {}",
@@ -140,6 +209,17 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
             }
             Ok(format!("message queued for {jid}"))
         }
+        IpcRequest::File {
+            chat_jid,
+            path,
+            caption,
+        } => send_file(
+            ctx,
+            source,
+            required(&chat_jid, "chatJid")?,
+            &path,
+            caption.as_deref(),
+        ),
         IpcRequest::ScheduleTask {
             task_id,
             prompt,

@@ -23,6 +23,9 @@ impl Channel for FakeTelegram {
     async fn send(&self, _m: &OutboundMessage) -> Result<(), ChannelError> {
         Ok(())
     }
+    fn max_file_bytes(&self) -> Option<u64> {
+        Some(100)
+    }
 }
 
 struct Fixture {
@@ -96,7 +99,7 @@ impl Fixture {
 
     /// Drops a request as agents do (temp name, then rename) and processes the folder.
     fn send(&self, folder: &str, request: &Value) -> FileOutcome {
-        let kind = if request["type"] == "message" {
+        let kind = if request["type"] == "message" || request["type"] == "file" {
             "messages"
         } else {
             "tasks"
@@ -1105,6 +1108,57 @@ fn task_creation_and_message_size_are_limited() {
 /// Whatever a non-main group's agent writes, it reaches nothing outside its own group:
 /// no group registered or changed, no other group's task touched, no task or message
 /// aimed at another chat (SPEC §10), and no panic.
+/// `send_file` follows the message matrix, and a path always names a file of the
+/// sending group's own folder; a file that cannot go is refused and the chat told.
+#[test]
+fn files_follow_the_message_matrix_from_the_senders_own_folder() {
+    let f = fixture();
+    let groups = f.ctx.layout.groups_dir();
+    std::fs::write(groups.join("team/a.txt"), "team's").expect("write");
+    std::fs::write(groups.join("team/big.bin"), [0u8; 101]).expect("write");
+    std::fs::write(groups.join("other/o.txt"), "other's").expect("write");
+    let file = |jid: &str, path: &str| json!({"type": "file", "chatJid": jid, "path": path, "caption": "here"});
+    let outcome = f.send("team", &file("tg:team", "a.txt"));
+    assert!(allowed(&outcome), "{outcome:?}");
+    let queued = f.ctx.store.pending_outbox_heads(10).expect("outbox");
+    let sent = queued
+        .iter()
+        .find_map(|i| i.file.clone().filter(|_| i.chat_jid == "tg:team"))
+        .expect("a file queued for tg:team");
+    assert_eq!(
+        (sent.name.as_str(), std::fs::read(&sent.path).expect("copy")),
+        ("a.txt", b"team's".to_vec())
+    );
+    assert_eq!(f.bot_messages("tg:team"), ["[file: a.txt] here"]);
+    assert!(denied(&f.send("team", &file("tg:other", "a.txt"))));
+    assert!(denied(&f.send("team", &file("web:main", "a.txt"))));
+    // Paths are the sender's own: `..` and absolute paths elsewhere never leave it.
+    for path in ["../other/o.txt", "/workspace/project/o.txt", "/etc/passwd"] {
+        let outcome = f.send("team", &file("tg:team", path));
+        assert!(
+            matches!(outcome, FileOutcome::Rejected(_)),
+            "{path}: {outcome:?}"
+        );
+    }
+    let outcome = f.send("main", &file("tg:team", "a.txt"));
+    assert!(
+        matches!(&outcome, FileOutcome::Rejected(r) if r.contains("a.txt does not exist")),
+        "main's path is in main's folder: {outcome:?}"
+    );
+    let outcome = f.send("team", &file("tg:team", "big.bin"));
+    assert!(
+        matches!(&outcome, FileOutcome::Rejected(r) if r.contains("takes files up to")),
+        "{outcome:?}"
+    );
+    let told = f.bot_messages("tg:team");
+    assert!(
+        told.iter()
+            .any(|t| t.starts_with("(A file could not be sent: big.bin is")),
+        "the chat hears why: {told:?}"
+    );
+    assert!(f.bot_messages("tg:other").is_empty());
+}
+
 #[test]
 fn fuzz_a_non_main_group_cannot_reach_outside_itself() {
     let f = fixture();
@@ -1121,6 +1175,9 @@ fn fuzz_a_non_main_group_cannot_reach_outside_itself() {
         &[
             "type",
             "message",
+            "file",
+            "path",
+            "../other/o.txt",
             "schedule_task",
             "register_group",
             "update_task",

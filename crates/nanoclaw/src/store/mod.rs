@@ -21,7 +21,7 @@ use thiserror::Error;
 
 pub use groups::{GroupRequest, RegisteredGroup};
 pub use messages::{ChatInfo, ChatMeta, Message, StoredMessage};
-pub use outbox::{CommittedReply, OutboxItem};
+pub use outbox::{CommittedReply, OutboxFile, OutboxItem};
 pub use schema::LATEST_VERSION;
 pub use tasks::{ScheduledTask, TaskRunRecord, TaskStatus};
 pub use usage::{Usage, UsageRow};

@@ -19,6 +19,18 @@ pub struct OutboxItem {
     pub message_id: String,
     pub created_at: String,
     pub attempts: i64,
+    /// The file the reply carries (`text` is then its caption, maybe empty).
+    pub file: Option<OutboxFile>,
+}
+
+/// A file in a reply: the host's own copy, made when the agent sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxFile {
+    /// The file's name as the chat shows it.
+    pub name: String,
+    #[serde(skip)]
+    pub path: std::path::PathBuf,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -27,7 +39,7 @@ pub struct CommittedReply {
     pub message: Message,
 }
 
-const OUTBOX_COLUMNS: &str = "id, chat_jid, text, message_id, created_at, attempts, delivery_seq";
+const OUTBOX_COLUMNS: &str = "id, chat_jid, text, message_id, created_at, attempts, delivery_seq, file_name, file_path, file_size";
 
 // The outbox statements every reply and the status page run (plans checked by
 // `store::tests::hot_queries_use_indexes`).
@@ -61,6 +73,17 @@ fn outbox_item(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
         created_at: row.get(4)?,
         attempts: row.get(5)?,
         delivery_seq: row.get(6)?,
+        file: match (
+            row.get::<_, Option<String>>(7)?,
+            row.get::<_, Option<String>>(8)?,
+        ) {
+            (Some(name), Some(path)) => Some(OutboxFile {
+                name,
+                path: path.into(),
+                size: row.get::<_, Option<i64>>(9)?.unwrap_or(0).max(0) as u64,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -74,13 +97,41 @@ impl Store {
         assistant_name: &str,
         answered_upto: Option<i64>,
     ) -> Result<CommittedReply, StoreError> {
+        self.commit_outbound(chat_jid, text, None, assistant_name, answered_upto)
+    }
+
+    /// Stores a file an agent sent (the host's copy, `file.path`) with its caption, and
+    /// queues it for delivery. The chat shows `[file: name]` and the caption.
+    pub fn commit_file(
+        &self,
+        chat_jid: &str,
+        caption: &str,
+        file: &OutboxFile,
+        assistant_name: &str,
+    ) -> Result<CommittedReply, StoreError> {
+        self.commit_outbound(chat_jid, caption, Some(file), assistant_name, None)
+    }
+
+    fn commit_outbound(
+        &self,
+        chat_jid: &str,
+        text: &str,
+        file: Option<&OutboxFile>,
+        assistant_name: &str,
+        answered_upto: Option<i64>,
+    ) -> Result<CommittedReply, StoreError> {
         let now = crate::clock::now();
+        let content = match file {
+            Some(f) if text.is_empty() => format!("[file: {}]", f.name),
+            Some(f) => format!("[file: {}] {text}", f.name),
+            None => text.to_string(),
+        };
         let message = Message {
             id: crate::ids::message_id(),
             chat_jid: chat_jid.to_string(),
             sender: assistant_name.to_string(),
             sender_name: assistant_name.to_string(),
-            content: text.to_string(),
+            content,
             timestamp: now.clone(),
             is_from_me: true,
             is_bot_message: true,
@@ -98,8 +149,17 @@ impl Store {
         )?;
         insert_message(&tx, &message)?;
         tx.execute(
-            "INSERT INTO outbox (chat_jid, text, message_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![chat_jid, text, message.id, now],
+            "INSERT INTO outbox (chat_jid, text, message_id, created_at, file_name, file_path, file_size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                chat_jid,
+                text,
+                message.id,
+                now,
+                file.map(|f| f.name.as_str()),
+                file.map(|f| f.path.to_string_lossy().into_owned()),
+                file.map(|f| f.size as i64),
+            ],
         )
         .ctx("queueing a reply")?;
         let outbox_id = tx.last_insert_rowid();
@@ -190,6 +250,37 @@ impl Store {
             )
             .ctx("giving up on a reply")?;
         Ok(())
+    }
+
+    /// The host's copies of files in replies still waiting for delivery (the sweep of
+    /// `data/outbox-files/` keeps these).
+    pub fn pending_outbox_files(&self) -> Result<Vec<std::path::PathBuf>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT file_path FROM outbox WHERE file_path IS NOT NULL
+                 AND delivered_at IS NULL AND failed_at IS NULL",
+            )
+            .ctx("preparing the outbox files query")?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .ctx("reading the outbox files")?;
+        rows.map(|r| r.map(std::path::PathBuf::from))
+            .collect::<Result<_, _>>()
+            .ctx("reading the outbox files")
+    }
+
+    /// A delivered reply by its outbox id (a file the web app downloads).
+    pub fn outbox_item(&self, id: i64) -> Result<Option<OutboxItem>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.conn()
+            .query_row(
+                &format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ?1"),
+                params![id],
+                outbox_item,
+            )
+            .optional()
+            .ctx("reading a reply")
     }
 
     pub fn count_pending_outbox(&self) -> Result<i64, StoreError> {

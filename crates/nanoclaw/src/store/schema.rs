@@ -50,9 +50,14 @@ const MIGRATIONS: &[Migration] = &[
         name: "flagged messages",
         apply: message_flags,
     },
+    Migration {
+        version: 7,
+        name: "files in replies",
+        apply: reply_files,
+    },
 ];
 
-pub const LATEST_VERSION: i64 = 6;
+pub const LATEST_VERSION: i64 = 7;
 
 pub(super) fn migrate(conn: &mut Connection, ctx: &MigrationContext) -> Result<(), StoreError> {
     let current: i64 = conn
@@ -260,6 +265,20 @@ fn message_flags(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), St
         ",
     )
     .ctx("creating message_flags")
+}
+
+/// A reply may carry a file an agent sent (`send_file`): its name as the chat shows it,
+/// the host's copy under `data/outbox-files/` (the group folder's file may change or go
+/// before delivery) and its size.
+fn reply_files(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "
+        ALTER TABLE outbox ADD COLUMN file_name TEXT;
+        ALTER TABLE outbox ADD COLUMN file_path TEXT;
+        ALTER TABLE outbox ADD COLUMN file_size INTEGER;
+        ",
+    )
+    .ctx("adding outbox files")
 }
 
 /// One row per model response the credential proxy forwarded.
