@@ -170,7 +170,15 @@ impl Channel for Discord {
 
     async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError> {
         let channel = Discord::channel_id(&message.chat_jid)?.to_string();
-        let pieces = split(&message.text, MAX_MESSAGE, Units::Chars);
+        let mut pieces = split(&message.text, MAX_MESSAGE, Units::Chars);
+        if pieces.is_empty() && message.file.is_some() {
+            // A file without a caption: one message carrying only the file.
+            pieces.push(String::new());
+        }
+        let bytes = match &message.file {
+            Some(file) => Some(file.read("discord").await?),
+            None => None,
+        };
         let host = lock(&self.host).clone();
         self.pieces
             .send(host.as_ref(), message, &pieces, |i, piece| {
@@ -179,9 +187,25 @@ impl Channel for Discord {
                 // piece once even when a crash between its answer and our record makes
                 // us send it again.
                 let nonce = nanoclaw_channel::piece_key(message, i);
-                async move { self.rest.send_message(&channel, &piece, &nonce).await }
+                // The file goes with the first piece.
+                let attached = match (&message.file, &bytes) {
+                    (Some(f), Some(b)) if i == 0 => {
+                        Some((f.name.as_str(), f.media_type(), b.as_slice()))
+                    }
+                    _ => None,
+                };
+                async move {
+                    self.rest
+                        .send_message(&channel, &piece, &nonce, attached)
+                        .await
+                }
             })
             .await
+    }
+
+    /// Discord takes uploads up to 10 MiB from bots in servers without boosts.
+    fn max_file_bytes(&self) -> Option<u64> {
+        Some(10 << 20)
     }
 
     async fn set_typing(&self, jid: &str, typing: bool) -> Result<(), ChannelError> {

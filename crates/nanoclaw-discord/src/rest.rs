@@ -202,11 +202,14 @@ impl Rest {
 
     /// Posts one message; `nonce` with `enforce_nonce` makes a repeat of the same
     /// piece (after a crash) return the first one instead of posting it again.
+    /// With a file (`name`, its media type, its bytes): `multipart/form-data` with the
+    /// message as `payload_json` and the file as `files[0]`, as Discord takes uploads.
     pub async fn send_message(
         &self,
         channel: &str,
         content: &str,
         nonce: &str,
+        file: Option<(&str, &str, &[u8])>,
     ) -> Result<(), ChannelError> {
         let route = format!("POST /channels/{channel}/messages");
         // A short hold is waited out; a long one goes back to delivery, which meanwhile
@@ -222,29 +225,39 @@ impl Rest {
             Some(hold) => tokio::time::sleep(hold).await,
             None => {}
         }
-        let sent = self
-            .request(
-                reqwest::Method::POST,
-                &format!("/channels/{channel}/messages"),
+        // Replies mention nobody: an agent quoting "@everyone" must not ping a server.
+        let mut payload = json!({
+            "content": content,
+            "allowed_mentions": {"parse": []},
+            "nonce": nonce,
+            "enforce_nonce": true,
+            // SUPPRESS_EMBEDS: Discord's servers would fetch every link in a reply
+            // to preview it, a way out for an agent whose network is limited.
+            "flags": 4,
+        });
+        let request = self.request(
+            reqwest::Method::POST,
+            &format!("/channels/{channel}/messages"),
+        );
+        let request = match file {
+            None => request.json(&payload),
+            Some((name, media_type, bytes)) => {
+                payload["attachments"] = json!([{"id": 0, "filename": name}]);
+                let (content_type, body) = nanoclaw_channel::multipart::Form::new()
+                    .text("payload_json", &payload.to_string())
+                    .file("files[0]", name, media_type, bytes)
+                    .finish();
+                request
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body)
+            }
+        };
+        let sent = request.send().await.map_err(|e| {
+            ChannelError::new(
+                "discord",
+                format!("cannot reach Discord: {}", e.without_url()),
             )
-            // Replies mention nobody: an agent quoting "@everyone" must not ping a server.
-            .json(&json!({
-                "content": content,
-                "allowed_mentions": {"parse": []},
-                "nonce": nonce,
-                "enforce_nonce": true,
-                // SUPPRESS_EMBEDS: Discord's servers would fetch every link in a reply
-                // to preview it, a way out for an agent whose network is limited.
-                "flags": 4,
-            }))
-            .send()
-            .await
-            .map_err(|e| {
-                ChannelError::new(
-                    "discord",
-                    format!("cannot reach Discord: {}", e.without_url()),
-                )
-            })?;
+        })?;
         self.note_limits(&route, sent.headers());
         let status = sent.status().as_u16();
         if (200..300).contains(&status) {

@@ -40,6 +40,8 @@ pub struct Sent {
     pub content: String,
     /// The message flags asked for (4: no embeds).
     pub flags: u64,
+    /// Files uploaded with it (`multipart/form-data`, `files[n]`): name and bytes.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 enum Command {
@@ -623,12 +625,57 @@ async fn get_guild(
         .into_response()
 }
 
+/// A `multipart/form-data` message: `payload_json` and the files `files[n]`, as
+/// Discord takes uploads; parsed with axum's (multer's) parser, not ours.
+async fn multipart_message(
+    content_type: &str,
+    body: axum::body::Bytes,
+) -> Result<(Value, Vec<(String, Vec<u8>)>), Response> {
+    use axum::extract::FromRequest;
+    let bad = || error(400, 50035, "Invalid Form Body");
+    let request = axum::http::Request::builder()
+        .header("content-type", content_type)
+        .body(axum::body::Body::from(body))
+        .map_err(|_| bad())?;
+    let mut form = axum::extract::Multipart::from_request(request, &())
+        .await
+        .map_err(|_| bad())?;
+    let (mut payload, mut files) = (Value::Null, Vec::new());
+    while let Some(field) = form.next_field().await.map_err(|_| bad())? {
+        let name = field.name().unwrap_or("").to_string();
+        let file_name = field.file_name().map(str::to_string);
+        let bytes = field.bytes().await.map_err(|_| bad())?;
+        if name == "payload_json" {
+            payload = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        } else if name.starts_with("files[") {
+            files.push((file_name.unwrap_or_default(), bytes.to_vec()));
+        }
+    }
+    Ok((payload, files))
+}
+
 async fn create_message(
     State((inner, changed, _)): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: String,
+    body: axum::body::Bytes,
 ) -> Response {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let (request, files) = if content_type.starts_with("multipart/form-data") {
+        match multipart_message(&content_type, body).await {
+            Ok(parsed) => parsed,
+            Err(response) => return response,
+        }
+    } else {
+        (
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+            Vec::new(),
+        )
+    };
     let mut state = inner.lock().unwrap_or_else(|p| p.into_inner());
     if !authorized(&state, &headers) {
         return error(401, 0, "401: Unauthorized");
@@ -657,10 +704,13 @@ async fn create_message(
         }
         return response;
     }
-    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let Some(content) = request["content"].as_str().filter(|c| !c.is_empty()) else {
+    let content = request["content"].as_str().unwrap_or("");
+    if content.is_empty() && files.is_empty() {
         return error(400, 50006, "Cannot send an empty message");
-    };
+    }
+    if files.iter().any(|(_, b)| b.len() > 10 << 20) {
+        return error(413, 40005, "Request entity too large");
+    }
     if content.chars().count() > 2000 {
         return error(
             400,
@@ -691,16 +741,25 @@ async fn create_message(
         return ([("content-type", "application/json")], first.to_string()).into_response();
     }
     let message_id = state.snowflake();
+    let attachments: Vec<Value> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (name, bytes))| {
+            json!({"id": format!("{message_id}{i}"), "filename": name, "size": bytes.len(),
+                   "url": format!("https://cdn.discordapp.com/attachments/{id}/{message_id}/{name}")})
+        })
+        .collect();
     state.sent.push(Sent {
         channel_id: id.clone(),
         content: content.to_string(),
         flags: request["flags"].as_u64().unwrap_or(0),
+        files,
     });
     let exhausted = state.exhaust_bucket.take();
     let mut message = json!({
         "id": message_id, "channel_id": id, "author": bot_user(), "content": content,
         "timestamp": "2026-01-31T13:33:00.000000+00:00", "type": 0, "mentions": [],
-        "attachments": [], "embeds": [], "tts": false, "mention_everyone": false,
+        "attachments": attachments, "embeds": [], "tts": false, "mention_everyone": false,
         "mention_roles": [], "pinned": false,
     });
     if id == CHANNEL_ID {

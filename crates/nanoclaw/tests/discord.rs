@@ -113,6 +113,7 @@ async fn discords_own_client_libraries_talk_to_the_fake() {
         client.next("REFUSED").await,
         "REFUSED 404 10003 Unknown Channel"
     );
+    assert_eq!(client.next("UPLOADED").await, "UPLOADED notes.txt:8");
     assert!(client.next("SENT").await.ends_with(" pong"));
     assert_eq!(client.next("ECHO").await, "ECHO pong");
     let status = child.wait().expect("the client exits");
@@ -123,7 +124,12 @@ async fn discords_own_client_libraries_talk_to_the_fake() {
             .iter()
             .map(|s| (s.channel_id.as_str(), s.content.as_str()))
             .collect::<Vec<_>>(),
-        [(CHANNEL_ID, "pong")]
+        [(CHANNEL_ID, "a file"), (CHANNEL_ID, "pong")]
+    );
+    assert_eq!(
+        fake.sent()[0].files,
+        [("notes.txt".to_string(), b"buy milk".to_vec())],
+        "the official client's upload, as the fake parsed it"
     );
 }
 
@@ -703,4 +709,62 @@ async fn new_sessions_respect_discords_budget_and_refusals() {
         started.elapsed()
     );
     d.stop().await;
+}
+
+/// A reply with a file (`send_file`) is one multipart message carrying the file and the
+/// first piece of its caption; the rest of a long caption follows as messages, and a
+/// repeat (a crash before the delivery was recorded) does not post it twice (the nonce).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_reply_is_uploaded_with_its_caption() {
+    use nanoclaw::channels::{Channel, OutboundFile};
+    let fake = FakeDiscord::start(TOKEN).await;
+    let discord = support::discord(&fake, TOKEN);
+    assert_eq!(discord.max_file_bytes(), Some(10 << 20));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("copy");
+    std::fs::write(&path, b"\x89PNG\r\n\x1a\n and pixels").expect("write");
+    let file = OutboundFile {
+        name: "chart.png".into(),
+        path,
+        size: 19,
+    };
+    let long = format!("{} end", "word ".repeat(500));
+    let message = nanoclaw::channels::OutboundMessage {
+        outbox_id: 5,
+        chat_jid: JID.into(),
+        text: long.clone(),
+        timestamp: "2026-01-31T13:32:00.000Z".into(),
+        file: Some(file.clone()),
+    };
+    discord.send(&message).await.expect("sent");
+    let sent = fake.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(
+        sent[0].files,
+        [(
+            "chart.png".to_string(),
+            b"\x89PNG\r\n\x1a\n and pixels".to_vec()
+        )]
+    );
+    assert_eq!(sent[0].flags, 4, "no embeds, as for text");
+    assert!(sent[1].files.is_empty());
+    assert_eq!(
+        format!("{} {}", sent[0].content, sent[1].content)
+            .split_whitespace()
+            .count(),
+        long.split_whitespace().count()
+    );
+    discord
+        .send(&message)
+        .await
+        .expect("a repeat is recognised");
+    assert_eq!(fake.sent().len(), 2, "not posted again");
+    let bare = nanoclaw::channels::OutboundMessage {
+        outbox_id: 6,
+        text: String::new(),
+        ..message
+    };
+    discord.send(&bare).await.expect("a file alone");
+    let sent = fake.sent();
+    assert_eq!((sent[2].content.as_str(), sent[2].files.len()), ("", 1));
 }

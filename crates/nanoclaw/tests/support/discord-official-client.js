@@ -1,7 +1,7 @@
 // Discord's own client libraries (@discordjs/ws for the gateway, @discordjs/rest for
 // REST) against a Discord API at argv[2] (the scheme, host and port of
 // DISCORD_API_URL), with the bot token in DISCORD_TOKEN: connects, waits for a message
-// saying "ping" and answers "pong" in its channel. Each step is a line on stdout, so the
+// saying "ping", uploads a file and answers "pong" in its channel. Each step is a line on stdout, so the
 // test can tell how far the client got; any failure exits non-zero.
 const { REST } = require('@discordjs/rest');
 const { WebSocketManager, WebSocketShardEvents } = require('@discordjs/ws');
@@ -30,6 +30,7 @@ manager.on(WebSocketShardEvents.Dispatch, async (event) => {
     console.log(`GUILD ${event.d.name} ${event.d.channels.map((c) => c.name).join(',')}`);
   } else if (event.t === GatewayDispatchEvents.MessageCreate) {
     if (event.d.author.bot) {
+      if (event.d.content !== 'pong') return;
       console.log(`ECHO ${event.d.content}`);
       await manager.destroy();
       process.exit(0);
@@ -41,6 +42,15 @@ manager.on(WebSocketShardEvents.Dispatch, async (event) => {
         fail('an unknown channel was accepted');
       } catch (error) {
         console.log(`REFUSED ${error.status} ${error.code} ${error.message}`);
+      }
+      try {
+        const up = await rest.post(Routes.channelMessages(event.d.channel_id), {
+          body: { content: 'a file', attachments: [{ id: 0, filename: 'notes.txt' }] },
+          files: [{ name: 'notes.txt', data: Buffer.from('buy milk') }],
+        });
+        console.log(`UPLOADED ${up.attachments.map((a) => `${a.filename}:${a.size}`).join(',')}`);
+      } catch (error) {
+        fail(`uploading: ${error}`);
       }
       try {
         const sent = await rest.post(Routes.channelMessages(event.d.channel_id), { body: { content: 'pong' } });
