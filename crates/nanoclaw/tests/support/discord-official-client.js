@@ -22,6 +22,16 @@ const fail = (why) => {
 };
 setTimeout(() => fail('timeout'), 30000).unref();
 
+// The reply's gateway echo and its REST answer may come in either order: exit after both.
+const finished = new Set();
+const done = async (what) => {
+  finished.add(what);
+  if (finished.has('echo') && finished.has('sent')) {
+    await manager.destroy();
+    process.exit(0);
+  }
+};
+
 manager.on(WebSocketShardEvents.Error, (error) => fail(`gateway error: ${error}`));
 manager.on(WebSocketShardEvents.Dispatch, async (event) => {
   if (event.t === GatewayDispatchEvents.Ready) {
@@ -32,8 +42,8 @@ manager.on(WebSocketShardEvents.Dispatch, async (event) => {
     if (event.d.author.bot) {
       if (event.d.content !== 'pong') return;
       console.log(`ECHO ${event.d.content}`);
-      await manager.destroy();
-      process.exit(0);
+      await done('echo');
+      return;
     }
     console.log(`MESSAGE ${event.d.author.username}: ${event.d.content}`);
     if (event.d.content === 'ping') {
@@ -55,6 +65,7 @@ manager.on(WebSocketShardEvents.Dispatch, async (event) => {
       try {
         const sent = await rest.post(Routes.channelMessages(event.d.channel_id), { body: { content: 'pong' } });
         console.log(`SENT ${sent.id} ${sent.content}`);
+        await done('sent');
       } catch (error) {
         fail(`sending: ${error}`);
       }
