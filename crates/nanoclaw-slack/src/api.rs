@@ -9,6 +9,8 @@ use serde_json::Value;
 
 /// One call may take this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// One file upload may take this long (below delivery's limit on a send with a file).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ApiError {
@@ -78,6 +80,31 @@ impl Api {
             base: base.trim_end_matches('/').to_string(),
             client,
         })
+    }
+
+    /// Sends a file's bytes to the `upload_url` that `files.getUploadURLExternal` gave:
+    /// raw, without the token (the URL itself is the permission), and only over https
+    /// (or to this machine).
+    pub async fn upload(&self, url: &str, bytes: Vec<u8>) -> Result<(), ApiError> {
+        nanoclaw_channel::http::check_endpoint("Slack's upload_url", url)
+            .map_err(ApiError::Transport)?;
+        let response = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes)
+            .timeout(UPLOAD_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| {
+                ApiError::Transport(format!("cannot upload to Slack: {}", e.without_url()))
+            })?;
+        match response.status().as_u16() {
+            200 => Ok(()),
+            status => Err(ApiError::Transport(format!(
+                "Slack answered HTTP {status} to the file upload"
+            ))),
+        }
     }
 
     /// Calls `method` with `token` and form `params`; the answer when `ok` is true.

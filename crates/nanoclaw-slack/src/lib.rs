@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use nanoclaw_channel::text::{Units, split};
 use nanoclaw_channel::{
-    Channel, ChannelCondition, ChannelError, ChannelHost, OutboundMessage, PieceLedger, SendRetry,
-    VerifyError,
+    Channel, ChannelCondition, ChannelError, ChannelHost, OutboundFile, OutboundMessage,
+    PieceLedger, SendRetry, VerifyError,
 };
 use tokio::sync::watch;
 
@@ -324,6 +324,49 @@ impl Slack {
         send_outcome(result)
     }
 
+    /// Shares a file in `channel` with `comment`: `files.getUploadURLExternal`, the
+    /// bytes to the URL it gives, `files.completeUploadExternal` (scope `files:write`).
+    /// Unlike text, a crash between the upload and recording it may share it twice.
+    async fn post_file(
+        &self,
+        channel: &str,
+        file: &OutboundFile,
+        comment: &str,
+    ) -> Result<(), ChannelError> {
+        let bytes = file.read("slack").await?;
+        let length = bytes.len().to_string();
+        let slot = self
+            .api
+            .call(
+                "files.getUploadURLExternal",
+                &self.bot_token,
+                &[("filename", &file.name), ("length", &length)],
+            )
+            .await
+            .map_err(|e| file_refused(e, "files.getUploadURLExternal"))?;
+        let (Some(url), Some(id)) = (slot["upload_url"].as_str(), slot["file_id"].as_str()) else {
+            return Err(ChannelError::new(
+                "slack",
+                "files.getUploadURLExternal answered without an upload_url or file_id",
+            ));
+        };
+        self.api
+            .upload(url, bytes)
+            .await
+            .map_err(|e| file_refused(e, "the upload"))?;
+        let files = serde_json::json!([{"id": id, "title": file.name}]).to_string();
+        let escaped = inbound::escape(comment);
+        let mut params = vec![("files", files.as_str()), ("channel_id", channel)];
+        if !escaped.is_empty() {
+            params.push(("initial_comment", &escaped));
+        }
+        self.api
+            .call("files.completeUploadExternal", &self.bot_token, &params)
+            .await
+            .map_err(|e| file_refused(e, "files.completeUploadExternal"))?;
+        Ok(())
+    }
+
     /// Whether the bot posted the piece `marker` in `channel` since the Unix time
     /// `since`.
     async fn already_posted(&self, channel: &str, since: &str, marker: &str) -> bool {
@@ -407,6 +450,21 @@ impl Slack {
     /// Notes the latest message a person wrote in `channel`.
     pub(crate) fn saw_message(&self, channel: &str, ts: &str) {
         lock(&self.latest).insert(channel.to_string(), ts.to_string());
+    }
+}
+
+/// A failed step of a file upload, as delivery needs it (`missing_scope` says which).
+fn file_refused(e: ApiError, step: &str) -> ChannelError {
+    match e {
+        ApiError::Slack(code) if code == "missing_scope" => ChannelError::new(
+            "slack",
+            format!("{step}: Slack answered missing_scope: add files:write under OAuth & Permissions and reinstall the app"),
+        )
+        .with_retry(SendRetry::Never),
+        e => match send_outcome(Err(e)) {
+            Err(c) => c,
+            Ok(()) => ChannelError::new("slack", step.to_string()),
+        },
     }
 }
 
@@ -502,8 +560,32 @@ impl Channel for Slack {
 
     async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError> {
         let channel = Slack::channel_id(&message.chat_jid)?.to_string();
-        let pieces = split(&message.text, MAX_MESSAGE, Units::Chars);
         let host = lock(&self.host).clone();
+        let mut pieces = split(&message.text, MAX_MESSAGE, Units::Chars);
+        if let Some(file) = &message.file {
+            // The file first, with the caption as its comment when it is one piece;
+            // a longer caption follows as messages. Piece 0 stands for the file.
+            let comment = if pieces.len() == 1 {
+                pieces.remove(0)
+            } else {
+                String::new()
+            };
+            pieces.insert(0, comment);
+            return self
+                .pieces
+                .send(host.as_ref(), message, &pieces, |i, piece| {
+                    let (channel, host) = (channel.clone(), host.clone());
+                    async move {
+                        if i == 0 {
+                            self.post_file(&channel, file, &piece).await
+                        } else {
+                            self.post_piece(host.as_ref(), message, &channel, i, &piece)
+                                .await
+                        }
+                    }
+                })
+                .await;
+        }
         self.pieces
             .send(host.as_ref(), message, &pieces, |i, piece| {
                 let (channel, host) = (channel.clone(), host.clone());
@@ -513,6 +595,11 @@ impl Channel for Slack {
                 }
             })
             .await
+    }
+
+    /// Slack takes files far larger; 50 MB is the most any reply carries.
+    fn max_file_bytes(&self) -> Option<u64> {
+        Some(50 << 20)
     }
 
     /// Slack has no typing indicator for bots: the message being worked on gets a

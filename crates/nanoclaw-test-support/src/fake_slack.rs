@@ -51,6 +51,19 @@ pub struct Posted {
     pub ts: String,
 }
 
+/// A file the bot shared (`files.getUploadURLExternal`, the upload,
+/// `files.completeUploadExternal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFile {
+    pub channel: String,
+    pub title: String,
+    pub bytes: Vec<u8>,
+    /// `initial_comment`, as a person sees it.
+    pub comment: Option<String>,
+    /// Whether the upload to `upload_url` carried an `Authorization` header.
+    pub upload_had_token: bool,
+}
+
 /// How the next `chat.postMessage` fails.
 #[derive(Debug, Clone)]
 pub enum PostFailure {
@@ -66,6 +79,10 @@ enum Command {
     Text(String),
     Drop,
 }
+
+/// An upload slot: filename, declared length, and (once uploaded) the bytes and whether
+/// a token came with them.
+type Upload = (String, usize, Option<(Vec<u8>, bool)>);
 
 struct Inner {
     app_token: String,
@@ -97,6 +114,11 @@ struct Inner {
     last_envelope: Option<Value>,
     next: u64,
     base_seconds: u64,
+    /// `http://127.0.0.1:port`, for `upload_url`s.
+    root: String,
+    /// file id → the upload it names.
+    uploads: HashMap<String, Upload>,
+    shared_files: Vec<SharedFile>,
 }
 
 impl Inner {
@@ -211,6 +233,9 @@ impl FakeSlack {
             last_envelope: None,
             next: 0,
             base_seconds,
+            root: String::new(),
+            uploads: HashMap::new(),
+            shared_files: Vec::new(),
         }));
         let changed = Arc::new(Notify::new());
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -225,8 +250,10 @@ impl FakeSlack {
         let shared: Shared = (Arc::clone(&inner), Arc::clone(&changed), socket_url);
         let app = Router::new()
             .route("/api/{method}", post(web_api))
+            .route("/upload/{id}", post(upload_file))
             .with_state(shared.clone());
         let (root, rest) = crate::serve_on_loopback(app, "the fake Slack Web API").await;
+        lock_inner(&inner).root = root.clone();
         let socket_task = tokio::spawn(accept_sockets(socket, shared));
         FakeSlack {
             api_url: format!("{root}/api"),
@@ -358,6 +385,11 @@ impl FakeSlack {
     }
 
     /// What the bot posted in `channel`, in order, as people see it.
+    /// Files the bot shared, in order.
+    pub fn shared_files(&self) -> Vec<SharedFile> {
+        self.lock().shared_files.clone()
+    }
+
     pub fn posted(&self, channel: &str) -> Vec<String> {
         self.lock()
             .posted
@@ -517,6 +549,51 @@ fn params(headers: &HeaderMap, body: &[u8]) -> (HashMap<String, String>, Option<
     (params, token)
 }
 
+/// `POST {upload_url}`: a file's bytes, raw or as the one field of a multipart form
+/// (Slack takes both; `@slack/web-api` sends a form).
+async fn upload_file(
+    State((inner, _, _)): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = if content_type.starts_with("multipart/form-data") {
+        use axum::extract::FromRequest;
+        let Ok(request) = axum::http::Request::builder()
+            .header("content-type", &content_type)
+            .body(axum::body::Body::from(body))
+        else {
+            return (StatusCode::BAD_REQUEST, "bad form").into_response();
+        };
+        let Ok(mut form) = axum::extract::Multipart::from_request(request, &()).await else {
+            return (StatusCode::BAD_REQUEST, "bad form").into_response();
+        };
+        match form.next_field().await {
+            Ok(Some(field)) => match field.bytes().await {
+                Ok(b) => b.to_vec(),
+                Err(_) => return (StatusCode::BAD_REQUEST, "bad form").into_response(),
+            },
+            _ => return (StatusCode::BAD_REQUEST, "no file").into_response(),
+        }
+    } else {
+        body.to_vec()
+    };
+    let had_token = headers.contains_key("authorization");
+    let mut state = lock_inner(&inner);
+    match state.uploads.get_mut(&id) {
+        Some((_, _, slot)) => {
+            *slot = Some((bytes.clone(), had_token));
+            (StatusCode::OK, format!("OK - {}", bytes.len())).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no such upload").into_response(),
+    }
+}
+
 async fn web_api(
     State((inner, changed, socket_url)): State<Shared>,
     Path(method): Path<String>,
@@ -617,6 +694,54 @@ async fn web_api(
                     return ok(json!({"channel": channel, "ts": ts, "message": message}));
                 }
             }
+        }
+        "files.getUploadURLExternal" => {
+            let filename = get("filename").to_string();
+            let Ok(length) = get("length").parse::<usize>() else {
+                return refuse("invalid_arguments");
+            };
+            if filename.is_empty() || length == 0 {
+                return refuse("invalid_arguments");
+            }
+            state.next += 1;
+            let id = format!("F0FILE{:04}", state.next);
+            let url = format!("{}/upload/{id}", state.root);
+            state.uploads.insert(id.clone(), (filename, length, None));
+            ok(json!({"upload_url": url, "file_id": id}))
+        }
+        "files.completeUploadExternal" => {
+            let Ok(files) = serde_json::from_str::<Vec<Value>>(get("files")) else {
+                return refuse("invalid_arguments");
+            };
+            let channel = get("channel_id").to_string();
+            if !channel.is_empty() && !known_channel(&channel) {
+                return refuse("channel_not_found");
+            }
+            let comment = p.get("initial_comment").map(|c| unescape(c));
+            let mut done = Vec::new();
+            for f in &files {
+                let id = f["id"].as_str().unwrap_or("");
+                let Some((filename, length, Some((bytes, had_token)))) =
+                    state.uploads.get(id).cloned()
+                else {
+                    return refuse("file_not_found");
+                };
+                if bytes.len() != length {
+                    return refuse("file_upload_size_mismatch");
+                }
+                let title = f["title"].as_str().unwrap_or(&filename).to_string();
+                state.shared_files.push(SharedFile {
+                    channel: channel.clone(),
+                    title: title.clone(),
+                    bytes,
+                    comment: comment.clone(),
+                    upload_had_token: had_token,
+                });
+                done.push(json!({"id": id, "title": title, "name": filename}));
+            }
+            drop(state);
+            changed.notify_waiters();
+            return ok(json!({"files": done}));
         }
         "conversations.info" => {
             let channel = get("channel");

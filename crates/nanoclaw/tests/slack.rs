@@ -115,6 +115,18 @@ async fn slacks_own_client_libraries_talk_to_the_fake() {
         client.next("REFUSED").await,
         "REFUSED slack_webapi_platform_error channel_not_found"
     );
+    assert!(client.next("UPLOADED").await.starts_with("UPLOADED F0FILE"));
+    let shared = fake.shared_files();
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    assert_eq!(
+        (
+            shared[0].channel.as_str(),
+            shared[0].bytes.as_slice(),
+            shared[0].comment.as_deref()
+        ),
+        (CHANNEL_ID, &b"buy milk"[..], Some("the list")),
+        "the official client's upload, as the fake took it"
+    );
     assert!(client.next("SENT").await.ends_with(" pong & <done>"));
     assert_eq!(client.next("ECHO").await, "ECHO pong & <done>");
     // A refresh: the client opens a new connection.
@@ -713,4 +725,58 @@ async fn a_reply_sent_again_is_posted_once() {
         "the repeat was not posted"
     );
     d.stop().await;
+}
+
+/// A reply with a file (`send_file`) is shared the way Slack takes uploads: an upload
+/// URL, the bytes there without the bot token, then completion in the channel with the
+/// caption as its comment; a caption longer than one message follows as messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_reply_is_shared_in_the_channel() {
+    use nanoclaw::channels::{Channel, OutboundFile};
+    let fake = FakeSlack::start(APP, BOT).await;
+    let slack = support::slack(&fake, APP, BOT);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("copy");
+    std::fs::write(&path, b"a,b\n1,2\n").expect("write");
+    let file = OutboundFile {
+        name: "table.csv".into(),
+        path,
+        size: 8,
+    };
+    let message = nanoclaw::channels::OutboundMessage {
+        outbox_id: 9,
+        chat_jid: JID.into(),
+        text: "Numbers <here> & there".into(),
+        timestamp: "2026-01-31T13:32:00.000Z".into(),
+        file: Some(file),
+    };
+    slack.send(&message).await.expect("shared");
+    let shared = fake.shared_files();
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    assert_eq!(shared[0].channel, CHANNEL_ID);
+    assert_eq!(shared[0].title, "table.csv");
+    assert_eq!(shared[0].bytes, b"a,b\n1,2\n");
+    assert_eq!(shared[0].comment.as_deref(), Some("Numbers <here> & there"));
+    assert!(
+        !shared[0].upload_had_token,
+        "the bot token stays with Slack's API"
+    );
+    assert!(
+        fake.posted(CHANNEL_ID).is_empty(),
+        "the caption went with the file"
+    );
+
+    let long = nanoclaw::channels::OutboundMessage {
+        outbox_id: 10,
+        text: format!("{} end", "word ".repeat(1000)),
+        ..message
+    };
+    slack.send(&long).await.expect("shared");
+    let shared = fake.shared_files();
+    assert_eq!((shared.len(), shared[1].comment.as_deref()), (2, None));
+    let posted = fake.posted(CHANNEL_ID);
+    assert!(
+        posted.len() >= 2 && posted.last().is_some_and(|p| p.ends_with(" end")),
+        "{posted:?}"
+    );
 }

@@ -1,7 +1,7 @@
 // Slack's own client libraries (@slack/socket-mode for Socket Mode, @slack/web-api for
 // the Web API) against a Slack at argv[2] (SLACK_API_URL), with the tokens in
 // SLACK_APP_TOKEN and SLACK_BOT_TOKEN: asks who the bot is, connects, answers "ping"
-// with "pong" (acknowledging each envelope), survives a refresh, and reports a mention.
+// with a file and "pong" (acknowledging each envelope), survives a refresh, and reports a mention.
 // Each step is a line on stdout, so the test can tell how far the client got; any
 // failure exits non-zero.
 const { SocketModeClient, LogLevel } = require('@slack/socket-mode');
@@ -36,6 +36,8 @@ socket.on('message', async ({ event, ack, retry_num: retry }) => {
     } catch (error) {
       console.log(`REFUSED ${error.code} ${error.data && error.data.error}`);
     }
+    const up = await web.filesUploadV2({ channel_id: event.channel, file: Buffer.from('buy milk'), filename: 'notes.txt', initial_comment: 'the list' });
+    console.log(`UPLOADED ${up.files.map((f) => f.files.map((x) => x.id).join(',')).join(',')}`);
     const sent = await web.chat.postMessage({ channel: event.channel, text: 'pong & <done>' });
     console.log(`SENT ${sent.ts} ${sent.message.text}`);
   }
