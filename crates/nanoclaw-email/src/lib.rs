@@ -370,14 +370,22 @@ impl Channel for Email {
             None => {
                 let subject = body::first_line_subject(&message.text);
                 (
-                    if subject.is_empty() {
-                        format!("From {}", self.config.assistant_name)
-                    } else {
-                        subject
+                    match &message.file {
+                        _ if !subject.is_empty() => subject,
+                        Some(file) => body::first_line_subject(&file.name),
+                        None => format!("From {}", self.config.assistant_name),
                     },
                     None,
                 )
             }
+        };
+        let attachment = match &message.file {
+            Some(file) => Some((
+                file.name.as_str(),
+                file.media_type(),
+                file.read("email").await?,
+            )),
+            None => None,
         };
         let (secret, oauth) = self.smtp_secret().await?;
         smtp::send(
@@ -391,9 +399,16 @@ impl Channel for Email {
                 text: &message.text,
                 message_id: &message_id,
                 thread: threading,
+                attachment,
             },
         )
         .await
+    }
+
+    /// Attachments grow by a third in base64; 20 MB stays under the 25 MB most mail
+    /// providers take.
+    fn max_file_bytes(&self) -> Option<u64> {
+        Some(20 << 20)
     }
 
     async fn run(self: Arc<Self>, host: Arc<dyn ChannelHost>, shutdown: watch::Receiver<bool>) {

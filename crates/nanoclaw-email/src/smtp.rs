@@ -21,6 +21,8 @@ pub struct Outgoing<'a> {
     pub message_id: &'a str,
     /// `(In-Reply-To, References)`, each with `<>`.
     pub thread: Option<(String, String)>,
+    /// A file attached: name, media type, bytes.
+    pub attachment: Option<(&'a str, &'a str, Vec<u8>)>,
 }
 
 fn error(message: impl Into<String>, retry: SendRetry) -> ChannelError {
@@ -131,9 +133,22 @@ pub async fn send(
     }
     // RFC 3834: an answer by a program, so other responders do not answer it back.
     builder = builder.header(AutoSubmitted);
-    let message = builder
-        .singlepart(SinglePart::plain(mail.text.to_string()))
-        .map_err(|e| error(format!("cannot build the mail: {e}"), SendRetry::Never))?;
+    let text = SinglePart::plain(mail.text.to_string());
+    let built = match mail.attachment {
+        None => builder.singlepart(text),
+        Some((name, media_type, bytes)) => {
+            let content_type = lettre::message::header::ContentType::parse(media_type)
+                .unwrap_or(lettre::message::header::ContentType::TEXT_PLAIN);
+            let file = lettre::message::Attachment::new(name.to_string()).body(bytes, content_type);
+            builder.multipart(
+                lettre::message::MultiPart::mixed()
+                    .singlepart(text)
+                    .singlepart(file),
+            )
+        }
+    };
+    let message =
+        built.map_err(|e| error(format!("cannot build the mail: {e}"), SendRetry::Never))?;
     let transport = transport(config, ca_pem, secret, oauth)?;
     match transport.send(message).await {
         Ok(_) => Ok(()),

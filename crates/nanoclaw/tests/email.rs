@@ -321,6 +321,38 @@ async fn replies_without_a_thread_start_one_and_bad_recipients_are_given_up() {
         "Reminder: the plants need water today, both the ferns and the big palm by the"
     );
     assert_eq!(header(&mails[0], "In-Reply-To"), None);
+    // A reply with a file (`send_file`) carries it as an attachment, through the real
+    // servers; without a caption its name is the subject.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("copy"), b"quarterly numbers").expect("write");
+    let with_file = OutboundMessage {
+        outbox_id: 44,
+        text: String::new(),
+        file: Some(nanoclaw::channels::OutboundFile {
+            name: "report.txt".into(),
+            path: dir.path().join("copy"),
+            size: 17,
+        }),
+        ..message.clone()
+    };
+    email.send(&with_file).await.expect("sent");
+    let mails = servers.wait_mailbox(ALICE, 2).await;
+    let mail = &mails[1];
+    assert_eq!(header(mail, "Subject").as_deref(), Some("report.txt"));
+    assert!(
+        header(mail, "Content-Type").is_some_and(|c| c.starts_with("multipart/mixed")),
+        "{mail}"
+    );
+    let attached = mail
+        .split_once("Content-Disposition: attachment; filename=\"report.txt\"")
+        .map(|(_, part)| part)
+        .unwrap_or_else(|| panic!("no attachment: {mail}"));
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(b"quarterly numbers");
+    assert!(
+        attached.contains("quarterly numbers") || attached.contains(&encoded),
+        "{mail}"
+    );
     // A recipient the server refuses for good is given up, not retried forever.
     let refused = OutboundMessage {
         outbox_id: 42,
