@@ -89,6 +89,14 @@ impl IpcRequest {
     }
 }
 
+/// `text` cut to `max` characters, with `…` when cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// Where the group folder appears inside the sandbox.
 pub const GROUP_DIR: &str = "/workspace/group";
 
@@ -99,11 +107,15 @@ pub const MAX_SEND_FILE_BYTES: u64 = 50 << 20;
 /// or an absolute one under [`GROUP_DIR`]. Refuses anything else, `..`, and empty or NUL
 /// components, saying why.
 pub fn group_file_components(path: &str) -> Result<Vec<&str>, String> {
-    if path.contains('\0') {
+    let full = path;
+    // Errors quote the path, at most this much of it (they reach the chat and logs).
+    let path = &shorten(full, 100);
+    let path = path.as_str();
+    if full.contains('\0') {
         return Err("the path contains a NUL character".into());
     }
-    let relative = if path.starts_with('/') {
-        match path.strip_prefix(GROUP_DIR) {
+    let relative = if full.starts_with('/') {
+        match full.strip_prefix(GROUP_DIR) {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
             _ => {
                 return Err(format!(
@@ -112,7 +124,7 @@ pub fn group_file_components(path: &str) -> Result<Vec<&str>, String> {
             }
         }
     } else {
-        path
+        full
     };
     let parts: Vec<&str> = relative
         .split('/')
@@ -210,6 +222,11 @@ mod tests {
             let e = group_file_components(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");
         }
+        let huge = format!("/x{}", "A".repeat(1 << 20));
+        let e = group_file_components(&huge).expect_err("outside");
+        assert!(e.len() < 300, "errors quote a cut path: {} bytes", e.len());
+        let long = "a/".repeat(3000);
+        assert!(group_file_components(&long).expect_err("long").len() < 300);
     }
 
     #[test]

@@ -166,6 +166,7 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
         tasks_changed: Arc::new(tokio::sync::Notify::new()),
         guard: crate::ipc::IpcGuard::new(crate::ipc::IpcLimits {
             min_task_interval: config.min_task_interval,
+            min_free_disk_bytes: config.min_free_disk_bytes,
             ..Default::default()
         }),
     });

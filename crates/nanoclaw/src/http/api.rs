@@ -490,9 +490,11 @@ pub async fn reply_file(
         .map_err(ApiError::internal)?
         .ok_or_else(gone)?;
     let layout = crate::layout::Layout::new(&state.config.root);
+    // Only the web app downloads files; other chats' copies are gone once sent.
+    let web = item.chat_jid.starts_with(crate::channels::web::PREFIX);
     let Some(file) = item
         .file
-        .filter(|f| crate::ipc::files::is_copy(&layout, &f.path))
+        .filter(|f| web && crate::ipc::files::is_copy(&layout, &f.path))
     else {
         return Err(gone());
     };

@@ -31,8 +31,9 @@ pub fn copy_from_group(
     folder: &GroupFolder,
     parts: &[&str],
     max: u64,
+    min_free_bytes: u64,
 ) -> Result<OutboxFile, String> {
-    let shown = parts.join("/");
+    let shown = nanoclaw_protocol::ipc::shorten(&parts.join("/"), 100);
     let Some((last, dirs)) = parts.split_last() else {
         return Err("no file was named".into());
     };
@@ -40,13 +41,14 @@ pub fn copy_from_group(
         .map_err(|e| format!("cannot open the group folder: {e}"))?;
     let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     for (i, part) in dirs.iter().enumerate() {
+        let upto = || nanoclaw_protocol::ipc::shorten(&parts[..=i].join("/"), 100);
         dir = openat(&dir, *part, dir_flags, Mode::empty()).map_err(|e| match e {
             Errno::LOOP | Errno::NOTDIR => format!(
                 "{} is a symbolic link or not a folder (only files reached through real folders can be sent)",
-                parts[..=i].join("/")
+                upto()
             ),
             Errno::NOENT => format!("{shown} does not exist"),
-            e => format!("cannot open {}: {e}", parts[..=i].join("/")),
+            e => format!("cannot open {}: {e}", upto()),
         })?;
     }
     // NONBLOCK: a FIFO opens at once (and is refused below) instead of hanging here.
@@ -74,6 +76,19 @@ pub fn copy_from_group(
     if size > max {
         return Err(too_large(&shown, size, max));
     }
+    // Asked before reading, by the size the file claims (the read is capped by it too).
+    let kept = kept_bytes(layout, folder);
+    if kept + size > MAX_KEPT_PER_GROUP {
+        return Err(over_kept(kept));
+    }
+    if let Ok(free) = crate::sandbox::disk::free_bytes(&layout.data_dir())
+        && free < min_free_bytes.saturating_add(size)
+    {
+        return Err(format!(
+            "the host's disk is nearly full ({} free); free some space",
+            human(free)
+        ));
+    }
     let mut bytes = Vec::with_capacity(size as usize);
     std::fs::File::from(fd)
         .take(max.saturating_add(1))
@@ -82,13 +97,8 @@ pub fn copy_from_group(
     if bytes.len() as u64 > max {
         return Err(too_large(&shown, bytes.len() as u64, max));
     }
-    let kept = kept_bytes(layout, folder);
     if kept + bytes.len() as u64 > MAX_KEPT_PER_GROUP {
-        return Err(format!(
-            "this group's files waiting for delivery or download already take {} of {}; try again later",
-            human(kept),
-            human(MAX_KEPT_PER_GROUP)
-        ));
+        return Err(over_kept(kept));
     }
     let path = write_copy(layout, folder, &bytes)?;
     Ok(OutboxFile {
@@ -96,6 +106,14 @@ pub fn copy_from_group(
         path,
         size: bytes.len() as u64,
     })
+}
+
+fn over_kept(kept: u64) -> String {
+    format!(
+        "this group's files waiting for delivery or download already take {} of {}; try again later",
+        human(kept),
+        human(MAX_KEPT_PER_GROUP)
+    )
 }
 
 fn too_large(shown: &str, size: u64, max: u64) -> String {
@@ -110,10 +128,20 @@ fn human(bytes: u64) -> String {
     nanoclaw_channel::text::human_size(bytes as usize)
 }
 
-/// The name the chat shows: the file's own, without control characters, at most 200
-/// characters.
+/// The name the chat shows: the file's own, without control characters, invisible
+/// formatting (a right-to-left override, U+202E, before `gpj.exe` shows "exe.jpg") or line and
+/// paragraph separators, backslashes made `_`, at most 200 characters.
 fn display_name(name: &str) -> String {
-    let clean: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
+    let invisible = |c: char| {
+        matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    };
+    let clean: String = name
+        .chars()
+        .filter(|c| !c.is_control() && !invisible(*c))
+        .map(|c| if c == '\\' { '_' } else { c })
+        .take(200)
+        .collect();
     if clean.trim().is_empty() {
         "file".into()
     } else {
@@ -257,7 +285,7 @@ mod tests {
             0,
         )
         .expect("mkfifo");
-        let copy = |parts: &[&str], max| copy_from_group(&layout, &folder, parts, max);
+        let copy = |parts: &[&str], max| copy_from_group(&layout, &folder, parts, max, 0);
 
         let file = copy(&["out", "report.txt"], 1000).expect("copied");
         assert_eq!(file.name, "report.txt");
@@ -290,12 +318,29 @@ mod tests {
     }
 
     #[test]
+    fn shown_names_hide_nothing() {
+        assert_eq!(display_name("\u{202E}gpj.exe"), "gpj.exe");
+        assert_eq!(display_name("a\u{2028}b\u{200B}c\\d.txt"), "abc_d.txt");
+        assert_eq!(display_name("\u{7}\u{202A}"), "file");
+        assert_eq!(display_name("Grüße 📎.pdf"), "Grüße 📎.pdf");
+    }
+
+    #[test]
+    fn the_free_space_floor_holds() {
+        let (_dir, layout, folder, group) = setup();
+        std::fs::write(group.join("a.txt"), "x").expect("write");
+        let e = copy_from_group(&layout, &folder, &["a.txt"], 10, u64::MAX / 2)
+            .expect_err("the disk is never that large");
+        assert!(e.contains("nearly full"), "{e}");
+    }
+
+    #[test]
     fn a_groups_kept_copies_are_capped_and_old_ones_swept() {
         let (_dir, layout, folder, group) = setup();
         let big = std::fs::File::create(group.join("big")).expect("create");
         big.set_len(MAX_KEPT_PER_GROUP / 2 + 1).expect("size");
-        let first = copy_from_group(&layout, &folder, &["big"], u64::MAX).expect("first");
-        let e = copy_from_group(&layout, &folder, &["big"], u64::MAX).expect_err("over the cap");
+        let first = copy_from_group(&layout, &folder, &["big"], u64::MAX, 0).expect("first");
+        let e = copy_from_group(&layout, &folder, &["big"], u64::MAX, 0).expect_err("over the cap");
         assert!(e.contains("already take"), "{e}");
         // Fresh, or still waiting for delivery: kept.
         assert_eq!(sweep(&layout, &[]), 0);
@@ -308,6 +353,6 @@ mod tests {
         assert_eq!(sweep(&layout, std::slice::from_ref(&first.path)), 0);
         assert_eq!(sweep(&layout, &[]), 1);
         assert!(!first.path.exists());
-        copy_from_group(&layout, &folder, &["big"], u64::MAX).expect("room again");
+        copy_from_group(&layout, &folder, &["big"], u64::MAX, 0).expect("room again");
     }
 }

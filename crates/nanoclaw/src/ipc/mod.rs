@@ -69,6 +69,8 @@ pub struct IpcLimits {
     pub tasks_per_hour: usize,
     /// The longest text an IPC chat message may have, in bytes.
     pub max_message_bytes: usize,
+    /// Free disk space a copied file (`send_file`) must leave (`NANOCLAW_MIN_FREE_DISK_MB`).
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for IpcLimits {
@@ -79,6 +81,7 @@ impl Default for IpcLimits {
             max_tasks_per_group: 50,
             tasks_per_hour: 30,
             max_message_bytes: 16 * 1024,
+            min_free_disk_bytes: 512 << 20,
         }
     }
 }

@@ -153,12 +153,21 @@ fn send_file(
             ));
         };
         let max = max.min(nanoclaw_protocol::ipc::MAX_SEND_FILE_BYTES);
-        super::files::copy_from_group(&ctx.layout, &folder, &parts, max)
+        super::files::copy_from_group(
+            &ctx.layout,
+            &folder,
+            &parts,
+            max,
+            ctx.guard.limits.min_free_disk_bytes,
+        )
     });
     let file = match copied {
         Ok(file) => file,
         Err(why) => {
-            let notice = format!("(A file could not be sent: {why}.)");
+            let notice = format!(
+                "(A file could not be sent: {}.)",
+                nanoclaw_protocol::ipc::shorten(&why, 400)
+            );
             ctx.store
                 .commit_reply(jid, &notice, &ctx.assistant_name, None)?;
             if let Some(delivery) = &ctx.delivery {
