@@ -58,6 +58,11 @@ if ! .tools/venv/bin/python -c 'import anthropic' >/dev/null 2>&1; then
     python3 -m venv .tools/venv
     .tools/venv/bin/pip install -q --disable-pip-version-check anthropic
 fi
+# The official OpenAI client judges the fake transcription endpoint (tests/transcription.rs).
+if ! .tools/venv/bin/python -c 'import openai' >/dev/null 2>&1; then
+    echo "test-tools: installing the openai Python SDK into .tools/venv" >&2
+    .tools/venv/bin/pip install -q --disable-pip-version-check openai==3.57.0
+fi
 installed=$(node -e "try{console.log(require('./.tools/node/node_modules/@anthropic-ai/claude-code/package.json').version)}catch(e){}" 2>/dev/null || true)
 if [ "$installed" != "$CLAUDE_CODE_VERSION" ]; then
     echo "test-tools: installing Claude Code $CLAUDE_CODE_VERSION into .tools/node" >&2

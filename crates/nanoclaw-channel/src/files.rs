@@ -87,10 +87,19 @@ pub async fn save(
         }
     };
     match host.save_file(jid, name, &bytes).await {
-        Ok(Some(path)) => Some(format!(
-            "[attachment: {path} ({})]",
-            human_size(bytes.len())
-        )),
+        Ok(Some(path)) => {
+            let size = human_size(bytes.len());
+            // What was said in a voice note, when the host can tell.
+            let heard = match host.transcribe(name, &bytes).await {
+                Ok(Some(text)) if !text.is_empty() => format!(", transcript: {text}"),
+                Ok(_) => String::new(),
+                Err(e) => {
+                    tracing::warn!("{channel}: cannot transcribe {name:?}: {e}");
+                    format!(", not transcribed: {e}")
+                }
+            };
+            Some(format!("[attachment: {path} ({size}){heard}]"))
+        }
         Ok(None) => None,
         // The host's reason is written for the user (quota, free space).
         Err(e) => {

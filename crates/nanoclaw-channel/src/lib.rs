@@ -103,6 +103,12 @@ pub trait ChannelHost: Send + Sync + 'static {
     ) -> Result<Option<String>, String> {
         Ok(None)
     }
+
+    /// The text spoken in an audio file a user sent (`name` says its kind), when the
+    /// host has a transcription service (`TRANSCRIBE_URL`); `Ok(None)` when it has none.
+    async fn transcribe(&self, _name: &str, _bytes: &[u8]) -> Result<Option<String>, String> {
+        Ok(None)
+    }
 }
 
 /// How a channel is doing, as `status` and `doctor` show it.

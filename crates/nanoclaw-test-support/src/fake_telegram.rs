@@ -302,6 +302,17 @@ impl FakeTelegram {
         id
     }
 
+    /// A user sends a voice note (OGG/Opus, as Telegram records them); returns the
+    /// message id.
+    pub fn user_sends_voice(&self, chat: &Chat, user: &User, bytes: &[u8]) -> i64 {
+        let file = self.add_file(&format!("voice/file_{}.oga", bytes.len()), bytes.to_vec());
+        let (id, mut update) = self.media_message(chat, user);
+        update["message"]["voice"] = json!({"file_id": file, "file_unique_id": format!("u{file}"),
+            "duration": 2, "mime_type": "audio/ogg", "file_size": bytes.len()});
+        self.push_update(update);
+        id
+    }
+
     /// A message from `user` without text, for a file to be attached to.
     fn media_message(&self, chat: &Chat, user: &User) -> (i64, Value) {
         let (id, mut update) = self.message(

@@ -149,6 +149,14 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
     )
     .await
     .context("starting the credential proxy")?;
+    let transcriber = crate::transcribe::Transcriber::new(
+        config.transcribe_url.as_deref(),
+        &config.transcribe_model,
+        secrets.transcribe_api_key.clone(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("setting up voice transcription")?
+    .map(Arc::new);
     drop(secrets);
     let delivery = Delivery::new(
         Arc::clone(&store),
@@ -208,7 +216,8 @@ pub async fn start(options: DaemonOptions) -> Result<RunningDaemon> {
             config.default_trigger(),
             Arc::clone(&metrics),
         )
-        .with_groups_dir(layout.groups_dir(), config.min_free_disk_bytes),
+        .with_groups_dir(layout.groups_dir(), config.min_free_disk_bytes)
+        .with_transcriber(transcriber),
     );
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.http_port))

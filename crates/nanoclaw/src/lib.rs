@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod store;
 pub mod tls;
+pub mod transcribe;
 
 #[cfg(test)]
 mod fuzz_targets;

@@ -146,6 +146,11 @@ pub struct Config {
     pub discord_gateway_url: Option<String>,
     /// Slack's Web API (`SLACK_API_URL`; methods are `POST {url}/{method}`).
     pub slack_api_url: String,
+    /// An OpenAI-compatible `/v1/audio/transcriptions` endpoint for voice notes users
+    /// send (`TRANSCRIBE_URL`); unset: audio is saved and named, not transcribed.
+    pub transcribe_url: Option<String>,
+    /// The model asked of it (`TRANSCRIBE_MODEL`, default `whisper-1`).
+    pub transcribe_model: String,
     /// Runs are refused, and running ones stopped, when the disk holding the root has
     /// less free than this (`NANOCLAW_MIN_FREE_DISK_MB`, default 1024 MiB), so the store
     /// always has room.
@@ -186,6 +191,8 @@ pub struct Secrets {
     pub claude_code_oauth_token: Option<Secret>,
     pub anthropic_auth_token: Option<Secret>,
     pub openai_api_key: Option<Secret>,
+    /// For `TRANSCRIBE_URL`.
+    pub transcribe_api_key: Option<Secret>,
     pub telegram_bot_token: Option<Secret>,
     pub discord_bot_token: Option<Secret>,
     pub slack_app_token: Option<Secret>,
@@ -197,11 +204,12 @@ pub struct Secrets {
 
 impl Secrets {
     /// Names of every variable treated as a secret.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "ANTHROPIC_API_KEY",
         "CLAUDE_CODE_OAUTH_TOKEN",
         "ANTHROPIC_AUTH_TOKEN",
         "OPENAI_API_KEY",
+        "TRANSCRIBE_API_KEY",
         "TELEGRAM_BOT_TOKEN",
         "DISCORD_BOT_TOKEN",
         "SLACK_APP_TOKEN",
@@ -473,6 +481,16 @@ impl Config {
                 Some(_) => Some(url_setting(&s, "DISCORD_GATEWAY_URL", "")?),
             },
             slack_api_url: url_setting(&s, "SLACK_API_URL", "https://slack.com/api")?,
+            transcribe_url: match s.get("TRANSCRIBE_URL") {
+                Some((v, _)) if !v.trim().is_empty() => {
+                    let url = url_setting(&s, "TRANSCRIBE_URL", "")?;
+                    nanoclaw_channel::http::check_endpoint("TRANSCRIBE_URL", &url)
+                        .map_err(|why| invalid(&s, "TRANSCRIBE_URL", &why))?;
+                    Some(url)
+                }
+                _ => None,
+            },
+            transcribe_model: s.string("TRANSCRIBE_MODEL", "whisper-1").trim().to_string(),
             openai_base_url: s
                 .string("OPENAI_BASE_URL", "http://127.0.0.1:11434")
                 .trim_end_matches('/')
@@ -514,6 +532,7 @@ impl Config {
             claude_code_oauth_token: s.secret("CLAUDE_CODE_OAUTH_TOKEN"),
             anthropic_auth_token: s.secret("ANTHROPIC_AUTH_TOKEN"),
             openai_api_key: s.secret("OPENAI_API_KEY"),
+            transcribe_api_key: s.secret("TRANSCRIBE_API_KEY"),
             telegram_bot_token: s.secret("TELEGRAM_BOT_TOKEN"),
             discord_bot_token: s.secret("DISCORD_BOT_TOKEN"),
             slack_app_token: s.secret("SLACK_APP_TOKEN"),
@@ -653,6 +672,47 @@ mod tests {
         assert_eq!(c.zone.name, "UTC");
         assert_eq!(c.retry_base, Duration::from_secs(5));
         assert!(s.anthropic_api_key.is_none());
+    }
+
+    #[test]
+    fn transcription_is_off_unless_set_and_its_key_never_crosses_in_clear() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (c, s) = Config::load(dir.path(), &env(&[("TZ", "UTC")])).expect("loads");
+        assert_eq!(
+            (c.transcribe_url, c.transcribe_model.as_str()),
+            (None, "whisper-1")
+        );
+        assert!(s.transcribe_api_key.is_none());
+        let (c, s) = Config::load(
+            dir.path(),
+            &env(&[
+                ("TZ", "UTC"),
+                (
+                    "TRANSCRIBE_URL",
+                    "http://127.0.0.1:8080/v1/audio/transcriptions",
+                ),
+                ("TRANSCRIBE_API_KEY", "sk-t"),
+                ("TRANSCRIBE_MODEL", "large-v3"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(
+            c.transcribe_url.as_deref(),
+            Some("http://127.0.0.1:8080/v1/audio/transcriptions")
+        );
+        assert_eq!(c.transcribe_model, "large-v3");
+        assert_eq!(
+            s.transcribe_api_key
+                .map(|k| k.expose().to_string())
+                .as_deref(),
+            Some("sk-t")
+        );
+        for bad in ["http://whisper.lan/v1/audio/transcriptions", "ftp://x"] {
+            let e = Config::load(dir.path(), &env(&[("TZ", "UTC"), ("TRANSCRIBE_URL", bad)]))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("TRANSCRIBE_URL"), "{e}");
+        }
     }
 
     #[test]

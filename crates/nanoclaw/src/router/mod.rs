@@ -51,6 +51,8 @@ pub struct Router {
     groups_dir: Option<std::path::PathBuf>,
     /// `NANOCLAW_MIN_FREE_DISK_MB`, for files users send.
     min_free_bytes: u64,
+    /// Voice notes to text (`TRANSCRIBE_URL`), if set.
+    transcriber: Option<Arc<crate::transcribe::Transcriber>>,
 }
 
 impl Router {
@@ -70,7 +72,17 @@ impl Router {
             unregistered_logged: Default::default(),
             groups_dir: None,
             min_free_bytes: 0,
+            transcriber: None,
         }
+    }
+
+    /// Transcribes audio files users send with `transcriber`.
+    pub fn with_transcriber(
+        mut self,
+        transcriber: Option<Arc<crate::transcribe::Transcriber>>,
+    ) -> Router {
+        self.transcriber = transcriber;
+        self
     }
 
     /// The disk limits a file saved for `group` is held to: its folders within its quota
@@ -291,6 +303,15 @@ impl crate::channels::ChannelHost for Router {
             .call(move |s| s.has_message(&jid, &id))
             .await
             .unwrap_or(false)
+    }
+
+    async fn transcribe(&self, name: &str, bytes: &[u8]) -> Result<Option<String>, String> {
+        match &self.transcriber {
+            Some(t) if crate::transcribe::is_audio(name) => {
+                t.transcribe(name, bytes).await.map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     async fn refuse_file(&self, jid: &str, size: u64) -> Option<String> {
