@@ -24,6 +24,8 @@ want chattr e2fsprogs
 # The isolation tests make network namespaces with a "public" host in them.
 want ip iproute2
 [ -e /usr/share/zoneinfo/Europe/Berlin ] || need_apt+=(tzdata)
+# The Browser tool of bwrap agents uses the host's Chromium (the agent image has its own).
+[ -x /usr/lib/chromium/chromium ] || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then

@@ -7,6 +7,7 @@
 //! OpenAI-compatible chat-completions API.
 
 mod agent;
+mod browser;
 mod images;
 mod inbox;
 mod llm;
@@ -99,7 +100,12 @@ fn main() -> ExitCode {
             );
         }
     };
-    runtime.block_on(run(input))
+    runtime.block_on(async {
+        let code = run(input).await;
+        // A clean close writes the browser's cookies to the group's profile.
+        tools::close_browser().await;
+        code
+    })
 }
 
 async fn run(input: AgentInput) -> ExitCode {

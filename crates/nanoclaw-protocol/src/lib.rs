@@ -11,6 +11,17 @@
 //! * [`schedule`]: task schedule validation both sides apply;
 //! * [`sse`]: the Server-Sent Events parser every SSE reader in the project uses.
 
+/// Where a Chromium for the `Browser` tool may be, in order: the binary itself first
+/// (Debian's `/usr/bin/chromium` is a script reading `/etc/chromium.d`, which a bwrap
+/// sandbox does not show). The agent looks here; `doctor` says which one bwrap agents
+/// get from the host.
+pub const BROWSER_CANDIDATES: &[&str] = &[
+    "/usr/lib/chromium/chromium",
+    "/usr/bin/chromium",
+    "/usr/bin/chromium-browser",
+    "/usr/bin/google-chrome",
+];
+
 pub mod ipc;
 pub mod schedule;
 pub mod sse;

@@ -6,6 +6,7 @@
 //! the security boundary; paths may point anywhere the sandbox can see.
 
 mod bash;
+mod browser;
 mod files;
 pub mod ipc;
 mod memory;
@@ -115,11 +116,17 @@ pub async fn run(name: &str, input: &Value, ctx: &ToolContext) -> ToolOutput {
         "Grep" => search::grep(input, ctx).await,
         "WebFetch" => web::fetch(input).await,
         "memory_search" => memory::search(input, ctx).await,
+        "Browser" => browser::run(input, ctx).await,
         other => ipc::run(other, input, ctx).await,
     };
     match result {
         Ok(output) | Err(output) => output,
     }
+}
+
+/// Closes the run's browser, if one was started (at the end of the run).
+pub async fn close_browser() {
+    browser::close().await;
 }
 
 /// The tool definitions offered to the model. Main gets the admin tools too.
@@ -152,6 +159,10 @@ pub fn definitions(is_main: bool, web_search: bool) -> Vec<Value> {
         json!({"name": "WebFetch", "description": "Fetch a web page (http or https) and return it as text.",
                "input_schema": {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}}),
     ];
+    // Only where there is a Chromium to drive.
+    if crate::browser::binary().is_some() {
+        tools.push(browser::definition());
+    }
     tools.push(memory::definition());
     tools.extend(ipc::definitions(is_main));
     if web_search {

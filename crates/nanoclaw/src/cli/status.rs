@@ -677,6 +677,9 @@ pub(super) fn sandbox_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
                     for mechanism in backend.mechanisms() {
                         checks.push(("", Verdict::Ok(format!("  {mechanism}"))));
                     }
+                    if kind == RuntimeKind::Bwrap {
+                        checks.push(("", browser_check()));
+                    }
                 }
                 Err(why) => checks.push((name, Verdict::Warn(why))),
             }
@@ -696,6 +699,20 @@ pub(super) fn sandbox_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
         checks.push(("sandbox", chosen));
         checks
     })
+}
+
+/// Whether bwrap agents get the `Browser` tool: they use the host's Chromium.
+fn browser_check() -> Verdict {
+    match nanoclaw_protocol::BROWSER_CANDIDATES
+        .iter()
+        .find(|p| std::path::Path::new(p).is_file())
+    {
+        Some(path) => Verdict::Ok(format!("  Browser tool: the host's Chromium, {path}")),
+        None => Verdict::Warn(
+            "  Browser tool: no Chromium on this host, so bwrap agents have none (`apt install chromium`; the agent image has its own)"
+                .into(),
+        ),
+    }
 }
 
 /// For podman/docker: whether the image holds the current agent.

@@ -4,7 +4,8 @@
 //! The image carries the sha256 of the `nanoclaw-agent` it contains as the label
 //! `org.nanoclaw.agent-build`; an image whose label differs from the agent next to this
 //! `nanoclaw` is stale. Without a container registry, the Debian base is made with
-//! `debootstrap` and imported as `localhost/nanoclaw-base:bookworm`.
+//! `debootstrap` and imported as `localhost/nanoclaw-base:bookworm-browser` (the tag
+//! names its package set: a base made before Chromium joined it is not reused).
 
 use std::io::Read;
 use std::path::Path;
@@ -21,10 +22,13 @@ use crate::layout::Layout;
 
 pub const AGENT_BUILD_LABEL: &str = "org.nanoclaw.agent-build";
 pub const UPSTREAM_BASE: &str = "docker.io/library/debian:bookworm-slim";
-pub const LOCAL_BASE: &str = "localhost/nanoclaw-base:bookworm";
+pub const LOCAL_BASE: &str = "localhost/nanoclaw-base:bookworm-browser";
 const CONTAINERFILE: &str = include_str!("../../../../container/Containerfile");
 /// Packages the debootstrap base gets (the Containerfile's tools).
 const BASE_PACKAGES: &str = "ca-certificates,curl,git,jq,python3,ripgrep";
+/// Installed into it afterwards with apt (debootstrap cannot configure a desktop
+/// program's dependency tree): Chromium for the Browser tool, a font for screenshots.
+const BROWSER_PACKAGES: &str = "chromium fonts-dejavu-core";
 
 /// Steps of a build, for "step n of m".
 const STEPS: usize = 3;
@@ -256,7 +260,7 @@ async fn build(
         1,
         STEPS,
         "the Debian base image",
-        "seconds once it exists; 1 to 5 minutes the first time, when debootstrap makes it",
+        "seconds once it exists; 2 to 6 minutes the first time, when debootstrap and apt make it",
     );
     let base = base_image(oci, config, &program, context, progress).await?;
     progress.done();
@@ -398,6 +402,8 @@ async fn base_image(
         progress,
     )
     .await?;
+    progress.note(&format!("adding {BROWSER_PACKAGES} with apt"));
+    add_browser(&rootfs, progress).await?;
     progress.note(&format!("importing the debootstrap base as {LOCAL_BASE}"));
     let tar = which("tar").ok_or("tar is not installed")?;
     let mut tar_child = tokio::process::Command::new(tar)
@@ -431,6 +437,37 @@ async fn base_image(
         return Err(format!("tar of the debootstrap base failed ({tar_status})"));
     }
     Ok(LOCAL_BASE.into())
+}
+
+/// Installs [`BROWSER_PACKAGES`] into the debootstrap tree with its own apt (in a mount
+/// namespace of its own, so the `/proc` apt's scripts need is never left mounted).
+async fn add_browser(rootfs: &Path, progress: &mut dyn Progress) -> Result<(), String> {
+    let unshare = which("unshare").ok_or("unshare is not installed (util-linux)")?;
+    let resolv = rootfs.join("etc/resolv.conf");
+    let _ = std::fs::remove_file(&resolv);
+    std::fs::copy("/etc/resolv.conf", &resolv)
+        .map_err(|e| format!("cannot give the base this machine's /etc/resolv.conf: {e}"))?;
+    let script = format!(
+        "mount -t proc proc \"$0/proc\" && \
+         chroot \"$0\" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {BROWSER_PACKAGES} && \
+         chroot \"$0\" apt-get clean && rm -rf \"$0\"/var/lib/apt/lists/*"
+    );
+    stream(
+        &unshare,
+        &[
+            "--mount".into(),
+            "--propagation".into(),
+            "private".into(),
+            "--fork".into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+            rootfs.display().to_string(),
+        ],
+        None,
+        progress,
+    )
+    .await
 }
 
 /// Runs a command, passing each output line to `progress`; fails with the last lines.
