@@ -21,7 +21,17 @@ pub(crate) struct Event {
     pub text: String,
     /// `im`, `channel`, `group`, `mpim` (`message` events only).
     pub channel_type: Option<String>,
-    pub files: Vec<String>,
+    pub files: Vec<SharedFile>,
+}
+
+/// A file a person shared with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SharedFile {
+    pub name: String,
+    /// As Slack announces it.
+    pub size: Option<u64>,
+    /// `url_private_download` (or `url_private`): fetched with the bot token.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -82,12 +92,17 @@ pub(crate) fn read(event: &Value, bot_user: &str) -> Read {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|f| {
-                f["name"]
+            .map(|f| SharedFile {
+                name: f["name"]
                     .as_str()
                     .or_else(|| f["title"].as_str())
                     .unwrap_or("file")
-                    .to_string()
+                    .to_string(),
+                size: f["size"].as_u64(),
+                url: f["url_private_download"]
+                    .as_str()
+                    .or_else(|| f["url_private"].as_str())
+                    .map(str::to_string),
             })
             .collect(),
     })
@@ -285,7 +300,14 @@ mod tests {
         ) else {
             panic!("a file share is input");
         };
-        assert_eq!(file.files, ["cat.png"]);
+        assert_eq!(
+            file.files,
+            [SharedFile {
+                name: "cat.png".into(),
+                size: None,
+                url: None
+            }]
+        );
         assert!(matches!(
             read(&json!({"type": "message", "text": "x"}), "UBOT"),
             Read::Malformed(_)

@@ -82,6 +82,9 @@ pub(crate) struct Conversation {
 pub struct Slack {
     config: SlackConfig,
     api: Api,
+    /// For files people share: the bot token goes with each request, so redirects are
+    /// never followed (they could lead anywhere).
+    files_client: reqwest::Client,
     /// `xapp-…`: only for `apps.connections.open`.
     app_token: String,
     /// `xoxb-…`: every other method.
@@ -141,6 +144,11 @@ impl Slack {
         nanoclaw_channel::http::check_endpoint("SLACK_API_URL", &api_url)?;
         Ok(Arc::new(Slack {
             api: Api::new(&api_url)?,
+            files_client: nanoclaw_channel::http::client()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(std::time::Duration::from_secs(15))
+                .build()
+                .map_err(|e| format!("cannot create the Slack HTTP client: {e}"))?,
             config: SlackConfig { api_url, ..config },
             app_token,
             bot_token,
@@ -324,6 +332,56 @@ impl Slack {
         send_outcome(result)
     }
 
+    /// Saves the files a person shared into the group's inbox and names them in the
+    /// message, so the agent can open them (and see photos). They are fetched with the
+    /// bot token (scope `files:read`), which goes only to Slack's file host over https
+    /// (or the API's own origin, a test double or proxy), never through a redirect; not
+    /// again for a message seen before, nothing for a chat no group is registered for.
+    pub(crate) async fn save_files(
+        &self,
+        host: &dyn ChannelHost,
+        shared: &[inbound::SharedFile],
+        message: &mut nanoclaw_channel::Message,
+    ) {
+        use nanoclaw_channel::files;
+        if !files::registered(host, &message.chat_jid).await
+            || host.has_message(&message.chat_jid, &message.id).await
+        {
+            return;
+        }
+        let mut notes = Vec::new();
+        for file in shared.iter().take(MAX_FILES) {
+            let size = file.size.unwrap_or(0);
+            let note = if size > MAX_FILE {
+                Some(files::too_large(&file.name, size, MAX_FILE, "larger than"))
+            } else if let Some(refused) =
+                files::refused(host, &message.chat_jid, &file.name, size).await
+            {
+                Some(refused)
+            } else {
+                let fetched = match &file.url {
+                    Some(url) if token_may_go_to(url, &self.config.api_url) => {
+                        let request = self.files_client.get(url).bearer_auth(&self.bot_token);
+                        files::fetch_capped(request, MAX_FILE).await.map_err(|e| {
+                            if e.contains("HTTP 3") {
+                                format!("{e} (Slack sends a login page instead: the app needs the files:read scope)")
+                            } else {
+                                e
+                            }
+                        })
+                    }
+                    Some(_) => Err("its URL is not on Slack's file host".to_string()),
+                    None => Err("Slack gave no URL for it".to_string()),
+                };
+                files::save(host, "slack", &message.chat_jid, &file.name, fetched).await
+            };
+            notes.extend(note);
+        }
+        if !notes.is_empty() {
+            message.content = format!("{}\n{}", message.content, notes.join("\n"));
+        }
+    }
+
     /// Shares a file in `channel` with `comment`: `files.getUploadURLExternal`, the
     /// bytes to the URL it gives, `files.completeUploadExternal` (scope `files:write`).
     /// Unlike text, a crash between the upload and recording it may share it twice.
@@ -450,6 +508,29 @@ impl Slack {
     /// Notes the latest message a person wrote in `channel`.
     pub(crate) fn saw_message(&self, channel: &str, ts: &str) {
         lock(&self.latest).insert(channel.to_string(), ts.to_string());
+    }
+}
+
+/// Largest file a person shares that is saved.
+const MAX_FILE: u64 = 25 << 20;
+/// Files of one message saved at most.
+const MAX_FILES: usize = 10;
+
+/// Whether the bot token may be sent to `url`: Slack's file host over https, or the
+/// origin of `SLACK_API_URL` itself (checked at start: https, or this machine).
+fn token_may_go_to(url: &str, api_url: &str) -> bool {
+    let origin = |u: &str| -> Option<(String, String)> {
+        let (scheme, rest) = u.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        if authority.is_empty() || authority.contains('@') || authority.contains('\\') {
+            return None;
+        }
+        Some((scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
+    };
+    match origin(url) {
+        Some((scheme, authority)) if scheme == "https" && authority == "files.slack.com" => true,
+        Some(o) => origin(api_url) == Some(o),
+        None => false,
     }
 }
 
@@ -638,6 +719,39 @@ impl Channel for Slack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bot_token_goes_only_to_slacks_file_host_or_the_api_itself() {
+        let api = "https://slack.com/api";
+        assert!(token_may_go_to(
+            "https://files.slack.com/files-pri/T1-F1/download/a.png",
+            api
+        ));
+        assert!(token_may_go_to(
+            "http://127.0.0.1:4000/files-pri/T1-F1/x",
+            "http://127.0.0.1:4000/api"
+        ));
+        for bad in [
+            "http://files.slack.com/files-pri/x",
+            "https://files.slack.com.evil.test/x",
+            "https://evil.test/files.slack.com/x",
+            "https://user@files.slack.com/x",
+            "http://127.0.0.1:4001/x",
+            "files.slack.com/x",
+        ] {
+            assert!(
+                !token_may_go_to(
+                    bad,
+                    if bad.contains("4001") {
+                        "http://127.0.0.1:4000/api"
+                    } else {
+                        api
+                    }
+                ),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn tokens_are_checked_for_their_kind() {

@@ -376,7 +376,11 @@ async fn store_message(
     };
     let decoded = inbound::decode(&e.text, &names, &me.user_id);
     let mut content = decoded.text;
-    let files: Vec<String> = e.files.iter().map(|f| format!("[File: {f}]")).collect();
+    let files: Vec<String> = e
+        .files
+        .iter()
+        .map(|f| format!("[File: {}]", f.name))
+        .collect();
     if !files.is_empty() {
         content = [content, files.join(" ")]
             .into_iter()
@@ -412,7 +416,7 @@ async fn store_message(
         channel: Some("slack".into()),
         is_group: Some(!is_im),
     };
-    let message = Message {
+    let mut message = Message {
         id: e.ts.clone(),
         chat_jid: jid,
         sender: e.user.clone(),
@@ -423,6 +427,11 @@ async fn store_message(
         is_bot_message: false,
         flagged: None,
     };
+    if !e.files.is_empty() {
+        slack
+            .save_files(host.as_ref(), &e.files, &mut message)
+            .await;
+    }
     host.deliver(chat, message).await?;
     slack.saw_message(&e.channel, &e.ts);
     Ok(trigger.map(|_| (e.channel, e.ts)))

@@ -119,6 +119,9 @@ struct Inner {
     /// file id → the upload it names.
     uploads: HashMap<String, Upload>,
     shared_files: Vec<SharedFile>,
+    /// Files people shared: id → bytes.
+    user_files: HashMap<String, Vec<u8>>,
+    file_downloads: Vec<(String, bool)>,
 }
 
 impl Inner {
@@ -236,6 +239,8 @@ impl FakeSlack {
             root: String::new(),
             uploads: HashMap::new(),
             shared_files: Vec::new(),
+            user_files: HashMap::new(),
+            file_downloads: Vec::new(),
         }));
         let changed = Arc::new(Notify::new());
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -251,6 +256,10 @@ impl FakeSlack {
         let app = Router::new()
             .route("/api/{method}", post(web_api))
             .route("/upload/{id}", post(upload_file))
+            .route(
+                "/files-pri/{file}/download/{name}",
+                axum::routing::get(download_file),
+            )
             .with_state(shared.clone());
         let (root, rest) = crate::serve_on_loopback(app, "the fake Slack Web API").await;
         lock_inner(&inner).root = root.clone();
@@ -300,6 +309,41 @@ impl FakeSlack {
         drop(inner);
         self.changed.notify_waiters();
         ts
+    }
+
+    /// A person shares a file with `text` (a `file_share` message, as Slack sends it):
+    /// its `url_private_download` serves the bytes only with the bot token, and
+    /// redirects to a login page otherwise, as Slack does.
+    pub fn user_shares_file(&self, channel: &str, text: &str, name: &str, bytes: &[u8]) -> String {
+        let mut inner = self.lock();
+        let ts = inner.next_ts();
+        inner.next += 1;
+        let id = format!("F0SHARED{:03}", inner.next);
+        inner.user_files.insert(id.clone(), bytes.to_vec());
+        let url = format!("{}/files-pri/{TEAM_ID}-{id}/download/{name}", inner.root);
+        let message = json!({
+            "type": "message", "subtype": "file_share", "channel": channel, "user": USER_ID,
+            "text": text, "ts": ts, "team": TEAM_ID, "event_ts": ts,
+            "channel_type": channel_type(channel), "upload": false,
+            "files": [{"id": id, "name": name, "title": name, "mimetype": "application/octet-stream",
+                       "size": bytes.len(), "url_private": url.replace("/download", ""),
+                       "url_private_download": url}],
+        });
+        inner
+            .history
+            .entry(channel.to_string())
+            .or_default()
+            .push(message.clone());
+        let envelope = inner.envelope(message);
+        inner.dispatch(envelope);
+        drop(inner);
+        self.changed.notify_waiters();
+        ts
+    }
+
+    /// Downloads of shared files: `(file id, whether the bot token came)`.
+    pub fn file_downloads(&self) -> Vec<(String, bool)> {
+        self.lock().file_downloads.clone()
     }
 
     /// The bot's own message, as Slack shows it to the bot.
@@ -547,6 +591,33 @@ fn params(headers: &HeaderMap, body: &[u8]) -> (HashMap<String, String>, Option<
         .map(str::to_string)
         .or_else(|| params.remove("token"));
     (params, token)
+}
+
+/// `GET url_private_download`: the bytes with the bot token; without it, Slack's
+/// redirect to its sign-in page.
+async fn download_file(
+    State((inner, _, _)): State<Shared>,
+    Path((file, _name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = lock_inner(&inner);
+    let id = file.rsplit('-').next().unwrap_or("").to_string();
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {}", state.bot_token));
+    state.file_downloads.push((id.clone(), authorized));
+    if !authorized {
+        return (
+            StatusCode::FOUND,
+            [("location", "https://family.slack.com/?redir=%2Ffiles-pri")],
+        )
+            .into_response();
+    }
+    match state.user_files.get(&id) {
+        Some(bytes) => (StatusCode::OK, bytes.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, "file_not_found").into_response(),
+    }
 }
 
 /// `POST {upload_url}`: a file's bytes, raw or as the one field of a multipart form

@@ -780,3 +780,52 @@ async fn a_file_reply_is_shared_in_the_channel() {
         "{posted:?}"
     );
 }
+
+/// A file a person shares lands in the group's inbox and is named in the prompt; it is
+/// fetched with the bot token, which Slack's file host needs, and a file shared in a
+/// chat no group is registered for is never downloaded (issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_file_lands_in_the_inbox() {
+    let fake = FakeSlack::start(APP, BOT).await;
+    let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec!["Read it.".into()])]);
+    let root = tempfile::tempdir().expect("temp dir");
+    register_new(root.path(), JID, "slack_files");
+    let slack = support::slack(&fake, APP, BOT);
+    let d = support::channel_daemon(runner.clone(), vec![slack.clone()], root).await;
+    fake.wait_connected("connected").await;
+    // Nobody registered the DM: its file is stored as a message, never fetched.
+    fake.user_shares_file(
+        nanoclaw_test_support::fake_slack::DM_ID,
+        "",
+        "secret.txt",
+        b"nope",
+    );
+    fake.user_shares_file(
+        CHANNEL_ID,
+        &format!("<@{BOT_USER_ID}> read this"),
+        "notes.txt",
+        b"buy milk",
+    );
+    fake.wait_posted("the reply", |p| !p.is_empty()).await;
+    let runs = runner.wait_runs("one run", |r| !r.is_empty()).await;
+    assert!(
+        runs[0].prompt.contains("[File: notes.txt]")
+            && runs[0]
+                .prompt
+                .contains("/workspace/group/inbox/notes.txt (1 KB)"),
+        "{}",
+        runs[0].prompt
+    );
+    assert_eq!(
+        std::fs::read(d.root().join("groups/slack_files/inbox/notes.txt")).expect("saved"),
+        b"buy milk"
+    );
+    let downloads = fake.file_downloads();
+    assert_eq!(
+        downloads.len(),
+        1,
+        "only the registered chat's file: {downloads:?}"
+    );
+    assert!(downloads[0].1, "with the bot token");
+    d.stop().await;
+}
