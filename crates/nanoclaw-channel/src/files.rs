@@ -87,19 +87,7 @@ pub async fn save(
         }
     };
     match host.save_file(jid, name, &bytes).await {
-        Ok(Some(path)) => {
-            let size = human_size(bytes.len());
-            // What was said in a voice note, when the host can tell.
-            let heard = match host.transcribe(name, &bytes).await {
-                Ok(Some(text)) if !text.is_empty() => format!(", transcript: {text}"),
-                Ok(_) => String::new(),
-                Err(e) => {
-                    tracing::warn!("{channel}: cannot transcribe {name:?}: {e}");
-                    format!(", not transcribed: {e}")
-                }
-            };
-            Some(format!("[attachment: {path} ({size}){heard}]"))
-        }
+        Ok(Some(path)) => Some(saved(host, channel, name, &bytes, &path).await),
         Ok(None) => None,
         // The host's reason is written for the user (quota, free space).
         Err(e) => {
@@ -107,4 +95,25 @@ pub async fn save(
             Some(format!("[attachment: {name}, not saved: {e}]"))
         }
     }
+}
+
+/// The line naming a file saved at `path` (what the agent sees), with what was said in
+/// it when it is a voice note and the host can tell.
+pub async fn saved(
+    host: &dyn ChannelHost,
+    channel: &str,
+    name: &str,
+    bytes: &[u8],
+    path: &str,
+) -> String {
+    let size = human_size(bytes.len());
+    let heard = match host.transcribe(name, bytes).await {
+        Ok(Some(text)) if !text.is_empty() => format!(", transcript: {text}"),
+        Ok(_) => String::new(),
+        Err(e) => {
+            tracing::warn!("{channel}: cannot transcribe {name:?}: {e}");
+            format!(", not transcribed: {e}")
+        }
+    };
+    format!("[attachment: {path} ({size}){heard}]")
 }

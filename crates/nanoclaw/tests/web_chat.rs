@@ -260,3 +260,82 @@ async fn a_file_sent_to_a_web_chat_is_downloaded_as_an_attachment() {
     assert_eq!(stored[0]["content"], "[file: page \"x\".html] the page");
     d.stop().await;
 }
+
+/// A file a user sends from the web app lands in the group's inbox and the agent is
+/// told where; a chat without a group, an empty or oversized file and a missing name
+/// get clear errors and store nothing (issue 17).
+#[tokio::test]
+async fn a_file_sent_from_the_web_app_lands_in_the_inbox() {
+    let runner = ScriptedRunner::new(vec![Step::ReplyAndEnd(vec!["Got it.".into()])]);
+    let d = start_daemon(runner.clone()).await;
+    let upload = |jid: &str, query: &str, body: Vec<u8>| {
+        d.api
+            .client()
+            .post(format!("{}/api/chats/{jid}/files?{query}", d.api.base))
+            .bearer_auth(&d.api.token)
+            .body(body)
+            .send()
+    };
+    let ok = "name=notes%20today.txt&sender=jo&sender_name=Jo&text=read%20this";
+    let response = upload("web:main", ok, b"buy milk".to_vec())
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), 202);
+    let answer: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(answer["path"], "/workspace/group/inbox/notes_today.txt");
+    let runs = runner.wait_runs("one run", |r| !r.is_empty()).await;
+    assert!(
+        runs[0]
+            .prompt
+            .contains("read this\n[attachment: /workspace/group/inbox/notes_today.txt (1 KB)]"),
+        "{}",
+        runs[0].prompt
+    );
+    assert_eq!(
+        std::fs::read(d.root().join("groups/main/inbox/notes_today.txt")).expect("saved"),
+        b"buy milk"
+    );
+    assert_eq!(wait_bot_texts(&d.api, "web:main", 1).await, ["Got it."]);
+
+    for (jid, query, body, status, words) in [
+        (
+            "web:nobody",
+            ok,
+            b"x".to_vec(),
+            404,
+            "no group is registered for web:nobody",
+        ),
+        ("web:main", ok, Vec::new(), 400, "the file is empty"),
+        (
+            "web:main",
+            "sender=jo&sender_name=Jo",
+            b"x".to_vec(),
+            400,
+            "give the file's name",
+        ),
+        ("tg:1", ok, b"x".to_vec(), 400, "must be a web chat"),
+        (
+            "web:main",
+            ok,
+            vec![0u8; (25 << 20) + 1],
+            413,
+            "larger than 25 MB",
+        ),
+    ] {
+        let response = upload(jid, query, body).await.expect("upload");
+        assert_eq!(response.status(), status, "{jid} {query}");
+        let v: serde_json::Value = response.json().await.unwrap_or_default();
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains(words)),
+            "{words}: {v}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(d.root().join("groups/main/inbox"))
+            .expect("inbox")
+            .count(),
+        1,
+        "nothing else was saved"
+    );
+    d.stop().await;
+}

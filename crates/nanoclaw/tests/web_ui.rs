@@ -246,3 +246,69 @@ async fn a_person_signs_in_chats_with_a_sandboxed_agent_and_pauses_a_task() {
         .await;
     d.stop().await;
 }
+
+/// Files both ways in the browser (issue 17): a file picked in the compose form is
+/// uploaded into the group's inbox and shown in the chat; a file the agent sends
+/// (`send_file`, here its IPC file) comes with a download button.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_go_both_ways_in_the_web_app() {
+    assert!(
+        webdriver::available(),
+        "chromium and chromium-driver are needed (scripts/test-tools.sh installs them)"
+    );
+    let runner = support::ScriptedRunner::new(vec![support::Step::ReplyAndEnd(vec![
+        "Thanks for the file.".into(),
+    ])]);
+    let d = support::start_daemon(runner.clone()).await;
+    let browser = Browser::start(1280, 900).await;
+    browser.goto(&login_link(&d).await).await;
+    browser
+        .wait_text("#chat-title", "the web chat open", |t| {
+            t.contains("web:main")
+        })
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let picked = dir.path().join("shopping list.txt");
+    std::fs::write(&picked, "eggs, bread").expect("write");
+    browser
+        .type_into("#compose-file", &picked.display().to_string())
+        .await;
+    browser.type_into("#compose-text", "what do I need?").await;
+    browser.click("#compose button[type=submit]").await;
+    browser
+        .wait_text("#messages", "the upload shown", |t| {
+            t.contains("[attachment: /workspace/group/inbox/shopping_list.txt]")
+        })
+        .await;
+    let runs = runner.wait_runs("one run", |r| !r.is_empty()).await;
+    assert!(
+        runs[0].prompt.contains("what do I need?")
+            && runs[0]
+                .prompt
+                .contains("/workspace/group/inbox/shopping_list.txt"),
+        "{}",
+        runs[0].prompt
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.root().join("groups/main/inbox/shopping_list.txt"))
+            .expect("saved"),
+        "eggs, bread"
+    );
+
+    std::fs::write(d.root().join("groups/main/report.csv"), "a,b\n1,2\n").expect("write");
+    let ipc = d.root().join("data/ipc/main/messages");
+    std::fs::create_dir_all(&ipc).expect("ipc");
+    let request = json!({"type": "file", "chatJid": "web:main", "path": "report.csv", "caption": "your report"});
+    std::fs::write(ipc.join(".r.tmp"), request.to_string()).expect("write");
+    std::fs::rename(ipc.join(".r.tmp"), ipc.join("2-r.json")).expect("rename");
+    let button = browser
+        .wait_text("#messages button.file", "the download button", |t| {
+            t.contains("report.csv")
+        })
+        .await;
+    assert_eq!(button, "Download report.csv (1 KB)");
+    browser
+        .screenshot(&screenshots().join("chat-files-1280.png"))
+        .await;
+    d.stop().await;
+}

@@ -185,15 +185,35 @@ async function followEvents() {
   if (mine && !controller.signal.aborted) setTimeout(followEvents, 2000);
 }
 
+// A file goes as the body of its own request, the text with it as its caption.
+async function sendFile(file, text) {
+  const query = new URLSearchParams({ name: file.name, sender: "web-ui", sender_name: "You", text });
+  const response = await fetch(`/api/chats/${encodeURIComponent(state.chat)}/files?${query}`, {
+    method: "POST", credentials: "same-origin", headers: authHeaders(), body: file,
+  });
+  let body = null;
+  try { body = await response.json(); } catch (_) { body = null; }
+  if (!response.ok) throw new Error((body && body.error) || `HTTP ${response.status}`);
+  return body;
+}
+
 async function send(e) {
   e.preventDefault();
   const box = $("compose-text");
+  const picker = $("compose-file");
   const text = box.value.trim();
-  if (!text || !state.chat) return;
+  const file = picker.files && picker.files[0];
+  if ((!text && !file) || !state.chat) return;
   try {
-    await api("/api/messages", { method: "POST", body: { chat_jid: state.chat, sender: "web-ui", sender_name: "You", text } });
+    if (file) {
+      const sent = await sendFile(file, text);
+      picker.value = "";
+      $("messages").append(messageItem({ sender_name: "You", content: `${text ? `${text}\n` : ""}[attachment: ${sent.path}]`, timestamp: new Date().toISOString() }));
+    } else {
+      await api("/api/messages", { method: "POST", body: { chat_jid: state.chat, sender: "web-ui", sender_name: "You", text } });
+      $("messages").append(messageItem({ sender_name: "You", content: text, timestamp: new Date().toISOString() }));
+    }
     box.value = "";
-    $("messages").append(messageItem({ sender_name: "You", content: text, timestamp: new Date().toISOString() }));
     notice("");
     setTimeout(refreshWorking, 300);
   } catch (err) {

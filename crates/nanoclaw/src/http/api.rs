@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -466,6 +466,111 @@ pub async fn run_log(
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such run log"))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// The largest file the web app uploads.
+pub const MAX_UPLOAD_BYTES: usize = 25 << 20;
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    name: String,
+    sender: String,
+    sender_name: String,
+    #[serde(default)]
+    text: String,
+}
+
+/// A file a user sends from the web app (`POST /api/chats/{jid}/files?name=&sender=&sender_name=&text=`,
+/// the file as the body): saved into the inbox of the group registered for the chat,
+/// as files from every other channel are, and stored as a message naming it.
+pub async fn post_file(
+    State(state): State<Arc<HttpState>>,
+    Path(jid): Path<String>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    use nanoclaw_channel::ChannelHost;
+    let Query(query) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "give the file's name, sender and sender_name in the query (?name=notes.txt&sender=…&sender_name=…): {}",
+            e.body_text()
+        ))
+    })?;
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!("the file is larger than {} MB", MAX_UPLOAD_BYTES >> 20),
+            )
+        } else {
+            ApiError::new(status, rejection.body_text())
+        }
+    })?;
+    web::check_jid(&jid).map_err(ApiError::bad_request)?;
+    check_name("name", &query.name)?;
+    check_name("sender", &query.sender)?;
+    check_name("sender_name", &query.sender_name)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the file is empty (send its bytes as the body)",
+        ));
+    }
+    if let Some(why) = state.router.refuse_file(&jid, body.len() as u64).await {
+        return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, why));
+    }
+    let path = match state.router.save_file(&jid, &query.name, &body).await {
+        Ok(Some(path)) => path,
+        Ok(None) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no group is registered for {jid}; files are kept only for registered chats"
+                ),
+            ));
+        }
+        Err(e) => return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e)),
+    };
+    let note =
+        nanoclaw_channel::files::saved(state.router.as_ref(), "web", &query.name, &body, &path)
+            .await;
+    let text = query.text.trim();
+    let content = if text.is_empty() {
+        note
+    } else {
+        format!("{text}\n{note}")
+    };
+    let timestamp = crate::clock::now();
+    let id = crate::ids::message_id();
+    let chat = ChatMeta {
+        jid: jid.clone(),
+        name: None,
+        timestamp: timestamp.clone(),
+        channel: Some("web".into()),
+        is_group: Some(false),
+    };
+    let message = Message {
+        id: id.clone(),
+        chat_jid: jid,
+        sender: query.sender,
+        sender_name: query.sender_name,
+        content,
+        timestamp,
+        is_from_me: false,
+        is_bot_message: false,
+        flagged: None,
+    };
+    match state.router.accept(chat, message).await {
+        Ok(Accepted::Stored { .. }) | Ok(Accepted::Duplicate) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": id, "path": path })),
+        )),
+        Ok(Accepted::Dropped) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the sender allowlist drops messages from this sender in this chat",
+        )),
+        Err(e) => Err(ApiError::internal(e)),
+    }
 }
 
 /// A file an agent sent to a web chat (`send_file`), by its reply's outbox id: always

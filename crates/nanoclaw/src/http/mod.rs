@@ -102,6 +102,10 @@ pub fn app(state: Arc<HttpState>) -> HttpRouter {
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{group}/{file}", get(api::run_log))
         .route("/api/files/{id}", get(api::reply_file))
+        .route(
+            "/api/chats/{jid}/files",
+            post(api::post_file).layer(DefaultBodyLimit::max(api::MAX_UPLOAD_BYTES)),
+        )
         .route("/api/tasks", get(api::tasks))
         .route("/api/tasks/{id}/{action}", post(api::task_action))
         .route("/api/status", get(api::status))
