@@ -126,7 +126,8 @@ fn open(index: &Path) -> Result<Connection, String> {
          PRAGMA synchronous=NORMAL;
          CREATE TABLE IF NOT EXISTS files(path TEXT PRIMARY KEY, mtime INTEGER NOT NULL, size INTEGER NOT NULL);
          CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5(
-             text, source UNINDEXED, date UNINDEXED, tokenize = 'porter unicode61');",
+             text, source UNINDEXED, date UNINDEXED, tokenize = 'porter unicode61');
+         CREATE TABLE IF NOT EXISTS vectors(id INTEGER PRIMARY KEY, v BLOB NOT NULL);",
     )
     .map_err(|e| format!("cannot set up the memory index: {e}"))?;
     Ok(db)
@@ -311,6 +312,11 @@ pub fn refresh(sources: &Sources) -> Result<usize, String> {
             .map(|t| t.strftime("%Y-%m-%d").to_string())
             .unwrap_or_default();
         tx.execute(
+            "DELETE FROM vectors WHERE id IN (SELECT rowid FROM chunks WHERE source = ?1)",
+            params![source.label],
+        )
+        .map_err(err)?;
+        tx.execute(
             "DELETE FROM chunks WHERE source = ?1",
             params![source.label],
         )
@@ -344,6 +350,11 @@ pub fn refresh(sources: &Sources) -> Result<usize, String> {
     };
     for path in gone {
         if let Some(source) = label_of(sources, Path::new(&path)) {
+            tx.execute(
+                "DELETE FROM vectors WHERE id IN (SELECT rowid FROM chunks WHERE source = ?1)",
+                params![source],
+            )
+            .map_err(err)?;
             tx.execute("DELETE FROM chunks WHERE source = ?1", params![source])
                 .map_err(err)?;
         }
@@ -416,6 +427,164 @@ pub fn search(sources: &Sources, query: &str, limit: usize) -> Result<Vec<Hit>, 
     Ok(hits)
 }
 
+/// Chunks embedded per search at most (the rest on later searches), newest first.
+pub const EMBED_PER_SEARCH: usize = 512;
+/// Candidates each ranking gives the fusion.
+const CANDIDATES: usize = 50;
+/// Reciprocal rank fusion's constant (Cormack et al.): ranks matter less far down.
+const RRF_K: f64 = 60.0;
+
+/// Brings the index up to date and returns chunks that have no vector yet (newest
+/// first, at most `max`), for the caller to embed.
+pub fn unembedded(sources: &Sources, max: usize) -> Result<Vec<(i64, String)>, String> {
+    refresh(sources)?;
+    let db = open(&sources.index)?;
+    let err = |e: rusqlite::Error| format!("memory index: {e}");
+    let mut q = db
+        .prepare(
+            "SELECT rowid, text FROM chunks WHERE rowid NOT IN (SELECT id FROM vectors)
+             ORDER BY rowid DESC LIMIT ?1",
+        )
+        .map_err(err)?;
+    let rows = q
+        .query_map(params![max as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(err)?
+        .filter_map(Result::ok)
+        .collect();
+    Ok(rows)
+}
+
+fn to_blob(v: &[f32]) -> Vec<u8> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter().flat_map(|x| (x / norm).to_le_bytes()).collect()
+}
+
+fn from_blob(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Stores the vectors of chunks (unit length, so a dot product is their cosine). A
+/// vector of another length than those stored (the model changed) starts over.
+pub fn store_vectors(sources: &Sources, vectors: &[(i64, Vec<f32>)]) -> Result<(), String> {
+    let mut db = open(&sources.index)?;
+    let err = |e: rusqlite::Error| format!("memory index: {e}");
+    let tx = db.transaction().map_err(err)?;
+    if let Some((_, first)) = vectors.first() {
+        let stored: Option<i64> = tx
+            .query_row("SELECT length(v) FROM vectors LIMIT 1", [], |r| r.get(0))
+            .ok();
+        if stored.is_some_and(|len| len != (first.len() * 4) as i64) {
+            tx.execute("DELETE FROM vectors", []).map_err(err)?;
+        }
+    }
+    {
+        let mut insert = tx
+            .prepare_cached("INSERT OR REPLACE INTO vectors(id, v) VALUES (?1, ?2)")
+            .map_err(err)?;
+        for (id, v) in vectors {
+            insert.execute(params![id, to_blob(v)]).map_err(err)?;
+        }
+    }
+    tx.commit().map_err(err)
+}
+
+/// The best `limit` matches by words and by meaning together: BM25's and the query
+/// vector's `CANDIDATES` best, fused by their ranks (reciprocal rank fusion), so a
+/// chunk that says "automobile" is found for "car", and exact words still count.
+pub fn hybrid(
+    sources: &Sources,
+    query: &str,
+    query_vector: &[f32],
+    limit: usize,
+) -> Result<Vec<Hit>, String> {
+    let db = open(&sources.index)?;
+    let err = |e: rusqlite::Error| format!("memory index: {e}");
+    let mut scores: std::collections::HashMap<i64, f64> = std::collections::HashMap::new();
+    let mut snippets: std::collections::HashMap<i64, Hit> = std::collections::HashMap::new();
+    if let Some(fts) = fts_query(query) {
+        let mut q = db
+            .prepare(
+                "SELECT rowid, date, source, snippet(chunks, 0, '[', ']', '…', 32)
+                 FROM chunks WHERE chunks MATCH ?1 ORDER BY bm25(chunks) LIMIT ?2",
+            )
+            .map_err(err)?;
+        let rows = q
+            .query_map(params![fts, CANDIDATES as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Hit {
+                        date: r.get(1)?,
+                        source: r.get(2)?,
+                        snippet: r.get(3)?,
+                    },
+                ))
+            })
+            .map_err(err)?;
+        for (rank, (id, hit)) in rows.filter_map(Result::ok).enumerate() {
+            *scores.entry(id).or_default() += 1.0 / (RRF_K + rank as f64 + 1.0);
+            snippets.insert(id, hit);
+        }
+    }
+    let q = to_blob(query_vector);
+    let q = from_blob(&q);
+    let mut by_meaning: Vec<(i64, f32)> = Vec::new();
+    {
+        let mut all = db.prepare("SELECT id, v FROM vectors").map_err(err)?;
+        let rows = all
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(err)?;
+        for (id, blob) in rows.filter_map(Result::ok) {
+            let v = from_blob(&blob);
+            if v.len() == q.len() {
+                by_meaning.push((id, v.iter().zip(&q).map(|(a, b)| a * b).sum()));
+            }
+        }
+    }
+    by_meaning.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (rank, (id, _)) in by_meaning.iter().take(CANDIDATES).enumerate() {
+        *scores.entry(*id).or_default() += 1.0 / (RRF_K + rank as f64 + 1.0);
+    }
+    let mut ranked: Vec<(i64, f64)> = scores.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+    let mut hits = Vec::new();
+    for (id, _) in ranked.into_iter().take(limit.clamp(1, MAX_LIMIT)) {
+        if let Some(hit) = snippets.remove(&id) {
+            hits.push(hit);
+            continue;
+        }
+        let found = db.query_row(
+            "SELECT date, source, text FROM chunks WHERE rowid = ?1",
+            params![id],
+            |r| {
+                Ok(Hit {
+                    date: r.get(0)?,
+                    source: r.get(1)?,
+                    snippet: {
+                        let text: String = r.get(2)?;
+                        let cut: String = text.chars().take(240).collect();
+                        if cut.len() < text.len() {
+                            format!("{cut}…")
+                        } else {
+                            cut
+                        }
+                    },
+                })
+            },
+        );
+        if let Ok(hit) = found {
+            hits.push(hit);
+        }
+    }
+    Ok(hits)
+}
+
 /// The answer the model reads.
 pub fn describe(query: &str, hits: &[Hit]) -> String {
     if hits.is_empty() {
@@ -453,6 +622,74 @@ mod tests {
             std::fs::create_dir_all(d).expect("dirs");
         }
         s
+    }
+
+    /// A tiny model of meaning for tests: one dimension per concept.
+    fn meaning(text: &str) -> Vec<f32> {
+        let t = text.to_lowercase();
+        let concepts: [&[&str]; 3] = [
+            &["car", "automobile", "vehicle"],
+            &["dog", "puppy"],
+            &["password", "wifi"],
+        ];
+        let mut v: Vec<f32> = concepts
+            .iter()
+            .map(|words| words.iter().filter(|w| t.contains(*w)).count() as f32)
+            .collect();
+        v.push(0.1);
+        v
+    }
+
+    #[test]
+    fn hybrid_ranking_finds_by_meaning_and_keeps_words() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = sources(dir.path());
+        std::fs::write(
+            s.group.join("conversations/2026-09-01-120000-a.md"),
+            "# Conversation a\n\n## User\n\nI parked the automobile in the blue garage.\n\n## User\n\nThe puppy sleeps in the kitchen.",
+        )
+        .expect("archive");
+        let pending = unembedded(&s, 100).expect("pending");
+        assert!(pending.len() >= 2, "{pending:?}");
+        let vectors: Vec<(i64, Vec<f32>)> =
+            pending.iter().map(|(id, t)| (*id, meaning(t))).collect();
+        store_vectors(&s, &vectors).expect("store");
+        assert!(
+            unembedded(&s, 100).expect("pending").is_empty(),
+            "all embedded"
+        );
+        // Words alone find nothing for "car"; meaning does.
+        assert!(search(&s, "car", 5).expect("search").is_empty());
+        let hits = hybrid(&s, "where is my car?", &meaning("car"), 5).expect("hybrid");
+        assert!(hits[0].snippet.contains("automobile"), "{hits:?}");
+        // An exact word still ranks first.
+        let hits = hybrid(&s, "kitchen", &meaning("kitchen"), 5).expect("hybrid");
+        assert!(hits[0].snippet.contains("kitchen"), "{hits:?}");
+        // A changed file loses its old vectors with its chunks.
+        std::fs::write(
+            s.group.join("conversations/2026-09-01-120000-a.md"),
+            "# Conversation a\n\n## User\n\nNothing about vehicles now, only zebras.",
+        )
+        .expect("archive");
+        // Its chunks (whose row ids SQLite reuses) need vectors again.
+        let pending = unembedded(&s, 100).expect("pending");
+        assert_eq!(pending.len(), 2, "{pending:?}");
+        assert!(pending.iter().any(|(_, t)| t.contains("zebras")));
+        let db = open(&s.index).expect("db");
+        let orphans: i64 = db
+            .query_row(
+                "SELECT count(*) FROM vectors WHERE id NOT IN (SELECT rowid FROM chunks)",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(orphans, 0);
+        // Another model (other dimensions) starts the vectors over.
+        store_vectors(&s, &[(pending[0].0, vec![1.0, 0.0])]).expect("store");
+        let kept: i64 = db
+            .query_row("SELECT count(*) FROM vectors", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(kept, 1);
     }
 
     #[test]

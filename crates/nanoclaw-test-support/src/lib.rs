@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod fake_anthropic;
 pub mod fake_discord;
+pub mod fake_embeddings;
 pub mod fake_openai;
 pub mod fake_slack;
 pub mod fake_telegram;

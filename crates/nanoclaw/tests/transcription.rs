@@ -1,7 +1,7 @@
 //! Voice notes to text (issue 17): the host sends a user's audio file to an
 //! OpenAI-compatible `/v1/audio/transcriptions` endpoint (`TRANSCRIBE_URL`) and the
-//! agent reads the transcript. The fake endpoint is proven with the official `openai`
-//! Python client first.
+//! agent reads the transcript. The fake endpoint (and the fake embeddings endpoint of
+//! `tests/hybrid_memory.rs`) is proven with the official `openai` Python client first.
 
 mod support;
 
@@ -26,12 +26,14 @@ fn python() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_client_transcribes_with_the_fake() {
     let fake = FakeTranscribe::start("hello from the fake", Some(KEY)).await;
+    let embeddings = nanoclaw_test_support::fake_embeddings::FakeEmbeddings::start(Some(KEY)).await;
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/transcribe_with_openai.py");
     let out = tokio::process::Command::new(python())
         .arg(script)
         .arg(&fake.base_url)
         .arg(KEY)
+        .arg(&embeddings.base_url)
         .output()
         .await
         .expect("python runs");
@@ -41,7 +43,11 @@ async fn the_official_openai_client_transcribes_with_the_fake() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.trim(), "TEXT hello from the fake");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "TEXT hello from the fake");
+    // The embeddings fake, as the official client reads it (base64 floats by default).
+    assert_eq!(lines[1], "VECTORS 1,0,0,0,0.05 0,1,0,0,0.05");
+    assert_eq!(embeddings.requests()[0].1, ["my car", "the dog"]);
     let heard = fake.heard();
     assert_eq!(heard.len(), 1);
     assert_eq!(heard[0].model, "whisper-1");

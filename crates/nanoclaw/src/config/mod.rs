@@ -151,6 +151,11 @@ pub struct Config {
     pub transcribe_url: Option<String>,
     /// The model asked of it (`TRANSCRIBE_MODEL`, default `whisper-1`).
     pub transcribe_model: String,
+    /// An OpenAI-compatible `/v1/embeddings` endpoint (`EMBEDDINGS_URL`): `memory_search`
+    /// ranks by meaning as well as words; unset, by words only.
+    pub embeddings_url: Option<String>,
+    /// The model asked of it (`EMBEDDINGS_MODEL`, default `text-embedding-3-small`).
+    pub embeddings_model: String,
     /// Runs are refused, and running ones stopped, when the disk holding the root has
     /// less free than this (`NANOCLAW_MIN_FREE_DISK_MB`, default 1024 MiB), so the store
     /// always has room.
@@ -193,6 +198,8 @@ pub struct Secrets {
     pub openai_api_key: Option<Secret>,
     /// For `TRANSCRIBE_URL`.
     pub transcribe_api_key: Option<Secret>,
+    /// For `EMBEDDINGS_URL`.
+    pub embeddings_api_key: Option<Secret>,
     pub telegram_bot_token: Option<Secret>,
     pub discord_bot_token: Option<Secret>,
     pub slack_app_token: Option<Secret>,
@@ -204,12 +211,13 @@ pub struct Secrets {
 
 impl Secrets {
     /// Names of every variable treated as a secret.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 13] = [
         "ANTHROPIC_API_KEY",
         "CLAUDE_CODE_OAUTH_TOKEN",
         "ANTHROPIC_AUTH_TOKEN",
         "OPENAI_API_KEY",
         "TRANSCRIBE_API_KEY",
+        "EMBEDDINGS_API_KEY",
         "TELEGRAM_BOT_TOKEN",
         "DISCORD_BOT_TOKEN",
         "SLACK_APP_TOKEN",
@@ -481,16 +489,13 @@ impl Config {
                 Some(_) => Some(url_setting(&s, "DISCORD_GATEWAY_URL", "")?),
             },
             slack_api_url: url_setting(&s, "SLACK_API_URL", "https://slack.com/api")?,
-            transcribe_url: match s.get("TRANSCRIBE_URL") {
-                Some((v, _)) if !v.trim().is_empty() => {
-                    let url = url_setting(&s, "TRANSCRIBE_URL", "")?;
-                    nanoclaw_channel::http::check_endpoint("TRANSCRIBE_URL", &url)
-                        .map_err(|why| invalid(&s, "TRANSCRIBE_URL", &why))?;
-                    Some(url)
-                }
-                _ => None,
-            },
+            transcribe_url: keyed_endpoint(&s, "TRANSCRIBE_URL")?,
             transcribe_model: s.string("TRANSCRIBE_MODEL", "whisper-1").trim().to_string(),
+            embeddings_url: keyed_endpoint(&s, "EMBEDDINGS_URL")?,
+            embeddings_model: s
+                .string("EMBEDDINGS_MODEL", "text-embedding-3-small")
+                .trim()
+                .to_string(),
             openai_base_url: s
                 .string("OPENAI_BASE_URL", "http://127.0.0.1:11434")
                 .trim_end_matches('/')
@@ -533,6 +538,7 @@ impl Config {
             anthropic_auth_token: s.secret("ANTHROPIC_AUTH_TOKEN"),
             openai_api_key: s.secret("OPENAI_API_KEY"),
             transcribe_api_key: s.secret("TRANSCRIBE_API_KEY"),
+            embeddings_api_key: s.secret("EMBEDDINGS_API_KEY"),
             telegram_bot_token: s.secret("TELEGRAM_BOT_TOKEN"),
             discord_bot_token: s.secret("DISCORD_BOT_TOKEN"),
             slack_app_token: s.secret("SLACK_APP_TOKEN"),
@@ -562,6 +568,19 @@ impl Config {
 }
 
 /// A URL setting without its trailing slash; it must have a scheme the client speaks.
+/// An optional endpoint a key is sent to: unset, or https (http only to this machine).
+fn keyed_endpoint(s: &Settings, name: &'static str) -> Result<Option<String>, ConfigError> {
+    match s.get(name) {
+        Some((v, _)) if !v.trim().is_empty() => {
+            let url = url_setting(s, name, "")?;
+            nanoclaw_channel::http::check_endpoint(name, &url)
+                .map_err(|why| invalid(s, name, &why))?;
+            Ok(Some(url))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn url_setting(s: &Settings, name: &'static str, default: &str) -> Result<String, ConfigError> {
     let value = s
         .string(name, default)

@@ -32,6 +32,7 @@ use crate::config::{Config, Secrets};
 use crate::store::Store;
 
 mod budget;
+mod embeddings;
 pub mod mcp;
 mod usage;
 
@@ -60,6 +61,8 @@ const HOP_BY_HOP: [&str; 9] = [
 /// it itself with the run's own token, which works as a key only through this proxy and
 /// only while the run lives.
 const OAUTH_KEY_EXCHANGE: &str = "/api/oauth/claude_cli/create_api_key";
+/// Where a run asks for embeddings (see [`embeddings`]).
+pub const EMBEDDINGS_PATH: &str = "/nanoclaw/embeddings";
 
 /// Connections the loopback TCP listener (host-side clients) serves at once; beyond it,
 /// new ones wait in the kernel's backlog.
@@ -256,6 +259,8 @@ struct ProxyState {
     openai: bool,
     /// Where token usage is recorded (absent: not recorded).
     usage: Option<Arc<Store>>,
+    /// `EMBEDDINGS_URL`, for `memory_search` (absent: not configured).
+    embeddings: Option<embeddings::Upstream>,
 }
 
 /// A running proxy.
@@ -333,6 +338,14 @@ impl Proxy {
                 .context("cannot create the proxy's HTTP client")?,
             openai,
             usage,
+            embeddings: config
+                .embeddings_url
+                .as_ref()
+                .map(|url| embeddings::Upstream {
+                    url: url.clone(),
+                    model: config.embeddings_model.clone(),
+                    key: secrets.embeddings_api_key.clone(),
+                }),
         });
         if let Some(store) = &state.usage {
             tokens
@@ -618,6 +631,17 @@ async fn forward(
     if let Some(server) = path.strip_prefix("/mcp/") {
         let server = server.to_string();
         return mcp::forward(&identity, &server, parts, body, in_flight).await;
+    }
+    if path == EMBEDDINGS_PATH {
+        return embeddings::forward(
+            state.embeddings.as_ref(),
+            &state.client,
+            &identity,
+            &parts.method,
+            body,
+            in_flight,
+        )
+        .await;
     }
     if !allowed(&parts.method, path, state.openai) {
         tracing::warn!(group = ?identity.group_folder, method = %parts.method, path = ?path, "credential proxy refused a path");

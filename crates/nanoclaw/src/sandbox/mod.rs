@@ -637,6 +637,10 @@ pub fn group_spec(
         "NANOCLAW_WEB_SEARCH".to_string(),
         if web_search { "on" } else { "off" }.to_string(),
     ));
+    // memory_search ranks by meaning too when the proxy can embed for this group.
+    if config.embeddings_url.is_some() && !budgeted {
+        env.push(("NANOCLAW_EMBEDDINGS".to_string(), "on".to_string()));
+    }
     if prepared.network == NetworkPolicy::Internet {
         // The sandbox has no network; the bridge offers the egress socket on loopback
         // and the usual variables point every tool at it.
