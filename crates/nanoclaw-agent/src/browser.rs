@@ -6,16 +6,20 @@
 //! `internet` it is pointed at the sandbox's egress proxy. Its profile (cookies, local
 //! storage) lives in the group's folder and persists across the group's runs, never
 //! shared with another group; its cache lives in the run's `/tmp`.
+//!
+//! DevTools is spoken over a pair of pipes (`--remote-debugging-pipe`: Chromium reads
+//! commands on fd 3 and writes answers on fd 4, each message a JSON text ended by a NUL),
+//! never over a TCP port: a sandbox that shares the host's network (bwrap `full` as an
+//! ordinary user) would otherwise let anyone on the host drive the browser, and through
+//! it write this group's IPC files.
 
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The profile, relative to the group folder.
 pub const PROFILE_DIR: &str = ".browser-profile";
@@ -40,14 +44,22 @@ pub fn binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// A running browser and the page the tool works in.
 pub struct Browser {
     child: tokio::process::Child,
-    socket: Socket,
+    commands: tokio::net::unix::pipe::Sender,
+    answers: tokio::net::unix::pipe::Receiver,
+    /// Bytes read past the last whole message.
+    pending: Vec<u8>,
     session: String,
     next_id: u64,
+}
+
+/// A pipe end moved to a descriptor number above the ones the child takes (3 and 4), so
+/// placing them cannot overwrite each other.
+fn high(fd: OwnedFd) -> Result<OwnedFd, String> {
+    rustix::io::fcntl_dupfd_cloexec(&fd, 10)
+        .map_err(|e| format!("cannot set up the browser's pipes: {e}"))
 }
 
 impl Browser {
@@ -64,12 +76,7 @@ impl Browser {
             )
         })?;
         // A browser of an earlier run that was killed leaves its locks and port file.
-        for stale in [
-            "SingletonLock",
-            "SingletonSocket",
-            "SingletonCookie",
-            "DevToolsActivePort",
-        ] {
+        for stale in ["SingletonLock", "SingletonSocket", "SingletonCookie"] {
             let _ = std::fs::remove_file(profile.join(stale));
         }
         let mut command = tokio::process::Command::new(&binary);
@@ -88,8 +95,12 @@ impl Browser {
                 "--disable-sync",
                 "--mute-audio",
                 "--window-size=1280,900",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
+                "--remote-debugging-pipe",
+                // Nothing of its own phoned home from the user's sandbox.
+                "--no-pings",
+                "--disable-client-side-phishing-detection",
+                "--disable-default-apps",
+                "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("--disk-cache-dir=/tmp/nanoclaw-browser-cache");
@@ -104,47 +115,59 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        let (command_read, command_write) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| format!("cannot set up the browser's pipes: {e}"))?;
+        let (answer_read, answer_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("cannot set up the browser's pipes: {e}"))?;
+        let (child_in, child_out) = (high(command_read)?, high(answer_write)?);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 // Dies with the agent: a run's browser never outlives it.
                 rustix::process::set_parent_process_death_signal(Some(
                     rustix::process::Signal::KILL,
-                ))
-                .map_err(std::io::Error::from)
+                ))?;
+                // Its DevTools pipes at 3 and 4 (dup2 clears close-on-exec there).
+                for (fd, at) in [(child_in.as_fd(), 3), (child_out.as_fd(), 4)] {
+                    let mut target = OwnedFd::from_raw_fd(at);
+                    let placed = rustix::io::dup2(fd, &mut target);
+                    std::mem::forget(target);
+                    placed?;
+                }
+                Ok(())
             });
         }
-        let mut child = command
+        let child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let url = match wait_for_port(&profile, &mut child).await {
-            Ok(url) => url,
-            Err(e) => {
-                let _ = child.kill().await;
-                return Err(e);
-            }
-        };
-        let (socket, _) = tokio::time::timeout(
-            CALL_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(
-                url.as_str(),
-                Some(
-                    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-                        .max_message_size(Some(MAX_MESSAGE))
-                        .max_frame_size(Some(MAX_MESSAGE)),
-                ),
-                false,
-            ),
-        )
-        .await
-        .map_err(|_| "Chromium's DevTools did not answer".to_string())?
-        .map_err(|e| format!("cannot connect to Chromium's DevTools: {e}"))?;
+        // This side keeps only its own ends.
+        drop(command);
+        let pipe = |e: std::io::Error| format!("cannot set up the browser's pipes: {e}");
         let mut browser = Browser {
             child,
-            socket,
+            commands: tokio::net::unix::pipe::Sender::from_owned_fd(command_write).map_err(pipe)?,
+            answers: tokio::net::unix::pipe::Receiver::from_owned_fd(answer_read).map_err(pipe)?,
+            pending: Vec::new(),
             session: String::new(),
             next_id: 0,
         };
+        if let Err(e) = tokio::time::timeout(
+            START_TIMEOUT,
+            browser.call(None, "Browser.getVersion", json!({})),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "Chromium did not start within {} s",
+                START_TIMEOUT.as_secs()
+            )
+        })
+        .and_then(|r| r)
+        {
+            let _ = browser.child.kill().await;
+            return Err(e);
+        }
         let target = browser
             .call(None, "Target.createTarget", json!({"url": "about:blank"}))
             .await?;
@@ -185,28 +208,28 @@ impl Browser {
             message["sessionId"] = json!(s);
         }
         let answer = tokio::time::timeout(CALL_TIMEOUT, async {
-            self.socket
-                .send(Message::text(message.to_string()))
-                .await
-                .map_err(|e| format!("the browser connection failed: {e}"))?;
-            while let Some(frame) = self.socket.next().await {
-                let frame = frame.map_err(|e| format!("the browser connection failed: {e}"))?;
-                let Message::Text(text) = frame else {
-                    continue;
-                };
-                let Ok(value) = serde_json::from_str::<Value>(text.as_str()) else {
-                    continue;
-                };
+            self.send(&message).await?;
+            loop {
+                let value = self.receive().await?;
                 if value["id"].as_u64() == Some(id) {
-                    return Ok(value);
+                    return Ok::<Value, String>(value);
+                }
+                // A page's alert, confirm or prompt blocks its scripts until answered:
+                // dismiss it, so the call waiting on the page can finish.
+                if value["method"] == "Page.javascriptDialogOpening"
+                    && let Some(s) = value["sessionId"].as_str()
+                {
+                    self.next_id += 1;
+                    let dismiss = json!({"id": self.next_id, "sessionId": s,
+                        "method": "Page.handleJavaScriptDialog", "params": {"accept": false}});
+                    self.send(&dismiss).await?;
                 }
             }
-            Err("the browser closed its connection".to_string())
         })
         .await
         .map_err(|_| {
             format!(
-                "the browser did not answer {method} within {} s",
+                "the browser connection failed: it did not answer {method} within {} s",
                 CALL_TIMEOUT.as_secs()
             )
         })??;
@@ -217,6 +240,41 @@ impl Browser {
             ));
         }
         Ok(answer["result"].clone())
+    }
+
+    async fn send(&mut self, message: &Value) -> Result<(), String> {
+        let mut bytes = message.to_string().into_bytes();
+        bytes.push(0);
+        self.commands
+            .write_all(&bytes)
+            .await
+            .map_err(|e| format!("the browser connection failed: {e}"))
+    }
+
+    /// The next whole message Chromium wrote (answers and events, NUL-ended).
+    async fn receive(&mut self) -> Result<Value, String> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == 0) {
+                let message: Vec<u8> = self.pending.drain(..=end).collect();
+                if let Ok(value) = serde_json::from_slice::<Value>(&message[..end]) {
+                    return Ok(value);
+                }
+                continue;
+            }
+            if self.pending.len() > MAX_MESSAGE {
+                return Err("the browser connection failed: a message too large".into());
+            }
+            let mut buf = [0u8; 64 * 1024];
+            let n = self
+                .answers
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("the browser connection failed: {e}"))?;
+            if n == 0 {
+                return Err("the browser connection failed: Chromium closed it".into());
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+        }
     }
 
     /// Evaluates `expression` in the page; its value (JSON).
@@ -261,36 +319,6 @@ impl Browser {
         let _ = self.call(None, "Browser.close", json!({})).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
         let _ = self.child.kill().await;
-    }
-}
-
-/// Reads the DevTools URL Chromium writes into `DevToolsActivePort` once listening.
-async fn wait_for_port(
-    profile: &Path,
-    child: &mut tokio::process::Child,
-) -> Result<String, String> {
-    let file = profile.join("DevToolsActivePort");
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&file) {
-            let mut lines = text.lines();
-            if let (Some(port), Some(path)) = (lines.next(), lines.next())
-                && let Ok(port) = port.trim().parse::<u16>()
-                && path.starts_with("/devtools/browser/")
-            {
-                return Ok(format!("ws://127.0.0.1:{port}{}", path.trim()));
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("Chromium exited at start ({status})"));
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "Chromium did not start within {} s",
-                START_TIMEOUT.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

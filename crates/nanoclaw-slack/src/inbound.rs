@@ -99,9 +99,14 @@ pub(crate) fn read(event: &Value, bot_user: &str) -> Read {
                     .unwrap_or("file")
                     .to_string(),
                 size: f["size"].as_u64(),
-                url: f["url_private_download"]
-                    .as_str()
-                    .or_else(|| f["url_private"].as_str())
+                // An external file (a link to another service) is named, not fetched.
+                url: (f["is_external"].as_bool() != Some(true))
+                    .then(|| {
+                        f["url_private_download"]
+                            .as_str()
+                            .or_else(|| f["url_private"].as_str())
+                    })
+                    .flatten()
                     .map(str::to_string),
             })
             .collect(),

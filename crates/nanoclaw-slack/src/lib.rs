@@ -516,22 +516,38 @@ const MAX_FILE: u64 = 25 << 20;
 /// Files of one message saved at most.
 const MAX_FILES: usize = 10;
 
-/// Whether the bot token may be sent to `url`: Slack's file host over https, or the
-/// origin of `SLACK_API_URL` itself (checked at start: https, or this machine).
+/// Whether the bot token may be sent to `url`: a private file on Slack's file host
+/// (`https://files.slack.com/files-pri/…` or `/files-tmb/…`), and nothing else; or, when
+/// `SLACK_API_URL` is this machine (a test double), a file path on its origin. Never
+/// the API itself: a "file" URL naming an API method would have the bot call it.
 fn token_may_go_to(url: &str, api_url: &str) -> bool {
-    let origin = |u: &str| -> Option<(String, String)> {
+    let split = |u: &str| -> Option<(String, String, String)> {
         let (scheme, rest) = u.split_once("://")?;
-        let authority = rest.split(['/', '?', '#']).next()?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
         if authority.is_empty() || authority.contains('@') || authority.contains('\\') {
             return None;
         }
-        Some((scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
+        Some((
+            scheme.to_ascii_lowercase(),
+            authority.to_ascii_lowercase(),
+            path.to_string(),
+        ))
     };
-    match origin(url) {
-        Some((scheme, authority)) if scheme == "https" && authority == "files.slack.com" => true,
-        Some(o) => origin(api_url) == Some(o),
-        None => false,
+    let Some((scheme, authority, path)) = split(url) else {
+        return false;
+    };
+    let file_path = (path.starts_with("/files-pri/") || path.starts_with("/files-tmb/"))
+        && !path.contains("..")
+        && !path.contains('%');
+    if !file_path {
+        return false;
     }
+    if scheme == "https" && authority == "files.slack.com" {
+        return true;
+    }
+    nanoclaw_channel::http::is_loopback(api_url)
+        && split(api_url).is_some_and(|(s, a, _)| s == scheme && a == authority)
 }
 
 /// A failed step of a file upload, as delivery needs it (`missing_scope` says which).
@@ -732,6 +748,10 @@ mod tests {
             "http://127.0.0.1:4000/api"
         ));
         for bad in [
+            "https://slack.com/api/conversations.history?channel=CPRIVATE",
+            "https://files.slack.com/api/conversations.history",
+            "https://files.slack.com/files-pri/../api/x",
+            "https://files.slack.com/files-pri/%2e%2e/x",
             "http://files.slack.com/files-pri/x",
             "https://files.slack.com.evil.test/x",
             "https://evil.test/files.slack.com/x",

@@ -26,6 +26,7 @@ const INDEX: &str = r#"<!doctype html><html><head><title>Test home</title></head
 const RESULT: &str = r#"<!doctype html><title>Result</title><p id="r"></p>
 <script>document.getElementById('r').textContent = 'You searched: ' + new URLSearchParams(location.search).get('q');</script>"#;
 const ABOUT: &str = "<!doctype html><title>About</title><p>About page</p>";
+const ALERT: &str = "<!doctype html><title>Alert</title><script>alert('hello'); confirm('sure?');</script><p>After the alert</p>";
 
 /// Starts the site inside the sandbox: a Python web server on its own loopback.
 fn serve_site() -> Reply {
@@ -77,6 +78,7 @@ fn register(root: &Path, folder: &str) {
         ("index.html", INDEX),
         ("result.html", RESULT),
         ("about.html", ABOUT),
+        ("alert.html", ALERT),
     ] {
         std::fs::write(site.join(name), html).expect("page");
     }
@@ -87,6 +89,11 @@ async fn browser_runs(kind: RuntimeKind) {
         // Run 1, group `team`.
         serve_site(),
         browse("navigate", json!({"url": "http://127.0.0.1:8765/"})),
+        // The browser is running: what listens on the sandbox's TCP ports?
+        Reply::tool(
+            "Bash",
+            json!({"command": "awk '$4 == \"0A\" {print $2}' /proc/net/tcp /proc/net/tcp6 | sort -u"}),
+        ),
         browse("click", json!({"ref": 2})),
         browse(
             "type",
@@ -94,6 +101,7 @@ async fn browser_runs(kind: RuntimeKind) {
         ),
         browse("back", json!({})),
         browse("click", json!({"ref": 1})),
+        browse("navigate", json!({"url": "http://127.0.0.1:8765/alert.html"})),
         browse("screenshot", json!({})),
         Reply::text("Browsed."),
         // Run 2, `team` again: its cookie is still there.
@@ -151,21 +159,33 @@ async fn browser_runs(kind: RuntimeKind) {
     ] {
         assert!(home.contains(element), "{element} in {home}");
     }
-    let clicked = result(&requests[3]);
+    // DevTools goes over pipes: nothing listens but the site's server (127.0.0.1:8765)
+    // and the egress bridge of the `internet` policy (127.0.0.1:3128); a DevTools port
+    // would be open to the host when a sandbox shares its network.
+    let listening = result(&requests[3]);
+    assert_eq!(
+        listening.lines().collect::<Vec<_>>(),
+        ["0100007F:0C38", "0100007F:223D"],
+        "{listening}"
+    );
+    let clicked = result(&requests[4]);
     assert!(clicked.contains("Changed by the button"), "{clicked}");
-    let searched = result(&requests[4]);
+    let searched = result(&requests[5]);
     assert!(
         searched.contains("Title: Result") && searched.contains("You searched: hello world"),
         "{searched}"
     );
-    let back = result(&requests[5]);
+    let back = result(&requests[6]);
     assert!(back.contains("Title: Test home"), "{back}");
-    let about = result(&requests[6]);
+    let about = result(&requests[7]);
     assert!(
         about.contains("About page") && about.contains("about.html"),
         "{about}"
     );
-    let shot = result(&requests[7]);
+    // A page's alert and confirm are dismissed; they do not block the tool.
+    let alerted = result(&requests[8]);
+    assert!(alerted.contains("After the alert"), "{alerted}");
+    let shot = result(&requests[9]);
     let saved = shot
         .split_whitespace()
         .find(|w| w.starts_with("/workspace/group/screenshots/"))
@@ -187,7 +207,7 @@ async fn browser_runs(kind: RuntimeKind) {
         wait_bot_texts(&d.api, "web:team", 2).await,
         ["Browsed.", "Back again."]
     );
-    let again = result(&llm.requests()[10]);
+    let again = result(&llm.requests()[12]);
     assert!(
         again.contains("Welcome back"),
         "the group's cookie persisted: {again}"
@@ -198,7 +218,7 @@ async fn browser_runs(kind: RuntimeKind) {
         .await
         .expect("accepted");
     assert_eq!(wait_bot_texts(&d.api, "web:other", 1).await, ["Elsewhere."]);
-    let other = result(&llm.requests()[13]);
+    let other = result(&llm.requests()[15]);
     assert!(
         other.contains("First visit"),
         "another group has no cookie: {other}"

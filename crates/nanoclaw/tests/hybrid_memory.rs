@@ -120,6 +120,23 @@ async fn memory_search_finds_by_meaning_through_the_proxy() {
             "the key never reaches the model log"
         );
     }
+    // What embeddings cost is recorded for the group, beside its model tokens.
+    let recorded = nanoclaw_test_support::wait_for(
+        "embeddings usage recorded",
+        nanoclaw_test_support::DEADLINE,
+        || {
+            let root = d.root().to_path_buf();
+            async move {
+                let rows = open_store(&root).usage_since("2000-01-01T00:00:00Z").ok()?;
+                rows.into_iter().find(|r| {
+                    r.group_folder == "team"
+                        && r.model.as_deref() == Some("embeddings:text-embedding-3-small")
+                })
+            }
+        },
+    )
+    .await;
+    assert!(recorded.usage.input_tokens > 0, "{recorded:?}");
 
     d.api
         .send("web:thrifty", "me", "Me", "where did I park?")

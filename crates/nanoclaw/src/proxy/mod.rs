@@ -338,14 +338,13 @@ impl Proxy {
                 .context("cannot create the proxy's HTTP client")?,
             openai,
             usage,
-            embeddings: config
-                .embeddings_url
-                .as_ref()
-                .map(|url| embeddings::Upstream {
-                    url: url.clone(),
-                    model: config.embeddings_model.clone(),
-                    key: secrets.embeddings_api_key.clone(),
-                }),
+            embeddings: config.embeddings_url.as_ref().map(|url| {
+                embeddings::Upstream::new(
+                    url.clone(),
+                    config.embeddings_model.clone(),
+                    secrets.embeddings_api_key.clone(),
+                )
+            }),
         });
         if let Some(store) = &state.usage {
             tokens
@@ -636,6 +635,7 @@ async fn forward(
         return embeddings::forward(
             state.embeddings.as_ref(),
             &state.client,
+            state.usage.as_ref(),
             &identity,
             &parts.method,
             body,

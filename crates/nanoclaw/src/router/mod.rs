@@ -92,23 +92,26 @@ impl Router {
         groups_dir: &std::path::Path,
         group: &RegisteredGroup,
         folder: &crate::layout::GroupFolder,
-    ) -> crate::sandbox::disk::DiskLimits {
+    ) -> Result<crate::sandbox::disk::DiskLimits, String> {
+        // A config that does not parse has no quota to go by: no file is taken (its runs
+        // fail too, and `doctor` says why).
         let quota_mb = crate::mounts::ContainerConfig::parse(group.container_config.as_deref())
-            .ok()
-            .and_then(|c| c.limits.disk_mb)
+            .map_err(|e| format!("the group's container_config is invalid ({e})"))?
+            .limits
+            .disk_mb
             .unwrap_or(crate::sandbox::Limits::DEFAULT_DISK_MB);
         let root = groups_dir
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_else(|| groups_dir.to_path_buf());
         // The same folders and quota a run of the group is held to.
-        crate::sandbox::disk::DiskLimits::for_group(
+        Ok(crate::sandbox::disk::DiskLimits::for_group(
             &crate::layout::Layout::new(&root),
             folder,
             group.is_main,
             quota_mb << 20,
             self.min_free_bytes,
-        )
+        ))
     }
 
     /// Saves files users send (attachments) into the groups' folders under `groups_dir`,
@@ -324,7 +327,10 @@ impl crate::channels::ChannelHost for Router {
             .ok()
             .flatten()?;
         let folder = group.folder().ok()?;
-        let disk = self.disk_limits(&groups_dir, &group, &folder);
+        let disk = match self.disk_limits(&groups_dir, &group, &folder) {
+            Ok(disk) => disk,
+            Err(why) => return Some(why),
+        };
         tokio::task::spawn_blocking(move || disk.refuse_file(size))
             .await
             .ok()
@@ -348,7 +354,7 @@ impl crate::channels::ChannelHost for Router {
             .map_err(|e| e.to_string())?;
         let Some(group) = group else { return Ok(None) };
         let folder = group.folder().map_err(|e| e.to_string())?;
-        let disk = self.disk_limits(&groups_dir, &group, &folder);
+        let disk = self.disk_limits(&groups_dir, &group, &folder)?;
         let (name, bytes) = (name.to_string(), bytes.to_vec());
         let saved = tokio::task::spawn_blocking(move || {
             if let Some(why) = disk.refuse_file(bytes.len() as u64) {

@@ -4,8 +4,8 @@
 //! The image carries the sha256 of the `nanoclaw-agent` it contains as the label
 //! `org.nanoclaw.agent-build`; an image whose label differs from the agent next to this
 //! `nanoclaw` is stale. Without a container registry, the Debian base is made with
-//! `debootstrap` and imported as `localhost/nanoclaw-base:bookworm-browser` (the tag
-//! names its package set: a base made before Chromium joined it is not reused).
+//! `debootstrap` and imported as `localhost/nanoclaw-base:bookworm-browser-2` (the tag
+//! names its package set and sources: a base made before is not reused).
 
 use std::io::Read;
 use std::path::Path;
@@ -22,7 +22,7 @@ use crate::layout::Layout;
 
 pub const AGENT_BUILD_LABEL: &str = "org.nanoclaw.agent-build";
 pub const UPSTREAM_BASE: &str = "docker.io/library/debian:bookworm-slim";
-pub const LOCAL_BASE: &str = "localhost/nanoclaw-base:bookworm-browser";
+pub const LOCAL_BASE: &str = "localhost/nanoclaw-base:bookworm-browser-2";
 const CONTAINERFILE: &str = include_str!("../../../../container/Containerfile");
 /// Packages the debootstrap base gets (the Containerfile's tools).
 const BASE_PACKAGES: &str = "ca-certificates,curl,git,jq,python3,ripgrep";
@@ -146,10 +146,14 @@ impl<W: std::io::Write + Send> Progress for TerminalProgress<W> {
     }
 }
 
-/// The sha256 of the agent binary, hex.
+/// The image's build id, hex: the sha256 of its recipe (the Containerfile and the base,
+/// whose tag names its packages and sources) and of the agent binary, so a new agent
+/// or a new recipe (Chromium joining the base, security sources) makes it stale.
 pub fn agent_build_id(agent: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(agent)?;
     let mut hasher = Sha256::new();
+    hasher.update(CONTAINERFILE.as_bytes());
+    hasher.update(LOCAL_BASE.as_bytes());
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = file.read(&mut buf)?;
@@ -403,7 +407,7 @@ async fn base_image(
     )
     .await?;
     progress.note(&format!("adding {BROWSER_PACKAGES} with apt"));
-    add_browser(&rootfs, progress).await?;
+    add_browser(&rootfs, &config.debian_mirror, progress).await?;
     progress.note(&format!("importing the debootstrap base as {LOCAL_BASE}"));
     let tar = which("tar").ok_or("tar is not installed")?;
     let mut tar_child = tokio::process::Command::new(tar)
@@ -440,16 +444,38 @@ async fn base_image(
 }
 
 /// Installs [`BROWSER_PACKAGES`] into the debootstrap tree with its own apt (in a mount
-/// namespace of its own, so the `/proc` apt's scripts need is never left mounted).
-async fn add_browser(rootfs: &Path, progress: &mut dyn Progress) -> Result<(), String> {
+/// namespace of its own, so the `/proc` apt's scripts need is never left mounted), from
+/// the release, its updates and its security archive, and upgrades what debootstrap put
+/// there: a browser that reads any page must carry Debian's latest fixes.
+async fn add_browser(
+    rootfs: &Path,
+    mirror: &str,
+    progress: &mut dyn Progress,
+) -> Result<(), String> {
     let unshare = which("unshare").ok_or("unshare is not installed (util-linux)")?;
     let resolv = rootfs.join("etc/resolv.conf");
     let _ = std::fs::remove_file(&resolv);
     std::fs::copy("/etc/resolv.conf", &resolv)
         .map_err(|e| format!("cannot give the base this machine's /etc/resolv.conf: {e}"))?;
+    let mirror = mirror.trim_end_matches('/');
+    let mut sources = format!("deb {mirror} bookworm main\ndeb {mirror} bookworm-updates main\n");
+    // Debian's own mirrors keep the security archive beside the release.
+    if let Some(base) = mirror.strip_suffix("/debian") {
+        sources.push_str(&format!(
+            "deb {base}/debian-security bookworm-security main\n"
+        ));
+    } else {
+        progress.note(&format!(
+            "{mirror} does not end in /debian: no security archive is added (Chromium gets the release's updates only)"
+        ));
+    }
+    std::fs::write(rootfs.join("etc/apt/sources.list"), sources)
+        .map_err(|e| format!("cannot write the base's apt sources: {e}"))?;
     let script = format!(
         "mount -t proc proc \"$0/proc\" && \
+         chroot \"$0\" apt-get update && \
          chroot \"$0\" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {BROWSER_PACKAGES} && \
+         chroot \"$0\" env DEBIAN_FRONTEND=noninteractive apt-get upgrade -y && \
          chroot \"$0\" apt-get clean && rm -rf \"$0\"/var/lib/apt/lists/*"
     );
     stream(
@@ -467,7 +493,10 @@ async fn add_browser(rootfs: &Path, progress: &mut dyn Progress) -> Result<(), S
         None,
         progress,
     )
-    .await
+    .await?;
+    // The build machine's resolver stays out of the image (runtimes mount their own).
+    std::fs::write(&resolv, "")
+        .map_err(|e| format!("cannot reset the base's /etc/resolv.conf: {e}"))
 }
 
 /// Runs a command, passing each output line to `progress`; fails with the last lines.

@@ -472,6 +472,13 @@ impl Prepared {
                 "internet ({}, through the host's egress proxy)",
                 self.egress_policy().describe()
             ),
+            // bwrap run by an ordinary user has no way to give it a namespace of its own
+            // with a route out (`bwrap::private_network`).
+            NetworkPolicy::Full
+                if backend == RuntimeKind::Bwrap && self.identity == Identity::SameAsDaemon =>
+            {
+                "full (the host's own network: it reaches what this user reaches)".into()
+            }
             NetworkPolicy::Full => "full (its own network namespace, NATed outwards)".into(),
             NetworkPolicy::None => "none (only the credential proxy)".into(),
         };
