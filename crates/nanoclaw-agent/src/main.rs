@@ -53,6 +53,9 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// How long a run waiting for follow-ups keeps its browser open.
+const BROWSER_IDLE: Duration = Duration::from_secs(120);
+
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     match args.next() {
@@ -240,7 +243,20 @@ async fn run(input: AgentInput) -> ExitCode {
         emit(AgentEvent::Idle {
             inputs: agent.inputs_read,
         });
-        match inbox.next().await {
+        // A browser left open by the turn is closed once no follow-up came for a while
+        // (its cookies are kept): an idle run may wait half an hour.
+        let waited = tokio::select! {
+            input = inbox.next() => Some(input),
+            _ = tokio::time::sleep(BROWSER_IDLE) => None,
+        };
+        let input = match waited {
+            Some(input) => input,
+            None => {
+                tools::close_browser().await;
+                inbox.next().await
+            }
+        };
+        match input {
             Some(Input::Message(text)) => {
                 agent.inputs_read += 1;
                 next = Some(text);
