@@ -258,6 +258,9 @@ async fn a_file_sent_to_a_web_chat_is_downloaded_as_an_attachment() {
     assert_eq!(status, 400);
     let stored = d.api.messages("web:main").await.expect("messages");
     assert_eq!(stored[0]["content"], "[file: page \"x\".html] the page");
+    // The history carries the same download link as the event did.
+    assert_eq!(stored[0]["file"]["url"], url);
+    assert_eq!(stored[0]["file"]["name"], "page \"x\".html");
     d.stop().await;
 }
 

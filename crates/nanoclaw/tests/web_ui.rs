@@ -307,6 +307,16 @@ async fn files_go_both_ways_in_the_web_app() {
         })
         .await;
     assert_eq!(button, "Download report.csv (1 KB)");
+    // After a reload the history shows it too.
+    browser.goto(&format!("{}/#/chat", d.api.base)).await;
+    let again = browser
+        .wait_text(
+            "#messages button.file",
+            "the download button from the history",
+            |t| t.contains("report.csv"),
+        )
+        .await;
+    assert_eq!(again, "Download report.csv (1 KB)");
     browser
         .screenshot(&screenshots().join("chat-files-1280.png"))
         .await;

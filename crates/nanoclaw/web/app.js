@@ -90,6 +90,7 @@ function messageItem(m) {
   const item = el("li", null, mine ? "msg assistant" : "msg user");
   const head = el("div", `${m.sender_name || m.sender} · ${when(m.timestamp)}`, "meta");
   item.append(head, el("div", m.content, "text"));
+  if (m.file) item.append(fileButton(m.file));
   if (m.flagged) item.append(el("div", `flagged: ${m.flagged} (never shown to an agent)`, "flag"));
   return item;
 }

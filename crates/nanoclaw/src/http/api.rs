@@ -117,12 +117,34 @@ pub async fn chat_messages(
     Path(jid): Path<String>,
     Query(query): Query<MessagesQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let messages = state
+    let web = jid.starts_with(web::PREFIX);
+    let (messages, files) = state
         .store
-        .call(move |s| s.chat_messages(&jid, query.limit))
+        .call(move |s| {
+            let messages = s.chat_messages(&jid, query.limit)?;
+            // A web chat's replies with files get their download link (`file`), as
+            // their events did.
+            let files = if web {
+                s.reply_files(&jid)?
+            } else {
+                Default::default()
+            };
+            Ok::<_, crate::store::StoreError>((messages, files))
+        })
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(messages))
+    let out: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+            if let Some((id, file)) = files.get(&m.message.id) {
+                v["file"] = json!({"name": file.name, "size": file.size,
+                                   "url": format!("/api/files/{id}")});
+            }
+            v
+        })
+        .collect();
+    Ok(Json(out))
 }
 
 /// `GET /api/chats`: every chat of every channel, most recently active first.

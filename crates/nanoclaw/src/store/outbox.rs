@@ -270,6 +270,37 @@ impl Store {
             .ctx("reading the outbox files")
     }
 
+    /// The files in a chat's replies, by the reply's message id: `(outbox id, file)`.
+    pub fn reply_files(
+        &self,
+        chat_jid: &str,
+    ) -> Result<std::collections::HashMap<String, (i64, OutboxFile)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT message_id, id, file_name, file_path, file_size FROM outbox
+                 WHERE chat_jid = ?1 AND file_path IS NOT NULL",
+            )
+            .ctx("preparing the reply files query")?;
+        let rows = stmt
+            .query_map(params![chat_jid], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (
+                        r.get::<_, i64>(1)?,
+                        OutboxFile {
+                            name: r.get(2)?,
+                            path: r.get::<_, String>(3)?.into(),
+                            size: r.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as u64,
+                        },
+                    ),
+                ))
+            })
+            .ctx("reading the reply files")?;
+        rows.collect::<Result<_, _>>()
+            .ctx("reading the reply files")
+    }
+
     /// A delivered reply by its outbox id (a file the web app downloads).
     pub fn outbox_item(&self, id: i64) -> Result<Option<OutboxItem>, StoreError> {
         use rusqlite::OptionalExtension;

@@ -55,9 +55,14 @@ const MIGRATIONS: &[Migration] = &[
         name: "files in replies",
         apply: reply_files,
     },
+    Migration {
+        version: 8,
+        name: "an index of replies with files",
+        apply: reply_files_index,
+    },
 ];
 
-pub const LATEST_VERSION: i64 = 7;
+pub const LATEST_VERSION: i64 = 8;
 
 pub(super) fn migrate(conn: &mut Connection, ctx: &MigrationContext) -> Result<(), StoreError> {
     let current: i64 = conn
@@ -279,6 +284,15 @@ fn reply_files(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), Stor
         ",
     )
     .ctx("adding outbox files")
+}
+
+/// A chat's replies that carry files, found without reading its whole outbox (the web
+/// app's history shows their download buttons).
+fn reply_files_index(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "CREATE INDEX idx_outbox_files ON outbox(chat_jid, message_id) WHERE file_path IS NOT NULL;",
+    )
+    .ctx("indexing replies with files")
 }
 
 /// One row per model response the credential proxy forwarded.
