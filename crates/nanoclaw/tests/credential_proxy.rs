@@ -1046,3 +1046,83 @@ async fn hanging_up_before_the_answer_is_charged_the_whole_reservation() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(dead.store.usage_since("").expect("usage").is_empty());
 }
+
+/// Runs the real Claude Code once with `HOME` and the run credential in `env`.
+async fn claude_once(p: &Running, home: &std::path::Path, env: (&str, &str)) -> (bool, String) {
+    let out = tokio::process::Command::new(tool("node/node_modules/.bin/claude"))
+        .args(["-p", "ping", "--output-format", "text"])
+        .current_dir(home)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("ANTHROPIC_BASE_URL", p.url())
+        .env(env.0, env.1)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_ERROR_REPORTING", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .expect("claude finishes")
+        .expect("claude runs");
+    (
+        out.status.success(),
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Files under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// The open question of issue 16, settled with the real Claude Code: a group's second
+/// run, with a new run token and the first one revoked, works in the same home (the
+/// group's `~/.claude` persists across runs), whether the token comes as an API key or
+/// as an OAuth token; Claude Code does not answer with a key it cached from the first.
+#[tokio::test]
+async fn claude_code_never_reuses_an_earlier_runs_revoked_token() {
+    let fake =
+        FakeAnthropic::start((0..40).map(|_| Reply::text("pong from the fake")).collect()).await;
+    let p = start(&fake.url, api_key()).await;
+    for variable in ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"] {
+        let home = p.root.path().join(format!("home-{variable}"));
+        std::fs::create_dir_all(&home).expect("home");
+        let first = p.token("team");
+        let (ok, out) = claude_once(&p, &home, (variable, &first)).await;
+        assert!(
+            ok && out.contains("pong from the fake"),
+            "{variable}, run 1: {out}"
+        );
+        p.tokens.revoke(&first);
+        let cached = files_holding(&home, &first);
+        let second = p.token("team");
+        let (ok, out) = claude_once(&p, &home, (variable, &second)).await;
+        assert!(
+            ok && out.contains("pong from the fake"),
+            "{variable}, run 2 (run 1's token, revoked, is in {cached:?}): {out}"
+        );
+        eprintln!("{variable}: files holding run 1's token after it: {cached:?}");
+    }
+    assert_no_token(&fake.requests());
+}
