@@ -145,3 +145,26 @@ async fn a_failing_transcription_names_the_file_without_the_services_words() {
     assert!(!prompt.contains(KEY), "{prompt}");
     d.stop().await;
 }
+
+/// `doctor` says which of the optional services the host calls is on, never the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_whether_voice_notes_and_meaning_are_on() {
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        root.path().join(".env"),
+        format!(
+            "TRANSCRIBE_URL=http://127.0.0.1:9/v1/audio/transcriptions\nTRANSCRIBE_API_KEY={KEY}\n"
+        ),
+    )
+    .expect(".env");
+    let (_, stdout, _) = support::cli(root.path(), &["doctor", "--offline"]).await;
+    assert!(
+        stdout.contains("voice notes are transcribed (http://127.0.0.1:9/v1/audio/transcriptions, model whisper-1, with its key)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("memory_search ranks by words (set EMBEDDINGS_URL"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(KEY), "keys are never shown");
+}

@@ -419,6 +419,7 @@ pub fn doctor(
         ));
     }
     checks.push(("disk", disk_check(config)));
+    checks.extend(service_checks(config, secrets));
     checks.extend(identity_checks(config));
     checks.extend(sandbox_checks(config));
 
@@ -699,6 +700,42 @@ pub(super) fn sandbox_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
         checks.push(("sandbox", chosen));
         checks
     })
+}
+
+/// The optional services the host calls for agents: what is on, and with which key.
+fn service_checks(
+    config: &Config,
+    secrets: &crate::config::Secrets,
+) -> Vec<(&'static str, Verdict)> {
+    let describe = |url: &Option<String>, model: &str, key: bool, on: &str, off: &str| match url {
+        Some(url) => Verdict::Ok(format!(
+            "{on} ({url}, model {model}, {})",
+            if key { "with its key" } else { "no key set" }
+        )),
+        None => Verdict::Ok(off.to_string()),
+    };
+    vec![
+        (
+            "voice",
+            describe(
+                &config.transcribe_url,
+                &config.transcribe_model,
+                secrets.transcribe_api_key.is_some(),
+                "voice notes are transcribed",
+                "voice notes are saved, not transcribed (set TRANSCRIBE_URL to transcribe them)",
+            ),
+        ),
+        (
+            "memory",
+            describe(
+                &config.embeddings_url,
+                &config.embeddings_model,
+                secrets.embeddings_api_key.is_some(),
+                "memory_search ranks by meaning and words",
+                "memory_search ranks by words (set EMBEDDINGS_URL to rank by meaning too)",
+            ),
+        ),
+    ]
 }
 
 /// Whether bwrap agents get the `Browser` tool: they use the host's Chromium.
