@@ -10,7 +10,7 @@ use std::path::Path;
 use nanoclaw::config::{RuntimeKind, Secret, Secrets};
 use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Recorded, Reply};
 use serde_json::{Value, json};
-use support::{open_store, wait_bot_texts};
+use support::wait_bot_texts;
 
 const INDEX: &str = r#"<!doctype html><html><head><title>Test home</title></head><body>
 <h1 id="greet">Hello</h1>
@@ -48,30 +48,13 @@ fn browse(action: &str, extra: Value) -> Reply {
 
 /// The text of the tool result the request `r` carries last.
 fn result(r: &Recorded) -> String {
-    let messages = r.body["messages"].as_array().cloned().unwrap_or_default();
-    let last = messages.last().cloned().unwrap_or(Value::Null);
-    let block = last["content"]
-        .as_array()
-        .and_then(|b| b.iter().find(|b| b["type"] == "tool_result"))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let block = support::last_tool_result(r);
     assert_eq!(block["is_error"], false, "{block}");
     block["content"].as_str().unwrap_or("").to_string()
 }
 
 fn register(root: &Path, folder: &str) {
-    open_store(root)
-        .register_group(&nanoclaw::store::RegisteredGroup {
-            jid: format!("web:{folder}"),
-            name: folder.into(),
-            folder: folder.into(),
-            trigger_pattern: "@Andy".into(),
-            added_at: nanoclaw::clock::now(),
-            container_config: None,
-            requires_trigger: false,
-            is_main: false,
-        })
-        .expect("register");
+    support::register_web_group(root, folder, None);
     let site = root.join("groups").join(folder).join("site");
     std::fs::create_dir_all(&site).expect("site");
     for (name, html) in [

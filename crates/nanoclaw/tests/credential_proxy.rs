@@ -618,31 +618,8 @@ async fn claude_code_works_through_the_proxy() {
     let token = p.token("main");
     let home = p.root.path().join("claude-home");
     std::fs::create_dir_all(&home).expect("home");
-    let out = tokio::process::Command::new(tool("node/node_modules/.bin/claude"))
-        .args(["-p", "ping", "--output-format", "text"])
-        .current_dir(&home)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("ANTHROPIC_BASE_URL", p.url())
-        .env("ANTHROPIC_API_KEY", &token)
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("DISABLE_TELEMETRY", "1")
-        .env("DISABLE_ERROR_REPORTING", "1")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
-        .await
-        .expect("claude finishes")
-        .expect("claude runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("pong from the fake"),
-        "status {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = claude_once(&p, &home, ("ANTHROPIC_API_KEY", &token)).await;
+    assert!(ok && out.contains("pong from the fake"), "{out}");
     let requests = fake.requests();
     assert!(!requests.is_empty());
     for r in &requests {

@@ -14,18 +14,7 @@ use support::{open_store, wait_bot_texts};
 const KEY: &str = "sk-embeddings-secret";
 
 fn register(root: &std::path::Path, folder: &str, config: Option<Value>) {
-    open_store(root)
-        .register_group(&nanoclaw::store::RegisteredGroup {
-            jid: format!("web:{folder}"),
-            name: folder.into(),
-            folder: folder.into(),
-            trigger_pattern: "@Andy".into(),
-            added_at: nanoclaw::clock::now(),
-            container_config: config.map(|c| c.to_string()),
-            requires_trigger: false,
-            is_main: false,
-        })
-        .expect("register");
+    support::register_web_group(root, folder, config);
     let archive = root.join("groups").join(folder).join("conversations");
     std::fs::create_dir_all(&archive).expect("archive");
     std::fs::write(
@@ -37,12 +26,8 @@ fn register(root: &std::path::Path, folder: &str, config: Option<Value>) {
 }
 
 fn last_result(r: &Recorded) -> String {
-    let messages = r.body["messages"].as_array().cloned().unwrap_or_default();
-    let last = messages.last().cloned().unwrap_or(Value::Null);
-    last["content"]
-        .as_array()
-        .and_then(|b| b.iter().find(|b| b["type"] == "tool_result"))
-        .and_then(|b| b["content"].as_str())
+    support::last_tool_result(r)["content"]
+        .as_str()
         .unwrap_or("")
         .to_string()
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use nanoclaw::config::{RuntimeKind, Secret, Secrets};
 use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Recorded, Reply};
 use serde_json::{Value, json};
-use support::{open_store, wait_bot_texts};
+use support::wait_bot_texts;
 
 fn tool_names(request: &Recorded) -> Vec<String> {
     request.body["tools"]
@@ -21,14 +21,6 @@ fn tool_names(request: &Recorded) -> Vec<String> {
                 .filter_map(|t| t["name"].as_str().map(str::to_string))
                 .collect()
         })
-        .unwrap_or_default()
-}
-
-fn last_result(request: &Recorded) -> Value {
-    request.body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .map(|m| m["content"][0].clone())
         .unwrap_or_default()
 }
 
@@ -48,7 +40,7 @@ async fn group_with_mcp_servers(kind: RuntimeKind) {
         "self": {"command": "nanoclaw-agent", "args": ["mcp-server"]},
         "flaky": {"command": "python3", "args": ["/workspace/group/flaky.py"]},
     }});
-    register_web_group(root.path(), "team", config);
+    support::register_web_group(root.path(), "team", Some(config));
     let group_dir = root.path().join("groups/team");
     std::fs::create_dir_all(&group_dir).expect("group dir");
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -85,15 +77,15 @@ async fn group_with_mcp_servers(kind: RuntimeKind) {
         !names.iter().any(|n| n == "mcp__self__register_group"),
         "{names:?}"
     );
-    let sent = last_result(&requests[1]);
+    let sent = support::last_tool_result(&requests[1]);
     assert_eq!(sent["is_error"], false, "{sent}");
-    let crashed = last_result(&requests[2]);
+    let crashed = support::last_tool_result(&requests[2]);
     assert_eq!(crashed["is_error"], true, "{crashed}");
     assert!(
         crashed["content"].as_str().unwrap_or("").contains("exited"),
         "{crashed}"
     );
-    let hello = last_result(&requests[3]);
+    let hello = support::last_tool_result(&requests[3]);
     assert_eq!(hello["content"], "hello, the sandbox", "{hello}");
     d.stop().await;
 }
@@ -179,21 +171,6 @@ fn http_mcp_server(dir: &std::path::Path, token: &str) -> (u16, PathBuf, support
     }
 }
 
-fn register_web_group(root: &std::path::Path, folder: &str, config: Value) {
-    open_store(root)
-        .register_group(&nanoclaw::store::RegisteredGroup {
-            jid: format!("web:{folder}"),
-            name: folder.into(),
-            folder: folder.into(),
-            trigger_pattern: "@Andy".into(),
-            added_at: nanoclaw::clock::now(),
-            container_config: Some(config.to_string()),
-            requires_trigger: false,
-            is_main: false,
-        })
-        .expect("register");
-}
-
 /// An HTTP server is reached through the credential proxy, which adds its headers (a
 /// secret from `.env` included) outside the sandbox; the group's network policy holds:
 /// `full` reaches this host's loopback server, `internet` and `none` do not.
@@ -221,27 +198,27 @@ async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_netwo
     .expect(".env");
     let remote = json!({"remote": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp"),
         "headers": {"Authorization": "Bearer ${MCP_REMOTE_TOKEN}", "X-Team": "core"}}});
-    register_web_group(
+    support::register_web_group(
         root.path(),
         "full",
-        json!({"network": "full", "mcpServers": remote}),
+        Some(json!({"network": "full", "mcpServers": remote})),
     );
-    register_web_group(
+    support::register_web_group(
         root.path(),
         "net",
-        json!({"network": "internet", "mcpServers": remote}),
+        Some(json!({"network": "internet", "mcpServers": remote})),
     );
-    register_web_group(
+    support::register_web_group(
         root.path(),
         "off",
-        json!({"network": "none", "mcpServers": remote}),
+        Some(json!({"network": "none", "mcpServers": remote})),
     );
     let wrong = json!({"remote": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp"),
         "headers": {"Authorization": "Bearer ${MCP_WRONG_TOKEN}"}}});
-    register_web_group(
+    support::register_web_group(
         root.path(),
         "wrong",
-        json!({"network": "full", "mcpServers": wrong}),
+        Some(json!({"network": "full", "mcpServers": wrong})),
     );
     let secrets = Secrets {
         anthropic_api_key: Some(Secret::new("sk-ant-mcp-http-test")),
@@ -272,7 +249,7 @@ async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_netwo
         "{:?}",
         tool_names(&requests[0])
     );
-    let answer = last_result(&requests[1]);
+    let answer = support::last_tool_result(&requests[1]);
     assert_eq!(answer["is_error"], false, "{answer}");
     assert_eq!(answer["content"], "authorized for team core");
     // The server got the host's headers and nothing of the sandbox's credentials.

@@ -1145,3 +1145,36 @@ impl Drop for PublicHost {
             .output();
     }
 }
+
+/// Registers the non-main web group `web:{folder}` (no trigger needed) with
+/// `container_config`, through the store.
+pub fn register_web_group(root: &Path, folder: &str, container_config: Option<serde_json::Value>) {
+    open_store(root)
+        .register_group(&nanoclaw::store::RegisteredGroup {
+            jid: format!("web:{folder}"),
+            name: folder.into(),
+            folder: folder.into(),
+            trigger_pattern: "@Andy".into(),
+            added_at: nanoclaw::clock::now(),
+            container_config: container_config.map(|c| c.to_string()),
+            requires_trigger: false,
+            is_main: false,
+        })
+        .expect("register");
+}
+
+/// The tool result a model request carries last (its first content block).
+pub fn last_tool_result(
+    request: &nanoclaw_test_support::fake_anthropic::Recorded,
+) -> serde_json::Value {
+    request.body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| {
+            m["content"]
+                .as_array()
+                .and_then(|b| b.iter().find(|b| b["type"] == "tool_result"))
+                .cloned()
+        })
+        .unwrap_or_default()
+}
