@@ -50,20 +50,7 @@ pub async fn post_message(
     State(state): State<Arc<HttpState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                format!(
-                    "the request body is larger than {} bytes",
-                    super::MAX_BODY_BYTES
-                ),
-            )
-        } else {
-            ApiError::new(status, rejection.body_text())
-        }
-    })?;
+    let body = body.map_err(|r| body_refused(r, &format!("{} bytes", super::MAX_BODY_BYTES)))?;
     let post: PostMessage = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be a JSON object {{\"chat_jid\", \"sender\", \"sender_name\", \"text\"}} (all strings): {e}"
@@ -95,10 +82,24 @@ pub async fn post_message(
         is_bot_message: false,
         flagged: None,
     };
+    accept(&state, chat, message).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id }))))
+}
+
+/// A body that could not be read: too large (`max` says how large it may be), or cut.
+fn body_refused(rejection: BytesRejection, max: &str) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, format!("the body is larger than {max}"))
+    } else {
+        ApiError::new(status, rejection.body_text())
+    }
+}
+
+/// Stores a message a web chat's user sent and lets the router act on it.
+async fn accept(state: &HttpState, chat: ChatMeta, message: Message) -> Result<(), ApiError> {
     match state.router.accept(chat, message).await {
-        Ok(Accepted::Stored { .. }) | Ok(Accepted::Duplicate) => {
-            Ok((StatusCode::ACCEPTED, Json(json!({ "id": id }))))
-        }
+        Ok(Accepted::Stored { .. }) | Ok(Accepted::Duplicate) => Ok(()),
         Ok(Accepted::Dropped) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "the sender allowlist drops messages from this sender in this chat",
@@ -518,17 +519,7 @@ pub async fn post_file(
             e.body_text()
         ))
     })?;
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                format!("the file is larger than {} MB", MAX_UPLOAD_BYTES >> 20),
-            )
-        } else {
-            ApiError::new(status, rejection.body_text())
-        }
-    })?;
+    let body = body.map_err(|r| body_refused(r, &format!("{} MB", MAX_UPLOAD_BYTES >> 20)))?;
     web::check_jid(&jid).map_err(ApiError::bad_request)?;
     check_name("name", &query.name)?;
     check_name("sender", &query.sender)?;
@@ -582,17 +573,11 @@ pub async fn post_file(
         is_bot_message: false,
         flagged: None,
     };
-    match state.router.accept(chat, message).await {
-        Ok(Accepted::Stored { .. }) | Ok(Accepted::Duplicate) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "id": id, "path": path })),
-        )),
-        Ok(Accepted::Dropped) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "the sender allowlist drops messages from this sender in this chat",
-        )),
-        Err(e) => Err(ApiError::internal(e)),
-    }
+    accept(&state, chat, message).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "path": path })),
+    ))
 }
 
 /// A file an agent sent to a web chat (`send_file`), by its reply's outbox id: always
