@@ -8,6 +8,7 @@
 
 mod agent;
 mod browser;
+mod claude_code;
 mod images;
 mod inbox;
 mod llm;
@@ -121,6 +122,21 @@ async fn run(input: AgentInput) -> ExitCode {
             true,
         );
     };
+    match env("NANOCLAW_HARNESS").as_deref() {
+        None | Some("nanoclaw") => {}
+        Some("claude-code") => {
+            let settings = claude_code::Settings::from_env(workspace, home, model, base_url);
+            return claude_code::run(input, settings).await;
+        }
+        Some(other) => {
+            return fail(
+                format!(
+                    "NANOCLAW_HARNESS is {other:?}; it must be \"nanoclaw\" or \"claude-code\""
+                ),
+                true,
+            );
+        }
+    }
     let api_key = env("ANTHROPIC_API_KEY").unwrap_or_default();
     let retry = Retry {
         attempts: env_number("NANOCLAW_LLM_ATTEMPTS", 5),
@@ -215,6 +231,7 @@ async fn run(input: AgentInput) -> ExitCode {
         tools,
         mcp,
         system: prompt::system_prompt(&prompt::PromptInput {
+            harness: prompt::Harness::Own,
             assistant_name: &input.assistant_name,
             workspace: &workspace,
             is_main: input.is_main,

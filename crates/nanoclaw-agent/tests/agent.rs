@@ -950,3 +950,174 @@ async fn images_are_shown_once_then_replaced_by_a_note() {
     assert_eq!(images(1, 2), 1, "the new one is shown");
     assert_eq!(run.close().await, 0);
 }
+
+/// The command lines of `pid`'s children.
+fn children_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // The parent is the second field after the parenthesised name.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then(|| {
+                String::from_utf8_lossy(
+                    &std::fs::read(e.path().join("cmdline")).unwrap_or_default(),
+                )
+                .replace('\0', " ")
+            })
+        })
+        .collect()
+}
+
+/// The pinned Claude Code of `.tools/` (scripts/test-tools.sh), for the claude-code harness.
+fn claude_code() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools/node/node_modules/@anthropic-ai/claude-code-linux-x64/claude");
+    assert!(
+        path.is_file(),
+        "Claude Code is missing from {}: run ./scripts/test-tools.sh",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn the_claude_code_harness_answers_takes_follow_ups_closes_and_resumes() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::text("first answer"),
+        Reply::text("second answer"),
+        Reply::text("third"),
+    ])
+    .await;
+    let claude = claude_code();
+    let harness = [
+        ("NANOCLAW_HARNESS", "claude-code"),
+        ("NANOCLAW_CLAUDE_CODE", claude.as_str()),
+        // An HTTP server puts the run token into Claude Code's MCP config.
+        ("NANOCLAW_MCP_SERVERS", r#"{"docs": {"type": "http"}}"#),
+    ];
+    let env = Env::new();
+    std::fs::write(
+        env.workspace().join("global/CLAUDE.md"),
+        "The office plant is called Fern.",
+    )
+    .expect("shared memory");
+    let mut run = env.start(&fake.url, None, &harness).await;
+    let events = run.until_idle().await;
+    assert_eq!(results(&events), [("first answer".to_string(), 0)]);
+    // Command lines are readable by every user of the host: Claude Code's holds neither
+    // the token nor the memory (they are in files of its own).
+    let children = children_of(run.child.id().expect("running"));
+    assert!(!children.is_empty(), "Claude Code runs under the agent");
+    for cmdline in children {
+        assert!(
+            cmdline.contains("stream-json") && !cmdline.contains(KEY) && !cmdline.contains("Fern"),
+            "{cmdline}"
+        );
+    }
+    let session = session_of(&events);
+    assert_eq!(session.len(), 36, "Claude Code's own session id: {session}");
+    let first = &fake.requests()[0];
+    assert_eq!(
+        first.header("x-api-key"),
+        Some(KEY),
+        "the run token goes to the proxy"
+    );
+    let body = first.body.to_string();
+    assert!(
+        body.contains("Miso") && body.contains("Fern"),
+        "Claude Code read the group's CLAUDE.md, and was given the shared one"
+    );
+    run.follow_up("100-000001.json", "and one more thing");
+    let events = run.until_idle().await;
+    assert_eq!(results(&events), [("second answer".to_string(), 1)]);
+    assert_eq!(events.last(), Some(&AgentEvent::Idle { inputs: 1 }));
+    let text = fake.requests()[1].body["messages"].to_string();
+    assert!(
+        text.contains("please make a file")
+            && text.contains("first answer")
+            && text.contains("one more thing"),
+        "the follow-up is a further turn of the same conversation: {text}"
+    );
+    assert_eq!(
+        run.close().await,
+        0,
+        "_close ends Claude Code and the run cleanly"
+    );
+
+    let mut again = env.start(&fake.url, Some(&session), &harness).await;
+    let events = again.until_idle().await;
+    assert_eq!(session_of(&events), session, "the session is resumed by id");
+    assert!(
+        fake.requests()[2].body["messages"]
+            .to_string()
+            .contains("second answer"),
+        "the earlier turns are sent again"
+    );
+    assert_eq!(again.close().await, 0);
+}
+
+#[tokio::test]
+async fn the_claude_code_harness_reports_rejected_credentials_and_a_missing_install() {
+    let fake = FakeAnthropic::start(vec![]).await;
+    fake.respond_with(|_| Reply::HttpError {
+        status: 401,
+        kind: "authentication_error".into(),
+        message: "invalid x-api-key".into(),
+        retry_after: None,
+    });
+    let claude = claude_code();
+    let env = Env::new();
+    let mut run = env
+        .start(
+            &fake.url,
+            None,
+            &[
+                ("NANOCLAW_HARNESS", "claude-code"),
+                ("NANOCLAW_CLAUDE_CODE", claude.as_str()),
+            ],
+        )
+        .await;
+    let events = run.until_idle().await;
+    let Some(AgentEvent::Error { message, permanent }) = events.last() else {
+        panic!("{events:?}");
+    };
+    assert!(*permanent, "{message}");
+    assert!(
+        message.contains("401") && !message.contains(KEY),
+        "{message}"
+    );
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "rejected credentials are not retried"
+    );
+
+    let mut run = env
+        .start(
+            &fake.url,
+            None,
+            &[
+                ("NANOCLAW_HARNESS", "claude-code"),
+                ("NANOCLAW_CLAUDE_CODE", "/nonexistent/claude"),
+            ],
+        )
+        .await;
+    let events = run.until_idle().await;
+    let Some(AgentEvent::Error { message, permanent }) = events.last() else {
+        panic!("{events:?}");
+    };
+    assert!(*permanent, "{message}");
+    assert!(
+        message.contains("Claude Code is not installed") && message.contains("nanoclaw doctor"),
+        "{message}"
+    );
+}

@@ -22,6 +22,12 @@ pub const BROWSER_CANDIDATES: &[&str] = &[
     "/usr/bin/google-chrome",
 ];
 
+/// The Claude Code release the `claude-code` harness is built and tested with (SPEC §9.2):
+/// the one `nanoclaw image build` installs, and the one `doctor` expects on a bwrap host.
+pub const CLAUDE_CODE_VERSION: &str = "2.1.197";
+/// Where every sandbox finds Claude Code (the image's copy, or the host's bound there).
+pub const CLAUDE_CODE_IN_SANDBOX: &str = "/opt/claude-code/claude";
+
 pub mod ipc;
 pub mod schedule;
 pub mod sse;

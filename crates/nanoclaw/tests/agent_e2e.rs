@@ -41,24 +41,11 @@ async fn start(
 }
 
 fn run_log_count(root: &std::path::Path) -> usize {
-    std::fs::read_dir(root.join("groups/main/logs"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    support::run_log_count(root, "main")
 }
 
-/// The proxy sent the real key, and nothing the sandbox had (its run token) left the host.
 fn assert_only_the_real_key(requests: &[Recorded]) {
-    for r in requests {
-        assert_eq!(r.header("x-api-key"), Some(REAL_KEY), "{:?}", r.headers);
-        assert!(r.header("authorization").is_none(), "{:?}", r.headers);
-        for (name, value) in &r.headers {
-            let value = String::from_utf8_lossy(value.as_bytes());
-            assert!(
-                !value.contains("nanoclaw-run-"),
-                "the run token leaked upstream in {name}"
-            );
-        }
-    }
+    support::assert_only_the_real_key(requests, REAL_KEY);
 }
 
 fn user_texts(request: &Recorded) -> String {

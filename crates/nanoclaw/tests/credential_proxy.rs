@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -543,19 +542,6 @@ async fn requests_over_a_runs_socket_work_the_same() {
     assert!(!socket.exists(), "removed with the run");
 }
 
-/// `.tools/` in the workspace (see scripts/setup.sh).
-fn tool(path: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.tools")
-        .join(path);
-    assert!(
-        p.exists(),
-        "{} is missing: run ./scripts/setup.sh (it installs the anthropic SDK and Claude Code for these tests)",
-        p.display()
-    );
-    p
-}
-
 #[tokio::test]
 async fn the_official_python_sdk_works_through_the_proxy() {
     let fake = FakeAnthropic::start(vec![
@@ -578,7 +564,7 @@ bearer = anthropic.Anthropic(base_url=base, auth_token=token, max_retries=0)
 m = bearer.messages.create(model="claude-test", max_tokens=64, messages=[{"role": "user", "content": "bearer"}])
 print(m.content[0].text)
 "#;
-    let out = tokio::process::Command::new(tool("venv/bin/python"))
+    let out = tokio::process::Command::new(support::tool("venv/bin/python"))
         .arg("-c")
         .arg(script)
         .env_clear()
@@ -1026,7 +1012,7 @@ async fn hanging_up_before_the_answer_is_charged_the_whole_reservation() {
 
 /// Runs the real Claude Code once with `HOME` and the run credential in `env`.
 async fn claude_once(p: &Running, home: &std::path::Path, env: (&str, &str)) -> (bool, String) {
-    let out = tokio::process::Command::new(tool("node/node_modules/.bin/claude"))
+    let out = tokio::process::Command::new(support::tool("node/node_modules/.bin/claude"))
         .args(["-p", "ping", "--output-format", "text"])
         .current_dir(home)
         .env_clear()

@@ -680,6 +680,7 @@ pub(super) fn sandbox_checks(config: &Config) -> Vec<(&'static str, Verdict)> {
                     }
                     if kind == RuntimeKind::Bwrap {
                         checks.push(("", browser_check()));
+                        checks.push(("", claude_code_check(config).await));
                     }
                 }
                 Err(why) => checks.push((name, Verdict::Warn(why))),
@@ -752,7 +753,28 @@ fn browser_check() -> Verdict {
     }
 }
 
-/// For podman/docker: whether the image holds the current agent.
+/// Whether bwrap sandboxes of `claude-code` groups get Claude Code: the host's.
+async fn claude_code_check(config: &Config) -> Verdict {
+    use crate::sandbox::claude_code;
+    use nanoclaw_protocol::CLAUDE_CODE_VERSION as PINNED;
+    let path = match claude_code::host_binary(config) {
+        Ok(path) => path,
+        Err(why) => return Verdict::Warn(format!("  Claude Code harness: {why}")),
+    };
+    match claude_code::version(&path).await {
+        Ok(v) if v == PINNED => {
+            Verdict::Ok(format!("  Claude Code harness: {} ({v})", path.display()))
+        }
+        Ok(v) => Verdict::Warn(format!(
+            "  Claude Code harness: {} is {v}, NanoClaw is tested with {PINNED} \
+             (`npm install -g @anthropic-ai/claude-code@{PINNED}` or set CLAUDE_CODE_PATH)",
+            path.display()
+        )),
+        Err(e) => Verdict::Warn(format!("  Claude Code harness: {e}")),
+    }
+}
+
+/// For podman/docker: whether the image holds the current agent (and Claude Code).
 async fn image_note(config: &Config, kind: crate::config::RuntimeKind) -> String {
     use crate::config::RuntimeKind;
     use crate::sandbox::image::{self, ImageState};
@@ -768,8 +790,19 @@ async fn image_note(config: &Config, kind: crate::config::RuntimeKind) -> String
     let Ok(build) = image::agent_build_id(&agent) else {
         return "; cannot read nanoclaw-agent".into();
     };
-    match image::state(&Oci::new(flavor, config), &build).await {
-        Ok(ImageState::Current) => "; image holds this agent".into(),
+    let oci = Oci::new(flavor, config);
+    match image::state(&oci, &build).await {
+        Ok(ImageState::Current) => {
+            let claude = match image::label(&oci, crate::sandbox::claude_code::LABEL).await {
+                Ok(v) if v == nanoclaw_protocol::CLAUDE_CODE_VERSION => {
+                    format!(" and Claude Code {v}")
+                }
+                _ => " but no Claude Code (claude-code groups cannot run: install npm, then \
+                      `nanoclaw image build --force`)"
+                    .into(),
+            };
+            format!("; image holds this agent{claude}")
+        }
         Ok(ImageState::Stale { .. }) => "; image is stale (rebuilt before the next run)".into(),
         Ok(ImageState::Missing) => String::new(),
         Err(e) => format!("; cannot inspect the image: {e}"),

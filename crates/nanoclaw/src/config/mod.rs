@@ -117,6 +117,10 @@ pub struct Config {
     /// The `nanoclaw-agent` binary to put in sandboxes (`NANOCLAW_AGENT_BIN`); default:
     /// next to the `nanoclaw` executable.
     pub agent_bin: Option<PathBuf>,
+    /// The host's Claude Code executable for bwrap sandboxes of `claude-code` groups
+    /// (`CLAUDE_CODE_PATH`); default: the one `nanoclaw image build` installed, else
+    /// `claude` on `PATH`.
+    pub claude_code_path: Option<PathBuf>,
     /// Debian mirror for building the image base without a registry
     /// (`NANOCLAW_DEBIAN_MIRROR`).
     pub debian_mirror: String,
@@ -453,6 +457,7 @@ impl Config {
                 .map(|(v, _)| v.to_string())
                 .unwrap_or_else(|| "info".to_string()),
             agent_bin: s.get("NANOCLAW_AGENT_BIN").map(|(v, _)| PathBuf::from(v)),
+            claude_code_path: s.get("CLAUDE_CODE_PATH").map(|(v, _)| PathBuf::from(v)),
             debian_mirror: s.string("NANOCLAW_DEBIAN_MIRROR", "http://deb.debian.org/debian"),
             llm_api: match s
                 .string("NANOCLAW_LLM_API", "anthropic")

@@ -136,6 +136,27 @@ pub struct ContainerConfig {
     pub web_search: Option<bool>,
     /// `mcpServers`: stdio MCP servers by name (SPEC §9.1).
     pub mcp_servers: std::collections::BTreeMap<String, mcp::McpServer>,
+    /// `harness`: the loop the sandbox runs (SPEC §9.2).
+    pub harness: Harness,
+}
+
+/// Which agent loop runs in a group's sandbox (`container_config.harness`, SPEC §9.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Harness {
+    /// `nanoclaw`: nanoclaw-agent's own loop.
+    #[default]
+    NanoClaw,
+    /// `claude-code`: Claude Code, driven by nanoclaw-agent.
+    ClaudeCode,
+}
+
+impl Harness {
+    pub fn name(self) -> &'static str {
+        match self {
+            Harness::NanoClaw => "nanoclaw",
+            Harness::ClaudeCode => "claude-code",
+        }
+    }
 }
 
 impl ContainerConfig {
@@ -163,6 +184,8 @@ impl ContainerConfig {
             mcp_servers: Option<Value>,
             #[serde(default)]
             web_search: Option<bool>,
+            #[serde(default)]
+            harness: Option<String>,
             // NanoClaw v1 kept a per-group timeout here; accepted and ignored.
             #[serde(default)]
             #[allow(dead_code)]
@@ -207,7 +230,17 @@ impl ContainerConfig {
             None | Some(Value::Null) => Default::default(),
             Some(raw) => mcp::parse(raw)?,
         };
+        let harness = match parsed.harness.as_deref() {
+            None | Some("nanoclaw") => Harness::NanoClaw,
+            Some("claude-code") => Harness::ClaudeCode,
+            Some(other) => {
+                return Err(format!(
+                    "container_config.harness is {other:?}; it must be \"nanoclaw\" (the default) or \"claude-code\""
+                ));
+            }
+        };
         Ok(ContainerConfig {
+            harness,
             additional_mounts: parsed.additional_mounts.unwrap_or_default(),
             network,
             allowed_domains,
@@ -419,6 +452,21 @@ fn hidden_in_project(layout: &Layout, config_files: &[PathBuf]) -> Vec<(String, 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unknown_harness_is_refused_with_the_choices() {
+        let err = ContainerConfig::parse(Some(r#"{"harness": "codex"}"#)).expect_err("refused");
+        assert!(
+            err.contains("harness") && err.contains("\"claude-code\"") && err.contains("codex"),
+            "{err}"
+        );
+        let ok = ContainerConfig::parse(Some(r#"{"harness": "claude-code"}"#)).expect("accepted");
+        assert_eq!(ok.harness, Harness::ClaudeCode);
+        assert_eq!(
+            ContainerConfig::parse(None).expect("default").harness,
+            Harness::NanoClaw
+        );
+    }
+
     use super::*;
 
     fn setup() -> (tempfile::TempDir, Layout, GroupFolder) {

@@ -50,6 +50,8 @@ pub struct Bwrap {
     setpriv: Option<PathBuf>,
     slirp: Option<PathBuf>,
     agent: Result<PathBuf, String>,
+    /// The host's Claude Code, bound into sandboxes of `claude-code` groups.
+    claude_code: Result<PathBuf, String>,
     support_dir: PathBuf,
     /// This process's owner lock (orphan cleanup), taken with the first sandbox.
     owner: std::sync::OnceLock<Option<super::orphans::Owner>>,
@@ -70,6 +72,7 @@ impl Bwrap {
             setpriv: which("setpriv"),
             slirp: which("slirp4netns"),
             agent: super::agent_binary(config),
+            claude_code: super::claude_code::host_binary(config),
             support_dir: Layout::new(&config.root).sandbox_support_dir(),
             owner: std::sync::OnceLock::new(),
         }
@@ -212,6 +215,26 @@ impl Bwrap {
             agent.clone().into(),
             OsString::from(format!("{AGENT_DIR_IN_SANDBOX}/nanoclaw-agent")),
         ]);
+        if spec
+            .env
+            .iter()
+            .any(|(k, v)| k == "NANOCLAW_HARNESS" && v == "claude-code")
+        {
+            // Without it the agent tells the chat what to install; nothing else differs.
+            match &self.claude_code {
+                Ok(claude) => {
+                    a.extend(["--perms", "0755", "--dir", "/opt/claude-code"].map(OsString::from));
+                    a.extend([
+                        OsString::from("--ro-bind"),
+                        claude.clone().into(),
+                        OsString::from(nanoclaw_protocol::CLAUDE_CODE_IN_SANDBOX),
+                    ]);
+                }
+                Err(why) => {
+                    tracing::warn!(sandbox = %spec.name, "no Claude Code for this run: {why}")
+                }
+            }
+        }
         a.extend(["--chdir", &spec.workdir].map(OsString::from));
         match spec.identity {
             Identity::SameAsDaemon => {

@@ -181,7 +181,23 @@ pub async fn state(oci: &Oci, build_id: &str) -> Result<ImageState, String> {
     if !oci.image_exists().await? {
         return Ok(ImageState::Missing);
     }
-    let format = format!("{{{{ index .Config.Labels \"{AGENT_BUILD_LABEL}\" }}}}");
+    let label = label(oci, AGENT_BUILD_LABEL).await?;
+    Ok(if label == build_id {
+        ImageState::Current
+    } else {
+        ImageState::Stale {
+            found: if label.is_empty() {
+                "none".into()
+            } else {
+                label
+            },
+        }
+    })
+}
+
+/// The image's label `name` (empty when it has none).
+pub async fn label(oci: &Oci, name: &str) -> Result<String, String> {
+    let format = format!("{{{{ index .Config.Labels \"{name}\" }}}}");
     let label = run_tool(
         oci.program()?,
         &["image", "inspect", "--format", &format, oci.image()],
@@ -189,17 +205,7 @@ pub async fn state(oci: &Oci, build_id: &str) -> Result<ImageState, String> {
     )
     .await?;
     let label = label.trim();
-    Ok(if label == build_id {
-        ImageState::Current
-    } else {
-        ImageState::Stale {
-            found: if label.is_empty() || label == "<no value>" {
-                "none".into()
-            } else {
-                label.to_string()
-            },
-        }
-    })
+    Ok(if label == "<no value>" { "" } else { label }.to_string())
 }
 
 /// Builds the image unless it is current (or `force`). `progress` gets each line of
@@ -260,6 +266,35 @@ async fn build(
             .map_err(|e| format!("cannot make the agent executable: {e}"))?;
     }
 
+    // Claude Code is optional: without it the image is built all the same, and a
+    // claude-code group's run says what to install.
+    let claude_dir = context.join("claude-code");
+    std::fs::create_dir_all(&claude_dir)
+        .map_err(|e| format!("cannot create {}: {e}", claude_dir.display()))?;
+    let claude_code = match super::claude_code::for_image(config).await {
+        Ok(claude) => {
+            let copy = claude_dir.join("claude");
+            std::fs::copy(&claude, &copy)
+                .map_err(|e| format!("cannot copy {}: {e}", claude.display()))?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("cannot make Claude Code executable: {e}"))?;
+            }
+            progress.note(&format!(
+                "Claude Code {} goes into the image (from {})",
+                nanoclaw_protocol::CLAUDE_CODE_VERSION,
+                claude.display()
+            ));
+            nanoclaw_protocol::CLAUDE_CODE_VERSION
+        }
+        Err(why) => {
+            progress.note(&format!(
+                "the image gets no Claude Code, so groups with the claude-code harness cannot run in it: {why}"
+            ));
+            "none"
+        }
+    };
     progress.step(
         1,
         STEPS,
@@ -299,6 +334,8 @@ async fn build(
         format!("AGENT_BUILD={build_id}"),
         "--label".into(),
         format!("{AGENT_BUILD_LABEL}={build_id}"),
+        "--label".into(),
+        format!("{}={claude_code}", super::claude_code::LABEL),
         "-t".into(),
         oci.image().to_string(),
         "-f".into(),

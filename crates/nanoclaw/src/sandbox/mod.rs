@@ -9,6 +9,7 @@
 
 pub mod bwrap;
 pub mod cgroup;
+pub mod claude_code;
 pub mod disk;
 pub mod image;
 pub mod oci;
@@ -628,6 +629,16 @@ pub fn group_spec(
             if prepared.is_main { "1" } else { "0" }.to_string(),
         ),
     ];
+    if prepared.container.harness == mounts::Harness::ClaudeCode {
+        env.push((
+            "NANOCLAW_HARNESS".to_string(),
+            mounts::Harness::ClaudeCode.name().to_string(),
+        ));
+        env.push((
+            "NANOCLAW_CLAUDE_CODE".to_string(),
+            nanoclaw_protocol::CLAUDE_CODE_IN_SANDBOX.to_string(),
+        ));
+    }
     if !prepared.container.mcp_servers.is_empty() {
         env.push((
             "NANOCLAW_MCP_SERVERS".to_string(),

@@ -482,6 +482,49 @@ pub fn register(root: &Path, jid: &str, folder: &str, requires_trigger: bool) {
 }
 
 /// Opens the test root's store, as the daemon does.
+/// How many runs of `folder` have ended (each leaves one log).
+pub fn run_log_count(root: &Path, folder: &str) -> usize {
+    std::fs::read_dir(root.join("groups").join(folder).join("logs"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The proxy sent the real key, and nothing the sandbox had (its run token) left the host.
+pub fn assert_only_the_real_key(
+    requests: &[nanoclaw_test_support::fake_anthropic::Recorded],
+    real_key: &str,
+) {
+    for r in requests {
+        assert_eq!(r.header("x-api-key"), Some(real_key), "{:?}", r.headers);
+        assert!(r.header("authorization").is_none(), "{:?}", r.headers);
+        for (name, value) in &r.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(
+                !value.contains("nanoclaw-run-"),
+                "the run token leaked upstream in {name}"
+            );
+        }
+    }
+}
+
+/// `.tools/` in the workspace (see scripts/test-tools.sh).
+pub fn tool(path: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools")
+        .join(path);
+    assert!(
+        p.exists(),
+        "{} is missing: run ./scripts/test-tools.sh (it installs the anthropic SDK and Claude Code for these tests)",
+        p.display()
+    );
+    p
+}
+
+/// The pinned Claude Code's native executable in `.tools/`.
+pub fn claude_code_binary() -> PathBuf {
+    tool("node/node_modules/@anthropic-ai/claude-code-linux-x64/claude")
+}
+
 pub fn open_store(root: &Path) -> nanoclaw::store::Store {
     nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("open store")
 }
