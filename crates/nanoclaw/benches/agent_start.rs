@@ -1,13 +1,17 @@
-//! Agent start-up numbers (issue 4): how long from starting an agent to its first
-//! request to the model API (a local fake), median of 20.
+//! Agent start-up numbers (issues 4 and 16): how long from starting an agent to its
+//! first request to the model API (a local fake), median of 20, for each harness (our
+//! own loop, and Claude Code driven by nanoclaw-agent), and how large that fresh turn's
+//! request is.
 //!
 //! ```sh
 //! cargo build --release -p nanoclaw-agent
-//! cargo bench -p nanoclaw --bench agent_start
+//! cargo bench -p nanoclaw --bench agent_start          # everything
+//! cargo bench -p nanoclaw --bench agent_start -- bare  # the bare processes only
 //! ```
 //!
 //! 1. The bare `nanoclaw-agent` process: spawn, read its input, build the system prompt
-//!    and tools, send the first request.
+//!    and tools (Claude Code: start it, with our MCP server), send the first request.
+//!    A non-main group, web search off; Claude Code is the pinned one of `.tools/`.
 //! 2. Through the whole host with a real bubblewrap sandbox: `POST /api/messages` (new
 //!    group each time, so every sample starts a fresh sandbox) to the first request
 //!    arriving at the fake, via the credential proxy's Unix socket.
@@ -43,7 +47,22 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-async fn bare_process() -> Vec<Duration> {
+/// Claude Code's settings for a bare agent process, or none for our own loop.
+fn harness_env(claude_code: bool) -> Vec<(&'static str, String)> {
+    if !claude_code {
+        return Vec::new();
+    }
+    vec![
+        ("NANOCLAW_HARNESS", "claude-code".into()),
+        (
+            "NANOCLAW_CLAUDE_CODE",
+            support::claude_code_binary().display().to_string(),
+        ),
+    ]
+}
+
+/// Start-up times, and the size of the first request (its JSON, compact).
+async fn bare_process(claude_code: bool) -> (Vec<Duration>, usize) {
     let fake = FakeAnthropic::start(vec![]).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let workspace = dir.path().join("workspace");
@@ -53,9 +72,9 @@ async fn bare_process() -> Vec<Duration> {
     let input = serde_json::to_string(&nanoclaw_protocol::AgentInput {
         prompt: "<messages><message sender=\"Me\" time=\"now\">hi</message></messages>".into(),
         session_id: None,
-        group_folder: "main".into(),
-        chat_jid: "web:main".into(),
-        is_main: true,
+        group_folder: "team".into(),
+        chat_jid: "web:team".into(),
+        is_main: false,
         is_scheduled_task: false,
         assistant_name: "Andy".into(),
     })
@@ -70,6 +89,8 @@ async fn bare_process() -> Vec<Duration> {
             .env("NANOCLAW_WORKSPACE", &workspace)
             .env("ANTHROPIC_BASE_URL", &fake.url)
             .env("ANTHROPIC_API_KEY", "bench")
+            .env("NANOCLAW_WEB_SEARCH", "off")
+            .envs(harness_env(claude_code))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -86,10 +107,11 @@ async fn bare_process() -> Vec<Duration> {
             out.push(at - started); // the first two warm the page cache
         }
     }
-    out
+    let size = serde_json::to_vec(&fake.requests()[0].body).map_or(0, |b| b.len());
+    (out, size)
 }
 
-async fn through_the_host(kind: RuntimeKind) -> Result<Vec<Duration>, String> {
+async fn through_the_host(kind: RuntimeKind, claude_code: bool) -> Result<Vec<Duration>, String> {
     let fake = FakeAnthropic::start(vec![]).await;
     let url = fake.url.clone();
     let root = tempfile::tempdir().expect("temp dir");
@@ -97,7 +119,8 @@ async fn through_the_host(kind: RuntimeKind) -> Result<Vec<Duration>, String> {
         .create()
         .map_err(|e| e.to_string())?;
     for i in 0..SAMPLES + 1 {
-        support::register(root.path(), &format!("web:g{i}"), &format!("g{i}"), false);
+        let config = claude_code.then(|| serde_json::json!({"harness": "claude-code"}));
+        support::register_web_group(root.path(), &format!("g{i}"), config);
     }
     let secrets = Secrets {
         anthropic_api_key: Some(Secret::new("sk-bench")),
@@ -106,6 +129,7 @@ async fn through_the_host(kind: RuntimeKind) -> Result<Vec<Duration>, String> {
     let d =
         support::start_sandboxed_daemon_in(root, kind, Some(agent_bin()), secrets, vec![], |c| {
             c.anthropic_base_url = url;
+            c.claude_code_path = Some(support::claude_code_binary());
             c.max_concurrent_containers = SAMPLES + 2;
             c.idle_timeout = Duration::from_secs(600);
             c.llm_attempts = 1;
@@ -129,7 +153,15 @@ async fn through_the_host(kind: RuntimeKind) -> Result<Vec<Duration>, String> {
         if answered[0] != "ok" {
             return Err(format!("{}: {}", kind.name(), answered[0]));
         }
-        let at = fake.requests()[i].at;
+        // The first request after the message (Claude Code sends no others here).
+        let Some(at) = fake
+            .requests()
+            .iter()
+            .map(|r| r.at)
+            .find(|at| *at > started)
+        else {
+            return Err(format!("{} run {i} made no model request", kind.name()));
+        };
         if i >= 1 {
             out.push(at - started); // the first run may build or check the image
         }
@@ -150,20 +182,30 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    summary(
-        "nanoclaw-agent process start -> first LLM request",
-        rt.block_on(bare_process()),
-    );
-    for kind in [RuntimeKind::Bwrap, RuntimeKind::Podman] {
-        match rt.block_on(through_the_host(kind)) {
-            Ok(samples) => summary(
-                &format!(
-                    "POST /api/messages -> first LLM request, fresh {} sandbox",
-                    kind.name()
+    let bare_only = std::env::args().skip(1).any(|a| a == "bare");
+    for (claude_code, harness) in [(false, "nanoclaw"), (true, "claude-code")] {
+        let (samples, size) = rt.block_on(bare_process(claude_code));
+        summary(
+            &format!("[{harness}] nanoclaw-agent process start -> first LLM request"),
+            samples,
+        );
+        println!("[{harness}] fresh-turn request: {size} bytes of JSON");
+    }
+    if bare_only {
+        return;
+    }
+    for (claude_code, harness) in [(false, "nanoclaw"), (true, "claude-code")] {
+        for kind in [RuntimeKind::Bwrap, RuntimeKind::Podman] {
+            match rt.block_on(through_the_host(kind, claude_code)) {
+                Ok(samples) => summary(
+                    &format!(
+                        "[{harness}] POST /api/messages -> first LLM request, fresh {} sandbox",
+                        kind.name()
+                    ),
+                    samples,
                 ),
-                samples,
-            ),
-            Err(e) => println!("{}: skipped: {e}", kind.name()),
+                Err(e) => println!("[{harness}] {}: skipped: {e}", kind.name()),
+            }
         }
     }
 }

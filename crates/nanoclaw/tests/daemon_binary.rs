@@ -218,6 +218,41 @@ async fn doctor_says_which_sandbox_backends_work_and_why_not() {
     }
     assert!(out.lines().any(|l| l.starts_with("ok    bwrap")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("ok    sandbox")), "{out}");
+    // Where Claude Code comes from for the claude-code harness: the image's copy for
+    // podman, the host's for bwrap.
+    let podman = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("podman"))
+        .unwrap_or_default();
+    if podman.contains("image holds this agent") {
+        assert!(podman.contains("and Claude Code 2.1.197"), "{podman}");
+    }
+    let claude = support::claude_code_binary();
+    std::fs::write(
+        root.path().join(".env"),
+        format!("CLAUDE_CODE_PATH={}\n", claude.display()),
+    )
+    .expect(".env");
+    let (_, out, _) = cli(root.path(), &["doctor"]).await;
+    let expected = format!("Claude Code harness: {} (2.1.197)", claude.display());
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains(&expected)),
+        "{out}"
+    );
+    std::fs::write(
+        root.path().join(".env"),
+        "CLAUDE_CODE_PATH=/nonexistent/claude\n",
+    )
+    .expect(".env");
+    let (_, out, _) = cli(root.path(), &["doctor"]).await;
+    assert!(
+        out.lines().any(|l| l.starts_with("warn")
+            && l.contains(
+                "Claude Code harness: CLAUDE_CODE_PATH=/nonexistent/claude is not a file"
+            )),
+        "{out}"
+    );
 }
 
 /// SPEC §14 sign-in: `nanoclaw ui --print` prints a one-time link; its code becomes an

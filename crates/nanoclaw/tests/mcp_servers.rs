@@ -323,3 +323,96 @@ async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_netwo
         "{off}"
     );
 }
+
+/// Claude Code as the harness reaches the same HTTP server the same way: through the
+/// proxy's `/mcp/{server}` with the run token, the proxy adding the secret header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_reaches_http_mcp_servers_through_the_proxy_too() {
+    const SECRET: &str = "s3cret-header-for-claude-code-41";
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (port, headers_log, _server) = http_mcp_server(scratch.path(), SECRET);
+    let fake = FakeAnthropic::start(vec![]).await;
+    fake.respond_with(|body| {
+        let offered = body["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "mcp__remote__whoami"));
+        let last = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .map(|m| m["content"].to_string())
+            .unwrap_or_default();
+        if last.contains("tool_result") {
+            let answered = last.contains("authorized for team core");
+            Reply::text(if answered {
+                "the server answered"
+            } else {
+                "no answer"
+            })
+        } else if offered {
+            Reply::tool("mcp__remote__whoami", json!({"team": "core"}))
+        } else {
+            Reply::text("no server offered")
+        }
+    });
+    let root = tempfile::tempdir().expect("temp dir");
+    nanoclaw::layout::Layout::new(root.path())
+        .create()
+        .expect("layout");
+    std::fs::write(
+        root.path().join(".env"),
+        format!("MCP_REMOTE_TOKEN={SECRET}\n"),
+    )
+    .expect(".env");
+    let remote = json!({"remote": {"type": "http", "url": format!("http://127.0.0.1:{port}/mcp"),
+        "headers": {"Authorization": "Bearer ${MCP_REMOTE_TOKEN}"}}});
+    support::register_web_group(
+        root.path(),
+        "cc",
+        Some(json!({"harness": "claude-code", "network": "full", "mcpServers": remote})),
+    );
+    let secrets = Secrets {
+        anthropic_api_key: Some(Secret::new("sk-ant-mcp-http-claude-code")),
+        ..Default::default()
+    };
+    let url = fake.url.clone();
+    let d = support::start_sandboxed_daemon_in(
+        root,
+        RuntimeKind::Bwrap,
+        None,
+        secrets,
+        vec![],
+        move |c| {
+            c.anthropic_base_url = url;
+            c.claude_code_path = Some(support::claude_code_binary());
+        },
+    )
+    .await;
+    d.api
+        .send("web:cc", "me", "Me", "who am I?")
+        .await
+        .expect("accepted");
+    assert_eq!(
+        wait_bot_texts(&d.api, "web:cc", 1).await,
+        ["the server answered"]
+    );
+    let seen: Vec<Value> = std::fs::read_to_string(&headers_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!seen.is_empty(), "the server was reached");
+    for h in &seen {
+        assert_eq!(h["authorization"], format!("Bearer {SECRET}"), "{h}");
+        assert!(
+            h.get("x-api-key").is_none(),
+            "the run token stays in the proxy: {h}"
+        );
+    }
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.all_text().contains(SECRET))
+    );
+    d.stop().await;
+}
