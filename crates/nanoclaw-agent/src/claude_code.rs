@@ -10,9 +10,10 @@
 //!   HTTP over TCP only, so a loopback listener inside the sandbox carries each connection
 //!   to the proxy's Unix socket (the sandbox may have no other network).
 //! - Its sessions live in `/home/node/.claude` (the group's sessions folder) and are
-//!   resumed by id. It reads the group's `CLAUDE.md` itself (project memory in its working
-//!   folder); the shared `/workspace/global/CLAUDE.md` and NanoClaw's context are appended
-//!   to its system prompt.
+//!   resumed by id. It loads no settings, hooks, plugins or skills from there or from the
+//!   group's folder (a hook planted by one run would run in every later one); the
+//!   group's and the shared `CLAUDE.md` and NanoClaw's context are appended to its system
+//!   prompt instead.
 //! - NanoClaw's tools come from our MCP server (`nanoclaw-agent mcp-server`, as
 //!   `nanoclaw`), and the group's `mcpServers` are passed on: stdio ones as configured,
 //!   HTTP ones through the proxy's `/mcp/{server}` (the sandbox never learns their URL or
@@ -179,7 +180,12 @@ fn shorten(text: &str, max: usize) -> String {
 /// starts a new session, as our loop does, rather than failing the run.
 pub fn resumable(home: &Path, cwd: &Path, id: Option<&str>) -> Option<String> {
     let id = id?;
-    let uuid = id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    // 8-4-4-4-12 hexadecimal digits, nothing else (it is passed on a command line).
+    let uuid = id.len() == 36
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
     if !uuid {
         eprintln!("session id {id:?} is not Claude Code's; starting a new session");
         return None;
@@ -213,6 +219,8 @@ pub fn mcp_config(s: &Settings, agent: &Path, input: &AgentInput, model_url: &st
             "command": agent.to_string_lossy(),
             "args": ["mcp-server"],
             "env": {
+                "ANTHROPIC_API_KEY": "",
+                "ANTHROPIC_BASE_URL": "",
                 "NANOCLAW_GROUP_FOLDER": input.group_folder,
                 "NANOCLAW_CHAT_JID": input.chat_jid,
                 "NANOCLAW_IS_MAIN": if input.is_main { "1" } else { "0" },
@@ -234,7 +242,16 @@ pub fn mcp_config(s: &Settings, agent: &Path, input: &AgentInput, model_url: &st
             continue;
         }
         let spec = match transport {
-            crate::mcp::client::Transport::Stdio { command, args, env } => {
+            crate::mcp::client::Transport::Stdio {
+                command,
+                args,
+                mut env,
+            } => {
+                // Claude Code gives its servers its own environment; the run token is
+                // the agent's, not theirs (as with our loop, §52).
+                for name in ["ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"] {
+                    env.insert(name.to_string(), String::new());
+                }
                 json!({"type": "stdio", "command": command, "args": args, "env": env})
             }
             crate::mcp::client::Transport::Http => json!({
@@ -288,15 +305,36 @@ impl Drop for PrivateFiles {
 
 /// Carries each loopback TCP connection to the proxy's Unix socket. Returns the URL
 /// Claude Code should use.
+///
+/// Only connections made by a process of this sandbox are carried. With bwrap run by an
+/// ordinary user, a `full` sandbox shares the host's network namespace, so anyone on
+/// the host could connect; without the run token they get nothing, but their
+/// connections would use up the run's connections to the proxy.
 async fn bridge(socket: PathBuf) -> std::io::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let refused = Arc::new(std::sync::atomic::AtomicU32::new(0));
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((mut tcp, _)) => {
+                Ok((mut tcp, peer)) => {
                     let socket = socket.clone();
+                    let refused = Arc::clone(&refused);
                     tokio::spawn(async move {
+                        let ours = tokio::task::spawn_blocking(move || {
+                            from_this_sandbox(std::path::Path::new("/proc"), peer, addr)
+                        })
+                        .await
+                        .unwrap_or(false);
+                        if !ours {
+                            let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if n < 3 {
+                                eprintln!(
+                                    "refused a connection to the model bridge from {peer}: not a process of this sandbox"
+                                );
+                            }
+                            return;
+                        }
                         match tokio::net::UnixStream::connect(&socket).await {
                             Ok(mut unix) => {
                                 let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
@@ -311,6 +349,57 @@ async fn bridge(socket: PathBuf) -> std::io::Result<String> {
         }
     });
     Ok(format!("http://{addr}"))
+}
+
+/// Whether the TCP connection from `peer` to our listener at `local` belongs to a process
+/// this `proc` shows (the sandbox's own: it has a pid namespace of its own). The peer's
+/// socket is found in `net/tcp` by its two addresses, then among the processes' open
+/// files by its inode.
+fn from_this_sandbox(proc: &Path, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> bool {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => Some(format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        )),
+        std::net::SocketAddr::V6(_) => None,
+    };
+    let (Some(from), Some(to)) = (hex(peer), hex(local)) else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string(proc.join("net/tcp")) else {
+        return false;
+    };
+    let Some(inode) = table.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() > 9 && fields[1] == from && fields[2] == to).then(|| fields[9].to_string())
+    }) else {
+        return false;
+    };
+    if inode == "0" {
+        return false;
+    }
+    let needle = format!("socket:[{inode}]");
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| {
+            std::fs::read_dir(e.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == needle.as_str())
+                })
+        })
 }
 
 /// Reads one line (without its newline), at most `MAX_LINE` bytes of it; a longer line
@@ -394,6 +483,11 @@ pub async fn run(input: AgentInput, s: Settings) -> ExitCode {
         // The sandbox is the boundary; there is nobody to approve a tool call.
         "--dangerously-skip-permissions",
         "--strict-mcp-config",
+        // No settings, hooks, plugins or skills from the group's persistent home or
+        // folder: a hook planted there by one run would run in every later one, on
+        // every message (§59). Only our own settings file counts.
+        "--setting-sources=",
+        "--disable-slash-commands",
     ]
     .map(String::from)
     .to_vec();
@@ -410,7 +504,17 @@ pub async fn run(input: AgentInput, s: Settings) -> ExitCode {
         timezone: &s.timezone,
     });
     let mcp = mcp_config(&s, &agent, &input, &model_url).to_string();
-    let private = match PrivateFiles::write(&[("mcp.json", &mcp), ("prompt.md", &prompt)]) {
+    let settings = json!({
+        // WebFetch would first ask api.anthropic.com, directly, whether a domain may be
+        // fetched: outside the proxy, and refused under `internet` with allowedDomains.
+        "skipWebFetchPreflight": true,
+    })
+    .to_string();
+    let private = match PrivateFiles::write(&[
+        ("mcp.json", &mcp),
+        ("prompt.md", &prompt),
+        ("settings.json", &settings),
+    ]) {
         Ok(p) => p,
         Err(e) => {
             return fail(
@@ -420,6 +524,7 @@ pub async fn run(input: AgentInput, s: Settings) -> ExitCode {
         }
     };
     args.extend(["--mcp-config".into(), private.path("mcp.json")]);
+    args.extend(["--settings".into(), private.path("settings.json")]);
     args.extend([
         "--append-system-prompt-file".into(),
         private.path("prompt.md"),
@@ -430,7 +535,7 @@ pub async fn run(input: AgentInput, s: Settings) -> ExitCode {
     }
     args.extend(["--disallowedTools".into(), disallowed.join(",")]);
     if let Some(id) = resumable(&s.home, &cwd, input.session_id.as_deref()) {
-        args.extend(["--resume".into(), id]);
+        args.push(format!("--resume={id}"));
     }
 
     let mut command = tokio::process::Command::new(&s.binary);
@@ -682,6 +787,30 @@ mod tests {
             ),
             None
         );
+        // Only the UUID shape: nothing that reads as an option.
+        let dashes = "-".repeat(36);
+        std::fs::write(dir.join(format!("{dashes}.jsonl")), "{}\n").expect("write");
+        assert_eq!(resumable(home.path(), cwd, Some(&dashes)), None);
+    }
+
+    #[test]
+    fn the_bridge_knows_its_own_processes_connections_from_others() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let local = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(local).expect("connect");
+        let (_server, peer) = listener.accept().expect("accept");
+        assert_eq!(peer, client.local_addr().expect("addr"));
+        // This process holds the connecting socket.
+        assert!(from_this_sandbox(Path::new("/proc"), peer, local));
+        // The same connection seen from a process table without its owner.
+        let other = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(other.path().join("net")).expect("mkdir");
+        std::fs::copy("/proc/net/tcp", other.path().join("net/tcp")).expect("copy");
+        std::fs::create_dir_all(other.path().join("4242/fd")).expect("a process without it");
+        assert!(!from_this_sandbox(other.path(), peer, local));
+        // A connection that is not in the table at all.
+        let stranger: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        assert!(!from_this_sandbox(Path::new("/proc"), stranger, local));
     }
 
     #[tokio::test]
@@ -740,6 +869,11 @@ mod tests {
         assert_eq!(servers["docs"]["url"], "http://127.0.0.1:4000/mcp/docs");
         assert_eq!(servers["docs"]["headers"]["x-api-key"], "run-token");
         assert_eq!(servers["fs"]["env"]["A"], "1");
+        // Claude Code passes its environment on: the token is blanked for every server.
+        for name in ["fs", "nanoclaw"] {
+            assert_eq!(servers[name]["env"]["ANTHROPIC_API_KEY"], "", "{name}");
+            assert_eq!(servers[name]["env"]["ANTHROPIC_BASE_URL"], "", "{name}");
+        }
         assert_eq!(servers.as_object().map(|m| m.len()), Some(3));
     }
 }

@@ -22,8 +22,8 @@ fn memory(path: &Path) -> Option<String> {
 }
 
 /// Which loop the prompt is for: our own, or Claude Code (SPEC §9.2), which has its own
-/// tools, gets NanoClaw's as `mcp__nanoclaw__*`, and reads the group's `CLAUDE.md` itself
-/// (project memory in its working folder), so only the shared memory is added for it.
+/// tools and gets NanoClaw's as `mcp__nanoclaw__*`. Both get both memories here (Claude
+/// Code loads no settings or memory of its own: `claude_code.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Harness {
     Own,
@@ -84,9 +84,6 @@ scheduled task, and read the whole nanoclaw folder at /workspace/project (read-o
             "\n\n# Shared memory (/workspace/global/CLAUDE.md)\n\n{global}"
         ));
     }
-    if p.harness == Harness::ClaudeCode {
-        return out;
-    }
     if let Some(group) = memory(&p.workspace.join("group/CLAUDE.md")) {
         out.push_str(&format!(
             "\n\n# This chat's memory (/workspace/group/CLAUDE.md)\n\n{group}"
@@ -124,9 +121,8 @@ mod tests {
         assert!(p.contains("scheduled task") && p.contains("Europe/Berlin"));
         assert!(!p.contains("main (admin)"));
         assert!(p.contains("with send_message first") && !p.contains("mcp__"));
-        // Claude Code reads the group's CLAUDE.md itself; the shared one is added.
         let p = system_prompt(&input(Harness::ClaudeCode));
-        assert!(p.contains("Owner likes tea.") && !p.contains("This group plans trips."));
+        assert!(p.contains("Owner likes tea.") && p.contains("This group plans trips."));
         assert!(p.contains("mcp__nanoclaw__send_message") && !p.contains("Glob, Grep"));
     }
 }

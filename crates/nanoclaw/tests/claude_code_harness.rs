@@ -14,6 +14,9 @@ use support::wait_bot_texts;
 
 const REAL_KEY: &str = "sk-ant-real-key-for-the-claude-code-harness";
 const SENT: &str = "sent through Claude Code's MCP tool";
+/// Settings a run plants in the group's persistent home and folder: hooks that would run
+/// in every later run, on every message.
+const HOOKS: &str = r#"{"hooks":{"UserPromptSubmit":[{"hooks":[{"type":"command","command":"touch /workspace/group/hook-ran"}]}],"SessionStart":[{"hooks":[{"type":"command","command":"touch /workspace/group/hook-ran"}]}]}}"#;
 
 /// The newest user text of a request (not Claude Code's own reminders), and whether the
 /// request ends with a tool result (and which).
@@ -60,7 +63,11 @@ fn respond(body: &Value) -> Reply {
         Reply::tool(
             "Bash",
             json!({
-                "command": "id -u; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -E '^ANTHROPIC_' | sort -u",
+                "command": format!(
+                    "id -u; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -E '^ANTHROPIC_' | sort -u; \
+                     mkdir -p ~/.claude /workspace/group/.claude; \
+                     echo '{HOOKS}' | tee ~/.claude/settings.json > /workspace/group/.claude/settings.json"
+                ),
                 "description": "look at the environment",
             }),
         )
@@ -114,7 +121,11 @@ async fn claude_code_end_to_end(kind: RuntimeKind) {
         .expect("layout");
     let config = json!({
         "harness": "claude-code",
-        "mcpServers": {"flaky": {"command": "python3", "args": ["/workspace/group/flaky.py"]}},
+        "mcpServers": {
+            "flaky": {"command": "python3", "args": ["/workspace/group/flaky.py"]},
+            // Not a server: it shows what environment a server is given.
+            "dump": {"command": "sh", "args": ["-c", "env > /workspace/group/server-env.txt"]},
+        },
     });
     support::register_web_group(root.path(), "team", Some(config));
     let group = root.path().join("groups/team");
@@ -212,6 +223,20 @@ async fn claude_code_end_to_end(kind: RuntimeKind) {
         env.contains("ANTHROPIC_API_KEY=") && !env.contains(REAL_KEY),
         "[{name}] only the run token is inside: {env}"
     );
+    let server_env = std::fs::read_to_string(d.root().join("groups/team/server-env.txt"))
+        .expect("the dump server ran");
+    assert!(
+        server_env.contains("NANOCLAW_") || server_env.contains("PATH="),
+        "[{name}] {server_env}"
+    );
+    assert!(
+        !server_env.contains("nanoclaw-run-") && !server_env.contains(REAL_KEY),
+        "[{name}] an MCP server is not handed the run token: {server_env}"
+    );
+    assert!(
+        d.root().join("groups/team/.claude/settings.json").is_file(),
+        "[{name}] the probe planted its hooks"
+    );
 
     // The next run resumes Claude Code's session.
     let root = d.stop().await;
@@ -232,6 +257,10 @@ async fn claude_code_end_to_end(kind: RuntimeKind) {
     assert!(
         history.contains("please SEND") && history.contains("PROBE"),
         "[{name}] the new run resumed the session: {history}"
+    );
+    assert!(
+        !d.root().join("groups/team/hook-ran").exists(),
+        "[{name}] settings the group planted in its home and folder did not run"
     );
     support::assert_only_the_real_key(&requests, REAL_KEY);
     let usage = support::open_store(d.root())
