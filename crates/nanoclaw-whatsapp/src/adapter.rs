@@ -1,0 +1,215 @@
+//! The small interface between the channel and a WhatsApp client: events in, sends out.
+//! The channel's rules (chats, the self-chat, mentions, `@lid` forms, what is user input)
+//! are written against it once; it is implemented over whatsapp-rust for real use and by
+//! [`FakeClient`] for tests, so the rules are tested without a WhatsApp server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+/// The linked account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The phone-number JID without a device (`15551234567@s.whatsapp.net`).
+    pub pn: String,
+    /// The account's `@lid` form, when known.
+    pub lid: Option<String>,
+    pub push_name: String,
+}
+
+/// What a message holds, as far as NanoClaw cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Text, or a media message's caption. `quoted` is the text of the message it
+    /// replies to; `mentions` the JIDs it mentions.
+    Text {
+        text: String,
+        quoted: Option<String>,
+        mentions: Vec<String>,
+    },
+    /// A reaction to a message: not user input.
+    Reaction,
+    /// Protocol traffic (a revoke, an edit notice, key distribution): not user input.
+    Protocol,
+    /// Anything else (a sticker, a poll, a call notice): not handled yet.
+    Other(String),
+}
+
+/// A message as the client reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaMessage {
+    pub id: String,
+    /// The chat as the server addressed it (`@s.whatsapp.net`, `@lid` or `@g.us`).
+    pub chat: String,
+    /// The chat's other form (the phone-number JID of an `@lid` chat), if given.
+    pub chat_alt: Option<String>,
+    pub sender: String,
+    /// The sender's other form, if given.
+    pub sender_alt: Option<String>,
+    pub push_name: String,
+    pub from_me: bool,
+    /// Seconds since the epoch.
+    pub timestamp: i64,
+    pub body: Body,
+}
+
+/// What the client reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaEvent {
+    /// A QR code to show while linking (WhatsApp rotates them).
+    Qr { code: String, ttl: Duration },
+    /// A code to type on the phone, when linking with a phone number.
+    PairCode { code: String },
+    /// Linking succeeded.
+    Paired { account: Account },
+    /// Connected and logged in.
+    Connected { account: Account },
+    /// A message, live or delivered after being offline.
+    Message(WaMessage),
+    /// Messages of the history sync after linking: stored, never acted on.
+    History(Vec<WaMessage>),
+    /// A group's name.
+    GroupName { jid: String, name: String },
+    /// The connection dropped; the client reconnects by itself.
+    Disconnected { reason: String },
+    /// The user removed this device on the phone: final, no reconnecting.
+    LoggedOut { reason: String },
+}
+
+/// What the channel asks of the client.
+#[async_trait]
+pub trait WaClient: Send + Sync + 'static {
+    /// Sends a text message; returns its id.
+    async fn send_text(&self, jid: &str, text: &str) -> Result<String, String>;
+    /// Shows or clears "typing…" in a chat.
+    async fn composing(&self, jid: &str, on: bool) -> Result<(), String>;
+    /// Marks messages read (a read receipt).
+    async fn mark_read(
+        &self,
+        chat: &str,
+        sender: Option<&str>,
+        ids: &[String],
+    ) -> Result<(), String>;
+    /// A group's name, asked of the server.
+    async fn group_name(&self, jid: &str) -> Result<Option<String>, String>;
+}
+
+/// Something the fake client was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    Text { jid: String, text: String },
+    Composing { jid: String, on: bool },
+    Read { chat: String, ids: Vec<String> },
+}
+
+/// A client for tests: the test feeds events with [`FakeClient::event`] and reads what
+/// the channel did with [`FakeClient::sent`].
+pub struct FakeClient {
+    events: mpsc::UnboundedSender<WaEvent>,
+    sent: Mutex<Vec<Sent>>,
+    groups: Mutex<std::collections::HashMap<String, String>>,
+    fail_sends: std::sync::atomic::AtomicBool,
+    ids: std::sync::atomic::AtomicU64,
+}
+
+impl FakeClient {
+    /// The client and the event stream the channel reads.
+    pub fn new() -> (Arc<FakeClient>, mpsc::UnboundedReceiver<WaEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(FakeClient {
+                events: tx,
+                sent: Mutex::default(),
+                groups: Mutex::default(),
+                fail_sends: Default::default(),
+                ids: Default::default(),
+            }),
+            rx,
+        )
+    }
+
+    pub fn event(&self, event: WaEvent) {
+        let _ = self.events.send(event);
+    }
+
+    pub fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The texts sent to `jid`, in order.
+    pub fn texts_to(&self, jid: &str) -> Vec<String> {
+        self.sent()
+            .into_iter()
+            .filter_map(|s| match s {
+                Sent::Text { jid: j, text } if j == jid => Some(text),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn set_group_name(&self, jid: &str, name: &str) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(jid.into(), name.into());
+    }
+
+    pub fn fail_sends(&self, fail: bool) {
+        self.fail_sends
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn record(&self, sent: Sent) {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sent);
+    }
+}
+
+#[async_trait]
+impl WaClient for FakeClient {
+    async fn send_text(&self, jid: &str, text: &str) -> Result<String, String> {
+        if self.fail_sends.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("not connected".into());
+        }
+        self.record(Sent::Text {
+            jid: jid.into(),
+            text: text.into(),
+        });
+        let n = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(format!("3EB0FAKE{n:08X}"))
+    }
+
+    async fn composing(&self, jid: &str, on: bool) -> Result<(), String> {
+        self.record(Sent::Composing {
+            jid: jid.into(),
+            on,
+        });
+        Ok(())
+    }
+
+    async fn mark_read(
+        &self,
+        chat: &str,
+        _sender: Option<&str>,
+        ids: &[String],
+    ) -> Result<(), String> {
+        self.record(Sent::Read {
+            chat: chat.into(),
+            ids: ids.to_vec(),
+        });
+        Ok(())
+    }
+
+    async fn group_name(&self, jid: &str) -> Result<Option<String>, String> {
+        Ok(self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(jid)
+            .cloned())
+    }
+}

@@ -1,0 +1,435 @@
+//! The WhatsApp channel's rules, over any [`WaClient`]:
+//!
+//! - Chats are WhatsApp's JIDs without a device part: people `…@s.whatsapp.net`, groups
+//!   `…@g.us`. A person who writes in the `@lid` form is the same chat as in the
+//!   phone-number form: the first message that carries both teaches the mapping (kept in
+//!   the host's channel state), and later `@lid`-only messages land in that chat.
+//! - The assistant speaks from the user's own account, so everything it sends starts
+//!   with `{ASSISTANT_NAME}: `, and the account's own messages that start so are its own
+//!   (stored as the bot's, never triggers). The user's other messages from the phone are
+//!   the user's, in the self-chat ("message yourself", the natural main group) and
+//!   elsewhere.
+//! - In a group, a mention of the linked account counts as the group's trigger; a reply
+//!   carries the text it quotes.
+//! - Reactions, protocol messages, status updates, broadcast lists and newsletters are
+//!   not user input. The history sync after linking is stored, flagged, and never runs
+//!   the agent or reaches a prompt.
+//! - Replies go only to chats that wrote to this account or are registered, in pieces
+//!   well below WhatsApp's limit; "typing…" shows while a run works; read receipts only
+//!   when the user asks for them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use nanoclaw_channel::text::{Units, split, with_trigger};
+use nanoclaw_channel::{
+    Channel, ChannelCondition, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage,
+    PieceLedger, SendRetry,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::adapter::{Account, Body, WaClient, WaEvent, WaMessage};
+
+pub const NAME: &str = "whatsapp";
+/// WhatsApp takes about 65,000 characters; pieces stay far below, as people read them.
+pub const MAX_MESSAGE: usize = 4000;
+/// The longest quoted text a reply carries.
+const MAX_QUOTE: usize = 500;
+/// Why history-sync messages never reach an agent.
+pub const HISTORY: &str = "from WhatsApp's history sync after linking: kept, never acted on";
+const LID_STATE: &str = "whatsapp:lid:";
+const KNOWN_STATE: &str = "whatsapp:known:";
+
+pub struct Settings {
+    pub assistant_name: String,
+    /// Send read receipts for messages the assistant receives (`WHATSAPP_READ_RECEIPTS`).
+    pub read_receipts: bool,
+}
+
+pub struct WhatsApp {
+    client: Arc<dyn WaClient>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<WaEvent>>>,
+    settings: Settings,
+    condition: Mutex<ChannelCondition>,
+    account: Mutex<Option<Account>>,
+    host: Mutex<Option<Arc<dyn ChannelHost>>>,
+    /// `@lid` JID → phone-number JID.
+    lids: Mutex<HashMap<String, String>>,
+    /// Chats this account may write to (they wrote first, or are registered).
+    known: Mutex<std::collections::HashSet<String>>,
+    group_names: Mutex<HashMap<String, String>>,
+    pieces: PieceLedger,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `user[:device]@server` without the device part.
+pub fn non_ad(jid: &str) -> String {
+    match jid.split_once('@') {
+        Some((user, server)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{user}@{server}")
+        }
+        None => jid.to_string(),
+    }
+}
+
+fn server(jid: &str) -> &str {
+    jid.rsplit_once('@').map_or("", |(_, s)| s)
+}
+
+fn user(jid: &str) -> &str {
+    jid.split_once('@').map_or(jid, |(u, _)| u)
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(max).collect::<String>())
+    }
+}
+
+impl WhatsApp {
+    pub fn new(
+        client: Arc<dyn WaClient>,
+        events: mpsc::UnboundedReceiver<WaEvent>,
+        settings: Settings,
+    ) -> WhatsApp {
+        WhatsApp {
+            client,
+            events: Mutex::new(Some(events)),
+            settings,
+            condition: Mutex::new(ChannelCondition::Connecting),
+            account: Mutex::new(None),
+            host: Mutex::new(None),
+            lids: Mutex::default(),
+            known: Mutex::default(),
+            group_names: Mutex::default(),
+            pieces: PieceLedger::new(NAME, "whatsapp:partial_send:"),
+        }
+    }
+
+    fn prefix(&self) -> String {
+        format!("{}: ", self.settings.assistant_name)
+    }
+
+    /// One chat per person: an `@lid` JID becomes the phone-number JID it is known as.
+    async fn canonical(&self, host: &dyn ChannelHost, jid: &str, alt: Option<&str>) -> String {
+        let jid = non_ad(jid);
+        if server(&jid) != "lid" {
+            return jid;
+        }
+        if let Some(pn) = alt.map(non_ad).filter(|a| server(a) == "s.whatsapp.net") {
+            let new = lock(&self.lids).insert(jid.clone(), pn.clone()) != Some(pn.clone());
+            if new && let Err(e) = host.save_state(&format!("{LID_STATE}{jid}"), &pn).await {
+                tracing::warn!("whatsapp: cannot remember that {jid} is {pn}: {e}");
+            }
+            return pn;
+        }
+        if let Some(pn) = lock(&self.lids).get(&jid).cloned() {
+            return pn;
+        }
+        match host.load_state(&format!("{LID_STATE}{jid}")).await {
+            Ok(Some(pn)) if !pn.is_empty() => {
+                lock(&self.lids).insert(jid, pn.clone());
+                pn
+            }
+            _ => jid,
+        }
+    }
+
+    fn is_own(&self, jid: &str) -> bool {
+        let jid = non_ad(jid);
+        lock(&self.account)
+            .as_ref()
+            .is_some_and(|a| a.pn == jid || a.lid.as_deref().map(non_ad) == Some(jid.clone()))
+    }
+
+    async fn remember_chat(&self, host: &dyn ChannelHost, jid: &str) {
+        if lock(&self.known).insert(jid.to_string())
+            && let Err(e) = host.save_state(&format!("{KNOWN_STATE}{jid}"), "1").await
+        {
+            tracing::warn!("whatsapp: cannot remember chat {jid}: {e}");
+        }
+    }
+
+    async fn may_write_to(&self, host: &dyn ChannelHost, jid: &str) -> bool {
+        if self.is_own(jid) || lock(&self.known).contains(jid) {
+            return true;
+        }
+        if host.trigger_for(jid).await.is_some() {
+            return true;
+        }
+        let known = matches!(host.load_state(&format!("{KNOWN_STATE}{jid}")).await, Ok(Some(v)) if v == "1");
+        if known {
+            lock(&self.known).insert(jid.to_string());
+        }
+        known
+    }
+
+    async fn group_name(&self, jid: &str) -> Option<String> {
+        if let Some(name) = lock(&self.group_names).get(jid).cloned() {
+            return Some(name);
+        }
+        match self.client.group_name(jid).await {
+            Ok(Some(name)) => {
+                lock(&self.group_names).insert(jid.to_string(), name.clone());
+                Some(name)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!("whatsapp: cannot get the name of {jid}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Turns a client message into a stored one (or `None`: not user input).
+    pub async fn inbound(
+        &self,
+        host: &dyn ChannelHost,
+        m: &WaMessage,
+        history: bool,
+    ) -> Option<(ChatMeta, Message)> {
+        let raw_chat = non_ad(&m.chat);
+        if matches!(server(&raw_chat), "broadcast" | "newsletter") {
+            return None;
+        }
+        let Body::Text {
+            text,
+            quoted,
+            mentions,
+        } = &m.body
+        else {
+            return None;
+        };
+        let chat = self.canonical(host, &m.chat, m.chat_alt.as_deref()).await;
+        let sender = if m.from_me {
+            lock(&self.account)
+                .as_ref()
+                .map_or_else(|| non_ad(&m.sender), |a| a.pn.clone())
+        } else {
+            self.canonical(host, &m.sender, m.sender_alt.as_deref())
+                .await
+        };
+        let is_group = server(&chat) == "g.us";
+        let is_bot_message = m.from_me && text.starts_with(&self.prefix());
+        let mut content = text.trim().to_string();
+        if let Some(q) = quoted.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+            content = format!("{content}\n[replying to: {}]", shorten(q, MAX_QUOTE));
+        }
+        if is_group && !m.from_me && mentions.iter().any(|j| self.is_own(j)) {
+            let trigger = host
+                .trigger_for(&chat)
+                .await
+                .unwrap_or_else(|| format!("@{}", self.settings.assistant_name));
+            // The mention itself reads `@15551234567`; the trigger takes its place.
+            if let Some(own) = lock(&self.account).as_ref() {
+                content = content
+                    .replace(&format!("@{}", user(&own.pn)), "")
+                    .trim()
+                    .to_string();
+            }
+            content = with_trigger(&content, &trigger);
+        }
+        let sender_name = if m.from_me {
+            lock(&self.account)
+                .as_ref()
+                .map(|a| a.push_name.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "me".into())
+        } else if m.push_name.trim().is_empty() {
+            user(&sender).to_string()
+        } else {
+            m.push_name.trim().to_string()
+        };
+        let timestamp = nanoclaw_channel::time::from_unix_seconds(m.timestamp)
+            .unwrap_or_else(nanoclaw_channel::time::now);
+        let name = if is_group {
+            self.group_name(&chat).await
+        } else if !m.from_me && !self.is_own(&chat) {
+            Some(sender_name.clone())
+        } else {
+            None
+        };
+        let meta = ChatMeta {
+            jid: chat.clone(),
+            name,
+            timestamp: timestamp.clone(),
+            channel: Some(NAME.into()),
+            is_group: Some(is_group),
+        };
+        let message = Message {
+            id: m.id.clone(),
+            chat_jid: chat,
+            sender,
+            sender_name,
+            content,
+            timestamp,
+            is_from_me: m.from_me,
+            is_bot_message,
+            flagged: history.then(|| HISTORY.to_string()),
+        };
+        Some((meta, message))
+    }
+
+    async fn handle(&self, host: &Arc<dyn ChannelHost>, event: WaEvent) -> bool {
+        match event {
+            WaEvent::Connected { account } => {
+                *lock(&self.condition) = ChannelCondition::Connected {
+                    detail: format!("linked as {}", account.pn),
+                };
+                *lock(&self.account) = Some(account);
+            }
+            WaEvent::Message(m) => self.deliver(host, &m, false).await,
+            WaEvent::History(messages) => {
+                for m in &messages {
+                    self.deliver(host, m, true).await;
+                }
+            }
+            WaEvent::GroupName { jid, name } => {
+                let jid = non_ad(&jid);
+                lock(&self.group_names).insert(jid.clone(), name.clone());
+                let chat = ChatMeta {
+                    jid,
+                    name: Some(name),
+                    timestamp: nanoclaw_channel::time::now(),
+                    channel: Some(NAME.into()),
+                    is_group: Some(true),
+                };
+                if let Err(e) = host.chat_seen(chat).await {
+                    tracing::warn!("whatsapp: cannot record a group's name: {e}");
+                }
+            }
+            WaEvent::Disconnected { reason } => {
+                *lock(&self.condition) = ChannelCondition::Reconnecting { reason };
+            }
+            WaEvent::LoggedOut { reason } => {
+                tracing::error!(
+                    "whatsapp: this device was unlinked ({reason}); run `nanoclaw whatsapp link` to link it again"
+                );
+                *lock(&self.condition) = ChannelCondition::NeedsAttention {
+                    reason: "unlinked: run `nanoclaw whatsapp link`".into(),
+                };
+                return false;
+            }
+            // Linking is `nanoclaw whatsapp link`'s business.
+            WaEvent::Qr { .. } | WaEvent::PairCode { .. } | WaEvent::Paired { .. } => {}
+        }
+        true
+    }
+
+    async fn deliver(&self, host: &Arc<dyn ChannelHost>, m: &WaMessage, history: bool) {
+        let Some((meta, message)) = self.inbound(host.as_ref(), m, history).await else {
+            return;
+        };
+        let (chat, id, from_me) = (
+            message.chat_jid.clone(),
+            message.id.clone(),
+            message.is_from_me,
+        );
+        if !from_me && !history {
+            self.remember_chat(host.as_ref(), &chat).await;
+        }
+        if let Err(e) = host.deliver(meta, message).await {
+            tracing::warn!("whatsapp: cannot store message {id} of {chat}: {e}");
+            return;
+        }
+        if self.settings.read_receipts && !from_me && !history {
+            let sender = (server(&chat) == "g.us").then(|| non_ad(&m.sender));
+            if let Err(e) = self.client.mark_read(&chat, sender.as_deref(), &[id]).await {
+                tracing::debug!("whatsapp: read receipt for {chat} failed: {e}");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for WhatsApp {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn owns_jid(&self, jid: &str) -> bool {
+        matches!(server(jid), "s.whatsapp.net" | "g.us" | "lid") && !user(jid).is_empty()
+    }
+
+    fn is_connected(&self) -> bool {
+        matches!(*lock(&self.condition), ChannelCondition::Connected { .. })
+    }
+
+    fn condition(&self) -> ChannelCondition {
+        lock(&self.condition).clone()
+    }
+
+    async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError> {
+        let host = lock(&self.host).clone();
+        let mut jid = non_ad(&message.chat_jid);
+        if let Some(host) = &host {
+            // A chat is kept under the person's phone-number JID.
+            jid = self.canonical(host.as_ref(), &jid, None).await;
+        }
+        if let Some(host) = &host
+            && !self.may_write_to(host.as_ref(), &jid).await
+        {
+            return Err(ChannelError::new(
+                NAME,
+                format!(
+                    "{jid} has never written to this account and is not a registered group; \
+                     NanoClaw does not start WhatsApp chats"
+                ),
+            )
+            .with_retry(SendRetry::Never));
+        }
+        // Every piece carries the prefix, so each is recognised as the assistant's.
+        let prefix = self.prefix();
+        let budget = MAX_MESSAGE.saturating_sub(prefix.chars().count()).max(100);
+        let pieces: Vec<String> = split(&message.text, budget, Units::Chars)
+            .into_iter()
+            .map(|p| format!("{prefix}{p}"))
+            .collect();
+        self.pieces
+            .send(host.as_ref(), message, &pieces, |_, piece| {
+                let jid = jid.clone();
+                async move {
+                    self.client
+                        .send_text(&jid, &piece)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| ChannelError::new(NAME, format!("sending to {jid}: {e}")))
+                }
+            })
+            .await
+    }
+
+    async fn set_typing(&self, jid: &str, typing: bool) -> Result<(), ChannelError> {
+        self.client
+            .composing(&non_ad(jid), typing)
+            .await
+            .map_err(|e| ChannelError::new(NAME, format!("typing in {jid}: {e}")))
+    }
+
+    async fn run(self: Arc<Self>, host: Arc<dyn ChannelHost>, mut shutdown: watch::Receiver<bool>) {
+        *lock(&self.host) = Some(Arc::clone(&host));
+        let Some(mut events) = lock(&self.events).take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => {
+                        if !self.handle(&host, event).await {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
