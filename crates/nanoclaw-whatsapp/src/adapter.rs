@@ -111,6 +111,7 @@ pub struct FakeClient {
     sent: Mutex<Vec<Sent>>,
     groups: Mutex<std::collections::HashMap<String, String>>,
     fail_sends: std::sync::atomic::AtomicBool,
+    fail_composing: std::sync::atomic::AtomicBool,
     ids: std::sync::atomic::AtomicU64,
 }
 
@@ -124,6 +125,7 @@ impl FakeClient {
                 sent: Mutex::default(),
                 groups: Mutex::default(),
                 fail_sends: Default::default(),
+                fail_composing: Default::default(),
                 ids: Default::default(),
             }),
             rx,
@@ -156,6 +158,11 @@ impl FakeClient {
             .insert(jid.into(), name.into());
     }
 
+    pub fn fail_composing(&self, fail: bool) {
+        self.fail_composing
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn fail_sends(&self, fail: bool) {
         self.fail_sends
             .store(fail, std::sync::atomic::Ordering::Relaxed);
@@ -184,6 +191,12 @@ impl WaClient for FakeClient {
     }
 
     async fn composing(&self, jid: &str, on: bool) -> Result<(), String> {
+        if self
+            .fail_composing
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err("presence refused".into());
+        }
         self.record(Sent::Composing {
             jid: jid.into(),
             on,

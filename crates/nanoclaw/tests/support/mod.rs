@@ -481,7 +481,6 @@ pub fn register(root: &Path, jid: &str, folder: &str, requires_trigger: bool) {
         .expect("register group");
 }
 
-/// Opens the test root's store, as the daemon does.
 /// How many runs of `folder` have ended (each leaves one log).
 pub fn run_log_count(root: &Path, folder: &str) -> usize {
     std::fs::read_dir(root.join("groups").join(folder).join("logs"))
@@ -525,6 +524,7 @@ pub fn claude_code_binary() -> PathBuf {
     tool("node/node_modules/@anthropic-ai/claude-code-linux-x64/claude")
 }
 
+/// Opens the test root's store, as the daemon does.
 pub fn open_store(root: &Path) -> nanoclaw::store::Store {
     nanoclaw::store::Store::open(&root.join("store/messages.db"), "Andy").expect("open store")
 }
