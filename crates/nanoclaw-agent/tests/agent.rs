@@ -767,11 +767,9 @@ async fn a_crashing_or_hanging_mcp_server_fails_the_call_not_the_run() {
     assert_eq!(results(&events), [("Still here.".to_string(), 0)]);
     let requests = fake.requests();
     assert_eq!(requests.len(), 7);
-    let names: Vec<String> = requests[0].body["tools"]
-        .as_array()
-        .expect("tools")
-        .iter()
-        .filter_map(|t| t["name"].as_str().map(str::to_string))
+    let names: Vec<String> = requests[0]
+        .tool_names()
+        .into_iter()
         .filter(|n| n.starts_with("mcp__"))
         .collect();
     // A server that cannot start offers nothing; the others are unaffected.

@@ -112,6 +112,18 @@ impl Recorded {
     pub fn all_text(&self) -> String {
         self.body.to_string()
     }
+
+    /// The names of the tools the request offers, in order.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.body["tools"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Default)]

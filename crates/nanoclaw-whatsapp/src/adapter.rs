@@ -55,6 +55,29 @@ pub struct WaMessage {
     pub body: Body,
 }
 
+impl WaMessage {
+    /// A plain text message, as tests and the fake make them.
+    pub fn text(id: &str, chat: &str, sender: &str, from_me: bool, text: &str) -> WaMessage {
+        WaMessage {
+            id: id.into(),
+            chat: chat.into(),
+            chat_alt: None,
+            sender: sender.into(),
+            sender_alt: None,
+            push_name: String::new(),
+            from_me,
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            body: Body::Text {
+                text: text.into(),
+                quoted: None,
+                mentions: Vec::new(),
+            },
+        }
+    }
+}
+
 /// What the client reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaEvent {

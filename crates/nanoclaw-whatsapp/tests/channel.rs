@@ -132,23 +132,13 @@ impl Rig {
 
 fn text(id: &str, chat: &str, sender: &str, from_me: bool, text: &str) -> WaMessage {
     WaMessage {
-        id: id.into(),
-        chat: chat.into(),
-        chat_alt: None,
-        sender: sender.into(),
-        sender_alt: None,
         push_name: if from_me {
             "Sam".into()
         } else {
             "Alice".into()
         },
-        from_me,
         timestamp: 1_796_000_000,
-        body: Body::Text {
-            text: text.into(),
-            quoted: None,
-            mentions: Vec::new(),
-        },
+        ..WaMessage::text(id, chat, sender, from_me, text)
     }
 }
 

@@ -119,14 +119,7 @@ async fn browser_runs(kind: RuntimeKind) {
         .expect("accepted");
     assert_eq!(wait_bot_texts(&d.api, "web:team", 1).await, ["Browsed."]);
     let requests = llm.requests();
-    let tools: Vec<String> = requests[0].body["tools"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(|t| t["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let tools = requests[0].tool_names();
     assert!(tools.iter().any(|t| t == "Browser"), "{tools:?}");
 
     let home = result(&requests[2]);

@@ -78,17 +78,6 @@ fn respond(body: &Value) -> Reply {
     }
 }
 
-fn tool_names(request: &Recorded) -> Vec<String> {
-    request.body["tools"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(|t| t["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The first request that carries `needle` in its newest text.
 fn request_for<'a>(requests: &'a [Recorded], needle: &str) -> &'a Recorded {
     requests
@@ -158,7 +147,7 @@ async fn claude_code_end_to_end(kind: RuntimeKind) {
     );
     let requests = fake.requests();
     let first = request_for(&requests, "please SEND");
-    let names = tool_names(first);
+    let names = first.tool_names();
     for tool in [
         "Bash",
         "Read",

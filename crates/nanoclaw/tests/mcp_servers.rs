@@ -9,20 +9,9 @@ mod support;
 use std::path::PathBuf;
 
 use nanoclaw::config::{RuntimeKind, Secret, Secrets};
-use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Recorded, Reply};
+use nanoclaw_test_support::fake_anthropic::{FakeAnthropic, Reply};
 use serde_json::{Value, json};
 use support::wait_bot_texts;
-
-fn tool_names(request: &Recorded) -> Vec<String> {
-    request.body["tools"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(|t| t["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 async fn group_with_mcp_servers(kind: RuntimeKind) {
     let fake = FakeAnthropic::start(vec![
@@ -63,7 +52,7 @@ async fn group_with_mcp_servers(kind: RuntimeKind) {
     assert_eq!(texts, ["sent over MCP", "done"]);
     let requests = fake.requests();
     assert_eq!(requests.len(), 4);
-    let names = tool_names(&requests[0]);
+    let names = requests[0].tool_names();
     for tool in [
         "mcp__self__send_message",
         "mcp__self__schedule_task",
@@ -243,11 +232,12 @@ async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_netwo
     assert_eq!(wait_bot_texts(&d.api, "web:full", 1).await, ["done"]);
     let requests = fake.requests();
     assert!(
-        tool_names(&requests[0])
+        requests[0]
+            .tool_names()
             .iter()
             .any(|n| n == "mcp__remote__whoami"),
         "{:?}",
-        tool_names(&requests[0])
+        requests[0].tool_names()
     );
     let answer = support::last_tool_result(&requests[1]);
     assert_eq!(answer["is_error"], false, "{answer}");
@@ -291,7 +281,7 @@ async fn http_mcp_servers_get_their_secret_headers_from_the_host_under_the_netwo
     }
     let requests = fake.requests();
     for request in &requests[2..] {
-        let names = tool_names(request);
+        let names = request.tool_names();
         assert!(
             !names.iter().any(|n| n.starts_with("mcp__remote")),
             "{names:?}"

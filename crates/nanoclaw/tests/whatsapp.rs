@@ -47,23 +47,12 @@ fn channel() -> (Arc<FakeClient>, Arc<WhatsApp>) {
 
 fn message(id: &str, chat: &str, sender: &str, from_me: bool, text: &str) -> WaMessage {
     WaMessage {
-        id: id.into(),
-        chat: chat.into(),
-        chat_alt: None,
-        sender: sender.into(),
-        sender_alt: None,
         push_name: if from_me {
             "Sam".into()
         } else {
             "Alice".into()
         },
-        from_me,
-        timestamp: jiff::Timestamp::now().as_second(),
-        body: Body::Text {
-            text: text.into(),
-            quoted: None,
-            mentions: Vec::new(),
-        },
+        ..WaMessage::text(id, chat, sender, from_me, text)
     }
 }
 
