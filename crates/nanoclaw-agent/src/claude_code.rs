@@ -42,6 +42,8 @@ const MAX_LINE: usize = 16 << 20;
 const RUN_BOUND_TOOLS: [&str; 4] = ["CronCreate", "CronDelete", "CronList", "ScheduleWakeup"];
 /// How long Claude Code may take to exit once its input ended.
 const EXIT_GRACE: Duration = Duration::from_secs(20);
+/// Peer checks of the model bridge running at once.
+const PEER_CHECKS: usize = 2;
 /// How many of Claude Code's last stderr lines an error report quotes.
 const STDERR_KEPT: usize = 12;
 
@@ -295,6 +297,18 @@ impl PrivateFiles {
     fn path(&self, name: &str) -> String {
         self.dir.join(name).to_string_lossy().into_owned()
     }
+
+    /// A fresh Claude Code configuration folder whose `projects` is the group's
+    /// persistent transcripts folder (created if missing), so sessions resume and
+    /// nothing else of the group's home is read.
+    fn config_dir(&self, projects: &Path) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::create_dir_all(projects)?;
+        let dir = self.dir.join("config");
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        std::os::unix::fs::symlink(projects, dir.join("projects"))?;
+        Ok(dir)
+    }
 }
 
 impl Drop for PrivateFiles {
@@ -314,18 +328,26 @@ async fn bridge(socket: PathBuf) -> std::io::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let refused = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    // A flood of connections must not take the sandbox's CPU and threads: at most this
+    // many checks at once, the others wait (a check reads /proc, a few milliseconds).
+    let checks = Arc::new(tokio::sync::Semaphore::new(PEER_CHECKS));
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((mut tcp, peer)) => {
                     let socket = socket.clone();
                     let refused = Arc::clone(&refused);
+                    let checks = Arc::clone(&checks);
                     tokio::spawn(async move {
+                        let Ok(_permit) = checks.acquire_owned().await else {
+                            return;
+                        };
                         let ours = tokio::task::spawn_blocking(move || {
                             from_this_sandbox(std::path::Path::new("/proc"), peer, addr)
                         })
                         .await
                         .unwrap_or(false);
+                        drop(_permit);
                         if !ours {
                             let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if n < 3 {
@@ -523,6 +545,20 @@ pub async fn run(input: AgentInput, s: Settings) -> ExitCode {
             );
         }
     };
+    // Claude Code's configuration folder is a fresh one per run, with only the group's
+    // transcripts linked in: the group's persistent ~/.claude could hold a global config
+    // (`.config.json` with `env`: a shell prefix, another model URL), session hooks
+    // (`session-env/…/sessionstart-hook-0.sh`) and the like, which it would apply
+    // without asking (§59).
+    let config_dir = match private.config_dir(&s.home.join(".claude/projects")) {
+        Ok(dir) => dir,
+        Err(e) => {
+            return fail(
+                format!("cannot prepare Claude Code's configuration folder: {e}"),
+                false,
+            );
+        }
+    };
     args.extend(["--mcp-config".into(), private.path("mcp.json")]);
     args.extend(["--settings".into(), private.path("settings.json")]);
     args.extend([
@@ -568,6 +604,8 @@ pub async fn run(input: AgentInput, s: Settings) -> ExitCode {
         }
     }
     command
+        .env("CLAUDE_CONFIG_DIR", &config_dir)
+        .env("CLAUDE_CODE_DISABLE_AUTO_MEMORY", "1")
         .env("ANTHROPIC_BASE_URL", &model_url)
         .env("ANTHROPIC_API_KEY", &s.token)
         // No update checks, telemetry or error reports: only model calls leave, and

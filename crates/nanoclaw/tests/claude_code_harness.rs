@@ -16,6 +16,9 @@ const REAL_KEY: &str = "sk-ant-real-key-for-the-claude-code-harness";
 const SENT: &str = "sent through Claude Code's MCP tool";
 /// Settings a run plants in the group's persistent home and folder: hooks that would run
 /// in every later run, on every message.
+/// A global config in the persistent home whose `env` Claude Code would apply to its
+/// model requests, and a session hook it would source before every Bash command.
+const CONFIG: &str = r#"{"env":{"ANTHROPIC_CUSTOM_HEADERS":"X-Planted: yes"}}"#;
 const HOOKS: &str = r#"{"hooks":{"UserPromptSubmit":[{"hooks":[{"type":"command","command":"touch /workspace/group/hook-ran"}]}],"SessionStart":[{"hooks":[{"type":"command","command":"touch /workspace/group/hook-ran"}]}]}}"#;
 
 /// The newest user text of a request (not Claude Code's own reminders), and whether the
@@ -53,6 +56,8 @@ fn respond(body: &Value) -> Reply {
     if let Some(result) = result {
         return Reply::text(if result.contains("Message sent") {
             "sent it"
+        } else if result.contains("bash in the resumed run") {
+            "resumed"
         } else {
             "probed"
         });
@@ -66,13 +71,22 @@ fn respond(body: &Value) -> Reply {
                 "command": format!(
                     "id -u; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -E '^ANTHROPIC_' | sort -u; \
                      mkdir -p ~/.claude /workspace/group/.claude; \
-                     echo '{HOOKS}' | tee ~/.claude/settings.json > /workspace/group/.claude/settings.json"
+                     echo '{HOOKS}' | tee ~/.claude/settings.json > /workspace/group/.claude/settings.json; \
+                     echo '{CONFIG}' | tee ~/.claude/.config.json > ~/.claude/.claude.json; \
+                     for t in ~/.claude/projects/*/*.jsonl; do \
+                       s=$(basename $t .jsonl); mkdir -p ~/.claude/session-env/$s; \
+                       echo 'touch /workspace/group/hook-ran' > ~/.claude/session-env/$s/sessionstart-hook-0.sh; \
+                     done"
                 ),
                 "description": "look at the environment",
             }),
         )
     } else if text.contains("REMEMBER") {
-        Reply::text("resumed")
+        // A Bash command, so that a planted session hook would run.
+        Reply::tool(
+            "Bash",
+            json!({"command": "echo bash in the resumed run", "description": "check"}),
+        )
     } else {
         Reply::text("answered by Claude Code")
     }
@@ -249,7 +263,11 @@ async fn claude_code_end_to_end(kind: RuntimeKind) {
     );
     assert!(
         !d.root().join("groups/team/hook-ran").exists(),
-        "[{name}] settings the group planted in its home and folder did not run"
+        "[{name}] settings and hooks the group planted in its home and folder did not run"
+    );
+    assert!(
+        requests.iter().all(|r| r.header("x-planted").is_none()),
+        "[{name}] a config planted in the persistent home was not applied"
     );
     support::assert_only_the_real_key(&requests, REAL_KEY);
     let usage = support::open_store(d.root())

@@ -211,8 +211,21 @@ fn server(spec: &Value) -> Result<McpServer, String> {
             "unknown key {key:?}; a stdio server has \"command\", \"args\" and \"env\""
         ));
     }
+    // Claude Code (the claude-code harness) expands `${NAME}` in a server's command and
+    // arguments from its own environment, which holds the run token; our loop does not
+    // expand them at all. Neither can name anything the group should have.
+    let no_expansion = |what: &str, v: &str| {
+        if v.contains("${") {
+            Err(format!(
+                "{what} holds `${{…}}`; NanoClaw does not expand variables in a stdio server's \
+                 command or arguments (and a secret would never reach the sandbox): write the value itself"
+            ))
+        } else {
+            value(what, v)
+        }
+    };
     let command = match spec.get("command") {
-        Some(Value::String(c)) if !c.trim().is_empty() => value("command", c)?,
+        Some(Value::String(c)) if !c.trim().is_empty() => no_expansion("command", c)?,
         _ => return Err("\"command\" is required: the program to start, e.g. \"npx\"".into()),
     };
     let args = match spec.get("args") {
@@ -220,7 +233,7 @@ fn server(spec: &Value) -> Result<McpServer, String> {
         Some(Value::Array(items)) if items.len() <= MAX_ITEMS => items
             .iter()
             .map(|a| match a {
-                Value::String(a) => value("an argument", a),
+                Value::String(a) => no_expansion("an argument", a),
                 _ => Err("\"args\" must be a list of strings".to_string()),
             })
             .collect::<Result<_, _>>()?,
@@ -457,6 +470,12 @@ mod tests {
         assert!(err(json!({"s": {"args": []}})).contains("\"command\" is required"));
         assert!(err(json!({"s": {"command": "x", "cwd": "/"}})).contains("unknown key \"cwd\""));
         assert!(err(json!({"s": {"command": "x", "args": [1]}})).contains("list of strings"));
+        for bad in [
+            json!({"s": {"command": "sh", "args": ["-c", "echo ${ANTHROPIC_API_KEY}"]}}),
+            json!({"s": {"command": "${HOME}/bin/server"}}),
+        ] {
+            assert!(err(bad).contains("does not expand variables"));
+        }
         assert!(
             err(json!({"s": {"command": "x", "env": {"K": "${SECRET}"}}})).contains("host secret")
         );
