@@ -303,7 +303,29 @@ impl PrivateFiles {
     /// nothing else of the group's home is read.
     fn config_dir(&self, projects: &Path) -> std::io::Result<PathBuf> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::create_dir_all(projects)?;
+        // It must be a folder: a symlink or a file left there (by the group's own code)
+        // would otherwise fail every later run. It is moved aside, and this run starts
+        // without the earlier sessions.
+        match std::fs::symlink_metadata(projects) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                let aside = projects.with_file_name(format!(
+                    "projects.broken-{}",
+                    jiff::Timestamp::now().as_millisecond()
+                ));
+                std::fs::rename(projects, &aside)?;
+                eprintln!(
+                    "{} was not a folder; moved to {} (earlier sessions cannot be resumed)",
+                    projects.display(),
+                    aside.display()
+                );
+                std::fs::create_dir(projects)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(projects)?
+            }
+            Err(e) => return Err(e),
+        }
         let dir = self.dir.join("config");
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         std::os::unix::fs::symlink(projects, dir.join("projects"))?;
@@ -849,6 +871,41 @@ mod tests {
         // A connection that is not in the table at all.
         let stranger: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
         assert!(!from_this_sandbox(Path::new("/proc"), stranger, local));
+    }
+
+    #[test]
+    fn a_transcripts_folder_that_is_not_a_folder_is_moved_aside() {
+        let home = tempfile::tempdir().expect("home");
+        let projects = home.path().join(".claude/projects");
+        std::fs::create_dir_all(home.path().join(".claude")).expect("mkdir");
+        for broken in ["link", "file"] {
+            if broken == "link" {
+                std::os::unix::fs::symlink("/nonexistent/x", &projects).expect("symlink");
+            } else {
+                std::fs::write(&projects, "not a folder").expect("file");
+            }
+            let private = PrivateFiles::write(&[]).expect("private");
+            let config = private.config_dir(&projects).expect("a run can start");
+            assert!(
+                std::fs::symlink_metadata(&projects).expect("meta").is_dir(),
+                "{broken}"
+            );
+            assert_eq!(
+                std::fs::read_link(config.join("projects")).expect("link"),
+                projects
+            );
+            std::fs::remove_dir(&projects).expect("empty");
+        }
+        let aside = std::fs::read_dir(home.path().join(".claude"))
+            .expect("list")
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("projects.broken-")
+            })
+            .count();
+        assert!(aside >= 1, "kept aside, not deleted");
     }
 
     #[tokio::test]
