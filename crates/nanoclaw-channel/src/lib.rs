@@ -140,6 +140,9 @@ pub struct OutboundMessage {
     pub timestamp: String,
     /// A file the agent sent (`send_file`), checked against [`Channel::max_file_bytes`].
     pub file: Option<OutboundFile>,
+    /// The main group's agent sent it to this chat on purpose (IPC `message`), so a
+    /// channel that writes only to chats that wrote first (WhatsApp) may deliver it.
+    pub explicit: bool,
 }
 
 /// A file in a reply: the host's own copy (read it from `path`), never the group's.

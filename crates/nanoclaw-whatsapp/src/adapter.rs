@@ -99,11 +99,19 @@ pub enum WaEvent {
     Disconnected { reason: String },
     /// The user removed this device on the phone: final, no reconnecting.
     LoggedOut { reason: String },
+    /// Linking did not succeed (codes ran out, the phone refused).
+    LinkFailed { reason: String },
 }
 
 /// What the channel asks of the client.
 #[async_trait]
 pub trait WaClient: Send + Sync + 'static {
+    /// Connects (once; later calls do nothing). Events then flow.
+    async fn start(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Disconnects, keeping the session.
+    async fn stop(&self) {}
     /// Sends a text message; returns its id.
     async fn send_text(&self, jid: &str, text: &str) -> Result<String, String>;
     /// Shows or clears "typing…" in a chat.
@@ -161,6 +169,11 @@ impl FakeClient {
 
     pub fn sent(&self) -> Vec<Sent> {
         self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets what was sent (a long soak would otherwise keep it all).
+    pub fn clear_sent(&self) {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The texts sent to `jid`, in order.

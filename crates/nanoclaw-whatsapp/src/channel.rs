@@ -113,6 +113,12 @@ impl WhatsApp {
         }
     }
 
+    /// The account the key store says is linked, known before the first connection.
+    pub fn with_account(self, account: Account) -> WhatsApp {
+        *lock(&self.account) = Some(account);
+        self
+    }
+
     fn prefix(&self) -> String {
         format!("{}: ", self.settings.assistant_name)
     }
@@ -280,6 +286,7 @@ impl WhatsApp {
     async fn handle(&self, host: &Arc<dyn ChannelHost>, event: WaEvent) -> bool {
         match event {
             WaEvent::Connected { account } => {
+                tracing::info!("whatsapp connected as {}", account.pn);
                 *lock(&self.condition) = ChannelCondition::Connected {
                     detail: format!("linked as {}", account.pn),
                 };
@@ -318,7 +325,10 @@ impl WhatsApp {
                 return false;
             }
             // Linking is `nanoclaw whatsapp link`'s business.
-            WaEvent::Qr { .. } | WaEvent::PairCode { .. } | WaEvent::Paired { .. } => {}
+            WaEvent::Qr { .. }
+            | WaEvent::PairCode { .. }
+            | WaEvent::Paired { .. }
+            | WaEvent::LinkFailed { .. } => {}
         }
         true
     }
@@ -366,6 +376,15 @@ impl Channel for WhatsApp {
         lock(&self.condition).clone()
     }
 
+    async fn verify(&self) -> Result<String, nanoclaw_channel::VerifyError> {
+        match lock(&self.account).as_ref() {
+            Some(account) => Ok(format!("linked as {}", account.pn)),
+            None => Err(nanoclaw_channel::VerifyError::Refused(
+                "not linked: run `nanoclaw whatsapp link`".into(),
+            )),
+        }
+    }
+
     async fn send(&self, message: &OutboundMessage) -> Result<(), ChannelError> {
         let host = lock(&self.host).clone();
         let mut jid = non_ad(&message.chat_jid);
@@ -374,13 +393,14 @@ impl Channel for WhatsApp {
             jid = self.canonical(host.as_ref(), &jid, None).await;
         }
         if let Some(host) = &host
+            && !message.explicit
             && !self.may_write_to(host.as_ref(), &jid).await
         {
             return Err(ChannelError::new(
                 NAME,
                 format!(
                     "{jid} has never written to this account and is not a registered group; \
-                     NanoClaw does not start WhatsApp chats"
+                     NanoClaw starts a WhatsApp chat only when the main group sends to it on purpose"
                 ),
             )
             .with_retry(SendRetry::Never));
@@ -418,18 +438,24 @@ impl Channel for WhatsApp {
         let Some(mut events) = lock(&self.events).take() else {
             return;
         };
+        if let Err(e) = self.client.start().await {
+            tracing::error!("whatsapp: {e}");
+            *lock(&self.condition) = ChannelCondition::NeedsAttention { reason: e };
+            return;
+        }
         loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => {
                         if !self.handle(&host, event).await {
-                            return;
+                            break;
                         }
                     }
-                    None => return,
+                    None => break,
                 },
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             }
         }
+        self.client.stop().await;
     }
 }

@@ -1198,6 +1198,64 @@ impl MsgSecretStore for SqliteStore {
 /// The one device of this store (the library supports several; NanoClaw links one).
 const DEVICE_ID: i32 = 1;
 
+/// The account linked in the key store at `path`, read without opening it for the
+/// library (nor creating it): `None` when there is no store or it was never linked.
+pub fn linked_account(path: &Path) -> std::result::Result<Option<crate::adapter::Account>, String> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("cannot read the WhatsApp key store {}: {e}", path.display()))?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
+    let data: Option<Vec<u8>> = match conn
+        .query_row("SELECT data FROM device WHERE id = ?1", [DEVICE_ID], |r| {
+            r.get(0)
+        })
+        .optional()
+    {
+        Ok(data) => data,
+        // A store made before the device row was (or not a store at all).
+        Err(e) if e.to_string().contains("no such table") => None,
+        Err(e) => {
+            return Err(format!(
+                "cannot read the WhatsApp key store {}: {e}",
+                path.display()
+            ));
+        }
+    };
+    let Some(data) = data else {
+        return Ok(None);
+    };
+    let device: Device = from_json(&data).map_err(|e| {
+        format!(
+            "the WhatsApp key store {} holds a device NanoClaw cannot read ({e}); \
+             run `nanoclaw whatsapp unlink` and link again",
+            path.display()
+        )
+    })?;
+    Ok(device.pn.map(|pn| crate::adapter::Account {
+        pn: pn.to_non_ad_string(),
+        lid: device.lid.map(|l| l.to_non_ad_string()),
+        push_name: device.push_name.clone(),
+    }))
+}
+
+/// Deletes the key store at `path` (and its WAL files).
+pub fn delete(path: &Path) -> std::result::Result<(), String> {
+    for file in [
+        path.to_path_buf(),
+        path.with_extension("db-wal"),
+        path.with_extension("db-shm"),
+    ] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot delete {}: {e}", file.display())),
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl DeviceStore for SqliteStore {
     async fn save(&self, device: &Device) -> Result<()> {

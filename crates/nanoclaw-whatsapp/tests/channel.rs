@@ -118,6 +118,15 @@ impl Rig {
     }
 
     async fn reply(&self, jid: &str, text: &str) -> Result<(), nanoclaw_channel::ChannelError> {
+        self.send(jid, text, false).await
+    }
+
+    async fn send(
+        &self,
+        jid: &str,
+        text: &str,
+        explicit: bool,
+    ) -> Result<(), nanoclaw_channel::ChannelError> {
         self.channel
             .send(&OutboundMessage {
                 outbox_id: 1,
@@ -125,6 +134,7 @@ impl Rig {
                 text: text.into(),
                 timestamp: "2026-12-03T00:00:00.000Z".into(),
                 file: None,
+                explicit,
             })
             .await
     }
@@ -288,10 +298,20 @@ async fn replies_go_only_to_known_chats_in_prefixed_pieces() {
         .expect_err("never written to us");
     assert_eq!(refused.retry, nanoclaw_channel::SendRetry::Never);
     assert!(
-        refused.message.contains("does not start WhatsApp chats"),
+        refused
+            .message
+            .contains("only when the main group sends to it on purpose"),
         "{refused}"
     );
     assert!(r.client.sent().is_empty());
+    // Main's explicit IPC message is the one way to start a chat.
+    r.send(stranger, "hello from main", true)
+        .await
+        .expect("main may start a chat");
+    assert_eq!(
+        r.client.texts_to(stranger),
+        vec!["Andy: hello from main".to_string()]
+    );
     // A registered group may be written to before anyone in it spoke.
     r.host
         .registered

@@ -461,3 +461,45 @@ async fn a_crash_in_the_middle_of_a_prekey_upload_leaves_a_usable_store() {
         s.remove_prekey(max + 1).await.expect("usable");
     }
 }
+
+/// `whatsapp status` and the daemon read whether the store is linked without opening it
+/// for the library (nor creating it).
+#[tokio::test]
+async fn the_linked_account_is_read_from_the_store_and_unlinking_deletes_it() {
+    use nanoclaw_whatsapp::store::{delete, linked_account};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("auth/whatsapp.db");
+    assert_eq!(linked_account(&path), Ok(None), "no store");
+    assert!(!path.exists(), "looking does not create it");
+    {
+        let pm = PersistenceManager::new(Arc::new(open(dir.path())))
+            .await
+            .expect("device");
+        pm.flush().await.expect("saved");
+        assert_eq!(
+            linked_account(&path),
+            Ok(None),
+            "a device that never paired"
+        );
+        pm.modify_device(|d| {
+            d.pn = Some("15551230000:3@s.whatsapp.net".parse().expect("jid"));
+            d.lid = Some("100000000000001:3@lid".parse().expect("jid"));
+            d.push_name = "Ana".into();
+        })
+        .await;
+        pm.flush().await.expect("saved");
+    }
+    let account = linked_account(&path).expect("read").expect("linked");
+    assert_eq!(account.pn, "15551230000@s.whatsapp.net");
+    assert_eq!(account.lid.as_deref(), Some("100000000000001@lid"));
+    assert_eq!(account.push_name, "Ana");
+
+    std::fs::write(dir.path().join("not-a-store.db"), b"garbage, not SQLite").expect("write");
+    let e = linked_account(&dir.path().join("not-a-store.db")).expect_err("refused");
+    assert!(e.contains("cannot read the WhatsApp key store"), "{e}");
+
+    delete(&path).expect("deleted");
+    assert!(!path.exists() && !path.with_extension("db-wal").exists());
+    assert_eq!(linked_account(&path), Ok(None));
+    delete(&path).expect("deleting nothing is fine");
+}

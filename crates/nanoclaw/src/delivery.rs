@@ -294,6 +294,7 @@ impl Delivery {
                     path: f.path.clone(),
                     size: f.size,
                 }),
+                explicit: item.explicit,
             };
             let timeout = if message.file.is_some() {
                 FILE_SEND_TIMEOUT

@@ -101,6 +101,10 @@ impl Layout {
     pub fn auth_dir(&self) -> PathBuf {
         self.root.join("store/auth")
     }
+    /// WhatsApp's keys: the linked device's identity and Signal sessions.
+    pub fn whatsapp_store(&self) -> PathBuf {
+        self.auth_dir().join("whatsapp.db")
+    }
     pub fn groups_dir(&self) -> PathBuf {
         self.root.join("groups")
     }

@@ -429,6 +429,7 @@ async fn a_piece_sent_again_is_created_once() {
         text: "only once".into(),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
         file: None,
+        explicit: false,
     };
     discord.send(&message).await.expect("sent");
     discord.send(&message).await.expect("sent again");
@@ -663,6 +664,7 @@ async fn a_long_rate_limit_hold_goes_back_to_delivery() {
         text: format!("reply {outbox_id}"),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
         file: None,
+        explicit: false,
     };
     fake.exhaust_bucket(30.0);
     discord.send(&message(1)).await.expect("sent");
@@ -745,6 +747,7 @@ async fn a_file_reply_is_uploaded_with_its_caption() {
         text: long.clone(),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
         file: Some(file.clone()),
+        explicit: false,
     };
     discord.send(&message).await.expect("sent");
     let sent = fake.sent();

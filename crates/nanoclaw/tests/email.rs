@@ -312,6 +312,7 @@ async fn replies_without_a_thread_start_one_and_bad_recipients_are_given_up() {
             .into(),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
         file: None,
+        explicit: false,
     };
     email.send(&message).await.expect("sent");
     let mails = servers.wait_mailbox(ALICE, 1).await;

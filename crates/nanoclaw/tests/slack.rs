@@ -710,6 +710,7 @@ async fn a_reply_sent_again_is_posted_once() {
         text: "Done.".into(),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
         file: None,
+        explicit: false,
     };
     slack.send(&message).await.expect("sent");
     slack.send(&message).await.expect("sent again");
@@ -749,6 +750,7 @@ async fn a_file_reply_is_shared_in_the_channel() {
         text: "Numbers <here> & there".into(),
         timestamp: "2026-01-31T13:32:00.000Z".into(),
         file: Some(file),
+        explicit: false,
     };
     slack.send(&message).await.expect("shared");
     let shared = fake.shared_files();

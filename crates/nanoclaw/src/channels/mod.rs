@@ -1,6 +1,7 @@
 //! Channel adapters (SPEC §13). The contract (the `Channel` and `ChannelHost` traits and
 //! the types they exchange) is the `nanoclaw-channel` crate; each platform is a crate of
-//! its own (`nanoclaw-telegram`, `nanoclaw-discord`, `nanoclaw-slack`, `nanoclaw-email`)
+//! its own (`nanoclaw-telegram`, `nanoclaw-discord`, `nanoclaw-slack`, `nanoclaw-email`,
+//! `nanoclaw-whatsapp`)
 //! turned on by a cargo feature of this crate. Only the
 //! built-in web channel lives here, with the set of channels a daemon runs and
 //! [`configured`], which starts the ones whose credentials are set.
@@ -21,6 +22,8 @@ pub use nanoclaw_email as email;
 pub use nanoclaw_slack as slack;
 #[cfg(feature = "telegram")]
 pub use nanoclaw_telegram as telegram;
+#[cfg(feature = "whatsapp")]
+pub use nanoclaw_whatsapp as whatsapp;
 
 /// The channels of this daemon.
 #[derive(Default, Clone)]
@@ -151,6 +154,47 @@ pub fn configured(config: &crate::config::Config, secrets: &crate::config::Secre
             Err(why) => Err(ChannelOff::Invalid(why)),
         }
     });
+    #[cfg(feature = "whatsapp")]
+    add("whatsapp", {
+        let store = crate::layout::Layout::new(&config.root).whatsapp_store();
+        match whatsapp::store::linked_account(&store) {
+            Ok(None) => Err(ChannelOff::NotConfigured(
+                "not linked: run `nanoclaw whatsapp link`".into(),
+            )),
+            Ok(Some(account)) => Ok(whatsapp_channel(config, account) as Arc<dyn Channel>),
+            Err(why) => Err(ChannelOff::Invalid(why)),
+        }
+    });
     let _ = (config, secrets);
     built
+}
+
+/// Where and how the WhatsApp client connects.
+#[cfg(feature = "whatsapp")]
+pub fn whatsapp_config(config: &crate::config::Config) -> whatsapp::live::LiveConfig {
+    whatsapp::live::LiveConfig {
+        ws_url: config.whatsapp_ws_url.clone(),
+        store: crate::layout::Layout::new(&config.root).whatsapp_store(),
+        version: config.whatsapp_version,
+    }
+}
+
+/// The WhatsApp channel of a linked account (it connects when the daemon runs it).
+#[cfg(feature = "whatsapp")]
+fn whatsapp_channel(
+    config: &crate::config::Config,
+    account: whatsapp::adapter::Account,
+) -> Arc<whatsapp::channel::WhatsApp> {
+    let (client, events) = whatsapp::live::Live::new(whatsapp_config(config), None);
+    Arc::new(
+        whatsapp::channel::WhatsApp::new(
+            client,
+            events,
+            whatsapp::channel::Settings {
+                assistant_name: config.assistant_name.clone(),
+                read_receipts: config.whatsapp_read_receipts,
+            },
+        )
+        .with_account(account),
+    )
 }

@@ -10,6 +10,8 @@ mod status;
 mod tasks;
 mod ui;
 mod usage;
+#[cfg(feature = "whatsapp")]
+mod whatsapp;
 
 pub(crate) use usage::{
     daily_budgets, row_json as usage_row_json, totals as usage_totals, window as usage_window,
@@ -106,6 +108,12 @@ enum Command {
         #[command(subcommand)]
         command: service::ServiceCommand,
     },
+    /// WhatsApp: link this program as a device of your account, or unlink it
+    #[cfg(feature = "whatsapp")]
+    Whatsapp {
+        #[command(subcommand)]
+        command: whatsapp::WhatsAppCommand,
+    },
     /// Model tokens used, per group and day
     Usage {
         /// How many days back, today included
@@ -153,6 +161,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Usage { days, json } => usage::usage(&config, days, json),
         Command::Service { command } => service::run(&config, &env, command),
         Command::Ui { print } => ui::ui(&config, &env, print),
+        #[cfg(feature = "whatsapp")]
+        Command::Whatsapp { command } => whatsapp::run(&config, command),
     }
 }
 

@@ -150,6 +150,13 @@ pub struct Config {
     pub discord_gateway_url: Option<String>,
     /// Slack's Web API (`SLACK_API_URL`; methods are `POST {url}/{method}`).
     pub slack_api_url: String,
+    /// WhatsApp's WebSocket (`WHATSAPP_WS_URL`, default `wss://web.whatsapp.com/ws/chat`).
+    pub whatsapp_ws_url: String,
+    /// `WHATSAPP_VERSION` (`2.3000.N`): the WhatsApp Web version announced; unset, the
+    /// current one is read from web.whatsapp.com once a day.
+    pub whatsapp_version: Option<(u32, u32, u32)>,
+    /// `WHATSAPP_READ_RECEIPTS=on`: mark the messages the assistant receives as read.
+    pub whatsapp_read_receipts: bool,
     /// An OpenAI-compatible `/v1/audio/transcriptions` endpoint for voice notes users
     /// send (`TRANSCRIBE_URL`); unset: audio is saved and named, not transcribed.
     pub transcribe_url: Option<String>,
@@ -494,6 +501,34 @@ impl Config {
                 Some(_) => Some(url_setting(&s, "DISCORD_GATEWAY_URL", "")?),
             },
             slack_api_url: url_setting(&s, "SLACK_API_URL", "https://slack.com/api")?,
+            whatsapp_ws_url: url_setting(&s, "WHATSAPP_WS_URL", "wss://web.whatsapp.com/ws/chat")?,
+            whatsapp_version: match s.get("WHATSAPP_VERSION") {
+                None => None,
+                Some((raw, _)) => {
+                    let parts: Vec<Option<u32>> =
+                        raw.trim().split('.').map(|p| p.parse().ok()).collect();
+                    match parts.as_slice() {
+                        [Some(a), Some(b), Some(c)] => Some((*a, *b, *c)),
+                        _ => {
+                            return Err(invalid(
+                                &s,
+                                "WHATSAPP_VERSION",
+                                "must be three numbers like 2.3000.1023456789 (or unset)",
+                            ));
+                        }
+                    }
+                }
+            },
+            whatsapp_read_receipts: match s.get("WHATSAPP_READ_RECEIPTS") {
+                None => false,
+                Some((raw, _)) => match raw.trim().to_ascii_lowercase().as_str() {
+                    "on" | "true" | "1" | "yes" => true,
+                    "off" | "false" | "0" | "no" | "" => false,
+                    _ => {
+                        return Err(invalid(&s, "WHATSAPP_READ_RECEIPTS", "must be on or off"));
+                    }
+                },
+            },
             transcribe_url: keyed_endpoint(&s, "TRANSCRIBE_URL")?,
             transcribe_model: s.string("TRANSCRIBE_MODEL", "whisper-1").trim().to_string(),
             embeddings_url: keyed_endpoint(&s, "EMBEDDINGS_URL")?,
@@ -746,6 +781,25 @@ mod tests {
         assert_eq!(c.discord_api_url, "https://discord.com");
         assert_eq!(c.discord_gateway_url, None);
         assert_eq!(c.slack_api_url, "https://slack.com/api");
+        assert_eq!(c.whatsapp_ws_url, "wss://web.whatsapp.com/ws/chat");
+        assert_eq!(c.whatsapp_version, None);
+        assert!(
+            !c.whatsapp_read_receipts,
+            "read receipts only when asked for"
+        );
+        let (c, _) = Config::load(
+            dir.path(),
+            &env(&[
+                ("TZ", "UTC"),
+                ("WHATSAPP_WS_URL", "ws://127.0.0.1:9/ws/chat"),
+                ("WHATSAPP_VERSION", "2.3000.1023456789"),
+                ("WHATSAPP_READ_RECEIPTS", "on"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.whatsapp_ws_url, "ws://127.0.0.1:9/ws/chat");
+        assert_eq!(c.whatsapp_version, Some((2, 3000, 1_023_456_789)));
+        assert!(c.whatsapp_read_receipts);
         let (c, s) = Config::load(
             dir.path(),
             &env(&[
@@ -766,6 +820,10 @@ mod tests {
             ("DISCORD_API_URL", "https://discord.com/api/v10"),
             ("DISCORD_API_URL", "discord.com"),
             ("SLACK_API_URL", "slack.com/api"),
+            ("WHATSAPP_WS_URL", "web.whatsapp.com"),
+            ("WHATSAPP_VERSION", "2.3000"),
+            ("WHATSAPP_VERSION", "latest"),
+            ("WHATSAPP_READ_RECEIPTS", "sometimes"),
         ] {
             let err = Config::load(dir.path(), &env(&[("TZ", "UTC"), (name, value)]))
                 .err()

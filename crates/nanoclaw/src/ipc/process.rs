@@ -211,8 +211,13 @@ pub fn process(ctx: &IpcContext, source: &Source, request: IpcRequest) -> Result
                     "nothing to send to {jid} (empty or all <internal>)"
                 ));
             }
-            ctx.store
-                .commit_reply(jid, &text, &ctx.assistant_name, None)?;
+            if source.is_main {
+                ctx.store
+                    .commit_explicit_message(jid, &text, &ctx.assistant_name)?;
+            } else {
+                ctx.store
+                    .commit_reply(jid, &text, &ctx.assistant_name, None)?;
+            }
             if let Some(delivery) = &ctx.delivery {
                 delivery.notify();
             }

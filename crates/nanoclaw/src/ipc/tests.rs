@@ -218,6 +218,30 @@ fn messages_follow_the_matrix() {
     }
 }
 
+/// Main's messages are explicit (a channel that writes only to chats that wrote first,
+/// WhatsApp, may deliver them); a group's messages to its own chat are not.
+#[test]
+fn mains_messages_are_marked_explicit() {
+    let f = fixture();
+    for (source, jid) in [("main", "tg:stranger"), ("team", "tg:team")] {
+        let outcome = f.send(
+            source,
+            &json!({"type": "message", "chatJid": jid, "text": format!("from {source}")}),
+        );
+        assert!(allowed(&outcome), "{outcome:?}");
+    }
+    let queued = f.ctx.store.pending_outbox_heads(10).expect("outbox");
+    let explicit = |jid: &str| {
+        queued
+            .iter()
+            .find(|q| q.chat_jid == jid)
+            .map(|q| q.explicit)
+            .expect("queued")
+    };
+    assert!(explicit("tg:stranger"));
+    assert!(!explicit("tg:team"));
+}
+
 #[test]
 fn scheduling_follows_the_matrix() {
     let f = fixture();

@@ -260,6 +260,39 @@ impl Store {
         Ok(existing)
     }
 
+    /// Moves the main group from chat `from` to chat `to` (named `name`), keeping its
+    /// folder (memory, files, sessions) and settings. `to` must not be registered.
+    pub fn move_main(&self, from: &str, to: &str, name: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = Store::write_tx(&mut conn, "starting to move the main group")?;
+        let taken: Option<String> = tx
+            .query_row(
+                "SELECT jid FROM registered_groups WHERE jid = ?1",
+                params![to],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("checking the new main chat")?;
+        if taken.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "{to} is registered already; remove it first to make it the main group"
+            )));
+        }
+        let moved = tx
+            .execute(
+                "UPDATE registered_groups SET jid = ?2, name = ?3 WHERE jid = ?1 AND is_main = 1",
+                params![from, to, name],
+            )
+            .ctx("moving the main group")?;
+        if moved != 1 {
+            return Err(StoreError::Conflict(format!(
+                "{from} is not the main group"
+            )));
+        }
+        tx.commit().ctx("committing the main group's move")?;
+        Ok(())
+    }
+
     /// The host id (uid and gid) of `folder`'s sandboxes: the one allocated before, else
     /// the next free one from `base` (the highest allocated + 1), stored for good.
     pub fn sandbox_host_id(&self, folder: &str, base: u32) -> Result<u32, StoreError> {

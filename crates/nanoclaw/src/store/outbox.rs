@@ -21,6 +21,8 @@ pub struct OutboxItem {
     pub attempts: i64,
     /// The file the reply carries (`text` is then its caption, maybe empty).
     pub file: Option<OutboxFile>,
+    /// The main group's agent sent it to this chat on purpose (IPC `message`).
+    pub explicit: bool,
 }
 
 /// A file in a reply: the host's own copy, made when the agent sent it.
@@ -39,7 +41,7 @@ pub struct CommittedReply {
     pub message: Message,
 }
 
-const OUTBOX_COLUMNS: &str = "id, chat_jid, text, message_id, created_at, attempts, delivery_seq, file_name, file_path, file_size";
+const OUTBOX_COLUMNS: &str = "id, chat_jid, text, message_id, created_at, attempts, delivery_seq, file_name, file_path, file_size, explicit";
 
 // The outbox statements every reply and the status page run (plans checked by
 // `store::tests::hot_queries_use_indexes`).
@@ -84,6 +86,7 @@ fn outbox_item(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
             }),
             _ => None,
         },
+        explicit: row.get::<_, Option<bool>>(10)?.unwrap_or(false),
     })
 }
 
@@ -97,7 +100,18 @@ impl Store {
         assistant_name: &str,
         answered_upto: Option<i64>,
     ) -> Result<CommittedReply, StoreError> {
-        self.commit_outbound(chat_jid, text, None, assistant_name, answered_upto)
+        self.commit_outbound(chat_jid, text, None, assistant_name, answered_upto, false)
+    }
+
+    /// Stores and queues a message the main group's agent sends to `chat_jid` on
+    /// purpose (IPC `message`): a channel may deliver it to a chat that never wrote.
+    pub fn commit_explicit_message(
+        &self,
+        chat_jid: &str,
+        text: &str,
+        assistant_name: &str,
+    ) -> Result<CommittedReply, StoreError> {
+        self.commit_outbound(chat_jid, text, None, assistant_name, None, true)
     }
 
     /// Stores a file an agent sent (the host's copy, `file.path`) with its caption, and
@@ -109,7 +123,7 @@ impl Store {
         file: &OutboxFile,
         assistant_name: &str,
     ) -> Result<CommittedReply, StoreError> {
-        self.commit_outbound(chat_jid, caption, Some(file), assistant_name, None)
+        self.commit_outbound(chat_jid, caption, Some(file), assistant_name, None, false)
     }
 
     fn commit_outbound(
@@ -119,6 +133,7 @@ impl Store {
         file: Option<&OutboxFile>,
         assistant_name: &str,
         answered_upto: Option<i64>,
+        explicit: bool,
     ) -> Result<CommittedReply, StoreError> {
         let now = crate::clock::now();
         let content = match file {
@@ -149,8 +164,8 @@ impl Store {
         )?;
         insert_message(&tx, &message)?;
         tx.execute(
-            "INSERT INTO outbox (chat_jid, text, message_id, created_at, file_name, file_path, file_size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO outbox (chat_jid, text, message_id, created_at, file_name, file_path, file_size, explicit)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 chat_jid,
                 text,
@@ -159,6 +174,7 @@ impl Store {
                 file.map(|f| f.name.as_str()),
                 file.map(|f| f.path.to_string_lossy().into_owned()),
                 file.map(|f| f.size as i64),
+                explicit,
             ],
         )
         .ctx("queueing a reply")?;

@@ -60,9 +60,14 @@ const MIGRATIONS: &[Migration] = &[
         name: "an index of replies with files",
         apply: reply_files_index,
     },
+    Migration {
+        version: 9,
+        name: "explicit messages from the main group",
+        apply: explicit_messages,
+    },
 ];
 
-pub const LATEST_VERSION: i64 = 8;
+pub const LATEST_VERSION: i64 = 9;
 
 pub(super) fn migrate(conn: &mut Connection, ctx: &MigrationContext) -> Result<(), StoreError> {
     let current: i64 = conn
@@ -293,6 +298,13 @@ fn reply_files_index(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<()
         "CREATE INDEX idx_outbox_files ON outbox(chat_jid, message_id) WHERE file_path IS NOT NULL;",
     )
     .ctx("indexing replies with files")
+}
+
+/// `outbox.explicit`: a message the main group's agent sent to a chat on purpose (IPC
+/// `message`), which a channel may deliver to a chat that never wrote first (WhatsApp).
+fn explicit_messages(tx: &Transaction<'_>, _ctx: &MigrationContext) -> Result<(), StoreError> {
+    tx.execute_batch("ALTER TABLE outbox ADD COLUMN explicit INTEGER NOT NULL DEFAULT 0;")
+        .ctx("adding outbox.explicit")
 }
 
 /// One row per model response the credential proxy forwarded.
