@@ -411,6 +411,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_main_group_moves_to_another_chat_with_its_folder() {
+        let (_d, store) = open_temp();
+        store
+            .register_group(&group("web:main", "main", true))
+            .expect("register main");
+        store
+            .register_group(&group("tg:1", "family", false))
+            .expect("register");
+        let refused = store
+            .move_main("web:main", "tg:1", "x")
+            .expect_err("taken")
+            .to_string();
+        assert!(refused.contains("registered already"), "{refused}");
+        let refused = store
+            .move_main("tg:1", "15550001111@s.whatsapp.net", "x")
+            .expect_err("not main")
+            .to_string();
+        assert!(refused.contains("not the main group"), "{refused}");
+        store
+            .move_main("web:main", "15550001111@s.whatsapp.net", "WhatsApp (me)")
+            .expect("moved");
+        let main = store.main_group().expect("read").expect("a main group");
+        assert_eq!(
+            (main.jid.as_str(), main.folder.as_str(), main.name.as_str()),
+            ("15550001111@s.whatsapp.net", "main", "WhatsApp (me)")
+        );
+        assert_eq!(store.registered_groups().expect("list").len(), 2);
+    }
+
+    #[test]
     fn conflicts_are_refused_with_a_way_out() {
         let (_d, store) = open_temp();
         store
