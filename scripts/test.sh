@@ -12,3 +12,6 @@ image_root=$(mktemp -d)
 trap 'rm -rf "$image_root"' EXIT
 ./target/debug/nanoclaw image build --runtime podman --root "$image_root"
 cargo test --workspace --locked
+# The WhatsApp wire test: its own workspace, so its certificate-skipping feature never
+# reaches the binaries above (it shares their target directory, not their features).
+cargo test --manifest-path tests/whatsapp-wire/Cargo.toml --locked --target-dir target

@@ -194,7 +194,11 @@ impl WaClient for Live {
             )
             .with_http_client(http)
             .with_runtime(TokioRuntime)
-            .with_push_name(DEVICE_NAME)
+            // The name under the phone's "Linked devices". (Not `with_push_name`: that
+            // is the account's own display name, which others see.)
+            .with_device_props(
+                whatsapp_rust::wacore::store::DevicePropsOverride::new().with_os(DEVICE_NAME),
+            )
             .with_event_handler(Forward(raw_tx));
         if let Some(version) = self.config.version {
             builder = builder.with_version(version);
