@@ -14,4 +14,4 @@ trap 'rm -rf "$image_root"' EXIT
 cargo test --workspace --locked
 # The WhatsApp wire test: its own workspace, so its certificate-skipping feature never
 # reaches the binaries above (it shares their target directory, not their features).
-cargo test --manifest-path tests/whatsapp-wire/Cargo.toml --locked --target-dir target
+cargo test --manifest-path tests/whatsapp-wire/Cargo.toml --locked --target-dir target -- --test-threads=2

@@ -99,6 +99,9 @@ pub enum WaEvent {
     Disconnected { reason: String },
     /// The user removed this device on the phone: final, no reconnecting.
     LoggedOut { reason: String },
+    /// WhatsApp locked the account (it may be unlocked in the app): no reconnecting,
+    /// the keys are kept.
+    Locked { reason: String },
     /// Linking did not succeed (codes ran out, the phone refused).
     LinkFailed { reason: String },
 }

@@ -40,6 +40,9 @@ const MAX_QUOTE: usize = 500;
 pub const HISTORY: &str = "from WhatsApp's history sync after linking: kept, never acted on";
 const LID_STATE: &str = "whatsapp:lid:";
 const KNOWN_STATE: &str = "whatsapp:known:";
+const STARTED_STATE: &str = "whatsapp:started:";
+/// How many chats main may start on WhatsApp in a day (UTC).
+pub const MAX_NEW_CHATS_PER_DAY: u32 = 10;
 
 pub struct Settings {
     pub assistant_name: String,
@@ -175,6 +178,37 @@ impl WhatsApp {
             lock(&self.known).insert(jid.to_string());
         }
         known
+    }
+
+    /// Counts a chat main starts today; refuses past [`MAX_NEW_CHATS_PER_DAY`].
+    async fn count_new_chat(&self, host: &dyn ChannelHost, jid: &str) -> Result<(), ChannelError> {
+        let today: String = nanoclaw_channel::time::now().chars().take(10).collect();
+        let key = format!("{STARTED_STATE}{today}");
+        let started: u32 = match host.load_state(&key).await {
+            Ok(v) => v.and_then(|v| v.parse().ok()).unwrap_or(0),
+            Err(e) => {
+                return Err(ChannelError::new(
+                    NAME,
+                    format!("cannot count new chats: {e}"),
+                ));
+            }
+        };
+        if started >= MAX_NEW_CHATS_PER_DAY {
+            return Err(ChannelError::new(
+                NAME,
+                format!(
+                    "not sent to {jid}: the assistant has started {started} new WhatsApp chats today, \
+                     the most it may in a day (they come from your own number)"
+                ),
+            )
+            .with_retry(SendRetry::Never));
+        }
+        host.save_state(&key, &(started + 1).to_string())
+            .await
+            .map_err(|e| ChannelError::new(NAME, format!("cannot count new chats: {e}")))?;
+        // Once started, the chat is known: later messages to it are not new.
+        self.remember_chat(host, jid).await;
+        Ok(())
     }
 
     async fn group_name(&self, jid: &str) -> Option<String> {
@@ -324,6 +358,17 @@ impl WhatsApp {
                 };
                 return false;
             }
+            WaEvent::Locked { reason } => {
+                tracing::error!(
+                    "whatsapp: WhatsApp locked this account ({reason}); open WhatsApp on the phone, then restart nanoclaw"
+                );
+                *lock(&self.condition) = ChannelCondition::NeedsAttention {
+                    reason: format!(
+                        "WhatsApp locked the account ({reason}): open WhatsApp on the phone, then restart"
+                    ),
+                };
+                return false;
+            }
             // Linking is `nanoclaw whatsapp link`'s business.
             WaEvent::Qr { .. }
             | WaEvent::PairCode { .. }
@@ -393,17 +438,21 @@ impl Channel for WhatsApp {
             jid = self.canonical(host.as_ref(), &jid, None).await;
         }
         if let Some(host) = &host
-            && !message.explicit
             && !self.may_write_to(host.as_ref(), &jid).await
         {
-            return Err(ChannelError::new(
-                NAME,
-                format!(
-                    "{jid} has never written to this account and is not a registered group; \
-                     NanoClaw starts a WhatsApp chat only when the main group sends to it on purpose"
-                ),
-            )
-            .with_retry(SendRetry::Never));
+            if !message.explicit {
+                return Err(ChannelError::new(
+                    NAME,
+                    format!(
+                        "{jid} has never written to this account and is not a registered group; \
+                         NanoClaw starts a WhatsApp chat only when the main group sends to it on purpose"
+                    ),
+                )
+                .with_retry(SendRetry::Never));
+            }
+            // Main may start chats, from the user's own number: a few a day, so that
+            // a prompt injection cannot spam strangers (and get the account locked).
+            self.count_new_chat(host.as_ref(), &jid).await?;
         }
         // Every piece carries the prefix, so each is recognised as the assistant's.
         let prefix = self.prefix();

@@ -165,7 +165,7 @@ pub async fn link(
             }
             WaEvent::Connected { account } if paired.is_some() => break Ok(account),
             WaEvent::LinkFailed { reason } => break Err(format!("linking failed: {reason}")),
-            WaEvent::LoggedOut { reason } => {
+            WaEvent::LoggedOut { reason } | WaEvent::Locked { reason } => {
                 break Err(format!("WhatsApp refused this device ({reason})"));
             }
             WaEvent::Disconnected { reason } if paired.is_none() && reason != last_trouble => {
@@ -186,7 +186,9 @@ pub async fn link(
 /// deletes the keys. `Ok(true)` when WhatsApp was told; `Ok(false)` when only the keys
 /// were deleted (the phone still lists the device until the user removes it).
 pub async fn unlink(config: LiveConfig, connect_timeout: Duration) -> Result<bool, String> {
-    if crate::store::linked_account(&config.store)?.is_none() {
+    // A store that cannot be read is still deleted: unlink is how the user gets rid
+    // of the keys, whatever state they are in.
+    if matches!(crate::store::linked_account(&config.store), Ok(None)) {
         crate::store::delete(&config.store)?;
         return Ok(false);
     }
@@ -197,7 +199,7 @@ pub async fn unlink(config: LiveConfig, connect_timeout: Duration) -> Result<boo
             while let Some(event) = events.recv().await {
                 match event {
                     WaEvent::Connected { .. } => return true,
-                    WaEvent::LoggedOut { .. } => return false,
+                    WaEvent::LoggedOut { .. } | WaEvent::Locked { .. } => return false,
                     _ => {}
                 }
             }

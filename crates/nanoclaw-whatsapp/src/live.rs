@@ -19,7 +19,7 @@ use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::http::{HttpClient, HttpRequest, HttpResponse};
 use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
-use whatsapp_rust::types::events::{Event, EventHandler};
+use whatsapp_rust::types::events::{ConnectFailureReason, Event, EventHandler};
 use whatsapp_rust::wacore::proto_helpers::MessageExt;
 use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::{Client, Jid, TokioRuntime};
@@ -74,13 +74,23 @@ impl HttpClient for Http {
     async fn execute(&self, request: HttpRequest) -> whatsapp_rust::anyhow::Result<HttpResponse> {
         let url = reqwest::Url::parse(&request.url)
             .map_err(|e| whatsapp_rust::anyhow::anyhow!("bad URL {}: {e}", request.url))?;
-        if let Some(only) = &self.host_only
-            && url.host_str() != Some(only.as_str())
-        {
-            return Err(whatsapp_rust::anyhow::anyhow!(
-                "refused {}: WHATSAPP_WS_URL points at {only}, so nothing else is contacted",
-                request.url
-            ));
+        let host = url.host_str().unwrap_or_default();
+        match &self.host_only {
+            Some(only) if host != only => {
+                return Err(whatsapp_rust::anyhow::anyhow!(
+                    "refused {}: WHATSAPP_WS_URL points at {only}, so nothing else is contacted",
+                    request.url
+                ));
+            }
+            // WhatsApp's own hosts only (the Web version, media), whatever a message
+            // names.
+            None if !is_whatsapp_host(host) || url.scheme() != "https" => {
+                return Err(whatsapp_rust::anyhow::anyhow!(
+                    "refused {}: not a WhatsApp host over HTTPS",
+                    request.url
+                ));
+            }
+            _ => {}
         }
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|e| whatsapp_rust::anyhow::anyhow!("bad method {}: {e}", request.method))?;
@@ -105,6 +115,14 @@ impl HttpClient for Http {
         }
         Ok(HttpResponse { status_code, body })
     }
+}
+
+/// `whatsapp.com`, `whatsapp.net` and their subdomains.
+fn is_whatsapp_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    ["whatsapp.com", "whatsapp.net"]
+        .iter()
+        .any(|d| host == *d || host.ends_with(&format!(".{d}")))
 }
 
 /// Hands each library event, in order, to our mapping task.
@@ -178,8 +196,12 @@ impl WaClient for Live {
         }
         nanoclaw_channel::http::install_tls_provider();
         let store = SqliteStore::open(&self.config.store)?;
+        let keys = store.clone();
         let http = Http {
             client: nanoclaw_channel::http::client()
+                // The host checks above hold for the first URL only: no redirects
+                // (the library reads statuses itself).
+                .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(20))
                 .timeout(Duration::from_secs(120))
                 .build()
@@ -216,17 +238,19 @@ impl WaClient for Live {
         let client = bot.client();
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&client));
         let events = self.events.clone();
-        let store_path = self.config.store.clone();
         let mapper = tokio::spawn(async move {
             while let Some(event) = raw_rx.recv().await {
-                if let Event::LoggedOut(out) = &*event {
+                if let Event::LoggedOut(out) = &*event
+                    && device_removed(out.reason)
+                {
                     // WhatsApp never takes these keys again: they go, so that `status`
-                    // says "not linked" and the next start does not try them.
+                    // says "not linked" and the next start does not try them. (A
+                    // locked account keeps them: a lock can be lifted.)
                     tracing::warn!(
-                        "whatsapp: logged out ({:?}); deleting this device's keys",
+                        "whatsapp: this device was logged out ({:?}); deleting its keys",
                         out.reason
                     );
-                    if let Err(e) = crate::store::delete(&store_path) {
+                    if let Err(e) = keys.wipe().await {
                         tracing::error!("whatsapp: {e}");
                     }
                 }
@@ -247,6 +271,8 @@ impl WaClient for Live {
             bot.shutdown().await;
             mapper.abort();
         }
+        // The client holds the key store open; it goes with it.
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     async fn send_text(&self, to: &str, text: &str) -> Result<String, String> {
@@ -294,6 +320,15 @@ impl WaClient for Live {
             .map_err(|e| e.to_string())?;
         Ok(Some(meta.subject).filter(|s| !s.trim().is_empty()))
     }
+}
+
+/// A logout that ends this device for good (removed on the phone, unlinked, or an
+/// unknown logout), as against a locked account, which can be unlocked.
+fn device_removed(reason: ConnectFailureReason) -> bool {
+    matches!(
+        reason,
+        ConnectFailureReason::LoggedOut | ConnectFailureReason::UnknownLogout
+    )
 }
 
 fn account_of(client: &Client) -> Option<Account> {
@@ -485,9 +520,28 @@ async fn map_event(event: &Event, client: &Arc<Client>) -> Vec<WaEvent> {
         Event::TemporaryBan(ban) => vec![WaEvent::Disconnected {
             reason: format!("WhatsApp banned this account for a while: {ban:?}"),
         }],
-        Event::LoggedOut(out) => vec![WaEvent::LoggedOut {
+        Event::LoggedOut(out) if device_removed(out.reason) => vec![WaEvent::LoggedOut {
             reason: format!("{:?}", out.reason),
         }],
+        Event::LoggedOut(out) => {
+            let said = out
+                .logout_message
+                .as_ref()
+                .map(|m| {
+                    [m.header.as_deref(), m.subtext.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(": ")
+                })
+                .filter(|m| !m.is_empty());
+            vec![WaEvent::Locked {
+                reason: match said {
+                    Some(said) => format!("{:?}: {said}", out.reason),
+                    None => format!("{:?}", out.reason),
+                },
+            }]
+        }
         Event::Messages(batch) => {
             let mut out = Vec::new();
             for m in batch.messages.iter() {
@@ -655,5 +709,25 @@ mod tests {
             ..config
         };
         assert_eq!(real.http_host_only(), None);
+        let http = Http {
+            host_only: None,
+            ..http
+        };
+        for refused in [
+            "http://web.whatsapp.com/sw.js",
+            "https://whatsapp.com.evil.example/x",
+            "https://evilwhatsapp.com/x",
+            "https://127.0.0.1/x",
+        ] {
+            let e = http
+                .execute(HttpRequest::get(refused))
+                .await
+                .expect_err(refused);
+            assert!(
+                e.to_string().contains("not a WhatsApp host"),
+                "{refused}: {e}"
+            );
+        }
+        assert!(is_whatsapp_host("mmg.whatsapp.net") && is_whatsapp_host("WEB.WhatsApp.com."));
     }
 }

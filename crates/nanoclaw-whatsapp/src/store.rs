@@ -117,6 +117,9 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Set by [`SqliteStore::wipe`]: every later call fails, so nothing the library
+    /// still holds in memory (a device snapshot it flushes at shutdown) comes back.
+    wiped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SqliteStore {
@@ -141,8 +144,10 @@ impl SqliteStore {
                     .map_err(|e| format!("cannot make {} private: {e}", file.display()))?;
             }
         }
+        // `secure_delete`: deleted keys are overwritten, not left in free pages.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;
+             PRAGMA secure_delete = ON;",
         )
         .and_then(|()| conn.execute_batch(SCHEMA))
         .map_err(|e| {
@@ -153,7 +158,32 @@ impl SqliteStore {
         })?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            wiped: Arc::default(),
         })
+    }
+
+    /// Deletes every key and record (the device was logged out: WhatsApp never takes
+    /// these keys again), overwriting them on disk and emptying the write-ahead log.
+    /// The file stays, empty (so no other open handle can write into a new store at
+    /// this path); every later call on this store fails.
+    pub async fn wipe(&self) -> std::result::Result<(), String> {
+        self.wiped.store(true, std::sync::atomic::Ordering::SeqCst);
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 DELETE FROM kv; DELETE FROM prekeys; DELETE FROM mutation_macs;
+                 DELETE FROM sender_key_devices; DELETE FROM lid_pn; DELETE FROM tc_tokens;
+                 DELETE FROM sent_messages; DELETE FROM pending_inbound; DELETE FROM msg_secrets;
+                 DELETE FROM device;
+                 COMMIT;
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .map_err(|e| format!("cannot delete the WhatsApp keys: {e}"))
+        })
+        .await
+        .map_err(|e| format!("cannot delete the WhatsApp keys: {e}"))?
     }
 
     /// Runs `f` on the connection, off the async threads.
@@ -161,6 +191,11 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        if self.wiped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Database(
+                "this device was logged out and its keys deleted".into(),
+            ));
+        }
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());

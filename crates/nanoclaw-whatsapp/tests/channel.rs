@@ -312,6 +312,25 @@ async fn replies_go_only_to_known_chats_in_prefixed_pieces() {
         r.client.texts_to(stranger),
         vec!["Andy: hello from main".to_string()]
     );
+    // The chat is known now; new ones are capped per day.
+    r.send(stranger, "and again", true)
+        .await
+        .expect("a known chat");
+    for n in 1..nanoclaw_whatsapp::channel::MAX_NEW_CHATS_PER_DAY {
+        r.send(&format!("1555900{n:04}@s.whatsapp.net"), "hi", true)
+            .await
+            .expect("under the cap");
+    }
+    let capped = r
+        .send("15559999999@s.whatsapp.net", "one too many", true)
+        .await
+        .expect_err("over the cap");
+    assert_eq!(capped.retry, nanoclaw_channel::SendRetry::Never);
+    assert!(
+        capped.message.contains("new WhatsApp chats today"),
+        "{capped}"
+    );
+    assert!(r.client.texts_to("15559999999@s.whatsapp.net").is_empty());
     // A registered group may be written to before anyone in it spoke.
     r.host
         .registered

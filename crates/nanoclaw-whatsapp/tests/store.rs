@@ -503,3 +503,91 @@ async fn the_linked_account_is_read_from_the_store_and_unlinking_deletes_it() {
     assert_eq!(linked_account(&path), Ok(None));
     delete(&path).expect("deleting nothing is fine");
 }
+
+/// A logged-out device's keys are overwritten in place (no file is removed under an open
+/// handle), and nothing the library still holds can write them back.
+#[tokio::test]
+async fn wiping_overwrites_the_keys_and_refuses_later_writes() {
+    use nanoclaw_whatsapp::store::linked_account;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("auth/whatsapp.db");
+    let store = open(dir.path());
+    let pm = PersistenceManager::new(Arc::new(store.clone()))
+        .await
+        .expect("device");
+    pm.modify_device(|d| d.pn = Some("15551230000@s.whatsapp.net".parse().expect("jid")))
+        .await;
+    pm.flush().await.expect("saved");
+    // The identity key pair as the store holds it (the device is JSON).
+    let device = serde_json::to_value(&**pm.get_device_snapshot()).expect("device json");
+    let secret = serde_json::to_vec(&device["identity_key"]).expect("key json");
+    assert!(secret.len() > 40, "{}", String::from_utf8_lossy(&secret));
+    let on_disk = |secret: &[u8]| {
+        ["", "-wal"].iter().any(|suffix| {
+            let file = std::fs::read(format!("{}{suffix}", path.display())).unwrap_or_default();
+            file.windows(secret.len()).any(|w| w == secret)
+        })
+    };
+    assert!(
+        on_disk(&secret),
+        "the identity key is stored (or the check proves nothing)"
+    );
+    assert!(linked_account(&path).expect("read").is_some());
+
+    store.wipe().await.expect("wiped");
+    assert!(path.exists(), "the file stays, empty");
+    assert_eq!(linked_account(&path), Ok(None));
+    assert!(
+        !on_disk(&secret),
+        "the identity key is overwritten, in the file and its log"
+    );
+    // The library flushing its snapshot at shutdown writes nothing back.
+    pm.modify_device(|d| d.push_name = "late".into()).await;
+    let _ = pm.flush().await;
+    assert!(
+        store.load().await.is_err(),
+        "a wiped store refuses every call"
+    );
+    assert_eq!(linked_account(&path), Ok(None));
+    // `link` later starts afresh on the same path.
+    let again = open(dir.path());
+    assert!(!again.exists().await.expect("exists"), "no device");
+}
+
+/// The shipped build checks WhatsApp's certificate chain against WhatsApp's root key:
+/// a chain signed with zeros (what the wire test's server sends, accepted there only
+/// because that separate build turns the check off) is refused here.
+#[test]
+fn a_certificate_chain_not_signed_by_whatsapp_is_refused() {
+    use whatsapp_rust::buffa::{Message, MessageField};
+    use whatsapp_rust::wacore::handshake::HandshakeUtils;
+    use whatsapp_rust::waproto::whatsapp::{
+        CertChain,
+        cert_chain::{NoiseCertificate, noise_certificate::Details},
+    };
+    let server_static = [7u8; 32];
+    let details = |serial, issuer, key: Vec<u8>| {
+        Details {
+            serial: Some(serial),
+            issuer_serial: Some(issuer),
+            key: Some(key),
+            not_before: Some(1_700_000_000),
+            not_after: Some(1_900_000_000),
+        }
+        .encode_to_vec()
+    };
+    let chain = CertChain {
+        leaf: MessageField::some(NoiseCertificate {
+            details: Some(details(2, 1, server_static.to_vec())),
+            signature: Some(vec![0; 64]),
+        }),
+        intermediate: MessageField::some(NoiseCertificate {
+            details: Some(details(1, 0, vec![0xCC; 32])),
+            signature: Some(vec![0; 64]),
+        }),
+    }
+    .encode_to_vec();
+    let e = HandshakeUtils::verify_server_cert(&chain, &server_static)
+        .expect_err("a forged chain must be refused");
+    assert!(e.to_string().contains("signature"), "{e}");
+}

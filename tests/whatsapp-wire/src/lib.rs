@@ -60,6 +60,9 @@ pub enum Seen {
     Synced,
     /// The client asked to be removed as a companion device (`logout`).
     RemoveCompanion,
+    /// The client asked for a pairing code for this phone number, to be shown on the
+    /// phone as this device.
+    PairCodeRequested { jid: String, display: String },
 }
 
 /// What the test asks of the server's connections.
@@ -69,6 +72,8 @@ pub enum Command {
     Scan(String),
     /// End every connection with this stream error code (401: the device was removed).
     StreamError(&'static str),
+    /// End every connection with a `<failure reason=…>` (403: the account is locked).
+    Failure(&'static str),
 }
 
 struct Identity {
@@ -586,6 +591,11 @@ async fn serve(shared: Arc<Shared>, tcp: tokio::net::TcpStream) -> Result<()> {
                     let _ = conn.ws.close(None).await;
                     return Ok(());
                 }
+                Ok(Command::Failure(reason)) => {
+                    conn.send(&NodeBuilder::new("failure").attr("reason", reason).build()).await?;
+                    let _ = conn.ws.close(None).await;
+                    return Ok(());
+                }
                 Ok(_) => {}
                 Err(_) => return Ok(()),
             },
@@ -656,6 +666,32 @@ fn answer(shared: &Shared, phone: &mut Option<Phone>, node: &Node) -> Result<Opt
                     .attr("id", id)
                     .attr("type", "result")
                     .children([NodeBuilder::new("sync").children(collections).build()])
+                    .build(),
+            ]))
+        }
+        "md" if node.get_optional_child("link_code_companion_reg").is_some() => {
+            let reg = node
+                .get_optional_child("link_code_companion_reg")
+                .context("checked")?;
+            let display = reg
+                .get_optional_child("companion_platform_display")
+                .and_then(bytes_of)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            shared.saw(Seen::PairCodeRequested {
+                jid: attr(reg, "jid").unwrap_or_default(),
+                display,
+            });
+            Ok(Some(vec![
+                NodeBuilder::new("iq")
+                    .attr("from", "s.whatsapp.net")
+                    .attr("id", id)
+                    .attr("type", "result")
+                    .children([NodeBuilder::new("link_code_companion_reg")
+                        .children([NodeBuilder::new("link_code_pairing_ref")
+                            .bytes(b"wire-test-pairing-ref".to_vec())
+                            .build()])
+                        .build()])
                     .build(),
             ]))
         }

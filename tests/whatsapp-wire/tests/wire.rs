@@ -246,27 +246,34 @@ impl ChannelHost for Host {
 }
 
 async fn wait_condition(
+    server: &Server,
     channel: &WhatsApp,
     want: impl Fn(&ChannelCondition) -> bool,
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !want(&channel.condition()) {
         if tokio::time::Instant::now() > deadline {
-            bail!("the channel is {:?}", channel.condition());
+            bail!(
+                "the channel is {:?}; the server saw {:?}",
+                channel.condition(),
+                server.seen()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_device_removed_on_the_phone_stops_the_channel_for_good() -> Result<()> {
-    let server = Server::start(&REFS).await?;
-    let root = tempfile::tempdir()?;
-    let config = config(&server, root.path());
-    link_through(&server, &config).await?;
-
-    // The daemon's channel, over the real client, as `channels::configured` builds it.
+/// The daemon's channel over the real client, as `channels::configured` builds it,
+/// running until it is connected.
+async fn connected_channel(
+    server: &Server,
+    config: &LiveConfig,
+) -> Result<(
+    Arc<WhatsApp>,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Sender<bool>,
+)> {
     let (client, events) = Live::new(config.clone(), None);
     let channel = Arc::new(
         WhatsApp::new(
@@ -279,13 +286,23 @@ async fn the_device_removed_on_the_phone_stops_the_channel_for_good() -> Result<
         )
         .with_account(account()),
     );
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let run = tokio::spawn(Arc::clone(&channel).run(Arc::new(Host::default()), stop_rx));
-    wait_condition(&channel, |c| {
+    wait_condition(server, &channel, |c| {
         matches!(c, ChannelCondition::Connected { .. })
     })
     .await?;
     assert!(channel.is_connected());
+    Ok((channel, run, stop))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_removed_on_the_phone_stops_the_channel_for_good() -> Result<()> {
+    let server = Server::start(&REFS).await?;
+    let root = tempfile::tempdir()?;
+    let config = config(&server, root.path());
+    link_through(&server, &config).await?;
+    let (channel, run, _stop) = connected_channel(&server, &config).await?;
 
     let handshakes = |s: &[Seen]| {
         s.iter()
@@ -294,7 +311,7 @@ async fn the_device_removed_on_the_phone_stops_the_channel_for_good() -> Result<
     };
     let before = handshakes(&server.seen());
     server.command(Command::StreamError("401"));
-    wait_condition(&channel, |c| {
+    wait_condition(&server, &channel, |c| {
         matches!(c, ChannelCondition::NeedsAttention { reason } if reason == "unlinked: run `nanoclaw whatsapp link`")
     })
     .await?;
@@ -309,5 +326,83 @@ async fn the_device_removed_on_the_phone_stops_the_channel_for_good() -> Result<
     // No retry loop: nothing connects again.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(handshakes(&server.seen()), before, "{:?}", server.seen());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_with_a_phone_number_shows_the_pairing_code_instead_of_a_qr_code() -> Result<()> {
+    let server = Server::start(&REFS).await?;
+    let root = tempfile::tempdir()?;
+    let config = config(&server, root.path());
+    let terminal = Terminal::default();
+    let linking = tokio::spawn({
+        let (config, mut terminal) = (config.clone(), terminal.clone());
+        async move {
+            link::link(
+                config,
+                Some("+1 (555) 123-4567".into()),
+                false,
+                Duration::from_secs(60),
+                &mut terminal,
+            )
+            .await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        let text = terminal.text();
+        if let Some(rest) = text.split("Pairing code: ").nth(1) {
+            break rest.lines().next().unwrap_or_default().to_string();
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no pairing code on the terminal:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        code.chars().filter(char::is_ascii_alphanumeric).count(),
+        8,
+        "{code}"
+    );
+    let text = terminal.text();
+    assert!(text.contains("Link with phone number instead"), "{text}");
+    assert!(
+        read_qr(&text).is_none() && !text.contains('█'),
+        "no QR code: {text}"
+    );
+    let requested = server.seen().into_iter().find_map(|s| match s {
+        Seen::PairCodeRequested { jid, display } => Some((jid, display)),
+        _ => None,
+    });
+    let (jid, display) = requested.context("the client asked for a pairing code")?;
+    assert_eq!(
+        jid,
+        format!("{PHONE_USER}@s.whatsapp.net"),
+        "the number, normalized"
+    );
+    // WhatsApp refuses a pairing-code request whose display is not a real browser and
+    // OS, so the library sends its safe form there (the QR path shows "NanoClaw").
+    assert_eq!(display, "Chrome (Linux)");
+    linking.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_account_stops_the_channel_and_keeps_the_keys() -> Result<()> {
+    let server = Server::start(&REFS).await?;
+    let root = tempfile::tempdir()?;
+    let config = config(&server, root.path());
+    link_through(&server, &config).await?;
+    let (channel, run, _stop) = connected_channel(&server, &config).await?;
+    server.command(Command::Failure("403"));
+    wait_condition(&server, &channel, |c| {
+        matches!(c, ChannelCondition::NeedsAttention { reason } if reason.contains("locked the account"))
+    })
+    .await?;
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .context("the channel's run did not end")??;
+    // A lock can be lifted in the app: the device's keys stay.
+    assert_eq!(linked_account(&config.store), Ok(Some(account())));
     Ok(())
 }

@@ -33,9 +33,12 @@ pub fn run(config: &Config, command: WhatsAppCommand) -> Result<ExitCode> {
     let store = Layout::new(&config.root).whatsapp_store();
     match command {
         WhatsAppCommand::Status => {
-            match whatsapp::store::linked_account(&store).map_err(anyhow::Error::msg)? {
-                None => println!("not linked (run `nanoclaw whatsapp link`)"),
-                Some(account) => println!("linked as {}", describe(&account)),
+            match whatsapp::store::linked_account(&store) {
+                Ok(None) => println!("not linked (run `nanoclaw whatsapp link`)"),
+                Ok(Some(account)) => println!("linked as {}", describe(&account)),
+                Err(e) => println!(
+                    "not usable: {e} (`nanoclaw whatsapp unlink` deletes it; then link again)"
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -75,11 +78,7 @@ pub fn run(config: &Config, command: WhatsAppCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         WhatsAppCommand::Unlink => {
-            if whatsapp::store::linked_account(&store)
-                .map_err(anyhow::Error::msg)?
-                .is_none()
-                && !store.exists()
-            {
+            if matches!(whatsapp::store::linked_account(&store), Ok(None)) && !store.exists() {
                 println!("not linked; nothing to do");
                 return Ok(ExitCode::SUCCESS);
             }
