@@ -102,6 +102,9 @@ pub enum WaEvent {
     /// WhatsApp locked the account (it may be unlocked in the app): no reconnecting,
     /// the keys are kept.
     Locked { reason: String },
+    /// The client stopped for good and keeps the keys (another connection took over,
+    /// a temporary ban, an outdated client): `reason` says what to do.
+    Stopped { reason: String },
     /// Linking did not succeed (codes ran out, the phone refused).
     LinkFailed { reason: String },
 }

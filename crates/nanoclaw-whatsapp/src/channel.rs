@@ -358,6 +358,11 @@ impl WhatsApp {
                 };
                 return false;
             }
+            WaEvent::Stopped { reason } => {
+                tracing::error!("whatsapp: stopped: {reason}");
+                *lock(&self.condition) = ChannelCondition::NeedsAttention { reason };
+                return false;
+            }
             WaEvent::Locked { reason } => {
                 tracing::error!(
                     "whatsapp: WhatsApp locked this account ({reason}); open WhatsApp on the phone, then restart nanoclaw"

@@ -168,6 +168,7 @@ pub async fn link(
             WaEvent::LoggedOut { reason } | WaEvent::Locked { reason } => {
                 break Err(format!("WhatsApp refused this device ({reason})"));
             }
+            WaEvent::Stopped { reason } => break Err(format!("linking stopped: {reason}")),
             WaEvent::Disconnected { reason } if paired.is_none() && reason != last_trouble => {
                 said(
                     out,
@@ -199,7 +200,9 @@ pub async fn unlink(config: LiveConfig, connect_timeout: Duration) -> Result<boo
             while let Some(event) = events.recv().await {
                 match event {
                     WaEvent::Connected { .. } => return true,
-                    WaEvent::LoggedOut { .. } | WaEvent::Locked { .. } => return false,
+                    WaEvent::LoggedOut { .. }
+                    | WaEvent::Locked { .. }
+                    | WaEvent::Stopped { .. } => return false,
                     _ => {}
                 }
             }

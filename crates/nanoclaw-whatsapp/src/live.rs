@@ -502,8 +502,9 @@ async fn map_event(event: &Event, client: &Arc<Client>) -> Vec<WaEvent> {
         Event::QrScannedWithoutMultidevice(_) => vec![WaEvent::LinkFailed {
             reason: "the phone scanned the code but has multi-device turned off".into(),
         }],
-        Event::ClientOutdated(_) => vec![WaEvent::Disconnected {
-            reason: "WhatsApp says this client version is outdated: update NanoClaw (or WHATSAPP_VERSION)"
+        // The library stops reconnecting after these.
+        Event::ClientOutdated(_) => vec![WaEvent::Stopped {
+            reason: "WhatsApp says this client version is outdated: update NanoClaw (or unset WHATSAPP_VERSION), then restart"
                 .into(),
         }],
         Event::Connected(_) => match account_of(client) {
@@ -513,12 +514,14 @@ async fn map_event(event: &Event, client: &Arc<Client>) -> Vec<WaEvent> {
         Event::Disconnected(d) => vec![WaEvent::Disconnected {
             reason: format!("{:?}", d.reason),
         }],
-        Event::StreamReplaced(_) => vec![WaEvent::Disconnected {
-            reason: "another connection with this device's keys took over (is a second NanoClaw, or `whatsapp link`, running?)"
+        Event::StreamReplaced(_) => vec![WaEvent::Stopped {
+            reason: "another connection with this device's keys took over (a second NanoClaw, or `nanoclaw whatsapp unlink`?): restart nanoclaw"
                 .into(),
         }],
-        Event::TemporaryBan(ban) => vec![WaEvent::Disconnected {
-            reason: format!("WhatsApp banned this account for a while: {ban:?}"),
+        Event::TemporaryBan(ban) => vec![WaEvent::Stopped {
+            reason: format!(
+                "WhatsApp banned this account for a while ({ban:?}): restart nanoclaw when it ends"
+            ),
         }],
         Event::LoggedOut(out) if device_removed(out.reason) => vec![WaEvent::LoggedOut {
             reason: format!("{:?}", out.reason),
@@ -550,19 +553,27 @@ async fn map_event(event: &Event, client: &Arc<Client>) -> Vec<WaEvent> {
             out
         }
         Event::HistorySync(sync) => {
-            let Some(history) = sync.get() else {
-                return Vec::new();
-            };
-            let mut messages = Vec::new();
-            for conversation in &history.conversations {
-                for m in &conversation.messages {
-                    if let Some(web) = m.message.as_option()
-                        && let Some(m) = history_message(&conversation.id, web)
-                    {
-                        messages.push(m);
+            // Inflating and decoding a history chunk (megabytes) is work for the
+            // blocking pool, not for the threads that carry messages.
+            let sync = (**sync).clone();
+            let messages = tokio::task::spawn_blocking(move || {
+                let Some(history) = sync.get() else {
+                    return Vec::new();
+                };
+                let mut messages = Vec::new();
+                for conversation in &history.conversations {
+                    for m in &conversation.messages {
+                        if let Some(web) = m.message.as_option()
+                            && let Some(m) = history_message(&conversation.id, web)
+                        {
+                            messages.push(m);
+                        }
                     }
                 }
-            }
+                messages
+            })
+            .await
+            .unwrap_or_default();
             if messages.is_empty() {
                 Vec::new()
             } else {

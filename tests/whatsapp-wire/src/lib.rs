@@ -74,6 +74,9 @@ pub enum Command {
     StreamError(&'static str),
     /// End every connection with a `<failure reason=…>` (403: the account is locked).
     Failure(&'static str),
+    /// End every connection with a `<conflict type="replaced"/>`: another connection
+    /// took the device's stream over.
+    Replaced,
 }
 
 struct Identity {
@@ -87,6 +90,9 @@ struct Shared {
     refs: Vec<String>,
     seen: Mutex<Vec<Seen>>,
     commands: broadcast::Sender<Command>,
+    /// The last ending command: a client that reconnects after it gets it too, as a
+    /// removed device keeps getting its 401 (cleared by [`Server::clear_ending`]).
+    ending: Mutex<Option<Command>>,
 }
 
 /// The running server.
@@ -156,6 +162,7 @@ impl Server {
             refs: refs.iter().map(|r| r.to_string()).collect(),
             seen: Mutex::new(Vec::new()),
             commands,
+            ending: Mutex::new(None),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -185,7 +192,15 @@ impl Server {
             .clone()
     }
 
+    /// Lets clients connect again after an ending command.
+    pub fn clear_ending(&self) {
+        *self.shared.ending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     pub fn command(&self, command: Command) {
+        if !matches!(command, Command::Scan(_)) {
+            *self.shared.ending.lock().unwrap_or_else(|p| p.into_inner()) = Some(command.clone());
+        }
         let _ = self.shared.commands.send(command);
     }
 
@@ -567,6 +582,14 @@ async fn serve(shared: Arc<Shared>, tcp: tokio::net::TcpStream) -> Result<()> {
         )
         .await?;
         shared.saw(Seen::LoggedIn);
+        let ending = shared
+            .ending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(command) = ending {
+            return end(conn, &command).await;
+        }
     }
     loop {
         tokio::select! {
@@ -586,21 +609,29 @@ async fn serve(shared: Arc<Shared>, tcp: tokio::net::TcpStream) -> Result<()> {
                     phone = Some(p);
                     conn.send(&pair_success).await?;
                 }
-                Ok(Command::StreamError(code)) => {
-                    conn.send(&NodeBuilder::new("stream:error").attr("code", code).build()).await?;
-                    let _ = conn.ws.close(None).await;
-                    return Ok(());
-                }
-                Ok(Command::Failure(reason)) => {
-                    conn.send(&NodeBuilder::new("failure").attr("reason", reason).build()).await?;
-                    let _ = conn.ws.close(None).await;
-                    return Ok(());
-                }
-                Ok(_) => {}
+                Ok(Command::Scan(_)) => {}
+                Ok(ending) => return end(conn, &ending).await,
                 Err(_) => return Ok(()),
             },
         }
     }
+}
+
+/// Ends a connection as `command` says.
+async fn end(mut conn: Conn, command: &Command) -> Result<()> {
+    let node = match command {
+        Command::StreamError(code) => NodeBuilder::new("stream:error").attr("code", *code).build(),
+        Command::Replaced => NodeBuilder::new("stream:error")
+            .children([NodeBuilder::new("conflict")
+                .attr("type", "replaced")
+                .build()])
+            .build(),
+        Command::Failure(reason) => NodeBuilder::new("failure").attr("reason", *reason).build(),
+        Command::Scan(_) => return Ok(()),
+    };
+    conn.send(&node).await?;
+    let _ = conn.ws.close(None).await;
+    Ok(())
 }
 
 /// The server's answer to one node from the client (`None`: nothing to say).

@@ -387,22 +387,45 @@ async fn link_with_a_phone_number_shows_the_pairing_code_instead_of_a_qr_code() 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_locked_account_stops_the_channel_and_keeps_the_keys() -> Result<()> {
-    let server = Server::start(&REFS).await?;
-    let root = tempfile::tempdir()?;
-    let config = config(&server, root.path());
-    link_through(&server, &config).await?;
-    let (channel, run, _stop) = connected_channel(&server, &config).await?;
-    server.command(Command::Failure("403"));
-    wait_condition(&server, &channel, |c| {
-        matches!(c, ChannelCondition::NeedsAttention { reason } if reason.contains("locked the account"))
-    })
+/// Runs the daemon's channel until the server ends it with `command`; checks that it
+/// stops with a reason containing `says` and that the keys stay.
+async fn stops_keeping_the_keys(
+    server: &Server,
+    config: &LiveConfig,
+    command: Command,
+    says: &str,
+) -> Result<()> {
+    server.clear_ending();
+    let (channel, run, _stop) = connected_channel(server, config).await?;
+    server.command(command);
+    wait_condition(
+        server,
+        &channel,
+        |c| matches!(c, ChannelCondition::NeedsAttention { reason } if reason.contains(says)),
+    )
     .await?;
     tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .context("the channel's run did not end")??;
-    // A lock can be lifted in the app: the device's keys stay.
     assert_eq!(linked_account(&config.store), Ok(Some(account())));
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn being_replaced_or_locked_stops_the_channel_and_keeps_the_keys() -> Result<()> {
+    let server = Server::start(&REFS).await?;
+    let root = tempfile::tempdir()?;
+    let config = config(&server, root.path());
+    link_through(&server, &config).await?;
+    // Another connection took the stream over: the library stops reconnecting, and the
+    // channel says so instead of "reconnecting" for ever.
+    stops_keeping_the_keys(&server, &config, Command::Replaced, "took over").await?;
+    // A lock can be lifted in the app: the device's keys stay.
+    stops_keeping_the_keys(
+        &server,
+        &config,
+        Command::Failure("403"),
+        "locked the account",
+    )
+    .await
 }
