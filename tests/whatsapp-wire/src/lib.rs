@@ -279,6 +279,30 @@ impl Conn {
     }
 }
 
+/// Sends the ServerHello, alone in its message: the client reads exactly one frame
+/// from it.
+async fn send_server_hello(
+    ws: &mut Ws,
+    ephemeral: &[u8; 32],
+    encrypted_static: Option<Vec<u8>>,
+    encrypted_cert: Vec<u8>,
+) -> Result<()> {
+    let hello = wa::HandshakeMessage {
+        server_hello: buffa::MessageField::some(wa::handshake_message::ServerHello {
+            ephemeral: Some(ephemeral.to_vec()),
+            r#static: encrypted_static,
+            payload: Some(encrypted_cert),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ws.send(WsMessage::Binary(
+        encode_frame(&hello.encode_to_vec(), None)?.into(),
+    ))
+    .await?;
+    Ok(())
+}
+
 /// The server's half of the handshake the client opened with `first`.
 async fn handshake(
     id: &Identity,
@@ -327,19 +351,8 @@ async fn handshake(
         n.mix_shared_secret(eph.private_key.serialize(), &c_static)
             .map_err(noise_err)?;
         let enc_cert = n.encrypt(&id.cert_chain).map_err(noise_err)?;
-        let server_hello = wa::HandshakeMessage {
-            server_hello: buffa::MessageField::some(wa::handshake_message::ServerHello {
-                ephemeral: Some(eph_pub.to_vec()),
-                r#static: None,
-                payload: Some(enc_cert),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        ws.send(WsMessage::Binary(
-            encode_frame(&server_hello.encode_to_vec(), None)?.into(),
-        ))
-        .await?;
+        // No static key: the client goes on with IK.
+        send_server_hello(&mut ws, &eph_pub, None, enc_cert).await?;
         let (read, write) = n.finish().map_err(noise_err)?;
         let conn = Conn {
             ws,
@@ -362,20 +375,7 @@ async fn handshake(
     n.mix_shared_secret(id.static_kp.private_key.serialize(), &c_eph)
         .map_err(noise_err)?;
     let enc_cert = n.encrypt(&id.cert_chain).map_err(noise_err)?;
-    let server_hello = wa::HandshakeMessage {
-        server_hello: buffa::MessageField::some(wa::handshake_message::ServerHello {
-            ephemeral: Some(eph_pub.to_vec()),
-            r#static: Some(enc_static),
-            payload: Some(enc_cert),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    // Alone in its message: the client reads exactly one frame from it.
-    ws.send(WsMessage::Binary(
-        encode_frame(&server_hello.encode_to_vec(), None)?.into(),
-    ))
-    .await?;
+    send_server_hello(&mut ws, &eph_pub, Some(enc_static), enc_cert).await?;
     let finish = loop {
         if let Some(frame) = frames.decode_frame() {
             break frame;

@@ -264,6 +264,14 @@ async fn wait_condition(
     Ok(())
 }
 
+/// Waits for the channel's run to end (it does when the channel stops for good).
+async fn ended(run: tokio::task::JoinHandle<()>) -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .context("the channel's run did not end")??;
+    Ok(())
+}
+
 /// The daemon's channel over the real client, as `channels::configured` builds it,
 /// running until it is connected.
 async fn connected_channel(
@@ -315,9 +323,7 @@ async fn the_device_removed_on_the_phone_stops_the_channel_for_good() -> Result<
         matches!(c, ChannelCondition::NeedsAttention { reason } if reason == "unlinked: run `nanoclaw whatsapp link`")
     })
     .await?;
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .context("the channel's run did not end")??;
+    ended(run).await?;
     assert_eq!(
         linked_account(&config.store),
         Ok(None),
@@ -404,9 +410,7 @@ async fn stops_keeping_the_keys(
         |c| matches!(c, ChannelCondition::NeedsAttention { reason } if reason.contains(says)),
     )
     .await?;
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .context("the channel's run did not end")??;
+    ended(run).await?;
     assert_eq!(linked_account(&config.store), Ok(Some(account())));
     Ok(())
 }
