@@ -250,6 +250,18 @@ struct Conn {
 }
 
 impl Conn {
+    /// Both counters start at 0 on every connection.
+    fn new(ws: Ws, read: NoiseCipher, write: NoiseCipher, frames: FrameDecoder) -> Conn {
+        Conn {
+            ws,
+            read,
+            write,
+            rc: 0,
+            wc: 0,
+            frames,
+        }
+    }
+
     async fn send(&mut self, node: &Node) -> Result<()> {
         let plain = marshal(node)?;
         let sealed = self
@@ -354,15 +366,7 @@ async fn handshake(
         // No static key: the client goes on with IK.
         send_server_hello(&mut ws, &eph_pub, None, enc_cert).await?;
         let (read, write) = n.finish().map_err(noise_err)?;
-        let conn = Conn {
-            ws,
-            read,
-            write,
-            rc: 0,
-            wc: 0,
-            frames,
-        };
-        return Ok((conn, payload, "IK"));
+        return Ok((Conn::new(ws, read, write, frames), payload, "IK"));
     }
 
     // XX.
@@ -398,18 +402,7 @@ async fn handshake(
             .map_err(noise_err)?,
     )?;
     let (read, write) = n.finish().map_err(noise_err)?;
-    Ok((
-        Conn {
-            ws,
-            read,
-            write,
-            rc: 0,
-            wc: 0,
-            frames,
-        },
-        payload,
-        "XX",
-    ))
+    Ok((Conn::new(ws, read, write, frames), payload, "XX"))
 }
 
 fn attr(node: &Node, key: &str) -> Option<String> {

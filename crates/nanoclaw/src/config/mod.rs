@@ -411,20 +411,12 @@ impl Config {
             .strip_prefix("https://")
             .map(|rest| rest.split(['/', ':']).next() == Some("api.anthropic.com"))
             .unwrap_or(false);
-        let web_search = match s.get("NANOCLAW_WEB_SEARCH") {
-            None => anthropic_itself,
-            Some((raw, _)) => match raw.trim().to_ascii_lowercase().as_str() {
-                "on" | "true" | "1" | "yes" => true,
-                "off" | "false" | "0" | "no" => false,
-                _ => {
-                    return Err(invalid(
-                        &s,
-                        "NANOCLAW_WEB_SEARCH",
-                        "must be on or off (unset: on only with Anthropic's own API)",
-                    ));
-                }
-            },
-        };
+        let web_search = on_off(
+            &s,
+            "NANOCLAW_WEB_SEARCH",
+            anthropic_itself,
+            "must be on or off (unset: on only with Anthropic's own API)",
+        )?;
         let config = Config {
             root: root.to_path_buf(),
             web_search,
@@ -519,16 +511,12 @@ impl Config {
                     }
                 }
             },
-            whatsapp_read_receipts: match s.get("WHATSAPP_READ_RECEIPTS") {
-                None => false,
-                Some((raw, _)) => match raw.trim().to_ascii_lowercase().as_str() {
-                    "on" | "true" | "1" | "yes" => true,
-                    "off" | "false" | "0" | "no" | "" => false,
-                    _ => {
-                        return Err(invalid(&s, "WHATSAPP_READ_RECEIPTS", "must be on or off"));
-                    }
-                },
-            },
+            whatsapp_read_receipts: on_off(
+                &s,
+                "WHATSAPP_READ_RECEIPTS",
+                false,
+                "must be on or off",
+            )?,
             transcribe_url: keyed_endpoint(&s, "TRANSCRIBE_URL")?,
             transcribe_model: s.string("TRANSCRIBE_MODEL", "whisper-1").trim().to_string(),
             embeddings_url: keyed_endpoint(&s, "EMBEDDINGS_URL")?,
@@ -636,6 +624,23 @@ fn url_setting(s: &Settings, name: &'static str, default: &str) -> Result<String
             name,
             "must be a URL starting with http://, https://, ws:// or wss://",
         ))
+    }
+}
+
+/// An on/off setting (`on`, `true`, `1`, `yes` or their opposites); `unset` when absent.
+fn on_off(
+    s: &Settings,
+    name: &'static str,
+    unset: bool,
+    problem: &str,
+) -> Result<bool, ConfigError> {
+    match s.get(name) {
+        None => Ok(unset),
+        Some((raw, _)) => match raw.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => Ok(true),
+            "off" | "false" | "0" | "no" => Ok(false),
+            _ => Err(invalid(s, name, problem)),
+        },
     }
 }
 
