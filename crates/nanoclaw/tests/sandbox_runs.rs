@@ -549,3 +549,124 @@ async fn bwrap_orphans_of_this_root_are_removed_at_start() {
         let _ = subreaper.wait();
     }
 }
+
+/// `podman` with `args`, its stdout trimmed; panics with its stderr when it fails.
+fn podman(args: &[&str]) -> String {
+    let out = std::process::Command::new("podman")
+        .args(args)
+        .output()
+        .expect("run podman");
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every rebuild leaves the image before it untagged (about a gigabyte): they are
+/// removed, but never an image of the user's, a tagged one, or one a sandbox runs from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_a_rebuild_removes_earlier_agent_images_but_not_one_in_use() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let config = support::test_config(root.path());
+    let oci = sandbox::oci::Oci::new(sandbox::oci::Flavor::Podman, &config);
+    let pid = std::process::id();
+    // A label of this test's own stands for the agent-build label, so concurrent builds
+    // of the real image are not touched.
+    let label = format!("org.nanoclaw.test-cleanup-{pid}");
+    let ours = format!("localhost/nanoclaw-cleanup-test:{pid}");
+    let tagged = format!("localhost/nanoclaw-cleanup-kept:{pid}");
+    let users = format!("localhost/nanoclaw-cleanup-users:{pid}");
+    // Whatever happens, the test's images go (by label and by tag) when it ends.
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let listed = std::process::Command::new("podman")
+                .args(["images", "--all", "--quiet", "--filter", &self.0])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for id in listed.split_whitespace().chain([self.1.as_str()]) {
+                let _ = std::process::Command::new("podman")
+                    .args(["rmi", "--force", id])
+                    .output();
+            }
+        }
+    }
+    let _cleanup = Cleanup(format!("label={label}"), users.clone());
+    let context = root.path().join("context");
+    std::fs::create_dir_all(&context).expect("context");
+    std::fs::write(
+        context.join("Containerfile"),
+        format!("FROM {}\nCOPY x /x\n", sandbox::image::LOCAL_BASE),
+    )
+    .expect("Containerfile");
+    let build = |content: &str, tag: &str, labelled: bool| {
+        std::fs::write(context.join("x"), content).expect("x");
+        let mut args = vec!["build", "--quiet", "-t", tag];
+        let l = format!("{label}={content}");
+        if labelled {
+            args.extend(["--label", &l]);
+        }
+        let ctx = context.display().to_string();
+        args.push(&ctx);
+        podman(&args);
+        podman(&["image", "inspect", "--format", "{{.Id}}", tag])
+    };
+    let first = build("first", &ours, true);
+    let second = build("second", &ours, true);
+    let kept = build("tagged", &tagged, true);
+    let unlabelled = build("users-1", &users, false);
+    build("users-2", &users, false);
+    let current = build("current", &ours, true);
+    // `first` is mounted but unused; a container's rootfs is `second`'s mount.
+    podman(&["image", "mount", &first]);
+    let second_at = podman(&["image", "mount", &second]);
+    let container = podman(&["create", "--rootfs", &format!("{second_at}:O"), "/bin/true"]);
+
+    let lines = sandbox::image::remove_stale(&oci, &label).await;
+    let exists = |id: &str| {
+        std::process::Command::new("podman")
+            .args(["image", "exists", id])
+            .status()
+            .expect("podman image exists")
+            .success()
+    };
+    assert!(
+        !exists(&first),
+        "the unused earlier image is removed: {lines:?}"
+    );
+    assert!(
+        exists(&second),
+        "the one a sandbox runs from stays: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&second[..12]) && l.contains("a sandbox runs from it")),
+        "and says why: {lines:?}"
+    );
+    assert!(
+        exists(&current) && exists(&kept),
+        "tagged images stay: {lines:?}"
+    );
+    assert!(
+        exists(&unlabelled),
+        "an image without the label is not ours: {lines:?}"
+    );
+
+    // Once the sandbox is gone, the next cleanup takes it.
+    podman(&["rm", &container]);
+    let lines = sandbox::image::remove_stale(&oci, &label).await;
+    assert!(!exists(&second), "removed once unused: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&second[..12]) && l.starts_with("removed")),
+        "{lines:?}"
+    );
+    let _ = std::process::Command::new("podman")
+        .args(["rmi", "--force", &unlabelled])
+        .output();
+}

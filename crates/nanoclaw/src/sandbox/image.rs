@@ -241,7 +241,122 @@ pub async fn ensure(
     let result = build(oci, config, &agent, &build_id, &context, progress).await;
     let _ = std::fs::remove_dir_all(&context);
     result?;
+    // Each build leaves the one before it untagged: about a gigabyte each, which filled
+    // disks. They go now, unless a sandbox still runs from one.
+    for line in remove_stale(oci, AGENT_BUILD_LABEL).await {
+        progress.note(&line);
+    }
     Ok(before)
+}
+
+/// Removes the untagged images that carry `label` (earlier agent builds, never an image
+/// of the user's), skipping any a container uses. Root podman runs sandboxes from a
+/// mounted image (`--rootfs`), which `rmi` would unmount under them: a mounted image is
+/// removed only when no container's rootfs is its mount. Returns a line for each image
+/// removed or kept.
+pub async fn remove_stale(oci: &Oci, label: &str) -> Vec<String> {
+    let Ok(program) = oci.program() else {
+        return Vec::new();
+    };
+    let wait = Duration::from_secs(60);
+    let filter = format!("label={label}");
+    let listed = match run_tool(
+        program,
+        &[
+            "images",
+            "--quiet",
+            "--no-trunc",
+            "--filter",
+            "dangling=true",
+            "--filter",
+            &filter,
+        ],
+        wait,
+    )
+    .await
+    {
+        Ok(listed) => listed,
+        Err(e) => {
+            return vec![format!(
+                "cannot list earlier agent images to remove them: {e}"
+            )];
+        }
+    };
+    let mut stale: Vec<String> = Vec::new();
+    for id in listed.split_whitespace() {
+        let id = id.trim_start_matches("sha256:").to_string();
+        if !stale.contains(&id) {
+            stale.push(id);
+        }
+    }
+    if stale.is_empty() {
+        return Vec::new();
+    }
+    // Mounted images (podman only) and the rootfs of every container.
+    let mut mounts: Vec<(String, String)> = Vec::new();
+    let mut rootfs: Vec<String> = Vec::new();
+    if oci.flavor() == Flavor::Podman {
+        match run_tool(program, &["image", "mount"], wait).await {
+            Ok(out) => {
+                for line in out.lines() {
+                    let mut words = line.split_whitespace();
+                    if let (Some(id), Some(path)) = (words.next(), words.next()) {
+                        mounts.push((id.trim_start_matches("sha256:").into(), path.into()));
+                    }
+                }
+            }
+            Err(e) => {
+                return vec![format!(
+                    "kept earlier agent images: cannot list mounts: {e}"
+                )];
+            }
+        }
+        if !mounts.is_empty() {
+            let ids = match run_tool(program, &["ps", "--all", "--quiet", "--no-trunc"], wait).await
+            {
+                Ok(ids) => ids,
+                Err(e) => {
+                    return vec![format!(
+                        "kept earlier agent images: cannot list containers: {e}"
+                    )];
+                }
+            };
+            for id in ids.split_whitespace() {
+                // A container that is gone by now uses nothing.
+                if let Ok(path) =
+                    run_tool(program, &["inspect", "--format", "{{.Rootfs}}", id], wait).await
+                {
+                    rootfs.push(path.trim().to_string());
+                }
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    for id in stale {
+        let short = &id[..id.len().min(12)];
+        let mounted: Vec<&String> = mounts
+            .iter()
+            .filter(|(m, _)| m.starts_with(&id) || id.starts_with(m.as_str()))
+            .map(|(_, path)| path)
+            .collect();
+        if mounted.iter().any(|path| {
+            rootfs
+                .iter()
+                .any(|r| r.trim_end_matches(":O") == path.as_str())
+        }) {
+            lines.push(format!(
+                "kept the earlier agent image {short}: a sandbox runs from it (the next build removes it)"
+            ));
+            continue;
+        }
+        // Never forced: an image a container was made from stays. (podman removes a
+        // mounted image, unmounting its layer unless another image shares it.)
+        match run_tool(program, &["rmi", &id], wait).await {
+            Ok(_) => lines.push(format!("removed the earlier agent image {short}")),
+            Err(e) => lines.push(format!("kept the earlier agent image {short}: {e}")),
+        }
+    }
+    lines
 }
 
 async fn build(
@@ -587,6 +702,20 @@ async fn stream(
         .map_err(|e| format!("{} failed: {e}", program.display()))?;
     if status.success() {
         Ok(())
+    } else if tail
+        .iter()
+        .any(|l| l.to_ascii_lowercase().contains("no space left on device"))
+    {
+        Err(format!(
+            "`{} {}` failed: the disk is full (no space left on device). Free some space \
+             (`{} system df` shows what images take; `{} image prune` removes unused ones; \
+             `df -h` shows the disks) and build again. Its last lines: {}",
+            program.display(),
+            args.first().map(String::as_str).unwrap_or(""),
+            program.display(),
+            program.display(),
+            tail.join(" | ")
+        ))
     } else {
         Err(format!(
             "`{} {}` failed ({status}): {}",
@@ -642,6 +771,23 @@ mod tests {
         .await;
         let e = failed.expect_err("fails");
         assert!(e.contains("why") && e.contains("exit status: 3"), "{e}");
+        let full = stream(
+            &sh,
+            &[
+                "-c".into(),
+                "echo 'write /var/lib/containers/x: no space left on device' >&2; exit 125".into(),
+            ],
+            None,
+            &mut seen,
+        )
+        .await;
+        let e = full.expect_err("fails");
+        assert!(
+            e.contains("the disk is full")
+                && e.contains("image prune")
+                && e.contains("/var/lib/containers/x"),
+            "says the disk is full, what to do, and the tool's words: {e}"
+        );
     }
 
     #[test]
