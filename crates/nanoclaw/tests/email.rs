@@ -243,7 +243,12 @@ async fn restarts_of_dovecot_and_the_daemon_and_odd_mail_lose_and_repeat_nothing
         servers.deliver(ALICE, ASSISTANT, mail);
     }
     say(6);
-    let texts = support::wait_stored(d.root(), ALICE_JID, 11).await;
+    // 27 MB of mail through IMAP and the MIME parser of a debug build, beside the
+    // other email tests' servers: more than the usual deadline (it once took over 20 s
+    // in CI).
+    let texts =
+        support::wait_stored_within(d.root(), ALICE_JID, 11, std::time::Duration::from_secs(90))
+            .await;
     assert!(
         texts
             .iter()

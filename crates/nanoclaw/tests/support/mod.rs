@@ -555,15 +555,32 @@ pub fn pending_replies(root: &Path) -> i64 {
 
 /// Waits until `n` user messages are stored for the chat; returns their texts.
 pub async fn wait_stored(root: &Path, jid: &str, n: usize) -> Vec<String> {
-    wait_for(
-        &format!("{n} user messages stored in {jid}"),
-        DEADLINE,
-        || async {
-            let texts = stored_user_texts(root, jid);
-            (texts.len() >= n).then_some(texts)
-        },
-    )
-    .await
+    wait_stored_within(root, jid, n, DEADLINE).await
+}
+
+/// [`wait_stored`] with a deadline of its own (for steps that move large messages);
+/// a timeout names what was stored by then.
+pub async fn wait_stored_within(
+    root: &Path,
+    jid: &str,
+    n: usize,
+    deadline: std::time::Duration,
+) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let texts = stored_user_texts(root, jid);
+        if texts.len() >= n {
+            return texts;
+        }
+        if start.elapsed() > deadline {
+            let heads: Vec<String> = texts.iter().map(|t| t.chars().take(60).collect()).collect();
+            panic!(
+                "timed out after {deadline:?} waiting for {n} user messages stored in {jid}; {} were: {heads:?}",
+                texts.len()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Message `i` of a burst: every tenth starts with `mention` (and so asks for a run).
