@@ -45,9 +45,10 @@ pub async fn fetch_capped(request: reqwest::RequestBuilder, max: u64) -> Result<
     Ok(bytes)
 }
 
-/// Whether a group is registered for `jid` (only then is a file worth downloading).
-pub async fn registered(host: &dyn ChannelHost, jid: &str) -> bool {
-    host.trigger_for(jid).await.is_some()
+/// Whether the files of `message` are worth downloading: a registered group's chat, a
+/// sender the allowlist does not drop, and a message not stored before (a redelivery).
+pub async fn wanted(host: &dyn ChannelHost, message: &crate::Message) -> bool {
+    host.wants_files(message).await && !host.has_message(&message.chat_jid, &message.id).await
 }
 
 /// The line naming a file the host will not take now (asked with its announced size
@@ -71,7 +72,7 @@ pub fn too_large(name: &str, size: u64, max: u64, why: &str) -> String {
 
 /// Saves what was fetched for `name` into `jid`'s inbox and returns the line naming it;
 /// `None` when no group is registered for the chat (nothing is saved, nothing said).
-/// Channels call [`registered`] first, so that nothing is downloaded for such chats.
+/// Channels call [`wanted`] first, so that nothing is downloaded for such chats.
 pub async fn save(
     host: &dyn ChannelHost,
     channel: &str,

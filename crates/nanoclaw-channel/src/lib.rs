@@ -85,6 +85,13 @@ pub trait ChannelHost: Send + Sync + 'static {
         false
     }
 
+    /// Whether the files `message` carries are wanted: its chat is a registered group's,
+    /// and its sender is not one the sender allowlist drops (their messages are never
+    /// stored, so their files must not reach the inbox either).
+    async fn wants_files(&self, message: &Message) -> bool {
+        self.trigger_for(&message.chat_jid).await.is_some()
+    }
+
     /// Why a file of `size` bytes a user sent cannot be saved for `jid` now (the group's
     /// disk quota, the free-space floor), asked before downloading it; `None`: go ahead.
     async fn refuse_file(&self, _jid: &str, _size: u64) -> Option<String> {

@@ -560,9 +560,7 @@ async fn save_attachments(
     let Some(list) = d["attachments"].as_array().filter(|l| !l.is_empty()) else {
         return;
     };
-    if !files::registered(host, &message.chat_jid).await
-        || host.has_message(&message.chat_jid, &message.id).await
-    {
+    if !files::wanted(host, message).await {
         return;
     }
     let mut notes = Vec::new();

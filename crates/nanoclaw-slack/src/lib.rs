@@ -344,9 +344,7 @@ impl Slack {
         message: &mut nanoclaw_channel::Message,
     ) {
         use nanoclaw_channel::files;
-        if !files::registered(host, &message.chat_jid).await
-            || host.has_message(&message.chat_jid, &message.id).await
-        {
+        if !files::wanted(host, message).await {
             return;
         }
         let mut notes = Vec::new();

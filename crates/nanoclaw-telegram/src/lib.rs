@@ -520,10 +520,7 @@ impl Telegram {
         let Some((file_id, name, size)) = media_file(msg) else {
             return;
         };
-        if message.is_from_me
-            || !files::registered(host, &message.chat_jid).await
-            || host.has_message(&message.chat_jid, &message.id).await
-        {
+        if message.is_from_me || !files::wanted(host, message).await {
             return;
         }
         let note = match size {

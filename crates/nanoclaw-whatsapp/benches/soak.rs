@@ -80,6 +80,7 @@ fn event(i: u64) -> WaEvent {
                 text,
                 quoted: Some("an earlier message".into()),
                 mentions: vec!["15550000000@s.whatsapp.net".into()],
+                media: None,
             };
         }
         7 => m.body = Body::Reaction,

@@ -19,15 +19,70 @@ pub struct Account {
     pub push_name: String,
 }
 
+/// What kind of file a message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Image,
+    Video,
+    /// A recorded voice note (push to talk).
+    Voice,
+    Audio,
+    Document,
+}
+
+impl MediaKind {
+    /// How the message reads in the chat's history (`[Photo]`).
+    pub fn label(self) -> &'static str {
+        match self {
+            MediaKind::Image => "Photo",
+            MediaKind::Video => "Video",
+            MediaKind::Voice => "Voice note",
+            MediaKind::Audio => "Audio",
+            MediaKind::Document => "Document",
+        }
+    }
+}
+
+/// A file a message carries: what the channel needs to decide whether to fetch it, and
+/// what the client needs to fetch and decrypt it from WhatsApp's media servers.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Media {
+    pub kind: MediaKind,
+    /// The name it is saved under: a document's own name, else one made from the
+    /// message id and the media type (`photo-3EB0….jpg`).
+    pub name: String,
+    pub mime: String,
+    /// The size the sender announced, in bytes.
+    pub size: u64,
+    pub direct_path: String,
+    pub media_key: Vec<u8>,
+    pub file_sha256: Vec<u8>,
+    pub file_enc_sha256: Vec<u8>,
+}
+
+/// The keys stay out of logs.
+impl std::fmt::Debug for Media {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Media")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("mime", &self.mime)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a message holds, as far as NanoClaw cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
-    /// Text, or a media message's caption. `quoted` is the text of the message it
-    /// replies to; `mentions` the JIDs it mentions.
+    /// Text, or a media message's caption (empty when it has none). `quoted` is the
+    /// text of the message it replies to; `mentions` the JIDs it mentions; `media` the
+    /// file it carries.
     Text {
         text: String,
         quoted: Option<String>,
         mentions: Vec<String>,
+        media: Option<Box<Media>>,
     },
     /// A reaction to a message: not user input.
     Reaction,
@@ -73,9 +128,17 @@ impl WaMessage {
                 text: text.into(),
                 quoted: None,
                 mentions: Vec::new(),
+                media: None,
             },
         }
     }
+}
+
+/// A file to send: its name as the chat shows it, its media type, its bytes.
+pub struct OutFile<'a> {
+    pub name: &'a str,
+    pub mime: &'a str,
+    pub bytes: Vec<u8>,
 }
 
 /// What the client reports.
@@ -120,6 +183,16 @@ pub trait WaClient: Send + Sync + 'static {
     async fn stop(&self) {}
     /// Sends a text message; returns its id.
     async fn send_text(&self, jid: &str, text: &str) -> Result<String, String>;
+    /// Uploads a file and sends it (an image as a photo, else as a document) with a
+    /// caption; returns the message's id.
+    async fn send_file(
+        &self,
+        jid: &str,
+        file: OutFile<'_>,
+        caption: &str,
+    ) -> Result<String, String>;
+    /// Fetches and decrypts a message's file, refusing one over `max` bytes.
+    async fn download(&self, media: &Media, max: u64) -> Result<Vec<u8>, String>;
     /// Shows or clears "typing…" in a chat.
     async fn composing(&self, jid: &str, on: bool) -> Result<(), String>;
     /// Marks messages read (a read receipt).
@@ -136,9 +209,25 @@ pub trait WaClient: Send + Sync + 'static {
 /// Something the fake client was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
-    Text { jid: String, text: String },
-    Composing { jid: String, on: bool },
-    Read { chat: String, ids: Vec<String> },
+    Text {
+        jid: String,
+        text: String,
+    },
+    File {
+        jid: String,
+        name: String,
+        mime: String,
+        bytes: Vec<u8>,
+        caption: String,
+    },
+    Composing {
+        jid: String,
+        on: bool,
+    },
+    Read {
+        chat: String,
+        ids: Vec<String>,
+    },
 }
 
 /// A client for tests: the test feeds events with [`FakeClient::event`] and reads what
@@ -147,6 +236,9 @@ pub struct FakeClient {
     events: mpsc::UnboundedSender<WaEvent>,
     sent: Mutex<Vec<Sent>>,
     groups: Mutex<std::collections::HashMap<String, String>>,
+    /// What each file's `direct_path` serves.
+    media: Mutex<std::collections::HashMap<String, Vec<u8>>>,
+    downloads: std::sync::atomic::AtomicUsize,
     fail_sends: std::sync::atomic::AtomicBool,
     fail_composing: std::sync::atomic::AtomicBool,
     ids: std::sync::atomic::AtomicU64,
@@ -161,6 +253,8 @@ impl FakeClient {
                 events: tx,
                 sent: Mutex::default(),
                 groups: Mutex::default(),
+                media: Mutex::default(),
+                downloads: Default::default(),
                 fail_sends: Default::default(),
                 fail_composing: Default::default(),
                 ids: Default::default(),
@@ -200,6 +294,19 @@ impl FakeClient {
             .insert(jid.into(), name.into());
     }
 
+    /// Makes `bytes` the file behind `media` (as the media server would serve it).
+    pub fn serve_media(&self, media: &Media, bytes: &[u8]) {
+        self.media
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(media.direct_path.clone(), bytes.to_vec());
+    }
+
+    /// How many files were fetched.
+    pub fn downloads(&self) -> usize {
+        self.downloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn fail_composing(&self, fail: bool) {
         self.fail_composing
             .store(fail, std::sync::atomic::Ordering::Relaxed);
@@ -230,6 +337,42 @@ impl WaClient for FakeClient {
         });
         let n = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(format!("3EB0FAKE{n:08X}"))
+    }
+
+    async fn send_file(
+        &self,
+        jid: &str,
+        file: OutFile<'_>,
+        caption: &str,
+    ) -> Result<String, String> {
+        if self.fail_sends.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("not connected".into());
+        }
+        self.record(Sent::File {
+            jid: jid.into(),
+            name: file.name.into(),
+            mime: file.mime.into(),
+            bytes: file.bytes,
+            caption: caption.into(),
+        });
+        let n = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(format!("3EB0FAKE{n:08X}"))
+    }
+
+    async fn download(&self, media: &Media, max: u64) -> Result<Vec<u8>, String> {
+        self.downloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bytes = self
+            .media
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&media.direct_path)
+            .cloned()
+            .ok_or_else(|| "the media server answered 404".to_string())?;
+        if bytes.len() as u64 > max {
+            return Err(format!("the file is over {max} bytes"));
+        }
+        Ok(bytes)
     }
 
     async fn composing(&self, jid: &str, on: bool) -> Result<(), String> {

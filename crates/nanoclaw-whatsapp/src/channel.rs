@@ -14,14 +14,20 @@
 //! - Reactions, protocol messages, status updates, broadcast lists and newsletters are
 //!   not user input. The history sync after linking is stored, flagged, and never runs
 //!   the agent or reaches a prompt.
+//! - A photo, video, voice note, audio file or document in a registered group's chat is
+//!   fetched (at most [`MAX_FILE`]), saved into the group's inbox and named in the
+//!   message (a voice note with its transcript when the host can make one); never for
+//!   the history sync or the assistant's own files.
 //! - Replies go only to chats that wrote to this account or are registered, in pieces
-//!   well below WhatsApp's limit; "typing…" shows while a run works; read receipts only
-//!   when the user asks for them.
+//!   well below WhatsApp's limit; a file goes as a photo (images) or a document, its
+//!   caption prefixed too; "typing…" shows while a run works; read receipts only when
+//!   the user asks for them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use nanoclaw_channel::files;
 use nanoclaw_channel::text::{Units, split, with_trigger};
 use nanoclaw_channel::{
     Channel, ChannelCondition, ChannelError, ChannelHost, ChatMeta, Message, OutboundMessage,
@@ -29,13 +35,18 @@ use nanoclaw_channel::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::adapter::{Account, Body, WaClient, WaEvent, WaMessage};
+use crate::adapter::{Account, Body, Media, OutFile, WaClient, WaEvent, WaMessage};
 
 pub const NAME: &str = "whatsapp";
 /// WhatsApp takes about 65,000 characters; pieces stay far below, as people read them.
 pub const MAX_MESSAGE: usize = 4000;
 /// The longest quoted text a reply carries.
 const MAX_QUOTE: usize = 500;
+/// The largest file fetched from or sent to WhatsApp (held in memory while it is
+/// encrypted or decrypted; WhatsApp itself takes larger documents).
+pub const MAX_FILE: u64 = 32 << 20;
+/// The longest caption a file gets; longer text follows it as messages.
+const MAX_CAPTION: usize = 1024;
 /// Why history-sync messages never reach an agent.
 pub const HISTORY: &str = "from WhatsApp's history sync after linking: kept, never acted on";
 const LID_STATE: &str = "whatsapp:lid:";
@@ -124,6 +135,14 @@ impl WhatsApp {
 
     fn prefix(&self) -> String {
         format!("{}: ", self.settings.assistant_name)
+    }
+
+    async fn send_piece(&self, jid: &str, piece: &str) -> Result<(), ChannelError> {
+        self.client
+            .send_text(jid, piece)
+            .await
+            .map(|_| ())
+            .map_err(|e| ChannelError::new(NAME, format!("sending to {jid}: {e}")))
     }
 
     /// One chat per person: an `@lid` JID becomes the phone-number JID it is known as.
@@ -243,6 +262,7 @@ impl WhatsApp {
             text,
             quoted,
             mentions,
+            media,
         } = &m.body
         else {
             return None;
@@ -259,6 +279,11 @@ impl WhatsApp {
         let is_group = server(&chat) == "g.us";
         let is_bot_message = m.from_me && text.starts_with(&self.prefix());
         let mut content = text.trim().to_string();
+        if let Some(media) = media {
+            content = format!("{content} [{}]", media.kind.label())
+                .trim()
+                .to_string();
+        }
         if let Some(q) = quoted.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
             content = format!("{content}\n[replying to: {}]", shorten(q, MAX_QUOTE));
         }
@@ -383,10 +408,59 @@ impl WhatsApp {
         true
     }
 
+    /// Fetches a message's file into its group's inbox; the line naming it (or why it
+    /// is not there), or `None` when the chat has no group or the message was seen.
+    async fn save_media(
+        &self,
+        host: &dyn ChannelHost,
+        message: &nanoclaw_channel::Message,
+        media: &Media,
+    ) -> Option<String> {
+        let chat = &message.chat_jid;
+        if !files::wanted(host, message).await {
+            return None;
+        }
+        if media.size > MAX_FILE {
+            return Some(files::too_large(
+                &media.name,
+                media.size,
+                MAX_FILE,
+                "NanoClaw takes WhatsApp files up to",
+            ));
+        }
+        if let Some(refused) = files::refused(host, chat, &media.name, media.size).await {
+            return Some(refused);
+        }
+        // Messages are handled in order, so a file that never arrives must not hold
+        // the chats up for long (the library tries several media hosts).
+        let fetched = match tokio::time::timeout(
+            files::DOWNLOAD_TIMEOUT,
+            self.client.download(media, MAX_FILE),
+        )
+        .await
+        {
+            Ok(fetched) => fetched,
+            Err(_) => Err(format!(
+                "no answer within {} s",
+                files::DOWNLOAD_TIMEOUT.as_secs()
+            )),
+        };
+        files::save(host, NAME, chat, &media.name, fetched).await
+    }
+
     async fn deliver(&self, host: &Arc<dyn ChannelHost>, m: &WaMessage, history: bool) {
-        let Some((meta, message)) = self.inbound(host.as_ref(), m, history).await else {
+        let Some((meta, mut message)) = self.inbound(host.as_ref(), m, history).await else {
             return;
         };
+        if let Body::Text {
+            media: Some(media), ..
+        } = &m.body
+            && !history
+            && !message.is_bot_message
+            && let Some(note) = self.save_media(host.as_ref(), &message, media).await
+        {
+            message.content = format!("{}\n{note}", message.content);
+        }
         let (chat, id, from_me) = (
             message.chat_jid.clone(),
             message.id.clone(),
@@ -462,22 +536,76 @@ impl Channel for WhatsApp {
         // Every piece carries the prefix, so each is recognised as the assistant's.
         let prefix = self.prefix();
         let budget = MAX_MESSAGE.saturating_sub(prefix.chars().count()).max(100);
-        let pieces: Vec<String> = split(&message.text, budget, Units::Chars)
-            .into_iter()
-            .map(|p| format!("{prefix}{p}"))
-            .collect();
+        let text_pieces = |text: &str| -> Vec<String> {
+            split(text, budget, Units::Chars)
+                .into_iter()
+                .map(|p| format!("{prefix}{p}"))
+                .collect()
+        };
+        let Some(file) = &message.file else {
+            let pieces = text_pieces(&message.text);
+            return self
+                .pieces
+                .send(host.as_ref(), message, &pieces, |_, piece| {
+                    let jid = jid.clone();
+                    async move { self.send_piece(&jid, &piece).await }
+                })
+                .await;
+        };
+        // Piece 0 is the file with its caption, so a retry does not send it twice. The
+        // caption always carries the prefix and some words (the file's name when the
+        // text is empty): the file's echo is then the assistant's, never a trigger.
+        let text = message.text.trim();
+        let fits = !text.is_empty() && prefix.chars().count() + text.chars().count() <= MAX_CAPTION;
+        let mut pieces = vec![if fits {
+            format!("{prefix}{text}")
+        } else {
+            format!("{prefix}{}", file.name)
+        }];
+        if !fits && !text.is_empty() {
+            pieces.extend(text_pieces(text));
+        }
         self.pieces
-            .send(host.as_ref(), message, &pieces, |_, piece| {
+            .send(host.as_ref(), message, &pieces, |i, piece| {
                 let jid = jid.clone();
                 async move {
+                    if i > 0 {
+                        return self.send_piece(&jid, &piece).await;
+                    }
+                    if file.size > MAX_FILE {
+                        return Err(ChannelError::new(
+                            NAME,
+                            format!(
+                                "{} is {} bytes; NanoClaw sends WhatsApp files up to {MAX_FILE}",
+                                file.name, file.size
+                            ),
+                        )
+                        .with_retry(SendRetry::Never));
+                    }
+                    let bytes = tokio::fs::read(&file.path).await.map_err(|e| {
+                        ChannelError::new(NAME, format!("cannot read {}: {e}", file.name))
+                            .with_retry(SendRetry::Never)
+                    })?;
+                    let out = OutFile {
+                        name: &file.name,
+                        mime: file.media_type(),
+                        bytes,
+                    };
                     self.client
-                        .send_text(&jid, &piece)
+                        .send_file(&jid, out, &piece)
                         .await
                         .map(|_| ())
-                        .map_err(|e| ChannelError::new(NAME, format!("sending to {jid}: {e}")))
+                        .map_err(|e| {
+                            ChannelError::new(NAME, format!("sending {} to {jid}: {e}", file.name))
+                        })
                 }
             })
             .await
+    }
+
+    /// WhatsApp takes files up to [`MAX_FILE`] from NanoClaw.
+    fn max_file_bytes(&self) -> Option<u64> {
+        Some(MAX_FILE)
     }
 
     async fn set_typing(&self, jid: &str, typing: bool) -> Result<(), ChannelError> {

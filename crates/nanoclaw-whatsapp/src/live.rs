@@ -24,15 +24,16 @@ use whatsapp_rust::wacore::proto_helpers::MessageExt;
 use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::{Client, Jid, TokioRuntime};
 
-use crate::adapter::{Account, Body, WaClient, WaEvent, WaMessage};
+use crate::adapter::{Account, Body, Media, MediaKind, OutFile, WaClient, WaEvent, WaMessage};
 use crate::store::SqliteStore;
 
 /// WhatsApp Web's endpoint (SPEC §13.4).
 pub const DEFAULT_WS_URL: &str = "wss://web.whatsapp.com/ws/chat";
 /// The name this device shows under "Linked devices" on the phone.
 pub const DEVICE_NAME: &str = "NanoClaw";
-/// The largest HTTP response taken (media is not downloaded yet; this bounds the rest).
-const MAX_HTTP_BODY: usize = 16 << 20;
+/// The largest HTTP response taken: the largest file the channel fetches, encrypted
+/// (padding and MAC), with room to spare.
+const MAX_HTTP_BODY: usize = crate::channel::MAX_FILE as usize + (1 << 20);
 
 /// How to reach WhatsApp.
 #[derive(Debug, Clone)]
@@ -72,22 +73,34 @@ struct Http {
 #[async_trait]
 impl HttpClient for Http {
     async fn execute(&self, request: HttpRequest) -> whatsapp_rust::anyhow::Result<HttpResponse> {
+        // Media URLs carry the media connection's auth in their query: errors name the
+        // URL without it.
         let url = reqwest::Url::parse(&request.url)
-            .map_err(|e| whatsapp_rust::anyhow::anyhow!("bad URL {}: {e}", request.url))?;
+            .map_err(|_| whatsapp_rust::anyhow::anyhow!("refused a malformed URL"))?;
+        let shown = format!(
+            "{}://{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.path()
+        );
         let host = url.host_str().unwrap_or_default();
         match &self.host_only {
             Some(only) if host != only => {
                 return Err(whatsapp_rust::anyhow::anyhow!(
-                    "refused {}: WHATSAPP_WS_URL points at {only}, so nothing else is contacted",
-                    request.url
+                    "refused {shown}: WHATSAPP_WS_URL points at {only}, so nothing else is contacted"
                 ));
             }
             // WhatsApp's own hosts only (the Web version, media), whatever a message
-            // names.
-            None if !is_whatsapp_host(host) || url.scheme() != "https" => {
+            // names: over HTTPS on its own port, with nothing posing as a user name
+            // (a media path is glued onto a host, so a sender could try `:81/…`).
+            None if !is_whatsapp_host(host)
+                || url.scheme() != "https"
+                || url.port().is_some()
+                || !url.username().is_empty()
+                || url.password().is_some() =>
+            {
                 return Err(whatsapp_rust::anyhow::anyhow!(
-                    "refused {}: not a WhatsApp host over HTTPS",
-                    request.url
+                    "refused {shown}: not a WhatsApp host over HTTPS"
                 ));
             }
             _ => {}
@@ -101,15 +114,21 @@ impl HttpClient for Http {
         if let Some(body) = request.body {
             builder = builder.body(body);
         }
-        let mut response = builder.send().await?;
+        let failed =
+            |e: reqwest::Error| whatsapp_rust::anyhow::anyhow!("{shown}: {}", e.without_url());
+        let mut response = builder.send().await.map_err(failed)?;
         let status_code = response.status().as_u16();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
+        let too_large = || {
+            whatsapp_rust::anyhow::anyhow!("the response of {shown} is over {MAX_HTTP_BODY} bytes")
+        };
+        let announced = response.content_length().unwrap_or(0);
+        if announced > MAX_HTTP_BODY as u64 {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(announced as usize);
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
             if body.len() + chunk.len() > MAX_HTTP_BODY {
-                return Err(whatsapp_rust::anyhow::anyhow!(
-                    "the response of {} is over {MAX_HTTP_BODY} bytes",
-                    request.url
-                ));
+                return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }
@@ -284,6 +303,88 @@ impl WaClient for Live {
             .map_err(|e| e.to_string())
     }
 
+    async fn send_file(
+        &self,
+        to: &str,
+        file: OutFile<'_>,
+        caption: &str,
+    ) -> Result<String, String> {
+        use whatsapp_rust::download::MediaType;
+        use whatsapp_rust::media;
+        let client = self.client()?;
+        let to = jid(to)?;
+        // JPEG and PNG show as photos; anything else (GIF and WebP included, which
+        // WhatsApp treats as animations and stickers) as a document with its name.
+        let photo = matches!(file.mime, "image/jpeg" | "image/png");
+        let kind = if photo {
+            MediaType::Image
+        } else {
+            MediaType::Document
+        };
+        let upload = client
+            .upload(file.bytes, kind, Default::default())
+            .await
+            .map_err(|e| format!("uploading {}: {e}", file.name))?;
+        let message = if photo {
+            media::image_message(
+                upload,
+                media::ImageOptions {
+                    caption: Some(caption.into()),
+                    mimetype: Some(file.mime.into()),
+                    ..Default::default()
+                },
+            )
+        } else {
+            media::document_message(
+                upload,
+                media::DocumentOptions {
+                    mimetype: Some(file.mime.into()),
+                    file_name: Some(file.name.into()),
+                    title: Some(file.name.into()),
+                    caption: Some(caption.into()),
+                    ..Default::default()
+                },
+            )
+        };
+        client
+            .send_message(to, message)
+            .await
+            .map(|sent| sent.message_id)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn download(&self, media: &Media, max: u64) -> Result<Vec<u8>, String> {
+        use whatsapp_rust::download::{DownloadParams, MediaType};
+        if media.size > max {
+            return Err(format!("the file is over {max} bytes"));
+        }
+        let client = self.client()?;
+        let kind = match media.kind {
+            MediaKind::Image => MediaType::Image,
+            MediaKind::Video => MediaType::Video,
+            MediaKind::Voice | MediaKind::Audio => MediaType::Audio,
+            MediaKind::Document => MediaType::Document,
+        };
+        let params = DownloadParams::encrypted(
+            media.direct_path.as_str(),
+            &media.media_key,
+            &media.file_sha256,
+            &media.file_enc_sha256,
+            media.size,
+            kind,
+        );
+        // The library checks the MAC (made with the sender's media key); the HTTP
+        // client the hosts and the size on the wire.
+        let bytes = client
+            .download_from_params(&params)
+            .await
+            .map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > max {
+            return Err(format!("the file is over {max} bytes"));
+        }
+        Ok(bytes)
+    }
+
     async fn composing(&self, to: &str, on: bool) -> Result<(), String> {
         let client = self.client()?;
         let to = jid(to)?;
@@ -348,8 +449,130 @@ async fn pn_of(client: &Client, lid: &Jid) -> Option<String> {
     Some(format!("{}@s.whatsapp.net", entry.phone_number))
 }
 
-/// What a message holds, as the channel sees it.
-pub fn body_of(message: &wa::Message) -> Body {
+/// The file extension for a media type (`bin` for one not known here).
+fn extension(mime: &str) -> &'static str {
+    let essence = mime.split(';').next().unwrap_or("").trim();
+    match essence.to_ascii_lowercase().as_str() {
+        "image/jpeg" => "jpg",
+        "image/png" => "png",
+        "image/webp" => "webp",
+        "image/gif" => "gif",
+        "video/mp4" => "mp4",
+        "video/3gpp" => "3gp",
+        "audio/ogg" => "ogg",
+        "audio/mpeg" => "mp3",
+        "audio/mp4" | "audio/aac" => "m4a",
+        "audio/amr" => "amr",
+        "application/pdf" => "pdf",
+        "text/plain" => "txt",
+        _ => "bin",
+    }
+}
+
+/// The file a message carries, if it carries one that can be fetched (a media
+/// reference and its key). `id` names a file that has no name of its own.
+pub fn media_of(message: &wa::Message, id: &str) -> Option<Media> {
+    struct Fields<'a> {
+        kind: MediaKind,
+        mime: Option<&'a String>,
+        length: Option<u64>,
+        direct_path: Option<&'a String>,
+        media_key: Option<&'a Vec<u8>>,
+        sha256: Option<&'a Vec<u8>>,
+        enc_sha256: Option<&'a Vec<u8>>,
+        name: Option<&'a String>,
+    }
+    macro_rules! fields {
+        ($m:expr, $kind:expr, $name:expr) => {
+            Fields {
+                kind: $kind,
+                mime: $m.mimetype.as_ref(),
+                length: $m.file_length,
+                direct_path: $m.direct_path.as_ref(),
+                media_key: $m.media_key.as_ref(),
+                sha256: $m.file_sha256.as_ref(),
+                enc_sha256: $m.file_enc_sha256.as_ref(),
+                name: $name,
+            }
+        };
+    }
+    let f = if let Some(m) = message.image_message.as_option() {
+        fields!(m, MediaKind::Image, None)
+    } else if let Some(m) = message.video_message.as_option() {
+        fields!(m, MediaKind::Video, None)
+    } else if let Some(m) = message.audio_message.as_option() {
+        let kind = if m.ptt == Some(true) {
+            MediaKind::Voice
+        } else {
+            MediaKind::Audio
+        };
+        fields!(m, kind, None)
+    } else if let Some(m) = message.document_message.as_option() {
+        fields!(m, MediaKind::Document, m.file_name.as_ref())
+    } else {
+        return None;
+    };
+    let mime = f.mime.map_or("application/octet-stream", String::as_str);
+    let stem: String = id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(32)
+        .collect();
+    let made = format!(
+        "{}-{stem}.{}",
+        match f.kind {
+            MediaKind::Image => "photo",
+            MediaKind::Video => "video",
+            MediaKind::Voice => "voice",
+            MediaKind::Audio => "audio",
+            MediaKind::Document => "document",
+        },
+        extension(mime)
+    );
+    Some(Media {
+        kind: f.kind,
+        // The host makes any name safe for the inbox; this one also shows in the
+        // message, so it loses control and invisible characters and is kept short.
+        name: f
+            .name
+            .map(|n| shown_name(n))
+            .filter(|n| !n.is_empty())
+            .unwrap_or(made),
+        mime: mime.to_string(),
+        size: f.length.unwrap_or(0),
+        // A path on the media host, nothing that could reach past it.
+        direct_path: f
+            .direct_path
+            .filter(|p| {
+                p.starts_with('/')
+                    && !p.starts_with("//")
+                    && !p
+                        .chars()
+                        .any(|c| c.is_control() || matches!(c, '\\' | '#' | '@'))
+            })?
+            .clone(),
+        media_key: f.media_key.filter(|k| !k.is_empty())?.clone(),
+        file_sha256: f.sha256.cloned().unwrap_or_default(),
+        file_enc_sha256: f.enc_sha256.cloned().unwrap_or_default(),
+    })
+}
+
+/// A sender's file name as it may show in a message: no control, format (bidi,
+/// zero-width) or line-separating characters, at most 120 characters.
+fn shown_name(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .filter(|c| {
+            !c.is_control()
+                && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+        })
+        .take(120)
+        .collect();
+    clean.trim().to_string()
+}
+
+/// What a message holds, as the channel sees it; `id` is the message's own.
+pub fn body_of(message: &wa::Message, id: &str) -> Body {
     let base = message.get_base_message();
     if base.reaction_message.is_set() || base.enc_reaction_message.is_set() {
         return Body::Reaction;
@@ -357,12 +580,30 @@ pub fn body_of(message: &wa::Message) -> Body {
     if base.protocol_message.is_set() || base.poll_update_message.is_set() {
         return Body::Protocol;
     }
-    let text = base.text_content().or_else(|| base.get_caption());
-    let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
-        if base.sender_key_distribution_message.is_set() {
-            return Body::Protocol;
+    // What the sender meant to be seen once is not kept in an inbox (the wrappers are
+    // looked for on the whole message: the base has them taken off).
+    let view_once = message.is_view_once();
+    let media = if view_once {
+        None
+    } else {
+        media_of(base, id).map(Box::new)
+    };
+    let text = base
+        .text_content()
+        .or_else(|| base.get_caption())
+        .filter(|t| !t.trim().is_empty());
+    let text = match (text, &media) {
+        (Some(text), _) => text,
+        (None, Some(_)) => "",
+        (None, None) => {
+            if base.sender_key_distribution_message.is_set() {
+                return Body::Protocol;
+            }
+            if view_once {
+                return Body::Other("a view-once message".into());
+            }
+            return Body::Other(kind_of(base).into());
         }
-        return Body::Other(kind_of(base).into());
     };
     let context = [
         base.extended_text_message
@@ -375,6 +616,9 @@ pub fn body_of(message: &wa::Message) -> Body {
             .as_option()
             .and_then(|m| m.context_info.as_option()),
         base.document_message
+            .as_option()
+            .and_then(|m| m.context_info.as_option()),
+        base.audio_message
             .as_option()
             .and_then(|m| m.context_info.as_option()),
     ]
@@ -394,6 +638,7 @@ pub fn body_of(message: &wa::Message) -> Body {
         text: text.to_string(),
         quoted,
         mentions,
+        media,
     }
 }
 
@@ -446,7 +691,7 @@ async fn live_message(
         push_name: info.push_name.clone(),
         from_me: source.is_from_me,
         timestamp: info.timestamp.timestamp(),
-        body: body_of(message),
+        body: body_of(message, &info.id.to_string()),
     }
 }
 
@@ -460,8 +705,13 @@ fn history_message(chat: &str, web: &wa::WebMessageInfo) -> Option<WaMessage> {
         .clone()
         .or_else(|| web.participant.clone())
         .unwrap_or_else(|| chat.clone());
+    let id = key.id.clone()?;
     Some(WaMessage {
-        id: key.id.clone()?,
+        body: web
+            .message
+            .as_option()
+            .map_or(Body::Other("an empty message".into()), |m| body_of(m, &id)),
+        id,
         chat,
         chat_alt: None,
         sender,
@@ -469,10 +719,6 @@ fn history_message(chat: &str, web: &wa::WebMessageInfo) -> Option<WaMessage> {
         push_name: web.push_name.clone().unwrap_or_default(),
         from_me,
         timestamp: web.message_timestamp.unwrap_or(0) as i64,
-        body: web
-            .message
-            .as_option()
-            .map_or(Body::Other("an empty message".into()), body_of),
     })
 }
 
@@ -609,11 +855,12 @@ mod tests {
     #[test]
     fn what_a_message_holds() {
         assert_eq!(
-            body_of(&text("hello")),
+            body_of(&text("hello"), "3EB0TEST"),
             Body::Text {
                 text: "hello".into(),
                 quoted: None,
-                mentions: vec![]
+                mentions: vec![],
+                media: None,
             }
         );
         let reply = wa::Message {
@@ -629,11 +876,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            body_of(&reply),
+            body_of(&reply, "3EB0TEST"),
             Body::Text {
                 text: "@15550001111 yes".into(),
                 quoted: Some("lunch?".into()),
-                mentions: vec!["15550001111@s.whatsapp.net".into()]
+                mentions: vec!["15550001111@s.whatsapp.net".into()],
+                media: None,
             }
         );
         let photo = wa::Message {
@@ -643,12 +891,17 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(matches!(body_of(&photo), Body::Text { text, .. } if text == "the view"));
+        assert!(
+            matches!(body_of(&photo, "3EB0TEST"), Body::Text { text, .. } if text == "the view")
+        );
         let bare_photo = wa::Message {
             image_message: MessageField::some(wa::message::ImageMessage::default()),
             ..Default::default()
         };
-        assert_eq!(body_of(&bare_photo), Body::Other("an image".into()));
+        assert_eq!(
+            body_of(&bare_photo, "3EB0TEST"),
+            Body::Other("an image".into())
+        );
         let reaction = wa::Message {
             reaction_message: MessageField::some(wa::message::ReactionMessage {
                 text: Some("👍".into()),
@@ -656,12 +909,12 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(body_of(&reaction), Body::Reaction);
+        assert_eq!(body_of(&reaction, "3EB0TEST"), Body::Reaction);
         let revoke = wa::Message {
             protocol_message: MessageField::some(wa::message::ProtocolMessage::default()),
             ..Default::default()
         };
-        assert_eq!(body_of(&revoke), Body::Protocol);
+        assert_eq!(body_of(&revoke, "3EB0TEST"), Body::Protocol);
         // A disappearing-messages wrapper is looked through.
         let ephemeral = wa::Message {
             ephemeral_message: MessageField::some(wa::message::FutureProofMessage {
@@ -669,7 +922,147 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(matches!(body_of(&ephemeral), Body::Text { text, .. } if text == "gone soon"));
+        assert!(
+            matches!(body_of(&ephemeral, "3EB0TEST"), Body::Text { text, .. } if text == "gone soon")
+        );
+    }
+
+    #[test]
+    fn files_messages_carry_are_named_and_keep_what_fetching_them_needs() {
+        let photo = wa::Message {
+            image_message: MessageField::some(wa::message::ImageMessage {
+                mimetype: Some("image/jpeg".into()),
+                file_length: Some(48_213),
+                direct_path: Some("/v/t62.7118-24/abc?ccb=11-4".into()),
+                media_key: Some(vec![7; 32]),
+                file_sha256: Some(vec![1; 32]),
+                file_enc_sha256: Some(vec![2; 32]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let Body::Text { text, media, .. } = body_of(&photo, "3EB0:12/AB") else {
+            panic!("a photo without a caption is still a message");
+        };
+        assert_eq!(text, "");
+        let media = media.expect("its file");
+        assert_eq!(
+            (media.kind, media.name.as_str(), media.size),
+            (MediaKind::Image, "photo-3EB012AB.jpg", 48_213),
+            "the id's odd characters stay out of the name"
+        );
+        assert_eq!(media.direct_path, "/v/t62.7118-24/abc?ccb=11-4");
+        assert_eq!(
+            (
+                media.media_key.len(),
+                media.file_sha256[0],
+                media.file_enc_sha256[0]
+            ),
+            (32, 1, 2)
+        );
+        assert!(
+            !format!("{media:?}").contains("7, 7"),
+            "the key stays out of logs: {media:?}"
+        );
+        let voice = wa::Message {
+            audio_message: MessageField::some(wa::message::AudioMessage {
+                mimetype: Some("audio/ogg; codecs=opus".into()),
+                ptt: Some(true),
+                direct_path: Some("/v/voice".into()),
+                media_key: Some(vec![3; 32]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let Body::Text { media: Some(m), .. } = body_of(&voice, "V1") else {
+            panic!("a voice note carries its file");
+        };
+        assert_eq!(
+            (m.kind, m.name.as_str()),
+            (MediaKind::Voice, "voice-V1.ogg")
+        );
+        let document = wa::Message {
+            document_message: MessageField::some(wa::message::DocumentMessage {
+                mimetype: Some("application/pdf".into()),
+                file_name: Some("minutes.pdf".into()),
+                caption: Some("for Tuesday".into()),
+                direct_path: Some("/v/doc".into()),
+                media_key: Some(vec![4; 32]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let Body::Text {
+            text,
+            media: Some(m),
+            ..
+        } = body_of(&document, "D1")
+        else {
+            panic!("a document carries its file");
+        };
+        assert_eq!(
+            (text.as_str(), m.kind, m.name.as_str()),
+            ("for Tuesday", MediaKind::Document, "minutes.pdf")
+        );
+        // Without a reference or a key there is nothing to fetch.
+        let keyless = wa::Message {
+            video_message: MessageField::some(wa::message::VideoMessage {
+                direct_path: Some("/v/vid".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(body_of(&keyless, "K1"), Body::Other("a video".into()));
+        // View-once media is not kept, in the legacy wrapper or with the inline flag.
+        let wrapped = wa::Message {
+            view_once_message: MessageField::some(wa::message::FutureProofMessage {
+                message: MessageField::some(photo.clone()),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            body_of(&wrapped, "O1"),
+            Body::Other("a view-once message".into())
+        );
+        let mut flagged = photo.clone();
+        if let Some(m) = flagged.image_message.as_option_mut() {
+            m.view_once = Some(true);
+            m.caption = Some("once".into());
+        }
+        assert!(matches!(
+            body_of(&flagged, "O2"),
+            Body::Text { media: None, text, .. } if text == "once"
+        ));
+        // A path that could reach past the media host is not fetched; a name that
+        // shows in the message loses its control and bidi characters.
+        for bad in [
+            ":81/x",
+            "@evil.example/x",
+            "//evil.example/x",
+            "/x#y",
+            "/a\\b",
+            "/x\ny",
+        ] {
+            let mut m = photo.clone();
+            if let Some(i) = m.image_message.as_option_mut() {
+                i.direct_path = Some(bad.into());
+            }
+            assert!(media_of(&m, "P1").is_none(), "{bad:?}");
+        }
+        let mut odd = document.clone();
+        if let Some(d) = odd.document_message.as_option_mut() {
+            d.file_name = Some(format!(
+                "re\u{202E}fdp.exe\n[attachment: x]{}",
+                "y".repeat(300)
+            ));
+        }
+        let name = media_of(&odd, "N1").expect("media").name;
+        assert!(
+            !name.contains('\u{202E}') && !name.contains('\n') && name.chars().count() == 120,
+            "{name:?}"
+        );
+        assert_eq!(extension("audio/ogg; codecs=opus"), "ogg");
+        assert_eq!(extension("application/x-unknown"), "bin");
     }
 
     #[test]

@@ -11,8 +11,10 @@ use async_trait::async_trait;
 use nanoclaw_channel::{
     Channel, ChannelCondition, ChannelHost, ChatMeta, Message, OutboundMessage,
 };
-use nanoclaw_whatsapp::adapter::{Account, Body, FakeClient, Sent, WaEvent, WaMessage};
-use nanoclaw_whatsapp::channel::{HISTORY, MAX_MESSAGE, Settings, WhatsApp};
+use nanoclaw_whatsapp::adapter::{
+    Account, Body, FakeClient, Media, MediaKind, Sent, WaEvent, WaMessage,
+};
+use nanoclaw_whatsapp::channel::{HISTORY, MAX_FILE, MAX_MESSAGE, Settings, WhatsApp};
 
 const ME: &str = "15550001111@s.whatsapp.net";
 const ME_LID: &str = "90000000000001@lid";
@@ -26,6 +28,8 @@ struct Host {
     messages: Mutex<Vec<(ChatMeta, Message)>>,
     state: Mutex<HashMap<String, String>>,
     registered: Mutex<HashMap<String, String>>,
+    /// Files saved into inboxes: (chat, name, bytes).
+    files: Mutex<Vec<(String, String, Vec<u8>)>>,
 }
 
 #[async_trait]
@@ -46,6 +50,31 @@ impl ChannelHost for Host {
     }
     async fn trigger_for(&self, jid: &str) -> Option<String> {
         self.registered.lock().unwrap().get(jid).cloned()
+    }
+    async fn has_message(&self, jid: &str, id: &str) -> bool {
+        self.stored()
+            .iter()
+            .any(|m| m.chat_jid == jid && m.id == id)
+    }
+    async fn save_file(
+        &self,
+        jid: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Option<String>, String> {
+        if !self.registered.lock().unwrap().contains_key(jid) {
+            return Ok(None);
+        }
+        self.files
+            .lock()
+            .unwrap()
+            .push((jid.into(), name.into(), bytes.to_vec()));
+        Ok(Some(format!("/workspace/group/inbox/{name}")))
+    }
+    async fn transcribe(&self, name: &str, _bytes: &[u8]) -> Result<Option<String>, String> {
+        Ok(name
+            .starts_with("voice-")
+            .then(|| "bring the charts".to_string()))
     }
 }
 
@@ -240,6 +269,7 @@ async fn a_mention_of_the_account_is_the_groups_trigger_and_replies_carry_their_
         text: "@15550001111 when do we sail?".into(),
         quoted: None,
         mentions: vec![format!("{}:0@s.whatsapp.net", &ME[..11])],
+        media: None,
     };
     r.says(mention, 1).await;
     let plain = text("C2", TEAM, ALICE, false, "anyone?");
@@ -249,6 +279,7 @@ async fn a_mention_of_the_account_is_the_groups_trigger_and_replies_carry_their_
         text: "this one".into(),
         quoted: Some("Saturday at nine".into()),
         mentions: vec![ME_LID.into()],
+        media: None,
     };
     r.says(reply, 3).await;
     let stored = r.host.stored();
@@ -410,4 +441,187 @@ async fn being_unlinked_on_the_phone_is_final_and_says_what_to_do() {
         .event(WaEvent::Message(text("F1", ALICE, ALICE, false, "hello?")));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(r.host.stored().is_empty());
+}
+
+fn media(kind: MediaKind, name: &str, size: u64) -> Media {
+    Media {
+        kind,
+        name: name.into(),
+        mime: "image/jpeg".into(),
+        size,
+        direct_path: format!("/v/{name}"),
+        media_key: vec![9; 32],
+        file_sha256: vec![1; 32],
+        file_enc_sha256: vec![2; 32],
+    }
+}
+
+fn with_file(mut m: WaMessage, caption: &str, file: Media) -> WaMessage {
+    m.body = Body::Text {
+        text: caption.into(),
+        quoted: None,
+        mentions: vec![],
+        media: Some(Box::new(file)),
+    };
+    m
+}
+
+#[tokio::test]
+async fn files_in_registered_chats_land_in_the_inbox_never_from_history_or_the_assistant() {
+    let r = rig().await;
+    for chat in [TEAM, ME] {
+        r.host
+            .registered
+            .lock()
+            .unwrap()
+            .insert(chat.into(), "@Andy".into());
+    }
+    let photo = media(MediaKind::Image, "photo-F1.jpg", 5_000);
+    let bytes: Vec<u8> = (0..5_000u32).map(|i| (i % 251) as u8).collect();
+    r.client.serve_media(&photo, &bytes);
+    let from_alice = with_file(text("F1", TEAM, ALICE, false, ""), "", photo.clone());
+    r.says(from_alice.clone(), 1).await;
+    assert_eq!(
+        r.host.stored()[0].content,
+        "[Photo]\n[attachment: /workspace/group/inbox/photo-F1.jpg (5 KB)]"
+    );
+    assert_eq!(
+        *r.host.files.lock().unwrap(),
+        vec![(TEAM.to_string(), "photo-F1.jpg".to_string(), bytes.clone())]
+    );
+    // The user's voice note to themselves, transcribed; a caption is kept.
+    let voice = media(MediaKind::Voice, "voice-F2.ogg", 800);
+    r.client.serve_media(&voice, &[0x4F; 800]);
+    r.says(with_file(text("F2", ME, ME, true, ""), "", voice), 2)
+        .await;
+    assert_eq!(
+        r.host.stored()[1].content,
+        "[Voice note]\n[attachment: /workspace/group/inbox/voice-F2.ogg (1 KB), transcript: bring the charts]"
+    );
+    // Handed again: stored once, fetched once.
+    r.client.event(WaEvent::Message(from_alice));
+    let marker = text("F3", TEAM, ALICE, false, "marker");
+    r.says(marker, 3).await;
+    assert_eq!(r.client.downloads(), 2);
+
+    // Not fetched: the history sync, the assistant's own file, an unregistered chat,
+    // a file larger than NanoClaw takes, and one the server does not have.
+    let old = with_file(text("H1", TEAM, ALICE, false, ""), "", photo.clone());
+    r.client.event(WaEvent::History(vec![old]));
+    let own = with_file(
+        text("F4", TEAM, ME, true, ""),
+        "Andy: chart.png",
+        media(MediaKind::Image, "photo-F4.jpg", 10),
+    );
+    r.client.event(WaEvent::Message(own));
+    let elsewhere = with_file(
+        text("F5", ALICE, ALICE, false, ""),
+        "look",
+        media(MediaKind::Image, "photo-F5.jpg", 10),
+    );
+    r.client.event(WaEvent::Message(elsewhere));
+    let huge = with_file(
+        text("F6", TEAM, ALICE, false, ""),
+        "the film",
+        media(MediaKind::Video, "video-F6.mp4", MAX_FILE + 1),
+    );
+    r.client.event(WaEvent::Message(huge));
+    let missing = with_file(
+        text("F7", TEAM, ALICE, false, ""),
+        "",
+        media(MediaKind::Document, "minutes.pdf", 100),
+    );
+    r.says(missing, 8).await;
+    let stored = r.host.stored();
+    let content = |id: &str| {
+        stored
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.content.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(content("H1"), "[Photo]");
+    assert_eq!(content("F4"), "Andy: chart.png [Photo]");
+    assert!(stored.iter().any(|m| m.id == "F4" && m.is_bot_message));
+    assert_eq!(content("F5"), "look [Photo]");
+    assert!(
+        content("F6").starts_with("the film [Video]\n[attachment: video-F6.mp4 (32.0 MB), not saved: NanoClaw takes WhatsApp files up to 32.0 MB"),
+        "{}",
+        content("F6")
+    );
+    assert_eq!(
+        content("F7"),
+        "[Document]\n[attachment: minutes.pdf, could not be downloaded]"
+    );
+    // Only the missing document was asked for, and failed.
+    assert_eq!(r.client.downloads(), 3);
+    assert_eq!(r.host.files.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_file_goes_once_with_a_prefixed_caption_and_long_text_follows_it() {
+    let r = rig().await;
+    r.host
+        .registered
+        .lock()
+        .unwrap()
+        .insert(TEAM.into(), "@Andy".into());
+    assert_eq!(r.channel.max_file_bytes(), Some(MAX_FILE));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chart.png");
+    std::fs::write(&path, b"\x89PNG chart").expect("file");
+    let send = |id: i64, text: &str, size: u64| {
+        let message = OutboundMessage {
+            outbox_id: id,
+            chat_jid: TEAM.into(),
+            text: text.into(),
+            timestamp: "2026-12-03T00:00:00.000Z".into(),
+            file: Some(nanoclaw_channel::OutboundFile {
+                name: "chart.png".into(),
+                path: path.clone(),
+                size,
+            }),
+            explicit: false,
+        };
+        let channel = r.channel.clone();
+        async move { channel.send(&message).await }
+    };
+    send(1, "the chart", 11).await.expect("sent");
+    assert_eq!(
+        r.client.sent(),
+        vec![Sent::File {
+            jid: TEAM.into(),
+            name: "chart.png".into(),
+            mime: "image/png".into(),
+            bytes: b"\x89PNG chart".to_vec(),
+            caption: "Andy: the chart".into(),
+        }]
+    );
+    // No text: the caption is the prefix and the name, so the echo is the assistant's.
+    r.client.clear_sent();
+    send(2, "", 11).await.expect("sent");
+    assert!(matches!(
+        &r.client.sent()[..],
+        [Sent::File { caption, .. }] if caption == "Andy: chart.png"
+    ));
+    // Text too long for a caption follows the file as messages.
+    r.client.clear_sent();
+    let long = "word ".repeat(400);
+    send(3, &long, 11).await.expect("sent");
+    let sent = r.client.sent();
+    assert!(
+        matches!(&sent[0], Sent::File { caption, .. } if caption == "Andy: chart.png"),
+        "{sent:?}"
+    );
+    let texts = r.client.texts_to(TEAM);
+    assert_eq!(texts.len(), 1);
+    assert_eq!(texts[0], format!("Andy: {}", long.trim()));
+    // A file over the limit is refused for good, nothing sent.
+    r.client.clear_sent();
+    let big = send(4, "too big", MAX_FILE + 1)
+        .await
+        .expect_err("too large");
+    assert_eq!(big.retry, nanoclaw_channel::SendRetry::Never);
+    assert!(big.message.contains("up to"), "{big}");
+    assert!(r.client.sent().is_empty());
 }

@@ -309,6 +309,7 @@ async fn whatsapp_end_to_end_in_a_real_sandbox() {
         text: "@15550001111 when do we sail?".into(),
         quoted: None,
         mentions: vec![ME.into()],
+        media: None,
     };
     client.event(WaEvent::Message(mention));
     assert_eq!(wait(TEAM, 1).await, ["Andy: Saturday at nine."]);
@@ -349,5 +350,181 @@ async fn whatsapp_end_to_end_in_a_real_sandbox() {
         .filter(|c| c.jid.ends_with("@lid"))
         .count();
     assert_eq!(lid_chats, 0, "no second chat for the lid form");
+    d.stop().await;
+}
+
+/// Files both ways through the whole host and a real bwrap sandbox: a photo the user
+/// sends to the self-chat lands in main's inbox and reaches the model as an image; the
+/// agent's `send_file` of it comes back to the chat as a photo with a prefixed caption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_files_in_and_out_of_a_real_sandbox() {
+    use base64::Engine;
+    use nanoclaw_whatsapp::adapter::{Media, MediaKind};
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool(
+            "send_file",
+            serde_json::json!({"path": "inbox/photo-W1.jpg", "caption": "Your photo, back."}),
+        ),
+        Reply::text("Done."),
+    ])
+    .await;
+    let root = tempfile::tempdir().expect("temp dir");
+    nanoclaw::layout::Layout::new(root.path())
+        .create()
+        .expect("layout");
+    support::open_store(root.path())
+        .register_group(&nanoclaw::store::RegisteredGroup {
+            jid: ME.into(),
+            name: "Sam (you)".into(),
+            folder: "main".into(),
+            trigger_pattern: "@Andy".into(),
+            added_at: nanoclaw::clock::now(),
+            container_config: None,
+            requires_trigger: false,
+            is_main: true,
+        })
+        .expect("main");
+    support::register(root.path(), TEAM, "wa_team", true);
+    let (client, channel) = channel();
+    let url = fake.url.clone();
+    let d = support::start_sandboxed_daemon_in(
+        root,
+        RuntimeKind::Bwrap,
+        None,
+        Secrets {
+            anthropic_api_key: Some(Secret::new("sk-ant-whatsapp-files")),
+            ..Default::default()
+        },
+        vec![channel as Arc<dyn Channel>],
+        move |c| c.anthropic_base_url = url,
+    )
+    .await;
+    let mut photo = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    photo.extend((0..3000u32).map(|i| (i % 241) as u8));
+    let media = Media {
+        kind: MediaKind::Image,
+        name: "photo-W1.jpg".into(),
+        mime: "image/jpeg".into(),
+        size: photo.len() as u64,
+        direct_path: "/v/t62/W1".into(),
+        media_key: vec![5; 32],
+        file_sha256: vec![6; 32],
+        file_enc_sha256: vec![7; 32],
+    };
+    client.serve_media(&media, &photo);
+    let mut m = message("W1", ME, ME, true, "what is in this one?");
+    m.body = Body::Text {
+        text: "what is in this one?".into(),
+        quoted: None,
+        mentions: vec![],
+        media: Some(Box::new(media)),
+    };
+    client.event(WaEvent::Message(m));
+    let sent = nanoclaw_test_support::wait_for(
+        "the photo sent back",
+        nanoclaw_test_support::DEADLINE,
+        || {
+            let files: Vec<Sent> = client
+                .sent()
+                .into_iter()
+                .filter(|s| matches!(s, Sent::File { .. }))
+                .collect();
+            async move { (!files.is_empty()).then_some(files) }
+        },
+    )
+    .await;
+    assert_eq!(
+        sent,
+        vec![Sent::File {
+            jid: ME.into(),
+            name: "photo-W1.jpg".into(),
+            mime: "image/jpeg".into(),
+            bytes: photo.clone(),
+            caption: "Andy: Your photo, back.".into(),
+        }]
+    );
+    assert_eq!(
+        std::fs::read(d.root().join("groups/main/inbox/photo-W1.jpg")).expect("in the inbox"),
+        photo
+    );
+    let request = &fake.requests()[0];
+    let blocks = request.body["messages"][0]["content"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let text = blocks
+        .first()
+        .and_then(|b| b["text"].as_str())
+        .unwrap_or("");
+    assert!(
+        text.contains("what is in this one? [Photo]")
+            && text.contains("/workspace/group/inbox/photo-W1.jpg (3 KB)"),
+        "{text}"
+    );
+    let image = blocks
+        .iter()
+        .find(|b| b["type"] == "image")
+        .expect("an image block");
+    assert_eq!(
+        image["source"]["data"],
+        base64::engine::general_purpose::STANDARD.encode(&photo)
+    );
+    nanoclaw_test_support::wait_for("the closing text", nanoclaw_test_support::DEADLINE, || {
+        let texts = client.texts_to(ME);
+        async move { texts.contains(&"Andy: Done.".to_string()).then_some(()) }
+    })
+    .await;
+
+    // A sender the team's allowlist drops: their file is not fetched, not saved.
+    let config = d.home.join(".config/nanoclaw");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(
+        config.join("sender-allowlist.json"),
+        format!(
+            r#"{{"default": {{"allow": "*", "mode": "trigger"}},
+                "chats": {{"{TEAM}": {{"allow": ["{ALICE}"], "mode": "drop"}}}}}}"#
+        ),
+    )
+    .expect("allowlist");
+    let mallory = "15557770000@s.whatsapp.net";
+    let dropped = Media {
+        kind: MediaKind::Document,
+        name: "orders.pdf".into(),
+        mime: "application/pdf".into(),
+        size: 4,
+        direct_path: "/v/t62/M1".into(),
+        media_key: vec![5; 32],
+        file_sha256: vec![6; 32],
+        file_enc_sha256: vec![7; 32],
+    };
+    client.serve_media(&dropped, b"%PDF");
+    let mut m = message("M1", TEAM, mallory, false, "");
+    m.body = Body::Text {
+        text: String::new(),
+        quoted: None,
+        mentions: vec![],
+        media: Some(Box::new(dropped)),
+    };
+    client.event(WaEvent::Message(m));
+    client.event(WaEvent::Message(message(
+        "M2", TEAM, ALICE, false, "marker",
+    )));
+    let store = support::open_store(d.root());
+    nanoclaw_test_support::wait_for(
+        "Alice's marker stored",
+        nanoclaw_test_support::DEADLINE,
+        || {
+            let n = store
+                .chat_messages(TEAM, None)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            async move { (n >= 1).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(client.downloads(), 1, "only main's photo was fetched");
+    assert!(!d.root().join("groups/wa_team/inbox/orders.pdf").exists());
+    let team = store.chat_messages(TEAM, None).expect("messages");
+    assert_eq!(team.len(), 1, "mallory's message is dropped: {team:?}");
     d.stop().await;
 }

@@ -300,6 +300,19 @@ impl crate::channels::ChannelHost for Router {
         })
     }
 
+    async fn wants_files(&self, message: &Message) -> bool {
+        let senders = Arc::clone(&self.senders);
+        let (jid, sender) = (message.chat_jid.clone(), message.sender.clone());
+        // As `accept` decides: the owner's and the assistant's own are never dropped.
+        let own = message.is_from_me || message.is_bot_message;
+        self.store
+            .call(move |s| s.registered_group(&jid))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|g| own || !senders.current().should_drop(&g.jid, &sender))
+    }
+
     async fn has_message(&self, jid: &str, id: &str) -> bool {
         let (jid, id) = (jid.to_string(), id.to_string());
         self.store
