@@ -9,8 +9,8 @@
 //!   (stored as the bot's, never triggers). The user's other messages from the phone are
 //!   the user's, in the self-chat ("message yourself", the natural main group) and
 //!   elsewhere.
-//! - In a group, a mention of the linked account counts as the group's trigger; a reply
-//!   carries the text it quotes.
+//! - In a group, a mention of the linked account, or a reply to one of the assistant's
+//!   messages, counts as the group's trigger; a reply carries the text it quotes.
 //! - Reactions, protocol messages, status updates, broadcast lists and newsletters are
 //!   not user input. The history sync after linking is stored, flagged, and never runs
 //!   the agent or reaches a prompt.
@@ -287,7 +287,15 @@ impl WhatsApp {
         if let Some(q) = quoted.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
             content = format!("{content}\n[replying to: {}]", shorten(q, MAX_QUOTE));
         }
-        if is_group && !m.from_me && mentions.iter().any(|j| self.is_own(j)) {
+        // A mention of the account, or a reply to one of the assistant's messages
+        // (recognised by its prefix, as its own messages are), is the group's trigger.
+        let replies_to_assistant = quoted
+            .as_deref()
+            .is_some_and(|q| q.trim_start().starts_with(&self.prefix()));
+        if is_group
+            && !m.from_me
+            && (replies_to_assistant || mentions.iter().any(|j| self.is_own(j)))
+        {
             let trigger = host
                 .trigger_for(&chat)
                 .await

@@ -282,7 +282,33 @@ async fn a_mention_of_the_account_is_the_groups_trigger_and_replies_carry_their_
         media: None,
     };
     r.says(reply, 3).await;
+    // A reply to one of the assistant's messages (they carry its prefix) is a trigger
+    // too; a reply to anyone else's is not.
+    let mut to_bot = text("C4", TEAM, ALICE, false, "and the tide?");
+    to_bot.body = Body::Text {
+        text: "and the tide?".into(),
+        quoted: Some("Andy: Saturday at nine.".into()),
+        mentions: vec![],
+        media: None,
+    };
+    r.says(to_bot, 4).await;
+    let mut to_bea = text("C5", TEAM, ALICE, false, "agreed");
+    to_bea.body = Body::Text {
+        text: "agreed".into(),
+        quoted: Some("Bea: Andy: is a name".into()),
+        mentions: vec![],
+        media: None,
+    };
+    r.says(to_bea, 5).await;
     let stored = r.host.stored();
+    assert_eq!(
+        stored[3].content,
+        "@Andy and the tide?\n[replying to: Andy: Saturday at nine.]"
+    );
+    assert_eq!(
+        stored[4].content,
+        "agreed\n[replying to: Bea: Andy: is a name]"
+    );
     assert_eq!(stored[0].content, "@Andy when do we sail?");
     assert_eq!(stored[1].content, "anyone?", "no mention, no trigger");
     assert_eq!(
