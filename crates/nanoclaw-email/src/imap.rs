@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_imap::extensions::idle::IdleResponse;
+use async_imap::types::UnsolicitedResponse;
 use futures_util::TryStreamExt;
 use nanoclaw_channel::{ChannelCondition, ChannelHost, Outcome, Reconnects};
 use serde::{Deserialize, Serialize};
@@ -395,6 +396,19 @@ async fn serve(
                 return Ok(Outcome::Shutdown);
             }
             timed("NOOP", session.noop()).await?;
+            continue;
+        }
+        // Mail that arrived while the last mails were fetched was announced then (an
+        // EXISTS among that command's responses), and IDLE announces only what comes
+        // after it: look again before waiting, or it would wait for the next renewal.
+        let mut announced = false;
+        while let Ok(response) = session.unsolicited_responses.try_recv() {
+            announced |= matches!(
+                response,
+                UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
+            );
+        }
+        if announced {
             continue;
         }
         let mut handle = session.idle();

@@ -83,6 +83,23 @@ impl MailServers {
 
     /// Stops one server (`dovecot`, `postfix`, `oauth`) and starts it again with the same
     /// configuration and ports.
+    /// The last lines of each server's log, for a failing test to show.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let dir = self.dir.path().join("servers/logs");
+        let mut out = String::new();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.sort();
+        for path in names {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            out.push_str(&format!("--- {}\n{}\n", path.display(), tail.join("\n")));
+        }
+        out
+    }
+
     pub fn restart(&self, name: &str) {
         self.script("restart", name);
     }

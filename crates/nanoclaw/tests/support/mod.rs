@@ -249,7 +249,11 @@ pub fn test_env(root: &Path) -> HashMap<String, String> {
 }
 
 pub fn test_config(root: &Path) -> Config {
-    if let Ok(filter) = std::env::var("NANOCLAW_TEST_LOG") {
+    // The email channel's warnings (a mail skipped, a fetch retried) by default: they
+    // are what a failing mail test needs to be understood from CI's output alone.
+    let filter =
+        std::env::var("NANOCLAW_TEST_LOG").unwrap_or_else(|_| "nanoclaw_email=warn".into());
+    {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_test_writer()
@@ -566,18 +570,32 @@ pub async fn wait_stored_within(
     n: usize,
     deadline: std::time::Duration,
 ) -> Vec<String> {
+    match try_wait_stored(root, jid, n, deadline).await {
+        Ok(texts) => texts,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// [`wait_stored_within`] that returns, rather than panics with, what it waited for
+/// and what was stored by then (so a test can add what it knows).
+pub async fn try_wait_stored(
+    root: &Path,
+    jid: &str,
+    n: usize,
+    deadline: std::time::Duration,
+) -> Result<Vec<String>, String> {
     let start = std::time::Instant::now();
     loop {
         let texts = stored_user_texts(root, jid);
         if texts.len() >= n {
-            return texts;
+            return Ok(texts);
         }
         if start.elapsed() > deadline {
             let heads: Vec<String> = texts.iter().map(|t| t.chars().take(60).collect()).collect();
-            panic!(
+            return Err(format!(
                 "timed out after {deadline:?} waiting for {n} user messages stored in {jid}; {} were: {heads:?}",
                 texts.len()
-            );
+            ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
